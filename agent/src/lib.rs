@@ -1,0 +1,1 @@
+//! The cairn guest agent protocol, guest agent and host client.

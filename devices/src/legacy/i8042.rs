@@ -1,0 +1,1 @@
+//! i8042 (in progress).
