@@ -1,0 +1,1 @@
+//! The REST API server (in progress).

@@ -1,0 +1,1 @@
+//! Firecracker-compatible configuration types (in progress).
