@@ -57,7 +57,9 @@ impl Bus {
 
     /// Place `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: SharedBusDevice, base: u64, len: u64) -> Result<(), BusError> {
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if len == 0 {
             return Err(BusError::Overlap { base, len });
         }
@@ -127,13 +129,20 @@ mod tests {
         bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo::default())), 0x10ff, 1),
-            Err(BusError::Overlap { base: 0x10ff, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10ff,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Echo::default())), 0xf01, 0x100),
-            Err(BusError::Overlap { base: 0xf01, len: 0x100 })
+            Err(BusError::Overlap {
+                base: 0xf01,
+                len: 0x100
+            })
         );
-        bus.insert(Arc::new(Mutex::new(Echo::default())), 0x1100, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo::default())), 0x1100, 0x10)
+            .unwrap();
         let mut buf = [0u8; 2];
         assert!(bus.read(0x1005, &mut buf));
         assert_eq!(buf, [5, 5]);

@@ -1,1 +1,59 @@
-//! End-to-end test helpers.
+//! Test support shared by cairn's integration tests: the tiny guests (assembled at build time
+//! from `guests/*.S`), the `/dev/kvm` skip policy, and helpers to run `cairn-vmm` as a child
+//! process and wait for markers on its serial output.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod guests;
+pub mod process;
+
+/// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
+/// and returns false; with `CAIRN_REQUIRE_KVM=1` it panics instead, so CI cannot pass silently.
+pub fn kvm_available(name: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        if std::env::var("CAIRN_REQUIRE_KVM").as_deref() == Ok("1") {
+            panic!("{name}: /dev/kvm not available and CAIRN_REQUIRE_KVM=1");
+        }
+        eprintln!("SKIP {name}: /dev/kvm not available");
+    }
+    ok
+}
+
+/// The guest kernel, initramfs and boot arguments built by `guest/build` (cached in
+/// `~/.cache/cairn`).
+#[derive(Debug, Clone)]
+pub struct LinuxGuest {
+    /// ELF vmlinux.
+    pub kernel: String,
+    /// Uncompressed initramfs.
+    pub initrd: String,
+    /// Kernel command line for this host's profile.
+    pub boot_args: String,
+}
+
+/// Build (or fetch from the cache) the Linux guest with `guest/build`.
+pub fn linux_guest() -> LinuxGuest {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/build");
+    let out = std::process::Command::new(&script)
+        .arg("--quiet")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "guest/build failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("guest/build printed no {key}=: {text}"))
+            .to_string()
+    };
+    LinuxGuest {
+        kernel: get("kernel"),
+        initrd: get("initrd"),
+        boot_args: get("boot_args"),
+    }
+}

@@ -2,4 +2,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod arch;
+pub mod boot;
+pub mod builder;
+pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod controller;
+pub mod device_manager;
+pub mod error;
+pub mod event_loop;
+pub mod machine;
+pub mod runtime;
+pub mod seccomp;
+pub mod vstate;
+
+pub use error::VmmError;

@@ -20,10 +20,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemoryMmap;
 
+pub mod activation;
 pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod serve;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 /// Virtio device IDs (virtio 1.2, section 5).
@@ -160,6 +164,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Whether [`VirtioDevice::activate`] has succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
+    /// The queues the device is serving (those handed over by [`VirtioDevice::activate`], in
+    /// index order, with their live ring positions); empty while not activated. The transport
+    /// saves them in checkpoints and hands them back on restore, so no device has to persist
+    /// its queues itself.
+    fn queues(&self) -> &[Queue];
     /// The driver reset the device: stop processing, drop queues. Returns false if the device
     /// cannot be reset (the transport then reports DEVICE_NEEDS_RESET).
     fn reset(&mut self) -> bool;

@@ -1,0 +1,78 @@
+//! `cairn-agent`: the guest agent. Listens on vsock port 52 (or `--port N`), or on a Unix socket
+//! with `--listen-unix PATH` (for running the same server on the host in tests).
+
+use cairn_agent::proto::AGENT_PORT;
+use cairn_agent::server::{serve_unix, serve_vsock, VsockListener};
+use std::os::unix::net::UnixListener;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cairn-agent [--port N | --listen-unix PATH] [--version]";
+
+enum Listen {
+    Vsock(u32),
+    Unix(String),
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Listen>, String> {
+    let mut listen = Listen::Vsock(AGENT_PORT);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => {
+                let v = args.next().ok_or("--port needs a value")?;
+                listen = Listen::Vsock(v.parse().map_err(|_| format!("bad port {v:?}"))?);
+            }
+            "--listen-unix" => {
+                listen = Listen::Unix(args.next().ok_or("--listen-unix needs a path")?)
+            }
+            "--version" => {
+                println!(
+                    "cairn-agent {} (protocol v{})",
+                    env!("CARGO_PKG_VERSION"),
+                    cairn_agent::proto::PROTOCOL_VERSION
+                );
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(Some(listen))
+}
+
+fn main() -> ExitCode {
+    let listen = match parse(std::env::args().skip(1)) {
+        Ok(Some(l)) => l,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match listen {
+        Listen::Vsock(port) => VsockListener::bind(port)
+            .map_err(|e| format!("listen on vsock port {port}: {e}"))
+            .and_then(|l| {
+                eprintln!("cairn-agent: listening on vsock port {port}");
+                serve_vsock(l).map_err(|e| format!("accept on vsock port {port}: {e}"))
+            }),
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(&path);
+            UnixListener::bind(&path)
+                .map_err(|e| format!("listen on {path}: {e}"))
+                .and_then(|l| {
+                    eprintln!("cairn-agent: listening on {path}");
+                    serve_unix(l).map_err(|e| format!("accept on {path}: {e}"))
+                })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The guest side: accepts connections and serves one request on each, one thread per connection.
+
+mod exec;
+mod pty;
+mod vsock;
+
+pub use vsock::{VsockListener, VsockStream};
+
+use crate::proto::{AgentMsg, ClientMsg, FrameError, FrameReader, FrameWriter, Hello};
+use crate::tree::{send_tree, TreeError, TreeWriter};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+/// A connected byte stream the agent can serve: a Unix or vsock socket.
+pub trait Conn: Read + Write + Send + Sized + 'static {
+    /// A second handle to the same stream, so one thread can read while another writes.
+    fn try_clone(&self) -> io::Result<Self>;
+}
+
+impl Conn for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+}
+
+impl Conn for File {
+    fn try_clone(&self) -> io::Result<Self> {
+        File::try_clone(self)
+    }
+}
+
+/// Why serving a connection failed. The client is told with an `Error` message where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Reading or writing a frame failed.
+    #[error("agent connection")]
+    Frame(#[from] FrameError),
+    /// The connection closed before the client's hello.
+    #[error("client closed the connection before its hello")]
+    NoHello,
+    /// The client's hello was not acceptable.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// A message arrived that the request in progress does not allow.
+    #[error("unexpected {0} message")]
+    Unexpected(&'static str),
+    /// The request named a relative path.
+    #[error("path {0:?} is not absolute")]
+    RelativePath(String),
+    /// Put or Get failed.
+    #[error("file transfer")]
+    Tree(#[from] TreeError),
+    /// The client closed the connection in the middle of a `Put`.
+    #[error("client closed the connection in the middle of a put")]
+    PutTruncated,
+    /// The process could not be started.
+    #[error("cannot run {argv0:?}")]
+    Spawn {
+        /// The program.
+        argv0: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for the process failed.
+    #[error("waiting for pid {pid}")]
+    Wait {
+        /// The process.
+        pid: u32,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Serves every connection on a Unix listener, one thread each, until accepting fails hard.
+pub fn serve_unix(listener: UnixListener) -> io::Result<()> {
+    serve(|| listener.accept().map(|(s, _)| s))
+}
+
+/// Serves every connection on a vsock listener, one thread each, until accepting fails hard.
+pub fn serve_vsock(listener: VsockListener) -> io::Result<()> {
+    serve(|| listener.accept())
+}
+
+fn serve<S: Conn>(mut accept: impl FnMut() -> io::Result<S>) -> io::Result<()> {
+    loop {
+        match accept() {
+            Ok(stream) => {
+                let spawned = thread::Builder::new()
+                    .name("agent-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = handle_connection(stream) {
+                            log::error(&e);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    log::error(&e);
+                }
+            }
+            // Out of descriptors or memory: wait for other connections to finish.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                log::error(&e);
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serves the one request on a connection: hello, request, answer.
+pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
+    let mut reader = FrameReader::new(stream.try_clone().map_err(FrameError::Io)?);
+    let mut writer = FrameWriter::new(stream);
+    let hello: Hello = reader.read()?.ok_or(ServerError::NoHello)?;
+    writer.write(&Hello::ours("cairn-agent"))?;
+    hello.check().map_err(ServerError::Handshake)?;
+    let Some(request) = reader.read::<ClientMsg>()? else {
+        return Ok(());
+    };
+    let answer = match request {
+        ClientMsg::Exec(req) => return exec::run(req, reader, writer),
+        ClientMsg::Put { path } => put(&path, &mut reader).map(|()| Some(AgentMsg::Done)),
+        ClientMsg::Get { path } => get(&path, &mut writer).map(|()| None),
+        ClientMsg::Sync => {
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
+            Ok(Some(AgentMsg::Done))
+        }
+        ClientMsg::Ping => Ok(Some(AgentMsg::Pong)),
+        other => Err(ServerError::Unexpected(msg_name(&other))),
+    };
+    match answer {
+        Ok(Some(msg)) => Ok(writer.write(&msg)?),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            // The client may be gone already; the error is what matters.
+            let _ = writer.write(&AgentMsg::Error {
+                message: crate::error_text(&e),
+            });
+            Err(e)
+        }
+    }
+}
+
+fn absolute(path: &str) -> Result<&Path, ServerError> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(ServerError::RelativePath(path.to_string()))
+    }
+}
+
+fn put<S: Conn>(path: &str, reader: &mut FrameReader<S>) -> Result<(), ServerError> {
+    let mut tree = TreeWriter::new(absolute(path)?);
+    loop {
+        match reader.read::<ClientMsg>()? {
+            Some(ClientMsg::Tree(msg)) => {
+                if tree.apply(msg)?.is_some() {
+                    return Ok(());
+                }
+            }
+            Some(other) => return Err(ServerError::Unexpected(msg_name(&other))),
+            None => return Err(ServerError::PutTruncated),
+        }
+    }
+}
+
+fn get<S: Conn>(path: &str, writer: &mut FrameWriter<S>) -> Result<(), ServerError> {
+    send_tree(absolute(path)?, |msg| {
+        Ok(writer.write(&AgentMsg::Tree(msg))?)
+    })?;
+    Ok(())
+}
+
+fn msg_name(msg: &ClientMsg) -> &'static str {
+    match msg {
+        ClientMsg::Exec(_) => "Exec",
+        ClientMsg::Stdin(_) => "Stdin",
+        ClientMsg::StdinClose => "StdinClose",
+        ClientMsg::Resize(_) => "Resize",
+        ClientMsg::Signal(_) => "Signal",
+        ClientMsg::Put { .. } => "Put",
+        ClientMsg::Tree(_) => "Tree",
+        ClientMsg::Get { .. } => "Get",
+        ClientMsg::Sync => "Sync",
+        ClientMsg::Ping => "Ping",
+    }
+}
+
+pub(crate) mod log {
+    //! The agent logs to stderr (the guest console); there is nothing else to log to.
+
+    /// Logs an error with its sources.
+    pub(crate) fn error(e: &(dyn std::error::Error + 'static)) {
+        eprintln!("cairn-agent: {}", crate::error_text(e));
+    }
+}

@@ -1,0 +1,66 @@
+//! `cairn-bench`: cairn's benchmark harness. Every figure is measured from outside, on the
+//! `cairn-vmm` binary, the way a user would see it, and printed as a table (and as JSON with
+//! `--json`). Numbers are medians over `--runs` runs; the load average is printed with them.
+//!
+//! ```text
+//! cairn-bench boot       [--runs N] [--mem MiB,...]  process start -> first guest serial byte
+//! cairn-bench memory     [--mem MiB,...]             VMM memory overhead (RSS minus guest pages)
+//! cairn-bench pause      [--runs N] [--mem MiB,...]  PATCH /vm Paused / Resumed round trips
+//! cairn-bench snapshot   [--runs N] [--dir D,...]    Full and Diff /snapshot/create
+//! cairn-bench restore    [--runs N] [--dir D,...]    process start -> /snapshot/load, -> running
+//!                        [--no-cold]                 (cold page cache variant on disks, as root)
+//! cairn-bench checkpoint [--runs N] [--dir D,...]    PUT /checkpoints (incremental), restore
+//! cairn-bench all        ...                         everything above
+//! ```
+//!
+//! `--dir` (default `/dev/shm`) is where snapshot and checkpoint files go; give several
+//! (`--dir /dev/shm,/var/tmp`) to measure each figure in each.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod boot;
+mod checkpoint;
+mod snapshot;
+mod util;
+
+use util::Outcome;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!(
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+        );
+        std::process::exit(2);
+    };
+    let opts = util::Options::parse(&args[1..]);
+    let load_before = util::loadavg();
+    let figures = |f: Vec<util::Figure>| Outcome {
+        figures: f,
+        failures: vec![],
+    };
+    let out = match cmd.as_str() {
+        "boot" => figures(boot::start_to_first_byte(&opts)),
+        "memory" => figures(boot::memory_overhead(&opts)),
+        "pause" => snapshot::pause(&opts),
+        "snapshot" => snapshot::snapshot(&opts),
+        "restore" => snapshot::restore(&opts),
+        "checkpoint" => checkpoint::checkpoint(&opts),
+        "all" => {
+            let mut r = figures(boot::start_to_first_byte(&opts));
+            r.extend(figures(boot::memory_overhead(&opts)));
+            r.extend(snapshot::pause(&opts));
+            r.extend(snapshot::snapshot(&opts));
+            r.extend(snapshot::restore(&opts));
+            r.extend(checkpoint::checkpoint(&opts));
+            r
+        }
+        other => {
+            eprintln!("unknown benchmark {other:?}");
+            std::process::exit(2);
+        }
+    };
+    util::report_outcome(&out, opts.json, &load_before);
+    if !out.failures.is_empty() {
+        std::process::exit(1);
+    }
+}

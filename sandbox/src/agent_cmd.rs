@@ -1,0 +1,157 @@
+//! `cairn agent …`: exec, put, get, sync and ping through the guest agent.
+
+use cairn_agent::client::{tty, Client, ClientError};
+use cairn_agent::proto::{ExecRequest, PtySize, AGENT_PORT};
+use cairn_agent::tree::TransferStats;
+use clap::{ArgGroup, Args, Subcommand};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Where the agent is and what to ask of it.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["uds", "unix"])))]
+pub struct AgentArgs {
+    /// The VMM's vsock Unix socket (Firecracker's `uds_path`).
+    #[arg(long, value_name = "PATH")]
+    uds: Option<PathBuf>,
+    /// The guest vsock port the agent listens on.
+    #[arg(long, default_value_t = AGENT_PORT, requires = "uds")]
+    port: u32,
+    /// An agent listening on a Unix socket directly (`cairn-agent --listen-unix PATH`).
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Run a command in the guest; exits with its exit code (128 + signal when killed).
+    Exec {
+        /// Set an environment variable (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Working directory in the guest.
+        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
+        /// Forward this terminal's stdin.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Run under a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+    /// Copy a local file or directory into the guest.
+    Put {
+        /// Local source.
+        local: PathBuf,
+        /// Absolute guest destination.
+        remote: String,
+    },
+    /// Copy a guest file or directory out.
+    Get {
+        /// Absolute guest source.
+        remote: String,
+        /// Local destination.
+        local: PathBuf,
+    },
+    /// Flush the guest's file systems.
+    Sync,
+    /// Check that the agent answers.
+    Ping,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not K=V"))
+}
+
+fn connect(args: &AgentArgs) -> Result<Client, ClientError> {
+    match (&args.uds, &args.unix) {
+        (Some(uds), _) => Client::connect_uds(uds, args.port),
+        (None, Some(unix)) => Client::connect_unix(unix),
+        // clap's "target" group requires one of them.
+        (None, None) => Client::connect_unix(""),
+    }
+}
+
+/// Runs the subcommand; returns the process exit code.
+pub fn run(args: AgentArgs) -> Result<u8, ClientError> {
+    let mut client = connect(&args)?;
+    match args.action {
+        Action::Exec {
+            env,
+            workdir,
+            interactive,
+            tty,
+            argv,
+        } => {
+            let stdin_fd = io::stdin();
+            let pty = tty
+                .then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 }));
+            let mut env = env;
+            if tty && !env.iter().any(|(k, _)| k == "TERM") {
+                if let Ok(term) = std::env::var("TERM") {
+                    env.push(("TERM".into(), term));
+                }
+            }
+            let req = ExecRequest {
+                argv,
+                env,
+                cwd: workdir,
+                stdin: interactive,
+                pty,
+            };
+            // Raw mode only when typing into a remote terminal; restored on drop.
+            let _raw = (tty && interactive && tty::is_terminal(stdin_fd.as_fd()))
+                .then(|| tty::RawMode::enable(stdin_fd.as_fd()))
+                .transpose()
+                .map_err(ClientError::Stdio)?;
+            let status = client.exec(&req, io::stdin(), io::stdout(), io::stderr())?;
+            Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
+        }
+        Action::Put { local, remote } => {
+            let start = Instant::now();
+            let stats = client.put(&local, &remote)?;
+            report("put", &stats, start);
+            Ok(0)
+        }
+        Action::Get { remote, local } => {
+            let start = Instant::now();
+            let stats = client.get(&remote, &local)?;
+            report("get", &stats, start);
+            Ok(0)
+        }
+        Action::Sync => client.sync().map(|()| 0),
+        Action::Ping => {
+            let software = client.agent_software().unwrap_or("agent").to_string();
+            let start = Instant::now();
+            client.ping()?;
+            println!(
+                "pong from {software} in {:.2} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn report(what: &str, stats: &TransferStats, start: Instant) {
+    let skipped = match stats.skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped (not files or directories)"),
+    };
+    eprintln!(
+        "{what}: {} files, {} directories, {} bytes in {:.1} ms{skipped}",
+        stats.files,
+        stats.dirs,
+        stats.bytes,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+}

@@ -1,0 +1,18 @@
+//! Named checkpoints: their metadata ([`CheckpointMeta`], `meta.json`) and the [`CheckpointStore`] that
+//! creates, lists, chains and deletes them in one directory.
+//!
+//! A checkpoint directory `<root>/<name>/` holds:
+//! - `state`: every device's and vCPU's Persist state, a [`crate::file::FileKind::State`] container;
+//! - `mem.layer` + `mem.layer.index`: the memory layer (Full for a base, Diff otherwise);
+//! - `disk.<drive>.layer` + `disk.<drive>.layer.index`: one disk delta per drive;
+//! - `meta.json`: written last, atomically. A directory without it is an incomplete checkpoint and is
+//!   ignored (and removed by [`CheckpointStore::cleanup_incomplete`]).
+
+pub mod meta;
+pub mod store;
+
+pub use meta::{now_unix_ms, CheckpointMeta, DiskMeta, MemoryMeta, META_FORMAT_VERSION};
+pub use store::{
+    disk_layer_file, validate_name, CheckpointStore, DeleteReport, MEM_LAYER_FILE, META_FILE,
+    STATE_FILE,
+};

@@ -1,0 +1,481 @@
+//! [`CheckpointStore`]: named checkpoints in one directory, with parent links, chains and safe deletes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::disk::{merge_disk_layer_into_child, BlockIndex};
+use crate::error::{Error, Result};
+use crate::file::{sync_parent_dir, temp_path};
+use crate::memory::{index_path, merge_into_child, open_layer, LayerChain};
+
+use super::meta::CheckpointMeta;
+
+/// The state file's name in a checkpoint directory.
+pub const STATE_FILE: &str = "state";
+/// The memory layer's name in a checkpoint directory.
+pub const MEM_LAYER_FILE: &str = "mem.layer";
+/// The metadata file's name in a checkpoint directory; its presence marks the checkpoint complete.
+pub const META_FILE: &str = "meta.json";
+
+/// The disk layer's name for `drive_id`: `disk.<drive_id>.layer`.
+pub fn disk_layer_file(drive_id: &str) -> String {
+    format!("disk.{drive_id}.layer")
+}
+
+/// Check a checkpoint name (also used for drive ids and file names): 1 to 64 characters of
+/// `[A-Za-z0-9._-]`, not starting with `.`, without `..`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// What [`CheckpointStore::delete`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// Children whose layers absorbed the deleted checkpoint's (they now point at its parent).
+    pub merged_into: Vec<String>,
+    /// Memory pages copied into children.
+    pub pages_copied: u64,
+    /// Disk blocks copied into children.
+    pub blocks_copied: u64,
+}
+
+/// A directory of checkpoints, one subdirectory per name.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    root: PathBuf,
+}
+
+impl CheckpointStore {
+    /// Open (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io("create checkpoint store", &root, e))?;
+        Ok(Self { root })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of checkpoint `name` (which need not exist).
+    pub fn dir_of(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        Ok(self.root.join(name))
+    }
+
+    /// Whether a complete checkpoint `name` exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.dir_of(name).is_ok_and(|d| d.join(META_FILE).is_file())
+    }
+
+    /// Make the directory for a new checkpoint `name` and return it. The caller writes the state, layer
+    /// and disk files into it, then calls [`CheckpointStore::commit`]. A leftover incomplete directory of
+    /// that name (no `meta.json`) is cleared first.
+    pub fn create_dir_for(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir_of(name)?;
+        if dir.join(META_FILE).exists() {
+            return Err(Error::CheckpointExists(name.to_string()));
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io("remove incomplete checkpoint", &dir, e))?;
+        }
+        std::fs::create_dir(&dir).map_err(|e| Error::io("create checkpoint directory", &dir, e))?;
+        sync_parent_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Complete a checkpoint: check its parent exists and its files are present and well-formed, then
+    /// write `meta.json` atomically. This is the commit point.
+    pub fn commit(&self, meta: &CheckpointMeta) -> Result<()> {
+        meta.validate()?;
+        let dir = self.dir_of(&meta.name)?;
+        if dir.join(META_FILE).exists() {
+            return Err(Error::CheckpointExists(meta.name.clone()));
+        }
+        if let Some(p) = &meta.parent {
+            // The parent must exist (creation times are not compared: wall clocks can step back).
+            self.get(p)?;
+        }
+        self.check_files(&dir, meta)?;
+        meta.save(&dir.join(META_FILE))
+    }
+
+    fn check_files(&self, dir: &Path, meta: &CheckpointMeta) -> Result<()> {
+        let state = dir.join(STATE_FILE);
+        if !state.is_file() {
+            return Err(Error::InvalidMeta(format!(
+                "{} is missing",
+                state.display()
+            )));
+        }
+        open_layer(&dir.join(&meta.memory.layer_file))?;
+        for d in &meta.disks {
+            let p = dir.join(&d.layer_file);
+            BlockIndex::load(&index_path(&p))?;
+            std::fs::metadata(&p).map_err(|e| Error::io("stat disk layer", &p, e))?;
+        }
+        Ok(())
+    }
+
+    /// The metadata of checkpoint `name`.
+    pub fn get(&self, name: &str) -> Result<CheckpointMeta> {
+        let path = self.dir_of(name)?.join(META_FILE);
+        if !path.exists() {
+            return Err(Error::NoSuchCheckpoint(name.to_string()));
+        }
+        let m = CheckpointMeta::load(&path)?;
+        if m.name != name {
+            return Err(Error::InvalidMeta(format!(
+                "directory {name:?} holds checkpoint {:?}",
+                m.name
+            ))
+            .in_file(path));
+        }
+        Ok(m)
+    }
+
+    /// Every complete checkpoint, oldest first (by creation time, then name). Each carries its parent link.
+    /// Incomplete directories are skipped; a `meta.json` that fails to load is an error.
+    pub fn list(&self) -> Result<Vec<CheckpointMeta>> {
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if validate_name(&name).is_err() || !entry.path().join(META_FILE).is_file() {
+                continue;
+            }
+            out.push(self.get(&name)?);
+        }
+        out.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
+        Ok(out)
+    }
+
+    /// Checkpoints whose parent is `name`.
+    pub fn children(&self, name: &str) -> Result<Vec<CheckpointMeta>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|m| m.parent.as_deref() == Some(name))
+            .collect())
+    }
+
+    /// The chain to restore `name`: base first, `name` last, following parent links.
+    pub fn chain_to(&self, name: &str) -> Result<Vec<CheckpointMeta>> {
+        let mut chain = vec![self.get(name)?];
+        let mut seen = HashSet::from([name.to_string()]);
+        while let Some(p) = chain.last().and_then(|m| m.parent.clone()) {
+            if !seen.insert(p.clone()) {
+                return Err(Error::BrokenChain(p));
+            }
+            let m = self.get(&p).map_err(|e| match e {
+                Error::NoSuchCheckpoint(_) => Error::BrokenChain(p.clone()),
+                e => e,
+            })?;
+            chain.push(m);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// The memory layer files to map for restoring `name`, base first.
+    pub fn memory_layers(&self, name: &str) -> Result<Vec<PathBuf>> {
+        self.chain_to(name)?
+            .iter()
+            .map(|m| Ok(self.dir_of(&m.name)?.join(&m.memory.layer_file)))
+            .collect()
+    }
+
+    /// The memory [`LayerChain`] for restoring `name` (indexes loaded and checked); call
+    /// [`LayerChain::resolve`] for the mapping plan.
+    pub fn memory_chain(&self, name: &str) -> Result<LayerChain> {
+        LayerChain::open(&self.memory_layers(name)?)
+    }
+
+    /// The disk layers of `drive_id` for restoring `name`, oldest first (pass them to
+    /// [`crate::disk::LayeredDisk::open`] with the base image and a fresh active delta).
+    pub fn disk_layers(&self, name: &str, drive_id: &str) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for m in self.chain_to(name)? {
+            if let Some(d) = m.disks.iter().find(|d| d.drive_id == drive_id) {
+                out.push(self.dir_of(&m.name)?.join(&d.layer_file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete checkpoint `name`, keeping every other checkpoint restorable: its memory and disk layers are
+    /// merged into each child (which then points at `name`'s parent; a child of a deleted base becomes a
+    /// base), then its directory is removed. Every step is idempotent and each child's `meta.json` is
+    /// rewritten only after its layers are complete, so a crash mid-way leaves all checkpoints restorable
+    /// and the delete can be run again.
+    ///
+    /// A running VM whose active disk delta sits on top of `name` should checkpoint before `name` is
+    /// deleted, or it loses the parent its next checkpoint would name.
+    pub fn delete(&self, name: &str) -> Result<DeleteReport> {
+        let meta = self.get(name)?;
+        let dir = self.dir_of(name)?;
+        let mut report = DeleteReport::default();
+        for mut child in self.children(name)? {
+            let cdir = self.dir_of(&child.name)?;
+            let st = merge_into_child(
+                &dir.join(&meta.memory.layer_file),
+                &cdir.join(&child.memory.layer_file),
+            )?;
+            report.pages_copied += st.pages_copied;
+            let cix = open_layer(&cdir.join(&child.memory.layer_file))?;
+            child.memory.dirty_mib = mib(cix.pages.byte_len());
+            for d in &meta.disks {
+                let Some(cd) = child.disks.iter_mut().find(|c| c.drive_id == d.drive_id) else {
+                    continue;
+                };
+                let cpath = cdir.join(&cd.layer_file);
+                let st = merge_disk_layer_into_child(&dir.join(&d.layer_file), &cpath)?;
+                report.blocks_copied += st.blocks_copied;
+                let bix = BlockIndex::load(&index_path(&cpath))?;
+                cd.delta_mib = mib(bix.data_blocks() * u64::from(bix.block_size));
+            }
+            child.parent = meta.parent.clone();
+            child.save(&cdir.join(META_FILE))?;
+            report.merged_into.push(child.name.clone());
+        }
+        // Remove meta.json first (the checkpoint stops existing), then the rest.
+        let meta_path = dir.join(META_FILE);
+        std::fs::remove_file(&meta_path)
+            .map_err(|e| Error::io("remove checkpoint metadata", &meta_path, e))?;
+        sync_parent_dir(&meta_path)?;
+        self.remove_dir(&dir)?;
+        Ok(report)
+    }
+
+    fn remove_dir(&self, dir: &Path) -> Result<()> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let trash = temp_path(&self.root.join(format!(".deleted-{name}")));
+        std::fs::rename(dir, &trash).map_err(|e| Error::io("move checkpoint to trash", dir, e))?;
+        sync_parent_dir(dir)?;
+        std::fs::remove_dir_all(&trash).map_err(|e| Error::io("remove checkpoint", &trash, e))
+    }
+
+    /// Remove incomplete checkpoint directories (no `meta.json`) and leftovers of interrupted deletes.
+    /// Call only when no checkpoint is being written into this store. Returns the names removed.
+    pub fn cleanup_incomplete(&self) -> Result<Vec<String>> {
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+        let mut removed = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .is_dir();
+            let incomplete = validate_name(&name).is_ok() && !path.join(META_FILE).exists();
+            if is_dir && (name.starts_with(".deleted-") || incomplete) {
+                std::fs::remove_dir_all(&path)
+                    .map_err(|e| Error::io("remove incomplete checkpoint", &path, e))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::meta::tests::sample;
+    use crate::checkpoint::{DiskMeta, MemoryMeta};
+    use crate::disk::LayeredDisk;
+    use crate::file::{self, FileKind};
+    use crate::memory::{write_layer_from_slice_to, PageIndex, PAGE_SIZE};
+
+    #[test]
+    fn names() {
+        for ok in ["a", "base", "c-1.2_x", &"a".repeat(64)] {
+            validate_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a..b",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+            "a\0",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Write a checkpoint whose memory holds `tag` in `pages` and whose disk was written with `tag`.
+    fn make(
+        store: &CheckpointStore,
+        name: &str,
+        parent: Option<&str>,
+        t: u64,
+        pages: &PageIndex,
+        disk: &mut LayeredDisk,
+    ) {
+        let dir = store.create_dir_for(name).unwrap();
+        file::save(
+            &dir.join(STATE_FILE),
+            FileKind::State,
+            &(name.to_string(), t),
+        )
+        .unwrap();
+        let mem = vec![t as u8; 16 * PAGE_SIZE as usize];
+        write_layer_from_slice_to(&dir.join(MEM_LAYER_FILE), pages, &mem).unwrap();
+        disk.write_at(t * 512, &[t as u8; 512]).unwrap();
+        let st = disk.checkpoint(&dir.join(disk_layer_file("root"))).unwrap();
+        let mut m = sample(name, parent);
+        m.created_unix_ms = t;
+        m.memory = MemoryMeta {
+            dirty_mib: mib(pages.byte_len()),
+            layer_file: MEM_LAYER_FILE.into(),
+        };
+        m.disks = vec![DiskMeta {
+            drive_id: "root".into(),
+            delta_mib: mib(st.bytes),
+            layer_file: disk_layer_file("root"),
+        }];
+        store.commit(&m).unwrap();
+    }
+
+    #[test]
+    fn create_list_chain_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0xaau8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(
+            &store,
+            "b",
+            Some("a"),
+            2,
+            &PageIndex::from_ranges([(2, 3)]),
+            &mut disk,
+        );
+        make(
+            &store,
+            "c",
+            Some("b"),
+            3,
+            &PageIndex::from_ranges([(3, 1), (10, 2)]),
+            &mut disk,
+        );
+        assert!(matches!(
+            store.create_dir_for("c"),
+            Err(Error::CheckpointExists(_))
+        ));
+        // An incomplete checkpoint is invisible.
+        store.create_dir_for("partial").unwrap();
+        let names: Vec<_> = store.list().unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(
+            store
+                .chain_to("c")
+                .unwrap()
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(store.children("a").unwrap().len(), 1);
+        let read_mem = |name: &str| {
+            let chain = store.memory_chain(name).unwrap();
+            let mut m = vec![0u8; chain.mem_size() as usize];
+            chain.read_into(&mut m).unwrap();
+            m
+        };
+        let read_disk = |name: &str, i: usize| {
+            let d = LayeredDisk::open(
+                &base_img,
+                &store.disk_layers(name, "root").unwrap(),
+                tmp.path().join(format!("act{i}")),
+            )
+            .unwrap();
+            let mut v = vec![0u8; d.len() as usize];
+            d.read_at(0, &mut v).unwrap();
+            v
+        };
+        let (mc, dc) = (read_mem("c"), read_disk("c", 0));
+        // Delete the middle one, then the base.
+        let r = store.delete("b").unwrap();
+        assert_eq!(r.merged_into, ["c"]);
+        assert_eq!(store.get("c").unwrap().parent.as_deref(), Some("a"));
+        assert_eq!((read_mem("c"), read_disk("c", 2)), (mc.clone(), dc.clone()));
+        store.delete("a").unwrap();
+        assert_eq!(store.get("c").unwrap().parent, None);
+        assert_eq!((read_mem("c"), read_disk("c", 3)), (mc, dc));
+        assert!(matches!(store.get("b"), Err(Error::NoSuchCheckpoint(_))));
+        assert_eq!(store.cleanup_incomplete().unwrap(), ["partial"]);
+        let left: Vec<_> = std::fs::read_dir(store.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["c"]);
+    }
+
+    #[test]
+    fn commit_checks_parent_and_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path()).unwrap();
+        let dir = store.create_dir_for("x").unwrap();
+        let mut m = sample("x", Some("nope"));
+        m.disks.clear();
+        assert!(matches!(store.commit(&m), Err(Error::NoSuchCheckpoint(_))));
+        m.parent = None;
+        assert!(store.commit(&m).is_err(), "state file missing");
+        std::fs::write(dir.join(STATE_FILE), b"x").unwrap();
+        assert!(store.commit(&m).is_err(), "memory layer missing");
+        write_layer_from_slice_to(&dir.join(MEM_LAYER_FILE), &PageIndex::new(), &[0u8; 4096])
+            .unwrap();
+        store.commit(&m).unwrap();
+        assert!(store.exists("x"));
+        assert!(matches!(store.chain_to("../x"), Err(Error::InvalidName(_))));
+    }
+
+    #[test]
+    fn broken_chains_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path()).unwrap();
+        for (n, p) in [("a", Some("b")), ("b", Some("a")), ("c", Some("gone"))] {
+            std::fs::create_dir(tmp.path().join(n)).unwrap();
+            let mut m = sample(n, p);
+            m.disks.clear();
+            m.save(&tmp.path().join(n).join(META_FILE)).unwrap();
+        }
+        assert!(matches!(store.chain_to("a"), Err(Error::BrokenChain(_))));
+        assert!(matches!(store.chain_to("c"), Err(Error::BrokenChain(ref p)) if p == "gone"));
+    }
+}

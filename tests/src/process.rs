@@ -1,0 +1,211 @@
+//! Run `cairn-vmm` (or any program) as a child and watch its serial output.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Output collected from a child's stdout (or stderr), with a condvar to wait on.
+#[derive(Default)]
+struct Collected {
+    data: Mutex<Vec<u8>>,
+    cv: Condvar,
+}
+
+/// A running child whose stdout and stderr are collected in the background.
+pub struct Guest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Arc<Collected>,
+    stderr: Arc<Collected>,
+    /// When the child was spawned.
+    pub started: Instant,
+}
+
+fn collect(mut r: impl Read + Send + 'static, into: Arc<Collected>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    into.data.lock().unwrap().extend_from_slice(&buf[..n]);
+                    into.cv.notify_all();
+                }
+            }
+        }
+    });
+}
+
+impl Guest {
+    /// Spawn `cmd` with piped stdio.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        let stdout = Arc::new(Collected::default());
+        let stderr = Arc::new(Collected::default());
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            started,
+        }
+    }
+
+    /// Wait until stdout contains `marker`; returns the time since spawn.
+    pub fn wait_for(&self, marker: &str, timeout: Duration) -> Result<Duration, String> {
+        let deadline = Instant::now() + timeout;
+        let mut data = self.stdout.data.lock().unwrap();
+        loop {
+            if String::from_utf8_lossy(&data).contains(marker) {
+                return Ok(self.started.elapsed());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {marker:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    String::from_utf8_lossy(&data),
+                    self.stderr()
+                ));
+            }
+            data = self.stdout.cv.wait_timeout(data, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything the child printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.data.lock().unwrap()).into_owned()
+    }
+
+    /// Everything the child printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.data.lock().unwrap()).into_owned()
+    }
+
+    /// Write to the child's stdin.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Close the child's stdin.
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Wait for the child to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The directory holding the workspace's built binaries (next to the running test's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Write a Firecracker-style JSON config for `kernel` into `dir` and return its path.
+pub fn write_config(dir: &Path, config: &serde_json::Value) -> PathBuf {
+    let p = dir.join("vm.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    p
+}
+
+/// A minimal HTTP/1.1 client over a Unix socket, enough to drive the Firecracker API in tests.
+pub mod http {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// Wait until `sock` accepts connections.
+    pub fn wait_for_socket(sock: &Path, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while UnixStream::connect(sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "API socket {} never accepted",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Send one request; returns (status, body).
+    pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = UnixStream::connect(sock).expect("connect API socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}

@@ -1,0 +1,229 @@
+//! `cairn-vmm` as production runs it: a static binary under `cairn-jailer` (new pid namespace,
+//! unprivileged uid/gid, a pids cgroup), with its seccomp filters on. Everything is checked from
+//! outside through `/proc/<pid>`: every thread filtered (`Seccomp: 2`), the pid namespace, ids,
+//! capabilities, the root, the cgroup, and the guest's serial output.
+//!
+//! Root only (prints `SKIP <name>: not root` otherwise) and needs `/dev/kvm`. The static VMM and
+//! the jailer are built on first use with
+//! `RUSTFLAGS='-C target-feature=+crt-static' cargo build -p cairn-vmm -p cairn-jailer --target x86_64-unknown-linux-gnu`
+//! into `target/jailed-vmm` (cached: later runs only check it is up to date). Set
+//! `CAIRN_STATIC_VMM` (and `CAIRN_JAILER`) to use binaries built elsewhere.
+
+#[path = "../../jailer/tests/support/mod.rs"]
+mod jail_support;
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_tests::process::http::{request, wait_for_socket};
+use cairn_tests::{guests, kvm_available};
+use jail_support::{pids_hierarchy, proc_status, require_root, TestJail};
+
+const UID: u32 = 1234;
+const GID: u32 = 1234;
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The static `cairn-vmm` and the `cairn-jailer` to run it with, built (or found up to date) in
+/// `<workspace>/target/jailed-vmm`.
+fn static_binaries() -> (PathBuf, PathBuf) {
+    if let Some(vmm) = std::env::var_os("CAIRN_STATIC_VMM") {
+        let jailer =
+            std::env::var_os("CAIRN_JAILER").expect("CAIRN_STATIC_VMM needs CAIRN_JAILER too");
+        return (vmm.into(), jailer.into());
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target_dir = workspace.join("target/jailed-vmm");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--offline",
+            "-p",
+            "cairn-vmm",
+            "-p",
+            "cairn-jailer",
+            "--target",
+            TARGET,
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the static cairn-vmm failed");
+    eprintln!("static cairn-vmm ready in {:?}", started.elapsed());
+    let bin = target_dir.join(TARGET).join("debug");
+    (bin.join("cairn-vmm"), bin.join("cairn-jailer"))
+}
+
+/// Collects a child's stdout in the background.
+fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    out
+}
+
+fn wait_for(out: &Mutex<Vec<u8>>, marker: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !String::from_utf8_lossy(&out.lock().unwrap()).contains(marker) {
+        assert!(
+            Instant::now() < deadline,
+            "no {marker:?} on the console: {}",
+            String::from_utf8_lossy(&out.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn jailed_static_vmm_runs_every_thread_filtered() {
+    let name = "jailed_static_vmm_runs_every_thread_filtered";
+    if !require_root(name) || !kvm_available(name) {
+        return;
+    }
+    let (vmm, jailer) = static_binaries();
+    // Read by the jail support's `jailer_bin()`.
+    std::env::set_var("CAIRN_JAILER", &jailer);
+
+    let mut jail = TestJail::new("seccomp", &vmm);
+    let pids = pids_hierarchy();
+    let mut args: Vec<String> = vec!["--new-pid-ns".into()];
+    if let Some((version, _)) = &pids {
+        args.extend([
+            "--cgroup-version".into(),
+            version.to_string(),
+            "--cgroup".into(),
+            "pids.max=64".into(),
+        ]);
+    } else {
+        eprintln!("{name}: no writable pids cgroup hierarchy; cgroup checks skipped");
+    }
+    args.extend(["--", "--api-sock", "/api.sock"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = jail
+        .command(UID, GID, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn jailer");
+    let console = collect(child.stdout.take().unwrap());
+    jail.children.push(child);
+    let pid = jail.wait_pid_file();
+
+    // The jailer refuses a pre-filled root, so the guest goes in after the start, as
+    // docs/jailer.md describes, and the VM is configured through the API socket.
+    let root = jail.root();
+    let kernel = root.join("halt64.elf");
+    std::fs::copy(guests::HALT64, &kernel).unwrap();
+    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
+    let sock = root.join("api.sock");
+    wait_for_socket(&sock, Duration::from_secs(10));
+    let (status, body) = request(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    let boot = r#"{"kernel_image_path": "/halt64.elf", "boot_args": "console=ttyS0"}"#;
+    let (status, body) = request(&sock, "PUT", "/boot-source", Some(boot));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    wait_for(&console, "cairn-tiny: halted", Duration::from_secs(20));
+    // Pause and resume: vCPU kicks (tgkill) and state requests under the filters.
+    assert_eq!(
+        request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    assert_eq!(
+        request(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
+
+    // Every thread filtered: main, API, both vCPUs (and KVM's workers, forked from a vCPU).
+    let mut names = vec![];
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let st = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |k: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("Seccomp:"), "2", "{st}");
+        names.push(field("Name:"));
+    }
+    for want in ["cairn-vmm", "cairn_api", "cairn_vcpu0", "cairn_vcpu1"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no thread {want}: {names:?}"
+        );
+    }
+
+    let st = proc_status(pid);
+    assert_eq!(
+        st["NSpid"],
+        format!("{pid}\t1"),
+        "pid 1 of a new pid namespace: {st:?}"
+    );
+    assert_eq!(st["Uid"], format!("{UID}\t{UID}\t{UID}\t{UID}"));
+    assert_eq!(st["Gid"], format!("{GID}\t{GID}\t{GID}\t{GID}"));
+    assert_eq!(st["CapEff"], "0000000000000000");
+    assert_eq!(st["NoNewPrivs"], "1");
+    // Its root is the jail's root directory.
+    let seen = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    let jail_root = std::fs::metadata(&root).unwrap();
+    assert_eq!((seen.dev(), seen.ino()), (jail_root.dev(), jail_root.ino()));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        Path::new("/")
+    );
+
+    if let Some((_, mount)) = pids {
+        let dir = jail.cgroup_dir(&mount);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "64"
+        );
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l.trim() == pid.to_string()),
+            "{pid} not in {procs}"
+        );
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroup.contains(&format!("{}/{}", jail.parent_cgroup, jail.id)),
+            "{cgroup}"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    assert!(stdout.contains("cairn-tiny: halted"), "{stdout}");
+}

@@ -1,0 +1,375 @@
+//! From method, path and body to an [`ApiRequest`], with Firecracker's paths and error replies.
+//!
+//! Every refusal is a 400 with `{"fault_message": ...}`, as in Firecracker: an unknown path or a
+//! method the path does not take gives `Invalid request method and/or path: PUT /foo.`, and a
+//! body that does not parse or validate gives the [`ConfigError`] text, which starts with the
+//! offending field.
+
+use serde::de::DeserializeOwned;
+
+use super::{ApiRequest, ApiResponse};
+use crate::config::{
+    parse_and_validate, validate_checkpoint_name, CheckpointCreate, ConfigError, Validate,
+};
+
+/// Decodes one request. `path` may carry a query string, which is ignored, and a trailing `/`.
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    let clean = path.split(['?', '#']).next().unwrap_or_default();
+    let trimmed = clean.trim_end_matches('/');
+    let segments: Vec<&str> = match trimmed.strip_prefix('/') {
+        Some(rest) => rest.split('/').collect(),
+        // "/" itself (trimmed to "") is the root; anything not starting with '/' is unknown.
+        None if trimmed.is_empty() && clean.starts_with('/') => Vec::new(),
+        None => return Err(invalid_path(method, path)),
+    };
+
+    let request = match (method, segments.as_slice()) {
+        ("GET", []) => ApiRequest::GetInstanceInfo,
+        ("GET", ["machine-config"]) => ApiRequest::GetMachineConfig,
+        ("PUT", ["machine-config"]) => ApiRequest::PutMachineConfig(parse_body(body)?),
+        ("PATCH", ["machine-config"]) => ApiRequest::PatchMachineConfig(parse_body(body)?),
+        ("GET", ["vm", "config"]) => ApiRequest::GetVmConfig,
+        ("PUT", ["boot-source"]) => ApiRequest::PutBootSource(parse_body(body)?),
+        ("PUT", ["drives", id]) if !id.is_empty() => {
+            let drive: crate::config::DriveConfig = parse_body(body)?;
+            check_path_id("drive_id", id, &drive.drive_id)?;
+            ApiRequest::PutDrive(drive)
+        }
+        ("PUT", ["network-interfaces", id]) if !id.is_empty() => {
+            let net: crate::config::NetConfig = parse_body(body)?;
+            check_path_id("iface_id", id, &net.iface_id)?;
+            ApiRequest::PutNetworkInterface(net)
+        }
+        ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
+        ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
+        ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),
+        ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(body)?),
+        ("PUT", ["actions"]) => ApiRequest::Action(parse_body(body)?),
+        ("PATCH", ["vm"]) => ApiRequest::PatchVm(parse_body(body)?),
+        ("PUT", ["snapshot", "create"]) => ApiRequest::CreateSnapshot(parse_body(body)?),
+        ("PUT", ["snapshot", "load"]) => ApiRequest::LoadSnapshot(parse_body(body)?),
+        ("PUT", ["checkpoints"]) => ApiRequest::CreateCheckpoint(if is_blank(body) {
+            CheckpointCreate::default()
+        } else {
+            parse_body(body)?
+        }),
+        ("GET", ["checkpoints"]) => ApiRequest::ListCheckpoints,
+        ("PUT", ["checkpoints", "restore"]) => ApiRequest::RestoreCheckpoint(parse_body(body)?),
+        ("DELETE", ["checkpoints", name]) => {
+            validate_checkpoint_name("name", name).map_err(to_response)?;
+            ApiRequest::DeleteCheckpoint((*name).to_string())
+        }
+        _ => return Err(invalid_path(method, path)),
+    };
+    Ok(request)
+}
+
+/// Firecracker's reply to a path it does not serve, or a method the path does not take.
+fn invalid_path(method: &str, path: &str) -> ApiResponse {
+    ApiResponse::bad_request(format!(
+        "Invalid request method and/or path: {method} {path}."
+    ))
+}
+
+fn to_response(error: ConfigError) -> ApiResponse {
+    ApiResponse::bad_request(error.to_string())
+}
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+fn parse_body<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiResponse> {
+    if is_blank(body) {
+        return Err(ApiResponse::bad_request(
+            "The request body is empty: expected a JSON object",
+        ));
+    }
+    parse_and_validate(body).map_err(to_response)
+}
+
+fn check_path_id(field: &str, in_path: &str, in_body: &str) -> Result<(), ApiResponse> {
+    if in_path != in_body {
+        return Err(to_response(ConfigError::invalid(
+            field,
+            format!(
+                "the id in the path (`{in_path}`) does not match the id in the body (`{in_body}`)"
+            ),
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    fn ok(method: &str, path: &str, body: &str) -> ApiRequest {
+        match route(method, path, body.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {path} {body} -> {e:?}"),
+        }
+    }
+
+    /// The fault message of a refused request (always a 400).
+    fn fault(method: &str, path: &str, body: &str) -> String {
+        match route(method, path, body.as_bytes()) {
+            Ok(r) => panic!("{method} {path} {body} accepted as {r:?}"),
+            Err(ApiResponse::Error {
+                status: 400,
+                message,
+            }) => message,
+            Err(other) => panic!("{method} {path} -> {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_without_body() {
+        for (method, path, expected) in [
+            ("GET", "/", ApiRequest::GetInstanceInfo),
+            ("GET", "/?x=1", ApiRequest::GetInstanceInfo),
+            ("GET", "/machine-config", ApiRequest::GetMachineConfig),
+            ("GET", "/machine-config/", ApiRequest::GetMachineConfig),
+            ("GET", "/vm/config", ApiRequest::GetVmConfig),
+            ("GET", "/checkpoints", ApiRequest::ListCheckpoints),
+            (
+                "DELETE",
+                "/checkpoints/base-1",
+                ApiRequest::DeleteCheckpoint("base-1".into()),
+            ),
+            (
+                "PUT",
+                "/checkpoints",
+                ApiRequest::CreateCheckpoint(CheckpointCreate::default()),
+            ),
+        ] {
+            assert_eq!(ok(method, path, ""), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn routes_with_body() {
+        let table: Vec<(&str, &str, &str, ApiRequest)> = vec![
+            (
+                "PUT",
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 256}"#,
+                ApiRequest::PutMachineConfig(MachineConfig {
+                    vcpu_count: 2,
+                    mem_size_mib: 256,
+                    ..MachineConfig::default()
+                }),
+            ),
+            (
+                "PATCH",
+                "/machine-config",
+                r#"{"mem_size_mib": 512}"#,
+                ApiRequest::PatchMachineConfig(MachineConfigUpdate {
+                    mem_size_mib: Some(512),
+                    ..MachineConfigUpdate::default()
+                }),
+            ),
+            (
+                "PUT",
+                "/boot-source",
+                r#"{"kernel_image_path": "/k", "boot_args": "console=ttyS0"}"#,
+                ApiRequest::PutBootSource(BootSourceConfig {
+                    kernel_image_path: "/k".into(),
+                    initrd_path: None,
+                    boot_args: Some("console=ttyS0".into()),
+                }),
+            ),
+            (
+                "PUT",
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#,
+                ApiRequest::PutVsock(VsockConfig {
+                    vsock_id: None,
+                    guest_cid: 3,
+                    uds_path: "/v.sock".into(),
+                }),
+            ),
+            (
+                "PUT",
+                "/entropy",
+                "{}",
+                ApiRequest::PutEntropy(EntropyConfig::default()),
+            ),
+            (
+                "PUT",
+                "/logger",
+                r#"{"level": "Info"}"#,
+                ApiRequest::PutLogger(LoggerConfig {
+                    level: Some(LogLevel::Info),
+                    ..LoggerConfig::default()
+                }),
+            ),
+            (
+                "PUT",
+                "/metrics",
+                r#"{"metrics_path": "/m"}"#,
+                ApiRequest::PutMetrics(MetricsConfig {
+                    metrics_path: "/m".into(),
+                }),
+            ),
+            (
+                "PUT",
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#,
+                ApiRequest::Action(InstanceActionInfo {
+                    action_type: ActionType::InstanceStart,
+                }),
+            ),
+            (
+                "PATCH",
+                "/vm",
+                r#"{"state": "Paused"}"#,
+                ApiRequest::PatchVm(VmStateUpdate {
+                    state: VmState::Paused,
+                }),
+            ),
+            (
+                "PUT",
+                "/snapshot/create",
+                r#"{"snapshot_path": "s", "mem_file_path": "m", "snapshot_type": "Diff"}"#,
+                ApiRequest::CreateSnapshot(CreateSnapshotParams {
+                    snapshot_type: SnapshotType::Diff,
+                    snapshot_path: "s".into(),
+                    mem_file_path: "m".into(),
+                    version: None,
+                }),
+            ),
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}, "resume_vm": true}"#,
+                ApiRequest::LoadSnapshot(LoadSnapshotParams {
+                    snapshot_path: "s".into(),
+                    mem_backend: Some(MemBackendConfig {
+                        backend_type: MemBackendType::File,
+                        backend_path: "m".into(),
+                    }),
+                    resume_vm: Some(true),
+                    ..LoadSnapshotParams::default()
+                }),
+            ),
+            (
+                "PUT",
+                "/checkpoints",
+                r#"{"name": "booted"}"#,
+                ApiRequest::CreateCheckpoint(CheckpointCreate {
+                    name: Some("booted".into()),
+                }),
+            ),
+            (
+                "PUT",
+                "/checkpoints/restore",
+                r#"{"name": "booted"}"#,
+                ApiRequest::RestoreCheckpoint(CheckpointRestore {
+                    name: "booted".into(),
+                }),
+            ),
+        ];
+        for (method, path, body, expected) in table {
+            assert_eq!(ok(method, path, body), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn drive_and_interface_ids_must_match_the_path() {
+        let body = r#"{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true}"#;
+        match ok("PUT", "/drives/rootfs", body) {
+            ApiRequest::PutDrive(d) => assert_eq!(d.drive_id, "rootfs"),
+            other => panic!("{other:?}"),
+        }
+        let msg = fault("PUT", "/drives/other", body);
+        assert!(
+            msg.starts_with("drive_id: the id in the path (`other`)"),
+            "{msg}"
+        );
+        assert!(fault("PUT", "/drives/", body).starts_with("Invalid request method and/or path"));
+        assert!(fault("PUT", "/drives/a/b", body).starts_with("Invalid request method and/or path"));
+
+        let body =
+            r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:01"}"#;
+        assert!(matches!(
+            ok("PUT", "/network-interfaces/eth0", body),
+            ApiRequest::PutNetworkInterface(_)
+        ));
+        assert!(fault("PUT", "/network-interfaces/eth1", body).starts_with("iface_id: "));
+        let bad_mac = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00"}"#;
+        assert!(fault("PUT", "/network-interfaces/eth0", bad_mac).starts_with("guest_mac: "));
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_methods() {
+        for (method, path) in [
+            ("GET", "/nope"),
+            ("GET", "machine-config"),
+            ("DELETE", "/machine-config"),
+            ("POST", "/actions"),
+            ("GET", "/actions"),
+            ("PUT", "/"),
+            ("GET", "/vm"),
+            ("PUT", "/snapshot"),
+            ("PATCH", "/drives/rootfs"),
+            ("get", "/"),
+            ("GET", ""),
+        ] {
+            let msg = fault(method, path, "{}");
+            assert_eq!(
+                msg,
+                format!("Invalid request method and/or path: {method} {path}.")
+            );
+        }
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let msg = fault(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": "x", "mem_size_mib": 1}"#,
+        );
+        assert!(
+            msg.starts_with(r#"vcpu_count: invalid type: string "x", expected u8"#),
+            "{msg}"
+        );
+        let msg = fault(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 1, "foo": 1}"#,
+        );
+        assert!(msg.starts_with("foo: unknown field `foo`"), "{msg}");
+        let msg = fault(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 0, "mem_size_mib": 1}"#,
+        );
+        assert!(
+            msg.starts_with("vcpu_count: must be between 1 and 32"),
+            "{msg}"
+        );
+        let msg = fault("PATCH", "/machine-config", r#"{"cpu_template": "T2S"}"#);
+        assert!(
+            msg.starts_with("cpu_template: CPU template T2S is not implemented"),
+            "{msg}"
+        );
+        let msg = fault("PUT", "/snapshot/load", r#"{"snapshot_path": "s"}"#);
+        assert!(msg.starts_with("mem_backend: missing"), "{msg}");
+        let msg = fault("PUT", "/actions", r#"{"action_type": "Reboot"}"#);
+        assert!(
+            msg.starts_with("action_type: unknown variant `Reboot`"),
+            "{msg}"
+        );
+        assert!(fault("PUT", "/machine-config", "").contains("body is empty"));
+        assert!(fault("PUT", "/machine-config", "{").contains("EOF"));
+        assert!(fault("PUT", "/machine-config", "[1, 2]").contains("expected a JSON object"));
+        assert!(fault("PUT", "/boot-source", "\u{1}").contains("expected a JSON object"));
+        assert!(fault("PUT", "/checkpoints", r#"{"name": "../x"}"#).starts_with("name: "));
+        assert!(fault("PUT", "/checkpoints/restore", "{}").contains("missing field `name`"));
+        assert!(fault("DELETE", "/checkpoints/..", "").starts_with("name: "));
+        assert!(fault("DELETE", "/checkpoints/.hidden", "").starts_with("name: "));
+    }
+}

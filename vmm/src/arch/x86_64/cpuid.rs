@@ -1,0 +1,355 @@
+//! CPUID for each vCPU: KVM's supported set, normalised for the VM's topology, then filtered
+//! through a CPU template.
+//!
+//! Templates mask features so that a checkpoint taken on one host restores on another with the
+//! same template, and so that a fleet exposes one stable feature set. Their names are
+//! Firecracker's. On this project's emulated test host, KVM ignores feature removal in several
+//! leaves (see docs/vmm.md); masking there must also happen on the guest kernel command line.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use serde::{Deserialize, Serialize};
+
+/// A CPU template: which features the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CpuTemplate {
+    /// The host's features as KVM supports them.
+    #[default]
+    None,
+    /// Firecracker's T2: an Intel Haswell-class feature set (no AVX-512, no TSX, no PT).
+    T2,
+    /// Firecracker's C3: an Intel Ivy Bridge-class feature set (T2 minus AVX2, BMI, FMA, ...).
+    C3,
+}
+
+impl CpuTemplate {
+    /// Parse Firecracker's template names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "None" => Some(Self::None),
+            "T2" => Some(Self::T2),
+            "C3" => Some(Self::C3),
+            _ => None,
+        }
+    }
+
+    /// The name as Firecracker spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "None",
+            Self::T2 => "T2",
+            Self::C3 => "C3",
+        }
+    }
+}
+
+/// Why CPUID could not be prepared.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CpuidError {
+    /// The template needs a CPU vendor the host does not have.
+    #[error("cpu_template {template} needs an Intel host; this host is {vendor}")]
+    WrongVendor {
+        /// The template asked for.
+        template: &'static str,
+        /// The host's vendor string.
+        vendor: String,
+    },
+}
+
+/// CPU vendor string from leaf 0.
+pub fn vendor(cpuid: &CpuId) -> String {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map(|e| {
+            let mut v = Vec::with_capacity(12);
+            v.extend_from_slice(&e.ebx.to_le_bytes());
+            v.extend_from_slice(&e.edx.to_le_bytes());
+            v.extend_from_slice(&e.ecx.to_le_bytes());
+            String::from_utf8_lossy(&v).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The VM's topology as CPUID reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    /// This vCPU's index (= APIC id).
+    pub cpu_index: u8,
+    /// Number of vCPUs.
+    pub cpu_count: u8,
+    /// Two threads per core.
+    pub smt: bool,
+}
+
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+fn bits_needed(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Adjust `entry` for this vCPU's place in the topology.
+fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: Topology) {
+    let count = u32::from(topo.cpu_count);
+    let threads_per_core: u32 = if topo.smt { 2 } else { 1 };
+    match entry.function {
+        1 => {
+            entry.ebx = (entry.ebx & 0x0000_ffff)
+                | (u32::from(topo.cpu_index) << 24)
+                | (count << 16)
+                | (8 << 8);
+            entry.ecx |= LEAF1_ECX_HYPERVISOR;
+            if count > 1 {
+                entry.edx |= LEAF1_EDX_HTT;
+            } else {
+                entry.edx &= !LEAF1_EDX_HTT;
+            }
+        }
+        4 => {
+            // Cores per package - 1 in EAX[31:26]; threads sharing this cache in EAX[25:14].
+            let cores = count.div_ceil(threads_per_core).max(1);
+            let cache_level = (entry.eax >> 5) & 0x7;
+            let sharing = if cache_level >= 3 {
+                count
+            } else {
+                threads_per_core
+            };
+            entry.eax = (entry.eax & 0x3fff) | ((cores - 1) << 26) | ((sharing.max(1) - 1) << 14);
+        }
+        6 => {
+            // No turbo/power management.
+            entry.eax &= !(1 << 1);
+            entry.ecx &= !(1 << 3);
+        }
+        0xa => {
+            // No architectural PMU: KVM's vPMU is not part of the stable feature set.
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        LEAF_EXT_TOPOLOGY => {
+            entry.edx = u32::from(topo.cpu_index);
+            match entry.index {
+                0 => {
+                    entry.eax = bits_needed(threads_per_core);
+                    entry.ebx = threads_per_core;
+                    entry.ecx = (LEVEL_TYPE_SMT << 8) | entry.index;
+                }
+                1 => {
+                    entry.eax = bits_needed(count);
+                    entry.ebx = count;
+                    entry.ecx = (LEVEL_TYPE_CORE << 8) | entry.index;
+                }
+                _ => {
+                    entry.eax = 0;
+                    entry.ebx = 0;
+                    entry.ecx = entry.index;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Feature bits a template removes: `(leaf, subleaf, register index 0..4 = eax..edx, mask)`.
+fn template_masks(template: CpuTemplate) -> Vec<(u32, u32, usize, u32)> {
+    const EAX: usize = 0;
+    const EBX: usize = 1;
+    const ECX: usize = 2;
+    const EDX: usize = 3;
+    let mut masks = vec![];
+    if template == CpuTemplate::None {
+        return masks;
+    }
+    // Shared by T2 and C3: host-only, monitoring and debug features.
+    let leaf1_ecx = (1 << 2)
+        | (1 << 3)
+        | (1 << 4)
+        | (1 << 5)
+        | (1 << 6)
+        | (1 << 7)
+        | (1 << 8)
+        | (1 << 10)
+        | (1 << 11)
+        | (1 << 14)
+        | (1 << 15)
+        | (1 << 18);
+    let leaf1_edx = (1 << 18) | (1 << 21) | (1 << 22) | (1 << 27) | (1 << 29) | (1 << 31);
+    // AVX-512 family, RDSEED, ADX, CLFLUSHOPT, CLWB, PT, SHA, HLE, RTM, MPX.
+    let leaf7_ebx = (1 << 4)
+        | (1 << 11)
+        | (1 << 14)
+        | (1 << 16)
+        | (1 << 17)
+        | (1 << 18)
+        | (1 << 19)
+        | (1 << 21)
+        | (1 << 23)
+        | (1 << 24)
+        | (1 << 25)
+        | (1 << 26)
+        | (1 << 27)
+        | (1 << 28)
+        | (1 << 29)
+        | (1 << 30)
+        | (1 << 31);
+    masks.push((1, 0, ECX, leaf1_ecx));
+    masks.push((1, 0, EDX, leaf1_edx));
+    masks.push((7, 0, EBX, leaf7_ebx));
+    masks.push((7, 0, ECX, u32::MAX));
+    // Everything but MD_CLEAR (10), IBRS/IBPB (26), STIBP (27) and ARCH_CAPABILITIES (29).
+    masks.push((7, 0, EDX, !((1 << 10) | (1 << 26) | (1 << 27) | (1 << 29))));
+    masks.push((7, 1, EAX, u32::MAX));
+    // XSAVEC, XGETBV1, XSAVES.
+    masks.push((0xd, 1, EAX, (1 << 1) | (1 << 2) | (1 << 3)));
+    if template == CpuTemplate::C3 {
+        // FMA, MOVBE.
+        masks.push((1, 0, ECX, (1 << 12) | (1 << 22)));
+        // BMI1, AVX2, BMI2, INVPCID.
+        masks.push((7, 0, EBX, (1 << 3) | (1 << 5) | (1 << 8) | (1 << 10)));
+        // ABM/LZCNT, PREFETCHW.
+        masks.push((0x8000_0001, 0, ECX, (1 << 5) | (1 << 8)));
+    }
+    masks
+}
+
+fn apply_template(entry: &mut kvm_cpuid_entry2, template: CpuTemplate) {
+    for (leaf, subleaf, reg, mask) in template_masks(template) {
+        if entry.function == leaf && entry.index == subleaf {
+            let r = match reg {
+                0 => &mut entry.eax,
+                1 => &mut entry.ebx,
+                2 => &mut entry.ecx,
+                _ => &mut entry.edx,
+            };
+            *r &= !mask;
+        }
+    }
+}
+
+/// The CPUID for one vCPU, from KVM's supported set.
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    topo: Topology,
+    template: CpuTemplate,
+) -> Result<CpuId, CpuidError> {
+    if template != CpuTemplate::None {
+        let v = vendor(supported);
+        if v != "GenuineIntel" {
+            return Err(CpuidError::WrongVendor {
+                template: template.name(),
+                vendor: v,
+            });
+        }
+    }
+    let mut cpuid = supported.clone();
+    for entry in cpuid.as_mut_slice() {
+        normalize_entry(entry, topo);
+        apply_template(entry, template);
+    }
+    Ok(cpuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    fn sample() -> CpuId {
+        // "GenuineIntel" = EBX "Genu", EDX "ineI", ECX "ntel".
+        let genu = u32::from_le_bytes(*b"Genu");
+        let inei = u32::from_le_bytes(*b"ineI");
+        let ntel = u32::from_le_bytes(*b"ntel");
+        CpuId::from_entries(&[
+            entry(0, 0, [0xd, genu, ntel, inei]),
+            entry(1, 0, [0x906ea, 0xff_ff_ff_ff, 0xffff_ffff, 0xffff_ffff]),
+            entry(7, 0, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
+            entry(0xb, 0, [9, 9, 9, 9]),
+            entry(0xb, 1, [9, 9, 9, 9]),
+            entry(0xa, 0, [1, 1, 1, 1]),
+        ])
+        .unwrap()
+    }
+
+    fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
+    }
+
+    #[test]
+    fn topology_is_per_vcpu() {
+        let topo = Topology {
+            cpu_index: 3,
+            cpu_count: 4,
+            smt: false,
+        };
+        let c = vcpu_cpuid(&sample(), topo, CpuTemplate::None).unwrap();
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 3);
+        assert_eq!((l1.ebx >> 16) & 0xff, 4);
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        let b1 = find(&c, 0xb, 1);
+        assert_eq!(
+            (b1.eax, b1.ebx, b1.edx, b1.ecx >> 8),
+            (2, 4, 3, LEVEL_TYPE_CORE)
+        );
+        assert_eq!(find(&c, 0xa, 0).eax, 0);
+    }
+
+    #[test]
+    fn templates_mask_features() {
+        let topo = Topology {
+            cpu_index: 0,
+            cpu_count: 1,
+            smt: false,
+        };
+        let t2 = vcpu_cpuid(&sample(), topo, CpuTemplate::T2).unwrap();
+        let c3 = vcpu_cpuid(&sample(), topo, CpuTemplate::C3).unwrap();
+        let avx512f = 1 << 16;
+        let avx2 = 1 << 5;
+        assert_eq!(find(&t2, 7, 0).ebx & avx512f, 0);
+        assert_ne!(find(&t2, 7, 0).ebx & avx2, 0);
+        assert_eq!(find(&c3, 7, 0).ebx & avx2, 0);
+        assert_eq!(find(&t2, 1, 0).ecx & (1 << 5), 0, "VMX hidden");
+        assert_eq!(CpuTemplate::from_name("C3"), Some(CpuTemplate::C3));
+        assert_eq!(CpuTemplate::from_name("T2S"), None);
+    }
+
+    #[test]
+    fn intel_templates_refuse_other_vendors() {
+        let mut c = sample();
+        c.as_mut_slice()[0].ebx = u32::from_le_bytes(*b"Auth");
+        let topo = Topology {
+            cpu_index: 0,
+            cpu_count: 1,
+            smt: false,
+        };
+        assert!(matches!(
+            vcpu_cpuid(&c, topo, CpuTemplate::T2),
+            Err(CpuidError::WrongVendor { .. })
+        ));
+        assert!(vcpu_cpuid(&c, topo, CpuTemplate::None).is_ok());
+    }
+}

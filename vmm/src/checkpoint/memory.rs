@@ -1,0 +1,269 @@
+//! Guest memory in checkpoints: which pages to write, writing them, and mapping memory files
+//! back (MAP_PRIVATE, so restore time does not grow with guest RAM).
+//!
+//! Memory files follow Firecracker's layout: the guest's RAM regions one after the other (so for
+//! guests under 3.25 GiB the file offset is the guest physical address). A Full file holds every
+//! page the guest ever touched; a Diff file holds the pages dirtied since the previous snapshot.
+//! Both are sparse: pages not written are holes. Each file has a page index beside it
+//! (`<file>.index`), so a chain of layers can be mapped without reading the files.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
+use cairn_snapshot::memory::{LayerIndex, PageIndex};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::error::VmmError;
+use crate::vstate::vm::Vm;
+
+/// Page size of every bitmap and index.
+pub const PAGE_SIZE: u64 = 4096;
+
+fn snap_err(what: impl std::fmt::Display) -> VmmError {
+    VmmError::Snapshot(what.to_string())
+}
+
+/// `(host address, length, file offset)` of each region.
+pub fn region_layout(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u64)> {
+    let mut file_offset = 0;
+    mem.iter()
+        .map(|r| {
+            let host = r.as_ptr() as u64;
+            let out = (host, r.len(), file_offset);
+            file_offset += r.len();
+            out
+        })
+        .collect()
+}
+
+/// Total size of guest RAM (= memory file size).
+pub fn mem_size(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+/// Pages dirtied since the last call: KVM's dirty log (guest writes) plus the VMM's own writes
+/// (vm-memory's bitmap, fed by virtio devices). Both are cleared.
+pub fn take_dirty_pages(mem: &GuestMemoryMmap, vm: &Vm) -> Result<PageIndex, VmmError> {
+    let kvm_logs = if vm.dirty_tracking() {
+        Some(vm.take_dirty_log()?)
+    } else {
+        None
+    };
+    let mut index = PageIndex::new();
+    for (i, (region, (_, _, file_offset))) in mem.iter().zip(region_layout(mem)).enumerate() {
+        let base_page = file_offset / PAGE_SIZE;
+        let vmm_bits = std::ops::Deref::deref(region).bitmap().get_and_reset();
+        index.add_bitmap(&vmm_bits, base_page);
+        if let Some(log) = kvm_logs.as_ref().and_then(|l| l.get(i)) {
+            index.add_bitmap(log, base_page);
+        }
+    }
+    Ok(index)
+}
+
+/// Pages resident in the guest's mappings: for anonymous memory, exactly the pages the guest
+/// has touched.
+pub fn resident_pages(mem: &GuestMemoryMmap) -> Result<PageIndex, VmmError> {
+    let mut index = PageIndex::new();
+    for (host, len, file_offset) in region_layout(mem) {
+        let pages = (len / PAGE_SIZE) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: [host, host+len) is a live mapping owned by `mem`; `vec` has one byte per page.
+        let rc =
+            unsafe { libc::mincore(host as *mut libc::c_void, len as usize, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(snap_err(format!(
+                "mincore: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let base = file_offset / PAGE_SIZE;
+        let mut start: Option<u64> = None;
+        let mut ranges = Vec::new();
+        for (i, b) in vec.iter().enumerate() {
+            match (b & 1 == 1, start) {
+                (true, None) => start = Some(i as u64),
+                (false, Some(s)) => {
+                    ranges.push((base + s, i as u64 - s));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            ranges.push((base + s, pages as u64 - s));
+        }
+        index = index.union(&PageIndex::from_ranges(ranges));
+    }
+    Ok(index)
+}
+
+fn host_range_for(layout: &[(u64, u64, u64)], file_offset: u64, len: u64) -> Option<u64> {
+    layout
+        .iter()
+        .find(|(_, rlen, foff)| file_offset >= *foff && file_offset + len <= foff + rlen)
+        .map(|(host, _, foff)| host + (file_offset - foff))
+}
+
+/// Write `pages` of guest memory into a new sparse memory file at `path` (atomically: temp
+/// file, fsync, rename) and its page index beside it. Returns the bytes written.
+pub fn write_memory_file(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    path: &Path,
+    sync: bool,
+) -> Result<u64, VmmError> {
+    let layout = region_layout(mem);
+    let size = mem_size(mem);
+    let tmp = cairn_snapshot::file::temp_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| snap_err(format!("{}: {e}", tmp.display())))?;
+    let result = (|| {
+        file.set_len(size)
+            .map_err(|e| snap_err(format!("{}: {e}", tmp.display())))?;
+        let mut written = 0;
+        for (offset, len) in pages.write_plan() {
+            let host = host_range_for(&layout, offset, len).ok_or_else(|| {
+                snap_err(format!(
+                    "page range {offset:#x}+{len:#x} is outside guest RAM"
+                ))
+            })?;
+            let mut done = 0u64;
+            while done < len {
+                // SAFETY: [host+done, host+len) lies inside a live guest mapping (checked by
+                // host_range_for); pwrite only reads from it.
+                let n = unsafe {
+                    libc::pwrite(
+                        file.as_raw_fd(),
+                        (host + done) as *const libc::c_void,
+                        (len - done) as usize,
+                        (offset + done) as libc::off_t,
+                    )
+                };
+                if n <= 0 {
+                    return Err(snap_err(format!(
+                        "writing {}: {}",
+                        tmp.display(),
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                done += n as u64;
+            }
+            written += len;
+        }
+        if sync {
+            file.sync_all()
+                .map_err(|e| snap_err(format!("fsync {}: {e}", tmp.display())))?;
+        }
+        Ok(written)
+    })();
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let index = LayerIndex::new(size, pages.clone()).map_err(snap_err)?;
+    index
+        .save(&cairn_snapshot::memory::index_path(path))
+        .map_err(snap_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| snap_err(format!("rename {}: {e}", path.display())))?;
+    if sync {
+        cairn_snapshot::file::sync_parent_dir(path).map_err(snap_err)?;
+    }
+    Ok(written)
+}
+
+/// Guest memory mapped MAP_PRIVATE from a chain of memory files (base first). Pages are read
+/// lazily by the kernel on first touch; writes stay private to this VM.
+pub fn map_memory_chain(
+    regions: &[(u64, u64)],
+    layers: &[std::path::PathBuf],
+) -> Result<(GuestMemoryMmap, PageIndex), VmmError> {
+    let base_path = layers
+        .first()
+        .ok_or_else(|| snap_err("no memory file given"))?;
+    let base =
+        File::open(base_path).map_err(|e| snap_err(format!("{}: {e}", base_path.display())))?;
+    let total: u64 = regions.iter().map(|(_, len)| len).sum();
+    let file_len = base.metadata().map_err(|e| snap_err(e.to_string()))?.len();
+    if file_len < total {
+        return Err(snap_err(format!(
+            "memory file {} is {file_len} bytes, the VM needs {total}",
+            base_path.display()
+        )));
+    }
+    let mut file_offset = 0u64;
+    let mut mapped = Vec::with_capacity(regions.len());
+    for &(gpa, len) in regions {
+        let f = base.try_clone().map_err(|e| snap_err(e.to_string()))?;
+        let region = MmapRegionBuilder::<AtomicBitmap>::new_with_bitmap(
+            len as usize,
+            <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len as usize),
+        )
+        .with_file_offset(FileOffset::new(f, file_offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| snap_err(format!("mmap {}: {e}", base_path.display())))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(gpa))
+            .ok_or_else(|| snap_err("region overflows"))?;
+        mapped.push(region);
+        file_offset += len;
+    }
+    let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| snap_err(e.to_string()))?;
+    // Layers after the base: map each one's pages over the base, newest last.
+    let mut chain = cairn_snapshot::memory::LayerChain::new(total);
+    for layer in layers {
+        let index = cairn_snapshot::memory::open_layer(layer)
+            .map_err(|e| snap_err(format!("{}: {e}", layer.display())))?;
+        chain.push(layer, index).map_err(snap_err)?;
+    }
+    let layout = region_layout(&mem);
+    let files: Vec<File> = layers
+        .iter()
+        .map(|p| File::open(p).map_err(|e| snap_err(format!("{}: {e}", p.display()))))
+        .collect::<Result<_, _>>()?;
+    for range in chain.resolve() {
+        if range.layer == 0 {
+            continue;
+        }
+        let host = host_range_for(&layout, range.guest_offset, range.len)
+            .ok_or_else(|| snap_err("layer range outside guest RAM"))?;
+        let file = &files[range.layer];
+        // SAFETY: the target range lies inside our own guest mapping (checked above), so
+        // MAP_FIXED only replaces pages of that mapping; the file stays open while mapped
+        // (the kernel holds its own reference).
+        let p = unsafe {
+            libc::mmap(
+                host as *mut libc::c_void,
+                range.len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                range.file_offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(snap_err(format!(
+                "mmap layer: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    let all_pages = chain
+        .layers()
+        .iter()
+        .fold(PageIndex::new(), |acc, l| acc.union(&l.pages));
+    Ok((mem, all_pages))
+}

@@ -1,0 +1,12 @@
+//! Checkpoints: pause, collect every component's state, write memory and state files, and
+//! rebuild a VM from them.
+//!
+//! Two interfaces sit on top: Firecracker's (`PUT /snapshot/create`, `PUT /snapshot/load`, with
+//! the same file semantics) and cairn's named, incremental checkpoints (`/checkpoints`).
+
+pub mod disk;
+pub mod memory;
+pub mod named;
+pub mod restore;
+pub mod snapshot;
+pub mod state;

@@ -1,0 +1,239 @@
+//! cairn's named, incremental checkpoints of memory, disks and devices, beyond Firecracker's
+//! snapshots: create, list, restore any of a chain (layers mapped, never merged first), and
+//! delete any one while every other stays restorable.
+//!
+//! The first checkpoint of a VM holds every page it touched (Full); each later one holds the
+//! pages dirtied since its parent (the checkpoint taken or restored last), plus the disk blocks
+//! written since then, frozen out of the active delta in O(dirty blocks).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_devices::virtio::block::{BlockConfig, DiskBackend, RawFile};
+use cairn_snapshot::checkpoint::store::disk_layer_file;
+use cairn_snapshot::checkpoint::{CheckpointMeta, CheckpointStore, DiskMeta, MemoryMeta};
+use cairn_snapshot::disk::LayeredDisk;
+
+use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
+use crate::checkpoint::memory::write_memory_file;
+use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
+use crate::checkpoint::state::{capture, write_state};
+use crate::error::VmmError;
+use crate::machine::{Machine, RunState};
+
+/// File names inside a checkpoint directory.
+pub const STATE_FILE: &str = "state";
+/// The memory layer's file name.
+pub const MEMORY_FILE: &str = "mem.layer";
+/// Where active disk deltas live, under the checkpoint directory.
+pub const ACTIVE_DIR: &str = ".active";
+
+fn snap_err(e: impl std::fmt::Display) -> VmmError {
+    VmmError::Snapshot(e.to_string())
+}
+
+/// The checkpoints of one VM.
+#[derive(Debug)]
+pub struct CheckpointManager {
+    store: CheckpointStore,
+    head: Option<String>,
+    drives: Vec<LayeredDrive>,
+}
+
+impl CheckpointManager {
+    /// Open (or create) the checkpoint directory `root`; incomplete checkpoints left by a crash
+    /// are removed.
+    pub fn open(root: &Path) -> Result<Self, VmmError> {
+        std::fs::create_dir_all(root)
+            .map_err(VmmError::io(format!("checkpoint dir {}", root.display())))?;
+        let store = CheckpointStore::open(root).map_err(snap_err)?;
+        let removed = store.cleanup_incomplete().map_err(snap_err)?;
+        for name in removed {
+            tracing::warn!("removed incomplete checkpoint {name} (interrupted earlier)");
+        }
+        std::fs::create_dir_all(root.join(ACTIVE_DIR)).map_err(VmmError::io("active delta dir"))?;
+        Ok(Self {
+            store,
+            head: None,
+            drives: vec![],
+        })
+    }
+
+    /// The checkpoint the running VM descends from.
+    pub fn head(&self) -> Option<&str> {
+        self.head.as_deref()
+    }
+
+    fn fresh_active_path(&self, drive_id: &str) -> PathBuf {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        self.store
+            .root()
+            .join(ACTIVE_DIR)
+            .join(format!("{drive_id}.{}.{stamp}.active", std::process::id()))
+    }
+
+    /// Open `cfg`'s disk on the layered store, on top of checkpoint `from` (or the bare base).
+    /// Read-only drives stay plain files: they never change.
+    pub fn open_disk(
+        &mut self,
+        cfg: &BlockConfig,
+        from: Option<&str>,
+    ) -> Result<Box<dyn DiskBackend>, VmmError> {
+        if cfg.read_only {
+            let raw = RawFile::open(&cfg.path, true)
+                .map_err(VmmError::io(format!("{}", cfg.path.display())))?;
+            return Ok(Box::new(raw));
+        }
+        let layers = match from {
+            Some(name) => self
+                .store
+                .disk_layers(name, &cfg.drive_id)
+                .map_err(snap_err)?,
+            None => vec![],
+        };
+        let active = self.fresh_active_path(&cfg.drive_id);
+        let disk = LayeredDisk::open(&cfg.path, &layers, active).map_err(snap_err)?;
+        let disk = Arc::new(Mutex::new(disk));
+        self.drives.retain(|d| d.drive_id != cfg.drive_id);
+        self.drives.push(LayeredDrive {
+            drive_id: cfg.drive_id.clone(),
+            base: cfg.path.clone(),
+            disk: disk.clone(),
+        });
+        Ok(Box::new(LayeredBackend::new(disk)))
+    }
+
+    /// Forget the drives of a machine that is gone.
+    pub fn release_drives(&mut self) {
+        self.drives.clear();
+    }
+
+    /// Mark `name` as the running VM's parent (after restoring it).
+    pub fn set_head(&mut self, name: Option<String>) {
+        self.head = name;
+    }
+
+    /// The memory layers to map for restoring `name`, base first.
+    pub fn memory_layers(&self, name: &str) -> Result<Vec<PathBuf>, VmmError> {
+        self.store.memory_layers(name).map_err(snap_err)
+    }
+
+    /// The state file of `name`.
+    pub fn state_path(&self, name: &str) -> Result<PathBuf, VmmError> {
+        Ok(self.store.dir_of(name).map_err(snap_err)?.join(STATE_FILE))
+    }
+
+    /// Check that `name` exists.
+    pub fn get(&self, name: &str) -> Result<CheckpointMeta, VmmError> {
+        self.store.get(name).map_err(snap_err)
+    }
+
+    /// Take checkpoint `name` of `machine` (pausing it if it runs).
+    pub fn create(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+    ) -> Result<CheckpointMeta, VmmError> {
+        if self.store.exists(name) {
+            return Err(VmmError::InvalidState(format!(
+                "checkpoint {name:?} already exists"
+            )));
+        }
+        let was_running = machine.state() == RunState::Running;
+        let paused_at = Instant::now();
+        machine.pause()?;
+        let result = self.write_checkpoint(machine, name);
+        if was_running {
+            machine.resume()?;
+        }
+        let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
+        let (mut meta, dir) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Ok(dir) = self.store.dir_of(name) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        };
+        meta.pause_ms = pause_ms;
+        self.store.commit(&meta).map_err(snap_err)?;
+        let _ = dir;
+        self.head = Some(name.to_string());
+        Ok(meta)
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+    ) -> Result<(CheckpointMeta, PathBuf), VmmError> {
+        let start = Instant::now();
+        let dir = self.store.create_dir_for(name).map_err(snap_err)?;
+        let state = capture(machine)?;
+        let kind = if self.head.is_some() && machine.vm().dirty_tracking() {
+            SnapshotKind::Diff
+        } else {
+            SnapshotKind::Full
+        };
+        let pages = pages_for(machine, kind, crate::machine::DirtyConsumer::Checkpoint)?;
+        let bytes = write_memory_file(machine.memory(), &pages, &dir.join(MEMORY_FILE), false)?;
+        let mut disks = Vec::with_capacity(self.drives.len());
+        for drive in &self.drives {
+            let file = disk_layer_file(&drive.drive_id);
+            let mut disk = drive.disk.lock().unwrap_or_else(|p| p.into_inner());
+            disk.flush().map_err(snap_err)?;
+            let stats = disk.checkpoint(&dir.join(&file)).map_err(snap_err)?;
+            disks.push(DiskMeta {
+                drive_id: drive.drive_id.clone(),
+                delta_mib: mib(stats.bytes),
+                layer_file: file,
+            });
+        }
+        write_state(&dir.join(STATE_FILE), &state)?;
+        let meta = CheckpointMeta {
+            name: name.to_string(),
+            parent: if kind == SnapshotKind::Diff {
+                self.head.clone()
+            } else {
+                None
+            },
+            created_unix_ms: cairn_snapshot::checkpoint::meta::now_unix_ms(),
+            format_version: cairn_snapshot::checkpoint::meta::META_FORMAT_VERSION,
+            cpu_template: Some(machine.spec().cpu_template.name().to_string()),
+            memory: MemoryMeta {
+                dirty_mib: mib(bytes),
+                layer_file: MEMORY_FILE.to_string(),
+            },
+            disks,
+            pause_ms: 0.0,
+            write_ms: start.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((meta, dir))
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn list(&self) -> Result<Vec<CheckpointMeta>, VmmError> {
+        self.store.list().map_err(snap_err)
+    }
+
+    /// Delete `name`; its layers are merged into its children first.
+    pub fn delete(&mut self, name: &str) -> Result<(), VmmError> {
+        self.store.get(name).map_err(snap_err)?;
+        if self.head.as_deref() == Some(name) {
+            return Err(VmmError::InvalidState(format!(
+                "checkpoint {name:?} is the running VM's parent: take a new checkpoint (or restore another) first"
+            )));
+        }
+        self.store.delete(name).map_err(snap_err)?;
+        Ok(())
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

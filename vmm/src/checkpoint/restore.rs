@@ -1,0 +1,232 @@
+//! Rebuilding a VM from a machine state file and its memory files.
+//!
+//! Memory is mapped, not copied: the base file MAP_PRIVATE over each RAM region, then every
+//! later layer's pages MAP_FIXED over it, newest last, so restore time does not grow with guest
+//! RAM and no layer is ever merged first.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cairn_devices::bus::Bus;
+use cairn_devices::virtio::block::{Block, BlockConstructorArgs};
+use cairn_devices::virtio::mmio::{MmioTransport, MmioTransportConstructorArgs};
+use cairn_devices::virtio::net::persist::NetConstructorArgs;
+use cairn_devices::virtio::net::{Net, Tap};
+use cairn_devices::virtio::rng::Rng;
+use cairn_devices::virtio::vsock::Vsock;
+use cairn_snapshot::Persist;
+
+use crate::builder::{open_kvm, BuildSpec, ConsoleIo, DiskOpener, KernelImage};
+use crate::checkpoint::memory::map_memory_chain;
+use crate::checkpoint::state::{MachineState, VirtioDeviceState};
+use crate::device_manager::{
+    attach_legacy_devices_with_state, wire_transport, MmioSlot, VirtioHandle,
+};
+use crate::error::VmmError;
+use crate::event_loop::{EventLoop, ExitWatcher, SerialInput};
+use crate::machine::{Machine, RunState};
+use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
+use crate::vstate::vcpu_state::restore_vcpu_state;
+use crate::vstate::vm::Vm;
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Memory files, base first.
+    pub memory_layers: Vec<PathBuf>,
+    /// Track dirty pages after the restore (needed for Diff snapshots and checkpoints).
+    pub track_dirty_pages: bool,
+    /// Let the vCPUs run at once.
+    pub resume: bool,
+    /// Host tap names to use instead of the saved ones, by iface_id.
+    pub network_overrides: Vec<(String, String)>,
+}
+
+fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
+    VmmError::Device {
+        device: id.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Refuse a snapshot this host cannot run.
+fn check_compatible(state: &MachineState, kvm: &kvm_ioctls::Kvm) -> Result<(), VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let vendor = crate::arch::x86_64::cpuid::vendor(&supported);
+    if vendor != state.host.cpu_vendor {
+        return Err(VmmError::Incompatible(format!(
+            "taken on a {} host, this host is {vendor}",
+            state.host.cpu_vendor
+        )));
+    }
+    if crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template).is_none() {
+        return Err(VmmError::Incompatible(format!(
+            "unknown CPU template {:?}",
+            state.host.cpu_template
+        )));
+    }
+    Ok(())
+}
+
+/// Rebuild a machine from `state`. Its event sources join `event_loop`.
+pub fn restore_machine(
+    state: &MachineState,
+    opts: &RestoreOptions,
+    console: ConsoleIo,
+    event_loop: &mut EventLoop,
+    disks: &mut DiskOpener<'_>,
+) -> Result<Machine, VmmError> {
+    install_kick_handler()?;
+    let kvm = open_kvm()?;
+    check_compatible(state, &kvm)?;
+    let mut vm = Vm::new(&kvm)?;
+    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+    vm.register_memory(&mem, opts.track_dirty_pages)?;
+    vm.restore_state(&state.vm)?;
+
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy =
+        attach_legacy_devices_with_state(vm.fd(), &mut pio, console.output, Some(&state.legacy))?;
+    let exit = Arc::new(ExitSignal::new()?);
+    let reset = legacy
+        .reset_evt
+        .try_clone()
+        .map_err(VmmError::io("i8042 reset eventfd"))?;
+    event_loop.add(Arc::new(Mutex::new(ExitWatcher::new(exit.clone(), reset))));
+    if let Some(fd) = console.input {
+        let ready = legacy
+            .serial_input_ready
+            .try_clone()
+            .map_err(VmmError::io("serial eventfd"))?;
+        event_loop.add(Arc::new(Mutex::new(SerialInput::new(
+            legacy.serial.clone(),
+            fd,
+            ready,
+        ))));
+    }
+
+    let mut virtio = Vec::with_capacity(state.virtio.len());
+    for saved in &state.virtio {
+        let id = saved.id.as_str();
+        let handle = match &saved.device {
+            VirtioDeviceState::Block(s) => {
+                let backend = disks(&s.config)?;
+                let dev = Block::restore(BlockConstructorArgs { backend }, s)
+                    .map_err(|e| dev_err(id, e))?;
+                VirtioHandle::Block(Arc::new(Mutex::new(dev)))
+            }
+            VirtioDeviceState::Net(s) => {
+                let mut s = s.clone();
+                if let Some((_, tap)) = opts
+                    .network_overrides
+                    .iter()
+                    .find(|(iface, _)| *iface == s.config.iface_id)
+                {
+                    s.config.host_dev_name = tap.clone();
+                }
+                let tap = Tap::open(&s.config.host_dev_name).map_err(|e| dev_err(id, e))?;
+                let dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
+                    .map_err(|e| dev_err(id, e))?;
+                VirtioHandle::Net(Arc::new(Mutex::new(dev)))
+            }
+            VirtioDeviceState::Vsock(s) => {
+                let dev = Vsock::restore((), s).map_err(|e| dev_err(id, e))?;
+                VirtioHandle::Vsock(Arc::new(Mutex::new(dev)))
+            }
+            VirtioDeviceState::Rng(s) => {
+                let dev = Rng::restore((), s).map_err(|e| dev_err(id, e))?;
+                VirtioHandle::Rng(Arc::new(Mutex::new(dev)))
+            }
+        };
+        let args = MmioTransportConstructorArgs {
+            mem: mem.clone(),
+            device: handle.as_virtio(),
+        };
+        let transport =
+            MmioTransport::restore(args, &saved.transport).map_err(|e| dev_err(id, e))?;
+        let slot = MmioSlot {
+            base: saved.base,
+            irq: saved.irq,
+        };
+        event_loop.add(handle.as_subscriber());
+        if let VirtioHandle::Vsock(v) = &handle {
+            // Connections do not survive a snapshot: tell the guest to drop them.
+            if let Err(e) = v
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send_transport_reset()
+            {
+                tracing::warn!("vsock transport reset after restore: {e}");
+            }
+        }
+        virtio.push(wire_transport(
+            vm.fd(),
+            &mut mmio,
+            slot,
+            saved.id.clone(),
+            transport,
+            handle,
+        )?);
+    }
+
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (i, vcpu_state) in state.vcpus.iter().enumerate() {
+        let mut vcpu = Vcpu::new(
+            &vm,
+            i as u8,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            exit.clone(),
+        )?;
+        restore_vcpu_state(vcpu.fd_mut(), vcpu_state).map_err(|e| VmmError::Vcpu {
+            index: i as u8,
+            reason: e.to_string(),
+        })?;
+        vcpus.push(vcpu);
+    }
+    let handles = vcpus
+        .into_iter()
+        .map(|v| v.start(!opts.resume))
+        .collect::<Result<Vec<_>, _>>()?;
+    let template = crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template)
+        .unwrap_or_default();
+    let spec = BuildSpec {
+        image: KernelImage::Linux {
+            kernel: PathBuf::new(),
+            initrd: None,
+            boot_args: None,
+        },
+        vcpu_count: state.vcpus.len() as u8,
+        mem_size_mib: (state.regions.iter().map(|r| r.1).sum::<u64>() >> 20) as usize,
+        smt: false,
+        track_dirty_pages: opts.track_dirty_pages,
+        cpu_template: template,
+        extra_cmdline: vec![],
+        devices: vec![],
+        checkpoint_dir: None,
+    };
+    Ok(Machine {
+        kvm,
+        vm,
+        mem,
+        vcpus: handles,
+        legacy,
+        virtio,
+        pio,
+        mmio,
+        exit,
+        state: if opts.resume {
+            RunState::Running
+        } else {
+            RunState::Paused
+        },
+        spec,
+        restored_pages,
+        dirty: Default::default(),
+    })
+}

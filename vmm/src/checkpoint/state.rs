@@ -1,0 +1,181 @@
+//! The machine state file: every Persist state of a paused VM (vCPUs, VM, legacy devices,
+//! virtio transports and devices), in cairn's versioned, checksummed container.
+
+use std::path::Path;
+
+use cairn_devices::virtio::block::BlockState;
+use cairn_devices::virtio::mmio::MmioTransportState;
+use cairn_devices::virtio::net::persist::NetState;
+use cairn_devices::virtio::rng::persist::RngState;
+use cairn_devices::virtio::vsock::persist::VsockState;
+use cairn_snapshot::file::FileKind;
+use cairn_snapshot::Persist;
+use serde::{Deserialize, Serialize};
+
+use crate::device_manager::{LegacyState, VirtioHandle};
+use crate::error::VmmError;
+use crate::machine::{Machine, RunState};
+use crate::vstate::vcpu_state::{save_vcpu_state, saveable_msrs, VcpuState};
+use crate::vstate::vm::VmState;
+
+/// Version of the machine state layout. Bump on any incompatible change.
+pub const MACHINE_STATE_VERSION: u32 = 1;
+/// Largest state file cairn reads (vCPU XSAVE areas dominate: 4 KiB each).
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
+
+/// A virtio device's own state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum VirtioDeviceState {
+    /// virtio-blk.
+    Block(BlockState),
+    /// virtio-net.
+    Net(NetState),
+    /// virtio-vsock.
+    Vsock(VsockState),
+    /// virtio-rng.
+    Rng(RngState),
+}
+
+/// One virtio device: where it sits, its transport and its model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VirtioSlotState {
+    /// Device id (`block:rootfs`, ...).
+    pub id: String,
+    /// MMIO base.
+    pub base: u64,
+    /// IRQ.
+    pub irq: u32,
+    /// Transport registers and queues.
+    pub transport: MmioTransportState,
+    /// The device model.
+    pub device: VirtioDeviceState,
+}
+
+/// What the restoring host must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRequirements {
+    /// CPU vendor string of the host that took the snapshot.
+    pub cpu_vendor: String,
+    /// CPU template the guest saw.
+    pub cpu_template: String,
+}
+
+/// Everything needed to rebuild a paused VM, except guest memory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MachineState {
+    /// [`MACHINE_STATE_VERSION`].
+    pub version: u32,
+    /// Host and CPU model requirements.
+    pub host: HostRequirements,
+    /// Guest RAM regions `(guest address, length)`, in memory-file order.
+    pub regions: Vec<(u64, u64)>,
+    /// Whether the VM tracked dirty pages.
+    pub track_dirty_pages: bool,
+    /// VM-wide KVM state.
+    pub vm: VmState,
+    /// Each vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// COM1 and the i8042.
+    pub legacy: LegacyState,
+    /// Virtio devices in attach order.
+    pub virtio: Vec<VirtioSlotState>,
+}
+
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Collect the state of a paused machine.
+pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
+    if machine.state() != RunState::Paused {
+        return Err(VmmError::InvalidState(
+            "the VM must be paused to be snapshotted".into(),
+        ));
+    }
+    let msrs = saveable_msrs(machine.kvm())?;
+    let mut vcpus = Vec::with_capacity(machine.vcpus().len());
+    for handle in machine.vcpus() {
+        let msrs = msrs.clone();
+        let index = handle.index();
+        let state = handle
+            .with_fd(
+                move |fd| save_vcpu_state(fd, &msrs, kvm_bindings::KVM_MAX_CPUID_ENTRIES),
+                std::time::Duration::from_secs(2),
+            )?
+            .map_err(|e| VmmError::Vcpu {
+                index,
+                reason: e.to_string(),
+            })?;
+        vcpus.push(state);
+    }
+    let virtio = machine
+        .virtio_devices()
+        .iter()
+        .map(|a| VirtioSlotState {
+            id: a.id.clone(),
+            base: a.slot.base,
+            irq: a.slot.irq,
+            transport: lock(&a.transport).save(),
+            device: match &a.device {
+                VirtioHandle::Block(d) => VirtioDeviceState::Block(lock(d).save()),
+                VirtioHandle::Net(d) => VirtioDeviceState::Net(lock(d).save()),
+                VirtioHandle::Vsock(d) => VirtioDeviceState::Vsock(lock(d).save()),
+                VirtioHandle::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
+            },
+        })
+        .collect();
+    let supported = machine
+        .kvm()
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    Ok(MachineState {
+        version: MACHINE_STATE_VERSION,
+        host: HostRequirements {
+            cpu_vendor: crate::arch::x86_64::cpuid::vendor(&supported),
+            cpu_template: machine.spec().cpu_template.name().to_string(),
+        },
+        regions: machine_regions(machine),
+        track_dirty_pages: machine.vm().dirty_tracking(),
+        vm: machine.vm().save_state()?,
+        vcpus,
+        legacy: machine.legacy().save(),
+        virtio,
+    })
+}
+
+/// Guest RAM regions of `machine` as `(guest address, length)`.
+pub fn machine_regions(machine: &Machine) -> Vec<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    machine
+        .memory()
+        .iter()
+        .map(|r| (r.start_addr().0, r.len()))
+        .collect()
+}
+
+/// Write `state` to `path` (temp file, fsync, rename).
+pub fn write_state(path: &Path, state: &MachineState) -> Result<(), VmmError> {
+    cairn_snapshot::file::save(path, FileKind::State, state)
+        .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))
+}
+
+/// Read and check a state file.
+pub fn read_state(path: &Path) -> Result<MachineState, VmmError> {
+    let state: MachineState = cairn_snapshot::file::load(path, FileKind::State, MAX_STATE_BYTES)
+        .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))?;
+    if state.version != MACHINE_STATE_VERSION {
+        return Err(VmmError::Incompatible(format!(
+            "{} has machine state version {}, this cairn reads version {MACHINE_STATE_VERSION}",
+            path.display(),
+            state.version
+        )));
+    }
+    if state.vcpus.is_empty() || state.vcpus.len() > usize::from(crate::builder::MAX_VCPUS) {
+        return Err(VmmError::Snapshot(format!(
+            "{}: {} vCPUs",
+            path.display(),
+            state.vcpus.len()
+        )));
+    }
+    Ok(state)
+}

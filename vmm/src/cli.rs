@@ -1,0 +1,218 @@
+//! The `cairn-vmm` command line: Firecracker's flags, logging set-up, the console's terminal mode,
+//! and the top-level loop. `main.rs` only parses and exits.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+
+use crate::controller::Controller;
+use crate::error::VmmError;
+
+/// `cairn-vmm` options. Names and meanings follow Firecracker's; flags Firecracker has that
+/// cairn does not use yet are accepted and ignored, so existing scripts keep working.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-vmm",
+    version,
+    about = "cairn's VMM: checkpointable microVMs, Firecracker-compatible"
+)]
+pub struct CliArgs {
+    /// Serve the REST API on this Unix socket.
+    #[arg(long, default_value = "/run/firecracker.socket")]
+    pub api_sock: PathBuf,
+    /// Boot at once from this JSON config (Firecracker's format).
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Do not serve the API (requires --config-file).
+    #[arg(long)]
+    pub no_api: bool,
+    /// Instance id (reported by GET /).
+    #[arg(long, default_value = "anonymous-instance")]
+    pub id: String,
+    /// Write cairn's logs here instead of stderr.
+    #[arg(long)]
+    pub log_path: Option<PathBuf>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long, default_value = "Warning")]
+    pub level: String,
+    /// Include the level in log lines (accepted for compatibility).
+    #[arg(long)]
+    pub show_level: bool,
+    /// Include the source location in log lines (accepted for compatibility).
+    #[arg(long)]
+    pub show_log_origin: bool,
+    /// Metrics file (accepted for compatibility).
+    #[arg(long)]
+    pub metrics_path: Option<PathBuf>,
+    /// Print boot timing (accepted for compatibility).
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Disable seccomp filtering (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Custom seccomp filter file (accepted for compatibility; cairn uses its built-in filters).
+    #[arg(long)]
+    pub seccomp_filter: Option<PathBuf>,
+    /// Process start time from the jailer, in microseconds (accepted for compatibility).
+    #[arg(long)]
+    pub start_time_us: Option<u64>,
+    /// Process start CPU time from the jailer (accepted for compatibility).
+    #[arg(long)]
+    pub start_time_cpu_us: Option<u64>,
+    /// Parent CPU time from the jailer (accepted for compatibility).
+    #[arg(long)]
+    pub parent_cpu_time_us: Option<u64>,
+    /// Maximum API request body size in bytes.
+    #[arg(long, default_value_t = 51200)]
+    pub http_api_max_payload_size: usize,
+}
+
+fn init_logging(args: &CliArgs) -> Result<(), VmmError> {
+    let level = match args.level.to_ascii_lowercase().as_str() {
+        "off" => None,
+        "error" => Some(tracing::Level::ERROR),
+        "warning" | "warn" => Some(tracing::Level::WARN),
+        "info" => Some(tracing::Level::INFO),
+        "debug" => Some(tracing::Level::DEBUG),
+        "trace" => Some(tracing::Level::TRACE),
+        other => {
+            return Err(VmmError::Config(format!(
+                "--level: unknown level {other:?}"
+            )))
+        }
+    };
+    let Some(level) = level else { return Ok(()) };
+    let writer: Box<dyn Write + Send> = match &args.log_path {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(VmmError::io(format!("--log-path {}", p.display())))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    let make = move || LogWriter(writer.clone());
+    // Never stdout: that is the guest's console.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(make)
+        .with_ansi(false)
+        .with_target(args.show_log_origin)
+        .with_level(true)
+        .try_init();
+    Ok(())
+}
+
+struct LogWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+/// Puts a terminal on stdin into raw mode (so keys reach the guest as typed) and restores it.
+struct RawTerminal {
+    saved: Option<libc::termios>,
+}
+
+impl RawTerminal {
+    fn enter() -> Self {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return Self { saved: None };
+        }
+        let mut t = std::mem::MaybeUninit::<libc::termios>::zeroed();
+        // SAFETY: `t` is a valid termios buffer for tcgetattr to fill.
+        if unsafe { libc::tcgetattr(fd, t.as_mut_ptr()) } != 0 {
+            return Self { saved: None };
+        }
+        // SAFETY: tcgetattr succeeded, so `t` is initialised.
+        let saved = unsafe { t.assume_init() };
+        let mut raw = saved;
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
+        raw.c_iflag &= !(libc::ICRNL | libc::IXON);
+        // SAFETY: `raw` is a valid termios derived from the current one.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) };
+        Self { saved: Some(saved) }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: restoring the attributes read at start-up on the same descriptor.
+            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, saved) };
+        }
+    }
+}
+
+/// Serial output straight to fd 1, unbuffered, so every guest byte shows at once.
+pub struct StdoutConsole;
+
+impl Write for StdoutConsole {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// Run `cairn-vmm` with `args`. Returns the process exit code.
+pub fn run(args: CliArgs) -> Result<u8, VmmError> {
+    init_logging(&args)?;
+    if args.no_api && args.config_file.is_none() {
+        return Err(VmmError::Config("--no-api needs --config-file".into()));
+    }
+    crate::seccomp::set_enabled(!args.no_seccomp);
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    set_nonblocking(stdin_fd);
+    let _terminal = RawTerminal::enter();
+    let mut controller = Controller::new(args.id.clone(), stdin_fd)?;
+    if !args.no_api {
+        controller.serve_api(&args.api_sock, args.http_api_max_payload_size)?;
+    }
+    if let Some(path) = &args.config_file {
+        let json = std::fs::read_to_string(path)
+            .map_err(VmmError::io(format!("--config-file {}", path.display())))?;
+        let cfg = crate::config::parse_vm_config(&json)
+            .map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
+        controller.set_config(cfg);
+        controller.start_instance()?;
+    }
+    // From here on the main thread only runs the event loop: narrow it.
+    crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Vmm)
+        .map_err(|e| VmmError::Config(format!("seccomp: {e}")))?;
+    let reason = controller.run()?;
+    let code = reason.exit_code();
+    if code != 0 {
+        eprintln!("cairn-vmm: {reason}");
+    } else {
+        tracing::info!("{reason}");
+    }
+    Ok(u8::try_from(code).unwrap_or(1))
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own; failure leaves it blocking, which only matters for
+    // console input.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! Firecracker-compatible configuration types (in progress).

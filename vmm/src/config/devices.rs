@@ -1,0 +1,222 @@
+//! `drives`, `network-interfaces`, `vsock` and `entropy`.
+//!
+//! Rate limiters (`rate_limiter`, `rx_rate_limiter`, `tx_rate_limiter`) are accepted so that
+//! Firecracker configurations load, kept as raw JSON, and **ignored**: cairn does not throttle
+//! device I/O.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{validate_id, validate_path, validate_rate_limiter, ConfigError, Validate};
+
+/// Firecracker's block device cache mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flush requests from the guest are acknowledged without syncing the backing file.
+    #[default]
+    Unsafe,
+    /// Flush requests from the guest sync the backing file (`fdatasync`).
+    Writeback,
+}
+
+/// Firecracker's block device I/O engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    /// Synchronous reads and writes on the event-loop thread.
+    #[default]
+    Sync,
+    /// io_uring: accepted by the parser, rejected by `validate()` (not implemented).
+    Async,
+}
+
+/// Firecracker's `drives[]` item / `PUT /drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique id: 1 to 64 letters, digits or `_`.
+    pub drive_id: String,
+    /// The backing file or block device on the host.
+    pub path_on_host: PathBuf,
+    /// Whether the kernel mounts this drive as `/` (`root=` on the command line).
+    pub is_root_device: bool,
+    /// Read-only drive; absent means `false`. See [`DriveConfig::read_only`].
+    #[serde(default)]
+    pub is_read_only: Option<bool>,
+    /// Root partition UUID, used for `root=PARTUUID=` when this is the root device.
+    #[serde(default)]
+    pub partuuid: Option<String>,
+    /// Cache mode; absent means `Unsafe`. See [`DriveConfig::cache_type`].
+    #[serde(default)]
+    pub cache_type: Option<CacheType>,
+    /// I/O engine; absent means `Sync`.
+    #[serde(default)]
+    pub io_engine: Option<IoEngine>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default)]
+    pub rate_limiter: Option<serde_json::Value>,
+    /// Firecracker's vhost-user socket: not implemented, must be absent or `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+impl DriveConfig {
+    /// Whether the drive is read-only (default `false`).
+    pub fn read_only(&self) -> bool {
+        self.is_read_only.unwrap_or(false)
+    }
+
+    /// The cache mode (default `Unsafe`).
+    pub fn cache_type(&self) -> CacheType {
+        self.cache_type.unwrap_or_default()
+    }
+}
+
+impl Validate for DriveConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("drive_id", &self.drive_id)?;
+        if self.socket.is_some() {
+            return Err(ConfigError::invalid(
+                "socket",
+                "vhost-user drives are not supported by cairn",
+            ));
+        }
+        validate_path("path_on_host", &self.path_on_host)?;
+        if let Some(uuid) = &self.partuuid {
+            if uuid.is_empty() || uuid.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::invalid(
+                    "partuuid",
+                    "must be non-empty and contain no whitespace",
+                ));
+            }
+        }
+        if self.io_engine == Some(IoEngine::Async) {
+            return Err(ConfigError::invalid(
+                "io_engine",
+                "the Async engine is not implemented by cairn (supported: \"Sync\")",
+            ));
+        }
+        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+    }
+}
+
+/// Parses a MAC address written as `aa:bb:cc:dd:ee:ff` (hex digits, either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(mac)
+}
+
+/// Longest Linux interface name (IFNAMSIZ less the terminating NUL).
+const MAX_IFNAME_LEN: usize = 15;
+
+/// Firecracker's `network-interfaces[]` item / `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Unique id: 1 to 64 letters, digits or `_`.
+    pub iface_id: String,
+    /// The host tap device to attach.
+    pub host_dev_name: String,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`; chosen by the guest when absent.
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+impl NetConfig {
+    /// The guest MAC as bytes, if one is set and well formed.
+    pub fn mac(&self) -> Option<[u8; 6]> {
+        self.guest_mac.as_deref().and_then(parse_mac)
+    }
+}
+
+impl Validate for NetConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("iface_id", &self.iface_id)?;
+        if self.host_dev_name.is_empty()
+            || self.host_dev_name.len() > MAX_IFNAME_LEN
+            || self.host_dev_name.contains(['/', '\0'])
+            || self.host_dev_name.chars().any(char::is_whitespace)
+        {
+            return Err(ConfigError::invalid(
+                "host_dev_name",
+                format!(
+                    "`{}` is not a valid interface name (1 to {MAX_IFNAME_LEN} characters, \
+                     no `/` or whitespace)",
+                    self.host_dev_name
+                ),
+            ));
+        }
+        if let Some(mac) = &self.guest_mac {
+            if parse_mac(mac).is_none() {
+                return Err(ConfigError::invalid(
+                    "guest_mac",
+                    format!("`{mac}` is not a MAC address of the form aa:bb:cc:dd:ee:ff"),
+                ));
+            }
+        }
+        validate_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
+        validate_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)
+    }
+}
+
+/// Firecracker's `vsock` / `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Deprecated in Firecracker; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context id: 3 or more (0 to 2 are reserved), and not `u32::MAX`.
+    pub guest_cid: u32,
+    /// Host Unix socket that guest connections are forwarded to (`<uds_path>_<port>` for
+    /// host-initiated connections, Firecracker's scheme).
+    pub uds_path: PathBuf,
+}
+
+impl Validate for VsockConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(ConfigError::invalid(
+                "guest_cid",
+                format!(
+                    "must be at least 3 (0 to 2 are reserved) and below {}, got {}",
+                    u32::MAX,
+                    self.guest_cid
+                ),
+            ));
+        }
+        validate_path("uds_path", &self.uds_path)
+    }
+}
+
+/// Firecracker's `entropy` / `PUT /entropy` (virtio-rng).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Accepted for compatibility and ignored.
+    #[serde(default)]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl Validate for EntropyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+    }
+}

@@ -1,0 +1,741 @@
+//! Tests of the configuration types: a real Firecracker document, error paths, each rule.
+
+use super::*;
+
+/// A Firecracker `--config-file` as users write it (Firecracker's docs and test framework).
+const FIRECRACKER_CONFIG: &str = r#"{
+  "boot-source": {
+    "kernel_image_path": "vmlinux.bin",
+    "boot_args": "console=ttyS0 reboot=k panic=1 pci=off",
+    "initrd_path": null
+  },
+  "drives": [
+    {
+      "drive_id": "rootfs",
+      "partuuid": null,
+      "is_root_device": true,
+      "cache_type": "Unsafe",
+      "is_read_only": false,
+      "path_on_host": "bionic.rootfs.ext4",
+      "io_engine": "Sync",
+      "rate_limiter": null,
+      "socket": null
+    },
+    {
+      "drive_id": "data_1",
+      "is_root_device": false,
+      "path_on_host": "/srv/data.ext4",
+      "is_read_only": true,
+      "cache_type": "Writeback",
+      "rate_limiter": {
+        "bandwidth": {"size": 1048576, "refill_time": 100},
+        "ops": {"size": 1000, "one_time_burst": 100, "refill_time": 1000}
+      }
+    }
+  ],
+  "machine-config": {
+    "vcpu_count": 2,
+    "mem_size_mib": 1024,
+    "smt": false,
+    "track_dirty_pages": false,
+    "huge_pages": "None"
+  },
+  "cpu-config": null,
+  "balloon": null,
+  "network-interfaces": [
+    {
+      "iface_id": "eth0",
+      "guest_mac": "AA:FC:00:00:00:01",
+      "host_dev_name": "tap0",
+      "rx_rate_limiter": null,
+      "tx_rate_limiter": {"bandwidth": {"size": 100000, "refill_time": 100}}
+    }
+  ],
+  "vsock": {
+    "guest_cid": 3,
+    "uds_path": "./v.sock"
+  },
+  "logger": {
+    "log_path": "/tmp/fc.log",
+    "level": "Debug",
+    "show_level": true,
+    "show_log_origin": true
+  },
+  "metrics": {
+    "metrics_path": "/tmp/fc-metrics.fifo"
+  },
+  "mmds-config": null,
+  "entropy": {"rate_limiter": null}
+}"#;
+
+fn err_of(json: &str) -> String {
+    match parse_vm_config(json) {
+        Ok(cfg) => match cfg.validate() {
+            Ok(()) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+fn valid_base() -> VmConfig {
+    parse_vm_config(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#).unwrap()
+}
+
+fn validate_err(cfg: &VmConfig) -> ConfigError {
+    cfg.validate()
+        .expect_err("validate() accepted an invalid config")
+}
+
+#[test]
+fn firecracker_config_parses_and_validates() {
+    let cfg = parse_vm_config(FIRECRACKER_CONFIG).unwrap();
+    cfg.validate().unwrap();
+    let boot = cfg.boot_source.as_ref().unwrap();
+    assert_eq!(boot.kernel_image_path, PathBuf::from("vmlinux.bin"));
+    assert_eq!(boot.initrd_path, None);
+    assert_eq!(cfg.machine_config.vcpu_count, 2);
+    assert_eq!(cfg.machine_config.mem_size_mib, 1024);
+    assert_eq!(cfg.machine_config.cpu_template(), None);
+    assert_eq!(cfg.drives.len(), 2);
+    assert!(cfg.drives[0].is_root_device);
+    assert!(!cfg.drives[0].read_only());
+    assert!(cfg.drives[1].read_only());
+    assert_eq!(cfg.drives[1].cache_type(), CacheType::Writeback);
+    assert!(cfg.drives[1].rate_limiter.is_some());
+    assert_eq!(
+        cfg.network_interfaces[0].mac(),
+        Some([0xaa, 0xfc, 0, 0, 0, 1])
+    );
+    assert_eq!(cfg.vsock.as_ref().unwrap().guest_cid, 3);
+    let logger = cfg.logger.as_ref().unwrap();
+    assert_eq!(logger.level, Some(LogLevel::Debug));
+    assert_eq!(logger.level.unwrap().as_filter(), "debug");
+    assert_eq!(
+        cfg.metrics.as_ref().unwrap().metrics_path,
+        PathBuf::from("/tmp/fc-metrics.fifo")
+    );
+    assert!(cfg.entropy.is_some());
+    assert_eq!(cfg.cairn, CairnConfig::default());
+}
+
+#[test]
+fn serialized_config_parses_back() {
+    let cfg = parse_vm_config(FIRECRACKER_CONFIG).unwrap();
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert_eq!(parse_vm_config(&json).unwrap(), cfg);
+    let empty = serde_json::to_string(&VmConfig::default()).unwrap();
+    assert_eq!(parse_vm_config(&empty).unwrap(), VmConfig::default());
+}
+
+#[test]
+fn minimal_config_gets_firecracker_defaults() {
+    let cfg = valid_base();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.machine_config, MachineConfig::default());
+    assert_eq!(cfg.machine_config.vcpu_count, 1);
+    assert_eq!(cfg.machine_config.mem_size_mib, 128);
+    assert!(cfg.drives.is_empty() && cfg.network_interfaces.is_empty());
+    let nulls = parse_vm_config(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "machine-config": null,
+            "drives": null, "network-interfaces": null, "vsock": null, "cairn": null}"#,
+    )
+    .unwrap();
+    assert_eq!(nulls.machine_config, MachineConfig::default());
+}
+
+#[test]
+fn cairn_section() {
+    let cfg = parse_vm_config(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "cairn": {"checkpoint_dir": "/var/ck"}}"#,
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.cairn.checkpoint_dir, Some(PathBuf::from("/var/ck")));
+    assert!(err_of(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "cairn": {"checkpoint_dir": ""}}"#
+    )
+    .starts_with("cairn.checkpoint_dir: must not be empty"));
+}
+
+#[test]
+fn unknown_field_is_named_at_every_level() {
+    let cases = [
+        (r#"{"boot-sauce": {}}"#, "boot-sauce"),
+        (
+            r#"{"boot-source": {"kernel_image_path": "k", "initrd": "x"}}"#,
+            "boot-source.initrd",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1, "ht_enabled": true}}"#,
+            "machine-config.ht_enabled",
+        ),
+        (
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "p", "is_root_device": true},
+                           {"drive_id": "b", "path_on_host": "p", "is_root_device": false, "ro": 1}]}"#,
+            "drives[1].ro",
+        ),
+        (
+            r#"{"network-interfaces": [{"iface_id": "e", "host_dev_name": "t", "mac": "x"}]}"#,
+            "network-interfaces[0].mac",
+        ),
+        (
+            r#"{"vsock": {"guest_cid": 3, "uds_path": "v", "port": 1}}"#,
+            "vsock.port",
+        ),
+        (r#"{"entropy": {"rate": 1}}"#, "entropy.rate"),
+        (
+            r#"{"logger": {"log_path": "l", "colour": true}}"#,
+            "logger.colour",
+        ),
+        (r#"{"metrics": {"metrics_path": "m", "x": 1}}"#, "metrics.x"),
+        (r#"{"cairn": {"checkpoint": "/x"}}"#, "cairn.checkpoint"),
+    ];
+    for (json, path) in cases {
+        let err = parse_vm_config(json).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.field(), path, "{json} -> {text}");
+        let key = path.rsplit(['.', ']']).next().unwrap();
+        assert!(
+            text.starts_with(&format!("{path}: unknown field `{key}`")),
+            "{json} -> {text}"
+        );
+    }
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let err = parse_vm_config(r#"{"machine-config": {"vcpu_count": "x", "mem_size_mib": 1}}"#)
+        .unwrap_err();
+    assert_eq!(err.field(), "machine-config.vcpu_count");
+    assert!(
+        err.to_string()
+            .starts_with(r#"machine-config.vcpu_count: invalid type: string "x", expected u8"#),
+        "{err}"
+    );
+    let cases = [
+        (
+            r#"{"machine-config": {"vcpu_count": 300, "mem_size_mib": 1}}"#,
+            "machine-config.vcpu_count",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": -1}}"#,
+            "machine-config.mem_size_mib",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1, "smt": "yes"}}"#,
+            "machine-config.smt",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1, "cpu_template": "T9"}}"#,
+            "machine-config.cpu_template",
+        ),
+        (r#"{"machine-config": {"vcpu_count": 1}}"#, "machine-config"),
+        (
+            r#"{"boot-source": {"kernel_image_path": 7}}"#,
+            "boot-source.kernel_image_path",
+        ),
+        (
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "p", "is_root_device": "no"}]}"#,
+            "drives[0].is_root_device",
+        ),
+        (
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "p", "is_root_device": true, "cache_type": "None"}]}"#,
+            "drives[0].cache_type",
+        ),
+        (r#"{"drives": {"drive_id": "a"}}"#, "drives"),
+        (
+            r#"{"network-interfaces": [{"iface_id": 1, "host_dev_name": "t"}]}"#,
+            "network-interfaces[0].iface_id",
+        ),
+        (
+            r#"{"vsock": {"guest_cid": -3, "uds_path": "v"}}"#,
+            "vsock.guest_cid",
+        ),
+        (r#"{"logger": {"level": "Loud"}}"#, "logger.level"),
+        (
+            r#"{"cairn": {"checkpoint_dir": false}}"#,
+            "cairn.checkpoint_dir",
+        ),
+    ];
+    for (json, path) in cases {
+        let err = parse_vm_config(json).unwrap_err();
+        assert_eq!(err.field(), path, "{json} -> {err}");
+        assert!(err.to_string().starts_with(&format!("{path}: ")), "{err}");
+    }
+}
+
+#[test]
+fn syntax_errors_and_trailing_data() {
+    let err = parse_vm_config("{").unwrap_err();
+    assert!(err.to_string().contains("EOF"), "{err}");
+    let err = parse_vm_config("{} {}").unwrap_err();
+    assert!(err.to_string().contains("trailing"), "{err}");
+    let err = parse_vm_config("[]").unwrap_err();
+    assert!(err.to_string().contains("expected a JSON object"), "{err}");
+    assert!(parse_vm_config("  \n 7").is_err());
+    assert!(parse_vm_config("").is_err());
+}
+
+#[test]
+fn validate_requires_boot_source() {
+    let err = validate_err(&VmConfig::default());
+    assert_eq!(err.field(), "boot-source");
+    let mut cfg = valid_base();
+    cfg.boot_source.as_mut().unwrap().kernel_image_path = PathBuf::new();
+    assert_eq!(validate_err(&cfg).field(), "boot-source.kernel_image_path");
+    let mut cfg = valid_base();
+    cfg.boot_source.as_mut().unwrap().boot_args = Some("a\0b".into());
+    assert_eq!(validate_err(&cfg).field(), "boot-source.boot_args");
+}
+
+#[test]
+fn machine_config_rules() {
+    let mc = |vcpus: u8, mem: usize, smt: bool| MachineConfig {
+        vcpu_count: vcpus,
+        mem_size_mib: mem,
+        smt,
+        ..MachineConfig::default()
+    };
+    for ok in [
+        mc(1, 1, false),
+        mc(3, 128, false),
+        mc(32, 128, false),
+        mc(1, 128, true),
+        mc(2, 128, true),
+        mc(32, 128, true),
+    ] {
+        ok.validate().unwrap();
+    }
+    for (bad, field, words) in [
+        (mc(0, 128, false), "vcpu_count", "between 1 and 32"),
+        (mc(33, 128, false), "vcpu_count", "between 1 and 32"),
+        (mc(3, 128, true), "vcpu_count", "even"),
+        (mc(1, 0, false), "mem_size_mib", "greater than 0"),
+    ] {
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field(), field);
+        assert!(err.to_string().contains(words), "{err}");
+    }
+    let mut cfg = valid_base();
+    cfg.machine_config = mc(3, 128, true);
+    assert_eq!(validate_err(&cfg).field(), "machine-config.vcpu_count");
+}
+
+#[test]
+fn cpu_templates() {
+    for name in ["None", "T2", "C3"] {
+        let json = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "{name}"}}"#);
+        let mc: MachineConfig = parse_json(json.as_bytes()).unwrap();
+        mc.validate().unwrap();
+        assert_eq!(mc.cpu_template.unwrap().name(), name);
+    }
+    for name in ["T2S", "T2CL", "T2A", "V1N1"] {
+        let json = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "{name}"}}"#);
+        let mc: MachineConfig = parse_json(json.as_bytes()).unwrap();
+        let err = mc.validate().unwrap_err();
+        assert_eq!(err.field(), "cpu_template");
+        assert!(
+            err.to_string()
+                .contains(&format!("{name} is not implemented")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("None, T2, C3"), "{err}");
+    }
+    let mc: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "None"}"#).unwrap();
+    assert_eq!(mc.cpu_template(), None);
+}
+
+#[test]
+fn huge_pages() {
+    let mc: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#).unwrap();
+    assert_eq!(mc.validate().unwrap_err().field(), "huge_pages");
+    let mc: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "None"}"#).unwrap();
+    mc.validate().unwrap();
+}
+
+#[test]
+fn machine_config_update() {
+    let update: MachineConfigUpdate = parse_json(br#"{"vcpu_count": 4, "smt": true}"#).unwrap();
+    update.validate().unwrap();
+    let merged = MachineConfig::default().apply(&update);
+    assert_eq!(
+        (merged.vcpu_count, merged.mem_size_mib, merged.smt),
+        (4, 128, true)
+    );
+    merged.validate().unwrap();
+    let odd: MachineConfigUpdate = parse_json(br#"{"vcpu_count": 3}"#).unwrap();
+    odd.validate().unwrap();
+    assert!(merged.apply(&odd).validate().is_err());
+    let bad: MachineConfigUpdate = parse_json(br#"{"mem_size_mib": 0}"#).unwrap();
+    assert_eq!(bad.validate().unwrap_err().field(), "mem_size_mib");
+    let err = parse_json::<MachineConfigUpdate>(br#"{"vcpus": 2}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field `vcpus`"), "{err}");
+    assert_eq!(
+        parse_json::<MachineConfigUpdate>(b"{}").unwrap(),
+        MachineConfigUpdate::default()
+    );
+}
+
+fn drive(id: &str, root: bool) -> DriveConfig {
+    DriveConfig {
+        drive_id: id.into(),
+        path_on_host: "disk.img".into(),
+        is_root_device: root,
+        is_read_only: None,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: None,
+        socket: None,
+    }
+}
+
+#[test]
+fn drive_rules() {
+    drive("root_fs1", true).validate().unwrap();
+    for (id, words) in [
+        ("", "empty"),
+        ("a-b", "only letters"),
+        ("a/b", "only letters"),
+    ] {
+        let err = drive(id, false).validate().unwrap_err();
+        assert_eq!(err.field(), "drive_id");
+        assert!(err.to_string().contains(words), "{err}");
+    }
+    assert!(drive(&"x".repeat(65), false).validate().is_err());
+    let mut d = drive("a", false);
+    d.path_on_host = PathBuf::new();
+    assert_eq!(d.validate().unwrap_err().field(), "path_on_host");
+    let mut d = drive("a", false);
+    d.io_engine = Some(IoEngine::Async);
+    assert_eq!(d.validate().unwrap_err().field(), "io_engine");
+    let mut d = drive("a", false);
+    d.socket = Some("/vhost.sock".into());
+    assert_eq!(d.validate().unwrap_err().field(), "socket");
+    let mut d = drive("a", false);
+    d.rate_limiter = Some(serde_json::json!(5));
+    assert_eq!(d.validate().unwrap_err().field(), "rate_limiter");
+    let mut d = drive("a", true);
+    d.partuuid = Some("a b".into());
+    assert_eq!(d.validate().unwrap_err().field(), "partuuid");
+
+    let mut cfg = valid_base();
+    cfg.drives = vec![drive("a", true), drive("b", false), drive("a", false)];
+    let err = validate_err(&cfg);
+    assert_eq!(err.field(), "drives[2].drive_id");
+    assert!(err.to_string().contains("duplicate"), "{err}");
+    cfg.drives = vec![drive("a", true), drive("b", true)];
+    assert_eq!(validate_err(&cfg).field(), "drives[1].is_root_device");
+    cfg.drives = vec![drive("a", false), drive("b-", false)];
+    assert_eq!(validate_err(&cfg).field(), "drives[1].drive_id");
+}
+
+fn net(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
+    NetConfig {
+        iface_id: id.into(),
+        host_dev_name: tap.into(),
+        guest_mac: mac.map(Into::into),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+    }
+}
+
+#[test]
+fn mac_addresses() {
+    assert_eq!(
+        parse_mac("aa:bb:cc:dd:ee:ff"),
+        Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+    );
+    assert_eq!(
+        parse_mac("06:00:AC:10:00:02"),
+        Some([6, 0, 0xac, 0x10, 0, 2])
+    );
+    for bad in [
+        "",
+        "aa:bb:cc:dd:ee",
+        "aa:bb:cc:dd:ee:ff:00",
+        "aa-bb-cc-dd-ee-ff",
+        "a:bb:cc:dd:ee:fff",
+        "gg:bb:cc:dd:ee:ff",
+        "+a:bb:cc:dd:ee:ff",
+    ] {
+        assert_eq!(parse_mac(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn net_rules() {
+    net("eth0", "tap0", Some("aa:bb:cc:dd:ee:ff"))
+        .validate()
+        .unwrap();
+    net("eth0", "tap0", None).validate().unwrap();
+    let err = net("eth0", "tap0", Some("aa:bb:cc:dd:ee"))
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.field(), "guest_mac");
+    assert!(err.to_string().contains("aa:bb:cc:dd:ee:ff"), "{err}");
+    assert_eq!(
+        net("eth 0", "tap0", None).validate().unwrap_err().field(),
+        "iface_id"
+    );
+    for tap in ["", "a_very_long_tap_name", "ta/p", "ta p"] {
+        assert_eq!(
+            net("e", tap, None).validate().unwrap_err().field(),
+            "host_dev_name"
+        );
+    }
+    let mut n = net("e", "t", None);
+    n.tx_rate_limiter = Some(serde_json::json!("fast"));
+    assert_eq!(n.validate().unwrap_err().field(), "tx_rate_limiter");
+
+    let mut cfg = valid_base();
+    cfg.network_interfaces = vec![net("a", "tap0", None), net("a", "tap1", None)];
+    assert_eq!(validate_err(&cfg).field(), "network-interfaces[1].iface_id");
+    cfg.network_interfaces = vec![net("a", "tap0", None), net("b", "tap0", None)];
+    assert_eq!(
+        validate_err(&cfg).field(),
+        "network-interfaces[1].host_dev_name"
+    );
+    cfg.network_interfaces = vec![
+        net("a", "tap0", Some("aa:bb:cc:dd:ee:ff")),
+        net("b", "tap1", Some("AA:BB:CC:DD:EE:FF")),
+    ];
+    assert_eq!(
+        validate_err(&cfg).field(),
+        "network-interfaces[1].guest_mac"
+    );
+    cfg.network_interfaces = vec![net("a", "tap0", Some("zz"))];
+    assert_eq!(
+        validate_err(&cfg).field(),
+        "network-interfaces[0].guest_mac"
+    );
+}
+
+#[test]
+fn vsock_rules() {
+    let vsock = |cid: u32, path: &str| VsockConfig {
+        vsock_id: None,
+        guest_cid: cid,
+        uds_path: path.into(),
+    };
+    vsock(3, "v.sock").validate().unwrap();
+    for cid in [0, 1, 2, u32::MAX] {
+        assert_eq!(
+            vsock(cid, "v.sock").validate().unwrap_err().field(),
+            "guest_cid"
+        );
+    }
+    assert_eq!(vsock(3, "").validate().unwrap_err().field(), "uds_path");
+    let v: VsockConfig =
+        parse_json(br#"{"vsock_id": "vsock0", "guest_cid": 52, "uds_path": "/v"}"#).unwrap();
+    assert_eq!(v.vsock_id.as_deref(), Some("vsock0"));
+    let mut cfg = valid_base();
+    cfg.vsock = Some(vsock(2, "v"));
+    assert_eq!(validate_err(&cfg).field(), "vsock.guest_cid");
+}
+
+#[test]
+fn entropy_logger_metrics_rules() {
+    let e: EntropyConfig = parse_json(br#"{"rate_limiter": {"bandwidth": {"size": 1}}}"#).unwrap();
+    e.validate().unwrap();
+    assert_eq!(
+        parse_json::<EntropyConfig>(b"{}").unwrap(),
+        EntropyConfig::default()
+    );
+    let mut cfg = valid_base();
+    cfg.entropy = Some(EntropyConfig {
+        rate_limiter: Some(serde_json::json!([])),
+    });
+    assert_eq!(validate_err(&cfg).field(), "entropy.rate_limiter");
+
+    for (text, level) in [
+        ("warning", LogLevel::Warning),
+        ("WARN", LogLevel::Warning),
+        ("Off", LogLevel::Off),
+        ("trace", LogLevel::Trace),
+        ("Info", LogLevel::Info),
+        ("error", LogLevel::Error),
+    ] {
+        let json = format!(r#"{{"level": "{text}"}}"#);
+        let l: LoggerConfig = parse_json(json.as_bytes()).unwrap();
+        assert_eq!(l.level, Some(level));
+    }
+    let err = parse_json::<LoggerConfig>(br#"{"level": "loud"}"#).unwrap_err();
+    assert_eq!(err.field(), "level");
+    assert!(err.to_string().contains("unknown variant `loud`"), "{err}");
+    let mut cfg = valid_base();
+    cfg.logger = Some(LoggerConfig {
+        log_path: Some(PathBuf::new()),
+        ..LoggerConfig::default()
+    });
+    assert_eq!(validate_err(&cfg).field(), "logger.log_path");
+    let mut cfg = valid_base();
+    cfg.metrics = Some(MetricsConfig {
+        metrics_path: PathBuf::new(),
+    });
+    assert_eq!(validate_err(&cfg).field(), "metrics.metrics_path");
+    assert!(parse_json::<MetricsConfig>(b"{}")
+        .unwrap_err()
+        .to_string()
+        .contains("metrics_path"));
+}
+
+#[test]
+fn unsupported_firecracker_sections_are_refused_by_validate() {
+    for key in ["balloon", "cpu-config", "mmds-config"] {
+        let json =
+            format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "{key}": {{"x": 1}}}}"#);
+        let cfg = parse_vm_config(&json).unwrap();
+        let err = validate_err(&cfg);
+        assert_eq!(err.field(), key);
+        assert!(err.to_string().contains("not supported by cairn"), "{err}");
+    }
+}
+
+#[test]
+fn actions_and_vm_state() {
+    for (name, action) in [
+        ("InstanceStart", ActionType::InstanceStart),
+        ("SendCtrlAltDel", ActionType::SendCtrlAltDel),
+        ("FlushMetrics", ActionType::FlushMetrics),
+    ] {
+        let json = format!(r#"{{"action_type": "{name}"}}"#);
+        let a: InstanceActionInfo = parse_json(json.as_bytes()).unwrap();
+        assert_eq!(a.action_type, action);
+    }
+    let err = parse_json::<InstanceActionInfo>(br#"{"action_type": "Reboot"}"#).unwrap_err();
+    assert_eq!(err.field(), "action_type");
+    let s: VmStateUpdate = parse_json(br#"{"state": "Paused"}"#).unwrap();
+    assert_eq!(s.state, VmState::Paused);
+    let s: VmStateUpdate = parse_json(br#"{"state": "Resumed"}"#).unwrap();
+    assert_eq!(s.state, VmState::Resumed);
+    assert_eq!(
+        parse_json::<VmStateUpdate>(br#"{"state": "Running"}"#)
+            .unwrap_err()
+            .field(),
+        "state"
+    );
+}
+
+#[test]
+fn snapshot_params() {
+    let c: CreateSnapshotParams =
+        parse_json(br#"{"snapshot_path": "s", "mem_file_path": "m"}"#).unwrap();
+    assert_eq!(c.snapshot_type, SnapshotType::Full);
+    c.validate().unwrap();
+    let c: CreateSnapshotParams = parse_json(
+        br#"{"snapshot_type": "Diff", "snapshot_path": "s", "mem_file_path": "m", "version": "1.0.0"}"#,
+    )
+    .unwrap();
+    assert_eq!(c.snapshot_type, SnapshotType::Diff);
+    let c: CreateSnapshotParams =
+        parse_json(br#"{"snapshot_path": "s", "mem_file_path": "s"}"#).unwrap();
+    assert_eq!(c.validate().unwrap_err().field(), "mem_file_path");
+
+    let l: LoadSnapshotParams = parse_json(
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u.sock"},
+             "track_dirty_pages": true, "resume_vm": true}"#,
+    )
+    .unwrap();
+    l.validate().unwrap();
+    assert_eq!(l.mem_backend().unwrap().backend_type, MemBackendType::Uffd);
+    assert!(l.track_dirty_pages() && l.resume_vm());
+
+    let l: LoadSnapshotParams = parse_json(
+        br#"{"snapshot_path": "s", "mem_file_path": "m", "enable_diff_snapshots": true}"#,
+    )
+    .unwrap();
+    l.validate().unwrap();
+    assert_eq!(
+        l.mem_backend(),
+        Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: "m".into()
+        })
+    );
+    assert!(l.track_dirty_pages() && !l.resume_vm());
+
+    let neither: LoadSnapshotParams = parse_json(br#"{"snapshot_path": "s"}"#).unwrap();
+    assert_eq!(neither.validate().unwrap_err().field(), "mem_backend");
+    let both: LoadSnapshotParams = parse_json(
+        br#"{"snapshot_path": "s", "mem_file_path": "m",
+             "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
+    )
+    .unwrap();
+    assert_eq!(both.validate().unwrap_err().field(), "mem_backend");
+    let err = parse_json::<LoadSnapshotParams>(
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Tmpfs", "backend_path": "m"}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), "mem_backend.backend_type");
+    let err = parse_json::<LoadSnapshotParams>(
+        br#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "path": "m"}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), "mem_backend.path");
+    let l: LoadSnapshotParams = parse_json(
+        br#"{"snapshot_path": "s", "mem_file_path": "m",
+             "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap9"}]}"#,
+    )
+    .unwrap();
+    l.validate().unwrap();
+    let l: LoadSnapshotParams = parse_json(
+        br#"{"snapshot_path": "s", "mem_file_path": "m",
+             "network_overrides": [{"iface_id": "eth-0", "host_dev_name": "tap9"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        l.validate().unwrap_err().field(),
+        "network_overrides[0].iface_id"
+    );
+}
+
+#[test]
+fn checkpoint_names() {
+    for ok in ["base", "after-boot.1", "A_b-9"] {
+        validate_checkpoint_name("name", ok).unwrap();
+    }
+    for bad in [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "a/b",
+        "../x",
+        "a b",
+        &"x".repeat(65),
+    ] {
+        assert_eq!(
+            validate_checkpoint_name("name", bad).unwrap_err().field(),
+            "name",
+            "{bad}"
+        );
+    }
+    let c: CheckpointCreate = parse_json(b"{}").unwrap();
+    assert_eq!(c.name, None);
+    c.validate().unwrap();
+    let c: CheckpointCreate = parse_json(br#"{"name": "../etc"}"#).unwrap();
+    assert!(c.validate().is_err());
+    let r: CheckpointRestore = parse_json(br#"{"name": "base"}"#).unwrap();
+    r.validate().unwrap();
+    assert_eq!(
+        parse_json::<CheckpointRestore>(b"{}")
+            .unwrap_err()
+            .to_string(),
+        "missing field `name` at line 1 column 2"
+    );
+}
+
+#[test]
+fn error_within_joins_paths() {
+    let e = ConfigError::invalid("vcpu_count", "bad").within("machine-config");
+    assert_eq!(e.to_string(), "machine-config.vcpu_count: bad");
+    let e = ConfigError::invalid("[2]", "bad").within("drives");
+    assert_eq!(e.field(), "drives[2]");
+    let e = ConfigError::invalid("", "bad").within("vsock");
+    assert_eq!(e.to_string(), "vsock: bad");
+}

@@ -1,0 +1,329 @@
+//! The controller: the VMM thread's side of the API. It holds the configuration until
+//! InstanceStart, then the running machine, and answers each [`ApiRequest`].
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{ApiRequest, ApiResponse, ApiServer, InstanceInfo, InstanceState};
+use crate::builder::{BuildSpec, ConsoleIo};
+use crate::checkpoint::restore::RestoreOptions;
+use crate::checkpoint::snapshot::SnapshotKind;
+use crate::cli::StdoutConsole;
+use crate::config::{ActionType, MemBackendType, SnapshotType, VmConfig, VmState};
+use crate::error::VmmError;
+use crate::event_loop::WakeFlag;
+use crate::machine::RunState;
+use crate::runtime::Runtime;
+use crate::vstate::vcpu::ExitReason;
+
+type ApiMessage = (ApiRequest, Sender<ApiResponse>);
+
+/// Owns the runtime and the configuration; serves API requests between events.
+pub struct Controller {
+    id: String,
+    runtime: Runtime,
+    config: VmConfig,
+    console_input: Option<RawFd>,
+    api: Option<(Receiver<ApiMessage>, Arc<AtomicBool>)>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("id", &self.id)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn refused(e: impl std::fmt::Display) -> ApiResponse {
+    ApiResponse::bad_request(e.to_string())
+}
+
+impl Controller {
+    /// A controller with an empty configuration; console input is read from `console_input`.
+    pub fn new(id: String, console_input: RawFd) -> Result<Self, VmmError> {
+        Ok(Self {
+            id,
+            runtime: Runtime::new()?,
+            config: VmConfig::default(),
+            console_input: Some(console_input),
+            api: None,
+        })
+    }
+
+    /// Start serving the REST API on `path`.
+    pub fn serve_api(&mut self, path: &Path, _max_payload: usize) -> Result<(), VmmError> {
+        let server = ApiServer::bind(path)
+            .map_err(VmmError::io(format!("API socket {}", path.display())))?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("API eventfd"))?;
+        let wake_clone = wake.try_clone().map_err(VmmError::io("API eventfd"))?;
+        let (tx, rx) = mpsc::channel();
+        server
+            .spawn(tx, wake_clone)
+            .map_err(VmmError::io("API thread"))?;
+        let flag = Arc::new(AtomicBool::new(false));
+        self.runtime
+            .add_subscriber(Arc::new(Mutex::new(WakeFlag::new(wake, flag.clone()))));
+        self.api = Some((rx, flag));
+        Ok(())
+    }
+
+    /// Replace the whole configuration (from `--config-file`).
+    pub fn set_config(&mut self, config: VmConfig) {
+        self.config = config;
+    }
+
+    /// The runtime.
+    pub fn runtime_mut(&mut self) -> &mut Runtime {
+        &mut self.runtime
+    }
+
+    fn started(&self) -> bool {
+        self.runtime.machine().is_some()
+    }
+
+    /// Build and boot the configured VM.
+    pub fn start_instance(&mut self) -> Result<(), VmmError> {
+        if self.started() {
+            return Err(VmmError::InvalidState("the VM is already running".into()));
+        }
+        let spec = BuildSpec::from_config(&self.config)?;
+        let console = ConsoleIo {
+            output: Box::new(StdoutConsole),
+            input: self.console_input,
+        };
+        self.runtime.boot(&spec, console)
+    }
+
+    /// Serve events and API requests until the VM stops.
+    pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        loop {
+            let exit = self.runtime.poll(-1)?;
+            self.serve_pending_requests();
+            if let Some(reason) = exit.or_else(|| {
+                self.runtime
+                    .machine()
+                    .and_then(|m| m.exit_signal().reason())
+            }) {
+                return Ok(reason);
+            }
+        }
+    }
+
+    fn serve_pending_requests(&mut self) {
+        let Some((rx, flag)) = &self.api else { return };
+        if !flag.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let pending: Vec<ApiMessage> = rx.try_iter().collect();
+        for (request, reply) in pending {
+            let name = request.name();
+            let response = self.handle(request);
+            tracing::info!(request = name, status = response.status(), "API");
+            let _ = reply.send(response);
+        }
+    }
+
+    fn state(&self) -> InstanceState {
+        match self.runtime.machine().map(|m| m.state()) {
+            None => InstanceState::NotStarted,
+            Some(RunState::Running) => InstanceState::Running,
+            Some(RunState::Paused) => InstanceState::Paused,
+        }
+    }
+
+    fn pre_boot(&mut self, apply: impl FnOnce(&mut VmConfig)) -> ApiResponse {
+        if self.started() {
+            return refused("this request is only valid before InstanceStart");
+        }
+        apply(&mut self.config);
+        ApiResponse::Empty
+    }
+
+    /// Carry out one API request.
+    pub fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        match request {
+            ApiRequest::GetInstanceInfo => ApiResponse::json(&InstanceInfo {
+                id: self.id.clone(),
+                state: self.state(),
+                vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+                app_name: "cairn".to_string(),
+            }),
+            ApiRequest::GetMachineConfig => ApiResponse::json(&self.config.machine_config),
+            ApiRequest::GetVmConfig => ApiResponse::json(&self.config),
+            ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
+            ApiRequest::PatchMachineConfig(update) => {
+                if self.started() {
+                    return refused("this request is only valid before InstanceStart");
+                }
+                let merged = self.config.machine_config.apply(&update);
+                match crate::config::Validate::validate(&merged) {
+                    Ok(()) => {
+                        self.config.machine_config = merged;
+                        ApiResponse::Empty
+                    }
+                    Err(e) => refused(format!("machine-config.{e}")),
+                }
+            }
+            ApiRequest::PutBootSource(b) => self.pre_boot(|c| c.boot_source = Some(b)),
+            ApiRequest::PutDrive(d) => {
+                self.pre_boot(
+                    |c| match c.drives.iter_mut().find(|x| x.drive_id == d.drive_id) {
+                        Some(slot) => *slot = d,
+                        None => c.drives.push(d),
+                    },
+                )
+            }
+            ApiRequest::PutNetworkInterface(n) => self.pre_boot(|c| {
+                match c
+                    .network_interfaces
+                    .iter_mut()
+                    .find(|x| x.iface_id == n.iface_id)
+                {
+                    Some(slot) => *slot = n,
+                    None => c.network_interfaces.push(n),
+                }
+            }),
+            ApiRequest::PutVsock(v) => self.pre_boot(|c| c.vsock = Some(v)),
+            ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
+            ApiRequest::PutLogger(l) => {
+                self.config.logger = Some(l);
+                ApiResponse::Empty
+            }
+            ApiRequest::PutMetrics(m) => {
+                self.config.metrics = Some(m);
+                ApiResponse::Empty
+            }
+            ApiRequest::Action(action) => match action.action_type {
+                ActionType::InstanceStart => match self.start_instance() {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                },
+                ActionType::SendCtrlAltDel => match self.runtime.machine() {
+                    Some(m) => {
+                        m.exit_signal().signal(ExitReason::GuestReset);
+                        ApiResponse::Empty
+                    }
+                    None => refused("the VM is not running"),
+                },
+                ActionType::FlushMetrics => ApiResponse::Empty,
+            },
+            ApiRequest::PatchVm(update) => match self.runtime.machine_mut() {
+                None => refused("the VM is not running"),
+                Some(m) => {
+                    let result = match update.state {
+                        VmState::Paused => m.pause(),
+                        VmState::Resumed => m.resume(),
+                    };
+                    match result {
+                        Ok(took) => {
+                            tracing::info!(?took, state = ?update.state, "PATCH /vm");
+                            ApiResponse::Empty
+                        }
+                        Err(e) => ApiResponse::error(500, e.to_string()),
+                    }
+                }
+            },
+            ApiRequest::CreateSnapshot(p) => {
+                let kind = match p.snapshot_type {
+                    SnapshotType::Full => SnapshotKind::Full,
+                    SnapshotType::Diff => SnapshotKind::Diff,
+                };
+                match self
+                    .runtime
+                    .snapshot(kind, &p.snapshot_path, &p.mem_file_path)
+                {
+                    Ok(report) => {
+                        tracing::info!(?report, "snapshot created");
+                        ApiResponse::Empty
+                    }
+                    Err(e) => refused(e),
+                }
+            }
+            ApiRequest::LoadSnapshot(p) => {
+                if self.started() {
+                    return refused("snapshots can only be loaded before a VM is started");
+                }
+                let Some(backend) = p.mem_backend() else {
+                    return refused("mem_backend: missing");
+                };
+                if backend.backend_type != MemBackendType::File {
+                    return refused(
+                        "mem_backend.backend_type: only \"File\" is implemented by cairn",
+                    );
+                }
+                let opts = RestoreOptions {
+                    memory_layers: vec![backend.backend_path.clone()],
+                    track_dirty_pages: p.track_dirty_pages(),
+                    resume: p.resume_vm(),
+                    network_overrides: p
+                        .network_overrides
+                        .iter()
+                        .flatten()
+                        .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+                        .collect(),
+                };
+                let console = ConsoleIo {
+                    output: Box::new(StdoutConsole),
+                    input: self.console_input,
+                };
+                match self.runtime.restore(&p.snapshot_path, &opts, console) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                }
+            }
+            ApiRequest::CreateCheckpoint(c) => {
+                match self.runtime.create_checkpoint(c.name.as_deref()) {
+                    Ok(meta) => ApiResponse::json(&checkpoint_json(&meta)),
+                    Err(e) => refused(e),
+                }
+            }
+            ApiRequest::ListCheckpoints => match self.runtime.list_checkpoints() {
+                Ok(list) => ApiResponse::Json(serde_json::Value::Array(
+                    list.iter().map(checkpoint_json).collect(),
+                )),
+                Err(e) => refused(e),
+            },
+            ApiRequest::RestoreCheckpoint(c) => {
+                let console = ConsoleIo {
+                    output: Box::new(StdoutConsole),
+                    input: self.console_input,
+                };
+                let dir = self.config.cairn.checkpoint_dir.clone();
+                match self
+                    .runtime
+                    .restore_checkpoint(&c.name, dir.as_deref(), true, console)
+                {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                }
+            }
+            ApiRequest::DeleteCheckpoint(name) => match self.runtime.delete_checkpoint(&name) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => refused(e),
+            },
+        }
+    }
+}
+
+/// A checkpoint as `GET /checkpoints` shows it: its place in the chain and its cost.
+fn checkpoint_json(meta: &cairn_snapshot::checkpoint::CheckpointMeta) -> serde_json::Value {
+    let disk_delta_mib: f64 = meta.disks.iter().map(|d| d.delta_mib).sum();
+    serde_json::json!({
+        "name": meta.name,
+        "parent": meta.parent,
+        "created_unix_ms": meta.created_unix_ms,
+        "dirty_memory_mib": meta.memory.dirty_mib,
+        "disk_delta_mib": disk_delta_mib,
+        "disks": meta.disks.iter().map(|d| serde_json::json!({"drive_id": d.drive_id, "delta_mib": d.delta_mib})).collect::<Vec<_>>(),
+        "pause_ms": meta.pause_ms,
+        "write_ms": meta.write_ms,
+        "cpu_template": meta.cpu_template,
+    })
+}

@@ -1,0 +1,179 @@
+//! A running VM: its vCPU threads, memory and devices, and the operations on it (pause, resume,
+//! stop).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_devices::bus::Bus;
+use cairn_devices::GuestMemoryMmap;
+use kvm_ioctls::Kvm;
+
+use crate::builder::BuildSpec;
+use crate::device_manager::{LegacyDevices, VirtioAttachment};
+use crate::error::VmmError;
+use crate::vstate::vcpu::{ExitSignal, VcpuEvent, VcpuHandle, VcpuRequest};
+use crate::vstate::vm::Vm;
+
+/// How long a vCPU may take to answer a pause or resume before cairn gives up on it.
+pub const VCPU_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// vCPUs are in the guest.
+    Running,
+    /// Every vCPU is parked.
+    Paused,
+}
+
+/// A built, started VM.
+#[derive(Debug)]
+pub struct Machine {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm: Vm,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    pub(crate) legacy: LegacyDevices,
+    pub(crate) virtio: Vec<VirtioAttachment>,
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) mmio: Arc<Bus>,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) state: RunState,
+    pub(crate) spec: BuildSpec,
+    /// Pages present in the memory files this machine was restored from (empty after a boot).
+    pub(crate) restored_pages: cairn_snapshot::memory::PageIndex,
+    /// Dirty pages collected but not yet consumed, per consumer.
+    pub(crate) dirty: DirtyLedger,
+}
+
+/// Who consumes dirty pages: Firecracker-style snapshots and named checkpoints each keep their
+/// own baseline, so mixing them never loses a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirtyConsumer {
+    /// `PUT /snapshot/create`.
+    Snapshot,
+    /// `PUT /checkpoints`.
+    Checkpoint,
+}
+
+/// Pages dirtied since each consumer's last snapshot.
+#[derive(Debug, Default)]
+pub struct DirtyLedger {
+    since_snapshot: cairn_snapshot::memory::PageIndex,
+    since_checkpoint: cairn_snapshot::memory::PageIndex,
+}
+
+impl Machine {
+    /// Running or paused.
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// What the machine was built from.
+    pub fn spec(&self) -> &BuildSpec {
+        &self.spec
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The KVM system handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The port I/O bus.
+    pub fn pio_bus(&self) -> &Arc<Bus> {
+        &self.pio
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio
+    }
+
+    /// The legacy devices.
+    pub fn legacy(&self) -> &LegacyDevices {
+        &self.legacy
+    }
+
+    /// The virtio devices, in attach order.
+    pub fn virtio_devices(&self) -> &[VirtioAttachment] {
+        &self.virtio
+    }
+
+    /// The VM's exit signal.
+    pub fn exit_signal(&self) -> &Arc<ExitSignal> {
+        &self.exit
+    }
+
+    fn broadcast(
+        &self,
+        request: fn() -> VcpuRequest,
+        expect: VcpuEvent,
+    ) -> Result<Duration, VmmError> {
+        let start = Instant::now();
+        for vcpu in &self.vcpus {
+            vcpu.send(request())?;
+        }
+        for vcpu in &self.vcpus {
+            vcpu.wait_for(expect, VCPU_RESPONSE_TIMEOUT)?;
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Park every vCPU. Returns how long it took.
+    pub fn pause(&mut self) -> Result<Duration, VmmError> {
+        if self.state == RunState::Paused {
+            return Ok(Duration::ZERO);
+        }
+        let took = self.broadcast(|| VcpuRequest::Pause, VcpuEvent::Paused)?;
+        self.state = RunState::Paused;
+        Ok(took)
+    }
+
+    /// Let every vCPU run again. Returns how long it took.
+    pub fn resume(&mut self) -> Result<Duration, VmmError> {
+        if self.state == RunState::Running {
+            return Ok(Duration::ZERO);
+        }
+        let took = self.broadcast(|| VcpuRequest::Resume, VcpuEvent::Resumed)?;
+        self.state = RunState::Running;
+        Ok(took)
+    }
+
+    /// Pages dirtied since `consumer`'s last call (KVM's log plus the VMM's own writes); resets
+    /// that consumer's baseline only.
+    pub fn take_dirty(
+        &mut self,
+        consumer: DirtyConsumer,
+    ) -> Result<cairn_snapshot::memory::PageIndex, VmmError> {
+        let new = crate::checkpoint::memory::take_dirty_pages(&self.mem, &self.vm)?;
+        let ledger = &mut self.dirty;
+        ledger.since_snapshot = ledger.since_snapshot.union(&new);
+        ledger.since_checkpoint = ledger.since_checkpoint.union(&new);
+        Ok(match consumer {
+            DirtyConsumer::Snapshot => std::mem::take(&mut ledger.since_snapshot),
+            DirtyConsumer::Checkpoint => std::mem::take(&mut ledger.since_checkpoint),
+        })
+    }
+
+    /// The vCPU handles (for state save and restore while paused).
+    pub fn vcpus(&self) -> &[VcpuHandle] {
+        &self.vcpus
+    }
+
+    /// Stop every vCPU thread.
+    pub fn shutdown(self) {
+        for vcpu in self.vcpus {
+            vcpu.join();
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The runtime: the event loop plus at most one machine, and the machine's checkpoints. It is
+//! the library's main entry point; the `cairn-vmm` binary, the API controller and the
+//! benchmarks all drive a [`Runtime`].
+//!
+//! ```no_run
+//! use cairn_vmm::builder::{BuildSpec, ConsoleIo};
+//! use cairn_vmm::runtime::Runtime;
+//! let mut rt = Runtime::new()?;
+//! let console = ConsoleIo { output: Box::new(std::io::stdout()), input: None };
+//! rt.boot(&BuildSpec::linux("vmlinux"), console)?;
+//! let reason = rt.run_until_exit(None)?;
+//! std::process::exit(reason.exit_code());
+//! # Ok::<(), cairn_vmm::VmmError>(())
+//! ```
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_snapshot::checkpoint::CheckpointMeta;
+
+use crate::builder::{build_machine, open_raw_disk, BuildSpec, ConsoleIo};
+use crate::checkpoint::named::CheckpointManager;
+use crate::checkpoint::restore::{restore_machine, RestoreOptions};
+use crate::checkpoint::snapshot::{create_snapshot, SnapshotKind, SnapshotReport};
+use crate::checkpoint::state::read_state;
+use crate::error::VmmError;
+use crate::event_loop::{EventLoop, Subscriber};
+use crate::machine::Machine;
+use crate::vstate::vcpu::ExitReason;
+
+/// The event loop, the machine it serves, and the machine's checkpoints.
+pub struct Runtime {
+    event_loop: EventLoop,
+    /// Event sources that outlive a machine (the API), re-added when a machine is replaced.
+    persistent: Vec<Subscriber>,
+    machine: Option<Machine>,
+    checkpoints: Option<CheckpointManager>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("machine", &self.machine)
+            .field("checkpoints", &self.checkpoints)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime with no machine yet.
+    pub fn new() -> Result<Self, VmmError> {
+        Ok(Self {
+            event_loop: EventLoop::new()?,
+            persistent: vec![],
+            machine: None,
+            checkpoints: None,
+        })
+    }
+
+    /// Build and start a machine.
+    pub fn boot(&mut self, spec: &BuildSpec, console: ConsoleIo) -> Result<(), VmmError> {
+        if self.machine.is_some() {
+            return Err(VmmError::InvalidState("the VM is already running".into()));
+        }
+        self.open_checkpoints(spec.checkpoint_dir.as_deref())?;
+        let machine = match self.checkpoints.as_mut() {
+            Some(ck) => build_machine(spec, console, &mut self.event_loop, &mut |cfg| {
+                ck.open_disk(cfg, None)
+            })?,
+            None => build_machine(spec, console, &mut self.event_loop, &mut open_raw_disk)?,
+        };
+        self.machine = Some(machine);
+        Ok(())
+    }
+
+    fn open_checkpoints(&mut self, dir: Option<&Path>) -> Result<(), VmmError> {
+        self.checkpoints = match dir {
+            Some(d) => Some(CheckpointManager::open(d)?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Rebuild a machine from a snapshot (state file + memory layers) instead of booting.
+    pub fn restore(
+        &mut self,
+        state_path: &Path,
+        opts: &RestoreOptions,
+        console: ConsoleIo,
+    ) -> Result<(), VmmError> {
+        if self.machine.is_some() {
+            return Err(VmmError::InvalidState(
+                "a VM is already running; restore needs a fresh VMM".into(),
+            ));
+        }
+        let state = read_state(state_path)?;
+        self.machine = Some(restore_machine(
+            &state,
+            opts,
+            console,
+            &mut self.event_loop,
+            &mut open_raw_disk,
+        )?);
+        Ok(())
+    }
+
+    /// Snapshot the paused machine (Firecracker's `PUT /snapshot/create`).
+    pub fn snapshot(
+        &mut self,
+        kind: SnapshotKind,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotReport, VmmError> {
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or_else(|| VmmError::InvalidState("the VM is not running".into()))?;
+        create_snapshot(machine, kind, state_path, mem_path)
+    }
+
+    fn checkpoints_mut(&mut self) -> Result<&mut CheckpointManager, VmmError> {
+        self.checkpoints.as_mut().ok_or_else(|| {
+            VmmError::InvalidState("checkpoints need a checkpoint directory (config key \"cairn\": {\"checkpoint_dir\": ...})".into())
+        })
+    }
+
+    /// Take a named checkpoint of the running machine (`PUT /checkpoints`). Without a name, one
+    /// is made from the time.
+    pub fn create_checkpoint(&mut self, name: Option<&str>) -> Result<CheckpointMeta, VmmError> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => format!("ckpt-{}", cairn_snapshot::checkpoint::now_unix_ms()),
+        };
+        cairn_snapshot::checkpoint::store::validate_name(&name)
+            .map_err(|e| VmmError::Config(e.to_string()))?;
+        let machine = self
+            .machine
+            .as_mut()
+            .ok_or_else(|| VmmError::InvalidState("the VM is not running".into()))?;
+        let ck = self.checkpoints.as_mut().ok_or_else(|| {
+            VmmError::InvalidState("checkpoints need a checkpoint directory (config key \"cairn\": {\"checkpoint_dir\": ...})".into())
+        })?;
+        ck.create(machine, &name)
+    }
+
+    /// Every checkpoint with its cost (`GET /checkpoints`).
+    pub fn list_checkpoints(&mut self) -> Result<Vec<CheckpointMeta>, VmmError> {
+        self.checkpoints_mut()?.list()
+    }
+
+    /// Delete a checkpoint; the others stay restorable (`DELETE /checkpoints/{name}`).
+    pub fn delete_checkpoint(&mut self, name: &str) -> Result<(), VmmError> {
+        self.checkpoints_mut()?.delete(name)
+    }
+
+    /// Replace the running machine (if any) with checkpoint `name` (`PUT /checkpoints/restore`).
+    /// `checkpoint_dir` opens the store when no machine was booted in this process.
+    pub fn restore_checkpoint(
+        &mut self,
+        name: &str,
+        checkpoint_dir: Option<&Path>,
+        resume: bool,
+        console: ConsoleIo,
+    ) -> Result<(), VmmError> {
+        if self.checkpoints.is_none() {
+            self.open_checkpoints(checkpoint_dir)?;
+        }
+        let ck = self.checkpoints_mut()?;
+        ck.get(name)?;
+        let state_path = ck.state_path(name)?;
+        let layers = ck.memory_layers(name)?;
+        let state = read_state(&state_path)?;
+        // The old machine goes first: its vCPUs, devices and event sources.
+        self.shutdown();
+        self.event_loop = EventLoop::new()?;
+        for s in &self.persistent {
+            self.event_loop.add(s.clone());
+        }
+        let opts = RestoreOptions {
+            memory_layers: layers,
+            track_dirty_pages: true,
+            resume,
+            network_overrides: vec![],
+        };
+        let ck = self
+            .checkpoints
+            .as_mut()
+            .ok_or_else(|| VmmError::InvalidState("no checkpoint store".into()))?;
+        ck.release_drives();
+        let machine = restore_machine(&state, &opts, console, &mut self.event_loop, &mut |cfg| {
+            ck.open_disk(cfg, Some(name))
+        })?;
+        ck.set_head(Some(name.to_string()));
+        self.machine = Some(machine);
+        Ok(())
+    }
+
+    /// The machine, once booted.
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.as_ref()
+    }
+
+    /// The machine, once booted.
+    pub fn machine_mut(&mut self) -> Option<&mut Machine> {
+        self.machine.as_mut()
+    }
+
+    /// Add an event source that outlives machines (an API wake-up, say).
+    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
+        self.persistent.push(subscriber.clone());
+        self.event_loop.add(subscriber);
+    }
+
+    /// Serve events for up to `timeout_ms` (-1: until something happens). Returns the machine's
+    /// exit reason once it has one.
+    pub fn poll(&mut self, timeout_ms: i32) -> Result<Option<ExitReason>, VmmError> {
+        self.event_loop.run_once(timeout_ms)?;
+        Ok(self.machine.as_ref().and_then(|m| m.exit_signal().reason()))
+    }
+
+    /// Serve events until the machine stops (or `timeout` passes: then `ExitReason::Stopped`).
+    pub fn run_until_exit(&mut self, timeout: Option<Duration>) -> Result<ExitReason, VmmError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let wait = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(ExitReason::Stopped);
+                    }
+                    left.as_millis().min(i32::MAX as u128) as i32
+                }
+                None => -1,
+            };
+            if let Some(reason) = self.poll(wait)? {
+                return Ok(reason);
+            }
+        }
+    }
+
+    /// Stop the machine's vCPUs and drop it.
+    pub fn shutdown(&mut self) {
+        if let Some(m) = self.machine.take() {
+            m.shutdown();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

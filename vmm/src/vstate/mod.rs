@@ -1,0 +1,6 @@
+//! KVM state: the VM, its vCPUs and guest memory.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vcpu_state;
+pub mod vm;

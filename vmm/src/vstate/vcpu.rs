@@ -1,0 +1,560 @@
+//! vCPUs: one thread each, running `KVM_RUN` and handing port and MMIO exits to the buses.
+//!
+//! Control is by message: the VMM thread sends a [`VcpuRequest`] and kicks the thread with a
+//! real-time signal whose handler sets `immediate_exit` in the thread's `kvm_run`, so a vCPU in
+//! the guest returns to its loop within microseconds. A paused vCPU blocks on its request
+//! channel and answers state requests there; nothing is saved while any vCPU runs.
+
+use std::cell::Cell;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_run, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use cairn_devices::bus::Bus;
+use cairn_devices::GuestMemoryMmap;
+
+use crate::arch::x86_64::cpuid::{vcpu_cpuid, CpuTemplate, Topology};
+use crate::arch::x86_64::msr::boot_msr_entries;
+use crate::arch::x86_64::regs::{boot_fpu, boot_regs, boot_sregs, set_lint, EntryMode};
+use crate::error::VmmError;
+use crate::vstate::vm::Vm;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest asked for a reset (i8042 reset, triple fault, or a reset system event).
+    GuestReset,
+    /// The guest powered off (system event).
+    GuestShutdown,
+    /// The guest kernel panicked and told KVM (crash system event).
+    GuestCrash,
+    /// KVM's instruction emulator could not run an instruction.
+    EmulationFailure {
+        /// vCPU index.
+        vcpu: u8,
+        /// Guest RIP of the instruction.
+        rip: u64,
+        /// The instruction's bytes, as many as are known.
+        bytes: Vec<u8>,
+    },
+    /// KVM failed in some other way.
+    KvmError(String),
+    /// The VMM was asked to stop (signal, API or library call).
+    Stopped,
+}
+
+impl ExitReason {
+    /// The process exit code Firecracker would use: 0 when the guest ended itself.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::GuestReset | Self::GuestShutdown | Self::Stopped => 0,
+            _ => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GuestReset => write!(f, "guest reset (reboot)"),
+            Self::GuestShutdown => write!(f, "guest powered off"),
+            Self::GuestCrash => write!(f, "guest crashed"),
+            Self::EmulationFailure { vcpu, rip, bytes } => {
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                write!(
+                    f,
+                    "KVM emulation failure on vCPU {vcpu} at RIP {rip:#x}, instruction bytes [{}]",
+                    hex.join(" ")
+                )
+            }
+            Self::KvmError(e) => write!(f, "KVM error: {e}"),
+            Self::Stopped => write!(f, "stopped"),
+        }
+    }
+}
+
+/// Where vCPUs report that the VM must stop. The first reason wins; the event loop watches
+/// `evt`.
+#[derive(Debug)]
+pub struct ExitSignal {
+    reason: Mutex<Option<ExitReason>>,
+    evt: EventFd,
+}
+
+impl ExitSignal {
+    /// A new, unsignalled exit.
+    pub fn new() -> Result<Self, VmmError> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("exit eventfd"))?,
+        })
+    }
+
+    /// Record `reason` (unless one is already recorded) and wake the event loop.
+    pub fn signal(&self, reason: ExitReason) {
+        let mut guard = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(reason);
+        }
+        drop(guard);
+        // If the write fails the counter is saturated, which still wakes the loop.
+        let _ = self.evt.write(1);
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The eventfd the event loop watches.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// What the VMM asks of a vCPU thread.
+pub enum VcpuRequest {
+    /// Leave the guest and park.
+    Pause,
+    /// Continue running the guest.
+    Resume,
+    /// End the thread.
+    Exit,
+    /// Run `f` on the parked vCPU's fd (state save/restore) and send back its result.
+    WithFd(Box<dyn FnOnce(&mut VcpuFd) + Send>),
+}
+
+impl std::fmt::Debug for VcpuRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pause => write!(f, "Pause"),
+            Self::Resume => write!(f, "Resume"),
+            Self::Exit => write!(f, "Exit"),
+            Self::WithFd(_) => write!(f, "WithFd"),
+        }
+    }
+}
+
+/// What a vCPU thread reports back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Parked, out of the guest.
+    Paused,
+    /// Running the guest again.
+    Resumed,
+}
+
+thread_local! {
+    static THIS_KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = THIS_KVM_RUN.try_with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own `kvm_run` mapping, set by the vCPU loop
+            // and cleared before the VcpuFd is dropped; a single byte store is signal-safe.
+            unsafe { (*run).immediate_exit = 1 };
+        }
+    });
+}
+
+/// The signal used to kick vCPUs out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Install the kick handler (once per process).
+pub fn install_kick_handler() -> Result<(), VmmError> {
+    register_signal_handler(kick_signal(), kick_handler).map_err(|e| {
+        VmmError::io("install vCPU kick handler")(std::io::Error::from_raw_os_error(e.errno()))
+    })
+}
+
+/// A vCPU before its thread starts.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+}
+
+/// Everything a vCPU needs to be set up for boot.
+#[derive(Debug, Clone, Copy)]
+pub struct BootVcpuConfig<'a> {
+    /// KVM's supported CPUID.
+    pub supported_cpuid: &'a CpuId,
+    /// Number of vCPUs.
+    pub cpu_count: u8,
+    /// Hyperthreading.
+    pub smt: bool,
+    /// CPU template.
+    pub template: CpuTemplate,
+    /// Entry mode and point.
+    pub entry: EntryMode,
+}
+
+impl Vcpu {
+    /// Create vCPU `index` in `vm`.
+    pub fn new(
+        vm: &Vm,
+        index: u8,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        mem: GuestMemoryMmap,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, VmmError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(VmmError::kvm("KVM_CREATE_VCPU"))?;
+        Ok(Self {
+            fd,
+            index,
+            pio,
+            mmio,
+            mem,
+            exit,
+        })
+    }
+
+    /// This vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The vCPU fd (for state save/restore before the thread starts).
+    pub fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// Set CPUID, MSRs, registers, FPU and LAPIC for boot.
+    pub fn configure_boot(&self, cfg: &BootVcpuConfig<'_>) -> Result<(), VmmError> {
+        let topo = Topology {
+            cpu_index: self.index,
+            cpu_count: cfg.cpu_count,
+            smt: cfg.smt,
+        };
+        let cpuid = vcpu_cpuid(cfg.supported_cpuid, topo, cfg.template)?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(VmmError::kvm("KVM_SET_CPUID2"))?;
+        let msrs = Msrs::from_entries(&boot_msr_entries())
+            .map_err(|e| VmmError::Config(format!("boot MSR list: {e:?}")))?;
+        let written = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(VmmError::kvm("KVM_SET_MSRS"))?;
+        if written != msrs.as_slice().len() {
+            tracing::warn!(
+                vcpu = self.index,
+                written,
+                "KVM accepted only some boot MSRs"
+            );
+        }
+        self.fd
+            .set_regs(&boot_regs(cfg.entry))
+            .map_err(VmmError::kvm("KVM_SET_REGS"))?;
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(VmmError::kvm("KVM_GET_SREGS"))?;
+        boot_sregs(&self.mem, cfg.entry, &mut sregs)
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(VmmError::kvm("KVM_SET_SREGS"))?;
+        self.fd
+            .set_fpu(&boot_fpu())
+            .map_err(VmmError::kvm("KVM_SET_FPU"))?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(VmmError::kvm("KVM_GET_LAPIC"))?;
+        set_lint(&mut lapic);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(VmmError::kvm("KVM_SET_LAPIC"))?;
+        Ok(())
+    }
+
+    /// Start the vCPU thread. With `paused`, it parks before entering the guest.
+    pub fn start(self, paused: bool) -> Result<VcpuHandle, VmmError> {
+        let index = self.index;
+        let (req_tx, req_rx) = mpsc::channel();
+        let (evt_tx, evt_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("cairn_vcpu{index}"))
+            .spawn(move || self.run(req_rx, evt_tx, paused))
+            .map_err(|e| VmmError::Vcpu {
+                index,
+                reason: format!("cannot spawn thread: {e}"),
+            })?;
+        Ok(VcpuHandle {
+            index,
+            requests: req_tx,
+            events: evt_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(
+        mut self,
+        requests: Receiver<VcpuRequest>,
+        events: Sender<VcpuEvent>,
+        start_paused: bool,
+    ) {
+        if let Err(e) = crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Vcpu) {
+            self.exit.signal(ExitReason::KvmError(format!(
+                "vCPU {}: cannot install seccomp filter: {e}",
+                self.index
+            )));
+            return;
+        }
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        THIS_KVM_RUN.with(|p| p.set(run_ptr));
+        let mut paused = start_paused;
+        if paused {
+            let _ = events.send(VcpuEvent::Paused);
+        }
+        'outer: loop {
+            // Serve requests: block while paused, poll while running.
+            loop {
+                let request = if paused {
+                    match requests.recv() {
+                        Ok(r) => r,
+                        Err(_) => break 'outer,
+                    }
+                } else {
+                    match requests.try_recv() {
+                        Ok(r) => r,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => break 'outer,
+                    }
+                };
+                match request {
+                    VcpuRequest::Pause => {
+                        paused = true;
+                        let _ = events.send(VcpuEvent::Paused);
+                    }
+                    VcpuRequest::Resume => {
+                        paused = false;
+                        let _ = events.send(VcpuEvent::Resumed);
+                    }
+                    VcpuRequest::Exit => break 'outer,
+                    VcpuRequest::WithFd(f) => f(&mut self.fd),
+                }
+            }
+            if let Some(reason) = self.run_once() {
+                tracing::info!(vcpu = self.index, %reason, "vCPU stopped");
+                self.exit.signal(reason);
+                paused = true;
+            }
+        }
+        THIS_KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    /// Enter the guest once and handle the exit. Returns a reason when the VM must stop.
+    fn run_once(&mut self) -> Option<ExitReason> {
+        let (pio, mmio) = (&self.pio, &self.mmio);
+        match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                pio.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Hlt) | Ok(VcpuExit::Shutdown) => Some(ExitReason::GuestReset),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::GuestShutdown),
+                KVM_SYSTEM_EVENT_RESET => Some(ExitReason::GuestReset),
+                KVM_SYSTEM_EVENT_CRASH => Some(ExitReason::GuestCrash),
+                other => Some(ExitReason::KvmError(format!(
+                    "unknown system event {other}"
+                ))),
+            },
+            Ok(VcpuExit::InternalError) => Some(self.internal_error()),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitReason::KvmError(format!(
+                "VM entry failed on host CPU {cpu}: hardware reason {reason:#x}"
+            ))),
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => Some(ExitReason::KvmError(format!("unexpected exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(ExitReason::KvmError(format!("KVM_RUN: {e}"))),
+        }
+    }
+
+    /// Decode `KVM_EXIT_INTERNAL_ERROR`: RIP and the instruction bytes.
+    fn internal_error(&mut self) -> ExitReason {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+            return ExitReason::KvmError("internal error".into());
+        }
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active member
+        // of the exit union; it is plain old data.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        if internal.suberror != KVM_INTERNAL_ERROR_EMULATION {
+            return ExitReason::KvmError(format!(
+                "KVM internal error, suberror {} at RIP {rip:#x}, data {:x?}",
+                internal.suberror,
+                &internal.data[..(internal.ndata as usize).min(internal.data.len())]
+            ));
+        }
+        let mut bytes = Vec::new();
+        let flags = internal.data[0];
+        if internal.ndata >= 3
+            && flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0
+        {
+            // data[1..3] holds insn_size (1 byte) followed by up to 15 instruction bytes.
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&internal.data[1].to_le_bytes());
+            raw[8..].copy_from_slice(&internal.data[2].to_le_bytes());
+            let len = usize::from(raw[0]).min(15);
+            bytes.extend_from_slice(&raw[1..1 + len]);
+        }
+        if bytes.is_empty() {
+            bytes = self.read_guest_code(rip);
+        }
+        ExitReason::EmulationFailure {
+            vcpu: self.index,
+            rip,
+            bytes,
+        }
+    }
+
+    /// Up to 15 bytes at guest virtual address `rip`, translated by KVM.
+    fn read_guest_code(&self, rip: u64) -> Vec<u8> {
+        let Ok(t) = self.fd.translate_gva(rip) else {
+            return vec![];
+        };
+        if t.valid == 0 {
+            return vec![];
+        }
+        let mut buf = [0u8; 15];
+        // Stop at the page end rather than guess at the next page's translation.
+        let len = (4096 - (t.physical_address & 0xfff)).min(15) as usize;
+        match self
+            .mem
+            .read_slice(&mut buf[..len], GuestAddress(t.physical_address))
+        {
+            Ok(()) => buf[..len].to_vec(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+/// The VMM's handle on a running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    index: u8,
+    requests: Sender<VcpuRequest>,
+    events: Receiver<VcpuEvent>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// vCPU index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// Send a request and kick the thread out of the guest.
+    pub fn send(&self, request: VcpuRequest) -> Result<(), VmmError> {
+        self.requests.send(request).map_err(|_| VmmError::Vcpu {
+            index: self.index,
+            reason: "thread has ended".into(),
+        })?;
+        self.kick();
+        Ok(())
+    }
+
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Wait for `expected` from the thread.
+    pub fn wait_for(&self, expected: VcpuEvent, timeout: Duration) -> Result<(), VmmError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) if e == expected => return Ok(()),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(VmmError::Vcpu {
+                        index: self.index,
+                        reason: format!("did not report {expected:?} within {timeout:?}"),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VmmError::Vcpu {
+                        index: self.index,
+                        reason: "thread has ended".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Run `f` with the parked vCPU's fd and return its result. The vCPU must be paused.
+    pub fn with_fd<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut VcpuFd) -> T + Send + 'static,
+        timeout: Duration,
+    ) -> Result<T, VmmError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(VcpuRequest::WithFd(Box::new(move |fd| {
+            let _ = tx.send(f(fd));
+        })))?;
+        rx.recv_timeout(timeout).map_err(|_| VmmError::Vcpu {
+            index: self.index,
+            reason: "did not answer a state request".into(),
+        })
+    }
+
+    /// Stop the thread and wait for it.
+    pub fn join(mut self) {
+        let _ = self.requests.send(VcpuRequest::Exit);
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Saving and restoring a vCPU's complete KVM state: registers, FPU/XSAVE, XCRs, debug registers,
+//! MSRs (the TSC last), LAPIC, MP state and pending events.
+//!
+//! Capturing state is a series of ioctls that can fail, so vCPUs (like Firecracker's) use
+//! fallible `save_vcpu_state` / `restore_vcpu_state` rather than the infallible
+//! `cairn_snapshot::Persist::save`; the state itself is plain serde data.
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+};
+use kvm_ioctls::VcpuFd;
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::msr::SAVED_MSRS;
+use crate::error::VmmError;
+
+/// Everything KVM knows about one vCPU.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    /// CPUID as set at boot.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Saved MSRs.
+    pub msrs: Vec<kvm_msr_entry>,
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE/AVX state (the 4 KiB legacy XSAVE area).
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debug_regs: kvm_debugregs,
+    /// Local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Runnable, halted, waiting for SIPI...
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts and NMIs.
+    pub vcpu_events: kvm_vcpu_events,
+    /// TSC frequency, when KVM reports it.
+    pub tsc_khz: Option<u32>,
+}
+
+impl std::fmt::Debug for VcpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuState")
+            .field("rip", &self.regs.rip)
+            .field("msrs", &self.msrs.len())
+            .finish()
+    }
+}
+
+impl PartialEq for VcpuState {
+    fn eq(&self, other: &Self) -> bool {
+        // Compare through the serialised form: the KVM structs hold unions and padding.
+        postcard::to_allocvec(self).ok() == postcard::to_allocvec(other).ok()
+    }
+}
+
+/// Which of `SAVED_MSRS` this host's KVM can save.
+pub fn saveable_msrs(kvm: &kvm_ioctls::Kvm) -> Result<Vec<u32>, VmmError> {
+    let list = kvm
+        .get_msr_index_list()
+        .map_err(VmmError::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+    let supported = list.as_slice();
+    Ok(SAVED_MSRS
+        .iter()
+        .copied()
+        .filter(|m| supported.contains(m))
+        .collect())
+}
+
+/// Capture the state of a paused vCPU.
+pub fn save_vcpu_state(
+    fd: &VcpuFd,
+    msr_indices: &[u32],
+    cpuid_entries: usize,
+) -> Result<VcpuState, VmmError> {
+    let mp_state = fd
+        .get_mp_state()
+        .map_err(VmmError::kvm("KVM_GET_MP_STATE"))?;
+    let regs = fd.get_regs().map_err(VmmError::kvm("KVM_GET_REGS"))?;
+    let sregs = fd.get_sregs().map_err(VmmError::kvm("KVM_GET_SREGS"))?;
+    let xsave = fd.get_xsave().map_err(VmmError::kvm("KVM_GET_XSAVE"))?;
+    let xcrs = fd.get_xcrs().map_err(VmmError::kvm("KVM_GET_XCRS"))?;
+    let debug_regs = fd
+        .get_debug_regs()
+        .map_err(VmmError::kvm("KVM_GET_DEBUGREGS"))?;
+    let lapic = fd.get_lapic().map_err(VmmError::kvm("KVM_GET_LAPIC"))?;
+    let tsc_khz = fd.get_tsc_khz().ok();
+    let cpuid = fd
+        .get_cpuid2(cpuid_entries)
+        .map_err(VmmError::kvm("KVM_GET_CPUID2"))?;
+    let entries: Vec<kvm_msr_entry> = msr_indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    let mut msrs =
+        Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
+    let n = fd
+        .get_msrs(&mut msrs)
+        .map_err(VmmError::kvm("KVM_GET_MSRS"))?;
+    if n != entries.len() {
+        let failed = entries.get(n).map(|e| e.index).unwrap_or(0);
+        return Err(VmmError::Vcpu {
+            index: 0,
+            reason: format!("cannot read MSR {failed:#x}"),
+        });
+    }
+    let vcpu_events = fd
+        .get_vcpu_events()
+        .map_err(VmmError::kvm("KVM_GET_VCPU_EVENTS"))?;
+    Ok(VcpuState {
+        cpuid: cpuid.as_slice().to_vec(),
+        msrs: msrs.as_slice().to_vec(),
+        regs,
+        sregs,
+        xsave,
+        xcrs,
+        debug_regs,
+        lapic,
+        mp_state,
+        vcpu_events,
+        tsc_khz,
+    })
+}
+
+/// Load `state` into a fresh (never run) vCPU, in the order KVM needs.
+pub fn restore_vcpu_state(fd: &VcpuFd, state: &VcpuState) -> Result<(), VmmError> {
+    let cpuid = CpuId::from_entries(&state.cpuid)
+        .map_err(|e| VmmError::Config(format!("saved CPUID: {e:?}")))?;
+    fd.set_cpuid2(&cpuid)
+        .map_err(VmmError::kvm("KVM_SET_CPUID2"))?;
+    if let Some(khz) = state.tsc_khz {
+        // Only possible with TSC scaling; otherwise the host must run at the same frequency.
+        if fd.get_tsc_khz().ok() != Some(khz) {
+            fd.set_tsc_khz(khz).map_err(|e| VmmError::Vcpu {
+                index: 0,
+                reason: format!(
+                    "the checkpoint's TSC runs at {khz} kHz and this host cannot match it: {e}"
+                ),
+            })?;
+        }
+    }
+    fd.set_mp_state(state.mp_state)
+        .map_err(VmmError::kvm("KVM_SET_MP_STATE"))?;
+    fd.set_regs(&state.regs)
+        .map_err(VmmError::kvm("KVM_SET_REGS"))?;
+    fd.set_sregs(&state.sregs)
+        .map_err(VmmError::kvm("KVM_SET_SREGS"))?;
+    // SAFETY: `state.xsave` is a complete kvm_xsave struct, as KVM_SET_XSAVE expects.
+    unsafe { fd.set_xsave(&state.xsave) }.map_err(VmmError::kvm("KVM_SET_XSAVE"))?;
+    fd.set_xcrs(&state.xcrs)
+        .map_err(VmmError::kvm("KVM_SET_XCRS"))?;
+    fd.set_debug_regs(&state.debug_regs)
+        .map_err(VmmError::kvm("KVM_SET_DEBUGREGS"))?;
+    fd.set_lapic(&state.lapic)
+        .map_err(VmmError::kvm("KVM_SET_LAPIC"))?;
+    let msrs = Msrs::from_entries(&state.msrs)
+        .map_err(|e| VmmError::Config(format!("saved MSRs: {e:?}")))?;
+    let n = fd.set_msrs(&msrs).map_err(VmmError::kvm("KVM_SET_MSRS"))?;
+    if n != state.msrs.len() {
+        let failed = state.msrs.get(n).map(|e| e.index).unwrap_or(0);
+        return Err(VmmError::Vcpu {
+            index: 0,
+            reason: format!("KVM refused saved MSR {failed:#x}"),
+        });
+    }
+    fd.set_vcpu_events(&state.vcpu_events)
+        .map_err(VmmError::kvm("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The KVM VM: irqchip, PIT, memory slots, clock.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use cairn_devices::GuestMemoryMmap;
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::error::VmmError;
+
+/// A KVM VM with an in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    dirty_tracking: bool,
+    slots: Vec<(u32, u64, u64)>,
+}
+
+impl Vm {
+    /// Create the VM and its in-kernel interrupt controllers.
+    pub fn new(kvm: &Kvm) -> Result<Self, VmmError> {
+        let fd = kvm.create_vm().map_err(VmmError::kvm("KVM_CREATE_VM"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(VmmError::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(VmmError::kvm("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(VmmError::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(VmmError::kvm("KVM_CREATE_PIT2"))?;
+        Ok(Self {
+            fd,
+            dirty_tracking: false,
+            slots: vec![],
+        })
+    }
+
+    /// The raw VM fd.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// Register every region of `mem` as a KVM memory slot, with KVM dirty logging if asked.
+    pub fn register_memory(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        track_dirty_pages: bool,
+    ) -> Result<(), VmmError> {
+        let flags = if track_dirty_pages {
+            KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+            let region_desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the VMM keeps alive for
+            // as long as the VM exists; the slot describes exactly that mapping.
+            unsafe { self.fd.set_user_memory_region(region_desc) }
+                .map_err(VmmError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+            self.slots
+                .push((slot as u32, region.start_addr().0, region.len()));
+        }
+        self.dirty_tracking = track_dirty_pages;
+        Ok(())
+    }
+
+    /// Whether KVM dirty logging is on.
+    pub fn dirty_tracking(&self) -> bool {
+        self.dirty_tracking
+    }
+
+    /// Memory slots as `(slot, guest address, size)`.
+    pub fn slots(&self) -> &[(u32, u64, u64)] {
+        &self.slots
+    }
+
+    /// Fetch and clear KVM's dirty bitmap for each slot (one bit per 4 KiB page).
+    pub fn take_dirty_log(&self) -> Result<Vec<Vec<u64>>, VmmError> {
+        self.slots
+            .iter()
+            .map(|(slot, _, size)| {
+                self.fd
+                    .get_dirty_log(*slot, *size as usize)
+                    .map_err(VmmError::kvm("KVM_GET_DIRTY_LOG"))
+            })
+            .collect()
+    }
+}
+
+/// The VM-wide KVM state: interrupt controllers, PIT and clock.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    /// Master PIC.
+    pub pic_master: kvm_bindings::kvm_irqchip,
+    /// Slave PIC.
+    pub pic_slave: kvm_bindings::kvm_irqchip,
+    /// IOAPIC.
+    pub ioapic: kvm_bindings::kvm_irqchip,
+    /// PIT.
+    pub pit: kvm_bindings::kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_bindings::kvm_clock_data,
+}
+
+impl std::fmt::Debug for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmState")
+            .field("clock", &self.clock.clock)
+            .finish()
+    }
+}
+
+impl Vm {
+    fn irqchip(&self, chip_id: u32) -> Result<kvm_bindings::kvm_irqchip, VmmError> {
+        let mut chip = kvm_bindings::kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.fd
+            .get_irqchip(&mut chip)
+            .map_err(VmmError::kvm("KVM_GET_IRQCHIP"))?;
+        Ok(chip)
+    }
+
+    /// Capture the VM-wide state (vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, VmmError> {
+        Ok(VmState {
+            pic_master: self.irqchip(kvm_bindings::KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: self.irqchip(kvm_bindings::KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: self.irqchip(kvm_bindings::KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(VmmError::kvm("KVM_GET_PIT2"))?,
+            clock: self
+                .fd
+                .get_clock()
+                .map_err(VmmError::kvm("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Load a saved VM-wide state into this (fresh) VM.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(VmmError::kvm("KVM_SET_PIT2"))?;
+        let mut clock = state.clock;
+        // Only the clock value is restored; KVM rejects flags it set itself.
+        clock.flags = 0;
+        self.fd
+            .set_clock(&clock)
+            .map_err(VmmError::kvm("KVM_SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(VmmError::kvm("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+}

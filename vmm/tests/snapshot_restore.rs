@@ -1,0 +1,231 @@
+//! Snapshot and restore with a tiny guest: every page and every register of the restored VM
+//! matches the snapshot exactly, Full and Diff layers stack, and the guest keeps running.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_tests::{guests, kvm_available};
+use cairn_vmm::builder::{BuildSpec, ConsoleIo};
+use cairn_vmm::checkpoint::restore::RestoreOptions;
+use cairn_vmm::checkpoint::snapshot::SnapshotKind;
+use cairn_vmm::runtime::Runtime;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Capture {
+    fn dots(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'.')
+            .count()
+    }
+}
+
+fn console(c: &Capture) -> ConsoleIo {
+    ConsoleIo {
+        output: Box::new(c.clone()),
+        input: None,
+    }
+}
+
+fn wait_dots(rt: &mut Runtime, out: &Capture, more_than: usize) {
+    let start = Instant::now();
+    while out.dots() <= more_than {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "guest made no progress"
+        );
+        rt.run_until_exit(Some(Duration::from_millis(20))).unwrap();
+    }
+}
+
+/// Hash of every 4 KiB page of guest memory.
+fn page_hashes(rt: &Runtime) -> Vec<u64> {
+    let mem = rt.machine().unwrap().memory();
+    let mut hashes = vec![];
+    let mut buf = vec![0u8; 4096];
+    for region in mem.iter() {
+        for off in (0..region.len()).step_by(4096) {
+            mem.read_slice(&mut buf, GuestAddress(region.start_addr().0 + off))
+                .unwrap();
+            let h = buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            });
+            hashes.push(h);
+        }
+    }
+    hashes
+}
+
+fn regs(rt: &Runtime) -> Vec<(u64, u64, u64, u64)> {
+    rt.machine()
+        .unwrap()
+        .vcpus()
+        .iter()
+        .map(|v| {
+            v.with_fd(
+                |fd| {
+                    let r = fd.get_regs().unwrap();
+                    let s = fd.get_sregs().unwrap();
+                    (r.rip, r.r15, r.rdi, s.cr3)
+                },
+                Duration::from_secs(2),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
+    if !kvm_available("full_and_diff_snapshots_restore_exactly_and_keep_running") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = BuildSpec::linux(guests::TICKER64);
+    spec.mem_size_mib = 32;
+    spec.vcpu_count = 2;
+    spec.track_dirty_pages = true;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    wait_dots(&mut rt, &out, 2);
+
+    // Full snapshot.
+    rt.machine_mut().unwrap().pause().unwrap();
+    let (full_state, full_mem) = (dir.path().join("full.state"), dir.path().join("full.mem"));
+    let report = rt
+        .snapshot(SnapshotKind::Full, &full_state, &full_mem)
+        .unwrap();
+    assert!(report.pages > 0);
+    let (hashes_full, regs_full) = (page_hashes(&rt), regs(&rt));
+
+    // The guest goes on; then a Diff snapshot holds only what it changed.
+    rt.machine_mut().unwrap().resume().unwrap();
+    let seen = out.dots();
+    wait_dots(&mut rt, &out, seen + 2);
+    rt.machine_mut().unwrap().pause().unwrap();
+    let (diff_state, diff_mem) = (dir.path().join("diff.state"), dir.path().join("diff.mem"));
+    let diff = rt
+        .snapshot(SnapshotKind::Diff, &diff_state, &diff_mem)
+        .unwrap();
+    assert!(
+        diff.pages > 0 && diff.pages < report.pages,
+        "diff {} pages, full {}",
+        diff.pages,
+        report.pages
+    );
+    let (hashes_diff, regs_diff) = (page_hashes(&rt), regs(&rt));
+    rt.shutdown();
+    drop(rt);
+
+    // Restore the Full snapshot: identical memory and registers, then it runs on.
+    let out2 = Capture::default();
+    let mut rt2 = Runtime::new().unwrap();
+    let opts = RestoreOptions {
+        memory_layers: vec![full_mem.clone()],
+        track_dirty_pages: true,
+        resume: false,
+        network_overrides: vec![],
+    };
+    rt2.restore(&full_state, &opts, console(&out2)).unwrap();
+    assert_eq!(regs(&rt2), regs_full);
+    assert!(
+        page_hashes(&rt2) == hashes_full,
+        "memory differs after restoring the Full snapshot"
+    );
+    rt2.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt2, &out2, 1);
+    rt2.shutdown();
+    drop(rt2);
+
+    // Restore Full + Diff layered (no merge): identical to the state at the Diff.
+    let out3 = Capture::default();
+    let mut rt3 = Runtime::new().unwrap();
+    let opts = RestoreOptions {
+        memory_layers: vec![full_mem, diff_mem],
+        ..opts
+    };
+    rt3.restore(&diff_state, &opts, console(&out3)).unwrap();
+    assert_eq!(regs(&rt3), regs_diff);
+    assert!(
+        page_hashes(&rt3) == hashes_diff,
+        "memory differs after restoring Full+Diff"
+    );
+    rt3.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt3, &out3, 1);
+}
+
+#[test]
+fn corrupt_and_truncated_state_files_are_refused() {
+    if !kvm_available("corrupt_and_truncated_state_files_are_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = BuildSpec::linux(guests::HALT64);
+    spec.mem_size_mib = 16;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    rt.run_until_exit(Some(Duration::from_millis(300))).unwrap();
+    rt.machine_mut().unwrap().pause().unwrap();
+    let (state, mem) = (dir.path().join("s"), dir.path().join("m"));
+    rt.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    let good = std::fs::read(&state).unwrap();
+    let opts = RestoreOptions {
+        memory_layers: vec![mem.clone()],
+        track_dirty_pages: false,
+        resume: false,
+        network_overrides: vec![],
+    };
+    let bad = dir.path().join("bad");
+    for (i, case) in [
+        good[..good.len() / 2].to_vec(),
+        {
+            let mut b = good.clone();
+            b[good.len() / 3] ^= 0x40;
+            b
+        },
+        {
+            let mut b = good.clone();
+            b[0] ^= 1;
+            b
+        },
+        vec![],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&bad, &case).unwrap();
+        let mut rt = Runtime::new().unwrap();
+        let err = rt
+            .restore(&bad, &opts, console(&Capture::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snapshot"), "case {i}: {err}");
+        assert!(rt.machine().is_none(), "case {i}: half-restored VM");
+    }
+    // A memory file too small for the VM.
+    std::fs::write(&bad, b"short").unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let opts = RestoreOptions {
+        memory_layers: vec![bad.clone()],
+        ..opts
+    };
+    assert!(rt
+        .restore(&state, &opts, console(&Capture::default()))
+        .is_err());
+}

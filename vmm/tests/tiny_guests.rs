@@ -1,0 +1,185 @@
+//! The VMM core against tiny guests, through the library API: each boot protocol, port and
+//! MMIO exits, reset through the i8042, emulation failures, pause and resume.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_tests::{guests, kvm_available};
+use cairn_vmm::builder::{BuildSpec, ConsoleIo, KernelImage};
+use cairn_vmm::runtime::Runtime;
+use cairn_vmm::vstate::vcpu::ExitReason;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn boot(spec: BuildSpec) -> (Runtime, Capture) {
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(
+        &spec,
+        ConsoleIo {
+            output: Box::new(out.clone()),
+            input: None,
+        },
+    )
+    .unwrap();
+    (rt, out)
+}
+
+fn tiny(path: &str) -> BuildSpec {
+    let mut spec = BuildSpec::linux(path);
+    spec.mem_size_mib = 32;
+    spec
+}
+
+fn run(spec: BuildSpec) -> (ExitReason, String) {
+    let (mut rt, out) = boot(spec);
+    let reason = rt.run_until_exit(Some(Duration::from_secs(20))).unwrap();
+    (reason, out.text())
+}
+
+#[test]
+fn long_mode_linux_protocol_port_and_mmio_exits_and_reset() {
+    if !kvm_available("long_mode_linux_protocol_port_and_mmio_exits_and_reset") {
+        return;
+    }
+    let (reason, out) = run(tiny(guests::HELLO64));
+    assert!(out.contains("cairn-tiny: long mode\n"), "{out}");
+    assert!(out.contains("cairn-tiny: zero page ok\n"), "{out}");
+    assert!(out.contains("cairn-tiny: mmio ok\n"), "{out}");
+    assert_eq!(reason, ExitReason::GuestReset);
+    assert_eq!(reason.exit_code(), 0);
+}
+
+#[test]
+fn pvh_entry_is_used_when_the_note_exists() {
+    if !kvm_available("pvh_entry_is_used_when_the_note_exists") {
+        return;
+    }
+    let (reason, out) = run(tiny(guests::PVH32));
+    assert!(out.contains("cairn-tiny: pvh ok\n"), "{out}");
+    assert_eq!(reason, ExitReason::GuestReset);
+}
+
+#[test]
+fn real_mode_entry() {
+    if !kvm_available("real_mode_entry") {
+        return;
+    }
+    let mut spec = tiny(guests::REAL16);
+    spec.image = KernelImage::RealMode {
+        image: guests::REAL16.into(),
+        load_addr: 0x1000,
+        cs: 0x100,
+        ip: 0,
+    };
+    let (reason, out) = run(spec);
+    assert!(out.contains("cairn-tiny: real mode\n"), "{out}");
+    assert_eq!(reason, ExitReason::GuestReset);
+}
+
+#[test]
+fn several_vcpus_boot() {
+    if !kvm_available("several_vcpus_boot") {
+        return;
+    }
+    let mut spec = tiny(guests::HELLO64);
+    spec.vcpu_count = 4;
+    let (reason, out) = run(spec);
+    assert!(out.contains("cairn-tiny: mmio ok\n"), "{out}");
+    assert_eq!(reason, ExitReason::GuestReset);
+}
+
+#[test]
+fn emulation_failure_is_reported_with_rip() {
+    if !kvm_available("emulation_failure_is_reported_with_rip") {
+        return;
+    }
+    let (reason, out) = run(tiny(guests::MMIOFETCH64));
+    assert!(out.contains("J\n"), "{out}");
+    match &reason {
+        ExitReason::EmulationFailure { rip, .. } => assert_eq!(*rip, 0xd0ff_0000),
+        other => panic!("expected an emulation failure, got {other:?}"),
+    }
+    assert_ne!(reason.exit_code(), 0);
+    assert!(reason.to_string().contains("RIP 0xd0ff0000"), "{reason}");
+}
+
+#[test]
+fn halted_guest_pauses_resumes_and_stops() {
+    if !kvm_available("halted_guest_pauses_resumes_and_stops") {
+        return;
+    }
+    let (mut rt, out) = boot(tiny(guests::HALT64));
+    let reason = rt
+        .run_until_exit(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert_eq!(
+        reason,
+        ExitReason::Stopped,
+        "a halted guest must not end the VM"
+    );
+    assert!(out.text().contains("cairn-tiny: halted"), "{}", out.text());
+    let m = rt.machine_mut().unwrap();
+    m.pause().unwrap();
+    m.resume().unwrap();
+    rt.shutdown();
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_restarts_it() {
+    if !kvm_available("pause_stops_the_guest_and_resume_restarts_it") {
+        return;
+    }
+    let mut spec = tiny(guests::TICKER64);
+    spec.vcpu_count = 2;
+    let (mut rt, out) = boot(spec);
+    // Wait for the guest to start ticking.
+    let start = std::time::Instant::now();
+    while !out.text().contains('.') {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no tick: {}",
+            out.text()
+        );
+        rt.run_until_exit(Some(Duration::from_millis(50))).unwrap();
+    }
+    let m = rt.machine_mut().unwrap();
+    let pause = m.pause().unwrap();
+    let ticks = out.text().matches('.').count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        out.text().matches('.').count(),
+        ticks,
+        "guest ran while paused"
+    );
+    let resume = rt.machine_mut().unwrap().resume().unwrap();
+    let start = std::time::Instant::now();
+    while out.text().matches('.').count() == ticks {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "guest did not resume"
+        );
+        rt.run_until_exit(Some(Duration::from_millis(20))).unwrap();
+    }
+    eprintln!("pause took {pause:?}, resume took {resume:?}");
+    assert!(pause < Duration::from_millis(100), "pause took {pause:?}");
+    rt.shutdown();
+}
