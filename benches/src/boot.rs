@@ -36,12 +36,21 @@ pub fn start_to_first_byte(opts: &Options) -> Vec<Figure> {
                 .spawn()
                 .unwrap();
             let mut first = [0u8; 1];
-            child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+            child
+                .stdout
+                .as_mut()
+                .unwrap()
+                .read_exact(&mut first)
+                .unwrap();
             samples.push(start.elapsed().as_secs_f64() * 1e3);
             let _ = child.kill();
             let _ = child.wait();
         }
-        out.push(figure(format!("process start -> first guest serial byte, {mem} MiB"), samples, "ms"));
+        out.push(figure(
+            format!("process start -> first guest serial byte, {mem} MiB"),
+            samples,
+            "ms",
+        ));
     }
     out
 }
@@ -58,7 +67,12 @@ fn smaps_rss_kib(pid: u32, guest_bytes: u64) -> (u64, u64) {
             let b = u64::from_str_radix(range.next().unwrap_or("0"), 16).unwrap_or(0);
             current_size = b - a;
         } else if let Some(rest) = line.strip_prefix("Rss:") {
-            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             total += kib;
             if current_size == guest_bytes {
                 guest += kib;
@@ -101,7 +115,11 @@ pub fn memory_overhead(opts: &Options) -> Vec<Figure> {
             let _ = child.kill();
             let _ = child.wait();
         }
-        out.push(figure(format!("VMM overhead (RSS minus guest RAM), {mem} MiB guest"), samples, "MiB"));
+        out.push(figure(
+            format!("VMM overhead (RSS minus guest RAM), {mem} MiB guest"),
+            samples,
+            "MiB",
+        ));
     }
     out
 }

@@ -573,3 +573,61 @@ pub fn vm_config(
 pub fn touch_timeout(mem_mib: usize) -> Duration {
     Duration::from_secs(30 + (mem_mib as u64 / 256) * 3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figure_takes_median_min_max() {
+        let f = figure("x".into(), vec![3.0, 1.0, 2.0, 9.0, 5.0], "ms");
+        assert_eq!((f.median, f.min, f.max), (3.0, 1.0, 9.0));
+    }
+
+    #[test]
+    fn options_parse_dirs_and_mem() {
+        let args: Vec<String> = [
+            "--runs",
+            "3",
+            "--dir",
+            "/dev/shm,/var/tmp",
+            "--no-cold",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = Options::parse(&args);
+        assert_eq!(o.runs, 3);
+        assert_eq!(
+            o.dirs,
+            vec![PathBuf::from("/dev/shm"), PathBuf::from("/var/tmp")]
+        );
+        assert!(o.no_cold && o.json && !o.mem_given);
+        assert_eq!(o.mem_or(&[4096]), vec![4096]);
+        let o = Options::parse(&["--mem".to_string(), "512".to_string()]);
+        assert_eq!(o.mem_or(&[4096]), vec![512]);
+        assert_eq!(o.dirs, vec![PathBuf::from("/dev/shm")]);
+    }
+
+    #[test]
+    fn allocated_bytes_sees_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(64 << 20).unwrap();
+        assert_eq!(allocated_bytes(&p).unwrap(), 0);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 8192], 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        let a = allocated_bytes(&p).unwrap();
+        assert!((8192..=1 << 20).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn tmpfs_detection() {
+        if Path::new("/dev/shm").exists() {
+            assert!(is_tmpfs(Path::new("/dev/shm")));
+        }
+        assert!(!is_tmpfs(Path::new("/proc")));
+    }
+}

@@ -80,7 +80,7 @@ build_rootfs() {
         debootstrap --variant=minbase "$rootfs_suite" "$root" "$mirror"
     rm -rf -- "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     echo cairn >"$root/etc/hostname"
-    # guest/rootfs/: /sbin/cairn-init (boot with init=/sbin/cairn-init) and /etc/fstab.
+    # guest/rootfs/: /usr/sbin/cairn-init (init=/sbin/cairn-init; bookworm has merged /usr) and /etc/fstab.
     cp -a --remove-destination -- "$recipe/rootfs/." "$root/"
     if [ -n "$agent" ]; then
         install -m 755 -- "$agent" "$root/usr/sbin/cairn-agent"

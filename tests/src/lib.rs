@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod guests;
+pub mod linux;
 pub mod process;
 
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
@@ -37,9 +38,15 @@ pub struct LinuxGuest {
 
 /// Build (or fetch from the cache) the Linux guest with `guest/build`.
 pub fn linux_guest() -> LinuxGuest {
+    linux_guest_with(&[])
+}
+
+/// [`linux_guest`] with extra `guest/build` arguments (`--agent PATH`, ...).
+pub fn linux_guest_with(args: &[&str]) -> LinuxGuest {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/build");
     let out = std::process::Command::new(&script)
         .arg("--quiet")
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));

@@ -1,7 +1,9 @@
 //! `cairn-vmm` as production runs it: a static binary under `cairn-jailer` (new pid namespace,
 //! unprivileged uid/gid, a pids cgroup), with its seccomp filters on. Everything is checked from
 //! outside through `/proc/<pid>`: every thread filtered (`Seccomp: 2`), the pid namespace, ids,
-//! capabilities, the root, the cgroup, and the guest's serial output.
+//! capabilities, the root, the cgroup, and the guest's serial output. Two ways in: the API (the
+//! guest is copied in after the start, as docs/jailer.md says), and `--no-api --config-file`
+//! (the jail starts frozen in a v1 freezer cgroup while the guest and config are copied in).
 //!
 //! Root only (prints `SKIP <name>: not root` otherwise) and needs `/dev/kvm`. The static VMM and
 //! the jailer are built on first use with
@@ -16,12 +18,12 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_tests::process::http::{request, wait_for_socket};
 use cairn_tests::{guests, kvm_available};
-use jail_support::{pids_hierarchy, proc_status, require_root, TestJail};
+use jail_support::{cgroup_mount, pids_hierarchy, proc_status, require_root, TestJail};
 
 const UID: u32 = 1234;
 const GID: u32 = 1234;
@@ -30,6 +32,18 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The static `cairn-vmm` and the `cairn-jailer` to run it with, built (or found up to date) in
 /// `<workspace>/target/jailed-vmm`.
 fn static_binaries() -> (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let (vmm, jailer) = build_static_binaries();
+            // Read by the jail support's `jailer_bin()`.
+            std::env::set_var("CAIRN_JAILER", &jailer);
+            (vmm, jailer)
+        })
+        .clone()
+}
+
+fn build_static_binaries() -> (PathBuf, PathBuf) {
     if let Some(vmm) = std::env::var_os("CAIRN_STATIC_VMM") {
         let jailer =
             std::env::var_os("CAIRN_JAILER").expect("CAIRN_STATIC_VMM needs CAIRN_JAILER too");
@@ -100,9 +114,7 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
     if !require_root(name) || !kvm_available(name) {
         return;
     }
-    let (vmm, jailer) = static_binaries();
-    // Read by the jail support's `jailer_bin()`.
-    std::env::set_var("CAIRN_JAILER", &jailer);
+    let (vmm, _) = static_binaries();
 
     let mut jail = TestJail::new("seccomp", &vmm);
     let pids = pids_hierarchy();
@@ -165,7 +177,90 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
         204
     );
 
-    // Every thread filtered: main, API, both vCPUs (and KVM's workers, forked from a vCPU).
+    check_jailed(
+        &jail,
+        pid,
+        pids.as_ref().map(|p| p.1.as_path()),
+        &["cairn-vmm", "cairn_api", "cairn_vcpu0", "cairn_vcpu1"],
+    );
+    let stdout = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    assert!(stdout.contains("cairn-tiny: halted"), "{stdout}");
+}
+
+/// `--no-api --config-file` in the jail. The jailer refuses a pre-filled root and the VMM reads its
+/// config at once, so the jail starts frozen (`--cgroup freezer.state=FROZEN`, cgroup v1): the
+/// guest and its config go in while the jailer's child is frozen, before its `pivot_root` and
+/// exec, and then the cgroup is thawed.
+#[test]
+fn jailed_static_vmm_boots_a_config_file_filtered() {
+    let name = "jailed_static_vmm_boots_a_config_file_filtered";
+    if !require_root(name) || !kvm_available(name) {
+        return;
+    }
+    let (Some(("1", pids)), Some(freezer)) = (pids_hierarchy(), cgroup_mount(Some("freezer")))
+    else {
+        println!("SKIP {name}: needs writable cgroup v1 pids and freezer hierarchies");
+        return;
+    };
+    let (vmm, _) = static_binaries();
+
+    let mut jail = TestJail::new("seccompcfg", &vmm);
+    let args = [
+        "--new-pid-ns",
+        "--cgroup-version",
+        "1",
+        "--cgroup",
+        "pids.max=64",
+        "--cgroup",
+        "freezer.state=FROZEN",
+        "--",
+        "--no-api",
+        "--config-file",
+        "/vm.json",
+    ];
+    let mut child = jail
+        .command(UID, GID, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn jailer");
+    let console = collect(child.stdout.take().unwrap());
+    jail.children.push(child);
+
+    // Wait for the jailer's child to sit frozen in the jail's cgroup.
+    let frozen = jail.cgroup_dir(&freezer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(frozen.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the jailer's child never joined {}",
+            frozen.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let root = jail.root();
+    let kernel = root.join("halt64.elf");
+    std::fs::copy(guests::HALT64, &kernel).unwrap();
+    let config = root.join("vm.json");
+    let cfg = r#"{"boot-source": {"kernel_image_path": "/halt64.elf", "boot_args": "console=ttyS0"},
+                  "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#;
+    std::fs::write(&config, cfg).unwrap();
+    for f in [&kernel, &config] {
+        std::os::unix::fs::chown(f, Some(UID), Some(GID)).unwrap();
+    }
+    std::fs::write(frozen.join("freezer.state"), "THAWED").unwrap();
+
+    let pid = jail.wait_pid_file();
+    wait_for(&console, "cairn-tiny: halted", Duration::from_secs(20));
+    check_jailed(&jail, pid, Some(&pids), &["cairn-vmm", "cairn_vcpu0"]);
+}
+
+/// What is checked of a jailed VMM from outside: every thread filtered (`threads` named, plus
+/// KVM's workers, forked from a vCPU), pid 1 of a new pid namespace, ids, no capabilities, the
+/// jail root, and (with a pids hierarchy mounted at `pids`) the cgroup.
+fn check_jailed(jail: &TestJail, pid: i32, pids: Option<&Path>, threads: &[&str]) {
+    let root = jail.root();
     let mut names = vec![];
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let st = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
@@ -179,7 +274,7 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
         assert_eq!(field("Seccomp:"), "2", "{st}");
         names.push(field("Name:"));
     }
-    for want in ["cairn-vmm", "cairn_api", "cairn_vcpu0", "cairn_vcpu1"] {
+    for want in threads {
         assert!(
             names.iter().any(|n| n == want),
             "no thread {want}: {names:?}"
@@ -205,8 +300,8 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
         Path::new("/")
     );
 
-    if let Some((_, mount)) = pids {
-        let dir = jail.cgroup_dir(&mount);
+    if let Some(mount) = pids {
+        let dir = jail.cgroup_dir(mount);
         assert_eq!(
             std::fs::read_to_string(dir.join("pids.max"))
                 .unwrap()
@@ -224,6 +319,4 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
             "{cgroup}"
         );
     }
-    let stdout = String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
-    assert!(stdout.contains("cairn-tiny: halted"), "{stdout}");
 }

@@ -65,6 +65,10 @@ pub struct CliArgs {
     /// Parent CPU time from the jailer (accepted for compatibility).
     #[arg(long)]
     pub parent_cpu_time_us: Option<u64>,
+    /// cairn: where named checkpoints live (same as the config key `"cairn": {"checkpoint_dir"}`),
+    /// so a fresh VMM can restore one through the API without a config file.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
     /// Maximum API request body size in bytes.
     #[arg(long, default_value_t = 51200)]
     pub http_api_max_payload_size: usize,
@@ -182,6 +186,7 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     set_nonblocking(stdin_fd);
     let _terminal = RawTerminal::enter();
     let mut controller = Controller::new(args.id.clone(), stdin_fd)?;
+    controller.set_checkpoint_dir(args.checkpoint_dir.clone());
     if !args.no_api {
         controller.serve_api(&args.api_sock, args.http_api_max_payload_size)?;
     }
@@ -191,6 +196,7 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
         let cfg = crate::config::parse_vm_config(&json)
             .map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
         controller.set_config(cfg);
+        controller.set_checkpoint_dir(args.checkpoint_dir.clone());
         controller.start_instance()?;
     }
     // From here on the main thread only runs the event loop: narrow it.

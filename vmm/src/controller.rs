@@ -79,6 +79,13 @@ impl Controller {
         self.config = config;
     }
 
+    /// Use `dir` for named checkpoints unless the configuration names one.
+    pub fn set_checkpoint_dir(&mut self, dir: Option<std::path::PathBuf>) {
+        if self.config.cairn.checkpoint_dir.is_none() {
+            self.config.cairn.checkpoint_dir = dir;
+        }
+    }
+
     /// The runtime.
     pub fn runtime_mut(&mut self) -> &mut Runtime {
         &mut self.runtime
@@ -268,6 +275,7 @@ impl Controller {
                         .flatten()
                         .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                         .collect(),
+                    vsock_uds_path: None,
                 };
                 let console = ConsoleIo {
                     output: Box::new(StdoutConsole),
@@ -296,9 +304,11 @@ impl Controller {
                     input: self.console_input,
                 };
                 let dir = self.config.cairn.checkpoint_dir.clone();
+                let resume = !c.paused.unwrap_or(false);
+                let uds = c.vsock_uds_path.clone();
                 match self
                     .runtime
-                    .restore_checkpoint(&c.name, dir.as_deref(), true, console)
+                    .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)
                 {
                     Ok(()) => ApiResponse::Empty,
                     Err(e) => refused(e),
@@ -314,7 +324,8 @@ impl Controller {
 
 /// A checkpoint as `GET /checkpoints` shows it: its place in the chain and its cost.
 fn checkpoint_json(meta: &cairn_snapshot::checkpoint::CheckpointMeta) -> serde_json::Value {
-    let disk_delta_mib: f64 = meta.disks.iter().map(|d| d.delta_mib).sum();
+    // fold, not sum: an empty f64 sum is -0.0.
+    let disk_delta_mib = meta.disks.iter().fold(0.0, |acc, d| acc + d.delta_mib);
     serde_json::json!({
         "name": meta.name,
         "parent": meta.parent,

@@ -114,39 +114,35 @@ impl Machine {
         &self.exit
     }
 
-    fn broadcast(
-        &self,
-        request: fn() -> VcpuRequest,
-        expect: VcpuEvent,
-    ) -> Result<Duration, VmmError> {
-        let start = Instant::now();
-        for vcpu in &self.vcpus {
-            vcpu.send(request())?;
-        }
-        for vcpu in &self.vcpus {
-            vcpu.wait_for(expect, VCPU_RESPONSE_TIMEOUT)?;
-        }
-        Ok(start.elapsed())
-    }
-
     /// Park every vCPU. Returns how long it took.
     pub fn pause(&mut self) -> Result<Duration, VmmError> {
         if self.state == RunState::Paused {
             return Ok(Duration::ZERO);
         }
-        let took = self.broadcast(|| VcpuRequest::Pause, VcpuEvent::Paused)?;
+        let start = Instant::now();
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuRequest::Pause)?;
+        }
+        for vcpu in &self.vcpus {
+            vcpu.wait_for(VcpuEvent::Paused, VCPU_RESPONSE_TIMEOUT)?;
+        }
         self.state = RunState::Paused;
-        Ok(took)
+        Ok(start.elapsed())
     }
 
-    /// Let every vCPU run again. Returns how long it took.
+    /// Let every vCPU run again. Returns how long it took to tell them: the threads are not
+    /// waited for (a parked thread may be scheduled late on a busy host, and nothing needs it to
+    /// have re-entered the guest before the call returns).
     pub fn resume(&mut self) -> Result<Duration, VmmError> {
         if self.state == RunState::Running {
             return Ok(Duration::ZERO);
         }
-        let took = self.broadcast(|| VcpuRequest::Resume, VcpuEvent::Resumed)?;
+        let start = Instant::now();
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuRequest::Resume)?;
+        }
         self.state = RunState::Running;
-        Ok(took)
+        Ok(start.elapsed())
     }
 
     /// Pages dirtied since `consumer`'s last call (KVM's log plus the VMM's own writes); resets

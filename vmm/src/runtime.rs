@@ -160,6 +160,7 @@ impl Runtime {
         name: &str,
         checkpoint_dir: Option<&Path>,
         resume: bool,
+        vsock_uds_path: Option<std::path::PathBuf>,
         console: ConsoleIo,
     ) -> Result<(), VmmError> {
         if self.checkpoints.is_none() {
@@ -181,6 +182,7 @@ impl Runtime {
             track_dirty_pages: true,
             resume,
             network_overrides: vec![],
+            vsock_uds_path,
         };
         let ck = self
             .checkpoints
@@ -190,7 +192,7 @@ impl Runtime {
         let machine = restore_machine(&state, &opts, console, &mut self.event_loop, &mut |cfg| {
             ck.open_disk(cfg, Some(name))
         })?;
-        ck.set_head(Some(name.to_string()));
+        ck.set_head(Some(name.to_string()))?;
         self.machine = Some(machine);
         Ok(())
     }

@@ -140,6 +140,7 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
         track_dirty_pages: true,
         resume: false,
         network_overrides: vec![],
+        vsock_uds_path: None,
     };
     rt2.restore(&full_state, &opts, console(&out2)).unwrap();
     assert_eq!(regs(&rt2), regs_full);
@@ -190,6 +191,7 @@ fn corrupt_and_truncated_state_files_are_refused() {
         track_dirty_pages: false,
         resume: false,
         network_overrides: vec![],
+        vsock_uds_path: None,
     };
     let bad = dir.path().join("bad");
     for (i, case) in [

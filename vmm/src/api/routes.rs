@@ -268,6 +268,8 @@ mod tests {
                 r#"{"name": "booted"}"#,
                 ApiRequest::RestoreCheckpoint(CheckpointRestore {
                     name: "booted".into(),
+                    vsock_uds_path: None,
+                    paused: None,
                 }),
             ),
         ];

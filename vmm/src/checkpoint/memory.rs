@@ -117,6 +117,19 @@ pub fn write_memory_file(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
+    write_memory_layer(mem, pages, pages, path, sync)
+}
+
+/// [`write_memory_file`] with an index that claims `index_pages` (a superset of `pages`): pages
+/// claimed but not written are holes, which read as zeros. A layer that must hide every older
+/// layer (memory after a fresh boot) claims all of memory this way at the cost of its real pages.
+pub fn write_memory_layer(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    index_pages: &PageIndex,
+    path: &Path,
+    sync: bool,
+) -> Result<u64, VmmError> {
     let layout = region_layout(mem);
     let size = mem_size(mem);
     let tmp = cairn_snapshot::file::temp_path(path);
@@ -173,7 +186,7 @@ pub fn write_memory_file(
             return Err(e);
         }
     };
-    let index = LayerIndex::new(size, pages.clone()).map_err(snap_err)?;
+    let index = LayerIndex::new(size, index_pages.clone()).map_err(snap_err)?;
     index
         .save(&cairn_snapshot::memory::index_path(path))
         .map_err(snap_err)?;

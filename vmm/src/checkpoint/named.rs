@@ -16,11 +16,12 @@ use cairn_snapshot::checkpoint::{CheckpointMeta, CheckpointStore, DiskMeta, Memo
 use cairn_snapshot::disk::LayeredDisk;
 
 use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
-use crate::checkpoint::memory::write_memory_file;
+use crate::checkpoint::memory::{mem_size, write_memory_layer, PAGE_SIZE};
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
 use crate::checkpoint::state::{capture, write_state};
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
+use cairn_snapshot::memory::PageIndex;
 
 /// File names inside a checkpoint directory.
 pub const STATE_FILE: &str = "state";
@@ -28,6 +29,8 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "mem.layer";
 /// Where active disk deltas live, under the checkpoint directory.
 pub const ACTIVE_DIR: &str = ".active";
+/// Names the checkpoint the active deltas sit on (empty: the bare base images).
+pub const HEAD_FILE: &str = "HEAD";
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(e.to_string())
@@ -38,6 +41,9 @@ fn snap_err(e: impl std::fmt::Display) -> VmmError {
 pub struct CheckpointManager {
     store: CheckpointStore,
     head: Option<String>,
+    /// The checkpoint the running VM's *memory* descends from: `None` after a fresh boot (disks
+    /// may still continue from `head`).
+    memory_head: Option<String>,
     drives: Vec<LayeredDrive>,
 }
 
@@ -53,11 +59,27 @@ impl CheckpointManager {
             tracing::warn!("removed incomplete checkpoint {name} (interrupted earlier)");
         }
         std::fs::create_dir_all(root.join(ACTIVE_DIR)).map_err(VmmError::io("active delta dir"))?;
+        let head = std::fs::read_to_string(root.join(ACTIVE_DIR).join(HEAD_FILE))
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| store.get(h).is_ok());
         Ok(Self {
             store,
-            head: None,
+            head,
+            memory_head: None,
             drives: vec![],
         })
+    }
+
+    fn active_dir(&self) -> PathBuf {
+        self.store.root().join(ACTIVE_DIR)
+    }
+
+    /// Record the head, so that a later boot continues the disks from it.
+    fn write_head(&self) -> Result<(), VmmError> {
+        let path = self.active_dir().join(HEAD_FILE);
+        let text = self.head.clone().unwrap_or_default();
+        cairn_snapshot::file::write_bytes_atomic(&path, text.as_bytes()).map_err(snap_err)
     }
 
     /// The checkpoint the running VM descends from.
@@ -65,37 +87,40 @@ impl CheckpointManager {
         self.head.as_deref()
     }
 
-    fn fresh_active_path(&self, drive_id: &str) -> PathBuf {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        self.store
-            .root()
-            .join(ACTIVE_DIR)
-            .join(format!("{drive_id}.{}.{stamp}.active", std::process::id()))
+    fn active_path(&self, drive_id: &str) -> PathBuf {
+        self.active_dir().join(format!("{drive_id}.active"))
     }
 
-    /// Open `cfg`'s disk on the layered store, on top of checkpoint `from` (or the bare base).
-    /// Read-only drives stay plain files: they never change.
+    /// Open `cfg`'s disk on the layered store. On a boot (`restoring: None`) the disk continues
+    /// where it was: the head checkpoint's layers plus the kept active delta, so a rebooted VM
+    /// keeps its writes. When restoring checkpoint `name`, the active delta starts empty on top of
+    /// that checkpoint's layers. Read-only drives stay plain files: they never change.
     pub fn open_disk(
         &mut self,
         cfg: &BlockConfig,
-        from: Option<&str>,
+        restoring: Option<&str>,
     ) -> Result<Box<dyn DiskBackend>, VmmError> {
         if cfg.read_only {
             let raw = RawFile::open(&cfg.path, true)
                 .map_err(VmmError::io(format!("{}", cfg.path.display())))?;
             return Ok(Box::new(raw));
         }
-        let layers = match from {
+        let active = self.active_path(&cfg.drive_id);
+        let from = match restoring {
+            Some(name) => {
+                let _ = std::fs::remove_file(cairn_snapshot::disk::index::index_path(&active));
+                let _ = std::fs::remove_file(&active);
+                Some(name.to_string())
+            }
+            None => self.head.clone(),
+        };
+        let layers = match &from {
             Some(name) => self
                 .store
                 .disk_layers(name, &cfg.drive_id)
                 .map_err(snap_err)?,
             None => vec![],
         };
-        let active = self.fresh_active_path(&cfg.drive_id);
         let disk = LayeredDisk::open(&cfg.path, &layers, active).map_err(snap_err)?;
         let disk = Arc::new(Mutex::new(disk));
         self.drives.retain(|d| d.drive_id != cfg.drive_id);
@@ -113,8 +138,10 @@ impl CheckpointManager {
     }
 
     /// Mark `name` as the running VM's parent (after restoring it).
-    pub fn set_head(&mut self, name: Option<String>) {
+    pub fn set_head(&mut self, name: Option<String>) -> Result<(), VmmError> {
+        self.memory_head = name.clone();
         self.head = name;
+        self.write_head()
     }
 
     /// The memory layers to map for restoring `name`, base first.
@@ -164,6 +191,8 @@ impl CheckpointManager {
         self.store.commit(&meta).map_err(snap_err)?;
         let _ = dir;
         self.head = Some(name.to_string());
+        self.memory_head = Some(name.to_string());
+        self.write_head()?;
         Ok(meta)
     }
 
@@ -175,13 +204,31 @@ impl CheckpointManager {
         let start = Instant::now();
         let dir = self.store.create_dir_for(name).map_err(snap_err)?;
         let state = capture(machine)?;
-        let kind = if self.head.is_some() && machine.vm().dirty_tracking() {
+        // Memory is a Diff only over the checkpoint it really descends from.
+        let kind = if self.head.is_some()
+            && self.memory_head == self.head
+            && machine.vm().dirty_tracking()
+        {
             SnapshotKind::Diff
         } else {
             SnapshotKind::Full
         };
         let pages = pages_for(machine, kind, crate::machine::DirtyConsumer::Checkpoint)?;
-        let bytes = write_memory_file(machine.memory(), &pages, &dir.join(MEMORY_FILE), false)?;
+        // After a fresh boot over an existing chain (disks continue from `head`), the Full layer
+        // must hide every older memory layer: its index claims all pages, unwritten ones are holes.
+        let index_pages = match (kind, &self.head) {
+            (SnapshotKind::Full, Some(_)) => {
+                PageIndex::full(mem_size(machine.memory()) / PAGE_SIZE)
+            }
+            _ => pages.clone(),
+        };
+        let bytes = write_memory_layer(
+            machine.memory(),
+            &pages,
+            &index_pages,
+            &dir.join(MEMORY_FILE),
+            false,
+        )?;
         let mut disks = Vec::with_capacity(self.drives.len());
         for drive in &self.drives {
             let file = disk_layer_file(&drive.drive_id);
@@ -197,11 +244,8 @@ impl CheckpointManager {
         write_state(&dir.join(STATE_FILE), &state)?;
         let meta = CheckpointMeta {
             name: name.to_string(),
-            parent: if kind == SnapshotKind::Diff {
-                self.head.clone()
-            } else {
-                None
-            },
+            // The disks always continue from the head; memory too when it is a Diff.
+            parent: self.head.clone(),
             created_unix_ms: cairn_snapshot::checkpoint::meta::now_unix_ms(),
             format_version: cairn_snapshot::checkpoint::meta::META_FORMAT_VERSION,
             cpu_template: Some(machine.spec().cpu_template.name().to_string()),

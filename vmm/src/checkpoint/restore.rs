@@ -40,6 +40,8 @@ pub struct RestoreOptions {
     pub resume: bool,
     /// Host tap names to use instead of the saved ones, by iface_id.
     pub network_overrides: Vec<(String, String)>,
+    /// A vsock Unix socket path to use instead of the saved one.
+    pub vsock_uds_path: Option<PathBuf>,
 }
 
 fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
@@ -133,7 +135,11 @@ pub fn restore_machine(
                 VirtioHandle::Net(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Vsock(s) => {
-                let dev = Vsock::restore((), s).map_err(|e| dev_err(id, e))?;
+                let mut s = s.clone();
+                if let Some(path) = &opts.vsock_uds_path {
+                    s.config.uds_path = path.clone();
+                }
+                let dev = Vsock::restore((), &s).map_err(|e| dev_err(id, e))?;
                 VirtioHandle::Vsock(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Rng(s) => {

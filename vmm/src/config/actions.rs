@@ -269,6 +269,13 @@ impl Validate for CheckpointCreate {
 pub struct CheckpointRestore {
     /// The checkpoint to restore.
     pub name: String,
+    /// Serve the restored VM's vsock on this Unix socket instead of the saved `uds_path` (so
+    /// several VMs restored from one checkpoint do not share a socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_uds_path: Option<PathBuf>,
+    /// Start paused instead of running (default: run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 impl Validate for CheckpointRestore {

@@ -1,0 +1,209 @@
+//! The shared Linux guest for end-to-end tests: booted once per test run (with the guest agent,
+//! a scratch ext4 disk, vsock and entropy), checkpointed as `booted`, and restored in each test
+//! in a fresh `cairn-vmm`, so only one test run pays for the slow boot on emulated KVM.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::process::http::{request, wait_for_socket};
+use crate::process::{workspace_bin, Guest};
+
+/// vsock port of the guest agent.
+pub const AGENT_PORT: u32 = 52;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Build the guest agent statically (cached by cargo) and return its path.
+pub fn agent_binary() -> PathBuf {
+    let target_dir = workspace_root().join("target").join("agent-static");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "cairn-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(workspace_root())
+        .status()
+        .expect("run cargo to build the static agent");
+    assert!(status.success(), "static agent build failed");
+    target_dir.join("x86_64-unknown-linux-gnu/release/cairn-agent")
+}
+
+/// The guest (kernel, initramfs with the agent, boot args) from `guest/build --agent`.
+pub fn guest_with_agent() -> crate::LinuxGuest {
+    crate::linux_guest_with(&["--agent", agent_binary().to_str().expect("utf-8 path")])
+}
+
+/// A checkpoint of the booted guest, shared by the tests of one run.
+#[derive(Debug, Clone)]
+pub struct BootedFixture {
+    /// The checkpoint store holding `booted`.
+    pub store: PathBuf,
+    /// The config the guest was booted with.
+    pub config: serde_json::Value,
+}
+
+fn fixture_dir(guest: &crate::LinuxGuest) -> PathBuf {
+    let key = format!("{}|{}|{}", guest.kernel, guest.initrd, guest.boot_args);
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    workspace_root()
+        .join("target")
+        .join("e2e")
+        .join(format!("linux-fixture-{hash:016x}"))
+}
+
+/// Boot the guest and checkpoint it as `booted`, once per test run (file lock + marker).
+pub fn booted() -> BootedFixture {
+    let guest = guest_with_agent();
+    let dir = fixture_dir(&guest);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    // SAFETY: flock on a file we own; released when `lock` is dropped.
+    let locked = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(locked, 0, "cannot lock the fixture directory");
+    let disk = dir.join("scratch.ext4");
+    let store = dir.join("store");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": guest.kernel, "initrd_path": guest.initrd, "boot_args": guest.boot_args},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+        "drives": [{"drive_id": "scratch", "path_on_host": disk, "is_root_device": false, "is_read_only": false}],
+        "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")},
+        "entropy": {},
+        "cairn": {"checkpoint_dir": store},
+    });
+    let done = dir.join("booted.ok");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&store);
+        make_ext4(&disk, 64);
+        let cfg = dir.join("vm.json");
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        let api = dir.join("api.sock");
+        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+        cmd.arg("--api-sock")
+            .arg(&api)
+            .arg("--config-file")
+            .arg(&cfg);
+        let vm = Guest::spawn(cmd);
+        let ready = vm
+            .wait_for("cairn-guest-ready", Duration::from_secs(300))
+            .unwrap();
+        eprintln!("linux fixture: process start -> cairn-guest-ready in {ready:?}");
+        wait_for_agent(&dir.join("v.sock"), Duration::from_secs(120));
+        let (status, body) = request(&api, "PUT", "/checkpoints", Some(r#"{"name": "booted"}"#));
+        assert_eq!(status, 200, "checkpoint failed: {body}");
+        eprintln!("linux fixture: checkpoint `booted`: {body}");
+        drop(vm);
+        std::fs::write(&done, b"ok").unwrap();
+    }
+    BootedFixture { store, config }
+}
+
+/// Create a sparse ext4 image of `mib` MiB.
+pub fn make_ext4(path: &Path, mib: u64) {
+    let _ = std::fs::remove_file(path);
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Wait until the guest agent answers a ping through the vsock socket.
+pub fn wait_for_agent(uds: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if uds.exists() {
+            if let Ok(mut c) = cairn_agent::client::Client::connect_uds(uds, AGENT_PORT) {
+                if c.ping().is_ok() {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest agent did not answer on {}",
+            uds.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A VM restored from the `booted` checkpoint, in its own `cairn-vmm` and its own copy of the
+/// checkpoint store.
+pub struct RestoredVm {
+    /// The VMM process (stdout = the guest's serial console).
+    pub vmm: Guest,
+    /// Its API socket.
+    pub api: PathBuf,
+    /// Its vsock socket (host side of the agent).
+    pub vsock: PathBuf,
+    /// Its checkpoint store.
+    pub store: PathBuf,
+    /// Keeps the files alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl RestoredVm {
+    /// A connected agent client.
+    pub fn agent(&self) -> cairn_agent::client::Client {
+        cairn_agent::client::Client::connect_uds(&self.vsock, AGENT_PORT)
+            .expect("connect to the guest agent")
+    }
+}
+
+/// Restore `booted` into a fresh VMM.
+pub fn restore_booted(fixture: &BootedFixture) -> RestoredVm {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(&fixture.store)
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "copy store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = dir.path().join("api.sock");
+    let vsock = dir.path().join("v.sock");
+    let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+    cmd.arg("--api-sock")
+        .arg(&api)
+        .arg("--checkpoint-dir")
+        .arg(&store);
+    let vmm = Guest::spawn(cmd);
+    wait_for_socket(&api, Duration::from_secs(10));
+    let body = serde_json::json!({"name": "booted", "vsock_uds_path": vsock}).to_string();
+    let start = Instant::now();
+    let (status, resp) = request(&api, "PUT", "/checkpoints/restore", Some(&body));
+    assert_eq!(status, 204, "restore failed: {resp}\n{}", vmm.stderr());
+    eprintln!("restore of `booted`: {:?}", start.elapsed());
+    wait_for_agent(&vsock, Duration::from_secs(60));
+    RestoredVm {
+        vmm,
+        api,
+        vsock,
+        store,
+        dir,
+    }
+}
