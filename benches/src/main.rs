@@ -10,7 +10,8 @@
 //! cairn-bench restore    [--runs N] [--dir D,...]    process start -> /snapshot/load, -> running
 //!                        [--no-cold]                 (cold page cache variant on disks, as root)
 //! cairn-bench checkpoint [--runs N] [--dir D,...]    PUT /checkpoints (incremental), restore
-//! cairn-bench all        ...                         everything above
+//! cairn-bench linux      [--runs N]                  Linux boot to ready marker, cairn vs QEMU
+//! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
 //! `--dir` (default `/dev/shm`) is where snapshot and checkpoint files go; give several
@@ -19,6 +20,7 @@
 
 mod boot;
 mod checkpoint;
+mod linux;
 mod snapshot;
 mod util;
 
@@ -28,7 +30,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -45,6 +47,7 @@ fn main() {
         "snapshot" => snapshot::snapshot(&opts),
         "restore" => snapshot::restore(&opts),
         "checkpoint" => checkpoint::checkpoint(&opts),
+        "linux" => linux::linux(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

@@ -160,3 +160,30 @@ fn disk_writes_survive_a_guest_reboot() {
     assert_eq!(status, ExitStatus::Code(0), "{out}{err}");
     assert_eq!(out, "persisted-42\n");
 }
+
+#[test]
+fn vsock_connects_both_ways() {
+    if !kvm_available("vsock_connects_both_ways") {
+        return;
+    }
+    let vm = restore_booted(&booted());
+    // Host -> guest is the agent itself (CONNECT 52 through `uds_path`); guest -> host goes to
+    // the Unix socket `<uds_path>_<port>` (Firecracker's convention).
+    let listener =
+        std::os::unix::net::UnixListener::bind(format!("{}_1234", vm.vsock.display())).unwrap();
+    let host = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        conn.write_all(b"pong-from-host\n").unwrap();
+        String::from_utf8(got).unwrap()
+    });
+    let (status, out, err) = sh(
+        &vm,
+        "echo ping-from-guest | /sbin/cairn-agent --connect-host 1234",
+    );
+    assert_eq!(status, ExitStatus::Code(0), "{out}{err}");
+    assert_eq!(out, "pong-from-host\n");
+    assert_eq!(host.join().unwrap(), "ping-from-guest\n");
+}

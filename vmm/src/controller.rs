@@ -155,6 +155,15 @@ impl Controller {
 
     /// Carry out one API request.
     pub fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        if matches!(
+            request,
+            ApiRequest::ListCheckpoints | ApiRequest::DeleteCheckpoint(_)
+        ) {
+            let dir = self.config.cairn.checkpoint_dir.clone();
+            if let Err(e) = self.runtime.use_checkpoint_dir(dir.as_deref()) {
+                return refused(e);
+            }
+        }
         match request {
             ApiRequest::GetInstanceInfo => ApiResponse::json(&InstanceInfo {
                 id: self.id.clone(),

@@ -118,6 +118,15 @@ impl Runtime {
         create_snapshot(machine, kind, state_path, mem_path)
     }
 
+    /// Open the checkpoint store at `dir` unless one is open already (a fresh VMM started
+    /// with `--checkpoint-dir` lists, deletes and restores checkpoints before any boot).
+    pub fn use_checkpoint_dir(&mut self, dir: Option<&Path>) -> Result<(), VmmError> {
+        if self.checkpoints.is_none() && dir.is_some() {
+            self.open_checkpoints(dir)?;
+        }
+        Ok(())
+    }
+
     fn checkpoints_mut(&mut self) -> Result<&mut CheckpointManager, VmmError> {
         self.checkpoints.as_mut().ok_or_else(|| {
             VmmError::InvalidState("checkpoints need a checkpoint directory (config key \"cairn\": {\"checkpoint_dir\": ...})".into())

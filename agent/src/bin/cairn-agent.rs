@@ -6,11 +6,15 @@ use cairn_agent::server::{serve_unix, serve_vsock, VsockListener};
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cairn-agent [--port N | --listen-unix PATH] [--version]";
+const USAGE: &str =
+    "usage: cairn-agent [--port N | --listen-unix PATH | --connect-host PORT] [--version]";
 
 enum Listen {
     Vsock(u32),
     Unix(String),
+    /// Not a server: connect to the host's vsock `PORT`, send stdin, print the reply
+    /// (a guest-to-host probe for tests and debugging).
+    ConnectHost(u32),
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Listen>, String> {
@@ -20,6 +24,10 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Listen>, Strin
             "--port" => {
                 let v = args.next().ok_or("--port needs a value")?;
                 listen = Listen::Vsock(v.parse().map_err(|_| format!("bad port {v:?}"))?);
+            }
+            "--connect-host" => {
+                let v = args.next().ok_or("--connect-host needs a port")?;
+                listen = Listen::ConnectHost(v.parse().map_err(|_| format!("bad port {v:?}"))?);
             }
             "--listen-unix" => {
                 listen = Listen::Unix(args.next().ok_or("--listen-unix needs a path")?)
@@ -58,6 +66,7 @@ fn main() -> ExitCode {
                 eprintln!("cairn-agent: listening on vsock port {port}");
                 serve_vsock(l).map_err(|e| format!("accept on vsock port {port}: {e}"))
             }),
+        Listen::ConnectHost(port) => connect_host(port),
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(&path);
             UnixListener::bind(&path)
@@ -75,4 +84,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--connect-host PORT`: stdin to the host's vsock port, then its reply to stdout.
+fn connect_host(port: u32) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream = cairn_agent::server::connect_host(port)
+        .map_err(|e| format!("connect to host vsock port {port}: {e}"))?;
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("stdin: {e}"))?;
+    stream.write_all(&input).map_err(|e| format!("send: {e}"))?;
+    // SAFETY: shutdown(2) on a socket we own; no pointers.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&stream), libc::SHUT_WR) };
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("receive: {e}"))?;
+    std::io::stdout()
+        .write_all(&reply)
+        .map_err(|e| format!("stdout: {e}"))
 }

@@ -4,7 +4,7 @@ mod exec;
 mod pty;
 mod vsock;
 
-pub use vsock::{VsockListener, VsockStream};
+pub use vsock::{connect_host, VsockListener, VsockStream};
 
 use crate::proto::{AgentMsg, ClientMsg, FrameError, FrameReader, FrameWriter, Hello};
 use crate::tree::{send_tree, TreeError, TreeWriter};

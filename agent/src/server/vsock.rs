@@ -13,6 +13,39 @@ pub struct VsockListener {
 /// An accepted vsock connection. Reads and writes go straight to the socket.
 pub type VsockStream = File;
 
+/// The host's CID, as seen from a guest.
+pub const VMADDR_CID_HOST: u32 = 2;
+
+/// Connects to `port` on the host (CID 2): with Firecracker's convention the host side is the
+/// Unix socket `<uds_path>_<port>`.
+pub fn connect_host(port: u32) -> io::Result<VsockStream> {
+    // SAFETY: socket(2) takes no pointers; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh socket descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_vm is plain data; all-zeroes is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = VMADDR_CID_HOST;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(File::from(fd))
+}
+
 impl VsockListener {
     /// Listens on `port` for any CID (`VMADDR_CID_ANY`).
     pub fn bind(port: u32) -> io::Result<Self> {

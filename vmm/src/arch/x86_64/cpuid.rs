@@ -83,6 +83,10 @@ pub struct Topology {
 }
 
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// KVM's in-kernel LAPIC emulates the TSC-deadline timer, but KVM_GET_SUPPORTED_CPUID does not
+/// report it (it is a VMM decision, KVM_CAP_TSC_DEADLINE_TIMER): offer it, as Firecracker and
+/// QEMU do. Without it Linux programs the LAPIC timer through slower one-shot MMIO writes.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEVEL_TYPE_SMT: u32 = 1;
@@ -106,7 +110,7 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: Topology) {
                 | (u32::from(topo.cpu_index) << 24)
                 | (count << 16)
                 | (8 << 8);
-            entry.ecx |= LEAF1_ECX_HYPERVISOR;
+            entry.ecx |= LEAF1_ECX_HYPERVISOR | LEAF1_ECX_TSC_DEADLINE;
             if count > 1 {
                 entry.edx |= LEAF1_EDX_HTT;
             } else {
