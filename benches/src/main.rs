@@ -11,6 +11,7 @@
 //!                        [--no-cold]                 (cold page cache variant on disks, as root)
 //! cairn-bench checkpoint [--runs N] [--dir D,...]    PUT /checkpoints (incremental), restore
 //! cairn-bench linux      [--runs N]                  Linux boot to ready marker, cairn vs QEMU
+//! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -18,6 +19,7 @@
 //! (`--dir /dev/shm,/var/tmp`) to measure each figure in each.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent;
 mod boot;
 mod checkpoint;
 mod linux;
@@ -30,7 +32,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -48,6 +50,7 @@ fn main() {
         "restore" => snapshot::restore(&opts),
         "checkpoint" => checkpoint::checkpoint(&opts),
         "linux" => linux::linux(&opts),
+        "agent" => agent::agent(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

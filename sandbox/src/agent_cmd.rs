@@ -26,26 +26,30 @@ pub struct AgentArgs {
     action: Action,
 }
 
+/// How to run a command in the guest (shared by `cairn agent exec` and `cairn exec`).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Set an environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// Forward this terminal's stdin.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Run under a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    argv: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Run a command in the guest; exits with its exit code (128 + signal when killed).
-    Exec {
-        /// Set an environment variable (repeatable).
-        #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
-        env: Vec<(String, String)>,
-        /// Working directory in the guest.
-        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-        workdir: Option<String>,
-        /// Forward this terminal's stdin.
-        #[arg(short, long)]
-        interactive: bool,
-        /// Run under a pseudo-terminal.
-        #[arg(short, long)]
-        tty: bool,
-        /// The command and its arguments.
-        #[arg(last = true, required = true, value_name = "CMD")]
-        argv: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// Copy a local file or directory into the guest.
     Put {
         /// Local source.
@@ -85,37 +89,7 @@ fn connect(args: &AgentArgs) -> Result<Client, ClientError> {
 pub fn run(args: AgentArgs) -> Result<u8, ClientError> {
     let mut client = connect(&args)?;
     match args.action {
-        Action::Exec {
-            env,
-            workdir,
-            interactive,
-            tty,
-            argv,
-        } => {
-            let stdin_fd = io::stdin();
-            let pty = tty
-                .then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 }));
-            let mut env = env;
-            if tty && !env.iter().any(|(k, _)| k == "TERM") {
-                if let Ok(term) = std::env::var("TERM") {
-                    env.push(("TERM".into(), term));
-                }
-            }
-            let req = ExecRequest {
-                argv,
-                env,
-                cwd: workdir,
-                stdin: interactive,
-                pty,
-            };
-            // Raw mode only when typing into a remote terminal; restored on drop.
-            let _raw = (tty && interactive && tty::is_terminal(stdin_fd.as_fd()))
-                .then(|| tty::RawMode::enable(stdin_fd.as_fd()))
-                .transpose()
-                .map_err(ClientError::Stdio)?;
-            let status = client.exec(&req, io::stdin(), io::stdout(), io::stderr())?;
-            Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
-        }
+        Action::Exec(exec_args) => exec(&mut client, exec_args),
         Action::Put { local, remote } => {
             let start = Instant::now();
             let stats = client.put(&local, &remote)?;
@@ -142,7 +116,42 @@ pub fn run(args: AgentArgs) -> Result<u8, ClientError> {
     }
 }
 
-fn report(what: &str, stats: &TransferStats, start: Instant) {
+/// Runs `args` through `client`, streaming output; returns the command's shell exit code.
+pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
+    let ExecArgs {
+        env,
+        workdir,
+        interactive,
+        tty,
+        argv,
+    } = args;
+    let stdin_fd = io::stdin();
+    let pty =
+        tty.then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 }));
+    let mut env = env;
+    if tty && !env.iter().any(|(k, _)| k == "TERM") {
+        if let Ok(term) = std::env::var("TERM") {
+            env.push(("TERM".into(), term));
+        }
+    }
+    let req = ExecRequest {
+        argv,
+        env,
+        cwd: workdir,
+        stdin: interactive,
+        pty,
+    };
+    // Raw mode only when typing into a remote terminal; restored on drop.
+    let _raw = (tty && interactive && tty::is_terminal(stdin_fd.as_fd()))
+        .then(|| tty::RawMode::enable(stdin_fd.as_fd()))
+        .transpose()
+        .map_err(ClientError::Stdio)?;
+    let status = client.exec(&req, io::stdin(), io::stdout(), io::stderr())?;
+    Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
+}
+
+/// Prints a one-line summary of a put or get to stderr.
+pub fn report(what: &str, stats: &TransferStats, start: Instant) {
     let skipped = match stats.skipped {
         0 => String::new(),
         n => format!(", {n} skipped (not files or directories)"),

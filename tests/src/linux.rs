@@ -84,22 +84,40 @@ pub fn booted() -> BootedFixture {
     });
     let done = dir.join("booted.ok");
     if !done.exists() {
-        let _ = std::fs::remove_dir_all(&store);
-        make_ext4(&disk, 64);
         let cfg = dir.join("vm.json");
         std::fs::write(&cfg, config.to_string()).unwrap();
         let api = dir.join("api.sock");
-        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-        cmd.arg("--api-sock")
-            .arg(&api)
-            .arg("--config-file")
-            .arg(&cfg);
-        let vm = Guest::spawn(cmd);
-        let ready = vm
-            .wait_for("cairn-guest-ready", Duration::from_secs(300))
-            .unwrap();
-        eprintln!("linux fixture: process start -> cairn-guest-ready in {ready:?}");
-        wait_for_agent(&dir.join("v.sock"), Duration::from_secs(120));
+        let mut booted = None;
+        for attempt in 1..=ATTEMPTS {
+            let _ = std::fs::remove_dir_all(&store);
+            make_ext4(&disk, 64);
+            let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+            cmd.arg("--api-sock")
+                .arg(&api)
+                .arg("--config-file")
+                .arg(&cfg);
+            let vm = Guest::spawn(cmd);
+            let ready = vm.wait_for("cairn-guest-ready", Duration::from_secs(300));
+            if ready.is_ok()
+                && agent_answers_unless_crashed(
+                    &dir.join("v.sock"),
+                    Some(&vm),
+                    Duration::from_secs(120),
+                )
+            {
+                eprintln!(
+                    "linux fixture: process start -> agent answering in {:?}",
+                    vm.started.elapsed()
+                );
+                booted = Some(vm);
+                break;
+            }
+            eprintln!(
+                "linux fixture: boot attempt {attempt} failed:\n{}",
+                vm.stdout()
+            );
+        }
+        let vm = booted.expect("the Linux guest never booted to a working agent");
         let (status, body) = request(&api, "PUT", "/checkpoints", Some(r#"{"name": "booted"}"#));
         assert_eq!(status, 200, "checkpoint failed: {body}");
         eprintln!("linux fixture: checkpoint `booted`: {body}");
@@ -128,23 +146,48 @@ pub fn make_ext4(path: &Path, mib: u64) {
 
 /// Wait until the guest agent answers a ping through the vsock socket.
 pub fn wait_for_agent(uds: &Path, timeout: Duration) {
+    assert!(
+        agent_answers(uds, timeout),
+        "guest agent did not answer on {}",
+        uds.display()
+    );
+}
+
+/// Whether the guest agent answers a ping within `timeout`.
+pub fn agent_answers(uds: &Path, timeout: Duration) -> bool {
+    agent_answers_unless_crashed(uds, None, timeout)
+}
+
+/// [`agent_answers`], giving up at once when `vm`'s console shows a kernel panic or a
+/// segfaulting process.
+pub fn agent_answers_unless_crashed(uds: &Path, vm: Option<&Guest>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
+        if let Some(vm) = vm {
+            let console = vm.stdout();
+            if console.contains("Kernel panic") || console.contains("segfault at") {
+                return false;
+            }
+        }
         if uds.exists() {
             if let Ok(mut c) = cairn_agent::client::Client::connect_uds(uds, AGENT_PORT) {
                 if c.ping().is_ok() {
-                    return;
+                    return true;
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "guest agent did not answer on {}",
-            uds.display()
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// How often a guest start is retried. On this project's emulated-KVM hosts a guest process
+/// occasionally starts with a zero FS base and dies at its first thread-local access (see
+/// docs/guest.md); when that hits init or the agent, the attempt is thrown away and retried.
+/// On hardware KVM the first attempt always succeeds.
+pub const ATTEMPTS: usize = 8;
 
 /// A VM restored from the `booted` checkpoint, in its own `cairn-vmm` and its own copy of the
 /// checkpoint store.
@@ -169,41 +212,51 @@ impl RestoredVm {
     }
 }
 
-/// Restore `booted` into a fresh VMM.
+/// Restore `booted` into a fresh VMM (retried, see [`ATTEMPTS`]).
 pub fn restore_booted(fixture: &BootedFixture) -> RestoredVm {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let out = Command::new("cp")
-        .args(["-a", "--sparse=always"])
-        .arg(&fixture.store)
-        .arg(&store)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "copy store: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let api = dir.path().join("api.sock");
     let vsock = dir.path().join("v.sock");
-    let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-    cmd.arg("--api-sock")
-        .arg(&api)
-        .arg("--checkpoint-dir")
-        .arg(&store);
-    let vmm = Guest::spawn(cmd);
-    wait_for_socket(&api, Duration::from_secs(10));
-    let body = serde_json::json!({"name": "booted", "vsock_uds_path": vsock}).to_string();
-    let start = Instant::now();
-    let (status, resp) = request(&api, "PUT", "/checkpoints/restore", Some(&body));
-    assert_eq!(status, 204, "restore failed: {resp}\n{}", vmm.stderr());
-    eprintln!("restore of `booted`: {:?}", start.elapsed());
-    wait_for_agent(&vsock, Duration::from_secs(60));
-    RestoredVm {
-        vmm,
-        api,
-        vsock,
-        store,
-        dir,
+    for attempt in 1..=ATTEMPTS {
+        let _ = std::fs::remove_dir_all(&store);
+        let _ = std::fs::remove_file(&api);
+        let out = Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(&fixture.store)
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "copy store: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+        cmd.arg("--api-sock")
+            .arg(&api)
+            .arg("--checkpoint-dir")
+            .arg(&store);
+        let vmm = Guest::spawn(cmd);
+        wait_for_socket(&api, Duration::from_secs(10));
+        let body = serde_json::json!({"name": "booted", "vsock_uds_path": vsock}).to_string();
+        let start = Instant::now();
+        let (status, resp) = request(&api, "PUT", "/checkpoints/restore", Some(&body));
+        assert_eq!(status, 204, "restore failed: {resp}\n{}", vmm.stderr());
+        eprintln!("restore of `booted`: {:?}", start.elapsed());
+        if agent_answers_unless_crashed(&vsock, Some(&vmm), Duration::from_secs(60)) {
+            return RestoredVm {
+                vmm,
+                api,
+                vsock,
+                store,
+                dir,
+            };
+        }
+        eprintln!(
+            "restore attempt {attempt}: the agent did not answer:\n{}",
+            vmm.stdout()
+        );
     }
+    panic!("the restored guest's agent never answered");
 }

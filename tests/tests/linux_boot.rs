@@ -26,20 +26,30 @@ fn linux_boots_to_a_shell_answers_and_reboots_cleanly() {
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
         }),
     );
-    let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-    cmd.args(["--no-api", "--config-file"]).arg(&cfg);
-    let mut vm = Guest::spawn(cmd);
-    let ready = vm
-        .wait_for("cairn-guest-ready", Duration::from_secs(180))
-        .unwrap();
-    eprintln!("process start -> cairn-guest-ready: {ready:?}");
-    // Let the shell print its prompt, then talk to it over the serial console (stdin).
-    std::thread::sleep(Duration::from_millis(500));
-    vm.send("echo hello-$((6*7))\n");
-    vm.wait_for("hello-42", Duration::from_secs(60)).unwrap();
-    vm.send("reboot -f\n");
-    let status = vm
-        .wait_exit(Duration::from_secs(120))
-        .expect("VMM did not exit after reboot -f");
-    assert_eq!(status.code(), Some(0), "stderr: {}", vm.stderr());
+    // Retried: on this project's emulated-KVM hosts a guest process (even init) occasionally
+    // dies at start of an FS-base emulation bug (docs/guest.md). A clean run is required.
+    for attempt in 1..=cairn_tests::linux::ATTEMPTS {
+        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+        cmd.args(["--no-api", "--config-file"]).arg(&cfg);
+        let mut vm = Guest::spawn(cmd);
+        let Ok(ready) = vm.wait_for("cairn-guest-ready", Duration::from_secs(180)) else {
+            eprintln!("attempt {attempt}: no ready marker:\n{}", vm.stdout());
+            continue;
+        };
+        eprintln!("process start -> cairn-guest-ready: {ready:?}");
+        // Let the shell print its prompt, then talk to it over the serial console (stdin).
+        std::thread::sleep(Duration::from_millis(500));
+        vm.send("echo hello-$((6*7))\n");
+        if vm.wait_for("hello-42", Duration::from_secs(60)).is_err() {
+            eprintln!("attempt {attempt}: no answer:\n{}", vm.stdout());
+            continue;
+        }
+        vm.send("reboot -f\n");
+        let status = vm
+            .wait_exit(Duration::from_secs(120))
+            .expect("VMM did not exit after reboot -f");
+        assert_eq!(status.code(), Some(0), "stderr: {}", vm.stderr());
+        return;
+    }
+    panic!("the Linux guest never booted cleanly");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cairn_agent::client::ExitStatus;
 use cairn_agent::proto::ExecRequest;
 use cairn_tests::kvm_available;
-use cairn_tests::linux::{booted, restore_booted, wait_for_agent, RestoredVm};
+use cairn_tests::linux::{agent_answers, booted, restore_booted, RestoredVm, ATTEMPTS};
 use cairn_tests::process::http::request;
 use cairn_tests::process::{workspace_bin, Guest};
 
@@ -31,15 +31,25 @@ fn run(
         pty: None,
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let status = vm
-        .agent()
-        .exec(
-            &req,
-            std::io::Cursor::new(stdin.unwrap_or_default()),
-            &mut out,
-            &mut err,
-        )
-        .expect("exec in the guest");
+    let mut status = ExitStatus::Signal(0);
+    // A process that dies of SIGSEGV right at its start is this host's FS-base emulation bug
+    // (docs/guest.md), not the command: run it again. The commands here are idempotent.
+    for _ in 0..ATTEMPTS {
+        out.clear();
+        err.clear();
+        status = vm
+            .agent()
+            .exec(
+                &req,
+                std::io::Cursor::new(stdin.unwrap_or_default()),
+                &mut out,
+                &mut err,
+            )
+            .expect("exec in the guest");
+        if status != ExitStatus::Signal(11) {
+            break;
+        }
+    }
     (
         status,
         String::from_utf8_lossy(&out).into_owned(),
@@ -95,14 +105,21 @@ fn checkpoint_restore_discards_later_writes_and_keeps_running() {
         sh(&vm, "echo overwritten > /tmp/note; echo later > /tmp/later").0,
         ExitStatus::Code(0)
     );
-    let (status, body) = request(
-        &vm.api,
-        "PUT",
-        "/checkpoints/restore",
-        Some(r#"{"name": "noted"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
-    wait_for_agent(&vm.vsock, Duration::from_secs(60));
+    let mut answered = false;
+    for _ in 0..ATTEMPTS {
+        let (status, body) = request(
+            &vm.api,
+            "PUT",
+            "/checkpoints/restore",
+            Some(r#"{"name": "noted"}"#),
+        );
+        assert_eq!(status, 204, "{body}");
+        if agent_answers(&vm.vsock, Duration::from_secs(60)) {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the agent never answered after restoring `noted`");
     let (status, out, _) = sh(&vm, "cat /tmp/note; ls /tmp/later 2>&1");
     assert_eq!(status, ExitStatus::Code(1), "{out}");
     assert!(out.starts_with("original\n"), "{out}");
@@ -145,14 +162,20 @@ fn disk_writes_survive_a_guest_reboot() {
     cfg["vsock"]["uds_path"] = serde_json::json!(vm.vsock);
     let cfg_path = vm.dir.path().join("reboot.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-    cmd.args(["--no-api", "--config-file"]).arg(&cfg_path);
-    let rebooted = Guest::spawn(cmd);
-    rebooted
-        .wait_for("cairn-guest-ready", Duration::from_secs(300))
-        .unwrap();
-    wait_for_agent(&vm.vsock, Duration::from_secs(120));
-    vm.vmm = rebooted;
+    let mut rebooted = None;
+    for _ in 0..ATTEMPTS {
+        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+        cmd.args(["--no-api", "--config-file"]).arg(&cfg_path);
+        let g = Guest::spawn(cmd);
+        if g.wait_for("cairn-guest-ready", Duration::from_secs(300))
+            .is_ok()
+            && agent_answers(&vm.vsock, Duration::from_secs(120))
+        {
+            rebooted = Some(g);
+            break;
+        }
+    }
+    vm.vmm = rebooted.expect("the guest never came back after the reboot");
     let (status, out, err) = sh(
         &vm,
         "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/f",

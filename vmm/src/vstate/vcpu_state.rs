@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
-use crate::arch::x86_64::msr::SAVED_MSRS;
+use crate::arch::x86_64::msr::{MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, SAVED_MSRS};
 use crate::error::VmmError;
 
 /// Everything KVM knows about one vCPU.
@@ -160,11 +160,18 @@ pub fn restore_vcpu_state(fd: &VcpuFd, state: &VcpuState) -> Result<(), VmmError
         .map_err(VmmError::kvm("KVM_SET_DEBUGREGS"))?;
     fd.set_lapic(&state.lapic)
         .map_err(VmmError::kvm("KVM_SET_LAPIC"))?;
-    let msrs = Msrs::from_entries(&state.msrs)
-        .map_err(|e| VmmError::Config(format!("saved MSRs: {e:?}")))?;
+    // TSC first, TSC deadline last, whatever order the file holds (see `SAVED_MSRS`).
+    let mut ordered = state.msrs.clone();
+    ordered.sort_by_key(|m| match m.index {
+        MSR_IA32_TSC => 0,
+        MSR_IA32_TSC_DEADLINE => 2,
+        _ => 1,
+    });
+    let msrs =
+        Msrs::from_entries(&ordered).map_err(|e| VmmError::Config(format!("saved MSRs: {e:?}")))?;
     let n = fd.set_msrs(&msrs).map_err(VmmError::kvm("KVM_SET_MSRS"))?;
-    if n != state.msrs.len() {
-        let failed = state.msrs.get(n).map(|e| e.index).unwrap_or(0);
+    if n != ordered.len() {
+        let failed = ordered.get(n).map(|e| e.index).unwrap_or(0);
         return Err(VmmError::Vcpu {
             index: 0,
             reason: format!("KVM refused saved MSR {failed:#x}"),

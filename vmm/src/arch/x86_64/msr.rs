@@ -75,7 +75,13 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
 }
 
 /// MSRs saved in a checkpoint, when the host's KVM lists them (see `Kvm::get_msr_index_list`).
+///
+/// They are restored in this order. The TSC comes first and the TSC deadline last: KVM arms the
+/// deadline timer against the guest TSC at the moment the deadline is written, so a deadline
+/// written before the TSC (while a fresh vCPU's TSC is near 0) would fire only after the whole
+/// saved uptime had elapsed again, and the restored guest would see no timer interrupt.
 pub const SAVED_MSRS: &[u32] = &[
+    MSR_IA32_TSC,
     MSR_IA32_SYSENTER_CS,
     MSR_IA32_SYSENTER_ESP,
     MSR_IA32_SYSENTER_EIP,
@@ -90,14 +96,12 @@ pub const SAVED_MSRS: &[u32] = &[
     MSR_IA32_MISC_ENABLE,
     MSR_MTRR_DEF_TYPE,
     MSR_IA32_CR_PAT,
-    MSR_IA32_TSC_DEADLINE,
     MSR_KVM_SYSTEM_TIME_NEW,
     MSR_KVM_WALL_CLOCK_NEW,
     MSR_KVM_ASYNC_PF_EN,
     MSR_KVM_STEAL_TIME,
     MSR_KVM_PV_EOI_EN,
-    // The TSC last, so that restoring it comes after everything that depends on it.
-    MSR_IA32_TSC,
+    MSR_IA32_TSC_DEADLINE,
 ];
 
 #[cfg(test)]
@@ -110,6 +114,7 @@ mod tests {
         let get = |i| e.iter().find(|m| m.index == i).map(|m| m.data);
         assert_eq!(get(MSR_MTRR_DEF_TYPE), Some(MTRR_ENABLE | 6));
         assert_eq!(get(MSR_IA32_MISC_ENABLE), Some(1));
-        assert_eq!(SAVED_MSRS.last(), Some(&MSR_IA32_TSC));
+        assert_eq!(SAVED_MSRS.first(), Some(&MSR_IA32_TSC));
+        assert_eq!(SAVED_MSRS.last(), Some(&MSR_IA32_TSC_DEADLINE));
     }
 }

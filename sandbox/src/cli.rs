@@ -1,0 +1,498 @@
+//! The `cairn` command tree (clap) and what each command prints.
+
+use crate::agent_cmd::{self, AgentArgs, ExecArgs};
+use cairn_agent::client::{tty, Client};
+use cairn_agent::proto::AGENT_PORT;
+use cairn_sandbox::registry::Record;
+use cairn_sandbox::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const AFTER_HELP: &str = "\
+State lives in $CAIRN_HOME (default ~/.local/share/cairn): registry.db and sandboxes/NAME/.
+
+Examples:
+  cairn create dev --cpus 2 --mem 512
+  cairn exec dev -- sh -c 'echo hello > /tmp/x'
+  cairn cp ./src dev:/work/src
+  cairn checkpoint create dev before-upgrade
+  cairn checkpoint restore dev before-upgrade
+  cairn stop dev && cairn start dev
+  cairn rm dev";
+
+/// cairn: persistent, checkpointable microVM sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and boot a sandbox; waits until its agent answers.
+    Create {
+        /// Sandbox name (letters, digits, . _ -).
+        name: String,
+        /// vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u8,
+        /// Memory in MiB.
+        #[arg(long, value_name = "MiB", default_value_t = 512)]
+        mem: u32,
+        /// Disk size in GiB (a sparse file: costs only what is written).
+        #[arg(long, value_name = "GiB", default_value_t = 100)]
+        disk: u64,
+        /// Checkpoint and stop the VM after this many quiet seconds (0 = never); the next
+        /// exec, cp or console wakes it.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        idle_timeout: u64,
+        /// How long to wait for the guest to boot.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        boot_timeout: u64,
+    },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec {
+        /// Sandbox name.
+        name: String,
+        #[command(flatten)]
+        args: ExecArgs,
+    },
+    /// Copy files between the host and a sandbox: `cairn cp SRC NAME:/PATH` or `cairn cp NAME:/PATH DST`.
+    Cp {
+        /// Source: a local path or NAME:/guest/path.
+        src: String,
+        /// Destination: a local path or NAME:/guest/path.
+        dst: String,
+    },
+    /// Follow a sandbox's serial console (read-only); Ctrl-] or Ctrl-C detaches.
+    Console {
+        /// Sandbox name.
+        name: String,
+    },
+    /// Named checkpoints of a sandbox.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+    /// List sandboxes with their live state.
+    Ls {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Checkpoint a sandbox and stop its VM.
+    Stop {
+        /// Sandbox name.
+        name: String,
+    },
+    /// Start a stopped sandbox from its latest checkpoint.
+    Start {
+        /// Sandbox name.
+        name: String,
+    },
+    /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
+    Rm {
+        /// Sandbox name.
+        name: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Talk to a guest agent by socket path (plumbing).
+    Agent(AgentArgs),
+    /// The idle watcher (started by cairn itself).
+    #[command(name = "__idle-watch", hide = true)]
+    IdleWatch {
+        /// Sandbox name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCmd {
+    /// Take a checkpoint (name default: ckpt-<unix ms>).
+    Create {
+        /// Sandbox name.
+        name: String,
+        /// Checkpoint name.
+        ckpt: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List checkpoints with their costs.
+    #[command(alias = "ls")]
+    List {
+        /// Sandbox name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll the sandbox back (or forward) to a checkpoint.
+    Restore {
+        /// Sandbox name.
+        name: String,
+        /// Checkpoint name.
+        ckpt: String,
+    },
+    /// Delete a checkpoint (its layers merge into its children).
+    Rm {
+        /// Sandbox name.
+        name: String,
+        /// Checkpoint name.
+        ckpt: String,
+    },
+}
+
+/// Where a `cp` argument points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpArg {
+    /// A host path.
+    Local(PathBuf),
+    /// NAME:/guest/path.
+    Remote(String, String),
+}
+
+/// Parses a `cp` argument: `NAME:/abs/path` is remote when NAME is a valid sandbox name.
+pub fn parse_cp_arg(s: &str) -> CpArg {
+    match s.split_once(':') {
+        Some((name, path)) if sandbox::validate_name(name).is_ok() && path.starts_with('/') => {
+            CpArg::Remote(name.to_string(), path.to_string())
+        }
+        _ => CpArg::Local(PathBuf::from(s)),
+    }
+}
+
+/// A failure of a `cairn` command, printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A sandbox operation failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] cairn_agent::client::ClientError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] cairn_sandbox::registry::RegistryError),
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Local I/O failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    match cli.command {
+        Command::Agent(args) => Ok(agent_cmd::run(args)?),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut io::stdout());
+            Ok(0)
+        }
+        command => {
+            let home = Home::from_env()?;
+            run_with_home(&home, command)
+        }
+    }
+}
+
+fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Create {
+            name,
+            cpus,
+            mem,
+            disk,
+            idle_timeout,
+            boot_timeout,
+        } => {
+            let opts = CreateOptions {
+                cpus,
+                mem_mib: mem,
+                disk_gib: disk,
+                idle_timeout,
+                boot_timeout: Duration::from_secs(boot_timeout),
+            };
+            let start = Instant::now();
+            let r = sandbox::create(home, &name, &opts)?;
+            println!(
+                "{name}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
+                start.elapsed().as_secs_f64(),
+                r.cpus,
+                r.mem_mib,
+                r.disk_gib,
+                match r.idle_timeout {
+                    0 => "off".to_string(),
+                    s => format!("{s} s"),
+                }
+            );
+            Ok(0)
+        }
+        Command::Exec { name, args } => {
+            let (r, _active) = sandbox::enter(home, &name)?;
+            let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+            let code = agent_cmd::exec(&mut client, args);
+            let _ = sandbox::touch(home, &name);
+            Ok(code?)
+        }
+        Command::Cp { src, dst } => cp(home, &src, &dst),
+        Command::Console { name } => console(home, &name),
+        Command::Checkpoint(c) => checkpoint(home, c),
+        Command::Ls { json } => ls(home, json),
+        Command::Stop { name } => {
+            match sandbox::stop(home, &name)? {
+                Some(c) => println!("{name}: stopped at checkpoint {c}"),
+                None => println!("{name}: not running"),
+            }
+            Ok(0)
+        }
+        Command::Start { name } => {
+            if !sandbox::start(home, &name)? {
+                println!("{name}: already running");
+            }
+            Ok(0)
+        }
+        Command::Rm { name } => {
+            sandbox::remove(home, &name)?;
+            println!("{name}: removed");
+            Ok(0)
+        }
+        Command::IdleWatch { name } => {
+            cairn_sandbox::idle::watch(home, &name)?;
+            Ok(0)
+        }
+        Command::Agent(_) | Command::Completions { .. } => Ok(0),
+    }
+}
+
+fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
+    let (name, put, local, remote) = match (parse_cp_arg(src), parse_cp_arg(dst)) {
+        (CpArg::Local(l), CpArg::Remote(n, r)) => (n, true, l, r),
+        (CpArg::Remote(n, r), CpArg::Local(l)) => (n, false, l, r),
+        _ => {
+            return Err(CliError::Usage(
+                "cp needs exactly one NAME:/absolute/path argument (hint: `cairn cp ./file dev:/tmp/file`)"
+                    .into(),
+            ))
+        }
+    };
+    let (r, _active) = sandbox::enter(home, &name)?;
+    let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+    let start = Instant::now();
+    let stats = if put {
+        client.put(&local, &remote)?
+    } else {
+        client.get(&remote, &local)?
+    };
+    let _ = sandbox::touch(home, &name);
+    agent_cmd::report(if put { "put" } else { "get" }, &stats, start);
+    Ok(0)
+}
+
+fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
+    match c {
+        CheckpointCmd::Create { name, ckpt, json } => {
+            let meta = sandbox::checkpoint_create(home, &name, ckpt.as_deref())?;
+            if json {
+                println!("{meta}");
+            } else {
+                println!(
+                    "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms",
+                    meta["name"].as_str().unwrap_or("?"),
+                    meta["parent"].as_str().unwrap_or("-"),
+                    meta["dirty_memory_mib"].as_f64().unwrap_or(0.0),
+                    meta["disk_delta_mib"].as_f64().unwrap_or(0.0),
+                    fmt_num(&meta["pause_ms"]),
+                );
+            }
+        }
+        CheckpointCmd::List { name, json } => {
+            let list = sandbox::checkpoint_list(home, &name)?;
+            let head = home.registry()?.get(&name)?.head_checkpoint;
+            if json {
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                println!(
+                    "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9}",
+                    "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms"
+                );
+                for c in &list {
+                    let n = c["name"].as_str().unwrap_or("?");
+                    println!(
+                        "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9}",
+                        if head.as_deref() == Some(n) { "*" } else { "" },
+                        n,
+                        c["parent"].as_str().unwrap_or("-"),
+                        c["dirty_memory_mib"].as_f64().unwrap_or(0.0),
+                        c["disk_delta_mib"].as_f64().unwrap_or(0.0),
+                        fmt_num(&c["pause_ms"]),
+                        fmt_num(&c["write_ms"]),
+                    );
+                }
+            }
+        }
+        CheckpointCmd::Restore { name, ckpt } => {
+            sandbox::checkpoint_restore(home, &name, &ckpt)?;
+            println!("{name}: restored to {ckpt}");
+        }
+        CheckpointCmd::Rm { name, ckpt } => {
+            sandbox::checkpoint_remove(home, &name, &ckpt)?;
+            println!("{name}: checkpoint {ckpt} removed");
+        }
+    }
+    Ok(0)
+}
+
+fn fmt_num(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+        Some(f) => format!("{f:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
+    let rows: Vec<Record> = home.registry()?.list()?;
+    if json {
+        let v: Vec<_> = rows.iter().map(sandbox::ls_json).collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<9} {:>8} {:>4} {:>7} {:>6} {:<24} {:>8}",
+        "NAME", "STATE", "PID", "CPUS", "MEM", "DISK", "HEAD", "IDLE"
+    );
+    let now = cairn_sandbox::registry::now();
+    for r in &rows {
+        let live = sandbox::liveness(r);
+        let pid = match (live, r.pid) {
+            (Liveness::Running | Liveness::Creating, Some(p)) => p.to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<20} {:<9} {:>8} {:>4} {:>6}M {:>5}G {:<24} {:>7}s",
+            r.name,
+            live.as_str(),
+            pid,
+            r.cpus,
+            r.mem_mib,
+            r.disk_gib,
+            r.head_checkpoint.as_deref().unwrap_or("-"),
+            now.saturating_sub(r.last_activity),
+        );
+    }
+    Ok(0)
+}
+
+/// Follows the console log: prints what is there, then what arrives, until Ctrl-] (on a
+/// terminal) or Ctrl-C.
+fn console(home: &Home, name: &str) -> Result<u8, CliError> {
+    let (r, active) = sandbox::enter(home, name)?;
+    // Waking is all console needs the sandbox for: it must not keep the idle watcher away.
+    drop(active);
+    let paths = home.paths(&r.name);
+    let mut f = std::fs::File::open(&paths.console)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)))?;
+    let stdin = io::stdin();
+    let is_tty = tty::is_terminal(stdin.as_fd());
+    let _raw = is_tty
+        .then(|| tty::RawMode::enable(stdin.as_fd()))
+        .transpose()?;
+    eprint!(
+        "[attached to {name}'s console (read-only); {} to detach]{}",
+        if is_tty { "Ctrl-]" } else { "Ctrl-C" },
+        if is_tty { "\r\n" } else { "\n" }
+    );
+    let mut out = io::stdout();
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n > 0 {
+            let chunk = &buf[..n];
+            if is_tty {
+                // Raw mode turns off output processing: add the carriage returns ourselves.
+                let text: Vec<u8> = chunk
+                    .iter()
+                    .flat_map(|&b| {
+                        if b == b'\n' {
+                            vec![b'\r', b'\n']
+                        } else {
+                            vec![b]
+                        }
+                    })
+                    .collect();
+                out.write_all(&text)?;
+            } else {
+                out.write_all(chunk)?;
+            }
+            out.flush()?;
+            continue;
+        }
+        if is_tty && stdin_has_detach(stdin.as_fd().as_raw_fd())? {
+            eprint!("\r\n[detached]\r\n");
+            return Ok(0);
+        }
+        if !is_tty {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits up to 200 ms for input; true when it contains Ctrl-] (0x1d) or Ctrl-C.
+fn stdin_has_detach(fd: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 200) };
+    if rc <= 0 {
+        return Ok(false);
+    }
+    let mut b = [0u8; 64];
+    // SAFETY: reads into a local buffer of the given length.
+    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
+    if n <= 0 {
+        return Ok(n == 0);
+    }
+    let n = usize::try_from(n).unwrap_or(0);
+    Ok(b[..n].iter().any(|&c| c == 0x1d || c == 0x03))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cp_args() {
+        assert_eq!(
+            parse_cp_arg("dev:/tmp/x"),
+            CpArg::Remote("dev".into(), "/tmp/x".into())
+        );
+        assert_eq!(parse_cp_arg("./a:b"), CpArg::Local("./a:b".into()));
+        assert_eq!(parse_cp_arg("dev:rel"), CpArg::Local("dev:rel".into()));
+        assert_eq!(parse_cp_arg("/abs"), CpArg::Local("/abs".into()));
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_keeps_the_double_dash_argv() {
+        let cli =
+            Cli::try_parse_from(["cairn", "exec", "dev", "-e", "A=1", "--", "ls", "-l"]).unwrap();
+        assert!(matches!(cli.command, Command::Exec { ref name, .. } if name == "dev"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The default guest image: kernel, initramfs (with the agent) and boot arguments from
+//! `guest/build --agent PATH`, and where the `cairn-vmm` and `cairn-agent` binaries are.
+//!
+//! Lookups, first match wins:
+//! - kernel/initrd/boot args: `CAIRN_KERNEL` + `CAIRN_INITRD` (+ `CAIRN_BOOT_ARGS`), else the
+//!   output of `guest/build --quiet --agent AGENT` (`CAIRN_GUEST_BUILD`, else `guest/build` in
+//!   a parent directory of the `cairn` executable or of the source tree it was built from);
+//! - `cairn-vmm`: `CAIRN_VMM`, else next to the `cairn` executable, else `PATH`;
+//! - the static agent: `CAIRN_AGENT_BIN`, else `<target>/x86_64-unknown-linux-gnu/release/cairn-agent`
+//!   beside the `cairn` executable's target directory, else `cairn-agent` next to `cairn`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Why the image or a binary could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A needed program or file is missing.
+    #[error("{what} not found (hint: {hint})")]
+    Missing {
+        /// What was looked for.
+        what: String,
+        /// How to provide it.
+        hint: String,
+    },
+    /// `guest/build` failed.
+    #[error("{script} failed: {reason}")]
+    Build {
+        /// The script.
+        script: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// ELF vmlinux.
+    pub kernel: PathBuf,
+    /// Uncompressed initramfs with `/sbin/cairn-agent`.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub boot_args: String,
+}
+
+fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// Directories to search upwards from: the executable's and the source tree's.
+fn roots() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = exe_dir() {
+        v.push(d);
+    }
+    v.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    v
+}
+
+fn find_upwards(rel: &str) -> Option<PathBuf> {
+    roots()
+        .iter()
+        .flat_map(|r| r.ancestors().map(|a| a.join(rel)).collect::<Vec<_>>())
+        .find(|p| p.is_file())
+}
+
+/// The `cairn-vmm` binary.
+pub fn vmm_binary() -> Result<PathBuf, ImageError> {
+    if let Some(p) = std::env::var_os("CAIRN_VMM") {
+        return Ok(p.into());
+    }
+    if let Some(p) = exe_dir()
+        .map(|d| d.join("cairn-vmm"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    in_path("cairn-vmm").ok_or_else(|| ImageError::Missing {
+        what: "cairn-vmm".into(),
+        hint: "build it with `cargo build --release -p cairn-vmm`, or set CAIRN_VMM".into(),
+    })
+}
+
+fn in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The static guest agent to put in the initramfs.
+pub fn agent_binary() -> Result<PathBuf, ImageError> {
+    if let Some(p) = std::env::var_os("CAIRN_AGENT_BIN") {
+        return Ok(p.into());
+    }
+    let rel = "x86_64-unknown-linux-gnu/release/cairn-agent";
+    let candidates = exe_dir()
+        .into_iter()
+        .flat_map(|d| d.ancestors().map(|a| a.join(rel)).collect::<Vec<_>>());
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| ImageError::Missing {
+            what: "static cairn-agent".into(),
+            hint: "RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p cairn-agent \
+                   --target x86_64-unknown-linux-gnu, or set CAIRN_AGENT_BIN"
+                .into(),
+        })
+}
+
+/// The guest image, from the environment or `guest/build`.
+pub fn guest_image() -> Result<GuestImage, ImageError> {
+    if let (Some(k), Some(i)) = (
+        std::env::var_os("CAIRN_KERNEL"),
+        std::env::var_os("CAIRN_INITRD"),
+    ) {
+        return Ok(GuestImage {
+            kernel: k.into(),
+            initrd: i.into(),
+            boot_args: std::env::var("CAIRN_BOOT_ARGS")
+                .unwrap_or_else(|_| "console=ttyS0 reboot=k panic=1 pci=off".into()),
+        });
+    }
+    let script = match std::env::var_os("CAIRN_GUEST_BUILD") {
+        Some(p) => PathBuf::from(p),
+        None => find_upwards("guest/build").ok_or_else(|| ImageError::Missing {
+            what: "guest/build".into(),
+            hint: "run cairn from its source tree, or set CAIRN_GUEST_BUILD or CAIRN_KERNEL + CAIRN_INITRD".into(),
+        })?,
+    };
+    let agent = agent_binary()?;
+    let out = Command::new(&script)
+        .arg("--quiet")
+        .arg("--agent")
+        .arg(&agent)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| ImageError::Build {
+            script: script.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Build {
+            script,
+            reason: format!("{}", out.status),
+        });
+    }
+    parse_build_output(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| ImageError::Build {
+        script,
+        reason: "no kernel=/initrd=/boot_args= lines on stdout".into(),
+    })
+}
+
+/// Parses `guest/build`'s `key=value` lines.
+pub fn parse_build_output(text: &str) -> Option<GuestImage> {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    Some(GuestImage {
+        kernel: get("kernel")?.into(),
+        initrd: get("initrd")?.into(),
+        boot_args: get("boot_args")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_build_lines() {
+        let img = parse_build_output(
+            "kernel=/k/vmlinux\ninitrd=/i/initrd.cpio\nboot_args=console=ttyS0 a=b\n",
+        )
+        .unwrap();
+        assert_eq!(img.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(img.initrd, PathBuf::from("/i/initrd.cpio"));
+        assert_eq!(img.boot_args, "console=ttyS0 a=b");
+        assert!(parse_build_output("kernel=/k\n").is_none());
+    }
+}

@@ -1,0 +1,12 @@
+//! The library behind the `cairn` CLI: a registry of sandboxes under `CAIRN_HOME`, their
+//! lifecycle (create, stop, start, rm, checkpoints) over `cairn-vmm`'s REST API, the default
+//! guest image, per-sandbox locks and the auto-idle watcher. See `docs/sandbox.md`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(missing_docs)]
+
+pub mod idle;
+pub mod image;
+pub mod lock;
+pub mod registry;
+pub mod sandbox;
+pub mod vmm_api;

@@ -1,0 +1,389 @@
+//! The sandbox registry: one SQLite database under `CAIRN_HOME` with a row per sandbox.
+//!
+//! Rows record what the CLI last did; they are not trusted blindly. `cairn ls` checks each
+//! recorded VMM (is the pid alive, does its socket answer) before reporting a state.
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The database could not be opened or queried.
+    #[error("registry {path}")]
+    Sql {
+        /// The database file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A sandbox of that name exists already.
+    #[error("sandbox {0:?} already exists (hint: pick another name, or `cairn rm {0}` first)")]
+    NameTaken(String),
+    /// No sandbox of that name.
+    #[error("sandbox {0:?} not found (hint: `cairn ls` lists sandboxes)")]
+    NotFound(String),
+}
+
+/// What the CLI last recorded about a sandbox's VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Being created: the VMM is booting.
+    Creating,
+    /// A VMM is running.
+    Running,
+    /// Checkpointed and no VMM runs (`cairn stop`, or the idle watcher).
+    Stopped,
+}
+
+impl State {
+    /// The name stored in the database and shown by `cairn ls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Running => "running",
+            State::Stopped => "stopped",
+        }
+    }
+
+    fn parse(s: &str) -> State {
+        match s {
+            "running" => State::Running,
+            "stopped" => State::Stopped,
+            _ => State::Creating,
+        }
+    }
+}
+
+/// One sandbox's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Unique name.
+    pub name: String,
+    /// Last recorded state.
+    pub state: State,
+    /// The sandbox's directory (disk, config, sockets, checkpoints, console log).
+    pub dir: PathBuf,
+    /// The VMM's pid while running.
+    pub pid: Option<u32>,
+    /// The VMM's REST API socket.
+    pub api_sock: PathBuf,
+    /// The VMM's vsock Unix socket.
+    pub vsock_sock: PathBuf,
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// Disk size in GiB (sparse).
+    pub disk_gib: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of the last exec, cp or lifecycle change.
+    pub last_activity: u64,
+    /// The checkpoint the running VM descends from (or is stopped at).
+    pub head_checkpoint: Option<String>,
+    /// Seconds of quiet before the idle watcher stops the VMM; 0 = never.
+    pub idle_timeout: u64,
+}
+
+/// Unix time in seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The open registry.
+#[derive(Debug)]
+pub struct Registry {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    name TEXT PRIMARY KEY NOT NULL,
+    state TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    pid INTEGER,
+    api_sock TEXT NOT NULL,
+    vsock_sock TEXT NOT NULL,
+    cpus INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    disk_gib INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    last_activity INTEGER NOT NULL,
+    head_checkpoint TEXT,
+    idle_timeout INTEGER NOT NULL DEFAULT 0
+);";
+
+const COLUMNS: &str = "name, state, dir, pid, api_sock, vsock_sock, cpus, mem_mib, disk_gib, \
+                       created, last_activity, head_checkpoint, idle_timeout";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
+    let state: String = r.get(1)?;
+    let dir: String = r.get(2)?;
+    let api: String = r.get(4)?;
+    let vsock: String = r.get(5)?;
+    Ok(Record {
+        name: r.get(0)?,
+        state: State::parse(&state),
+        dir: dir.into(),
+        pid: r.get(3)?,
+        api_sock: api.into(),
+        vsock_sock: vsock.into(),
+        cpus: r.get(6)?,
+        mem_mib: r.get(7)?,
+        disk_gib: r.get(8)?,
+        created: r.get(9)?,
+        last_activity: r.get(10)?,
+        head_checkpoint: r.get(11)?,
+        idle_timeout: r.get(12)?,
+    })
+}
+
+fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Sql {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl Registry {
+    /// Opens (creating if needed) `<home>/registry.db`.
+    pub fn open(home: &Path) -> Result<Registry, RegistryError> {
+        let path = home.join("registry.db");
+        let err = |source| RegistryError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        // Concurrent CLI calls wait for each other's short transactions instead of failing.
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Registry { conn, path })
+    }
+
+    // Write transactions are IMMEDIATE: they take the write lock up front, so a concurrent
+    // writer waits (busy timeout) instead of failing on a read-to-write upgrade.
+
+    /// Adds a new sandbox; fails with [`RegistryError::NameTaken`] if the name is in use.
+    pub fn insert(&mut self, r: &Record) -> Result<(), RegistryError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(&path))?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT name FROM sandboxes WHERE name = ?1",
+                [&r.name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql_err(&path))?;
+        if exists.is_some() {
+            return Err(RegistryError::NameTaken(r.name.clone()));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                r.name,
+                r.state.as_str(),
+                path_str(&r.dir),
+                r.pid,
+                path_str(&r.api_sock),
+                path_str(&r.vsock_sock),
+                r.cpus,
+                r.mem_mib,
+                r.disk_gib,
+                r.created,
+                r.last_activity,
+                r.head_checkpoint,
+                r.idle_timeout,
+            ],
+        )
+        .map_err(sql_err(&path))?;
+        tx.commit().map_err(sql_err(&path))
+    }
+
+    /// The row for `name`.
+    pub fn get(&self, name: &str) -> Result<Record, RegistryError> {
+        let path = self.path.as_path();
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE name = ?1"),
+                [name],
+                from_row,
+            )
+            .optional()
+            .map_err(sql_err(path))?
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))
+    }
+
+    /// Every row, by name.
+    pub fn list(&self) -> Result<Vec<Record>, RegistryError> {
+        let path = self.path.as_path();
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM sandboxes ORDER BY name"))
+            .map_err(sql_err(path))?;
+        let rows = stmt
+            .query_map([], from_row)
+            .map_err(sql_err(path))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql_err(path));
+        rows
+    }
+
+    /// Records a state change (and the VMM's pid, `None` when none runs) in one transaction.
+    pub fn set_state(
+        &mut self,
+        name: &str,
+        state: State,
+        pid: Option<u32>,
+    ) -> Result<(), RegistryError> {
+        self.update(name, |tx| {
+            tx.execute(
+                "UPDATE sandboxes SET state = ?2, pid = ?3, last_activity = ?4 WHERE name = ?1",
+                params![name, state.as_str(), pid, now()],
+            )
+        })
+    }
+
+    /// Records the checkpoint the VM now descends from.
+    pub fn set_head(&mut self, name: &str, head: Option<&str>) -> Result<(), RegistryError> {
+        self.update(name, |tx| {
+            tx.execute(
+                "UPDATE sandboxes SET head_checkpoint = ?2 WHERE name = ?1",
+                params![name, head],
+            )
+        })
+    }
+
+    /// Marks the sandbox as used now (the idle watcher measures quiet from here).
+    pub fn touch(&mut self, name: &str) -> Result<(), RegistryError> {
+        self.update(name, |tx| {
+            tx.execute(
+                "UPDATE sandboxes SET last_activity = ?2 WHERE name = ?1",
+                params![name, now()],
+            )
+        })
+    }
+
+    /// Deletes the row.
+    pub fn remove(&mut self, name: &str) -> Result<(), RegistryError> {
+        self.update(name, |tx| {
+            tx.execute("DELETE FROM sandboxes WHERE name = ?1", [name])
+        })
+    }
+
+    fn update(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<usize>,
+    ) -> Result<(), RegistryError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(&path))?;
+        let n = f(&tx).map_err(sql_err(&path))?;
+        if n == 0 {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        tx.commit().map_err(sql_err(&path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> Record {
+        Record {
+            name: name.into(),
+            state: State::Creating,
+            dir: format!("/x/{name}").into(),
+            pid: None,
+            api_sock: "/x/api.sock".into(),
+            vsock_sock: "/x/vsock.sock".into(),
+            cpus: 2,
+            mem_mib: 512,
+            disk_gib: 100,
+            created: 1,
+            last_activity: 1,
+            head_checkpoint: None,
+            idle_timeout: 30,
+        }
+    }
+
+    #[test]
+    fn insert_get_list_update_remove() {
+        let home = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(home.path()).unwrap();
+        reg.insert(&record("b")).unwrap();
+        reg.insert(&record("a")).unwrap();
+        assert_eq!(reg.get("a").unwrap(), record("a"));
+        let names: Vec<_> = reg.list().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        reg.set_state("a", State::Running, Some(42)).unwrap();
+        reg.set_head("a", Some("c1")).unwrap();
+        let a = reg.get("a").unwrap();
+        assert_eq!((a.state, a.pid), (State::Running, Some(42)));
+        assert_eq!(a.head_checkpoint.as_deref(), Some("c1"));
+        assert!(a.last_activity >= now() - 5);
+
+        reg.remove("a").unwrap();
+        assert!(matches!(reg.get("a"), Err(RegistryError::NotFound(_))));
+        assert!(matches!(
+            reg.set_state("a", State::Stopped, None),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn name_taken_is_refused_and_persisted_across_opens() {
+        let home = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(home.path()).unwrap();
+        reg.insert(&record("a")).unwrap();
+        let err = reg.insert(&record("a")).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        drop(reg);
+        let reg = Registry::open(home.path()).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_writers_do_not_fail() {
+        let home = tempfile::tempdir().unwrap();
+        Registry::open(home.path()).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let p = home.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let mut reg = Registry::open(&p).unwrap();
+                    reg.insert(&record(&format!("s{i}"))).unwrap();
+                    for _ in 0..10 {
+                        reg.touch(&format!("s{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let reg = Registry::open(home.path()).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 8);
+    }
+}
