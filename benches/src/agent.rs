@@ -1,36 +1,13 @@
 //! The guest agent in a real Linux guest: exec round trip of `true`, and put/get throughput,
 //! through the VMM's vsock (Firecracker's `CONNECT 52` convention).
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_agent::client::Client;
 use cairn_agent::proto::ExecRequest;
 
-use crate::util::{figure, vmm_bin, Options, Outcome};
-
-fn source_dir() -> PathBuf {
-    std::env::var("CAIRN_SOURCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-}
-
-fn guest(agent: &str) -> Result<(String, String, String), String> {
-    let out = Command::new(source_dir().join("guest/build"))
-        .args(["--quiet", "--agent", agent])
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("guest/build: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(str::to_string)
-            .ok_or_else(|| format!("guest/build printed no {k}="))
-    };
-    Ok((get("kernel")?, get("initrd")?, get("boot_args")?))
-}
+use crate::util::{figure, guest_build, source_dir, vmm_bin, Options, Outcome};
 
 /// `cairn-bench agent [--runs N]`.
 pub fn agent(opts: &Options) -> Outcome {
@@ -51,7 +28,7 @@ pub fn agent(opts: &Options) -> Outcome {
         ));
         return out;
     }
-    let (kernel, initrd, args) = match guest(&agent) {
+    let (kernel, initrd, args) = match guest_build(&["--agent", &agent]) {
         Ok(g) => g,
         Err(e) => {
             out.failures.push(e);
@@ -81,6 +58,7 @@ pub fn agent(opts: &Options) -> Outcome {
         if Instant::now() > deadline {
             out.failures.push("the guest agent never answered".into());
             let _ = child.kill();
+            let _ = child.wait();
             return out;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -7,28 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{figure, vmm_bin, Options, Outcome};
+use crate::util::{figure, guest_build, vmm_bin, Options, Outcome};
 
 const MARKER: &[u8] = b"cairn-guest-ready";
-
-fn guest() -> Result<(String, String, String), String> {
-    let root = std::env::var("CAIRN_SOURCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
-    let out = Command::new(root.join("guest/build"))
-        .arg("--quiet")
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("guest/build: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(str::to_string)
-            .ok_or_else(|| format!("guest/build printed no {k}="))
-    };
-    Ok((get("kernel")?, get("initrd")?, get("boot_args")?))
-}
 
 /// Time from spawning `cmd` to `MARKER` on its stdout (the child is killed afterwards).
 fn time_to_marker(mut cmd: Command, timeout: Duration) -> Result<f64, String> {
@@ -67,7 +48,7 @@ pub fn linux(opts: &Options) -> Outcome {
         figures: vec![],
         failures: vec![],
     };
-    let (kernel, initrd, args) = match guest() {
+    let (kernel, initrd, args) = match guest_build(&[]) {
         Ok(g) => g,
         Err(e) => {
             out.failures.push(e);

@@ -574,6 +574,31 @@ pub fn touch_timeout(mem_mib: usize) -> Duration {
     Duration::from_secs(30 + (mem_mib as u64 / 256) * 3)
 }
 
+/// The source tree (for `guest/build`): `CAIRN_SOURCE_DIR`, else where this crate was built from.
+pub fn source_dir() -> PathBuf {
+    std::env::var("CAIRN_SOURCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// `(kernel, initrd, boot_args)` printed by `guest/build --quiet` with `args`.
+pub fn guest_build(args: &[&str]) -> Result<(String, String, String), String> {
+    let out = std::process::Command::new(source_dir().join("guest/build"))
+        .arg("--quiet")
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("guest/build: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+            .ok_or_else(|| format!("guest/build printed no {k}="))
+    };
+    Ok((get("kernel")?, get("initrd")?, get("boot_args")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

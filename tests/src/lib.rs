@@ -3,6 +3,7 @@
 //! process and wait for markers on its serial output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod capture;
 pub mod guests;
 pub mod linux;
 pub mod process;

@@ -2,69 +2,19 @@
 //! checkpoint restores exactly (every page, every register), and restore needs no merge.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use cairn_tests::capture::Capture;
 use cairn_tests::{guests, kvm_available};
-use cairn_vmm::builder::{BuildSpec, ConsoleIo};
+use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::runtime::Runtime;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn dots(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| **b == b'.')
-            .count()
-    }
-}
-
-fn console(c: &Capture) -> ConsoleIo {
-    ConsoleIo {
-        output: Box::new(c.clone()),
-        input: None,
-    }
-}
-
-fn wait_dots(rt: &mut Runtime, out: &Capture, more_than: usize) {
-    let start = Instant::now();
-    while out.dots() <= more_than {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "guest made no progress"
-        );
-        rt.run_until_exit(Some(Duration::from_millis(10))).unwrap();
-    }
-}
+use common::{console, page_hashes, wait_dots};
 
 fn fingerprint(rt: &Runtime) -> (Vec<u64>, Vec<(u64, u64)>) {
     let m = rt.machine().unwrap();
-    let mem = m.memory();
-    let mut hashes = vec![];
-    let mut buf = vec![0u8; 4096];
-    for region in mem.iter() {
-        for off in (0..region.len()).step_by(4096) {
-            mem.read_slice(&mut buf, GuestAddress(region.start_addr().0 + off))
-                .unwrap();
-            hashes.push(buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-            }));
-        }
-    }
+    let hashes = page_hashes(rt);
     let regs = m
         .vcpus()
         .iter()

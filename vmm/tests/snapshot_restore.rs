@@ -1,74 +1,17 @@
 //! Snapshot and restore with a tiny guest: every page and every register of the restored VM
 //! matches the snapshot exactly, Full and Diff layers stack, and the guest keeps running.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use cairn_tests::capture::Capture;
 use cairn_tests::{guests, kvm_available};
-use cairn_vmm::builder::{BuildSpec, ConsoleIo};
+use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::runtime::Runtime;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn dots(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|b| **b == b'.')
-            .count()
-    }
-}
-
-fn console(c: &Capture) -> ConsoleIo {
-    ConsoleIo {
-        output: Box::new(c.clone()),
-        input: None,
-    }
-}
-
-fn wait_dots(rt: &mut Runtime, out: &Capture, more_than: usize) {
-    let start = Instant::now();
-    while out.dots() <= more_than {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "guest made no progress"
-        );
-        rt.run_until_exit(Some(Duration::from_millis(20))).unwrap();
-    }
-}
-
-/// Hash of every 4 KiB page of guest memory.
-fn page_hashes(rt: &Runtime) -> Vec<u64> {
-    let mem = rt.machine().unwrap().memory();
-    let mut hashes = vec![];
-    let mut buf = vec![0u8; 4096];
-    for region in mem.iter() {
-        for off in (0..region.len()).step_by(4096) {
-            mem.read_slice(&mut buf, GuestAddress(region.start_addr().0 + off))
-                .unwrap();
-            let h = buf.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-            });
-            hashes.push(h);
-        }
-    }
-    hashes
-}
+use common::{console, page_hashes, wait_dots};
 
 fn regs(rt: &Runtime) -> Vec<(u64, u64, u64, u64)> {
     rt.machine()

@@ -1,33 +1,13 @@
 //! The VMM core against tiny guests, through the library API: each boot protocol, port and
 //! MMIO exits, reset through the i8042, emulation failures, pause and resume.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_tests::capture::Capture;
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm::builder::{BuildSpec, ConsoleIo, KernelImage};
 use cairn_vmm::runtime::Runtime;
 use cairn_vmm::vstate::vcpu::ExitReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn boot(spec: BuildSpec) -> (Runtime, Capture) {
     let out = Capture::default();

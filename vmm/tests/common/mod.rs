@@ -1,0 +1,43 @@
+//! Helpers shared by the library-level tiny-guest tests (snapshots and checkpoints).
+
+use std::time::{Duration, Instant};
+
+use cairn_tests::capture::{fnv1a, Capture};
+use cairn_vmm::builder::ConsoleIo;
+use cairn_vmm::runtime::Runtime;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+/// A console writing into `c`, with no input.
+pub fn console(c: &Capture) -> ConsoleIo {
+    ConsoleIo {
+        output: Box::new(c.clone()),
+        input: None,
+    }
+}
+
+/// Serve events until the ticker guest has printed more than `more_than` dots.
+pub fn wait_dots(rt: &mut Runtime, out: &Capture, more_than: usize) {
+    let start = Instant::now();
+    while out.dots() <= more_than {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "guest made no progress"
+        );
+        rt.run_until_exit(Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
+/// A hash of every 4 KiB page of guest memory.
+pub fn page_hashes(rt: &Runtime) -> Vec<u64> {
+    let mem = rt.machine().unwrap().memory();
+    let mut hashes = vec![];
+    let mut buf = vec![0u8; 4096];
+    for region in mem.iter() {
+        for off in (0..region.len()).step_by(4096) {
+            mem.read_slice(&mut buf, GuestAddress(region.start_addr().0 + off))
+                .unwrap();
+            hashes.push(fnv1a(&buf));
+        }
+    }
+    hashes
+}
