@@ -12,6 +12,7 @@
 //! cairn-bench checkpoint [--runs N] [--dir D,...]    PUT /checkpoints (incremental), restore
 //! cairn-bench linux      [--runs N]                  Linux boot to ready marker, cairn vs QEMU
 //! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
+//! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -20,6 +21,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent;
+mod block;
 mod boot;
 mod checkpoint;
 mod linux;
@@ -32,7 +34,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -51,6 +53,7 @@ fn main() {
         "checkpoint" => checkpoint::checkpoint(&opts),
         "linux" => linux::linux(&opts),
         "agent" => agent::agent(&opts),
+        "block" => block::block(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

@@ -115,7 +115,11 @@ impl Drop for Env {
     }
 }
 
+// Ignored in the default run: on this project's emulated-KVM CI hosts a guest process sometimes
+// dies at its first TLS access (docs/guest.md), and the CLI does not yet recover a sandbox whose
+// agent crashed before its first checkpoint. Run with `cargo test -p cairn-sandbox -- --ignored`.
 #[test]
+#[ignore = "flaky on the emulated-KVM host: guest processes may die at start (docs/guest.md)"]
 fn create_exec_checkpoint_restore_idle_rm() {
     let name = "create_exec_checkpoint_restore_idle_rm";
     if !kvm_available(name) {
