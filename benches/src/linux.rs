@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{figure, guest_build, vmm_bin, Options, Outcome};
+use crate::util::{figure, guest_build, qemu_microvm, vmm_bin, Options, Outcome};
 
 const MARKER: &[u8] = b"cairn-guest-ready";
 
@@ -93,34 +93,9 @@ pub fn linux(opts: &Options) -> Outcome {
             .failures
             .push("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".into()),
         Some(q) => {
-            // QEMU 7.2 on hosts whose KVM cannot set IA32_ARCH_CAPABILITIES aborts with plain
-            // `-cpu host`; CAIRN_QEMU_CPU overrides the model.
-            let cpu = std::env::var("CAIRN_QEMU_CPU")
-                .unwrap_or_else(|_| "host,-arch-capabilities".into());
             let samples: Vec<_> = (0..runs)
                 .map(|_| {
-                    let mut cmd = Command::new(&q);
-                    cmd.args([
-                        "-M",
-                        "microvm,x-option-roms=off,rtc=off,acpi=off",
-                        "-enable-kvm",
-                        "-cpu",
-                        &cpu,
-                    ])
-                    .args([
-                        "-m",
-                        "256",
-                        "-smp",
-                        "1",
-                        "-nodefaults",
-                        "-no-reboot",
-                        "-serial",
-                        "stdio",
-                    ])
-                    .args([
-                        "-display", "none", "-kernel", &kernel, "-initrd", &initrd, "-append",
-                        &args,
-                    ]);
+                    let cmd = qemu_microvm(&q, &kernel, &initrd, &args);
                     time_to_marker(cmd, timeout)
                 })
                 .collect();

@@ -599,6 +599,40 @@ pub fn guest_build(args: &[&str]) -> Result<(String, String, String), String> {
     Ok((get("kernel")?, get("initrd")?, get("boot_args")?))
 }
 
+/// QEMU microvm booting `kernel` + `initrd` with `args`, 1 vCPU, 256 MiB, serial on stdio: the
+/// side-by-side reference. `-cpu host,-arch-capabilities` because QEMU 7.2 aborts with plain
+/// `-cpu host` on the project's host (`CAIRN_QEMU_CPU` overrides); `-device i8042` so `reboot=k`
+/// ends it.
+pub fn qemu_microvm(
+    qemu: &std::path::Path,
+    kernel: &str,
+    initrd: &str,
+    args: &str,
+) -> std::process::Command {
+    let cpu = std::env::var("CAIRN_QEMU_CPU").unwrap_or_else(|_| "host,-arch-capabilities".into());
+    let mut cmd = std::process::Command::new(qemu);
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,acpi=off",
+        "-enable-kvm",
+        "-cpu",
+        &cpu,
+    ])
+    .args([
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-display", "none", "-device", "i8042"])
+    .args(["-kernel", kernel, "-initrd", initrd, "-append", args]);
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
