@@ -58,4 +58,25 @@ fn main() {
         .args(["-O", "binary", "-j", ".text"])
         .arg(&elf)
         .arg(out.join("real16.bin")));
+    // A bzImage around hello64's code: a one-sector setup header ("HdrS", protocol 2.12,
+    // LOADED_HIGH, code32_start 1 MiB) and a protected-mode payload whose 64-bit entry point, at
+    // offset 0x200, is hello64 (position independent: RIP-relative data, relative calls).
+    let code_bin = out.join("hello64.bin");
+    run(Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(out.join("hello64.elf"))
+        .arg(&code_bin));
+    let code = std::fs::read(&code_bin).expect("hello64.bin");
+    let mut bz = vec![0u8; 1024];
+    bz[0x1f1] = 1; // setup_sects: setup = (1 + 1) * 512 bytes
+    bz[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x020cu16.to_le_bytes());
+    bz[0x211] = 0x01; // loadflags: LOADED_HIGH
+    bz[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    let mut payload = vec![0xf4u8; 0x200]; // hlt: nothing should run before the entry point
+    payload.extend_from_slice(&code);
+    bz[0x1f4..0x1f8].copy_from_slice(&(payload.len().div_ceil(16) as u32).to_le_bytes());
+    bz.extend_from_slice(&payload);
+    std::fs::write(out.join("hello64.bzimage"), bz).expect("write bzImage");
 }

@@ -16,3 +16,5 @@ pub const MMIOFETCH64: &str = concat!(env!("OUT_DIR"), "/mmiofetch64.elf");
 pub const PVH32: &str = concat!(env!("OUT_DIR"), "/pvh32.elf");
 /// A flat real-mode binary for load address 0x1000, entry 0x0100:0x0000.
 pub const REAL16: &str = concat!(env!("OUT_DIR"), "/real16.bin");
+/// hello64 wrapped as a bzImage (Linux boot protocol 2.12, 64-bit entry at payload + 0x200).
+pub const HELLO64_BZIMAGE: &str = concat!(env!("OUT_DIR"), "/hello64.bzimage");

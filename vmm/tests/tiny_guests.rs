@@ -49,6 +49,18 @@ fn long_mode_linux_protocol_port_and_mmio_exits_and_reset() {
 }
 
 #[test]
+fn bzimage_boots_through_the_linux_64_bit_protocol() {
+    if !kvm_available("bzimage_boots_through_the_linux_64_bit_protocol") {
+        return;
+    }
+    let (reason, out) = run(tiny(guests::HELLO64_BZIMAGE));
+    assert!(out.contains("cairn-tiny: long mode\n"), "{out}");
+    assert!(out.contains("cairn-tiny: zero page ok\n"), "{out}");
+    assert!(out.contains("cairn-tiny: mmio ok\n"), "{out}");
+    assert_eq!(reason, ExitReason::GuestReset);
+}
+
+#[test]
 fn pvh_entry_is_used_when_the_note_exists() {
     if !kvm_available("pvh_entry_is_used_when_the_note_exists") {
         return;
