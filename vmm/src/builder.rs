@@ -348,7 +348,7 @@ fn attach_virtio_devices(
 }
 
 /// Step: the console input and the exit watcher join the event loop.
-fn register_legacy_events(
+pub(crate) fn register_legacy_events(
     event_loop: &mut EventLoop,
     legacy: &LegacyDevices,
     exit: &Arc<ExitSignal>,

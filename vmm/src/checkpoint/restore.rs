@@ -16,14 +16,16 @@ use cairn_devices::virtio::rng::Rng;
 use cairn_devices::virtio::vsock::Vsock;
 use cairn_snapshot::Persist;
 
-use crate::builder::{open_kvm, BuildSpec, ConsoleIo, DiskOpener, KernelImage};
+use crate::builder::{
+    open_kvm, register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage,
+};
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
 use crate::device_manager::{
     attach_legacy_devices_with_state, wire_transport, MmioSlot, VirtioHandle,
 };
 use crate::error::VmmError;
-use crate::event_loop::{EventLoop, ExitWatcher, SerialInput};
+use crate::event_loop::EventLoop;
 use crate::machine::{Machine, RunState};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::restore_vcpu_state;
@@ -93,22 +95,7 @@ pub fn restore_machine(
     let legacy =
         attach_legacy_devices_with_state(vm.fd(), &mut pio, console.output, Some(&state.legacy))?;
     let exit = Arc::new(ExitSignal::new()?);
-    let reset = legacy
-        .reset_evt
-        .try_clone()
-        .map_err(VmmError::io("i8042 reset eventfd"))?;
-    event_loop.add(Arc::new(Mutex::new(ExitWatcher::new(exit.clone(), reset))));
-    if let Some(fd) = console.input {
-        let ready = legacy
-            .serial_input_ready
-            .try_clone()
-            .map_err(VmmError::io("serial eventfd"))?;
-        event_loop.add(Arc::new(Mutex::new(SerialInput::new(
-            legacy.serial.clone(),
-            fd,
-            ready,
-        ))));
-    }
+    register_legacy_events(event_loop, &legacy, &exit, console.input)?;
 
     let mut virtio = Vec::with_capacity(state.virtio.len());
     for saved in &state.virtio {
