@@ -144,6 +144,40 @@ pub struct ActivateContext {
     pub interrupt: Arc<IrqTrigger>,
 }
 
+impl ActivateContext {
+    /// Check that the driver set up exactly `expected` queues (with their eventfds), each valid in
+    /// guest memory.
+    pub fn check_queues(&self, expected: usize) -> Result<(), ActivateError> {
+        if self.queues.len() != expected || self.queue_evts.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: self.queues.len().min(self.queue_evts.len()),
+            });
+        }
+        match self
+            .queues
+            .iter()
+            .position(|q| !virtio_queue::QueueT::is_valid(q, &self.mem))
+        {
+            Some(i) => Err(ActivateError::InvalidQueue(i)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Copy the bytes of a read-only configuration space `space` at `offset` into `data`, as far as
+/// the space reaches; bytes past its end are left untouched.
+pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= space.len() {
+        return;
+    }
+    let n = data.len().min(space.len() - start);
+    data[..n].copy_from_slice(&space[start..start + n]);
+}
+
 /// A virtio device model, independent of the transport.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (see [`device_type`]).

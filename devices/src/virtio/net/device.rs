@@ -355,17 +355,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Some(mac) = self.config.guest_mac else {
-            return;
-        };
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= mac.len() {
-            return;
+        if let Some(mac) = self.config.guest_mac {
+            crate::virtio::read_config_bytes(&mac, offset, data);
         }
-        let n = data.len().min(mac.len() - start);
-        data[..n].copy_from_slice(&mac[start..start + n]);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -373,15 +365,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len().min(ctx.queue_evts.len()),
-            });
-        }
-        if let Some(i) = ctx.queues.iter().position(|q| !q.is_valid(&ctx.mem)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
+        ctx.check_queues(QUEUE_SIZES.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,

@@ -298,14 +298,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cid = u64::from(self.config.guest_cid).to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= cid.len() {
-            return;
-        }
-        let n = data.len().min(cid.len() - start);
-        data[..n].copy_from_slice(&cid[start..start + n]);
+        crate::virtio::read_config_bytes(&cid, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -313,15 +306,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() || ctx.queue_evts.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len().min(ctx.queue_evts.len()),
-            });
-        }
-        if let Some(i) = ctx.queues.iter().position(|q| !q.is_valid(&ctx.mem)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
+        ctx.check_queues(QUEUE_SIZES.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
