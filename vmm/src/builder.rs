@@ -26,6 +26,7 @@ use crate::error::VmmError;
 use crate::event_loop::{EventLoop, ExitWatcher, SerialInput};
 use crate::machine::{Machine, RunState};
 use crate::vstate::memory::create_guest_memory;
+use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, BootVcpuConfig, ExitSignal, Vcpu};
 use crate::vstate::vm::Vm;
 
@@ -245,12 +246,12 @@ pub fn build_machine(
 ) -> Result<Machine, VmmError> {
     spec.validate()?;
     install_kick_handler()?;
-    let kvm = open_kvm()?;
-    let mut vm = Vm::new(&kvm)?;
+    // Memory and the kernel do not need the VM: load them while a prewarm (if one was started)
+    // finishes making it.
     let mem = create_guest_memory(spec.mem_size_mib)?;
-    vm.register_memory(&mem, spec.track_dirty_pages)?;
-
     let (kernel, initrd) = load_image(&mem, &spec.image)?;
+    let PreparedVm { kvm, mut vm } = prewarm::take()?;
+    vm.register_memory(&mem, spec.track_dirty_pages)?;
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();

@@ -182,6 +182,9 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
         return Err(VmmError::Config("--no-api needs --config-file".into()));
     }
     crate::seccomp::set_enabled(!args.no_seccomp);
+    // Make the VM while the API comes up and the config is read (a boot or a /snapshot/load
+    // takes it): most of its cost is a kernel wait, not CPU. See vstate/prewarm.rs.
+    crate::vstate::prewarm::start();
     let stdin_fd = std::io::stdin().as_raw_fd();
     set_nonblocking(stdin_fd);
     let _terminal = RawTerminal::enter();

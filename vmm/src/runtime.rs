@@ -149,7 +149,10 @@ impl Runtime {
         let ck = self.checkpoints.as_mut().ok_or_else(|| {
             VmmError::InvalidState("checkpoints need a checkpoint directory (config key \"cairn\": {\"checkpoint_dir\": ...})".into())
         })?;
-        ck.create(machine, &name)
+        let meta = ck.create(machine, &name)?;
+        // A machine with checkpoints may be asked to restore one: have its VM ready.
+        crate::vstate::prewarm::start();
+        Ok(meta)
     }
 
     /// Every checkpoint with its cost (`GET /checkpoints`).
@@ -203,6 +206,8 @@ impl Runtime {
         })?;
         ck.set_head(Some(name.to_string()))?;
         self.machine = Some(machine);
+        // The next restore finds its VM made (vstate/prewarm.rs).
+        crate::vstate::prewarm::start();
         Ok(())
     }
 

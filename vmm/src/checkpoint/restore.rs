@@ -16,9 +16,7 @@ use cairn_devices::virtio::rng::Rng;
 use cairn_devices::virtio::vsock::Vsock;
 use cairn_snapshot::Persist;
 
-use crate::builder::{
-    open_kvm, register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage,
-};
+use crate::builder::{register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage};
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
 use crate::device_manager::{
@@ -27,9 +25,9 @@ use crate::device_manager::{
 use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::machine::{Machine, RunState};
+use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::restore_vcpu_state;
-use crate::vstate::vm::Vm;
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -83,10 +81,9 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
-    let kvm = open_kvm()?;
-    check_compatible(state, &kvm)?;
-    let mut vm = Vm::new(&kvm)?;
     let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+    let PreparedVm { kvm, mut vm } = prewarm::take()?;
+    check_compatible(state, &kvm)?;
     vm.register_memory(&mem, opts.track_dirty_pages)?;
     vm.restore_state(&state.vm)?;
 

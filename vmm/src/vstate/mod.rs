@@ -1,6 +1,7 @@
 //! KVM state: the VM, its vCPUs and guest memory.
 
 pub mod memory;
+pub mod prewarm;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
