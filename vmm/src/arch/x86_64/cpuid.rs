@@ -53,6 +53,12 @@ pub enum CpuidError {
         /// The host's vendor string.
         vendor: String,
     },
+    /// Adding the topology entries went past KVM's limit on CPUID entries.
+    #[error(
+        "too many CPUID entries (more than {})",
+        kvm_bindings::KVM_MAX_CPUID_ENTRIES
+    )]
+    TooManyEntries,
 }
 
 /// CPU vendor string from leaf 0.
@@ -89,6 +95,9 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
+const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
@@ -160,8 +169,65 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, topo: Topology) {
                 }
             }
         }
+        LEAF_AMD_SIZES => {
+            // NC: cores per package - 1; ApicIdCoreIdSize: APIC id bits that number the cores.
+            entry.ecx = (entry.ecx & !0xf0ff)
+                | (count.saturating_sub(1) & 0xff)
+                | (bits_needed(count).max(1) << 12);
+        }
+        LEAF_AMD_CACHE_TOPOLOGY => {
+            // NumSharingCache - 1 in EAX[25:14]: L1 and L2 per core, L3 for the whole package.
+            let cache_level = (entry.eax >> 5) & 0x7;
+            if cache_level != 0 {
+                let sharing = if cache_level >= 3 {
+                    count
+                } else {
+                    threads_per_core
+                };
+                entry.eax = (entry.eax & !(0xfff << 14)) | ((sharing.max(1) - 1) << 14);
+            }
+        }
+        LEAF_AMD_EXT_APIC_ID => {
+            // KVM hands this leaf over zeroed: without it every vCPU claims core 0 and an SMP
+            // Linux guest hangs at "Bringing up secondary CPUs". As Firecracker fills it:
+            // extended APIC id, core id + threads per core - 1, node 0 of 1.
+            entry.eax = u32::from(topo.cpu_index);
+            entry.ebx =
+                ((threads_per_core - 1) << 8) | (u32::from(topo.cpu_index) / threads_per_core);
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
         _ => {}
     }
+}
+
+/// Entries `vcpu_cpuid` needs that KVM's supported set may lack: leaf 0xb's core level (KVM on
+/// AMD reports only the SMT level, and a guest then takes each vCPU for its own package).
+fn add_missing_topology_entries(cpuid: &CpuId) -> Result<CpuId, CpuidError> {
+    let entries = cpuid.as_slice();
+    let max_basic = entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    let has = |function: u32, index: u32| {
+        entries
+            .iter()
+            .any(|e| e.function == function && e.index == index)
+    };
+    let mut out = entries.to_vec();
+    if max_basic >= LEAF_EXT_TOPOLOGY {
+        for index in 0..2 {
+            if !has(LEAF_EXT_TOPOLOGY, index) {
+                out.push(kvm_cpuid_entry2 {
+                    function: LEAF_EXT_TOPOLOGY,
+                    index,
+                    flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    CpuId::from_entries(&out).map_err(|_| CpuidError::TooManyEntries)
 }
 
 /// Feature bits a template removes: `(leaf, subleaf, register index 0..4 = eax..edx, mask)`.
@@ -255,7 +321,7 @@ pub fn vcpu_cpuid(
             });
         }
     }
-    let mut cpuid = supported.clone();
+    let mut cpuid = add_missing_topology_entries(supported)?;
     for entry in cpuid.as_mut_slice() {
         normalize_entry(entry, topo);
         apply_template(entry, template);
@@ -320,6 +386,64 @@ mod tests {
             (2, 4, 3, LEVEL_TYPE_CORE)
         );
         assert_eq!(find(&c, 0xa, 0).eax, 0);
+    }
+
+    fn amd_sample() -> CpuId {
+        // "AuthenticAMD", as KVM reports it on an AMD host: leaf 0xb has its SMT level only and
+        // 0x8000001e is zeroed; 0x80000008 carries the host's core count.
+        let auth = u32::from_le_bytes(*b"Auth");
+        let enti = u32::from_le_bytes(*b"enti");
+        let camd = u32::from_le_bytes(*b"cAMD");
+        CpuId::from_entries(&[
+            entry(0, 0, [0x1c, auth, camd, enti]),
+            entry(1, 0, [0xa10f11, 0x0102_0800, 0x8120_2000, 0x078b_fbff]),
+            entry(0xb, 0, [0, 0, 0, 1]),
+            entry(0x8000_0000, 0, [0x8000_0021, auth, camd, enti]),
+            entry(0x8000_0008, 0, [0x3030, 0x5002_0005, 0x7001, 0]),
+            entry(0x8000_001d, 0, [0x121, 0x01c0_003f, 0x3f, 0]),
+            entry(0x8000_001d, 3, [0x4163, 0x03c0_003f, 0x7fff, 1]),
+            entry(0x8000_001e, 0, [0, 0, 0, 0]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn amd_topology_is_per_vcpu() {
+        let topo = Topology {
+            cpu_index: 2,
+            cpu_count: 4,
+            smt: false,
+        };
+        let c = vcpu_cpuid(&amd_sample(), topo, CpuTemplate::None).unwrap();
+        // Leaf 0xb gains its core level: all four vCPUs in one package.
+        let b1 = find(&c, 0xb, 1);
+        assert_eq!(
+            (b1.eax, b1.ebx, b1.edx, b1.ecx >> 8),
+            (2, 4, 2, LEVEL_TYPE_CORE)
+        );
+        assert_ne!(b1.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        let sizes = find(&c, 0x8000_0008, 0);
+        assert_eq!((sizes.ecx & 0xff, (sizes.ecx >> 12) & 0xf), (3, 2));
+        let ext = find(&c, 0x8000_001e, 0);
+        assert_eq!((ext.eax, ext.ebx, ext.ecx), (2, 2, 0));
+        assert_eq!(
+            (find(&c, 0x8000_001d, 0).eax >> 14) & 0xfff,
+            0,
+            "L1 per core"
+        );
+        assert_eq!(
+            (find(&c, 0x8000_001d, 3).eax >> 14) & 0xfff,
+            3,
+            "L3 shared by 4"
+        );
+        // SMT: two threads per core, core id = index / 2.
+        let smt = Topology {
+            cpu_index: 3,
+            cpu_count: 4,
+            smt: true,
+        };
+        let c = vcpu_cpuid(&amd_sample(), smt, CpuTemplate::None).unwrap();
+        assert_eq!(find(&c, 0x8000_001e, 0).ebx, (1 << 8) | 1);
     }
 
     #[test]
