@@ -28,8 +28,8 @@ use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::machine::{Machine, RunState};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
-use crate::vstate::vcpu_state::restore_vcpu_state;
-use crate::vstate::vm::Vm;
+use crate::vstate::vcpu_state::VcpuConstructorArgs;
+use crate::vstate::vm::{Vm, VmConstructorArgs};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -85,10 +85,13 @@ pub fn restore_machine(
     install_kick_handler()?;
     let kvm = open_kvm()?;
     check_compatible(state, &kvm)?;
-    let mut vm = Vm::new(&kvm)?;
     let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
-    vm.register_memory(&mem, opts.track_dirty_pages)?;
-    vm.restore_state(&state.vm)?;
+    let vm_args = VmConstructorArgs {
+        kvm: &kvm,
+        mem: &mem,
+        track_dirty_pages: opts.track_dirty_pages,
+    };
+    let vm = Vm::restore(vm_args, &state.vm)?;
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -168,19 +171,15 @@ pub fn restore_machine(
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (i, vcpu_state) in state.vcpus.iter().enumerate() {
-        let mut vcpu = Vcpu::new(
-            &vm,
-            i as u8,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            exit.clone(),
-        )?;
-        restore_vcpu_state(vcpu.fd_mut(), vcpu_state).map_err(|e| VmmError::Vcpu {
+        let args = VcpuConstructorArgs {
+            vm: &vm,
             index: i as u8,
-            reason: e.to_string(),
-        })?;
-        vcpus.push(vcpu);
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            exit: exit.clone(),
+        };
+        vcpus.push(Vcpu::restore(args, vcpu_state)?);
     }
     let handles = vcpus
         .into_iter()
