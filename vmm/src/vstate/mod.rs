@@ -4,3 +4,6 @@ pub mod memory;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
+
+#[cfg(test)]
+mod tests;
