@@ -15,10 +15,13 @@ use cairn_devices::virtio::net::{Net, Tap};
 use cairn_devices::virtio::rng::Rng;
 use cairn_devices::virtio::vsock::Vsock;
 use cairn_snapshot::Persist;
+use kvm_bindings::kvm_cpuid_entry2;
 
+use crate::arch::x86_64::cpuid::CpuTemplate;
 use crate::builder::{
     open_kvm, register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage,
 };
+use crate::checkpoint::compat::{check_compatible, host_cpuid};
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
 use crate::device_manager::{
@@ -53,27 +56,6 @@ fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
     }
 }
 
-/// Refuse a snapshot this host cannot run.
-fn check_compatible(state: &MachineState, kvm: &kvm_ioctls::Kvm) -> Result<(), VmmError> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-    let vendor = crate::arch::x86_64::cpuid::vendor(&supported);
-    if vendor != state.host.cpu_vendor {
-        return Err(VmmError::Incompatible(format!(
-            "taken on a {} host, this host is {vendor}",
-            state.host.cpu_vendor
-        )));
-    }
-    if crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template).is_none() {
-        return Err(VmmError::Incompatible(format!(
-            "unknown CPU template {:?}",
-            state.host.cpu_template
-        )));
-    }
-    Ok(())
-}
-
 /// Rebuild a machine from `state`. Its event sources join `event_loop`.
 pub fn restore_machine(
     state: &MachineState,
@@ -84,7 +66,12 @@ pub fn restore_machine(
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
     let kvm = open_kvm()?;
-    check_compatible(state, &kvm)?;
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
+        state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
+    check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
     let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
     let vm_args = VmConstructorArgs {
         kvm: &kvm,
@@ -185,8 +172,7 @@ pub fn restore_machine(
         .into_iter()
         .map(|v| v.start(!opts.resume))
         .collect::<Result<Vec<_>, _>>()?;
-    let template = crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template)
-        .unwrap_or_default();
+    let template = CpuTemplate::from_name(&state.host.cpu_template).unwrap_or_default();
     let spec = BuildSpec {
         image: KernelImage::Linux {
             kernel: PathBuf::new(),
