@@ -337,14 +337,9 @@ fn vcpu_state_round_trips_through_a_new_vm() {
     assert_vcpu_states_match(&saved, &restored.save().unwrap());
 }
 
-#[test]
-fn a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index() {
-    if !kvm_available("a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index") {
-        return;
-    }
-    let kvm = Kvm::new().unwrap();
-    let mem = mem();
-    let vm = new_vm(&kvm, &mem);
+/// The state of a vCPU given [`set_vcpu_values`], in a VM of its own.
+fn saved_vcpu_state(kvm: &Kvm, mem: &GuestMemoryMmap) -> VcpuState {
+    let vm = new_vm(kvm, mem);
     let vcpu = Vcpu::new(
         &vm,
         0,
@@ -354,16 +349,26 @@ fn a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index() {
         Arc::new(ExitSignal::new().unwrap()),
     )
     .unwrap();
-    set_vcpu_values(&kvm, &vcpu);
-    let mut state = vcpu.save().unwrap();
+    set_vcpu_values(kvm, &vcpu);
+    vcpu.save().unwrap()
+}
+
+#[test]
+fn a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index() {
+    if !kvm_available("a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index") {
+        return;
+    }
+    let kvm = Kvm::new().unwrap();
+    let mem = mem();
+    let mut state = saved_vcpu_state(&kvm, &mem);
     // Not an MSR on any x86 CPU: KVM refuses it (unless the host sets kvm.ignore_msrs).
     state.msrs.push(kvm_msr_entry {
         index: 0x4b56_4dff,
         data: 1,
         ..Default::default()
     });
-    let vm2 = new_vm(&kvm, &mem);
-    match Vcpu::restore(vcpu_args(&vm2, &mem), &state) {
+    let vm = new_vm(&kvm, &mem);
+    match Vcpu::restore(vcpu_args(&vm, &mem), &state) {
         Err(e) => {
             let msg = e.to_string();
             assert!(
@@ -373,6 +378,27 @@ fn a_vcpu_state_with_an_unknown_msr_is_refused_with_its_index() {
         }
         Ok(_) => assert!(ignore_msrs(), "KVM accepted MSR 0x4b564dff"),
     }
+}
+
+#[test]
+fn a_vcpu_state_kvm_refuses_is_refused_naming_the_vcpu_and_the_step() {
+    if !kvm_available("a_vcpu_state_kvm_refuses_is_refused_naming_the_vcpu_and_the_step") {
+        return;
+    }
+    let kvm = Kvm::new().unwrap();
+    let mem = mem();
+    let mut state = saved_vcpu_state(&kvm, &mem);
+    // XCR0 without x87 state is invalid.
+    state.xcrs.xcrs[0].value = 0;
+    let vm = new_vm(&kvm, &mem);
+    let msg = Vcpu::restore(vcpu_args(&vm, &mem), &state)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.starts_with("vCPU 0: KVM_SET_XCRS failed"),
+        "got {msg:?}"
+    );
 }
 
 /// Whether the host's KVM accepts unknown MSRs (the `kvm.ignore_msrs` module parameter).

@@ -116,6 +116,50 @@ impl Vcpu {
         }
     }
 
+    /// `e`, saying which vCPU it happened to.
+    fn named(&self, e: VmmError) -> VmmError {
+        match e {
+            VmmError::Vcpu { .. } => e,
+            other => self.state_err(other.to_string()),
+        }
+    }
+
+    fn read_state(&self) -> Result<VcpuState, VmmError> {
+        let fd = self.fd();
+        let mp_state = fd
+            .get_mp_state()
+            .map_err(VmmError::kvm("KVM_GET_MP_STATE"))?;
+        let regs = fd.get_regs().map_err(VmmError::kvm("KVM_GET_REGS"))?;
+        let sregs = fd.get_sregs().map_err(VmmError::kvm("KVM_GET_SREGS"))?;
+        let xsave = fd.get_xsave().map_err(VmmError::kvm("KVM_GET_XSAVE"))?;
+        let xcrs = fd.get_xcrs().map_err(VmmError::kvm("KVM_GET_XCRS"))?;
+        let debug_regs = fd
+            .get_debug_regs()
+            .map_err(VmmError::kvm("KVM_GET_DEBUGREGS"))?;
+        let lapic = fd.get_lapic().map_err(VmmError::kvm("KVM_GET_LAPIC"))?;
+        let tsc_khz = fd.get_tsc_khz().ok();
+        let cpuid = fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::kvm("KVM_GET_CPUID2"))?;
+        let msrs = self.read_msrs()?;
+        let vcpu_events = fd
+            .get_vcpu_events()
+            .map_err(VmmError::kvm("KVM_GET_VCPU_EVENTS"))?;
+        Ok(VcpuState {
+            cpuid: cpuid.as_slice().to_vec(),
+            msrs,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debug_regs,
+            lapic,
+            mp_state,
+            vcpu_events,
+            tsc_khz,
+        })
+    }
+
     fn read_msrs(&self) -> Result<Vec<kvm_msr_entry>, VmmError> {
         let entries: Vec<kvm_msr_entry> = self
             .saved_msrs()
@@ -190,39 +234,7 @@ impl<'a> Persist<'a> for Vcpu {
 
     /// Capture the state of this paused vCPU: the MSRs are its VM's `saved_msrs`.
     fn save(&self) -> Result<VcpuState, VmmError> {
-        let fd = self.fd();
-        let mp_state = fd
-            .get_mp_state()
-            .map_err(VmmError::kvm("KVM_GET_MP_STATE"))?;
-        let regs = fd.get_regs().map_err(VmmError::kvm("KVM_GET_REGS"))?;
-        let sregs = fd.get_sregs().map_err(VmmError::kvm("KVM_GET_SREGS"))?;
-        let xsave = fd.get_xsave().map_err(VmmError::kvm("KVM_GET_XSAVE"))?;
-        let xcrs = fd.get_xcrs().map_err(VmmError::kvm("KVM_GET_XCRS"))?;
-        let debug_regs = fd
-            .get_debug_regs()
-            .map_err(VmmError::kvm("KVM_GET_DEBUGREGS"))?;
-        let lapic = fd.get_lapic().map_err(VmmError::kvm("KVM_GET_LAPIC"))?;
-        let tsc_khz = fd.get_tsc_khz().ok();
-        let cpuid = fd
-            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmmError::kvm("KVM_GET_CPUID2"))?;
-        let msrs = self.read_msrs()?;
-        let vcpu_events = fd
-            .get_vcpu_events()
-            .map_err(VmmError::kvm("KVM_GET_VCPU_EVENTS"))?;
-        Ok(VcpuState {
-            cpuid: cpuid.as_slice().to_vec(),
-            msrs,
-            regs,
-            sregs,
-            xsave,
-            xcrs,
-            debug_regs,
-            lapic,
-            mp_state,
-            vcpu_events,
-            tsc_khz,
-        })
+        self.read_state().map_err(|e| self.named(e))
     }
 
     /// A new vCPU `args.index` in `args.vm`, loaded with `state`; its thread is not started.
@@ -230,7 +242,7 @@ impl<'a> Persist<'a> for Vcpu {
         let vcpu = Vcpu::new(
             args.vm, args.index, args.pio, args.mmio, args.mem, args.exit,
         )?;
-        vcpu.load_state(state)?;
+        vcpu.load_state(state).map_err(|e| vcpu.named(e))?;
         Ok(vcpu)
     }
 }
