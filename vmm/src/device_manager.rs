@@ -95,12 +95,22 @@ pub struct LegacyState {
 
 impl LegacyDevices {
     /// Capture both devices' states.
-    pub fn save(&self) -> LegacyState {
+    pub fn save(&self) -> Result<LegacyState, VmmError> {
         use cairn_snapshot::Persist;
-        LegacyState {
-            serial: self.serial.lock().unwrap_or_else(|p| p.into_inner()).save(),
-            i8042: self.i8042.lock().unwrap_or_else(|p| p.into_inner()).save(),
-        }
+        Ok(LegacyState {
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .save()
+                .map_err(|e| dev_err("serial", e))?,
+            i8042: self
+                .i8042
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .save()
+                .map_err(|e| dev_err("i8042", e))?,
+        })
     }
 }
 

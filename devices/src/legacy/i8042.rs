@@ -241,19 +241,19 @@ pub struct I8042ConstructorArgs {
     pub kbd_evt: Option<EventFd>,
 }
 
-impl Persist for I8042Device {
+impl Persist<'_> for I8042Device {
     type State = I8042State;
     type ConstructorArgs = I8042ConstructorArgs;
     type Error = I8042Error;
 
-    fn save(&self) -> I8042State {
-        I8042State {
+    fn save(&self) -> Result<I8042State, I8042Error> {
+        Ok(I8042State {
             status: self.status,
             control: self.control,
             outp: self.outp,
             cmd: self.cmd,
             buf: self.buf.iter().copied().collect(),
-        }
+        })
     }
 
     fn restore(args: I8042ConstructorArgs, state: &I8042State) -> Result<Self, I8042Error> {
@@ -370,13 +370,13 @@ mod tests {
         dev.write(OFS_DATA, &[CB_POST_OK | CB_AUX_DISABLED]);
         dev.write(OFS_STATUS, &[CMD_SELF_TEST]);
         dev.write(OFS_STATUS, &[CMD_WRITE_CTR]); // pending data byte
-        let state = dev.save();
+        let state = dev.save().unwrap();
         let args = I8042ConstructorArgs {
             reset_evt: evt(),
             kbd_evt: None,
         };
         let mut restored = I8042Device::restore(args, &state).unwrap();
-        assert_eq!(restored.save(), state);
+        assert_eq!(restored.save().unwrap(), state);
         assert_eq!(
             rd(&mut restored, OFS_STATUS) & SB_I8042_CMD_DATA,
             SB_I8042_CMD_DATA

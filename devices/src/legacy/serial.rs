@@ -259,13 +259,13 @@ impl std::fmt::Debug for SerialConstructorArgs {
     }
 }
 
-impl Persist for SerialDevice {
+impl Persist<'_> for SerialDevice {
     type State = SerialDeviceState;
     type ConstructorArgs = SerialConstructorArgs;
     type Error = SerialError;
 
-    fn save(&self) -> SerialDeviceState {
-        self.uart.state().into()
+    fn save(&self) -> Result<SerialDeviceState, SerialError> {
+        Ok(self.uart.state().into())
     }
 
     fn restore(
@@ -410,7 +410,7 @@ mod tests {
         dev.write(7, &[0x5a]);
         dev.write(IER, &[0x01]);
         dev.enqueue_input(b"abc").unwrap();
-        let state = dev.save();
+        let state = dev.save().unwrap();
         assert_eq!(state.in_buffer, b"abc");
         assert_eq!(state.scratch, 0x5a);
 
@@ -421,7 +421,7 @@ mod tests {
             input_ready: None,
         };
         let mut restored = SerialDevice::restore(args, &state).unwrap();
-        assert_eq!(restored.save(), state);
+        assert_eq!(restored.save().unwrap(), state);
         // The pending RDA interrupt is re-raised on restore.
         assert_eq!(irq.read().unwrap(), 1);
         assert_eq!(read(&mut restored, 0), b'a');

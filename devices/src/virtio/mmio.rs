@@ -530,12 +530,12 @@ impl std::fmt::Debug for MmioTransportConstructorArgs {
     }
 }
 
-impl Persist for MmioTransport {
+impl Persist<'_> for MmioTransport {
     type State = MmioTransportState;
     type ConstructorArgs = MmioTransportConstructorArgs;
     type Error = MmioError;
 
-    fn save(&self) -> MmioTransportState {
+    fn save(&self) -> Result<MmioTransportState, MmioError> {
         let device = lock(&self.device);
         let live = device.queues();
         let queues = if device.is_activated() && live.len() == self.queues.len() {
@@ -543,7 +543,7 @@ impl Persist for MmioTransport {
         } else {
             self.queues.iter().map(|q| q.state().into()).collect()
         };
-        MmioTransportState {
+        Ok(MmioTransportState {
             device_status: self.device_status,
             features_select: self.features_select,
             acked_features_select: self.acked_features_select,
@@ -552,7 +552,7 @@ impl Persist for MmioTransport {
             queues,
             interrupt_status: self.interrupt.status(),
             config_generation: self.config_generation,
-        }
+        })
     }
 
     /// Rebuild the transport; if the driver had set DRIVER_OK (and the device was not refused),

@@ -15,8 +15,11 @@ use cairn_devices::virtio::net::{Net, Tap};
 use cairn_devices::virtio::rng::Rng;
 use cairn_devices::virtio::vsock::Vsock;
 use cairn_snapshot::Persist;
+use kvm_bindings::kvm_cpuid_entry2;
 
+use crate::arch::x86_64::cpuid::CpuTemplate;
 use crate::builder::{register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage};
+use crate::checkpoint::compat::{check_compatible, host_cpuid};
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
 use crate::device_manager::{
@@ -27,7 +30,8 @@ use crate::event_loop::EventLoop;
 use crate::machine::{Machine, RunState};
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
-use crate::vstate::vcpu_state::restore_vcpu_state;
+use crate::vstate::vcpu_state::VcpuConstructorArgs;
+use crate::vstate::vm::{Vm, VmConstructorArgs};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -51,27 +55,6 @@ fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
     }
 }
 
-/// Refuse a snapshot this host cannot run.
-fn check_compatible(state: &MachineState, kvm: &kvm_ioctls::Kvm) -> Result<(), VmmError> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-    let vendor = crate::arch::x86_64::cpuid::vendor(&supported);
-    if vendor != state.host.cpu_vendor {
-        return Err(VmmError::Incompatible(format!(
-            "taken on a {} host, this host is {vendor}",
-            state.host.cpu_vendor
-        )));
-    }
-    if crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template).is_none() {
-        return Err(VmmError::Incompatible(format!(
-            "unknown CPU template {:?}",
-            state.host.cpu_template
-        )));
-    }
-    Ok(())
-}
-
 /// Rebuild a machine from `state`. Its event sources join `event_loop`.
 pub fn restore_machine(
     state: &MachineState,
@@ -81,11 +64,20 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
+    let PreparedVm { kvm, vm } = prewarm::take()?;
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
+        state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
+    check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
     let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
-    let PreparedVm { kvm, mut vm } = prewarm::take()?;
-    check_compatible(state, &kvm)?;
-    vm.register_memory(&mem, opts.track_dirty_pages)?;
-    vm.restore_state(&state.vm)?;
+    let vm_args = VmConstructorArgs {
+        vm,
+        mem: &mem,
+        track_dirty_pages: opts.track_dirty_pages,
+    };
+    let vm = Vm::restore(vm_args, &state.vm)?;
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -165,26 +157,21 @@ pub fn restore_machine(
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (i, vcpu_state) in state.vcpus.iter().enumerate() {
-        let mut vcpu = Vcpu::new(
-            &vm,
-            i as u8,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            exit.clone(),
-        )?;
-        restore_vcpu_state(vcpu.fd_mut(), vcpu_state).map_err(|e| VmmError::Vcpu {
+        let args = VcpuConstructorArgs {
+            vm: &vm,
             index: i as u8,
-            reason: e.to_string(),
-        })?;
-        vcpus.push(vcpu);
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            exit: exit.clone(),
+        };
+        vcpus.push(Vcpu::restore(args, vcpu_state)?);
     }
     let handles = vcpus
         .into_iter()
         .map(|v| v.start(!opts.resume))
         .collect::<Result<Vec<_>, _>>()?;
-    let template = crate::arch::x86_64::cpuid::CpuTemplate::from_name(&state.host.cpu_template)
-        .unwrap_or_default();
+    let template = CpuTemplate::from_name(&state.host.cpu_template).unwrap_or_default();
     let spec = BuildSpec {
         image: KernelImage::Linux {
             kernel: PathBuf::new(),

@@ -12,10 +12,10 @@ use cairn_snapshot::file::FileKind;
 use cairn_snapshot::Persist;
 use serde::{Deserialize, Serialize};
 
-use crate::device_manager::{LegacyState, VirtioHandle};
+use crate::device_manager::{LegacyState, VirtioAttachment, VirtioHandle};
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
-use crate::vstate::vcpu_state::{save_vcpu_state, saveable_msrs, VcpuState};
+use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
 /// Version of the machine state layout. Bump on any incompatible change.
@@ -92,38 +92,16 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
             "the VM must be paused to be snapshotted".into(),
         ));
     }
-    let msrs = saveable_msrs(machine.kvm())?;
     let mut vcpus = Vec::with_capacity(machine.vcpus().len());
     for handle in machine.vcpus() {
-        let msrs = msrs.clone();
-        let index = handle.index();
-        let state = handle
-            .with_fd(
-                move |fd| save_vcpu_state(fd, &msrs, kvm_bindings::KVM_MAX_CPUID_ENTRIES),
-                std::time::Duration::from_secs(2),
-            )?
-            .map_err(|e| VmmError::Vcpu {
-                index,
-                reason: e.to_string(),
-            })?;
+        let state = handle.with_vcpu(|vcpu| vcpu.save(), std::time::Duration::from_secs(2))??;
         vcpus.push(state);
     }
     let virtio = machine
         .virtio_devices()
         .iter()
-        .map(|a| VirtioSlotState {
-            id: a.id.clone(),
-            base: a.slot.base,
-            irq: a.slot.irq,
-            transport: lock(&a.transport).save(),
-            device: match &a.device {
-                VirtioHandle::Block(d) => VirtioDeviceState::Block(lock(d).save()),
-                VirtioHandle::Net(d) => VirtioDeviceState::Net(lock(d).save()),
-                VirtioHandle::Vsock(d) => VirtioDeviceState::Vsock(lock(d).save()),
-                VirtioHandle::Rng(d) => VirtioDeviceState::Rng(lock(d).save()),
-            },
-        })
-        .collect();
+        .map(save_virtio)
+        .collect::<Result<_, _>>()?;
     let supported = machine
         .kvm()
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -136,10 +114,43 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
         },
         regions: machine_regions(machine),
         track_dirty_pages: machine.vm().dirty_tracking(),
-        vm: machine.vm().save_state()?,
+        vm: machine.vm().save()?,
         vcpus,
-        legacy: machine.legacy().save(),
+        legacy: machine.legacy().save()?,
         virtio,
+    })
+}
+
+/// Save one virtio device and its transport.
+fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
+    let err = |e: &dyn std::fmt::Display| VmmError::Device {
+        device: a.id.clone(),
+        reason: e.to_string(),
+    };
+    let device = match &a.device {
+        VirtioHandle::Block(d) => lock(d)
+            .save()
+            .map(VirtioDeviceState::Block)
+            .map_err(|e| err(&e)),
+        VirtioHandle::Net(d) => lock(d)
+            .save()
+            .map(VirtioDeviceState::Net)
+            .map_err(|e| err(&e)),
+        VirtioHandle::Vsock(d) => lock(d)
+            .save()
+            .map(VirtioDeviceState::Vsock)
+            .map_err(|e| err(&e)),
+        VirtioHandle::Rng(d) => lock(d)
+            .save()
+            .map(VirtioDeviceState::Rng)
+            .map_err(|e| err(&e)),
+    }?;
+    Ok(VirtioSlotState {
+        id: a.id.clone(),
+        base: a.slot.base,
+        irq: a.slot.irq,
+        transport: lock(&a.transport).save().map_err(|e| err(&e))?,
+        device,
     })
 }
 

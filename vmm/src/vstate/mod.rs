@@ -5,3 +5,6 @@ pub mod prewarm;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
+
+#[cfg(test)]
+mod tests;

@@ -134,8 +134,8 @@ pub enum VcpuRequest {
     Resume,
     /// End the thread.
     Exit,
-    /// Run `f` on the parked vCPU's fd (state save/restore) and send back its result.
-    WithFd(Box<dyn FnOnce(&mut VcpuFd) + Send>),
+    /// Run `f` on the parked vCPU (state save, inspection) and send back its result.
+    WithVcpu(Box<dyn FnOnce(&mut Vcpu) + Send>),
 }
 
 impl std::fmt::Debug for VcpuRequest {
@@ -144,7 +144,7 @@ impl std::fmt::Debug for VcpuRequest {
             Self::Pause => write!(f, "Pause"),
             Self::Resume => write!(f, "Resume"),
             Self::Exit => write!(f, "Exit"),
-            Self::WithFd(_) => write!(f, "WithFd"),
+            Self::WithVcpu(_) => write!(f, "WithVcpu"),
         }
     }
 }
@@ -194,6 +194,7 @@ pub struct Vcpu {
     mmio: Arc<Bus>,
     mem: GuestMemoryMmap,
     exit: Arc<ExitSignal>,
+    saved_msrs: Vec<u32>,
 }
 
 /// Everything a vCPU needs to be set up for boot.
@@ -232,6 +233,7 @@ impl Vcpu {
             mmio,
             mem,
             exit,
+            saved_msrs: vm.saved_msrs().to_vec(),
         })
     }
 
@@ -240,9 +242,19 @@ impl Vcpu {
         self.index
     }
 
-    /// The vCPU fd (for state save/restore before the thread starts).
+    /// The vCPU fd.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// The vCPU fd, mutably.
     pub fn fd_mut(&mut self) -> &mut VcpuFd {
         &mut self.fd
+    }
+
+    /// The MSRs [`cairn_snapshot::Persist::save`] captures (the VM's `saved_msrs`).
+    pub fn saved_msrs(&self) -> &[u32] {
+        &self.saved_msrs
     }
 
     /// Set CPUID, MSRs, registers, FPU and LAPIC for boot.
@@ -359,7 +371,7 @@ impl Vcpu {
                         let _ = events.send(VcpuEvent::Resumed);
                     }
                     VcpuRequest::Exit => break 'outer,
-                    VcpuRequest::WithFd(f) => f(&mut self.fd),
+                    VcpuRequest::WithVcpu(f) => f(&mut self),
                 }
             }
             if let Some(reason) = self.run_once() {
@@ -533,20 +545,30 @@ impl VcpuHandle {
         }
     }
 
-    /// Run `f` with the parked vCPU's fd and return its result. The vCPU must be paused.
-    pub fn with_fd<T: Send + 'static>(
+    /// Run `f` on the parked vCPU (e.g. [`cairn_snapshot::Persist::save`]) and return its
+    /// result. The vCPU must be paused.
+    pub fn with_vcpu<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut VcpuFd) -> T + Send + 'static,
+        f: impl FnOnce(&mut Vcpu) -> T + Send + 'static,
         timeout: Duration,
     ) -> Result<T, VmmError> {
         let (tx, rx) = mpsc::channel();
-        self.send(VcpuRequest::WithFd(Box::new(move |fd| {
-            let _ = tx.send(f(fd));
+        self.send(VcpuRequest::WithVcpu(Box::new(move |vcpu| {
+            let _ = tx.send(f(vcpu));
         })))?;
         rx.recv_timeout(timeout).map_err(|_| VmmError::Vcpu {
             index: self.index,
             reason: "did not answer a state request".into(),
         })
+    }
+
+    /// [`VcpuHandle::with_vcpu`] with just the vCPU's fd.
+    pub fn with_fd<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut VcpuFd) -> T + Send + 'static,
+        timeout: Duration,
+    ) -> Result<T, VmmError> {
+        self.with_vcpu(move |vcpu| f(vcpu.fd_mut()), timeout)
     }
 
     /// Stop the thread and wait for it.

@@ -1,4 +1,7 @@
 //! The KVM VM: irqchip, PIT, memory slots, clock.
+//!
+//! The VM's in-kernel state (PIC master and slave, IOAPIC, PIT, kvmclock) is saved and restored
+//! through [`Persist`]: restoring builds a fresh VM over the given guest memory and loads it.
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
@@ -7,9 +10,11 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use cairn_devices::GuestMemoryMmap;
+use cairn_snapshot::Persist;
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::error::VmmError;
+use crate::vstate::vcpu_state::saveable_msrs;
 
 /// A KVM VM with an in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
 #[derive(Debug)]
@@ -17,6 +22,7 @@ pub struct Vm {
     fd: VmFd,
     dirty_tracking: bool,
     slots: Vec<(u32, u64, u64)>,
+    saved_msrs: Vec<u32>,
 }
 
 impl Vm {
@@ -39,7 +45,14 @@ impl Vm {
             fd,
             dirty_tracking: false,
             slots: vec![],
+            saved_msrs: saveable_msrs(kvm)?,
         })
+    }
+
+    /// The MSRs a checkpoint of this VM's vCPUs saves: those of
+    /// [`crate::arch::x86_64::msr::SAVED_MSRS`] this host's KVM lists.
+    pub fn saved_msrs(&self) -> &[u32] {
+        &self.saved_msrs
     }
 
     /// The raw VM fd.
@@ -126,6 +139,18 @@ impl std::fmt::Debug for VmState {
     }
 }
 
+/// What [`Vm::restore`] needs: a fresh VM, and the guest memory it is built over.
+#[derive(Debug)]
+pub struct VmConstructorArgs<'a> {
+    /// A VM with no memory slots yet, from [`Vm::new`] or `vstate::prewarm` (which has made it
+    /// ahead of time).
+    pub vm: Vm,
+    /// Guest RAM, registered as the new VM's memory slots.
+    pub mem: &'a GuestMemoryMmap,
+    /// Turn on KVM dirty logging for those slots.
+    pub track_dirty_pages: bool,
+}
+
 impl Vm {
     fn irqchip(&self, chip_id: u32) -> Result<kvm_bindings::kvm_irqchip, VmmError> {
         let mut chip = kvm_bindings::kvm_irqchip {
@@ -137,9 +162,15 @@ impl Vm {
             .map_err(VmmError::kvm("KVM_GET_IRQCHIP"))?;
         Ok(chip)
     }
+}
+
+impl<'a> Persist<'a> for Vm {
+    type State = VmState;
+    type ConstructorArgs = VmConstructorArgs<'a>;
+    type Error = VmmError;
 
     /// Capture the VM-wide state (vCPUs paused).
-    pub fn save_state(&self) -> Result<VmState, VmmError> {
+    fn save(&self) -> Result<VmState, VmmError> {
         Ok(VmState {
             pic_master: self.irqchip(kvm_bindings::KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: self.irqchip(kvm_bindings::KVM_IRQCHIP_PIC_SLAVE)?,
@@ -152,22 +183,24 @@ impl Vm {
         })
     }
 
-    /// Load a saved VM-wide state into this (fresh) VM.
-    pub fn restore_state(&self, state: &VmState) -> Result<(), VmmError> {
-        self.fd
+    /// `args.vm` over `args.mem`, with the saved PIT, clock and interrupt controllers loaded.
+    fn restore(args: VmConstructorArgs<'a>, state: &VmState) -> Result<Self, VmmError> {
+        let mut vm = args.vm;
+        vm.register_memory(args.mem, args.track_dirty_pages)?;
+        vm.fd
             .set_pit2(&state.pit)
             .map_err(VmmError::kvm("KVM_SET_PIT2"))?;
         let mut clock = state.clock;
         // Only the clock value is restored; KVM rejects flags it set itself.
         clock.flags = 0;
-        self.fd
+        vm.fd
             .set_clock(&clock)
             .map_err(VmmError::kvm("KVM_SET_CLOCK"))?;
         for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
-            self.fd
+            vm.fd
                 .set_irqchip(chip)
                 .map_err(VmmError::kvm("KVM_SET_IRQCHIP"))?;
         }
-        Ok(())
+        Ok(vm)
     }
 }

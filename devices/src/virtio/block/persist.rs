@@ -36,17 +36,17 @@ impl std::fmt::Debug for BlockConstructorArgs {
     }
 }
 
-impl Persist for Block {
+impl Persist<'_> for Block {
     type State = BlockState;
     type ConstructorArgs = BlockConstructorArgs;
     type Error = BlockError;
 
-    fn save(&self) -> BlockState {
-        BlockState {
+    fn save(&self) -> Result<BlockState, BlockError> {
+        Ok(BlockState {
             config: self.config.clone(),
             acked_features: self.acked_features,
             disk_len: self.disk_len,
-        }
+        })
     }
 
     fn restore(args: BlockConstructorArgs, state: &BlockState) -> Result<Self, BlockError> {

@@ -416,7 +416,7 @@ fn persist_round_trip_reactivates_device() {
     dev.lock().unwrap().queues[0].set_next_used(3);
     t.interrupt().trigger(IrqKind::Vring).unwrap();
     wr(&mut t, REG_QUEUE_SEL, 1);
-    let state = t.save();
+    let state = t.save().unwrap();
     assert_eq!(state.queues[0].next_avail, 3);
     assert_eq!(state.queue_select, 1);
     assert_eq!(state.acked_features, FEATURES);
@@ -430,7 +430,7 @@ fn persist_round_trip_reactivates_device() {
         &state,
     )
     .unwrap();
-    assert_eq!(restored.save(), state);
+    assert_eq!(restored.save().unwrap(), state);
     let d = fresh.lock().unwrap();
     assert!(d.activated);
     assert_eq!(d.queues[0].next_avail(), 3);
@@ -443,7 +443,7 @@ fn persist_before_driver_ok_does_not_activate() {
     let (mut t, _dev) = setup();
     negotiate(&mut t);
     setup_queue(&mut t, 0, 0x1000);
-    let state = t.save();
+    let state = t.save().unwrap();
     let fresh = Arc::new(Mutex::new(Dummy::default()));
     let mut restored = MmioTransport::restore(
         MmioTransportConstructorArgs {
@@ -453,7 +453,7 @@ fn persist_before_driver_ok_does_not_activate() {
         &state,
     )
     .unwrap();
-    assert_eq!(restored.save(), state);
+    assert_eq!(restored.save().unwrap(), state);
     assert!(!fresh.lock().unwrap().activated);
     // The driver can finish the sequence on the restored transport.
     setup_queue(&mut restored, 1, 0x2000);
@@ -468,7 +468,7 @@ fn persist_before_driver_ok_does_not_activate() {
 #[test]
 fn restore_rejects_inconsistent_state() {
     let (t, _dev) = setup();
-    let good = t.save();
+    let good = t.save().unwrap();
     let args = || MmioTransportConstructorArgs {
         mem: mem(),
         device: Arc::new(Mutex::new(Dummy::default())),

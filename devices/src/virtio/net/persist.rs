@@ -37,16 +37,16 @@ impl NetConstructorArgs<Tap> {
     }
 }
 
-impl<B: NetBackend> Persist for Net<B> {
+impl<B: NetBackend> Persist<'_> for Net<B> {
     type State = NetState;
     type ConstructorArgs = NetConstructorArgs<B>;
     type Error = NetError;
 
-    fn save(&self) -> NetState {
-        NetState {
+    fn save(&self) -> Result<NetState, NetError> {
+        Ok(NetState {
             config: self.config.clone(),
             acked_features: self.acked_features,
-        }
+        })
     }
 
     fn restore(args: NetConstructorArgs<B>, state: &NetState) -> Result<Self, NetError> {
@@ -89,7 +89,7 @@ mod tests {
             interrupt: Arc::new(IrqTrigger::new().unwrap()),
         })
         .unwrap();
-        let state = net.save();
+        let state = net.save().unwrap();
         assert_eq!(state.acked_features, net.avail_features());
 
         // Through serde, as the VMM stores it.
@@ -99,7 +99,7 @@ mod tests {
         let restored = Net::restore(args(), &state).unwrap();
         // The transport re-activates it with the saved queues.
         assert!(!restored.is_activated());
-        assert_eq!(restored.save(), state);
+        assert_eq!(restored.save().unwrap(), state);
         assert_eq!(restored.acked_features(), net.acked_features());
     }
 
@@ -107,7 +107,8 @@ mod tests {
     fn restore_rejects_a_bad_config() {
         let mut state = Net::with_backend(config(), MockBackend::default())
             .unwrap()
-            .save();
+            .save()
+            .unwrap();
         state.config.host_dev_name.clear();
         assert!(matches!(
             Net::restore(args(), &state),

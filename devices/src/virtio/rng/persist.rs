@@ -14,15 +14,15 @@ pub struct RngState {
     pub acked_features: u64,
 }
 
-impl Persist for Rng {
+impl Persist<'_> for Rng {
     type State = RngState;
     type ConstructorArgs = ();
     type Error = RngError;
 
-    fn save(&self) -> RngState {
-        RngState {
+    fn save(&self) -> Result<RngState, RngError> {
+        Ok(RngState {
             acked_features: self.acked_features,
-        }
+        })
     }
 
     fn restore(_args: (), state: &RngState) -> Result<Self, RngError> {
@@ -40,10 +40,10 @@ mod tests {
     fn persist_round_trip() {
         let mut rng = Rng::new().unwrap();
         rng.set_acked_features(u64::MAX);
-        let state = rng.save();
+        let state = rng.save().unwrap();
         assert_eq!(state.acked_features, rng.avail_features());
         let restored = Rng::restore((), &state).unwrap();
-        assert_eq!(restored.save(), state);
+        assert_eq!(restored.save().unwrap(), state);
         assert!(!restored.is_activated());
     }
 }

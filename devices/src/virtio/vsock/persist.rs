@@ -21,17 +21,17 @@ pub struct VsockState {
     pub acked_features: u64,
 }
 
-impl Persist for Vsock {
+impl Persist<'_> for Vsock {
     type State = VsockState;
     /// Nothing: the device opens its listening socket itself.
     type ConstructorArgs = ();
     type Error = VsockError;
 
-    fn save(&self) -> VsockState {
-        VsockState {
+    fn save(&self) -> Result<VsockState, VsockError> {
+        Ok(VsockState {
             config: self.config.clone(),
             acked_features: self.acked_features,
-        }
+        })
     }
 
     fn restore(_args: (), state: &VsockState) -> Result<Self, VsockError> {
@@ -62,11 +62,11 @@ mod tests {
             uds_path: dir.path().join("v.sock"),
         })
         .unwrap();
-        let state = v.save();
+        let state = v.save().unwrap();
         drop(v);
         let restored = Vsock::restore((), &state).unwrap();
         assert!(!restored.is_activated());
-        assert_eq!(restored.save(), state);
+        assert_eq!(restored.save().unwrap(), state);
     }
 
     #[test]
@@ -84,7 +84,7 @@ mod tests {
         assert_eq!(d.vsock.connection_count(), 1);
         assert_eq!(d.recv()[0].0.op(), Some(Op::Response));
 
-        let state = d.vsock.save();
+        let state = d.vsock.save().unwrap();
         assert_eq!(state.acked_features, d.vsock.avail_features());
         let bytes = serde_json::to_vec(&state).unwrap();
         let state: VsockState = serde_json::from_slice(&bytes).unwrap();
@@ -108,7 +108,7 @@ mod tests {
         drop(std::mem::replace(&mut d.vsock, placeholder));
         d.vsock = Vsock::restore((), &state).unwrap();
         assert!(!d.vsock.is_activated());
-        assert_eq!(d.vsock.save(), state);
+        assert_eq!(d.vsock.save().unwrap(), state);
         d.vsock
             .activate(ActivateContext {
                 mem: mem.clone(),

@@ -529,7 +529,7 @@ fn event_handler_serves_queue_and_follows_reset() {
 fn persist_round_trip() {
     let mut dev = block(false);
     dev.set_acked_features(dev.avail_features() | (1 << 60));
-    let state = dev.save();
+    let state = dev.save().unwrap();
     assert_eq!(
         state.acked_features,
         dev.avail_features(),
@@ -543,7 +543,7 @@ fn persist_round_trip() {
         &state,
     )
     .unwrap();
-    assert_eq!(restored.save(), state);
+    assert_eq!(restored.save().unwrap(), state);
     assert!(!restored.is_activated());
 
     let err = Block::restore(
@@ -633,8 +633,8 @@ fn through_mmio_transport_with_save_and_restore() {
     assert_eq!(used_idx(&vq), 1);
 
     // Checkpoint, then rebuild both from their states on the same memory.
-    let t_state = t.save();
-    let b_state = dev.lock().unwrap().save();
+    let t_state = t.save().unwrap();
+    let b_state = dev.lock().unwrap().save().unwrap();
     assert_eq!(t_state.queues[0].next_avail, 1);
     let disk = MemDisk::new((DISK_SECTORS * SECTOR_SIZE) as usize);
     let dev2 = Arc::new(Mutex::new(
@@ -655,7 +655,7 @@ fn through_mmio_transport_with_save_and_restore() {
     )
     .unwrap();
     assert!(dev2.lock().unwrap().is_activated());
-    assert_eq!(t2.save(), t_state);
+    assert_eq!(t2.save().unwrap(), t_state);
     let mut em2 = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
     em2.add_subscriber(dev2.clone());
     em2.run_with_timeout(100).unwrap();
