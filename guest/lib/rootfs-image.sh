@@ -34,6 +34,8 @@ build_rootfs() {
         return 0
     fi
 
+    # Unpacking the base keeps its owners (root, and a few system users) only when run as root.
+    [ "$(id -u)" = 0 ] || die "building the root disk image needs root; run as root, or pass --no-rootfs"
     log_name="rootfs-$key"
     new_tmp_dir "$log_name"
     root="$tmp_dir/root"

@@ -68,6 +68,8 @@ build_rootfs_base() {
         return 0
     fi
 
+    [ "$(id -u)" = 0 ] ||
+        die "building the root disk's base (debootstrap) needs root; run as root, or pass --no-rootfs"
     log_name="rootfs-base-$rootfs_base_hash"
     new_tmp_dir "$log_name"
     root="$tmp_dir/root"
