@@ -2,7 +2,7 @@
 //! itself) carry a working agent.
 //! - The ext4 root disk (`rootfs=`), booted as `/dev/vda` without an initrd and
 //!   `init=/sbin/cairn-init`: Debian bookworm, whose agent answers on vsock port 52, runs commands
-//!   and moves files.
+//!   and moves files, and is restarted by `cairn-init` after it is killed.
 //! - The initramfs (`initrd=`): its agent answers, and `/init` restarts it after it is killed.
 //!
 //! Each test boots a fresh guest (no checkpoint); guest kernel code is emulated on this project's
@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_agent::client::{Client, ExitStatus};
 use cairn_agent::proto::ExecRequest;
@@ -68,6 +68,45 @@ fn run(vsock: &Path, argv: &[&str]) -> (ExitStatus, String) {
     (status, String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Kill the agent with SIGKILL from a command it runs (its parent; the connection dies with it),
+/// then wait for the init's respawn line and for the new agent to answer.
+fn kill_agent_and_wait_for_its_restart(vm: &Guest, vsock: &Path) {
+    let req = ExecRequest {
+        argv: ["sh", "-c", "kill -9 $PPID"].map(String::from).to_vec(),
+        env: vec![],
+        cwd: None,
+        stdin: false,
+        pty: None,
+    };
+    let mut killed = None;
+    for _ in 0..ATTEMPTS {
+        let mut agent = Client::connect_uds(vsock, AGENT_PORT).expect("connect to the agent");
+        let start = Instant::now();
+        match agent.exec(&req, std::io::empty(), &mut Vec::new(), &mut Vec::new()) {
+            // The agent died under the request: that is the point.
+            Err(_) => {
+                killed = Some(start);
+                break;
+            }
+            // `sh` died at its start (this host's FS-base bug): try again.
+            Ok(ExitStatus::Signal(11)) => continue,
+            Ok(status) => panic!("the agent survived `kill -9 $PPID` ({status:?})"),
+        }
+    }
+    let killed = killed.expect("`sh -c 'kill -9 $PPID'` never ran");
+    vm.wait_for(
+        "cairn-agent exited (status 137); restarting",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(
+        agent_answers(vsock, Duration::from_secs(120)),
+        "the agent did not come back:\n{}",
+        vm.stdout()
+    );
+    eprintln!("agent killed -> answering again: {:?}", killed.elapsed());
+}
+
 fn base_config(guest: &LinuxGuest, vsock: &Path) -> serde_json::Value {
     serde_json::json!({
         "boot-source": {"kernel_image_path": guest.kernel, "boot_args": guest.boot_args},
@@ -77,8 +116,8 @@ fn base_config(guest: &LinuxGuest, vsock: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn rootfs_boots_debian_with_an_agent_that_runs_commands_and_moves_files() {
-    let name = "rootfs_boots_debian_with_an_agent_that_runs_commands_and_moves_files";
+fn rootfs_boots_debian_with_an_agent_that_works_and_is_restarted() {
+    let name = "rootfs_boots_debian_with_an_agent_that_works_and_is_restarted";
     if !kvm_available(name) {
         return;
     }
@@ -111,7 +150,7 @@ fn rootfs_boots_debian_with_an_agent_that_runs_commands_and_moves_files() {
         config["drives"] = serde_json::json!([{
             "drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false,
         }]);
-        let _vm = boot_until_agent_answers(dir.path(), &config, &vsock);
+        let vm = boot_until_agent_answers(dir.path(), &config, &vsock);
 
         let (status, out) = run(&vsock, &["cat", "/etc/debian_version"]);
         assert_eq!(status, ExitStatus::Code(0), "{out}");
@@ -132,6 +171,14 @@ fn rootfs_boots_debian_with_an_agent_that_runs_commands_and_moves_files() {
             .get("/root/payload.bin", &back)
             .unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), payload);
+
+        // cairn-init (dash) restarts the agent too.
+        kill_agent_and_wait_for_its_restart(&vm, &vsock);
+        let (status, out) = run(&vsock, &["wc", "-c", "/root/payload.bin"]);
+        assert_eq!(
+            (status, out.as_str()),
+            (ExitStatus::Code(0), "100000 /root/payload.bin\n")
+        );
     });
 }
 
@@ -155,26 +202,7 @@ fn initramfs_agent_answers_and_init_restarts_it_when_killed() {
             (ExitStatus::Code(0), "agent-in-initramfs\n")
         );
 
-        // Kill the agent from a command it runs (its parent); the connection dies with it.
-        let req = ExecRequest {
-            argv: ["sh", "-c", "kill -9 $PPID"].map(String::from).to_vec(),
-            env: vec![],
-            cwd: None,
-            stdin: false,
-            pty: None,
-        };
-        let mut agent = Client::connect_uds(&vsock, AGENT_PORT).unwrap();
-        let _ = agent.exec(&req, std::io::empty(), &mut Vec::new(), &mut Vec::new());
-        vm.wait_for(
-            "cairn-agent exited (status 137); restarting",
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        assert!(
-            agent_answers(&vsock, Duration::from_secs(120)),
-            "the agent did not come back:\n{}",
-            vm.stdout()
-        );
+        kill_agent_and_wait_for_its_restart(&vm, &vsock);
         let (status, out) = run(&vsock, &["echo", "back"]);
         assert_eq!((status, out.as_str()), (ExitStatus::Code(0), "back\n"));
     });
