@@ -1,11 +1,14 @@
 # shellcheck shell=bash
-# Root disk part of the guest recipe (guest/build --rootfs): debootstrap --variant=minbase bookworm
-# (+ guest/rootfs/ + the agent) -> sparse ext4 image made with mkfs.ext4 -d. Boot it without an initrd:
-# boot_args + "root=/dev/vda rw init=/sbin/cairn-init". This file is part of the rootfs cache key.
+# Root disk, first part: the Debian base tree. debootstrap --variant=minbase bookworm from the host's apt
+# mirror, packed as a zstd tarball (numeric owners, xattrs, ACLs), so that a change of the agent or of
+# guest/rootfs/ only re-packs an image (guest/lib/rootfs-image.sh) instead of re-running debootstrap.
+# This file is part of the base's cache key (and so, through the base key, of the image's).
 
-rootfs_pkgs=(debootstrap e2fsprogs)
+rootfs_pkgs=(debootstrap e2fsprogs zstd)
 rootfs_suite=bookworm
-rootfs_size_mib=1024
+rootfs_variant=minbase
+# tar's options for the base tarball, both ways: keep owners as numbers, file capabilities and ACLs.
+rootfs_tar_opts=(--numeric-owner --xattrs --xattrs-include='*' --acls --zstd)
 
 # apt_mirror: the first Debian mirror this host's apt configuration uses for $rootfs_suite, from
 # /etc/apt/sources.list, /etc/apt/sources.list.d/*.list (one-line format) or *.sources (deb822).
@@ -41,55 +44,44 @@ apt_mirror() {
     done
 }
 
-rootfs_key() { # rootfs_key MIRROR AGENT
-    local f
-    echo "cairn-guest-rootfs suite=$rootfs_suite variant=minbase size_mib=$rootfs_size_mib"
+rootfs_base_key() { # rootfs_base_key MIRROR: everything the base tree depends on, as text
+    echo "cairn-guest-rootfs-base suite=$rootfs_suite variant=$rootfs_variant"
     echo "mirror=$1"
     echo "debootstrap=$(pkg_version debootstrap)"
-    if [ -n "$2" ]; then
-        echo "agent-sha256=$(sha256sum <"$2" | cut -d' ' -f1)"
-    else
-        echo "agent=none"
-    fi
-    for f in "$recipe/lib/rootfs.sh" $(find "$recipe/rootfs" -type f | LC_ALL=C sort); do
-        echo "== ${f#"$recipe"/} $(stat -c %a "$f")"
-        cat "$f"
-    done
+    echo "tar=${rootfs_tar_opts[*]}"
+    echo "== lib/rootfs.sh"
+    cat "$recipe/lib/rootfs.sh"
 }
 
-# build_rootfs AGENT: sets rootfs_path to the cached ext4 image, building it first if needed.
-build_rootfs() {
-    local agent=$1 mirror key dir root
+# build_rootfs_base: sets rootfs_base_hash and rootfs_base_path (the cached base.tar.zst),
+# running debootstrap first if needed.
+build_rootfs_base() {
+    local mirror dir root t0=$SECONDS
     ensure_pkgs "${rootfs_pkgs[@]}"
     mirror=$(apt_mirror | head -n1)
     [ -n "$mirror" ] || die "no Debian mirror for $rootfs_suite found in /etc/apt/sources.list{,.d/}"
-    key=$(rootfs_key "$mirror" "$agent" | short_hash)
-    dir="$cache_root/rootfs-$key"
-    rootfs_path="$dir/rootfs.ext4"
-    if [ -f "$rootfs_path" ]; then
-        msg "rootfs: cached $rootfs_path"
+    rootfs_base_hash=$(rootfs_base_key "$mirror" | short_hash)
+    dir="$cache_root/rootfs-base-$rootfs_base_hash"
+    rootfs_base_path="$dir/base.tar.zst"
+    if [ -f "$rootfs_base_path" ]; then
+        msg "rootfs base: cached $rootfs_base_path"
         return 0
     fi
 
-    log_name="rootfs-$key"
+    [ "$(id -u)" = 0 ] ||
+        die "building the root disk's base (debootstrap) needs root; run as root, or pass --no-rootfs"
+    log_name="rootfs-base-$rootfs_base_hash"
     new_tmp_dir "$log_name"
     root="$tmp_dir/root"
     mkdir -p "$tmp_dir/out"
-    msg "rootfs: debootstrap --variant=minbase $rootfs_suite from $mirror (a few minutes)"
+    msg "rootfs base: debootstrap --variant=$rootfs_variant $rootfs_suite from $mirror (a few minutes)"
     run_logged "$tmp_dir/out/build.log" "debootstrap" \
-        debootstrap --variant=minbase "$rootfs_suite" "$root" "$mirror"
+        debootstrap --variant="$rootfs_variant" "$rootfs_suite" "$root" "$mirror"
     rm -rf -- "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    echo cairn >"$root/etc/hostname"
-    # guest/rootfs/: /usr/sbin/cairn-init (init=/sbin/cairn-init; bookworm has merged /usr) and /etc/fstab.
-    cp -a --remove-destination -- "$recipe/rootfs/." "$root/"
-    if [ -n "$agent" ]; then
-        install -m 755 -- "$agent" "$root/usr/sbin/cairn-agent"
-    fi
-    msg "rootfs: mkfs.ext4 -d into a sparse ${rootfs_size_mib} MiB image"
-    truncate -s "${rootfs_size_mib}M" "$tmp_dir/out/rootfs.ext4"
-    run_logged "$tmp_dir/out/build.log" "mkfs.ext4" \
-        mkfs.ext4 -q -F -L cairn-root -E root_owner=0:0 -d "$root" "$tmp_dir/out/rootfs.ext4"
-    rootfs_key "$mirror" "$agent" >"$tmp_dir/out/key.txt"
+    msg "rootfs base: packing the tree"
+    run_logged "$tmp_dir/out/build.log" "tar" \
+        tar -C "$root" "${rootfs_tar_opts[@]}" --sort=name -cf "$tmp_dir/out/base.tar.zst" .
+    rootfs_base_key "$mirror" >"$tmp_dir/out/key.txt"
     publish "$tmp_dir/out" "$dir"
-    msg "rootfs: built $rootfs_path ($(du -h "$rootfs_path" | cut -f1) used)"
+    msg "rootfs base: built $rootfs_base_path ($(du -h "$rootfs_base_path" | cut -f1)) in $((SECONDS - t0)) s"
 }

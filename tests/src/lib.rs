@@ -35,6 +35,10 @@ pub struct LinuxGuest {
     pub initrd: String,
     /// Kernel command line for this host's profile.
     pub boot_args: String,
+    /// The static guest agent in both images (`agent=`), when there is one.
+    pub agent: Option<String>,
+    /// The cached ext4 root disk (`rootfs=`; absent with `--no-rootfs`). Shared: boot a copy.
+    pub rootfs: Option<String>,
 }
 
 /// Build (or fetch from the cache) the Linux guest with `guest/build`.
@@ -53,15 +57,18 @@ pub fn linux_guest_with(args: &[&str]) -> LinuxGuest {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(out.status.success(), "guest/build failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let get = |key: &str| {
+    let find = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("guest/build printed no {key}=: {text}"))
-            .to_string()
+            .map(str::to_string)
     };
+    let get =
+        |key: &str| find(key).unwrap_or_else(|| panic!("guest/build printed no {key}=: {text}"));
     LinuxGuest {
         kernel: get("kernel"),
         initrd: get("initrd"),
         boot_args: get("boot_args"),
+        agent: find("agent"),
+        rootfs: find("rootfs"),
     }
 }

@@ -16,8 +16,12 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Build the guest agent statically (cached by cargo) and return its path.
+/// The static guest agent: `CAIRN_AGENT_BIN` when set (scripts/test exports the one `guest/build`
+/// built), else built here (cached by cargo).
 pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CAIRN_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
     let target_dir = workspace_root().join("target").join("agent-static");
     let status = Command::new(env!("CARGO"))
         .args([
@@ -158,14 +162,13 @@ pub fn agent_answers(uds: &Path, timeout: Duration) -> bool {
     agent_answers_unless_crashed(uds, None, timeout)
 }
 
-/// [`agent_answers`], giving up at once when `vm`'s console shows a kernel panic or a
-/// segfaulting process.
+/// [`agent_answers`], giving up at once when `vm`'s console shows that the guest is lost
+/// ([`guest_crashed`]).
 pub fn agent_answers_unless_crashed(uds: &Path, vm: Option<&Guest>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(vm) = vm {
-            let console = vm.stdout();
-            if console.contains("Kernel panic") || console.contains("segfault at") {
+            if guest_crashed(&vm.stdout()) {
                 return false;
             }
         }
@@ -181,6 +184,14 @@ pub fn agent_answers_unless_crashed(uds: &Path, vm: Option<&Guest>, timeout: Dur
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether a guest console shows a crash the guest does not recover from: a kernel panic (init
+/// died). A process killed by SIGSEGV (`NAME[PID]: segfault at ...`) is not one: the guest's init
+/// restarts the agent when it exits, including when the agent or the `sleep` of its respawn loop
+/// dies of this host's FS-base bug (docs/guest.md).
+pub fn guest_crashed(console: &str) -> bool {
+    console.contains("Kernel panic")
 }
 
 /// How often a guest start is retried. On this project's emulated-KVM hosts a guest process
@@ -273,5 +284,22 @@ pub fn retry_on_guest_flake(name: &str, body: impl Fn()) {
             Err(e) if attempt == TRIES => std::panic::resume_unwind(e),
             Err(_) => eprintln!("{name}: attempt {attempt} failed; retrying with a fresh guest"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_crashed;
+
+    #[test]
+    fn a_segfaulting_process_is_not_a_lost_guest_but_a_panic_is() {
+        let respawned = "[   9.1] cairn-agent[57]: segfault at 0 ip 00000000004a1b2c error 4\n\
+                         cairn-agent exited (status 139); restarting\n\
+                         [   9.9] exe[58]: segfault at 0 ip 00000000004a4d02 error 4 in busybox\n";
+        assert!(!guest_crashed(respawned));
+        assert!(guest_crashed(&format!(
+            "{respawned}[  10.2] exe[1]: segfault at 0\n\
+             Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n"
+        )));
     }
 }
