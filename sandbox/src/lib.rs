@@ -8,5 +8,6 @@ pub mod idle;
 pub mod image;
 pub mod lock;
 pub mod registry;
+pub mod rootdisk;
 pub mod sandbox;
 pub mod vmm_api;

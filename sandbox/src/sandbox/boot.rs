@@ -8,6 +8,7 @@ use super::{
 use crate::image;
 use crate::lock::{FileLock, Mode};
 use crate::registry::{self, Record, Registry, RegistryError, State};
+use crate::rootdisk;
 use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,23 +16,31 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
-/// The VMM config of a new sandbox.
+/// The VMM config of a new sandbox: with a root disk image, the kernel boots from the disk
+/// (no initrd); without one, from the initramfs, the disk then being blank.
 pub fn vm_config(
     paths: &Paths,
     img: &image::GuestImage,
     opts: &CreateOptions,
 ) -> serde_json::Value {
-    serde_json::json!({
-        "boot-source": {
+    let boot_source = match &img.rootfs {
+        Some(_) => serde_json::json!({
+            "kernel_image_path": img.kernel,
+            "boot_args": format!("{} {}", img.boot_args, rootdisk::ROOT_ARGS),
+        }),
+        None => serde_json::json!({
             "kernel_image_path": img.kernel,
             "initrd_path": img.initrd,
             "boot_args": img.boot_args,
-        },
+        }),
+    };
+    serde_json::json!({
+        "boot-source": boot_source,
         "machine-config": {"vcpu_count": opts.cpus, "mem_size_mib": opts.mem_mib},
         "drives": [{
             "drive_id": "disk",
             "path_on_host": paths.disk,
-            "is_root_device": false,
+            "is_root_device": img.rootfs.is_some(),
             "is_read_only": false,
         }],
         "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
@@ -151,6 +160,9 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     let img = image::guest_image();
     pb.finish_and_clear();
     let img = img?;
+    if let Some(note) = &img.note {
+        eprintln!("cairn: note: {note}");
+    }
     let paths = home.paths(name);
     check_socket_path(&paths.api)?;
     check_socket_path(&paths.vsock)?;
@@ -175,7 +187,12 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     };
     // The row claims the name (atomically): a racing create of the same name stops here.
     reg.insert(&record)?;
-    match boot_new(&mut reg, &paths, &img, opts, name) {
+    let booted = prepare_new(home, &paths, &img, opts).and_then(|()| {
+        let took = cold_boot(&mut reg, &paths, name, opts.boot_timeout, "booting")?;
+        eprintln!("{name}: agent answered after {:.1} s", took.1.as_secs_f64());
+        Ok(took.0)
+    });
+    match booted {
         Ok(pid) => {
             reg.set_state(name, State::Running, Some(pid))?;
             if opts.idle_timeout > 0 {
@@ -197,21 +214,42 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     }
 }
 
-pub(crate) fn boot_new(
-    reg: &mut Registry,
+/// Makes a new sandbox's disk and VMM config: the disk is a link to the shared root image
+/// grown to `--disk` GiB (see [`rootdisk`]), or a blank sparse file without a root image.
+pub(crate) fn prepare_new(
+    home: &Home,
     paths: &Paths,
     img: &image::GuestImage,
     opts: &CreateOptions,
-    name: &str,
-) -> Result<u32, SandboxError> {
+) -> Result<(), SandboxError> {
     fs::create_dir_all(&paths.checkpoints).map_err(io_err("create the checkpoint dir"))?;
-    let disk =
-        File::create(&paths.disk).map_err(io_err(format!("create {}", paths.disk.display())))?;
-    disk.set_len(opts.disk_gib << 30)
-        .map_err(io_err(format!("size {}", paths.disk.display())))?;
+    match &img.rootfs {
+        Some(rootfs) => {
+            let base = rootdisk::grown_base(&home.images(), rootfs, opts.disk_gib)?;
+            rootdisk::link_disk(&base, &paths.disk)?;
+        }
+        None => {
+            let disk = File::create(&paths.disk)
+                .map_err(io_err(format!("create {}", paths.disk.display())))?;
+            disk.set_len(opts.disk_gib << 30)
+                .map_err(io_err(format!("size {}", paths.disk.display())))?;
+        }
+    }
     let cfg = vm_config(paths, img, opts);
     fs::write(&paths.config, cfg.to_string())
-        .map_err(io_err(format!("write {}", paths.config.display())))?;
+        .map_err(io_err(format!("write {}", paths.config.display())))
+}
+
+/// Boots the sandbox's VMM from its config (`vm.json`): the kernel, and the disk as the
+/// checkpoint store left it (the head's layers plus the active delta). Records the pid, waits
+/// for the agent; returns the pid and how long the agent took.
+pub(crate) fn cold_boot(
+    reg: &mut Registry,
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+    verb: &str,
+) -> Result<(u32, Duration), SandboxError> {
     let from = console_len(paths);
     let pid = spawn_vmm(
         paths,
@@ -223,15 +261,8 @@ pub(crate) fn boot_new(
         ],
     )?;
     reg.set_state(name, State::Creating, Some(pid))?;
-    let took = wait_agent(
-        paths,
-        pid,
-        opts.boot_timeout,
-        &format!("booting {name}"),
-        from,
-    )?;
-    eprintln!("{name}: agent answered after {:.1} s", took.as_secs_f64());
-    Ok(pid)
+    let took = wait_agent(paths, pid, timeout, &format!("{verb} {name}"), from)?;
+    Ok((pid, took))
 }
 
 #[cfg(test)]
@@ -243,12 +274,23 @@ mod tests {
     fn config_has_every_piece() {
         let home = tempfile::tempdir().unwrap();
         let paths = Home::at(home.path()).unwrap().paths("s");
-        let img = image::GuestImage {
+        let mut img = image::GuestImage {
             kernel: "/k".into(),
             initrd: "/i".into(),
             boot_args: "console=ttyS0".into(),
+            rootfs: None,
+            note: None,
         };
         let cfg = vm_config(&paths, &img, &CreateOptions::default());
+        assert_eq!(cfg["boot-source"]["initrd_path"], "/i");
+        assert_eq!(cfg["drives"][0]["is_root_device"], false);
+        img.rootfs = Some("/r/rootfs.ext4".into());
+        let root = vm_config(&paths, &img, &CreateOptions::default());
+        assert!(root["boot-source"].get("initrd_path").is_none());
+        let args = root["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.starts_with("console=ttyS0 root=/dev/vda rw"), "{args}");
+        assert!(args.contains("noinit_itable"), "{args}");
+        assert_eq!(root["drives"][0]["is_root_device"], true);
         assert_eq!(cfg["machine-config"]["vcpu_count"], 1);
         assert_eq!(
             cfg["drives"][0]["path_on_host"],

@@ -118,6 +118,11 @@ impl Home {
         &self.root
     }
 
+    /// Shared root disk images, grown per disk size (see [`crate::rootdisk`]).
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
     /// The registry.
     pub fn registry(&self) -> Result<Registry, SandboxError> {
         Ok(Registry::open(&self.root)?)
