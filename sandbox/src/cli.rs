@@ -98,6 +98,16 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
+    /// Find and repair what crashes left behind (dead VMMs, stale files, stray directories),
+    /// one line per finding with what was done.
+    Doctor {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -265,6 +275,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             println!("{name}: removed");
             Ok(0)
         }
+        Command::Doctor { json, dry_run } => doctor(home, json, dry_run),
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)
@@ -388,6 +399,25 @@ fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
             r.head_checkpoint.as_deref().unwrap_or("-"),
             now.saturating_sub(r.last_activity),
         );
+    }
+    Ok(0)
+}
+
+fn doctor(home: &Home, json: bool, dry_run: bool) -> Result<u8, CliError> {
+    let findings = cairn_sandbox::doctor::run(home, dry_run)?;
+    if json {
+        let v = serde_json::to_value(&findings).map_err(io::Error::other)?;
+        println!("{v}");
+        return Ok(0);
+    }
+    if findings.is_empty() {
+        println!("all is well");
+    }
+    for f in &findings {
+        match &f.sandbox {
+            Some(n) => println!("{n}: {}: {}", f.found, f.did),
+            None => println!("{}: {}", f.found, f.did),
+        }
     }
     Ok(0)
 }

@@ -17,7 +17,7 @@ pub use checkpoint::{checkpoint_create, checkpoint_list, checkpoint_remove, chec
 pub(crate) use lifecycle::{ensure_running_locked, start_locked, stop_locked};
 pub use lifecycle::{enter, lock, remove, start, stop, touch};
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
-pub use process::{kill_vmm, liveness, ls_json, vmm_alive, Liveness};
+pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
 use crate::image::{self, ImageError};
 use crate::registry::{Registry, RegistryError};

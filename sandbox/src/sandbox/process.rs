@@ -25,6 +25,8 @@ pub enum Liveness {
     Busy,
     /// The registry says a VMM runs, but it is gone or its API does not answer.
     Dead,
+    /// No VMM and no checkpoint: `cairn start` cold-boots it from its disk.
+    Cold,
 }
 
 impl Liveness {
@@ -36,6 +38,7 @@ impl Liveness {
             Liveness::Creating => "creating",
             Liveness::Busy => "busy",
             Liveness::Dead => "dead",
+            Liveness::Cold => "cold",
         }
     }
 }
@@ -62,11 +65,26 @@ pub fn vmm_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Every live `cairn-vmm` whose working directory is `dir` (each sandbox's VMM runs in its
+/// directory), recorded or not: a CLI that crashed between spawning a VMM and recording it
+/// leaves one behind, and it must not share the disk with a second.
+pub fn vmms_in(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            vmm_alive(pid) && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+        })
+        .collect()
+}
+
 /// The live state of a recorded sandbox.
 pub fn liveness(r: &Record) -> Liveness {
     let alive = r.pid.is_some_and(vmm_alive);
     match r.state {
         State::Stopped => Liveness::Stopped,
+        State::Cold => Liveness::Cold,
         State::Creating if alive => Liveness::Creating,
         State::Running if alive && vmm_api::answers(&r.api_sock) => Liveness::Running,
         _ if lock_held(&r.dir.join("lock")) => Liveness::Busy,
