@@ -88,10 +88,14 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
-    /// Start a stopped sandbox from its latest checkpoint.
+    /// Start a stopped sandbox from its latest checkpoint (or boot it from its disk when it
+    /// has none); reboots one whose agent does not answer.
     Start {
         /// Sandbox name.
         name: String,
+        /// Boot a fresh VM from the sandbox's disk instead (files kept, processes lost).
+        #[arg(long)]
+        cold: bool,
     },
     /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
     Rm {
@@ -248,7 +252,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::Exec { name, args } => {
             let (r, _active) = sandbox::enter(home, &name)?;
-            let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+            let mut client = connect_agent(&r)?;
             let code = agent_cmd::exec(&mut client, args);
             let _ = sandbox::touch(home, &name);
             Ok(code?)
@@ -264,9 +268,11 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        Command::Start { name } => {
-            if !sandbox::start(home, &name)? {
-                println!("{name}: already running");
+        Command::Start { name, cold } => {
+            match sandbox::start_with(home, &name, cold)? {
+                sandbox::Started::AlreadyRunning => println!("{name}: already running"),
+                sandbox::Started::Started => println!("{name}: running"),
+                sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
             }
             Ok(0)
         }
@@ -284,6 +290,19 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
     }
 }
 
+/// Connects to the sandbox's guest agent; an agent that does not answer gets a hint.
+fn connect_agent(r: &Record) -> Result<Client, CliError> {
+    Client::connect_uds(&r.vsock_sock, AGENT_PORT).map_err(|e| {
+        CliError::Usage(format!(
+            "the guest agent of {:?} does not answer: {} (hint: `cairn start {} --cold` reboots \
+             it from its disk: files are kept, processes lost)",
+            r.name,
+            cairn_agent::error_text(&e),
+            r.name
+        ))
+    })
+}
+
 fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
     let (name, put, local, remote) = match (parse_cp_arg(src), parse_cp_arg(dst)) {
         (CpArg::Local(l), CpArg::Remote(n, r)) => (n, true, l, r),
@@ -296,7 +315,7 @@ fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
         }
     };
     let (r, _active) = sandbox::enter(home, &name)?;
-    let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+    let mut client = connect_agent(&r)?;
     let start = Instant::now();
     let stats = if put {
         client.put(&local, &remote)?

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 /// Kernel command-line arguments that boot from the root disk (appended to the image's own).
 pub const ROOT_ARGS: &str =
-    "root=/dev/vda rw rootfstype=ext4 rootflags=noinit_itable init=/sbin/cairn-init";
+    "root=/dev/vda rw rootfstype=ext4 rootflags=noinit_itable,no_prefetch_block_bitmaps init=/sbin/cairn-init";
 
 /// Largest `--disk`, GiB (ext4 with 4 KiB blocks and 64bit goes far beyond; this only catches
 /// typos).

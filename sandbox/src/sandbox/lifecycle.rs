@@ -1,12 +1,14 @@
 //! Waking, stopping, starting and removing a sandbox, each under its lifecycle lock.
 
 use super::{
-    console_len, create_checkpoint_at, io_err, kill_vmm, liveness, spawn_vmm, vmm_alive,
-    wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
+    cold_boot, console_len, create_checkpoint_at, io_err, kill_vmm, liveness, spawn_vmm, vmm_alive,
+    vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
 };
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, State};
 use crate::vmm_api;
+use cairn_agent::client::Client;
+use cairn_agent::proto::AGENT_PORT;
 use std::fs;
 use std::io;
 use std::time::{Duration, Instant};
@@ -61,11 +63,9 @@ pub(crate) fn start_locked(
     ckpt: Option<&str>,
 ) -> Result<(), SandboxError> {
     let paths = home.paths(&r.name);
-    if let Some(pid) = r.pid {
-        kill_vmm(pid);
-    }
+    end_vmms(&paths, r);
     let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
-        return Err(SandboxError::NoHead(r.name.clone()));
+        return cold_start_locked(home, reg, r);
     };
     let head = head.to_string();
     let start = Instant::now();
@@ -113,23 +113,111 @@ pub(crate) fn start_locked(
     Ok(())
 }
 
-/// `cairn start NAME`: no-op when it runs already.
-pub fn start(home: &Home, name: &str) -> Result<bool, SandboxError> {
+/// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one
+/// left by a CLI that crashed before recording it): two VMMs must never share a disk.
+fn end_vmms(paths: &Paths, r: &Record) {
+    if let Some(pid) = r.pid {
+        kill_vmm(pid);
+    }
+    for pid in vmms_in(&paths.dir) {
+        kill_vmm(pid);
+    }
+}
+
+/// Boots a fresh VM from the sandbox's own disk (its VMM config; the disk as the checkpoint
+/// store holds it: the head's layers plus everything written since, up to the last flush).
+/// Processes and memory are lost, files are kept.
+pub(crate) fn cold_start_locked(
+    home: &Home,
+    reg: &mut Registry,
+    r: &Record,
+) -> Result<(), SandboxError> {
+    let paths = home.paths(&r.name);
+    if !paths.config.is_file() {
+        return Err(SandboxError::NoHead(r.name.clone()));
+    }
+    end_vmms(&paths, r);
+    let start = Instant::now();
+    let (pid, _) = cold_boot(
+        reg,
+        &paths,
+        &r.name,
+        Duration::from_secs(300),
+        "cold-booting",
+    )
+    .inspect_err(|_| {
+        // Leave the row saying what the sandbox can do next.
+        let _ = reg.set_state(&r.name, State::Cold, None);
+    })?;
+    reg.set_state(&r.name, State::Running, Some(pid))?;
+    eprintln!(
+        "{}: cold-booted from its disk in {:.1} s",
+        r.name,
+        start.elapsed().as_secs_f64()
+    );
+    if r.idle_timeout > 0 {
+        crate::idle::spawn_watcher(home, &r.name, &paths)?;
+    }
+    Ok(())
+}
+
+/// How `cairn start` got the sandbox running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Its VMM and agent were fine: nothing done.
+    AlreadyRunning,
+    /// Restored from its head checkpoint (or cold-booted when it has none).
+    Started,
+    /// Its VMM ran but the agent did not answer: rebooted from its disk.
+    Rebooted,
+}
+
+/// `cairn start NAME [--cold]`: restores the head checkpoint (cold-boots from the disk when
+/// there is none, or when `cold`). A running VMM whose agent does not answer is rebooted from
+/// the disk; one whose agent answers is left alone (unless `cold`).
+pub fn start_with(home: &Home, name: &str, cold: bool) -> Result<Started, SandboxError> {
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
     let r = reg.get(name)?;
+    if cold {
+        cold_start_locked(home, &mut reg, &r)?;
+        return Ok(Started::Rebooted);
+    }
     if liveness(&r) == Liveness::Running {
-        return Ok(false);
+        if agent_answers(&paths) {
+            return Ok(Started::AlreadyRunning);
+        }
+        eprintln!(
+            "{name}: its VMM runs but the guest agent does not answer; rebooting from its disk"
+        );
+        cold_start_locked(home, &mut reg, &r)?;
+        return Ok(Started::Rebooted);
     }
     start_locked(home, &mut reg, &r, None)?;
-    Ok(true)
+    Ok(Started::Started)
+}
+
+/// `cairn start NAME`: [`start_with`] without `cold`; false when it was running already.
+pub fn start(home: &Home, name: &str) -> Result<bool, SandboxError> {
+    Ok(start_with(home, name, false)? != Started::AlreadyRunning)
+}
+
+/// Whether the guest agent answers a ping within a few seconds.
+pub fn agent_answers(paths: &Paths) -> bool {
+    Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(3))
+        .and_then(|mut c| c.ping())
+        .is_ok()
 }
 
 /// Checkpoints and stops a running VMM, with the lifecycle lock held; returns the checkpoint.
 pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<String>, SandboxError> {
     let Some(pid) = r.pid.filter(|&p| vmm_alive(p)) else {
-        reg.set_state(&r.name, State::Stopped, None)?;
+        let state = match r.head_checkpoint {
+            Some(_) => State::Stopped,
+            None => State::Cold,
+        };
+        reg.set_state(&r.name, state, None)?;
         return Ok(None);
     };
     let meta = create_checkpoint_at(&r.api_sock, None)?;

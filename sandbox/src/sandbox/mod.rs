@@ -10,12 +10,12 @@ mod checkpoint;
 mod lifecycle;
 mod process;
 
-pub(crate) use boot::{boot_error, console_len};
+pub(crate) use boot::{boot_error, cold_boot, console_len};
 pub use boot::{console_tail, create, vm_config, wait_agent};
 pub(crate) use checkpoint::create_checkpoint_at;
 pub use checkpoint::{checkpoint_create, checkpoint_list, checkpoint_remove, checkpoint_restore};
+pub use lifecycle::{agent_answers, enter, lock, remove, start, start_with, stop, touch, Started};
 pub(crate) use lifecycle::{ensure_running_locked, start_locked, stop_locked};
-pub use lifecycle::{enter, lock, remove, start, stop, touch};
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
@@ -70,7 +70,7 @@ pub enum SandboxError {
     },
     /// The sandbox has nothing to start from.
     #[error(
-        "sandbox {0:?} has no checkpoint to start from (hint: `cairn rm {0}` and create it again)"
+        "sandbox {0:?} has no checkpoint and no VM config to boot from (hint: `cairn rm {0}` and create it again)"
     )]
     NoHead(String),
     /// A socket path is too long for `sockaddr_un`.
