@@ -157,6 +157,8 @@ pub struct Paths {
     pub active: PathBuf,
     /// The idle watcher's log.
     pub idle_log: PathBuf,
+    /// FIFO feeding the guest's serial console: each VMM's stdin (`cairn console` writes it).
+    pub console_in: PathBuf,
 }
 
 impl Paths {
@@ -171,6 +173,7 @@ impl Paths {
             lock: dir.join("lock"),
             active: dir.join("active"),
             idle_log: dir.join("idle.log"),
+            console_in: dir.join("console.in"),
             dir,
         }
     }

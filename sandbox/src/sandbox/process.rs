@@ -5,11 +5,13 @@ use super::{boot_error, image, io_err, Paths, SandboxError};
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, State};
 use crate::vmm_api;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// What `cairn ls` reports, derived from the process table and the sockets.
@@ -138,9 +140,10 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
     let log2 = log
         .try_clone()
         .map_err(io_err("duplicate the console log"))?;
+    let input = console_input(paths)?;
     let mut cmd = Command::new(&vmm);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(log)
         .stderr(log2)
         .current_dir(&paths.dir);
@@ -158,6 +161,40 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
         .map_err(io_err(format!("start {}", vmm.display())))?;
     // The child is not waited for here: it outlives this process (and is then reaped by init).
     Ok(child.id())
+}
+
+/// The VMM's stdin: the sandbox's console FIFO (made if missing), opened read-write so that
+/// the VMM never sees end-of-file while no `cairn console` is attached. Writers attach to the
+/// same pipe by opening the FIFO, across VMM restarts.
+fn console_input(paths: &Paths) -> Result<File, SandboxError> {
+    let path = &paths.console_in;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => {}
+        Ok(_) => {
+            fs::remove_file(path).map_err(io_err(format!("remove {}", path.display())))?;
+            make_fifo(path)?;
+        }
+        Err(_) => make_fifo(path)?,
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))
+}
+
+fn make_fifo(path: &Path) -> Result<(), SandboxError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| SandboxError::Io {
+        what: format!("path {} has a NUL byte", path.display()),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(io_err(format!("mkfifo {}", path.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Waits until the API socket answers, or the VMM dies, or `timeout` passes.
