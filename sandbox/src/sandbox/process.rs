@@ -294,4 +294,38 @@ mod tests {
         assert_eq!(liveness(&stopped), Liveness::Stopped);
         assert_eq!(ls_json(&stopped)["state"], "stopped");
     }
+
+    #[test]
+    fn the_console_fifo_carries_input_to_whichever_vmm_holds_it() {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let paths = crate::sandbox::Home::at(home.path()).unwrap().paths("s");
+        fs::create_dir_all(&paths.dir).unwrap();
+        // A stray regular file in its place is replaced by a FIFO.
+        fs::write(&paths.console_in, "x").unwrap();
+        let mut vmm_stdin = console_input(&paths).unwrap();
+        assert!(fs::metadata(&paths.console_in)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let mut console = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&paths.console_in)
+            .unwrap();
+        console.write_all(b"ls\n").unwrap();
+        let mut buf = [0u8; 3];
+        vmm_stdin.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ls\n");
+        // The VMM goes (idle stop) and a new one comes: the attached writer reaches it.
+        drop(vmm_stdin);
+        let e = console.write_all(b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        let mut next = console_input(&paths).unwrap();
+        console.write_all(b"pwd\n").unwrap();
+        let mut buf = [0u8; 4];
+        next.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pwd\n");
+    }
 }
