@@ -138,15 +138,18 @@ pub(crate) fn cold_start_locked(
     }
     end_vmms(&paths, r);
     let start = Instant::now();
-    let (pid, _) = cold_boot(
+    let booted = cold_boot(
         reg,
         &paths,
         &r.name,
         Duration::from_secs(300),
         "cold-booting",
-    )
-    .inspect_err(|_| {
-        // Leave the row saying what the sandbox can do next.
+    );
+    let (pid, _) = booted.inspect_err(|_| {
+        // No VMM left half-booted, and the row says what the sandbox can do next.
+        for pid in vmms_in(&paths.dir) {
+            kill_vmm(pid);
+        }
         let _ = reg.set_state(&r.name, State::Cold, None);
     })?;
     reg.set_state(&r.name, State::Running, Some(pid))?;

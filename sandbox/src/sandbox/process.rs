@@ -74,6 +74,8 @@ pub fn vmms_in(dir: &Path) -> Vec<u32> {
     let Ok(rd) = fs::read_dir("/proc") else {
         return Vec::new();
     };
+    // The kernel reports the resolved path: compare with the resolved `dir`.
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| {
             vmm_alive(pid) && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
