@@ -180,3 +180,41 @@ fn a_locked_sandbox_is_left_alone_and_a_dry_run_changes_nothing() {
         State::Cold
     );
 }
+
+/// A stand-in VMM: `sleep` copied as `cairn-vmm` (what `vmm_alive` checks), working in `dir`.
+fn fake_vmm(bin_dir: &Path, dir: &Path) -> std::process::Child {
+    let exe = bin_dir.join("cairn-vmm");
+    if !exe.exists() {
+        fs::copy("/bin/sleep", &exe).unwrap();
+    }
+    let child = std::process::Command::new(&exe)
+        .arg("60")
+        .current_dir(dir)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !sandbox::vmm_alive(child.id()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+#[test]
+fn an_unrecorded_vmm_in_a_sandbox_directory_is_found_and_ended() {
+    let (d, home) = home();
+    let paths = row(&home, "s", State::Stopped, None, true);
+    checkpoint(&paths, "c1", 1);
+    home.registry().unwrap().set_head("s", Some("c1")).unwrap();
+    let mut child = fake_vmm(d.path(), &paths.dir);
+    assert_eq!(sandbox::vmms_in(&paths.dir), vec![child.id()]);
+    let f = run(&home, false).unwrap();
+    let mine = about(&f, "s");
+    assert!(mine[0].found.contains("unrecorded cairn-vmm"), "{f:?}");
+    // kill_vmm reaps its own children; wait() covers the case where it already has.
+    let _ = child.wait();
+    assert!(sandbox::vmms_in(&paths.dir).is_empty());
+    assert_eq!(
+        home.registry().unwrap().get("s").unwrap().state,
+        State::Stopped
+    );
+}
