@@ -230,4 +230,32 @@ mod tests {
             .unwrap();
         assert_eq!(img.rootfs, Some(PathBuf::from("/r/rootfs.ext4")));
     }
+
+    #[test]
+    fn without_a_root_image_the_initramfs_is_used_with_a_note() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("build");
+        // A guest/build whose --rootfs fails (as without network for debootstrap).
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nfor a; do [ \"$a\" = --rootfs ] && { echo 'debootstrap failed' >&2; exit 1; }; done\n\
+             echo kernel=/k; echo initrd=/i; echo boot_args=console=ttyS0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The only test that sets these variables; nothing else in this crate's tests reads them.
+        std::env::remove_var("CAIRN_KERNEL");
+        std::env::set_var("CAIRN_GUEST_BUILD", &script);
+        std::env::set_var("CAIRN_AGENT_BIN", "/nonexistent/agent");
+        let img = guest_image().unwrap();
+        assert_eq!(img.rootfs, None);
+        assert_eq!(img.initrd, PathBuf::from("/i"));
+        assert!(img.note.unwrap().contains("initramfs"));
+        std::env::set_var("CAIRN_ROOTFS", "none");
+        assert_eq!(guest_image().unwrap().note, None);
+        std::env::remove_var("CAIRN_ROOTFS");
+        std::env::remove_var("CAIRN_GUEST_BUILD");
+        std::env::remove_var("CAIRN_AGENT_BIN");
+    }
 }
