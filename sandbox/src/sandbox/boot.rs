@@ -97,6 +97,7 @@ pub fn wait_agent(
 ) -> Result<Duration, SandboxError> {
     let start = Instant::now();
     let pb = spinner(what.to_string());
+    let mut crash_seen: Option<Instant> = None;
     let result = loop {
         let attempt = Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(5))
             .and_then(|mut c| c.ping());
@@ -110,11 +111,18 @@ pub fn wait_agent(
                 "cairn-vmm exited before the agent answered",
             ));
         }
-        if let Some(line) = agent_crash(paths, console_from) {
-            break Err(boot_error(
-                paths,
-                format!("the guest agent crashed before answering: {line}"),
-            ));
+        match (agent_crash(paths, console_from), crash_seen) {
+            // The guest's init restarts the agent after a short backoff and says so on the
+            // console: give it that long before calling the crash final.
+            (Some(line), Some(t)) if t.elapsed() > RESPAWN_GRACE => {
+                break Err(boot_error(
+                    paths,
+                    format!("the guest agent crashed before answering: {line}"),
+                ));
+            }
+            (Some(_), None) => crash_seen = Some(Instant::now()),
+            (None, _) => crash_seen = None,
+            _ => {}
         }
         if start.elapsed() > timeout {
             break Err(boot_error(
@@ -132,20 +140,31 @@ pub(crate) fn console_len(paths: &Paths) -> u64 {
     fs::metadata(&paths.console).map(|m| m.len()).unwrap_or(0)
 }
 
+/// How long a reported agent crash may go without the guest init's restart line before the
+/// wait gives up.
+const RESPAWN_GRACE: Duration = Duration::from_secs(15);
+
 /// The guest kernel's report of the agent dying (`cairn-agent[N]: segfault at ...`) in the
-/// console output after `from`, if any: the agent will not answer, so waiting is pointless.
+/// console output after `from`, if the agent was not restarted after it (the guest init prints
+/// `cairn-agent exited (status N); restarting`): then it will not answer, and waiting is
+/// pointless.
 pub(crate) fn agent_crash(paths: &Paths, from: u64) -> Option<String> {
     let mut f = File::open(&paths.console).ok()?;
     f.seek(SeekFrom::Start(from)).ok()?;
     let mut buf = Vec::new();
     f.take(1 << 20).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
-    text.lines()
-        .find(|l| {
-            l.contains("cairn-agent[")
-                && (l.contains("segfault") || l.contains("general protection"))
-        })
-        .map(|l| l.trim().to_string())
+    let mut crash = None;
+    for l in text.lines() {
+        if l.contains("cairn-agent[")
+            && (l.contains("segfault") || l.contains("general protection"))
+        {
+            crash = Some(l.trim().to_string());
+        } else if l.contains("cairn-agent exited") && l.contains("restarting") {
+            crash = None;
+        }
+    }
+    crash
 }
 
 /// Creates, boots and records the sandbox `name`; returns its row.
@@ -314,9 +333,13 @@ mod tests {
         let from = console_len(&paths);
         assert_eq!(agent_crash(&paths, from), None);
         let new = format!("{old}cairn-guest-ready\n[ 2.0] cairn-agent[27]: segfault at 0 ip 3\n");
-        fs::write(&paths.console, new).unwrap();
+        fs::write(&paths.console, &new).unwrap();
         let line = agent_crash(&paths, from).unwrap();
         assert!(line.contains("cairn-agent[27]"), "{line}");
         assert!(console_tail(&paths, 1).contains("[27]"));
+        // Restarted by the guest init: not final.
+        let restarted = format!("{new}cairn-agent exited (status 139); restarting\n");
+        fs::write(&paths.console, &restarted).unwrap();
+        assert_eq!(agent_crash(&paths, from), None);
     }
 }
