@@ -14,16 +14,19 @@
 //!   are removed.
 //!
 //! Then every directory under `sandboxes/` without a row (an interrupted create or rm) is
-//! removed, and so are temporary root images whose maker is gone.
+//! removed, and so are temporary root images whose maker is gone and shared root images no
+//! sandbox uses.
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, State};
+use crate::rootdisk;
 use crate::sandbox::{self, Home, Paths, SandboxError};
 use crate::vmm_api;
 use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
 use cairn_snapshot::checkpoint::CheckpointStore;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -379,10 +382,16 @@ fn orphan_dirs(d: &mut Doctor, names: &[String]) {
     }
 }
 
-/// Temporary root images (`*.tmp<pid>`) whose maker is gone.
+/// Temporary root images (`*.tmp<pid>`) whose maker is gone, and shared root images no
+/// sandbox links to any more (one link: the cache's own).
 fn temp_images(d: &mut Doctor) {
     let images = d.home.images();
     let Ok(rd) = fs::read_dir(&images) else {
+        return;
+    };
+    // A create between making an image and linking it holds this lock.
+    let Ok(Some(_lock)) = FileLock::try_acquire(&rootdisk::images_lock(&images), Mode::Exclusive)
+    else {
         return;
     };
     for e in rd.flatten() {
@@ -392,6 +401,22 @@ fn temp_images(d: &mut Doctor) {
             .and_then(|x| x.to_str())
             .and_then(|x| x.strip_prefix("tmp"))
             .and_then(|x| x.parse::<u32>().ok());
+        let unused = p.extension().is_some_and(|x| x == "ext4")
+            && fs::metadata(&p).is_ok_and(|m| m.nlink() == 1);
+        if unused {
+            let mib = fs::metadata(&p).map_or(0, |m| (m.blocks() * 512) >> 20);
+            d.note(
+                None,
+                format!(
+                    "root image {} is used by no sandbox ({mib} MiB on disk)",
+                    p.display()
+                ),
+                "removed it (the next create of that size makes it again in about a second)",
+            );
+            d.act(|| {
+                let _ = fs::remove_file(&p);
+            });
+        }
         if let Some(pid) = pid {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 d.note(

@@ -137,6 +137,11 @@ fn incomplete_checkpoints_rows_without_dirs_and_dirs_without_rows_are_cleaned() 
     fs::create_dir_all(home.images()).unwrap();
     let tmp = home.images().join(format!("rootfs-x-2g.tmp{DEAD_PID}"));
     fs::write(&tmp, "").unwrap();
+    let unused = home.images().join("rootfs-x-3g.ext4");
+    fs::write(&unused, "").unwrap();
+    let used = home.images().join("rootfs-x-4g.ext4");
+    fs::write(&used, "").unwrap();
+    fs::hard_link(&used, paths.dir.join("disk.img")).unwrap();
 
     let f = run(&home, false).unwrap();
     assert!(about(&f, "s")[0].found.contains("c2"), "{f:?}");
@@ -150,6 +155,8 @@ fn incomplete_checkpoints_rows_without_dirs_and_dirs_without_rows_are_cleaned() 
     assert!(home.registry().unwrap().get("lost").is_err());
     assert!(!stray.dir.exists());
     assert!(!tmp.exists());
+    assert!(!unused.exists());
+    assert!(used.exists());
     assert_eq!(run(&home, false).unwrap(), vec![]);
 }
 

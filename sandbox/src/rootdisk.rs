@@ -35,9 +35,33 @@ pub fn grown_path(images: &Path, rootfs: &Path, gib: u64) -> PathBuf {
     images.join(format!("{entry}-{gib}g.ext4"))
 }
 
-/// The shared image of `rootfs` grown to `gib` GiB, made first if missing (under a lock, so
-/// concurrent creates make it once).
-pub fn grown_base(images: &Path, rootfs: &Path, gib: u64) -> Result<PathBuf, ImageError> {
+/// Where the lock over `images` lives: held while an image is made and linked, and by
+/// `cairn doctor` while it removes unused ones.
+pub fn images_lock(images: &Path) -> PathBuf {
+    images.join(".lock")
+}
+
+/// Makes `disk` the root disk of a sandbox: a link to the shared image of `rootfs` grown to
+/// `gib` GiB, made first if missing. Both steps happen under the images lock, so concurrent
+/// creates make an image once and `cairn doctor` never removes one between the two.
+pub fn root_disk(
+    images: &Path,
+    rootfs: &Path,
+    gib: u64,
+    disk: &Path,
+) -> Result<PathBuf, ImageError> {
+    let base = grown_base(images, rootfs, gib, |base| link_disk(base, disk))?;
+    Ok(base)
+}
+
+/// The shared image of `rootfs` grown to `gib` GiB, made first if missing; `then` runs on it
+/// with the lock still held.
+fn grown_base(
+    images: &Path,
+    rootfs: &Path,
+    gib: u64,
+    then: impl FnOnce(&Path) -> Result<(), ImageError>,
+) -> Result<PathBuf, ImageError> {
     let io = |what: String| move |e: std::io::Error| ImageError::RootDisk(format!("{what}: {e}"));
     let want = gib
         .checked_mul(1 << 30)
@@ -57,13 +81,11 @@ pub fn grown_base(images: &Path, rootfs: &Path, gib: u64) -> Result<PathBuf, Ima
         )));
     }
     let dest = grown_path(images, rootfs, gib);
-    if dest.is_file() {
-        return Ok(dest);
-    }
     fs::create_dir_all(images).map_err(io(format!("create {}", images.display())))?;
-    let _lock = FileLock::acquire(&images.join(".lock"), Mode::Exclusive)
+    let _lock = FileLock::acquire(&images_lock(images), Mode::Exclusive)
         .map_err(io(format!("lock {}", images.display())))?;
     if dest.is_file() {
+        then(&dest)?;
         return Ok(dest);
     }
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
@@ -90,7 +112,9 @@ pub fn grown_base(images: &Path, rootfs: &Path, gib: u64) -> Result<PathBuf, Ima
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| dest)
+    result?;
+    then(&dest)?;
+    Ok(dest)
 }
 
 /// Stores the file system's overhead (metadata and journal clusters) in its superblock
@@ -190,7 +214,7 @@ fn run(cmd: &mut Command) -> Result<(), ImageError> {
 
 /// Makes `dest` the sandbox's disk: a hard link to the shared `base`, or (across filesystems)
 /// a sparse copy of it.
-pub fn link_disk(base: &Path, dest: &Path) -> Result<(), ImageError> {
+fn link_disk(base: &Path, dest: &Path) -> Result<(), ImageError> {
     let _ = fs::remove_file(dest);
     match fs::hard_link(base, dest) {
         Ok(()) => Ok(()),
@@ -258,7 +282,10 @@ Total journal blocks:     8192
         fs::File::create(&src).unwrap().set_len(2 << 30).unwrap();
         let images = dir.path().join("images");
         for gib in [0, 1, MAX_DISK_GIB + 1] {
-            let e = grown_base(&images, &src, gib).unwrap_err().to_string();
+            let disk = dir.path().join("disk.img");
+            let e = root_disk(&images, &src, gib, &disk)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("hint"), "{gib}: {e}");
         }
     }
@@ -278,7 +305,8 @@ Total journal blocks:     8192
             .arg(&src))
         .unwrap();
         let images = dir.path().join("images");
-        let base = grown_base(&images, &src, 2).unwrap();
+        let disk = dir.path().join("disk.img");
+        let base = root_disk(&images, &src, 2, &disk).unwrap();
         let m = fs::metadata(&base).unwrap();
         assert_eq!(m.len(), 2 << 30);
         assert!(m.blocks() * 512 < 64 << 20, "sparse: {} blocks", m.blocks());
@@ -296,10 +324,10 @@ Total journal blocks:     8192
             text.contains(&format!("Overhead clusters:        {overhead}")),
             "{text}"
         );
-        // A second call reuses it; a sandbox disk is a link to it.
-        assert_eq!(grown_base(&images, &src, 2).unwrap(), base);
-        let disk = dir.path().join("disk.img");
-        link_disk(&base, &disk).unwrap();
+        // The sandbox's disk is a link to it; a second sandbox reuses it.
         assert_eq!(fs::metadata(&disk).unwrap().ino(), m.ino());
+        let disk2 = dir.path().join("disk2.img");
+        assert_eq!(root_disk(&images, &src, 2, &disk2).unwrap(), base);
+        assert_eq!(fs::metadata(&disk2).unwrap().ino(), m.ino());
     }
 }

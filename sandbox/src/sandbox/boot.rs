@@ -244,8 +244,7 @@ pub(crate) fn prepare_new(
     fs::create_dir_all(&paths.checkpoints).map_err(io_err("create the checkpoint dir"))?;
     match &img.rootfs {
         Some(rootfs) => {
-            let base = rootdisk::grown_base(&home.images(), rootfs, opts.disk_gib)?;
-            rootdisk::link_disk(&base, &paths.disk)?;
+            rootdisk::root_disk(&home.images(), rootfs, opts.disk_gib, &paths.disk)?;
         }
         None => {
             let disk = File::create(&paths.disk)
