@@ -1,14 +1,12 @@
 //! The `cairn` command tree (clap) and what each command prints.
 
 use crate::agent_cmd::{self, AgentArgs, ExecArgs};
-use cairn_agent::client::{tty, Client};
+use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
 use cairn_sandbox::registry::Record;
 use cairn_sandbox::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
 use clap::{CommandFactory, Parser, Subcommand};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -69,7 +67,8 @@ enum Command {
         /// Destination: a local path or NAME:/guest/path.
         dst: String,
     },
-    /// Follow a sandbox's serial console (read-only); Ctrl-] or Ctrl-C detaches.
+    /// Attach to a sandbox's serial console: output followed, keys (or piped stdin) sent to
+    /// the guest; Ctrl-] detaches. Wakes a stopped sandbox.
     Console {
         /// Sandbox name.
         name: String,
@@ -88,15 +87,29 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
-    /// Start a stopped sandbox from its latest checkpoint.
+    /// Start a stopped sandbox from its latest checkpoint (or boot it from its disk when it
+    /// has none); reboots one whose agent does not answer.
     Start {
         /// Sandbox name.
         name: String,
+        /// Boot a fresh VM from the sandbox's disk instead (files kept, processes lost).
+        #[arg(long)]
+        cold: bool,
     },
     /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
     Rm {
         /// Sandbox name.
         name: String,
+    },
+    /// Find and repair what crashes left behind (dead VMMs, stale files, stray directories),
+    /// one line per finding with what was done.
+    Doctor {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -238,13 +251,13 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::Exec { name, args } => {
             let (r, _active) = sandbox::enter(home, &name)?;
-            let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+            let mut client = connect_agent(&r)?;
             let code = agent_cmd::exec(&mut client, args);
             let _ = sandbox::touch(home, &name);
             Ok(code?)
         }
         Command::Cp { src, dst } => cp(home, &src, &dst),
-        Command::Console { name } => console(home, &name),
+        Command::Console { name } => crate::console::run(home, &name),
         Command::Checkpoint(c) => checkpoint(home, c),
         Command::Ls { json } => ls(home, json),
         Command::Stop { name } => {
@@ -254,9 +267,11 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        Command::Start { name } => {
-            if !sandbox::start(home, &name)? {
-                println!("{name}: already running");
+        Command::Start { name, cold } => {
+            match sandbox::start_with(home, &name, cold)? {
+                sandbox::Started::AlreadyRunning => println!("{name}: already running"),
+                sandbox::Started::Started => println!("{name}: running"),
+                sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
             }
             Ok(0)
         }
@@ -265,12 +280,26 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             println!("{name}: removed");
             Ok(0)
         }
+        Command::Doctor { json, dry_run } => doctor(home, json, dry_run),
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)
         }
         Command::Agent(_) | Command::Completions { .. } => Ok(0),
     }
+}
+
+/// Connects to the sandbox's guest agent; an agent that does not answer gets a hint.
+fn connect_agent(r: &Record) -> Result<Client, CliError> {
+    Client::connect_uds(&r.vsock_sock, AGENT_PORT).map_err(|e| {
+        CliError::Usage(format!(
+            "the guest agent of {:?} does not answer: {} (hint: `cairn start {} --cold` reboots \
+             it from its disk: files are kept, processes lost)",
+            r.name,
+            cairn_agent::error_text(&e),
+            r.name
+        ))
+    })
 }
 
 fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
@@ -285,7 +314,7 @@ fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
         }
     };
     let (r, _active) = sandbox::enter(home, &name)?;
-    let mut client = Client::connect_uds(&r.vsock_sock, AGENT_PORT)?;
+    let mut client = connect_agent(&r)?;
     let start = Instant::now();
     let stats = if put {
         client.put(&local, &remote)?
@@ -392,81 +421,23 @@ fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
     Ok(0)
 }
 
-/// Follows the console log: prints what is there, then what arrives, until Ctrl-] (on a
-/// terminal) or Ctrl-C.
-fn console(home: &Home, name: &str) -> Result<u8, CliError> {
-    let (r, active) = sandbox::enter(home, name)?;
-    // Waking is all console needs the sandbox for: it must not keep the idle watcher away.
-    drop(active);
-    let paths = home.paths(&r.name);
-    let mut f = std::fs::File::open(&paths.console)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)))?;
-    let stdin = io::stdin();
-    let is_tty = tty::is_terminal(stdin.as_fd());
-    let _raw = is_tty
-        .then(|| tty::RawMode::enable(stdin.as_fd()))
-        .transpose()?;
-    eprint!(
-        "[attached to {name}'s console (read-only); {} to detach]{}",
-        if is_tty { "Ctrl-]" } else { "Ctrl-C" },
-        if is_tty { "\r\n" } else { "\n" }
-    );
-    let mut out = io::stdout();
-    let mut buf = vec![0u8; 32 << 10];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n > 0 {
-            let chunk = &buf[..n];
-            if is_tty {
-                // Raw mode turns off output processing: add the carriage returns ourselves.
-                let text: Vec<u8> = chunk
-                    .iter()
-                    .flat_map(|&b| {
-                        if b == b'\n' {
-                            vec![b'\r', b'\n']
-                        } else {
-                            vec![b]
-                        }
-                    })
-                    .collect();
-                out.write_all(&text)?;
-            } else {
-                out.write_all(chunk)?;
-            }
-            out.flush()?;
-            continue;
-        }
-        if is_tty && stdin_has_detach(stdin.as_fd().as_raw_fd())? {
-            eprint!("\r\n[detached]\r\n");
-            return Ok(0);
-        }
-        if !is_tty {
-            std::thread::sleep(Duration::from_millis(200));
+fn doctor(home: &Home, json: bool, dry_run: bool) -> Result<u8, CliError> {
+    let findings = cairn_sandbox::doctor::run(home, dry_run)?;
+    if json {
+        let v = serde_json::to_value(&findings).map_err(io::Error::other)?;
+        println!("{v}");
+        return Ok(0);
+    }
+    if findings.is_empty() {
+        println!("all is well");
+    }
+    for f in &findings {
+        match &f.sandbox {
+            Some(n) => println!("{n}: {}: {}", f.found, f.did),
+            None => println!("{}: {}", f.found, f.did),
         }
     }
-}
-
-/// Waits up to 200 ms for input; true when it contains Ctrl-] (0x1d) or Ctrl-C.
-fn stdin_has_detach(fd: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 200) };
-    if rc <= 0 {
-        return Ok(false);
-    }
-    let mut b = [0u8; 64];
-    // SAFETY: reads into a local buffer of the given length.
-    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) };
-    if n <= 0 {
-        return Ok(n == 0);
-    }
-    let n = usize::try_from(n).unwrap_or(0);
-    Ok(b[..n].iter().any(|&c| c == 0x1d || c == 0x03))
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
-//! The default guest image: kernel, initramfs (with the agent) and boot arguments from
-//! `guest/build --agent PATH`, and where the `cairn-vmm` and `cairn-agent` binaries are.
+//! The default guest image: kernel, the Debian root disk (or the initramfs) with the agent, and
+//! boot arguments from `guest/build --agent PATH --rootfs`, and where the `cairn-vmm` and
+//! `cairn-agent` binaries are.
 //!
 //! Lookups, first match wins:
-//! - kernel/initrd/boot args: `CAIRN_KERNEL` + `CAIRN_INITRD` (+ `CAIRN_BOOT_ARGS`), else the
-//!   output of `guest/build --quiet --agent AGENT` (`CAIRN_GUEST_BUILD`, else `guest/build` in
-//!   a parent directory of the `cairn` executable or of the source tree it was built from);
+//! - kernel/initrd/boot args: `CAIRN_KERNEL` + `CAIRN_INITRD` (+ `CAIRN_BOOT_ARGS`, and
+//!   `CAIRN_ROOTFS` for a root disk image), else the output of `guest/build --quiet --agent
+//!   AGENT --rootfs` (`CAIRN_GUEST_BUILD`, else `guest/build` in a parent directory of the
+//!   `cairn` executable or of the source tree it was built from). If the root disk cannot be
+//!   built (no network for debootstrap, say), `guest/build` runs again without `--rootfs` and
+//!   the sandbox boots from the initramfs, with a note. `CAIRN_ROOTFS=none` asks for the
+//!   initramfs outright;
 //! - `cairn-vmm`: `CAIRN_VMM`, else next to the `cairn` executable, else `PATH`;
 //! - the static agent: `CAIRN_AGENT_BIN`, else `<target>/x86_64-unknown-linux-gnu/release/cairn-agent`
 //!   beside the `cairn` executable's target directory, else `cairn-agent` next to `cairn`.
@@ -31,6 +36,9 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// The sandbox's root disk could not be prepared.
+    #[error("root disk: {0}")]
+    RootDisk(String),
 }
 
 /// What the VM boots.
@@ -38,10 +46,14 @@ pub enum ImageError {
 pub struct GuestImage {
     /// ELF vmlinux.
     pub kernel: PathBuf,
-    /// Uncompressed initramfs with `/sbin/cairn-agent`.
+    /// Uncompressed initramfs with `/sbin/cairn-agent` (used when there is no `rootfs`).
     pub initrd: PathBuf,
     /// Kernel command line.
     pub boot_args: String,
+    /// The ext4 root disk image (`guest/build --rootfs`), if there is one.
+    pub rootfs: Option<PathBuf>,
+    /// Why the image falls back to the initramfs, to tell the user.
+    pub note: Option<String>,
 }
 
 fn exe_dir() -> Option<PathBuf> {
@@ -123,6 +135,10 @@ pub fn guest_image() -> Result<GuestImage, ImageError> {
             initrd: i.into(),
             boot_args: std::env::var("CAIRN_BOOT_ARGS")
                 .unwrap_or_else(|_| "console=ttyS0 reboot=k panic=1 pci=off".into()),
+            rootfs: std::env::var_os("CAIRN_ROOTFS")
+                .filter(|r| r != "none")
+                .map(PathBuf::from),
+            note: None,
         });
     }
     let script = match std::env::var_os("CAIRN_GUEST_BUILD") {
@@ -133,25 +149,48 @@ pub fn guest_image() -> Result<GuestImage, ImageError> {
         })?,
     };
     let agent = agent_binary()?;
-    let out = Command::new(&script)
-        .arg("--quiet")
-        .arg("--agent")
-        .arg(&agent)
+    if std::env::var_os("CAIRN_ROOTFS").is_some_and(|r| r == "none") {
+        return run_build(&script, &agent, false);
+    }
+    match run_build(&script, &agent, true) {
+        Ok(img) if img.rootfs.is_some() => Ok(img),
+        Ok(_) => Err(ImageError::Build {
+            script,
+            reason: "no rootfs= line on stdout with --rootfs".into(),
+        }),
+        Err(e) => {
+            let mut img = run_build(&script, &agent, false)?;
+            img.note = Some(format!(
+                "no root disk image ({e}); booting from the initramfs (set CAIRN_ROOTFS=none to \
+                 ask for that and skip this attempt)"
+            ));
+            Ok(img)
+        }
+    }
+}
+
+fn run_build(script: &Path, agent: &Path, rootfs: bool) -> Result<GuestImage, ImageError> {
+    let mut cmd = Command::new(script);
+    cmd.arg("--quiet").arg("--agent").arg(agent);
+    if rootfs {
+        cmd.arg("--rootfs");
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| ImageError::Build {
-            script: script.clone(),
+            script: script.to_path_buf(),
             reason: e.to_string(),
         })?;
     if !out.status.success() {
         return Err(ImageError::Build {
-            script,
+            script: script.to_path_buf(),
             reason: format!("{}", out.status),
         });
     }
     parse_build_output(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| ImageError::Build {
-        script,
+        script: script.to_path_buf(),
         reason: "no kernel=/initrd=/boot_args= lines on stdout".into(),
     })
 }
@@ -167,6 +206,8 @@ pub fn parse_build_output(text: &str) -> Option<GuestImage> {
         kernel: get("kernel")?.into(),
         initrd: get("initrd")?.into(),
         boot_args: get("boot_args")?,
+        rootfs: get("rootfs").map(PathBuf::from),
+        note: None,
     })
 }
 
@@ -183,6 +224,38 @@ mod tests {
         assert_eq!(img.kernel, PathBuf::from("/k/vmlinux"));
         assert_eq!(img.initrd, PathBuf::from("/i/initrd.cpio"));
         assert_eq!(img.boot_args, "console=ttyS0 a=b");
+        assert_eq!(img.rootfs, None);
         assert!(parse_build_output("kernel=/k\n").is_none());
+        let img = parse_build_output("kernel=/k\ninitrd=/i\nboot_args=x\nrootfs=/r/rootfs.ext4\n")
+            .unwrap();
+        assert_eq!(img.rootfs, Some(PathBuf::from("/r/rootfs.ext4")));
+    }
+
+    #[test]
+    fn without_a_root_image_the_initramfs_is_used_with_a_note() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("build");
+        // A guest/build whose --rootfs fails (as without network for debootstrap).
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nfor a; do [ \"$a\" = --rootfs ] && { echo 'debootstrap failed' >&2; exit 1; }; done\n\
+             echo kernel=/k; echo initrd=/i; echo boot_args=console=ttyS0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The only test that sets these variables; nothing else in this crate's tests reads them.
+        std::env::remove_var("CAIRN_KERNEL");
+        std::env::set_var("CAIRN_GUEST_BUILD", &script);
+        std::env::set_var("CAIRN_AGENT_BIN", "/nonexistent/agent");
+        let img = guest_image().unwrap();
+        assert_eq!(img.rootfs, None);
+        assert_eq!(img.initrd, PathBuf::from("/i"));
+        assert!(img.note.unwrap().contains("initramfs"));
+        std::env::set_var("CAIRN_ROOTFS", "none");
+        assert_eq!(guest_image().unwrap().note, None);
+        std::env::remove_var("CAIRN_ROOTFS");
+        std::env::remove_var("CAIRN_GUEST_BUILD");
+        std::env::remove_var("CAIRN_AGENT_BIN");
     }
 }

@@ -4,9 +4,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
+pub mod doctor;
 pub mod idle;
 pub mod image;
 pub mod lock;
 pub mod registry;
+pub mod rootdisk;
 pub mod sandbox;
 pub mod vmm_api;

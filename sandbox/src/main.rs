@@ -4,6 +4,7 @@
 
 mod agent_cmd;
 mod cli;
+mod console;
 
 use clap::Parser;
 use std::process::ExitCode;

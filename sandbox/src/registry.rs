@@ -36,6 +36,9 @@ pub enum State {
     Running,
     /// Checkpointed and no VMM runs (`cairn stop`, or the idle watcher).
     Stopped,
+    /// No VMM runs and there is no checkpoint to resume: the VMM died before the first one
+    /// (found by `cairn doctor`). `cairn start` cold-boots it from its own disk.
+    Cold,
 }
 
 impl State {
@@ -45,6 +48,7 @@ impl State {
             State::Creating => "creating",
             State::Running => "running",
             State::Stopped => "stopped",
+            State::Cold => "cold",
         }
     }
 
@@ -52,6 +56,7 @@ impl State {
         match s {
             "running" => State::Running,
             "stopped" => State::Stopped,
+            "cold" => State::Cold,
             _ => State::Creating,
         }
     }

@@ -1,0 +1,344 @@
+//! Creating a sandbox: its VMM config, the first boot, waiting for the guest agent, and
+//! reading the console log for the story when that fails.
+
+use super::{
+    check_kvm, check_socket_path, io_err, kill_vmm, reap, spawn_vmm, validate_name, vmm_alive,
+    CreateOptions, Home, Paths, SandboxError,
+};
+use crate::image;
+use crate::lock::{FileLock, Mode};
+use crate::registry::{self, Record, Registry, RegistryError, State};
+use crate::rootdisk;
+use cairn_agent::client::Client;
+use cairn_agent::proto::AGENT_PORT;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
+
+/// The VMM config of a new sandbox: with a root disk image, the kernel boots from the disk
+/// (no initrd); without one, from the initramfs, the disk then being blank.
+pub fn vm_config(
+    paths: &Paths,
+    img: &image::GuestImage,
+    opts: &CreateOptions,
+) -> serde_json::Value {
+    let boot_source = match &img.rootfs {
+        Some(_) => serde_json::json!({
+            "kernel_image_path": img.kernel,
+            "boot_args": format!("{} {}", img.boot_args, rootdisk::ROOT_ARGS),
+        }),
+        None => serde_json::json!({
+            "kernel_image_path": img.kernel,
+            "initrd_path": img.initrd,
+            "boot_args": img.boot_args,
+        }),
+    };
+    serde_json::json!({
+        "boot-source": boot_source,
+        "machine-config": {"vcpu_count": opts.cpus, "mem_size_mib": opts.mem_mib},
+        "drives": [{
+            "drive_id": "disk",
+            "path_on_host": paths.disk,
+            "is_root_device": img.rootfs.is_some(),
+            "is_read_only": false,
+        }],
+        "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
+        "entropy": {},
+        "cairn": {"checkpoint_dir": paths.checkpoints},
+    })
+}
+
+/// The last `n` lines of the console log, joined with ` | `.
+pub fn console_tail(paths: &Paths, n: usize) -> String {
+    let mut f = match File::open(&paths.console) {
+        Ok(f) => f,
+        Err(_) => return String::from("(no console log)"),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+pub(crate) fn boot_error(paths: &Paths, reason: impl Into<String>) -> SandboxError {
+    SandboxError::Boot {
+        reason: reason.into(),
+        log: paths.console.clone(),
+        tail: console_tail(paths, 5),
+    }
+}
+
+pub(crate) fn spinner(msg: String) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        pb.set_style(style);
+    }
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Waits until the guest agent answers a ping; returns how long that took. Only console output
+/// after `console_from` is searched for an agent crash (the log is appended across starts).
+pub fn wait_agent(
+    paths: &Paths,
+    pid: u32,
+    timeout: Duration,
+    what: &str,
+    console_from: u64,
+) -> Result<Duration, SandboxError> {
+    let start = Instant::now();
+    let pb = spinner(what.to_string());
+    let mut crash_seen: Option<Instant> = None;
+    let result = loop {
+        let attempt = Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(5))
+            .and_then(|mut c| c.ping());
+        if attempt.is_ok() {
+            break Ok(start.elapsed());
+        }
+        if !vmm_alive(pid) {
+            reap(pid);
+            break Err(boot_error(
+                paths,
+                "cairn-vmm exited before the agent answered",
+            ));
+        }
+        match (agent_crash(paths, console_from), crash_seen) {
+            // The guest's init restarts the agent after a short backoff and says so on the
+            // console: give it that long before calling the crash final.
+            (Some(line), Some(t)) if t.elapsed() > RESPAWN_GRACE => {
+                break Err(boot_error(
+                    paths,
+                    format!("the guest agent crashed before answering: {line}"),
+                ));
+            }
+            (Some(_), None) => crash_seen = Some(Instant::now()),
+            (None, _) => crash_seen = None,
+            _ => {}
+        }
+        if start.elapsed() > timeout {
+            break Err(boot_error(
+                paths,
+                format!("the guest agent did not answer within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    pb.finish_and_clear();
+    result
+}
+
+pub(crate) fn console_len(paths: &Paths) -> u64 {
+    fs::metadata(&paths.console).map(|m| m.len()).unwrap_or(0)
+}
+
+/// How long a reported agent crash may go without the guest init's restart line before the
+/// wait gives up.
+const RESPAWN_GRACE: Duration = Duration::from_secs(15);
+
+/// The guest kernel's report of the agent dying (`cairn-agent[N]: segfault at ...`) in the
+/// console output after `from`, if the agent was not restarted after it (the guest init prints
+/// `cairn-agent exited (status N); restarting`): then it will not answer, and waiting is
+/// pointless.
+pub(crate) fn agent_crash(paths: &Paths, from: u64) -> Option<String> {
+    let mut f = File::open(&paths.console).ok()?;
+    f.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    f.take(1 << 20).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut crash = None;
+    for l in text.lines() {
+        if l.contains("cairn-agent[")
+            && (l.contains("segfault") || l.contains("general protection"))
+        {
+            crash = Some(l.trim().to_string());
+        } else if l.contains("cairn-agent exited") && l.contains("restarting") {
+            crash = None;
+        }
+    }
+    crash
+}
+
+/// Creates, boots and records the sandbox `name`; returns its row.
+pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, SandboxError> {
+    validate_name(name)?;
+    check_kvm()?;
+    let mut reg = home.registry()?;
+    if reg.get(name).is_ok() {
+        return Err(RegistryError::NameTaken(name.to_string()).into());
+    }
+    let pb = spinner("guest image (guest/build; the first run builds a kernel)".into());
+    let img = image::guest_image();
+    pb.finish_and_clear();
+    let img = img?;
+    if let Some(note) = &img.note {
+        eprintln!("cairn: note: {note}");
+    }
+    let paths = home.paths(name);
+    check_socket_path(&paths.api)?;
+    check_socket_path(&paths.vsock)?;
+    fs::create_dir_all(&paths.dir).map_err(io_err(format!("create {}", paths.dir.display())))?;
+    let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
+        .map_err(io_err(format!("lock {}", paths.lock.display())))?;
+    let now = registry::now();
+    let record = Record {
+        name: name.to_string(),
+        state: State::Creating,
+        dir: paths.dir.clone(),
+        pid: None,
+        api_sock: paths.api.clone(),
+        vsock_sock: paths.vsock.clone(),
+        cpus: opts.cpus,
+        mem_mib: opts.mem_mib,
+        disk_gib: opts.disk_gib,
+        created: now,
+        last_activity: now,
+        head_checkpoint: None,
+        idle_timeout: opts.idle_timeout,
+    };
+    // The row claims the name (atomically): a racing create of the same name stops here.
+    reg.insert(&record)?;
+    let booted = prepare_new(home, &paths, &img, opts).and_then(|()| {
+        let took = cold_boot(&mut reg, &paths, name, opts.boot_timeout, "booting")?;
+        eprintln!("{name}: agent answered after {:.1} s", took.1.as_secs_f64());
+        Ok(took.0)
+    });
+    match booted {
+        Ok(pid) => {
+            reg.set_state(name, State::Running, Some(pid))?;
+            if opts.idle_timeout > 0 {
+                crate::idle::spawn_watcher(home, name, &paths)?;
+            }
+            Ok(reg.get(name)?)
+        }
+        Err(e) => {
+            // Leave nothing half-made behind, but keep the console log's story in the error.
+            if let Ok(r) = reg.get(name) {
+                if let Some(pid) = r.pid {
+                    kill_vmm(pid);
+                }
+            }
+            let _ = reg.remove(name);
+            let _ = fs::remove_dir_all(&paths.dir);
+            Err(e)
+        }
+    }
+}
+
+/// Makes a new sandbox's disk and VMM config: the disk is a link to the shared root image
+/// grown to `--disk` GiB (see [`rootdisk`]), or a blank sparse file without a root image.
+pub(crate) fn prepare_new(
+    home: &Home,
+    paths: &Paths,
+    img: &image::GuestImage,
+    opts: &CreateOptions,
+) -> Result<(), SandboxError> {
+    fs::create_dir_all(&paths.checkpoints).map_err(io_err("create the checkpoint dir"))?;
+    match &img.rootfs {
+        Some(rootfs) => {
+            rootdisk::root_disk(&home.images(), rootfs, opts.disk_gib, &paths.disk)?;
+        }
+        None => {
+            let disk = File::create(&paths.disk)
+                .map_err(io_err(format!("create {}", paths.disk.display())))?;
+            disk.set_len(opts.disk_gib << 30)
+                .map_err(io_err(format!("size {}", paths.disk.display())))?;
+        }
+    }
+    let cfg = vm_config(paths, img, opts);
+    fs::write(&paths.config, cfg.to_string())
+        .map_err(io_err(format!("write {}", paths.config.display())))
+}
+
+/// Boots the sandbox's VMM from its config (`vm.json`): the kernel, and the disk as the
+/// checkpoint store left it (the head's layers plus the active delta). Records the pid, waits
+/// for the agent; returns the pid and how long the agent took.
+pub(crate) fn cold_boot(
+    reg: &mut Registry,
+    paths: &Paths,
+    name: &str,
+    timeout: Duration,
+    verb: &str,
+) -> Result<(u32, Duration), SandboxError> {
+    let from = console_len(paths);
+    let pid = spawn_vmm(
+        paths,
+        &[
+            "--api-sock".as_ref(),
+            paths.api.as_os_str(),
+            "--config-file".as_ref(),
+            paths.config.as_os_str(),
+        ],
+    )?;
+    reg.set_state(name, State::Creating, Some(pid))?;
+    let took = wait_agent(paths, pid, timeout, &format!("{verb} {name}"), from)?;
+    Ok((pid, took))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Home;
+
+    #[test]
+    fn config_has_every_piece() {
+        let home = tempfile::tempdir().unwrap();
+        let paths = Home::at(home.path()).unwrap().paths("s");
+        let mut img = image::GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            boot_args: "console=ttyS0".into(),
+            rootfs: None,
+            note: None,
+        };
+        let cfg = vm_config(&paths, &img, &CreateOptions::default());
+        assert_eq!(cfg["boot-source"]["initrd_path"], "/i");
+        assert_eq!(cfg["drives"][0]["is_root_device"], false);
+        img.rootfs = Some("/r/rootfs.ext4".into());
+        let root = vm_config(&paths, &img, &CreateOptions::default());
+        assert!(root["boot-source"].get("initrd_path").is_none());
+        let args = root["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.starts_with("console=ttyS0 root=/dev/vda rw"), "{args}");
+        assert!(args.contains("noinit_itable"), "{args}");
+        assert_eq!(root["drives"][0]["is_root_device"], true);
+        assert_eq!(cfg["machine-config"]["vcpu_count"], 1);
+        assert_eq!(
+            cfg["drives"][0]["path_on_host"],
+            paths.disk.to_str().unwrap()
+        );
+        assert_eq!(cfg["vsock"]["uds_path"], paths.vsock.to_str().unwrap());
+        assert_eq!(
+            cfg["cairn"]["checkpoint_dir"],
+            paths.checkpoints.to_str().unwrap()
+        );
+        assert!(cfg.get("entropy").is_some());
+    }
+
+    #[test]
+    fn an_agent_crash_on_the_console_is_found_after_the_offset() {
+        let home = tempfile::tempdir().unwrap();
+        let paths = Home::at(home.path()).unwrap().paths("s");
+        fs::create_dir_all(&paths.dir).unwrap();
+        let old = "[ 1.0] cairn-agent[26]: segfault at 0 ip 1 sp 2 error 4\n";
+        fs::write(&paths.console, old).unwrap();
+        let from = console_len(&paths);
+        assert_eq!(agent_crash(&paths, from), None);
+        let new = format!("{old}cairn-guest-ready\n[ 2.0] cairn-agent[27]: segfault at 0 ip 3\n");
+        fs::write(&paths.console, &new).unwrap();
+        let line = agent_crash(&paths, from).unwrap();
+        assert!(line.contains("cairn-agent[27]"), "{line}");
+        assert!(console_tail(&paths, 1).contains("[27]"));
+        // Restarted by the guest init: not final.
+        let restarted = format!("{new}cairn-agent exited (status 139); restarting\n");
+        fs::write(&paths.console, &restarted).unwrap();
+        assert_eq!(agent_crash(&paths, from), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! Waking, stopping, starting and removing a sandbox, each under its lifecycle lock.
+
+use super::{
+    cold_boot, console_len, create_checkpoint_at, io_err, kill_vmm, liveness, spawn_vmm, vmm_alive,
+    vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
+};
+use crate::lock::{FileLock, Mode};
+use crate::registry::{Record, Registry, State};
+use crate::vmm_api;
+use cairn_agent::client::Client;
+use cairn_agent::proto::AGENT_PORT;
+use std::fs;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// Takes the sandbox's lifecycle lock.
+pub fn lock(paths: &Paths) -> Result<FileLock, SandboxError> {
+    FileLock::acquire(&paths.lock, Mode::Exclusive)
+        .map_err(io_err(format!("lock {}", paths.lock.display())))
+}
+
+/// Makes sure a VMM runs (starting it from its head checkpoint if it was stopped), with the
+/// lifecycle lock held by the caller. Returns the fresh row.
+pub(crate) fn ensure_running_locked(
+    home: &Home,
+    reg: &mut Registry,
+    name: &str,
+) -> Result<Record, SandboxError> {
+    let r = reg.get(name)?;
+    match liveness(&r) {
+        Liveness::Running => Ok(r),
+        _ => {
+            start_locked(home, reg, &r, None)?;
+            Ok(reg.get(name)?)
+        }
+    }
+}
+
+/// For exec/cp/console: wakes the sandbox if needed and marks an operation in flight (the
+/// returned shared lock keeps the idle watcher away until it is dropped).
+pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock), SandboxError> {
+    let mut reg = home.registry()?;
+    let r = reg.get(name)?;
+    let paths = home.paths(name);
+    let _l = lock(&paths)?;
+    let r = ensure_running_locked(home, &mut reg, &r.name)?;
+    let active = FileLock::acquire(&paths.active, Mode::Shared)
+        .map_err(io_err(format!("lock {}", paths.active.display())))?;
+    reg.touch(name)?;
+    Ok((r, active))
+}
+
+/// Marks the sandbox used now.
+pub fn touch(home: &Home, name: &str) -> Result<(), SandboxError> {
+    Ok(home.registry()?.touch(name)?)
+}
+
+/// `cairn start`: a fresh VMM restored from `ckpt` (default: the head checkpoint).
+pub(crate) fn start_locked(
+    home: &Home,
+    reg: &mut Registry,
+    r: &Record,
+    ckpt: Option<&str>,
+) -> Result<(), SandboxError> {
+    let paths = home.paths(&r.name);
+    end_vmms(&paths, r);
+    let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
+        return cold_start_locked(home, reg, r);
+    };
+    let head = head.to_string();
+    let start = Instant::now();
+    let from = console_len(&paths);
+    let pid = spawn_vmm(
+        &paths,
+        &[
+            "--api-sock".as_ref(),
+            paths.api.as_os_str(),
+            "--checkpoint-dir".as_ref(),
+            paths.checkpoints.as_os_str(),
+        ],
+    )?;
+    let result = (|| {
+        wait_api(&paths, pid, Duration::from_secs(30))?;
+        vmm_api::request(
+            &paths.api,
+            "PUT",
+            "/checkpoints/restore",
+            Some(&serde_json::json!({"name": head, "vsock_uds_path": paths.vsock})),
+            Duration::from_secs(120),
+        )?;
+        wait_agent(
+            &paths,
+            pid,
+            Duration::from_secs(60),
+            &format!("waking {}", r.name),
+            from,
+        )
+    })();
+    if let Err(e) = result {
+        kill_vmm(pid);
+        return Err(e);
+    }
+    reg.set_state(&r.name, State::Running, Some(pid))?;
+    reg.set_head(&r.name, Some(&head))?;
+    eprintln!(
+        "{}: started from checkpoint {head} in {:.2} s",
+        r.name,
+        start.elapsed().as_secs_f64()
+    );
+    if r.idle_timeout > 0 {
+        crate::idle::spawn_watcher(home, &r.name, &paths)?;
+    }
+    Ok(())
+}
+
+/// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one
+/// left by a CLI that crashed before recording it): two VMMs must never share a disk.
+fn end_vmms(paths: &Paths, r: &Record) {
+    if let Some(pid) = r.pid {
+        kill_vmm(pid);
+    }
+    for pid in vmms_in(&paths.dir) {
+        kill_vmm(pid);
+    }
+}
+
+/// Boots a fresh VM from the sandbox's own disk (its VMM config; the disk as the checkpoint
+/// store holds it: the head's layers plus everything written since, up to the last flush).
+/// Processes and memory are lost, files are kept.
+pub(crate) fn cold_start_locked(
+    home: &Home,
+    reg: &mut Registry,
+    r: &Record,
+) -> Result<(), SandboxError> {
+    let paths = home.paths(&r.name);
+    if !paths.config.is_file() {
+        return Err(SandboxError::NoHead(r.name.clone()));
+    }
+    end_vmms(&paths, r);
+    let start = Instant::now();
+    let booted = cold_boot(
+        reg,
+        &paths,
+        &r.name,
+        Duration::from_secs(300),
+        "cold-booting",
+    );
+    let (pid, _) = booted.inspect_err(|_| {
+        // No VMM left half-booted, and the row says what the sandbox can do next.
+        for pid in vmms_in(&paths.dir) {
+            kill_vmm(pid);
+        }
+        let _ = reg.set_state(&r.name, State::Cold, None);
+    })?;
+    reg.set_state(&r.name, State::Running, Some(pid))?;
+    eprintln!(
+        "{}: cold-booted from its disk in {:.1} s",
+        r.name,
+        start.elapsed().as_secs_f64()
+    );
+    if r.idle_timeout > 0 {
+        crate::idle::spawn_watcher(home, &r.name, &paths)?;
+    }
+    Ok(())
+}
+
+/// How `cairn start` got the sandbox running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// Its VMM and agent were fine: nothing done.
+    AlreadyRunning,
+    /// Restored from its head checkpoint (or cold-booted when it has none).
+    Started,
+    /// Its VMM ran but the agent did not answer: rebooted from its disk.
+    Rebooted,
+}
+
+/// `cairn start NAME [--cold]`: restores the head checkpoint (cold-boots from the disk when
+/// there is none, or when `cold`). A running VMM whose agent does not answer is rebooted from
+/// the disk; one whose agent answers is left alone (unless `cold`).
+pub fn start_with(home: &Home, name: &str, cold: bool) -> Result<Started, SandboxError> {
+    let mut reg = home.registry()?;
+    let paths = home.paths(&reg.get(name)?.name);
+    let _l = lock(&paths)?;
+    let r = reg.get(name)?;
+    if cold {
+        cold_start_locked(home, &mut reg, &r)?;
+        return Ok(Started::Rebooted);
+    }
+    if liveness(&r) == Liveness::Running {
+        if agent_answers(&paths) {
+            return Ok(Started::AlreadyRunning);
+        }
+        eprintln!(
+            "{name}: its VMM runs but the guest agent does not answer; rebooting from its disk"
+        );
+        cold_start_locked(home, &mut reg, &r)?;
+        return Ok(Started::Rebooted);
+    }
+    start_locked(home, &mut reg, &r, None)?;
+    Ok(Started::Started)
+}
+
+/// `cairn start NAME`: [`start_with`] without `cold`; false when it was running already.
+pub fn start(home: &Home, name: &str) -> Result<bool, SandboxError> {
+    Ok(start_with(home, name, false)? != Started::AlreadyRunning)
+}
+
+/// Whether the guest agent answers a ping within a few seconds.
+pub fn agent_answers(paths: &Paths) -> bool {
+    Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(3))
+        .and_then(|mut c| c.ping())
+        .is_ok()
+}
+
+/// Checkpoints and stops a running VMM, with the lifecycle lock held; returns the checkpoint.
+pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<String>, SandboxError> {
+    let Some(pid) = r.pid.filter(|&p| vmm_alive(p)) else {
+        let state = match r.head_checkpoint {
+            Some(_) => State::Stopped,
+            None => State::Cold,
+        };
+        reg.set_state(&r.name, state, None)?;
+        return Ok(None);
+    };
+    let meta = create_checkpoint_at(&r.api_sock, None)?;
+    let ckpt = meta
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    if let Some(c) = &ckpt {
+        reg.set_head(&r.name, Some(c))?;
+    }
+    kill_vmm(pid);
+    reg.set_state(&r.name, State::Stopped, None)?;
+    Ok(ckpt)
+}
+
+/// `cairn stop NAME`: checkpoint, then end the VMM. Returns the checkpoint taken (none when
+/// the VMM was not running).
+pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
+    let mut reg = home.registry()?;
+    let paths = home.paths(&reg.get(name)?.name);
+    let _l = lock(&paths)?;
+    let r = reg.get(name)?;
+    if r.state == State::Stopped {
+        return Ok(None);
+    }
+    stop_locked(&mut reg, &r)
+}
+
+/// `cairn rm NAME`: ends the VMM and deletes the directory and the row.
+pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
+    let mut reg = home.registry()?;
+    let r = reg.get(name)?;
+    let paths = home.paths(&r.name);
+    let _l = lock(&paths)?;
+    if let Some(pid) = r.pid {
+        kill_vmm(pid);
+    }
+    reg.remove(name)?;
+    fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {
+        io::ErrorKind::NotFound => Ok(()),
+        _ => Err(io_err(format!("remove {}", paths.dir.display()))(e)),
+    })
+}

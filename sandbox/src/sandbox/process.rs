@@ -1,0 +1,333 @@
+//! The VMM process: spawning it detached, ending it, and the live state `cairn ls` derives
+//! from the process table and the sockets rather than from the registry alone.
+
+use super::{boot_error, image, io_err, Paths, SandboxError};
+use crate::lock::{FileLock, Mode};
+use crate::registry::{Record, State};
+use crate::vmm_api;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What `cairn ls` reports, derived from the process table and the sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The VMM is alive and its API answers.
+    Running,
+    /// Checkpointed, no VMM.
+    Stopped,
+    /// Being created and the VMM is alive.
+    Creating,
+    /// Another cairn command holds the sandbox's lock (stopping, starting, checkpointing).
+    Busy,
+    /// The registry says a VMM runs, but it is gone or its API does not answer.
+    Dead,
+    /// No VMM and no checkpoint: `cairn start` cold-boots it from its disk.
+    Cold,
+}
+
+impl Liveness {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Running => "running",
+            Liveness::Stopped => "stopped",
+            Liveness::Creating => "creating",
+            Liveness::Busy => "busy",
+            Liveness::Dead => "dead",
+            Liveness::Cold => "cold",
+        }
+    }
+}
+
+/// Is `pid` a live (not zombie) `cairn-vmm`?
+pub fn vmm_alive(pid: u32) -> bool {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .next()
+                .is_some_and(|a0| a0.ends_with(b"cairn-vmm"))
+        })
+        .unwrap_or(false)
+}
+
+/// Every live `cairn-vmm` whose working directory is `dir` (each sandbox's VMM runs in its
+/// directory), recorded or not: a CLI that crashed between spawning a VMM and recording it
+/// leaves one behind, and it must not share the disk with a second.
+pub fn vmms_in(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // The kernel reports the resolved path: compare with the resolved `dir`.
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            vmm_alive(pid) && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+        })
+        .collect()
+}
+
+/// The live state of a recorded sandbox.
+pub fn liveness(r: &Record) -> Liveness {
+    let alive = r.pid.is_some_and(vmm_alive);
+    match r.state {
+        State::Stopped => Liveness::Stopped,
+        State::Cold => Liveness::Cold,
+        State::Creating if alive => Liveness::Creating,
+        State::Running if alive && vmm_api::answers(&r.api_sock) => Liveness::Running,
+        _ if lock_held(&r.dir.join("lock")) => Liveness::Busy,
+        _ => Liveness::Dead,
+    }
+}
+
+pub(crate) fn lock_held(path: &Path) -> bool {
+    path.exists() && matches!(FileLock::try_acquire(path, Mode::Exclusive), Ok(None))
+}
+
+/// A row for `cairn ls`.
+pub fn ls_json(r: &Record) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "state": liveness(r).as_str(),
+        "recorded_state": r.state.as_str(),
+        "pid": r.pid,
+        "cpus": r.cpus,
+        "mem_mib": r.mem_mib,
+        "disk_gib": r.disk_gib,
+        "created": r.created,
+        "last_activity": r.last_activity,
+        "head_checkpoint": r.head_checkpoint,
+        "idle_timeout": r.idle_timeout,
+        "dir": r.dir,
+        "api_sock": r.api_sock,
+        "vsock_sock": r.vsock_sock,
+    })
+}
+
+pub(crate) fn check_socket_path(p: &Path) -> Result<(), SandboxError> {
+    if p.as_os_str().len() > 107 {
+        return Err(SandboxError::PathTooLong(p.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Starts `cairn-vmm ARGS` in a session of its own, output appended to the console log.
+pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32, SandboxError> {
+    let vmm = image::vmm_binary()?;
+    for s in [&paths.api, &paths.vsock] {
+        check_socket_path(s)?;
+        let _ = fs::remove_file(s);
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.console)
+        .map_err(io_err(format!("open {}", paths.console.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(io_err("duplicate the console log"))?;
+    let input = console_input(paths)?;
+    let mut cmd = Command::new(&vmm);
+    cmd.args(args)
+        .stdin(input)
+        .stdout(log)
+        .stderr(log2)
+        .current_dir(&paths.dir);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(io_err(format!("start {}", vmm.display())))?;
+    // The child is not waited for here: it outlives this process (and is then reaped by init).
+    Ok(child.id())
+}
+
+/// The VMM's stdin: the sandbox's console FIFO (made if missing), opened read-write so that
+/// the VMM never sees end-of-file while no `cairn console` is attached. Writers attach to the
+/// same pipe by opening the FIFO, across VMM restarts.
+fn console_input(paths: &Paths) -> Result<File, SandboxError> {
+    let path = &paths.console_in;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => {}
+        Ok(_) => {
+            fs::remove_file(path).map_err(io_err(format!("remove {}", path.display())))?;
+            make_fifo(path)?;
+        }
+        Err(_) => make_fifo(path)?,
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))
+}
+
+fn make_fifo(path: &Path) -> Result<(), SandboxError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| SandboxError::Io {
+        what: format!("path {} has a NUL byte", path.display()),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: mkfifo reads the NUL-terminated path, which lives across the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(io_err(format!("mkfifo {}", path.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until the API socket answers, or the VMM dies, or `timeout` passes.
+pub(crate) fn wait_api(paths: &Paths, pid: u32, timeout: Duration) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + timeout;
+    while !vmm_api::answers(&paths.api) {
+        if !vmm_alive(pid) {
+            reap(pid);
+            return Err(boot_error(paths, "cairn-vmm exited during start-up"));
+        }
+        if Instant::now() > deadline {
+            return Err(boot_error(paths, "cairn-vmm's API socket never answered"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+pub(crate) fn reap(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: waitpid with WNOHANG on a pid; a null status pointer is allowed. It reaps our own
+    // zombie child if it is one and fails harmlessly (ECHILD) otherwise.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+}
+
+/// Ends the VMM `pid`: SIGTERM, then SIGKILL after 3 s.
+pub fn kill_vmm(pid: u32) {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if !vmm_alive(pid) {
+        return;
+    }
+    for (sig, wait) in [(libc::SIGTERM, 3000), (libc::SIGKILL, 5000)] {
+        // SAFETY: kill(2) on a pid checked just above to be a cairn-vmm.
+        unsafe { libc::kill(p, sig) };
+        for _ in 0..wait / 10 {
+            reap(pid);
+            if !vmm_alive(pid) {
+                wait_gone(pid);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A dying VMM's leader turns zombie while its vCPU threads still exit and its memory is
+/// freed: wait (up to 3 s) until the process is gone for good.
+pub(crate) fn wait_gone(pid: u32) {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..300 {
+        reap(pid);
+        if !proc_dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_pids_are_not_alive() {
+        assert!(!vmm_alive(u32::MAX - 1));
+        // This test process is alive but is not a cairn-vmm.
+        assert!(!vmm_alive(std::process::id()));
+    }
+
+    #[test]
+    fn a_row_whose_vmm_is_gone_is_dead() {
+        let r = Record {
+            name: "s".into(),
+            state: State::Running,
+            dir: "/nonexistent".into(),
+            pid: Some(u32::MAX - 1),
+            api_sock: "/nonexistent/api.sock".into(),
+            vsock_sock: "/nonexistent/v.sock".into(),
+            cpus: 1,
+            mem_mib: 256,
+            disk_gib: 1,
+            created: 0,
+            last_activity: 0,
+            head_checkpoint: None,
+            idle_timeout: 0,
+        };
+        assert_eq!(liveness(&r), Liveness::Dead);
+        let stopped = Record {
+            state: State::Stopped,
+            pid: None,
+            ..r
+        };
+        assert_eq!(liveness(&stopped), Liveness::Stopped);
+        assert_eq!(ls_json(&stopped)["state"], "stopped");
+    }
+
+    #[test]
+    fn the_console_fifo_carries_input_to_whichever_vmm_holds_it() {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let paths = crate::sandbox::Home::at(home.path()).unwrap().paths("s");
+        fs::create_dir_all(&paths.dir).unwrap();
+        // A stray regular file in its place is replaced by a FIFO.
+        fs::write(&paths.console_in, "x").unwrap();
+        let mut vmm_stdin = console_input(&paths).unwrap();
+        assert!(fs::metadata(&paths.console_in)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let mut console = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&paths.console_in)
+            .unwrap();
+        console.write_all(b"ls\n").unwrap();
+        let mut buf = [0u8; 3];
+        vmm_stdin.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ls\n");
+        // The VMM goes (idle stop) and a new one comes: the attached writer reaches it.
+        drop(vmm_stdin);
+        let e = console.write_all(b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        let mut next = console_input(&paths).unwrap();
+        console.write_all(b"pwd\n").unwrap();
+        let mut buf = [0u8; 4];
+        next.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pwd\n");
+    }
+}
