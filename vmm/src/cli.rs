@@ -178,6 +178,7 @@ impl Write for StdoutConsole {
 /// Run `cairn-vmm` with `args`. Returns the process exit code.
 pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     init_logging(&args)?;
+    report_panics_in_one_line();
     if args.no_api && args.config_file.is_none() {
         return Err(VmmError::Config("--no-api needs --config-file".into()));
     }
@@ -213,6 +214,27 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
         tracing::info!("{reason}");
     }
     Ok(u8::try_from(code).unwrap_or(1))
+}
+
+/// A panic is a cairn bug: say where in one line on stderr. The default hook would also print a
+/// backtrace when RUST_BACKTRACE is set, and resolving one calls getcwd, which the seccomp
+/// filters do not allow, so the process would die of SIGSYS before the message was complete.
+fn report_panics_in_one_line() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("cairn-vmm: internal error (a bug) in thread {name} at {location}: {message}");
+    }));
 }
 
 fn set_nonblocking(fd: i32) {
