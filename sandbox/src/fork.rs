@@ -287,4 +287,132 @@ mod tests {
         assert_eq!(home.registry().unwrap().list().unwrap().len(), 1);
         assert!(!home.paths("new").dir.exists());
     }
+
+    /// A stopped sandbox "src" with one committed checkpoint "c1" (memory, state, one disk
+    /// layer) over a sparse disk, as `cairn stop` leaves it; no KVM needed.
+    fn stopped_source(home: &Home) -> Paths {
+        use cairn_snapshot::checkpoint::{
+            disk_layer_file, now_unix_ms, CheckpointMeta, DiskMeta, MemoryMeta, MEM_LAYER_FILE,
+            META_FORMAT_VERSION, STATE_FILE,
+        };
+        use cairn_snapshot::disk::LayeredDisk;
+        use cairn_snapshot::memory::{write_layer_from_slice_to, PageIndex};
+        let paths = home.paths("src");
+        fs::create_dir_all(&paths.checkpoints).unwrap();
+        fs::File::create(&paths.disk)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let cfg = serde_json::json!({
+            "boot-source": {"kernel_image_path": "/cache/vmlinux"},
+            "drives": [{"drive_id": "disk", "path_on_host": paths.disk, "is_read_only": false}],
+            "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
+            "cairn": {"checkpoint_dir": paths.checkpoints},
+        });
+        fs::write(&paths.config, cfg.to_string()).unwrap();
+        let store = CheckpointStore::open(&paths.checkpoints).unwrap();
+        let dir = store.create_dir_for("c1").unwrap();
+        fs::write(dir.join(STATE_FILE), b"state").unwrap();
+        let mem = vec![7u8; 16 * 4096];
+        write_layer_from_slice_to(&dir.join(MEM_LAYER_FILE), &PageIndex::full(16), &mem).unwrap();
+        let mut disk = LayeredDisk::open(&paths.disk, &[], paths.dir.join("active")).unwrap();
+        disk.write_at(0, b"written before c1").unwrap();
+        disk.checkpoint(&dir.join(disk_layer_file("disk"))).unwrap();
+        store
+            .commit(&CheckpointMeta {
+                name: "c1".into(),
+                parent: None,
+                created_unix_ms: now_unix_ms(),
+                format_version: META_FORMAT_VERSION,
+                cpu_template: None,
+                memory: MemoryMeta {
+                    dirty_mib: 0.0625,
+                    layer_file: MEM_LAYER_FILE.into(),
+                },
+                disks: vec![DiskMeta {
+                    drive_id: "disk".into(),
+                    delta_mib: 0.004,
+                    layer_file: disk_layer_file("disk"),
+                }],
+                pause_ms: 1.0,
+                write_ms: 1.0,
+            })
+            .unwrap();
+        let rec = Record {
+            name: "src".into(),
+            state: State::Stopped,
+            dir: paths.dir.clone(),
+            pid: None,
+            api_sock: paths.api.clone(),
+            vsock_sock: paths.vsock.clone(),
+            cpus: 1,
+            mem_mib: 256,
+            disk_gib: 1,
+            created: 0,
+            last_activity: 0,
+            head_checkpoint: Some("c1".into()),
+            idle_timeout: 7,
+        };
+        home.registry().unwrap().insert(&rec).unwrap();
+        paths
+    }
+
+    #[test]
+    fn a_stopped_fork_shares_the_files_and_stands_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path()).unwrap();
+        let src = stopped_source(&home);
+        let f = fork(&home, "src", "c1", "new", false).unwrap();
+        assert_eq!(f.report.checkpoints, ["c1"]);
+        assert_eq!((f.report.files_linked, f.report.files_copied), (6, 0));
+        assert!(f.start_time.is_none());
+        let r = &f.record;
+        assert_eq!(
+            (r.state, r.head_checkpoint.as_deref()),
+            (State::Stopped, Some("c1"))
+        );
+        assert_eq!(
+            (r.cpus, r.mem_mib, r.disk_gib, r.idle_timeout),
+            (1, 256, 1, 7)
+        );
+        let paths = home.paths("new");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&paths.config).unwrap()).unwrap();
+        assert_eq!(
+            cfg["drives"][0]["path_on_host"],
+            paths.disk.to_str().unwrap()
+        );
+        assert_eq!(cfg["vsock"]["uds_path"], paths.vsock.to_str().unwrap());
+        assert_eq!(cfg["boot-source"]["kernel_image_path"], "/cache/vmlinux");
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&paths.disk), ino(&src.disk), "the disk base is shared");
+        let store = CheckpointStore::open(&paths.checkpoints).unwrap();
+        assert_eq!(store.drive_base("disk").unwrap(), Some(paths.disk.clone()));
+        // The original goes; the fork's chain and disk still read back whole.
+        crate::sandbox::remove(&home, "src").unwrap();
+        assert!(!src.dir.exists());
+        let layers = store.disk_layers("c1", "disk").unwrap();
+        let disk = cairn_snapshot::disk::LayeredDisk::open(
+            &paths.disk,
+            &layers,
+            paths.dir.join("active-check"),
+        )
+        .unwrap();
+        let mut buf = [0u8; 17];
+        disk.read_at(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"written before c1");
+        let mut mem = vec![0u8; 16 * 4096];
+        store
+            .memory_chain("c1")
+            .unwrap()
+            .read_into(&mut mem)
+            .unwrap();
+        assert!(mem.iter().all(|&b| b == 7));
+        crate::sandbox::remove(&home, "new").unwrap();
+        assert_eq!(
+            fs::read_dir(home.root().join("sandboxes")).unwrap().count(),
+            0
+        );
+    }
 }
