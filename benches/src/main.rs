@@ -13,6 +13,7 @@
 //! cairn-bench linux      [--runs N]                  Linux boot to ready marker, cairn vs QEMU
 //! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
 //! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU
+//! cairn-bench sandbox    [--runs N]                  the `cairn` CLI: create, warm exec, wake, fork
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -25,6 +26,7 @@ mod block;
 mod boot;
 mod checkpoint;
 mod linux;
+mod sandbox;
 mod snapshot;
 mod util;
 
@@ -34,7 +36,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -54,6 +56,7 @@ fn main() {
         "linux" => linux::linux(&opts),
         "agent" => agent::agent(&opts),
         "block" => block::block(&opts),
+        "sandbox" => sandbox::sandbox(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

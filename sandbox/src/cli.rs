@@ -20,6 +20,7 @@ Examples:
   cairn checkpoint create dev before-upgrade
   cairn checkpoint restore dev before-upgrade
   cairn stop dev && cairn start dev
+  cairn fork dev before-upgrade dev2
   cairn rm dev";
 
 /// cairn: persistent, checkpointable microVM sandboxes.
@@ -95,6 +96,19 @@ enum Command {
         /// Boot a fresh VM from the sandbox's disk instead (files kept, processes lost).
         #[arg(long)]
         cold: bool,
+    },
+    /// Make a new sandbox from a checkpoint of another (copy-on-write memory and disk), and
+    /// start it.
+    Fork {
+        /// The original sandbox.
+        name: String,
+        /// Its checkpoint to start from.
+        ckpt: String,
+        /// The new sandbox's name.
+        new: String,
+        /// Leave the new sandbox stopped (its first exec wakes it).
+        #[arg(long)]
+        no_start: bool,
     },
     /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
     Rm {
@@ -273,6 +287,26 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
                 sandbox::Started::Started => println!("{name}: running"),
                 sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
             }
+            Ok(0)
+        }
+        Command::Fork {
+            name,
+            ckpt,
+            new,
+            no_start,
+        } => {
+            let f = cairn_sandbox::fork::fork(home, &name, &ckpt, &new, !no_start)?;
+            println!(
+                "{new}: forked from {name} at {ckpt} in {:.2} s ({} checkpoints, {} files shared, {:.1} MiB copied){}",
+                f.fork_time.as_secs_f64(),
+                f.report.checkpoints.len(),
+                f.report.files_linked,
+                f.report.bytes_copied as f64 / (1024.0 * 1024.0),
+                match f.start_time {
+                    Some(t) => format!(", started in {:.2} s", t.as_secs_f64()),
+                    None => ", stopped".to_string(),
+                }
+            );
             Ok(0)
         }
         Command::Rm { name } => {

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod doctor;
+pub mod fork;
 pub mod idle;
 pub mod image;
 pub mod lock;

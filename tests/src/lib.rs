@@ -7,6 +7,7 @@ pub mod capture;
 pub mod guests;
 pub mod linux;
 pub mod process;
+pub mod sandbox;
 
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
 /// and returns false; with `CAIRN_REQUIRE_KVM=1` it panics instead, so CI cannot pass silently.

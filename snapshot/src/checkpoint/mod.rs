@@ -7,10 +7,14 @@
 //! - `disk.<drive>.layer` + `disk.<drive>.layer.index`: one disk delta per drive;
 //! - `meta.json`: written last, atomically. A directory without it is an incomplete checkpoint and is
 //!   ignored (and removed by [`CheckpointStore::cleanup_incomplete`]).
+//!
+//! [`CheckpointStore::fork_chain`] starts another store from one checkpoint, sharing its files.
 
+pub mod fork;
 pub mod meta;
 pub mod store;
 
+pub use fork::{ForkReport, BASES_FILE};
 pub use meta::{now_unix_ms, CheckpointMeta, DiskMeta, MemoryMeta, META_FORMAT_VERSION};
 pub use store::{
     disk_layer_file, validate_name, CheckpointStore, DeleteReport, MEM_LAYER_FILE, META_FILE,

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::file::{sync_parent_dir, temp_path};
 use crate::memory::{index_path, merge_into_child, open_layer, LayerChain};
 
+use super::fork::make_private;
 use super::meta::CheckpointMeta;
 
 /// The state file's name in a checkpoint directory.
@@ -235,6 +236,8 @@ impl CheckpointStore {
         let mut report = DeleteReport::default();
         for mut child in self.children(name)? {
             let cdir = self.dir_of(&child.name)?;
+            // A fork may share the child's files (hard links): write into a private copy.
+            make_private(&cdir.join(&child.memory.layer_file))?;
             let st = merge_into_child(
                 &dir.join(&meta.memory.layer_file),
                 &cdir.join(&child.memory.layer_file),
@@ -247,6 +250,7 @@ impl CheckpointStore {
                     continue;
                 };
                 let cpath = cdir.join(&cd.layer_file);
+                make_private(&cpath)?;
                 let st = merge_disk_layer_into_child(&dir.join(&d.layer_file), &cpath)?;
                 report.blocks_copied += st.blocks_copied;
                 let bix = BlockIndex::load(&index_path(&cpath))?;
@@ -306,7 +310,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::meta::tests::sample;
     use crate::checkpoint::{DiskMeta, MemoryMeta};
@@ -336,7 +340,7 @@ mod tests {
     }
 
     /// Write a checkpoint whose memory holds `tag` in `pages` and whose disk was written with `tag`.
-    fn make(
+    pub(crate) fn make(
         store: &CheckpointStore,
         name: &str,
         parent: Option<&str>,

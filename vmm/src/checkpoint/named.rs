@@ -94,7 +94,9 @@ impl CheckpointManager {
     /// Open `cfg`'s disk on the layered store. On a boot (`restoring: None`) the disk continues
     /// where it was: the head checkpoint's layers plus the kept active delta, so a rebooted VM
     /// keeps its writes. When restoring checkpoint `name`, the active delta starts empty on top of
-    /// that checkpoint's layers. Read-only drives stay plain files: they never change.
+    /// that checkpoint's layers, over the base image the store records for the drive
+    /// ([`CheckpointStore::set_drive_base`], set in a fork) or else the saved config's.
+    /// Read-only drives stay plain files: they never change.
     pub fn open_disk(
         &mut self,
         cfg: &BlockConfig,
@@ -121,12 +123,18 @@ impl CheckpointManager {
                 .map_err(snap_err)?,
             None => vec![],
         };
-        let disk = LayeredDisk::open(&cfg.path, &layers, active).map_err(snap_err)?;
+        // A forked store names its own base image (the saved config names the original's).
+        let base = match restoring {
+            Some(_) => self.store.drive_base(&cfg.drive_id).map_err(snap_err)?,
+            None => None,
+        }
+        .unwrap_or_else(|| cfg.path.clone());
+        let disk = LayeredDisk::open(&base, &layers, active).map_err(snap_err)?;
         let disk = Arc::new(Mutex::new(disk));
         self.drives.retain(|d| d.drive_id != cfg.drive_id);
         self.drives.push(LayeredDrive {
             drive_id: cfg.drive_id.clone(),
-            base: cfg.path.clone(),
+            base,
             disk: disk.clone(),
         });
         Ok(Box::new(LayeredBackend::new(disk)))
