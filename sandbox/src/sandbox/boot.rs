@@ -98,6 +98,9 @@ pub fn wait_agent(
     let start = Instant::now();
     let pb = spinner(what.to_string());
     let mut crash_seen: Option<Instant> = None;
+    // A woken sandbox's agent answers within a few hundred ms, a booting one within tens of
+    // seconds: poll quickly at first, then back off.
+    let mut pause = Duration::from_millis(10);
     let result = loop {
         let attempt = Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(5))
             .and_then(|mut c| c.ping());
@@ -130,7 +133,8 @@ pub fn wait_agent(
                 format!("the guest agent did not answer within {timeout:?}"),
             ));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
     };
     pb.finish_and_clear();
     result
