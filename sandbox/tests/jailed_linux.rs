@@ -224,6 +224,9 @@ fn root_create_runs_the_vmm_jailed() {
     assert_eq!(row["jailed"], true, "{row}");
     let pid = row["pid"].as_u64().unwrap();
     let uid = assert_jailed(env.home.path(), pid);
+    // Found by its jail root although its working directory is not the sandbox directory.
+    let dir = PathBuf::from(row["dir"].as_str().unwrap());
+    assert_eq!(cairn_sandbox::sandbox::vmms_in(&dir), vec![pid as u32]);
     assert_eq!(
         env.exec(&["echo", "hello from the jail"]),
         (0, "hello from the jail\n".into())

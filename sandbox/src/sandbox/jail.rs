@@ -196,6 +196,10 @@ pub fn command(
     }
     let jailer = binary("CAIRN_JAILER", "cairn-jailer", STATIC_BUILD)?;
     let vmm = binary("CAIRN_STATIC_VMM", "cairn-vmm", STATIC_BUILD)?;
+    // The jailer wants an absolute base (CAIRN_HOME may be relative).
+    let base = chroot_base(paths);
+    fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
+    let base = fs::canonicalize(&base).map_err(io_err(format!("resolve {}", base.display())))?;
     let dir = jail_dir(paths);
     match fs::remove_dir_all(&dir) {
         Ok(()) => {}
@@ -214,7 +218,7 @@ pub fn command(
         .arg("--gid")
         .arg(spec.gid.to_string())
         .arg("--chroot-base-dir")
-        .arg(chroot_base(paths))
+        .arg(base)
         .arg("--bind")
         .arg(bind_arg(&paths.dir, IN_JAIL_DIR, false)?)
         .arg("--bind")
