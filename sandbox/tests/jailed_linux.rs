@@ -246,6 +246,13 @@ fn root_create_runs_the_vmm_jailed() {
         !Path::new(&format!("/proc/{pid}")).exists()
             || status(pid).get("State").is_some_and(|s| s.starts_with('Z'))
     );
+    // The sandbox directory stays root's (group-writable for the sockets, sticky): the VMM
+    // cannot replace jail.json or vm.json.
+    let sb_dir = std::fs::metadata(env.home.path().join("sandboxes").join(SB)).unwrap();
+    assert_eq!(
+        (sb_dir.uid(), sb_dir.gid(), sb_dir.mode() & 0o7777),
+        (0, uid, 0o1775)
+    );
     let ckpts = env
         .home
         .path()

@@ -16,7 +16,7 @@ use super::{io_err, Paths, SandboxError};
 use crate::image::ImageError;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -181,10 +181,28 @@ fn chown(path: &Path, uid: u32, gid: u32, recursive: bool) -> Result<(), Sandbox
     Ok(())
 }
 
+/// Lets the jailed VMM create its sockets in the sandbox directory without letting it touch
+/// anything else there: the directory stays root's, group `gid` may write, and the sticky bit
+/// keeps everyone but root from removing or renaming files they do not own (`jail.json`,
+/// `vm.json`, the locks, logs and console FIFO, all made by root here or before). The files
+/// cairn opens by name are made first, so the VMM cannot plant a link in their place.
+fn protect_dir(paths: &Paths, gid: u32) -> Result<(), SandboxError> {
+    for f in [&paths.lock, &paths.active, &paths.idle_log, &paths.console] {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+            .map_err(io_err(format!("create {}", f.display())))?;
+    }
+    chown(&paths.dir, 0, gid, false)?;
+    fs::set_permissions(&paths.dir, fs::Permissions::from_mode(0o1775))
+        .map_err(io_err(format!("chmod {}", paths.dir.display())))
+}
+
 /// The command that starts the sandbox's VMM jailed, with `vmm_args` (in-jail paths). Clears the
 /// last VMM's jail directory (the jailer wants it empty; its binds lived only in that VMM's mount
-/// namespace, so only empty mount points are removed) and gives the VMM what it must write: the
-/// sandbox directory (its sockets) and the checkpoint store.
+/// namespace, so only empty mount points are removed) and gives the VMM what it must write: its
+/// sockets in the sandbox directory (see [`protect_dir`]) and the checkpoint store.
 pub fn command(
     paths: &Paths,
     spec: &JailSpec,
@@ -206,7 +224,7 @@ pub fn command(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(format!("remove {}", dir.display()))(e)),
     }
-    chown(&paths.dir, spec.uid, spec.gid, false)?;
+    protect_dir(paths, spec.gid)?;
     chown(&paths.checkpoints, spec.uid, spec.gid, true)?;
     let mut cmd = Command::new(jailer);
     cmd.arg("--id")
