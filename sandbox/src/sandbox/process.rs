@@ -283,6 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn a_jailer_about_to_exec_the_vmm_counts_as_one() {
+        // A jailed VMM's process is `cairn-jailer` until the jailer execs the VMM in place:
+        // liveness checks and kill_vmm must not take it for gone in that window.
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = tmp.path().join("cairn-jailer");
+        fs::copy("/bin/sleep", &fake).unwrap();
+        let mut child = Command::new(&fake).arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(vmm_alive(pid));
+        kill_vmm(pid);
+        let _ = child.wait();
+        assert!(!vmm_alive(pid));
+    }
+
+    #[test]
     fn a_row_whose_vmm_is_gone_is_dead() {
         let r = Record {
             name: "s".into(),
