@@ -31,5 +31,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(limits
             .iter()
             .any(|l| l.kind == cairn_jailer::args::ResourceKind::NoFile));
+        for b in &a.binds {
+            for p in [&b.host, &b.jail] {
+                assert!(p.is_absolute());
+                assert!(!p.components().any(|c| matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )));
+            }
+            assert!(b.jail != std::path::Path::new("/") && !b.jail.starts_with("/dev"));
+        }
+        assert!(cairn_jailer::bind::check_overlaps(&a.binds).is_ok());
     }
 });

@@ -4,6 +4,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::bind::{self, BindMount};
 use crate::exec_file::ExecFile;
 use crate::rollback::Rollback;
 use crate::sys;
@@ -182,9 +183,10 @@ fn mount_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Makes the jail root the process's `/`, in a mount namespace that must already be private to it:
 /// mounts become slaves of the host's (nothing propagates back), the root is bind-mounted on itself (a
-/// `pivot_root` target must be a mount point), then `pivot_root(".", ".")` and a lazy unmount of the old
-/// root leave nothing of the host's tree reachable.
-pub fn pivot_into(root: &Path) -> Result<(), Error> {
+/// `pivot_root` target must be a mount point), the `--bind` mounts are made under it, then
+/// `pivot_root(".", ".")` and a lazy unmount of the old root leave nothing else of the host's tree
+/// reachable.
+pub fn pivot_into(root: &Path, binds: &[BindMount]) -> Result<(), Error> {
     let root_c = sys::cstring(root).map_err(mount_err("name the jail root"))?;
     let slash = c"/";
     let dot = c".";
@@ -212,6 +214,7 @@ pub fn pivot_into(root: &Path) -> Result<(), Error> {
         )
     })
     .map_err(mount_err("bind-mount the jail root on itself"))?;
+    bind::mount_all(root, binds)?;
     // SAFETY: `root_c` is a valid path.
     sys::check(unsafe { libc::chdir(root_c.as_ptr()) })
         .map_err(mount_err("chdir into the jail root"))?;

@@ -198,6 +198,29 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A `--bind` cannot be made.
+    #[error("--bind {host}:{jail}: {reason}")]
+    Bind {
+        /// The host path.
+        host: PathBuf,
+        /// The path inside the jail.
+        jail: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Mounting a `--bind` failed.
+    #[error("--bind {host}:{jail}: could not {what}")]
+    BindMount {
+        /// The host path.
+        host: PathBuf,
+        /// The path inside the jail.
+        jail: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A mount step of entering the jail failed.
     #[error("could not {what}")]
     Mount {

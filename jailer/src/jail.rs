@@ -8,10 +8,11 @@ use std::convert::Infallible;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::args::{JailerArgs, ResourceLimit};
+use crate::bind::{self, BindMount};
 use crate::cgroup::{self, Cgroups};
 use crate::chroot::{self, JailPaths};
 use crate::env::{self, ExecArgs};
@@ -30,6 +31,7 @@ struct Entry {
     netns: Option<NetNs>,
     limits: Vec<ResourceLimit>,
     dev_null: Option<File>,
+    binds: Vec<BindMount>,
     exec: ExecArgs,
 }
 
@@ -39,6 +41,13 @@ impl Entry {
     fn enter(&self, rollback: &mut Rollback) -> Result<Infallible, Error> {
         let result = self.enter_steps(rollback);
         let _ = privileges::regain_root();
+        if !self.binds.is_empty() {
+            // The undo reaches the jail through descriptors of the host's mount namespace, where these
+            // binds never existed; detaching them here as well keeps it that way whatever step failed
+            // (before `pivot_root` they are under the jail root, after it at their jail paths).
+            bind::unmount_all(&self.paths.root, &self.binds);
+            bind::unmount_all(Path::new("/"), &self.binds);
+        }
         result
     }
 
@@ -49,7 +58,7 @@ impl Entry {
             netns.join()?;
         }
         namespaces::unshare_mount_ipc_uts()?;
-        chroot::pivot_into(&self.paths.root)?;
+        chroot::pivot_into(&self.paths.root, &self.binds)?;
         if let Some(null) = &self.dev_null {
             detach_stdio(null)?;
         }
@@ -100,6 +109,7 @@ pub fn run(args: &JailerArgs) -> Result<i32, Error> {
     // 1. Checks that create nothing.
     sys::close_fds_above_stdio().map_err(Error::CloseFds)?;
     let exec = exec_file::inspect(&args.exec_file)?;
+    bind::check(&args.binds, &exec.name)?;
     let netns = args.netns.as_deref().map(NetNs::open).transpose()?;
     let uffd_minor = if args.userfaultfd {
         Some(dev::userfaultfd_minor()?)
@@ -131,6 +141,7 @@ pub fn run(args: &JailerArgs) -> Result<i32, Error> {
     let mut rollback = Rollback::new();
     chroot::create(&paths, &exec, args.uid, args.gid, &mut rollback)?;
     dev::create(&paths.root, &dev::nodes(uffd_minor), args.uid, args.gid)?;
+    bind::create_mount_points(&paths.root, &args.binds)?;
 
     // 3. Cgroups, created and filled in; joined later.
     let rel = cgroup::relative_path(args.parent_cgroup.as_deref(), &exec.name, &args.id);
@@ -162,6 +173,7 @@ pub fn run(args: &JailerArgs) -> Result<i32, Error> {
         netns,
         limits: args.effective_limits(),
         dev_null,
+        binds: args.binds.clone(),
         exec: exec_args,
     };
 

@@ -6,7 +6,8 @@
 //! 3. makes a private `/dev` with only `kvm`, `net/tun`, `urandom`, `null` (and `userfaultfd`) ([`dev`]);
 //! 4. creates the jail's cgroups and writes the `--cgroup` values ([`cgroup`]);
 //! 5. joins them, sets resource limits ([`rlimits`]), joins `--netns`, unshares mount/IPC/UTS (and pid)
-//!    namespaces ([`namespaces`]) and `pivot_root`s into the jail ([`chroot::pivot_into`]);
+//!    namespaces ([`namespaces`]), makes the `--bind` mounts ([`bind`]) and `pivot_root`s into the jail
+//!    ([`chroot::pivot_into`]);
 //! 6. sets no-new-privs, drops every capability and switches to the jail's uid/gid ([`privileges`]);
 //! 7. execs the VMM with a minimal environment ([`env`]).
 //!
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod bind;
 pub mod cgroup;
 pub mod chroot;
 pub mod dev;

@@ -456,3 +456,109 @@ fn cgroup_v2_core_file_and_membership() {
         "{own}"
     );
 }
+
+/// A host directory writable by the jail user, with one file in it, and a read-only host file.
+fn bind_sources(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = tmp.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "from the host\n").unwrap();
+    std::os::unix::fs::chown(&data, Some(UID), Some(GID)).unwrap();
+    let kernel = tmp.join("kernel");
+    std::fs::write(&kernel, "kernel image\n").unwrap();
+    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
+    (data, kernel)
+}
+
+#[test]
+fn binds_host_paths_into_the_jail() {
+    let busybox = setup!("binds_host_paths_into_the_jail");
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, kernel) = bind_sources(tmp.path());
+    let mut jail = TestJail::new("bind", &busybox);
+    let rw = format!("{}:/sandbox", data.display());
+    let ro = format!("{}:/boot/kernel:ro", kernel.display());
+    // The kernel file is owned by the jail user, so only the read-only mount stops the write.
+    let script = "/busybox cat /sandbox/in.txt; echo hi > /sandbox/out.txt && echo wrote; \
+                  (echo x >> /boot/kernel) 2>/dev/null || echo ro-refused; /busybox cat /boot/kernel; \
+                  /busybox ls /; echo ready; exec /busybox sleep 30";
+    let extra = ["--bind", &rw, "--bind", &ro, "--", "sh", "-c", script];
+    let (pid, lines) = jail.spawn_until(UID, GID, &extra, "ready");
+    let pid = pid as i32;
+    assert_eq!(
+        lines,
+        [
+            "from the host",
+            "wrote",
+            "ro-refused",
+            "kernel image",
+            "boot",
+            "busybox",
+            "dev",
+            "sandbox",
+            "ready"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(std::fs::read_to_string(&kernel).unwrap(), "kernel image\n");
+    assert_unprivileged(pid, UID, GID);
+
+    // The jail's mount table has both binds, nosuid and nodev, the kernel read-only.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let options = |point: &str| -> Vec<String> {
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("{point} not mounted: {mounts}"));
+        let opts = line.split(' ').nth(5).unwrap();
+        opts.split(',').map(str::to_string).collect()
+    };
+    for (point, mode) in [("/sandbox", "rw"), ("/boot/kernel", "ro")] {
+        let o = options(point);
+        assert!(o.contains(&mode.to_string()), "{point}: {o:?}");
+        assert!(o.contains(&"nosuid".to_string()), "{point}: {o:?}");
+        assert!(o.contains(&"nodev".to_string()), "{point}: {o:?}");
+    }
+    // Nothing propagated to the host: its mount table does not know the jail root.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = jail.root();
+    assert!(!host.contains(root.to_str().unwrap()), "{host}");
+    // From the host, the mount points are empty and root-owned.
+    let point = std::fs::metadata(root.join("sandbox")).unwrap();
+    assert_eq!((point.uid(), point.mode() & 0o777), (0, 0o755));
+    assert_eq!(std::fs::read_dir(root.join("sandbox")).unwrap().count(), 0);
+}
+
+#[test]
+fn failed_start_with_binds_keeps_the_host_files() {
+    let busybox = setup!("failed_start_with_binds_keeps_the_host_files");
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, kernel) = bind_sources(tmp.path());
+    let rw = format!("{}:/sandbox", data.display());
+    let ro = format!("{}:/kernel:ro", kernel.display());
+    // The exec fails after pivot_root, with the binds mounted: the undo removes the jail tree, in the
+    // jailer itself (in place) or in the parent (forked), and must not reach into the bound directory.
+    let notexec = unexecutable_elf(tmp.path());
+    for (tag, fork) in [("bindfail", false), ("bindfailfork", true)] {
+        let jail = TestJail::new(tag, &notexec);
+        let mut extra = vec!["--bind", &rw, "--bind", &ro];
+        if fork {
+            extra.push("--new-pid-ns");
+        }
+        assert_fails_cleanly(&jail, &extra, "could not execute");
+        assert_eq!(
+            std::fs::read_to_string(data.join("in.txt")).unwrap(),
+            "from the host\n"
+        );
+        assert_eq!(std::fs::read_to_string(&kernel).unwrap(), "kernel image\n");
+    }
+    // Refused before anything is created.
+    let jail = TestJail::new("bindbad", &busybox);
+    let missing = format!("{}/missing:/x", tmp.path().display());
+    assert_fails_cleanly(&jail, &["--bind", &missing], "missing");
+    let hides = format!("{}:/busybox", data.display());
+    assert_fails_cleanly(&jail, &["--bind", &hides], "would hide the VMM binary");
+    assert!(data.join("in.txt").exists());
+}

@@ -53,6 +53,9 @@ enum Command {
         /// How long to wait for the guest to boot.
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         boot_timeout: u64,
+        /// As root, run the VMM unjailed (also CAIRN_NO_JAIL=1); kept for the sandbox's life.
+        #[arg(long)]
+        no_jail: bool,
     },
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec {
@@ -240,6 +243,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             disk,
             idle_timeout,
             boot_timeout,
+            no_jail,
         } => {
             let opts = CreateOptions {
                 cpus,
@@ -247,6 +251,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
                 disk_gib: disk,
                 idle_timeout,
                 boot_timeout: Duration::from_secs(boot_timeout),
+                no_jail,
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;

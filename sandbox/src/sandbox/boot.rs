@@ -2,8 +2,8 @@
 //! reading the console log for the story when that fails.
 
 use super::{
-    check_kvm, check_socket_path, io_err, kill_vmm, reap, spawn_vmm, validate_name, vmm_alive,
-    CreateOptions, Home, Paths, SandboxError,
+    check_kvm, check_socket_path, io_err, jail, kill_vmm, reap, spawn_vmm, validate_name,
+    vmm_alive, CreateOptions, Home, Paths, SandboxError,
 };
 use crate::image;
 use crate::lock::{FileLock, Mode};
@@ -231,6 +231,7 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
                 }
             }
             let _ = reg.remove(name);
+            let _ = fs::remove_dir_all(jail::jail_dir(&paths));
             let _ = fs::remove_dir_all(&paths.dir);
             Err(e)
         }
@@ -239,6 +240,7 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
 
 /// Makes a new sandbox's disk and VMM config: the disk is a link to the shared root image
 /// grown to `--disk` GiB (see [`rootdisk`]), or a blank sparse file without a root image.
+/// A sandbox made by root is jailed (see [`jail`]): its config names in-jail paths.
 pub(crate) fn prepare_new(
     home: &Home,
     paths: &Paths,
@@ -257,9 +259,31 @@ pub(crate) fn prepare_new(
                 .map_err(io_err(format!("size {}", paths.disk.display())))?;
         }
     }
-    let cfg = vm_config(paths, img, opts);
+    let cfg = if jail::wanted(opts.no_jail) {
+        let initrd = img.rootfs.is_none().then_some(img.initrd.as_path());
+        jail::save(
+            paths,
+            &jail::new_spec(&jail_name(paths), &img.kernel, initrd),
+        )?;
+        let in_jail = image::GuestImage {
+            kernel: jail::IN_JAIL_KERNEL.into(),
+            initrd: jail::IN_JAIL_INITRD.into(),
+            ..img.clone()
+        };
+        vm_config(&jail::vmm_view(paths, true), &in_jail, opts)
+    } else {
+        vm_config(paths, img, opts)
+    };
     fs::write(&paths.config, cfg.to_string())
         .map_err(io_err(format!("write {}", paths.config.display())))
+}
+
+fn jail_name(paths: &Paths) -> String {
+    paths
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Boots the sandbox's VMM from its config (`vm.json`): the kernel, and the disk as the
@@ -273,13 +297,14 @@ pub(crate) fn cold_boot(
     verb: &str,
 ) -> Result<(u32, Duration), SandboxError> {
     let from = console_len(paths);
+    let vmm = jail::vmm_view(paths, jail::load(paths)?.is_some());
     let pid = spawn_vmm(
         paths,
         &[
             "--api-sock".as_ref(),
-            paths.api.as_os_str(),
+            vmm.api.as_os_str(),
             "--config-file".as_ref(),
-            paths.config.as_os_str(),
+            vmm.config.as_os_str(),
         ],
     )?;
     reg.set_state(name, State::Creating, Some(pid))?;

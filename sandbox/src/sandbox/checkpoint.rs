@@ -1,8 +1,8 @@
 //! Named checkpoints of a sandbox, through its VMM's REST API.
 
 use super::{
-    console_len, ensure_running_locked, liveness, lock, start_locked, wait_agent, Home, Liveness,
-    SandboxError,
+    console_len, ensure_running_locked, jail, liveness, lock, start_locked, wait_agent, Home,
+    Liveness, SandboxError,
 };
 use crate::vmm_api;
 use std::path::Path;
@@ -72,11 +72,13 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     }
     let start = Instant::now();
     let from = console_len(&paths);
+    // The socket path as the VMM sees it (in its jail for a jailed sandbox).
+    let vmm = jail::vmm_view(&paths, jail::load(&paths)?.is_some());
     vmm_api::request(
         &r.api_sock,
         "PUT",
         "/checkpoints/restore",
-        Some(&serde_json::json!({"name": ckpt, "vsock_uds_path": r.vsock_sock})),
+        Some(&serde_json::json!({"name": ckpt, "vsock_uds_path": vmm.vsock})),
         Duration::from_secs(120),
     )?;
     reg.set_head(name, Some(ckpt))?;

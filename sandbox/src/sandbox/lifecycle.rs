@@ -1,8 +1,8 @@
 //! Waking, stopping, starting and removing a sandbox, each under its lifecycle lock.
 
 use super::{
-    cold_boot, console_len, create_checkpoint_at, io_err, kill_vmm, liveness, spawn_vmm, vmm_alive,
-    vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
+    cold_boot, console_len, create_checkpoint_at, io_err, jail, kill_vmm, liveness, spawn_vmm,
+    vmm_alive, vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
 };
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, State};
@@ -70,13 +70,14 @@ pub(crate) fn start_locked(
     let head = head.to_string();
     let start = Instant::now();
     let from = console_len(&paths);
+    let vmm = jail::vmm_view(&paths, jail::load(&paths)?.is_some());
     let pid = spawn_vmm(
         &paths,
         &[
             "--api-sock".as_ref(),
-            paths.api.as_os_str(),
+            vmm.api.as_os_str(),
             "--checkpoint-dir".as_ref(),
-            paths.checkpoints.as_os_str(),
+            vmm.checkpoints.as_os_str(),
         ],
     )?;
     let result = (|| {
@@ -85,7 +86,7 @@ pub(crate) fn start_locked(
             &paths.api,
             "PUT",
             "/checkpoints/restore",
-            Some(&serde_json::json!({"name": head, "vsock_uds_path": paths.vsock})),
+            Some(&serde_json::json!({"name": head, "vsock_uds_path": vmm.vsock})),
             Duration::from_secs(120),
         )?;
         wait_agent(
@@ -249,7 +250,7 @@ pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
     stop_locked(&mut reg, &r)
 }
 
-/// `cairn rm NAME`: ends the VMM and deletes the directory and the row.
+/// `cairn rm NAME`: ends the VMM and deletes the directory (and its jail's) and the row.
 pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     let mut reg = home.registry()?;
     let r = reg.get(name)?;
@@ -259,6 +260,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
         kill_vmm(pid);
     }
     reg.remove(name)?;
+    let _ = fs::remove_dir_all(jail::jail_dir(&paths));
     fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {
         io::ErrorKind::NotFound => Ok(()),
         _ => Err(io_err(format!("remove {}", paths.dir.display()))(e)),

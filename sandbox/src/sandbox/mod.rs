@@ -3,10 +3,12 @@
 //! - `process`: the VMM process (spawn, kill, liveness as `cairn ls` derives it);
 //! - `boot`: the VMM config, creating a sandbox, waiting for the agent, the console log;
 //! - `lifecycle`: wake, stop, start, rm, and the locks around them;
-//! - `checkpoint`: named checkpoints through the VMM's API.
+//! - `checkpoint`: named checkpoints through the VMM's API;
+//! - `jail`: running the VMM under `cairn-jailer` (sandboxes created by root).
 
 mod boot;
 mod checkpoint;
+pub mod jail;
 mod lifecycle;
 mod process;
 
@@ -78,6 +80,12 @@ pub enum SandboxError {
         "socket path {0} is longer than 107 bytes (hint: set CAIRN_HOME to a shorter directory)"
     )]
     PathTooLong(PathBuf),
+    /// A jailed sandbox's VMM can only be started by root.
+    #[error("sandbox {0:?} runs its VMM jailed, which needs root (hint: run cairn as root)")]
+    JailNeedsRoot(String),
+    /// A path cannot be passed to `cairn-jailer --bind`.
+    #[error("{0} cannot be bound into a jail: it is not UTF-8 or contains ':' (hint: CAIRN_NO_JAIL=1, or move it)")]
+    JailPath(PathBuf),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
@@ -192,6 +200,8 @@ pub struct CreateOptions {
     pub idle_timeout: u64,
     /// How long to wait for the agent to answer.
     pub boot_timeout: Duration,
+    /// Run the VMM unjailed even as root (`--no-jail`).
+    pub no_jail: bool,
 }
 
 impl Default for CreateOptions {
@@ -202,6 +212,7 @@ impl Default for CreateOptions {
             disk_gib: 100,
             idle_timeout: 30,
             boot_timeout: Duration::from_secs(300),
+            no_jail: false,
         }
     }
 }

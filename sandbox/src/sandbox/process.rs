@@ -1,7 +1,7 @@
 //! The VMM process: spawning it detached, ending it, and the live state `cairn ls` derives
 //! from the process table and the sockets rather than from the registry alone.
 
-use super::{boot_error, image, io_err, Paths, SandboxError};
+use super::{boot_error, image, io_err, jail, Paths, SandboxError};
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, State};
 use crate::vmm_api;
@@ -45,7 +45,8 @@ impl Liveness {
     }
 }
 
-/// Is `pid` a live (not zombie) `cairn-vmm`?
+/// Is `pid` a live (not zombie) `cairn-vmm`, or the `cairn-jailer` that is about to become
+/// one (it execs the VMM in the same process, see [`jail`])?
 pub fn vmm_alive(pid: u32) -> bool {
     let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s,
@@ -62,15 +63,17 @@ pub fn vmm_alive(pid: u32) -> bool {
         .map(|c| {
             c.split(|&b| b == 0)
                 .next()
-                .is_some_and(|a0| a0.ends_with(b"cairn-vmm"))
+                .is_some_and(|a0| a0.ends_with(b"cairn-vmm") || a0.ends_with(b"cairn-jailer"))
         })
         .unwrap_or(false)
 }
 
 /// Every live `cairn-vmm` whose working directory is `dir` (each sandbox's VMM runs in its
-/// directory), recorded or not: a CLI that crashed between spawning a VMM and recording it
-/// leaves one behind, and it must not share the disk with a second.
+/// directory; a jailed one in its jail root, which is checked too), recorded or not: a CLI
+/// that crashed between spawning a VMM and recording it leaves one behind, and it must not
+/// share the disk with a second.
 pub fn vmms_in(dir: &Path) -> Vec<u32> {
+    let paths = Paths::new(dir.to_path_buf());
     let Ok(rd) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -78,7 +81,9 @@ pub fn vmms_in(dir: &Path) -> Vec<u32> {
     let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| {
-            vmm_alive(pid) && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+            vmm_alive(pid)
+                && (fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+                    || jail::works_in_jail(&paths, pid))
         })
         .collect()
 }
@@ -117,6 +122,7 @@ pub fn ls_json(r: &Record) -> serde_json::Value {
         "dir": r.dir,
         "api_sock": r.api_sock,
         "vsock_sock": r.vsock_sock,
+        "jailed": jail::load(&Paths::new(r.dir.clone())).is_ok_and(|s| s.is_some()),
     })
 }
 
@@ -127,9 +133,17 @@ pub(crate) fn check_socket_path(p: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Starts `cairn-vmm ARGS` in a session of its own, output appended to the console log.
+/// Starts `cairn-vmm ARGS` in a session of its own, output appended to the console log; for a
+/// jailed sandbox through `cairn-jailer` (ARGS then name in-jail paths, see [`jail::vmm_view`]).
 pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32, SandboxError> {
-    let vmm = image::vmm_binary()?;
+    let mut cmd = match jail::load(paths)? {
+        Some(spec) => jail::command(paths, &spec, args)?,
+        None => {
+            let mut cmd = Command::new(image::vmm_binary()?);
+            cmd.args(args);
+            cmd
+        }
+    };
     for s in [&paths.api, &paths.vsock] {
         check_socket_path(s)?;
         let _ = fs::remove_file(s);
@@ -143,9 +157,7 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
         .try_clone()
         .map_err(io_err("duplicate the console log"))?;
     let input = console_input(paths)?;
-    let mut cmd = Command::new(&vmm);
-    cmd.args(args)
-        .stdin(input)
+    cmd.stdin(input)
         .stdout(log)
         .stderr(log2)
         .current_dir(&paths.dir);
@@ -160,7 +172,7 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
     }
     let child = cmd
         .spawn()
-        .map_err(io_err(format!("start {}", vmm.display())))?;
+        .map_err(io_err(format!("start {:?}", cmd.get_program())))?;
     // The child is not waited for here: it outlives this process (and is then reaped by init).
     Ok(child.id())
 }
@@ -268,6 +280,21 @@ mod tests {
         assert!(!vmm_alive(u32::MAX - 1));
         // This test process is alive but is not a cairn-vmm.
         assert!(!vmm_alive(std::process::id()));
+    }
+
+    #[test]
+    fn a_jailer_about_to_exec_the_vmm_counts_as_one() {
+        // A jailed VMM's process is `cairn-jailer` until the jailer execs the VMM in place:
+        // liveness checks and kill_vmm must not take it for gone in that window.
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = tmp.path().join("cairn-jailer");
+        fs::copy("/bin/sleep", &fake).unwrap();
+        let mut child = Command::new(&fake).arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(vmm_alive(pid));
+        kill_vmm(pid);
+        let _ = child.wait();
+        assert!(!vmm_alive(pid));
     }
 
     #[test]
