@@ -18,7 +18,7 @@ use cairn_snapshot::checkpoint::{CheckpointStore, ForkReport};
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{self, Record, RegistryError, State};
-use crate::sandbox::{self, Home, Paths, SandboxError};
+use crate::sandbox::{self, jail, Home, Paths, SandboxError};
 
 /// What [`fork`] did.
 #[derive(Debug, Clone)]
@@ -160,6 +160,20 @@ fn make_files(
         source: io::Error::other(e),
     })?;
     let config = rebase_paths(config, &src.dir, &dst.dir);
+    // A jailed original's config names in-jail paths (`/sandbox/...`), which mean the fork's own
+    // directory inside the fork's jail: the fork runs jailed too, as its own uid.
+    let jail_spec = jail::load(src)?;
+    if let Some(spec) = &jail_spec {
+        let name = dst
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        jail::save(
+            dst,
+            &jail::new_spec(&name, &spec.kernel, spec.initrd.as_deref()),
+        )?;
+    }
     let store = CheckpointStore::open(&dst.checkpoints)
         .map_err(snap_err(format!("create {}", dst.checkpoints.display())))?;
     let mut report = src_store
@@ -172,11 +186,15 @@ fn make_files(
             continue;
         };
         let path = PathBuf::from(path);
-        let Ok(rel) = path.strip_prefix(&dst.dir) else {
+        let inside = match jail_spec {
+            Some(_) => Path::new(jail::IN_JAIL_DIR),
+            None => dst.dir.as_path(),
+        };
+        let Ok(rel) = path.strip_prefix(inside) else {
             continue;
         };
         let from = src.dir.join(rel);
-        let shared = share_file(&from, &path)
+        let shared = share_file(&from, &dst.dir.join(rel))
             .map_err(snap_err(format!("share the disk {}", from.display())))?;
         match shared {
             cairn_snapshot::checkpoint::fork::Shared::Linked(b) => {
