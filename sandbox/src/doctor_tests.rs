@@ -22,19 +22,9 @@ fn row(home: &Home, name: &str, state: State, pid: Option<u32>, config: bool) ->
     home.registry()
         .unwrap()
         .insert(&Record {
-            name: name.into(),
-            state,
-            dir: paths.dir.clone(),
             pid,
-            api_sock: paths.api.clone(),
-            vsock_sock: paths.vsock.clone(),
-            cpus: 1,
-            mem_mib: 256,
-            disk_gib: 1,
-            created: 0,
-            last_activity: 0,
-            head_checkpoint: None,
             idle_timeout: 0,
+            ..paths.record(name, state)
         })
         .unwrap();
     paths

@@ -17,7 +17,7 @@ use cairn_snapshot::checkpoint::fork::share_file;
 use cairn_snapshot::checkpoint::{CheckpointStore, ForkReport};
 
 use crate::lock::{FileLock, Mode};
-use crate::registry::{self, Record, RegistryError, State};
+use crate::registry::{Record, RegistryError, State};
 use crate::sandbox::{self, jail, Home, Paths, SandboxError};
 
 /// What [`fork`] did.
@@ -92,21 +92,13 @@ pub fn fork(
         ),
         source: e,
     })?;
-    let now = registry::now();
     let record = Record {
-        name: new.to_string(),
-        state: State::Stopped,
-        dir: paths.dir.clone(),
-        pid: None,
-        api_sock: paths.api.clone(),
-        vsock_sock: paths.vsock.clone(),
         cpus: from.cpus,
         mem_mib: from.mem_mib,
         disk_gib: from.disk_gib,
-        created: now,
-        last_activity: now,
         head_checkpoint: Some(ckpt.to_string()),
         idle_timeout: from.idle_timeout,
+        ..paths.record(new, State::Stopped)
     };
     let made = (|| {
         let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
@@ -276,21 +268,7 @@ mod tests {
         // A stopped sandbox without that checkpoint.
         let paths = home.paths("src");
         fs::create_dir_all(&paths.checkpoints).unwrap();
-        let rec = Record {
-            name: "src".into(),
-            state: State::Stopped,
-            dir: paths.dir.clone(),
-            pid: None,
-            api_sock: paths.api.clone(),
-            vsock_sock: paths.vsock.clone(),
-            cpus: 1,
-            mem_mib: 256,
-            disk_gib: 1,
-            created: 0,
-            last_activity: 0,
-            head_checkpoint: None,
-            idle_timeout: 0,
-        };
+        let rec = paths.record("src", State::Stopped);
         home.registry().unwrap().insert(&rec).unwrap();
         let err = fork(&home, "src", "c1", "new", false).unwrap_err();
         let text = cairn_agent::error_text(&err);
@@ -357,19 +335,12 @@ mod tests {
             })
             .unwrap();
         let rec = Record {
-            name: "src".into(),
-            state: State::Stopped,
-            dir: paths.dir.clone(),
-            pid: None,
-            api_sock: paths.api.clone(),
-            vsock_sock: paths.vsock.clone(),
             cpus: 1,
             mem_mib: 256,
             disk_gib: 1,
-            created: 0,
-            last_activity: 0,
             head_checkpoint: Some("c1".into()),
             idle_timeout: 7,
+            ..paths.record("src", State::Stopped)
         };
         home.registry().unwrap().insert(&rec).unwrap();
         paths

@@ -154,19 +154,9 @@ mod tests {
         let paths = home.paths("s");
         let mut reg = home.registry().unwrap();
         reg.insert(&Record {
-            name: "s".into(),
-            state: State::Running,
-            dir: paths.dir.clone(),
             pid: Some(u32::MAX - 1),
-            api_sock: paths.api.clone(),
-            vsock_sock: paths.vsock.clone(),
-            cpus: 1,
-            mem_mib: 256,
-            disk_gib: 1,
-            created: 0,
-            last_activity: 0,
-            head_checkpoint: None,
             idle_timeout: 1,
+            ..paths.record("s", State::Running)
         })
         .unwrap();
         // The recorded pid is not a live cairn-vmm.

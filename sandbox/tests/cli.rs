@@ -24,19 +24,9 @@ fn stopped_row(home: &Home, name: &str) -> Record {
     let paths = home.paths(name);
     std::fs::create_dir_all(&paths.dir).unwrap();
     Record {
-        name: name.into(),
-        state: State::Stopped,
-        dir: paths.dir.clone(),
-        pid: None,
-        api_sock: paths.api.clone(),
-        vsock_sock: paths.vsock.clone(),
-        cpus: 1,
-        mem_mib: 256,
-        disk_gib: 1,
-        created: 1,
-        last_activity: 1,
         head_checkpoint: Some("c1".into()),
         idle_timeout: 0,
+        ..paths.record(name, State::Stopped)
     }
 }
 

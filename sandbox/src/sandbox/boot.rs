@@ -7,7 +7,7 @@ use super::{
 };
 use crate::image;
 use crate::lock::{FileLock, Mode};
-use crate::registry::{self, Record, Registry, RegistryError, State};
+use crate::registry::{Record, Registry, RegistryError, State};
 use crate::rootdisk;
 use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
@@ -192,21 +192,12 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     fs::create_dir_all(&paths.dir).map_err(io_err(format!("create {}", paths.dir.display())))?;
     let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
         .map_err(io_err(format!("lock {}", paths.lock.display())))?;
-    let now = registry::now();
     let record = Record {
-        name: name.to_string(),
-        state: State::Creating,
-        dir: paths.dir.clone(),
-        pid: None,
-        api_sock: paths.api.clone(),
-        vsock_sock: paths.vsock.clone(),
         cpus: opts.cpus,
         mem_mib: opts.mem_mib,
         disk_gib: opts.disk_gib,
-        created: now,
-        last_activity: now,
-        head_checkpoint: None,
         idle_timeout: opts.idle_timeout,
+        ..paths.record(name, State::Creating)
     };
     // The row claims the name (atomically): a racing create of the same name stops here.
     reg.insert(&record)?;

@@ -22,7 +22,7 @@ pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
 use crate::image::{self, ImageError};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Record, Registry, RegistryError, State};
 use crate::vmm_api::ApiError;
 use cairn_agent::client::ClientError;
 use std::fs::{self, OpenOptions};
@@ -183,6 +183,28 @@ impl Paths {
             idle_log: dir.join("idle.log"),
             console_in: dir.join("console.in"),
             dir,
+        }
+    }
+
+    /// The registry row of sandbox `name` living here, in `state`: no VMM, no checkpoint,
+    /// created and active now, shaped as [`CreateOptions::default`].
+    pub fn record(&self, name: &str, state: State) -> Record {
+        let now = crate::registry::now();
+        let opts = CreateOptions::default();
+        Record {
+            name: name.to_string(),
+            state,
+            dir: self.dir.clone(),
+            pid: None,
+            api_sock: self.api.clone(),
+            vsock_sock: self.vsock.clone(),
+            cpus: opts.cpus,
+            mem_mib: opts.mem_mib,
+            disk_gib: opts.disk_gib,
+            created: now,
+            last_activity: now,
+            head_checkpoint: None,
+            idle_timeout: opts.idle_timeout,
         }
     }
 }

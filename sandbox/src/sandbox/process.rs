@@ -300,19 +300,8 @@ mod tests {
     #[test]
     fn a_row_whose_vmm_is_gone_is_dead() {
         let r = Record {
-            name: "s".into(),
-            state: State::Running,
-            dir: "/nonexistent".into(),
             pid: Some(u32::MAX - 1),
-            api_sock: "/nonexistent/api.sock".into(),
-            vsock_sock: "/nonexistent/v.sock".into(),
-            cpus: 1,
-            mem_mib: 256,
-            disk_gib: 1,
-            created: 0,
-            last_activity: 0,
-            head_checkpoint: None,
-            idle_timeout: 0,
+            ..Paths::new("/nonexistent".into()).record("s", State::Running)
         };
         assert_eq!(liveness(&r), Liveness::Dead);
         let stopped = Record {
