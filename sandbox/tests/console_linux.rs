@@ -2,7 +2,7 @@
 //! the guest's console shell, also after the sandbox was stopped (the next key wakes it).
 //!
 //! Needs `/dev/kvm` (skips loudly without it, fails under `CAIRN_REQUIRE_KVM=1`), `cairn-vmm`
-//! next to `cairn` or `CAIRN_VMM`, and a static `cairn-agent` (see `e2e_linux.rs`).
+//! next to `cairn` or `CAIRN_VMM`, and a static `cairn-agent` (`scripts/test` builds it; `CAIRN_AGENT_BIN`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -100,14 +100,13 @@ fn expect(stdin: &mut impl Write, lines: &mpsc::Receiver<String>, line: &str, wa
 }
 
 #[test]
-#[ignore = "boots the Linux guest (minutes on the emulated-KVM host); run with --ignored"]
 fn console_input_reaches_the_guest_across_stop_and_wake() {
     let name = "console_input_reaches_the_guest_across_stop_and_wake";
     if !kvm_available(name) {
         return;
     }
     if !has_agent() {
-        eprintln!("SKIP {name}: no static cairn-agent (see e2e_linux.rs)");
+        eprintln!("SKIP {name}: no static cairn-agent (scripts/test builds it; CAIRN_AGENT_BIN)");
         return;
     }
     let mut sb = Sandbox {
@@ -117,7 +116,9 @@ fn console_input_reaches_the_guest_across_stop_and_wake() {
             .unwrap(),
         console: None,
     };
-    let out = sb.cairn(&[
+    // On the emulated-KVM host a guest process (PID 1 included) sometimes dies at its first TLS
+    // access (docs/guest.md); a create that hit it is retried, and each retry is logged.
+    let create = [
         "create",
         "con",
         "--mem",
@@ -126,8 +127,16 @@ fn console_input_reaches_the_guest_across_stop_and_wake() {
         "0",
         "--disk",
         "4",
-    ]);
-    assert!(out.status.success(), "create failed");
+    ];
+    let created = (1..=3).any(|attempt| {
+        let ok = sb.cairn(&create).status.success();
+        if !ok {
+            eprintln!("{name}: create attempt {attempt} failed; retrying on a fresh guest");
+            let _ = sb.cairn(&["rm", "con"]);
+        }
+        ok
+    });
+    assert!(created, "create failed 3 times");
     let mut child = Command::new(cairn_exe())
         .args(["console", "con"])
         .env("CAIRN_HOME", sb.home.path())

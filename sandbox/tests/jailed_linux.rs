@@ -4,7 +4,7 @@
 //! jailed VMMs, through the same in-jail paths).
 //!
 //! Needs root (prints `SKIP` otherwise), `/dev/kvm` (skips loudly without it, fails under
-//! `CAIRN_REQUIRE_KVM=1`), a static `cairn-agent` (see `e2e_linux.rs`), and a static
+//! `CAIRN_REQUIRE_KVM=1`), a static `cairn-agent` (`scripts/test` builds it; `CAIRN_AGENT_BIN`), and a static
 //! `cairn-vmm` plus `cairn-jailer` (`CAIRN_STATIC_VMM` / `CAIRN_JAILER`, or
 //! `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p cairn-vmm -p cairn-jailer --target x86_64-unknown-linux-gnu`
 //! into the same target directory). One Linux boot: 30-100 s on the emulated-KVM hosts.
@@ -93,7 +93,7 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `cairn exec`, retried when the guest process dies at its start (see `e2e_linux.rs`).
+    /// `cairn exec`, retried when the guest process dies at its start (`scripts/test` builds it; `CAIRN_AGENT_BIN`).
     fn exec(&self, cmd: &[&str]) -> (i32, String) {
         let mut args = vec!["exec", SB, "--"];
         args.extend_from_slice(cmd);
