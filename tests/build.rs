@@ -18,6 +18,7 @@ fn main() {
     for (name, source, defsym, linker_script) in [
         ("hello64", "hello64", None, "flat.ld"),
         ("halt64", "halt64", None, "flat.ld"),
+        ("cpuid64", "cpuid64", None, "flat.ld"),
         ("ticker64", "ticker64", None, "flat.ld"),
         ("dirty1m", "ticker64", Some("WINDOW_MIB=1"), "flat.ld"),
         ("dirty256m", "ticker64", Some("WINDOW_MIB=256"), "flat.ld"),

@@ -82,6 +82,7 @@ pub fn run(home: &Home, dry_run: bool) -> Result<Vec<Finding>, SandboxError> {
     }
     let names: Vec<String> = reg.list()?.into_iter().map(|r| r.name).collect();
     orphan_dirs(&mut d, &names);
+    orphan_jails(&mut d, &names);
     temp_images(&mut d);
     Ok(d.findings)
 }
@@ -378,6 +379,41 @@ fn orphan_dirs(d: &mut Doctor, names: &[String]) {
         d.act(|| {
             vmms.iter().for_each(|&p| sandbox::kill_vmm(p));
             let _ = fs::remove_dir_all(&paths.dir);
+        });
+    }
+}
+
+/// Jail directories (`<home>/jail/cairn-vmm/<id>`) of sandboxes that no longer exist: left by an
+/// `rm` or a failed create that was interrupted. A process still working in such a jail (a jailed
+/// VMM whose sandbox is gone) is ended first.
+fn orphan_jails(d: &mut Doctor, names: &[String]) {
+    let base = sandbox::jail::jails_dir(&d.home.paths("x"));
+    let Ok(rd) = fs::read_dir(&base) else {
+        return;
+    };
+    let ids: Vec<String> = names.iter().map(|n| sandbox::jail::jail_id(n)).collect();
+    for e in rd.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if ids.contains(&id) || !e.path().is_dir() {
+            continue;
+        }
+        let pids = sandbox::jail::pids_working_in(&e.path().join("root"));
+        d.note(
+            None,
+            format!(
+                "jail {} belongs to no sandbox{}",
+                e.path().display(),
+                if pids.is_empty() {
+                    String::new()
+                } else {
+                    format!(", processes {pids:?} still run in it")
+                }
+            ),
+            "removed it",
+        );
+        d.act(|| {
+            pids.iter().for_each(|&p| sandbox::kill_vmm(p));
+            let _ = fs::remove_dir_all(e.path());
         });
     }
 }

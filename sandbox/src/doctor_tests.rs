@@ -133,8 +133,20 @@ fn incomplete_checkpoints_rows_without_dirs_and_dirs_without_rows_are_cleaned() 
     fs::write(&used, "").unwrap();
     fs::hard_link(&used, paths.dir.join("disk.img")).unwrap();
 
+    // Jails: the live sandbox's stays, one whose sandbox is gone goes.
+    let kept = sandbox::jail::jail_dir(&paths).join("root");
+    fs::create_dir_all(&kept).unwrap();
+    let orphan = sandbox::jail::jail_dir(&home.paths("gone")).join("root");
+    fs::create_dir_all(orphan.join("dev")).unwrap();
+
     let f = run(&home, false).unwrap();
     assert!(about(&f, "s")[0].found.contains("c2"), "{f:?}");
+    assert!(
+        f.iter().any(|x| x.found.contains("belongs to no sandbox")),
+        "{f:?}"
+    );
+    assert!(kept.exists());
+    assert!(!orphan.parent().unwrap().exists());
     assert!(about(&f, "lost")[0]
         .did
         .contains("removed the registry row"));
@@ -214,4 +226,24 @@ fn an_unrecorded_vmm_in_a_sandbox_directory_is_found_and_ended() {
         home.registry().unwrap().get("s").unwrap().state,
         State::Stopped
     );
+}
+
+#[test]
+fn a_vmm_left_in_the_jail_of_a_removed_sandbox_is_ended_and_the_jail_removed() {
+    let (d, home) = home();
+    let jail = sandbox::jail::jail_dir(&home.paths("gone"));
+    fs::create_dir_all(jail.join("root")).unwrap();
+    let mut child = fake_vmm(d.path(), &jail.join("root"));
+    assert_eq!(
+        sandbox::jail::pids_working_in(&jail.join("root")),
+        vec![child.id()]
+    );
+    let dry = run(&home, true).unwrap();
+    assert!(dry[0].found.contains("still run in it"), "{dry:?}");
+    assert!(jail.exists());
+    let f = run(&home, false).unwrap();
+    assert!(f[0].found.contains(&format!("{}", child.id())), "{f:?}");
+    let _ = child.wait();
+    assert!(!jail.exists());
+    assert_eq!(run(&home, false).unwrap(), vec![]);
 }

@@ -202,6 +202,10 @@ fn make_files(
             .set_drive_base(id, &path)
             .map_err(snap_err(format!("record the base of drive {id}")))?;
     }
+    if src.cpu_config.exists() {
+        fs::copy(&src.cpu_config, &dst.cpu_config)
+            .map_err(io_err(format!("copy {}", src.cpu_config.display())))?;
+    }
     fs::write(&dst.config, config.to_string())
         .map_err(io_err(format!("write {}", dst.config.display())))?;
     Ok(report)

@@ -52,6 +52,8 @@ pub struct GuestImage {
     pub boot_args: String,
     /// The ext4 root disk image (`guest/build --rootfs`), if there is one.
     pub rootfs: Option<PathBuf>,
+    /// A custom CPU template this host needs (`guest/build`'s `cpu_config=`), if any.
+    pub cpu_config: Option<PathBuf>,
     /// Why the image falls back to the initramfs, to tell the user.
     pub note: Option<String>,
 }
@@ -138,6 +140,9 @@ pub fn guest_image() -> Result<GuestImage, ImageError> {
             rootfs: std::env::var_os("CAIRN_ROOTFS")
                 .filter(|r| r != "none")
                 .map(PathBuf::from),
+            cpu_config: std::env::var_os("CAIRN_CPU_CONFIG")
+                .filter(|r| !r.is_empty())
+                .map(PathBuf::from),
             note: None,
         });
     }
@@ -207,6 +212,7 @@ pub fn parse_build_output(text: &str) -> Option<GuestImage> {
         initrd: get("initrd")?.into(),
         boot_args: get("boot_args")?,
         rootfs: get("rootfs").map(PathBuf::from),
+        cpu_config: get("cpu_config").map(PathBuf::from),
         note: None,
     })
 }

@@ -2,6 +2,8 @@
 
 /// Long mode via the Linux 64-bit boot protocol: prints markers (zero page, MMIO read), resets.
 pub const HELLO64: &str = concat!(env!("OUT_DIR"), "/hello64.elf");
+/// Prints CPUID 0x40000001 EAX, CPUID 0x400000f0 EBX and MSR_STAR in hex, then resets.
+pub const CPUID64: &str = concat!(env!("OUT_DIR"), "/cpuid64.elf");
 /// Prints a marker, then `cli; hlt` forever.
 pub const HALT64: &str = concat!(env!("OUT_DIR"), "/halt64.elf");
 /// The anchors' benchmark guest: touches all RAM, then rewrites 16 MiB forever printing '.'.

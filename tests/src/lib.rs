@@ -40,6 +40,18 @@ pub struct LinuxGuest {
     pub agent: Option<String>,
     /// The cached ext4 root disk (`rootfs=`; absent with `--no-rootfs`). Shared: boot a copy.
     pub rootfs: Option<String>,
+    /// The custom CPU template this host needs (`cpu_config=`), for the config's `"cpu-config"`.
+    pub cpu_config: Option<String>,
+}
+
+impl LinuxGuest {
+    /// `config` with this host's `"cpu-config"` added when it needs one.
+    pub fn with_cpu_config(&self, mut config: serde_json::Value) -> serde_json::Value {
+        if let Some(path) = &self.cpu_config {
+            config["cpu-config"] = path.as_str().into();
+        }
+        config
+    }
 }
 
 /// Build (or fetch from the cache) the Linux guest with `guest/build`.
@@ -71,5 +83,6 @@ pub fn linux_guest_with(args: &[&str]) -> LinuxGuest {
         boot_args: get("boot_args"),
         agent: find("agent"),
         rootfs: find("rootfs"),
+        cpu_config: find("cpu_config"),
     }
 }

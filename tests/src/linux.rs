@@ -56,7 +56,10 @@ pub struct BootedFixture {
 }
 
 fn fixture_dir(guest: &crate::LinuxGuest) -> PathBuf {
-    let key = format!("{}|{}|{}", guest.kernel, guest.initrd, guest.boot_args);
+    let key = format!(
+        "{}|{}|{}|{:?}",
+        guest.kernel, guest.initrd, guest.boot_args, guest.cpu_config
+    );
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
@@ -78,14 +81,14 @@ pub fn booted() -> BootedFixture {
     assert_eq!(locked, 0, "cannot lock the fixture directory");
     let disk = dir.join("scratch.ext4");
     let store = dir.join("store");
-    let config = serde_json::json!({
+    let config = guest.with_cpu_config(serde_json::json!({
         "boot-source": {"kernel_image_path": guest.kernel, "initrd_path": guest.initrd, "boot_args": guest.boot_args},
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
         "drives": [{"drive_id": "scratch", "path_on_host": disk, "is_root_device": false, "is_read_only": false}],
         "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")},
         "entropy": {},
         "cairn": {"checkpoint_dir": store},
-    });
+    }));
     let done = dir.join("booted.ok");
     if !done.exists() {
         let cfg = dir.join("vm.json");

@@ -91,10 +91,21 @@ fn sandbox_forks_diverge_and_outlive_their_original() {
     }
     retry_on_guest_flake(name, || {
         let h = CairnHome::new();
+        // Two vCPUs: the forks, restored from a checkpoint, keep both.
         h.create(
             "src",
-            &["--mem", "256", "--disk", "1", "--idle-timeout", "0"],
+            &[
+                "--cpus",
+                "2",
+                "--mem",
+                "256",
+                "--disk",
+                "1",
+                "--idle-timeout",
+                "0",
+            ],
         );
+        assert_eq!(h.sh("src", "nproc"), "2\n");
         h.sh("src", "echo base > /root/f; sync");
         h.ok(&["checkpoint", "create", "src", "c1"]);
 
@@ -108,6 +119,7 @@ fn sandbox_forks_diverge_and_outlive_their_original() {
         h.sh("f2", "echo two > /root/f; sync");
         assert_eq!(h.sh("f1", "cat /root/f"), "one\n");
         assert_eq!(h.sh("f2", "cat /root/f"), "two\n");
+        assert_eq!(h.sh("f2", "nproc"), "2\n");
         assert_eq!(h.sh("src", "cat /root/f"), "base\n");
         let out = h.run(&["fork", "src", "c1", "f1"]);
         assert!(

@@ -60,7 +60,7 @@ pub enum KernelImage {
 }
 
 /// Everything the builder needs, already validated by the config layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildSpec {
     /// What to boot.
     pub image: KernelImage,
@@ -74,6 +74,8 @@ pub struct BuildSpec {
     pub track_dirty_pages: bool,
     /// CPU template.
     pub cpu_template: CpuTemplate,
+    /// Custom CPU template (Firecracker's `cpu-config`), applied after `cpu_template`.
+    pub custom_cpu_template: Option<crate::config::CustomCpuTemplate>,
     /// Extra kernel command-line entries.
     pub extra_cmdline: Vec<String>,
     /// Virtio devices, in attach order.
@@ -131,6 +133,7 @@ impl BuildSpec {
             smt: false,
             track_dirty_pages: false,
             cpu_template: CpuTemplate::None,
+            custom_cpu_template: None,
             extra_cmdline: vec![],
             devices: vec![],
             checkpoint_dir: None,
@@ -187,6 +190,28 @@ pub fn open_kvm() -> Result<Kvm, VmmError> {
         }
     }
     Ok(kvm)
+}
+
+/// Step: the KVM capabilities a custom CPU template requires (`"N"` in its `kvm_capabilities`).
+/// A `"!N"` entry is accepted: the capabilities [`open_kvm`] checks are ones cairn cannot work
+/// without, so there is nothing to drop.
+fn check_template_capabilities(kvm: &Kvm, spec: &BuildSpec) -> Result<(), VmmError> {
+    let Some(template) = &spec.custom_cpu_template else {
+        return Ok(());
+    };
+    for m in &template.kvm_capabilities {
+        if let crate::config::KvmCapabilityModifier::Require(cap) = *m {
+            let ok = i32::try_from(cap)
+                .map(|c| kvm.check_extension_raw(c as libc::c_ulong) > 0)
+                .unwrap_or(false);
+            if !ok {
+                return Err(VmmError::Config(format!(
+                    "cpu-config.kvm_capabilities: this host's KVM lacks capability {cap}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Step: load what `image` names into guest memory.
@@ -251,6 +276,7 @@ pub fn build_machine(
     let mem = create_guest_memory(spec.mem_size_mib)?;
     let (kernel, initrd) = load_image(&mem, &spec.image)?;
     let PreparedVm { kvm, mut vm } = prewarm::take()?;
+    check_template_capabilities(&kvm, spec)?;
     vm.register_memory(&mem, spec.track_dirty_pages)?;
 
     let mut pio = Bus::new();
@@ -394,6 +420,7 @@ fn create_vcpus(
         cpu_count: spec.vcpu_count,
         smt: spec.smt,
         template: spec.cpu_template,
+        custom: spec.custom_cpu_template.as_ref(),
         entry: kernel.entry,
     };
     (0..spec.vcpu_count)
@@ -437,11 +464,29 @@ impl BuildSpec {
             smt: mc.smt,
             track_dirty_pages: mc.track_dirty_pages || cfg.cairn.checkpoint_dir.is_some(),
             cpu_template: template,
+            custom_cpu_template: custom_cpu_template(cfg)?,
             extra_cmdline: root_device_cmdline(cfg),
             devices: device_specs(cfg)?,
             checkpoint_dir: cfg.cairn.checkpoint_dir.clone(),
         })
     }
+}
+
+/// The custom CPU template: the body of `PUT /cpu-config` if one came, else the file the
+/// config's `"cpu-config"` names.
+fn custom_cpu_template(
+    cfg: &crate::config::VmConfig,
+) -> Result<Option<crate::config::CustomCpuTemplate>, VmmError> {
+    if let Some(t) = &cfg.custom_cpu_template {
+        return Ok(Some(t.clone()));
+    }
+    cfg.cpu_config
+        .as_deref()
+        .map(|path| {
+            crate::config::CustomCpuTemplate::from_file(path)
+                .map_err(|e| VmmError::Config(e.within("cpu-config").to_string()))
+        })
+        .transpose()
 }
 
 /// Firecracker's `root=` entry for the root drive (drives are attached in order, the root

@@ -208,6 +208,7 @@ impl Controller {
             }),
             ApiRequest::PutVsock(v) => self.pre_boot(|c| c.vsock = Some(v)),
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
+            ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
             ApiRequest::PutLogger(l) => {
                 self.config.logger = Some(l);
                 ApiResponse::Empty

@@ -188,3 +188,81 @@ fn api_configures_starts_pauses_and_resumes() {
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+const PV_IPI_OFF: &str = r#"{"cpuid_modifiers": [{"leaf": "0x40000001", "subleaf": "0x0", "flags": 0,
+    "modifiers": [{"register": "eax", "bitmap": "0b0xxxxxxxxxxx"}]},
+    {"leaf": "0x400000f0", "subleaf": "0x0", "flags": 0,
+    "modifiers": [{"register": "ebx", "bitmap": "0b1001"}]}]}"#;
+
+#[test]
+fn cpu_config_file_and_api_template_reach_the_guest() {
+    if !kvm_available("cpu_config_file_and_api_template_reach_the_guest") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.json");
+    std::fs::write(&template, PV_IPI_OFF).unwrap();
+    let mut cfg = tiny_config(guests::CPUID64);
+    cfg["cpu-config"] = template.to_str().unwrap().into();
+    let path = write_config(dir.path(), &cfg);
+    let mut g = Guest::spawn({
+        let mut cmd = vmm();
+        cmd.args(["--no-api", "--config-file"]).arg(&path);
+        cmd
+    });
+    g.wait_for("leaf-400000f0-ebx=00000009", Duration::from_secs(20))
+        .unwrap();
+    let status = g.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", g.stderr());
+
+    // The same template as the body of PUT /cpu-config; a bad one is a 400 naming the field.
+    let sock = dir.path().join("api.sock");
+    let mut cmd = vmm();
+    cmd.arg("--api-sock").arg(&sock);
+    let mut g = Guest::spawn(cmd);
+    wait_for_socket(&sock, Duration::from_secs(5));
+    let bad = r#"{"msr_modifiers": [{"addr": "0x10", "bitmap": "0b2"}]}"#;
+    let (status, body) = request(&sock, "PUT", "/cpu-config", Some(bad));
+    assert_eq!(status, 400);
+    assert!(body.contains("msr_modifiers[0].bitmap"), "{body}");
+    let (status, body) = request(&sock, "PUT", "/cpu-config", Some(PV_IPI_OFF));
+    assert_eq!(status, 204, "{body}");
+    let boot = serde_json::json!({"kernel_image_path": guests::CPUID64});
+    let (status, _) = request(&sock, "PUT", "/boot-source", Some(&boot.to_string()));
+    assert_eq!(status, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    let (status, body) = request(&sock, "PUT", "/actions", Some(start));
+    assert_eq!(status, 204, "{body}");
+    g.wait_for("leaf-400000f0-ebx=00000009", Duration::from_secs(20))
+        .unwrap();
+    let status = g.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", g.stderr());
+}
+
+#[test]
+fn bad_cpu_config_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"cpuid_modifiers": [{"leaf": "x1", "subleaf": "0"}]}"#,
+    )
+    .unwrap();
+    for (template, expected) in [
+        (bad.to_str().unwrap(), "cpu-config.cpuid_modifiers[0].leaf"),
+        ("/nonexistent/template.json", "/nonexistent/template.json"),
+    ] {
+        let mut cfg = tiny_config(guests::CPUID64);
+        cfg["cpu-config"] = template.into();
+        let path = write_config(dir.path(), &cfg);
+        let out = vmm()
+            .args(["--no-api", "--config-file"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}

@@ -175,3 +175,54 @@ fn pause_stops_the_guest_and_resume_restarts_it() {
     assert!(pause < Duration::from_millis(100), "pause took {pause:?}");
     rt.shutdown();
 }
+
+/// Firecracker's CPU template test template: KVM's feature leaf with bit 31 set and bit 11
+/// (PV send-IPI) cleared, a leaf KVM lacks, and MSR_STAR's segment selectors.
+const CUSTOM_TEMPLATE: &str = r#"{
+    "cpuid_modifiers": [
+        {"leaf": "0x40000001", "subleaf": "0x0", "flags": 0,
+         "modifiers": [{"register": "eax", "bitmap": "0b1xxxxxxxxxxxxxxxxxxx0xxxxxxxxxxx"}]},
+        {"leaf": "0x400000f0", "subleaf": "0x0", "flags": 0,
+         "modifiers": [{"register": "ebx", "bitmap": "0b101"}]}
+    ],
+    "msr_modifiers": [
+        {"addr": "0xc0000081", "bitmap": "0b0000000000100011_0000000000010000_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}
+    ]
+}"#;
+
+fn hex_after(out: &str, label: &str) -> u64 {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label} in {out}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn custom_cpu_template_reaches_the_guest() {
+    if !kvm_available("custom_cpu_template_reaches_the_guest") {
+        return;
+    }
+    let (reason, plain) = run(tiny(guests::CPUID64));
+    assert_eq!(reason, ExitReason::GuestReset, "{plain}");
+    let plain_kvm = hex_after(&plain, "cairn-tiny: kvm-features=");
+    assert_eq!(hex_after(&plain, "cairn-tiny: star="), 0, "{plain}");
+
+    let mut spec = tiny(guests::CPUID64);
+    spec.custom_cpu_template =
+        Some(cairn_vmm::config::parse_and_validate(CUSTOM_TEMPLATE.as_bytes()).unwrap());
+    let (reason, out) = run(spec);
+    assert_eq!(reason, ExitReason::GuestReset, "{out}");
+    let kvm = hex_after(&out, "cairn-tiny: kvm-features=");
+    assert_eq!(kvm, (plain_kvm | 1 << 31) & !(1 << 11), "{plain}\n{out}");
+    assert_eq!(
+        hex_after(&out, "cairn-tiny: leaf-400000f0-ebx="),
+        0b101,
+        "{out}"
+    );
+    assert_eq!(
+        hex_after(&out, "cairn-tiny: star="),
+        0x0023_0010_0000_0000,
+        "{out}"
+    );
+}

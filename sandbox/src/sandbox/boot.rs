@@ -34,7 +34,7 @@ pub fn vm_config(
             "boot_args": img.boot_args,
         }),
     };
-    serde_json::json!({
+    let mut cfg = serde_json::json!({
         "boot-source": boot_source,
         "machine-config": {"vcpu_count": opts.cpus, "mem_size_mib": opts.mem_mib},
         "drives": [{
@@ -46,7 +46,11 @@ pub fn vm_config(
         "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
         "entropy": {},
         "cairn": {"checkpoint_dir": paths.checkpoints},
-    })
+    });
+    if img.cpu_config.is_some() {
+        cfg["cpu-config"] = serde_json::json!(paths.cpu_config);
+    }
+    cfg
 }
 
 /// The last `n` lines of the console log, joined with ` | `.
@@ -250,6 +254,12 @@ pub(crate) fn prepare_new(
                 .map_err(io_err(format!("size {}", paths.disk.display())))?;
         }
     }
+    if let Some(template) = &img.cpu_config {
+        fs::copy(template, &paths.cpu_config).map_err(io_err(format!(
+            "copy the CPU template {}",
+            template.display()
+        )))?;
+    }
     let cfg = if jail::wanted(opts.no_jail) {
         let initrd = img.rootfs.is_none().then_some(img.initrd.as_path());
         jail::save(
@@ -317,10 +327,19 @@ mod tests {
             initrd: "/i".into(),
             boot_args: "console=ttyS0".into(),
             rootfs: None,
+            cpu_config: None,
             note: None,
         };
         let cfg = vm_config(&paths, &img, &CreateOptions::default());
         assert_eq!(cfg["boot-source"]["initrd_path"], "/i");
+        assert!(cfg.get("cpu-config").is_none());
+        img.cpu_config = Some("/cache/emulated.json".into());
+        let with_template = vm_config(&paths, &img, &CreateOptions::default());
+        assert_eq!(
+            with_template["cpu-config"],
+            paths.cpu_config.to_str().unwrap()
+        );
+        img.cpu_config = None;
         assert_eq!(cfg["drives"][0]["is_root_device"], false);
         img.rootfs = Some("/r/rootfs.ext4".into());
         let root = vm_config(&paths, &img, &CreateOptions::default());

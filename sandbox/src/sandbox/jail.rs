@@ -125,11 +125,35 @@ fn sandbox_name(paths: &Paths) -> String {
         .unwrap_or_default()
 }
 
+/// `<home>/jail/cairn-vmm`: where the jailer makes every sandbox's jail (any sandbox's `paths`
+/// in the home).
+pub fn jails_dir(paths: &Paths) -> PathBuf {
+    chroot_base(paths).join("cairn-vmm")
+}
+
 /// `<home>/jail/cairn-vmm/<id>`: the jailer's directory for this sandbox.
 pub fn jail_dir(paths: &Paths) -> PathBuf {
-    chroot_base(paths)
-        .join("cairn-vmm")
-        .join(jail_id(&sandbox_name(paths)))
+    jails_dir(paths).join(jail_id(&sandbox_name(paths)))
+}
+
+/// The processes whose working directory is `root` (a jailed VMM works in its jail's `/`).
+pub fn pids_working_in(root: &Path) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| works_in(root, pid))
+        .collect()
+}
+
+/// Whether `pid`'s working directory is `dir` (compared by device and inode: the kernel shows a
+/// chrooted process's cwd relative to its root).
+fn works_in(dir: &Path, pid: u32) -> bool {
+    let Ok(want) = fs::metadata(dir) else {
+        return false;
+    };
+    fs::metadata(format!("/proc/{pid}/cwd"))
+        .is_ok_and(|cwd| (cwd.dev(), cwd.ino()) == (want.dev(), want.ino()))
 }
 
 /// The jail root (the VMM's `/`) of this sandbox, seen from the host.
@@ -139,11 +163,7 @@ pub fn jail_root(paths: &Paths) -> PathBuf {
 
 /// Whether `pid`'s working directory is this sandbox's jail root (a jailed VMM works in its `/`).
 pub fn works_in_jail(paths: &Paths, pid: u32) -> bool {
-    let Ok(root) = fs::metadata(jail_root(paths)) else {
-        return false;
-    };
-    fs::metadata(format!("/proc/{pid}/cwd"))
-        .is_ok_and(|cwd| (cwd.dev(), cwd.ino()) == (root.dev(), root.ino()))
+    works_in(&jail_root(paths), pid)
 }
 
 fn binary(env: &str, name: &str, hint: &str) -> Result<PathBuf, ImageError> {

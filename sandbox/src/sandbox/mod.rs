@@ -167,6 +167,8 @@ pub struct Paths {
     pub idle_log: PathBuf,
     /// FIFO feeding the guest's serial console: each VMM's stdin (`cairn console` writes it).
     pub console_in: PathBuf,
+    /// The custom CPU template the VMM boots with (a copy of the image's `cpu_config`), if any.
+    pub cpu_config: PathBuf,
 }
 
 impl Paths {
@@ -182,6 +184,7 @@ impl Paths {
             active: dir.join("active"),
             idle_log: dir.join("idle.log"),
             console_in: dir.join("console.in"),
+            cpu_config: dir.join("cpu-config.json"),
             dir,
         }
     }

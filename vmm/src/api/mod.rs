@@ -77,6 +77,8 @@ pub enum ApiRequest {
     PutVsock(VsockConfig),
     /// `PUT /entropy` (before boot).
     PutEntropy(EntropyConfig),
+    /// `PUT /cpu-config` (before boot): a custom CPU template.
+    PutCpuConfig(crate::config::CustomCpuTemplate),
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
@@ -114,6 +116,7 @@ impl ApiRequest {
             ApiRequest::PutNetworkInterface(_) => "PutNetworkInterface",
             ApiRequest::PutVsock(_) => "PutVsock",
             ApiRequest::PutEntropy(_) => "PutEntropy",
+            ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
             ApiRequest::PutLogger(_) => "PutLogger",
             ApiRequest::PutMetrics(_) => "PutMetrics",
             ApiRequest::Action(_) => "Action",

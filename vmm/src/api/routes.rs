@@ -42,6 +42,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         }
         ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
         ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
+        ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(body)?),
         ("PUT", ["actions"]) => ApiRequest::Action(parse_body(body)?),
@@ -195,6 +196,18 @@ mod tests {
                 "/entropy",
                 "{}",
                 ApiRequest::PutEntropy(EntropyConfig::default()),
+            ),
+            (
+                "PUT",
+                "/cpu-config",
+                r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b1"}]}"#,
+                ApiRequest::PutCpuConfig(CustomCpuTemplate {
+                    msr_modifiers: vec![MsrModifier {
+                        addr: 0x10a,
+                        bitmap: BitFilter { mask: 1, value: 1 },
+                    }],
+                    ..CustomCpuTemplate::default()
+                }),
             ),
             (
                 "PUT",
@@ -356,6 +369,15 @@ mod tests {
         let msg = fault("PATCH", "/machine-config", r#"{"cpu_template": "T2S"}"#);
         assert!(
             msg.starts_with("cpu_template: CPU template T2S is not implemented"),
+            "{msg}"
+        );
+        let msg = fault(
+            "PUT",
+            "/cpu-config",
+            r#"{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0", "modifiers": [{"register": "eax", "bitmap": "0b12"}]}]}"#,
+        );
+        assert!(
+            msg.starts_with("cpuid_modifiers[0].modifiers[0].bitmap: "),
             "{msg}"
         );
         let msg = fault("PUT", "/snapshot/load", r#"{"snapshot_path": "s"}"#);

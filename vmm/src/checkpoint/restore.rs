@@ -183,6 +183,7 @@ pub fn restore_machine(
         smt: false,
         track_dirty_pages: opts.track_dirty_pages,
         cpu_template: template,
+        custom_cpu_template: None,
         extra_cmdline: vec![],
         devices: vec![],
         checkpoint_dir: None,

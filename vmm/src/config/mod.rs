@@ -4,7 +4,7 @@
 //! Firecracker has defaults, and a separate [`Validate::validate`] that checks the rules serde
 //! cannot express. The JSON names and meanings are Firecracker's, so a Firecracker
 //! `--config-file` document or API call works unchanged. Sections Firecracker has but cairn does not
-//! implement (`balloon`, `cpu-config`, `mmds-config`, vhost-user drives, rate limiters) are accepted
+//! implement (`balloon`, `mmds-config`, vhost-user drives, rate limiters) are accepted
 //! when absent or `null`; rate limiters are accepted and ignored, the others are rejected by
 //! `validate()` with a message that says so.
 //!
@@ -25,6 +25,7 @@
 //! ```
 
 mod actions;
+mod cpu_config;
 mod devices;
 mod logging;
 mod machine;
@@ -41,6 +42,10 @@ pub use actions::{
     validate_checkpoint_name, ActionType, CheckpointCreate, CheckpointRestore,
     CreateSnapshotParams, InstanceActionInfo, LoadSnapshotParams, MemBackendConfig, MemBackendType,
     NetworkOverride, SnapshotType, VmState, VmStateUpdate,
+};
+pub use cpu_config::{
+    BitFilter, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier, CustomCpuTemplate,
+    KvmCapabilityModifier, MsrModifier,
 };
 pub use devices::{
     parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, VsockConfig,
@@ -222,13 +227,18 @@ pub struct VmConfig {
     /// Firecracker's balloon device: not implemented, must be absent or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<serde_json::Value>,
-    /// Firecracker's custom CPU template file: not implemented, must be absent or `null`.
+    /// Firecracker's custom CPU template: the path of its JSON file ([`CustomCpuTemplate`]),
+    /// read when the VM is built.
     #[serde(
         rename = "cpu-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub cpu_config: Option<serde_json::Value>,
+    pub cpu_config: Option<PathBuf>,
+    /// A custom CPU template given as a body of `PUT /cpu-config`; it takes the place of
+    /// `cpu_config`'s file.
+    #[serde(skip)]
+    pub custom_cpu_template: Option<CustomCpuTemplate>,
     /// Firecracker's MMDS: not implemented, must be absent or `null`.
     #[serde(
         rename = "mmds-config",
@@ -340,7 +350,6 @@ impl Validate for VmConfig {
         }
         for (name, value) in [
             ("balloon", &self.balloon),
-            ("cpu-config", &self.cpu_config),
             ("mmds-config", &self.mmds_config),
         ] {
             if value.is_some() {

@@ -586,7 +586,7 @@ fn entropy_logger_metrics_rules() {
 
 #[test]
 fn unsupported_firecracker_sections_are_refused_by_validate() {
-    for key in ["balloon", "cpu-config", "mmds-config"] {
+    for key in ["balloon", "mmds-config"] {
         let json =
             format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "{key}": {{"x": 1}}}}"#);
         let cfg = parse_vm_config(&json).unwrap();
@@ -594,6 +594,21 @@ fn unsupported_firecracker_sections_are_refused_by_validate() {
         assert_eq!(err.field(), key);
         assert!(err.to_string().contains("not supported by cairn"), "{err}");
     }
+}
+
+#[test]
+fn cpu_config_is_a_template_path() {
+    let cfg = parse_vm_config(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": "/etc/cairn/pvm.json"}"#,
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(
+        cfg.cpu_config.as_deref(),
+        Some(std::path::Path::new("/etc/cairn/pvm.json"))
+    );
+    let err = parse_vm_config(r#"{"cpu-config": {"cpuid_modifiers": []}}"#).unwrap_err();
+    assert_eq!(err.field(), "cpu-config");
 }
 
 #[test]

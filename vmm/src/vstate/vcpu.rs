@@ -25,8 +25,12 @@ use cairn_devices::bus::Bus;
 use cairn_devices::GuestMemoryMmap;
 
 use crate::arch::x86_64::cpuid::{vcpu_cpuid, CpuTemplate, Topology};
+use crate::arch::x86_64::custom_template::{
+    apply_cpuid_modifiers, apply_msr_modifiers, msrs_to_read,
+};
 use crate::arch::x86_64::msr::boot_msr_entries;
 use crate::arch::x86_64::regs::{boot_fpu, boot_regs, boot_sregs, set_lint, EntryMode};
+use crate::config::CustomCpuTemplate;
 use crate::error::VmmError;
 use crate::vstate::vm::Vm;
 
@@ -208,6 +212,8 @@ pub struct BootVcpuConfig<'a> {
     pub smt: bool,
     /// CPU template.
     pub template: CpuTemplate,
+    /// Custom CPU template, applied after `template`.
+    pub custom: Option<&'a CustomCpuTemplate>,
     /// Entry mode and point.
     pub entry: EntryMode,
 }
@@ -257,6 +263,35 @@ impl Vcpu {
         &self.saved_msrs
     }
 
+    /// The current values of `indices`; an MSR KVM cannot read is an error naming it.
+    fn read_template_msrs(
+        &self,
+        indices: &[u32],
+    ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<_> = indices
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|e| VmmError::Config(format!("cpu-config.msr_modifiers: {e:?}")))?;
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(VmmError::kvm("KVM_GET_MSRS"))?;
+        if let Some(missing) = indices.get(read) {
+            return Err(VmmError::Config(format!(
+                "cpu-config.msr_modifiers: KVM cannot read or set MSR {missing:#x} on this host"
+            )));
+        }
+        Ok(msrs.as_slice().to_vec())
+    }
+
     /// Set CPUID, MSRs, registers, FPU and LAPIC for boot.
     pub fn configure_boot(&self, cfg: &BootVcpuConfig<'_>) -> Result<(), VmmError> {
         let topo = Topology {
@@ -264,16 +299,30 @@ impl Vcpu {
             cpu_count: cfg.cpu_count,
             smt: cfg.smt,
         };
-        let cpuid = vcpu_cpuid(cfg.supported_cpuid, topo, cfg.template)?;
+        let mut cpuid = vcpu_cpuid(cfg.supported_cpuid, topo, cfg.template)?;
+        let mut boot_msrs = boot_msr_entries();
+        if let Some(custom) = cfg.custom {
+            cpuid = apply_cpuid_modifiers(&cpuid, custom)?;
+            let current = self.read_template_msrs(&msrs_to_read(&boot_msrs, custom))?;
+            boot_msrs = apply_msr_modifiers(&boot_msrs, &current, custom);
+        }
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(VmmError::kvm("KVM_SET_CPUID2"))?;
-        let msrs = Msrs::from_entries(&boot_msr_entries())
+        let msrs = Msrs::from_entries(&boot_msrs)
             .map_err(|e| VmmError::Config(format!("boot MSR list: {e:?}")))?;
         let written = self
             .fd
             .set_msrs(&msrs)
             .map_err(VmmError::kvm("KVM_SET_MSRS"))?;
+        let refused = msrs.as_slice().get(written).map(|e| e.index);
+        if let (Some(index), Some(custom)) = (refused, cfg.custom) {
+            if custom.msr_modifiers.iter().any(|m| m.addr == index) {
+                return Err(VmmError::Config(format!(
+                    "cpu-config.msr_modifiers: KVM refused the value for MSR {index:#x}"
+                )));
+            }
+        }
         if written != msrs.as_slice().len() {
             tracing::warn!(
                 vcpu = self.index,

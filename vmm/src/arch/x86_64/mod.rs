@@ -2,6 +2,7 @@
 
 pub mod boot_params;
 pub mod cpuid;
+pub mod custom_template;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
