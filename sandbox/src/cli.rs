@@ -269,8 +269,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Exec { name, args } => {
-            let (r, _active) = sandbox::enter(home, &name)?;
-            let mut client = connect_agent(&r)?;
+            let (r, _active, woken) = sandbox::enter(home, &name)?;
+            let mut client = agent_of(&r, woken)?;
             let code = agent_cmd::exec(&mut client, args);
             let _ = sandbox::touch(home, &name);
             Ok(code?)
@@ -328,6 +328,14 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
     }
 }
 
+/// The client a wake connected with, else a new connection to the sandbox's guest agent.
+fn agent_of(r: &Record, woken: Option<Client>) -> Result<Client, CliError> {
+    match woken {
+        Some(client) => Ok(client),
+        None => connect_agent(r),
+    }
+}
+
 /// Connects to the sandbox's guest agent; an agent that does not answer gets a hint.
 fn connect_agent(r: &Record) -> Result<Client, CliError> {
     Client::connect_uds(&r.vsock_sock, AGENT_PORT).map_err(|e| {
@@ -352,8 +360,8 @@ fn cp(home: &Home, src: &str, dst: &str) -> Result<u8, CliError> {
             ))
         }
     };
-    let (r, _active) = sandbox::enter(home, &name)?;
-    let mut client = connect_agent(&r)?;
+    let (r, _active, woken) = sandbox::enter(home, &name)?;
+    let mut client = agent_of(&r, woken)?;
     let start = Instant::now();
     let stats = if put {
         client.put(&local, &remote)?

@@ -34,7 +34,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// Wakes the sandbox (if its VMM is gone) and reopens the FIFO's write end.
     fn wake(&mut self) -> Result<(), CliError> {
-        let (r, active) = sandbox::enter(self.home, self.name)?;
+        let (r, active, _) = sandbox::enter(self.home, self.name)?;
         drop(active);
         self.record = r;
         self.input = open_input(&self.paths)?;
@@ -81,7 +81,7 @@ fn open_input(paths: &Paths) -> io::Result<File> {
 
 /// Attaches to the console until Ctrl-] (terminal) or until killed.
 pub fn run(home: &Home, name: &str) -> Result<u8, CliError> {
-    let (record, active) = sandbox::enter(home, name)?;
+    let (record, active, _) = sandbox::enter(home, name)?;
     // Waking is all console needs the sandbox for: it must not keep the idle watcher away.
     drop(active);
     let paths = home.paths(&record.name);

@@ -156,15 +156,7 @@ fn make_files(
     // directory inside the fork's jail: the fork runs jailed too, as its own uid.
     let jail_spec = jail::load(src)?;
     if let Some(spec) = &jail_spec {
-        let name = dst
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        jail::save(
-            dst,
-            &jail::new_spec(&name, &spec.kernel, spec.initrd.as_deref()),
-        )?;
+        jail::assign(dst, &spec.kernel, spec.initrd.as_deref())?;
     }
     let store = CheckpointStore::open(&dst.checkpoints)
         .map_err(snap_err(format!("create {}", dst.checkpoints.display())))?;

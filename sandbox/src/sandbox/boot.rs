@@ -90,15 +90,17 @@ pub(crate) fn spinner(msg: String) -> ProgressBar {
     pb
 }
 
-/// Waits until the guest agent answers a ping; returns how long that took. Only console output
-/// after `console_from` is searched for an agent crash (the log is appended across starts).
+/// Waits until the guest agent answers (its hello on a new connection); returns how long that
+/// took and the connected client, whose open connection the caller's first request uses (a
+/// woken sandbox's exec then costs one vsock connection, not two). Only console output after
+/// `console_from` is searched for an agent crash (the log is appended across starts).
 pub fn wait_agent(
     paths: &Paths,
     pid: u32,
     timeout: Duration,
     what: &str,
     console_from: u64,
-) -> Result<Duration, SandboxError> {
+) -> Result<(Duration, Client), SandboxError> {
     let start = Instant::now();
     let pb = spinner(what.to_string());
     let mut crash_seen: Option<Instant> = None;
@@ -106,10 +108,9 @@ pub fn wait_agent(
     // seconds: poll quickly at first, then back off.
     let mut pause = Duration::from_millis(10);
     let result = loop {
-        let attempt = Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(5))
-            .and_then(|mut c| c.ping());
-        if attempt.is_ok() {
-            break Ok(start.elapsed());
+        let attempt = Client::connect_uds_timeout(&paths.vsock, AGENT_PORT, Duration::from_secs(5));
+        if let Ok(client) = attempt {
+            break Ok((start.elapsed(), client));
         }
         if !vmm_alive(pid) {
             reap(pid);
@@ -262,10 +263,7 @@ pub(crate) fn prepare_new(
     }
     let cfg = if jail::wanted(opts.no_jail) {
         let initrd = img.rootfs.is_none().then_some(img.initrd.as_path());
-        jail::save(
-            paths,
-            &jail::new_spec(&jail_name(paths), &img.kernel, initrd),
-        )?;
+        jail::assign(paths, &img.kernel, initrd)?;
         let in_jail = image::GuestImage {
             kernel: jail::IN_JAIL_KERNEL.into(),
             initrd: jail::IN_JAIL_INITRD.into(),
@@ -277,14 +275,6 @@ pub(crate) fn prepare_new(
     };
     fs::write(&paths.config, cfg.to_string())
         .map_err(io_err(format!("write {}", paths.config.display())))
-}
-
-fn jail_name(paths: &Paths) -> String {
-    paths
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Boots the sandbox's VMM from its config (`vm.json`): the kernel, and the disk as the
@@ -309,7 +299,7 @@ pub(crate) fn cold_boot(
         ],
     )?;
     reg.set_state(name, State::Creating, Some(pid))?;
-    let took = wait_agent(paths, pid, timeout, &format!("{verb} {name}"), from)?;
+    let (took, _) = wait_agent(paths, pid, timeout, &format!("{verb} {name}"), from)?;
     Ok((pid, took))
 }
 

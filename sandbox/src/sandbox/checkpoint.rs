@@ -32,7 +32,7 @@ pub fn checkpoint_create(
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
-    let r = ensure_running_locked(home, &mut reg, name)?;
+    let (r, _) = ensure_running_locked(home, &mut reg, name)?;
     let meta = create_checkpoint_at(&r.api_sock, ckpt)?;
     if let Some(c) = meta.get("name").and_then(|n| n.as_str()) {
         reg.set_head(name, Some(c))?;
@@ -46,7 +46,7 @@ pub fn checkpoint_list(home: &Home, name: &str) -> Result<Vec<serde_json::Value>
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
-    let r = ensure_running_locked(home, &mut reg, name)?;
+    let (r, _) = ensure_running_locked(home, &mut reg, name)?;
     let text = vmm_api::request(
         &r.api_sock,
         "GET",
@@ -68,7 +68,7 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     let _l = lock(&paths)?;
     let r = reg.get(name)?;
     if liveness(&r) != Liveness::Running {
-        return start_locked(home, &mut reg, &r, Some(ckpt));
+        return start_locked(home, &mut reg, &r, Some(ckpt)).map(drop);
     }
     let start = Instant::now();
     let from = console_len(&paths);
@@ -103,7 +103,7 @@ pub fn checkpoint_remove(home: &Home, name: &str, ckpt: &str) -> Result<(), Sand
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
-    let r = ensure_running_locked(home, &mut reg, name)?;
+    let (r, _) = ensure_running_locked(home, &mut reg, name)?;
     vmm_api::request(
         &r.api_sock,
         "DELETE",

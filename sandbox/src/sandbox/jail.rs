@@ -26,8 +26,12 @@ pub const IN_JAIL_DIR: &str = "/sandbox";
 pub const IN_JAIL_KERNEL: &str = "/kernel";
 /// Where the initrd is bound (read-only) inside the jail.
 pub const IN_JAIL_INITRD: &str = "/initrd";
-/// First uid/gid of jailed VMMs: each sandbox gets `JAIL_ID_BASE + (hash of its name) % 65536`.
+/// First uid/gid of jailed VMMs: each sandbox gets one of `JAIL_ID_BASE ..
+/// JAIL_ID_BASE + JAIL_IDS`, starting from the hash of its name and unused by the home's other
+/// sandboxes ([`assign`]).
 pub const JAIL_ID_BASE: u32 = 900_000;
+/// How many uids jailed VMMs may use.
+pub const JAIL_IDS: u32 = 65_536;
 
 /// What `jail.json` records: the sandbox runs jailed, with these host files bound in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,15 +65,59 @@ pub fn jail_id(name: &str) -> String {
     format!("cairn-{:016x}", fnv1a(name))
 }
 
-/// The spec of a new jailed sandbox named `name`.
-pub fn new_spec(name: &str, kernel: &Path, initrd: Option<&Path>) -> JailSpec {
-    let id = JAIL_ID_BASE + (fnv1a(name) % 65536) as u32;
+/// The spec of a new jailed sandbox named `name`, whose VMM runs as `id` (uid and gid).
+fn new_spec(kernel: &Path, initrd: Option<&Path>, id: u32) -> JailSpec {
     JailSpec {
         kernel: kernel.to_path_buf(),
         initrd: initrd.map(Path::to_path_buf),
         uid: id,
         gid: id,
     }
+}
+
+/// The first id from the hash of `name` on (wrapping) that is not in `used`.
+fn free_id(name: &str, used: &std::collections::HashSet<u32>) -> Option<u32> {
+    free_id_from((fnv1a(name) % u64::from(JAIL_IDS)) as u32, used)
+}
+
+fn free_id_from(start: u32, used: &std::collections::HashSet<u32>) -> Option<u32> {
+    (0..JAIL_IDS)
+        .map(|k| JAIL_ID_BASE + (start + k) % JAIL_IDS)
+        .find(|id| !used.contains(id))
+}
+
+/// Makes the sandbox at `paths` a jailed one: picks a uid/gid no other sandbox of the home has
+/// and writes `jail.json`, holding `<home>/jail/.ids.lock` meanwhile so that two creates or
+/// forks at once cannot take the same id.
+pub fn assign(
+    paths: &Paths,
+    kernel: &Path,
+    initrd: Option<&Path>,
+) -> Result<JailSpec, SandboxError> {
+    let base = chroot_base(paths);
+    fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
+    let lock_path = base.join(".ids.lock");
+    let _lock = crate::lock::FileLock::acquire(&lock_path, crate::lock::Mode::Exclusive)
+        .map_err(io_err(format!("lock {}", lock_path.display())))?;
+    let mut used = std::collections::HashSet::new();
+    if let Some(sandboxes) = paths.dir.parent() {
+        for e in fs::read_dir(sandboxes).into_iter().flatten().flatten() {
+            if e.path() == paths.dir {
+                continue;
+            }
+            if let Ok(Some(spec)) = load(&super::Paths::new(e.path())) {
+                used.insert(spec.uid);
+            }
+        }
+    }
+    let id = free_id(&sandbox_name(paths), &used).ok_or_else(|| {
+        io_err("pick a jail uid")(std::io::Error::other(format!(
+            "all {JAIL_IDS} jail uids from {JAIL_ID_BASE} are taken"
+        )))
+    })?;
+    let spec = new_spec(kernel, initrd, id);
+    save(paths, &spec)?;
+    Ok(spec)
 }
 
 fn spec_path(paths: &Paths) -> PathBuf {
@@ -299,8 +347,10 @@ mod tests {
             jail_root(&paths),
             home.path().join("jail/cairn-vmm").join(&id).join("root")
         );
-        let spec = new_spec("my_box.1", Path::new("/k"), None);
+        fs::create_dir_all(&paths.dir).unwrap();
+        let spec = assign(&paths, Path::new("/k"), None).unwrap();
         assert!(spec.uid >= JAIL_ID_BASE && spec.uid == spec.gid);
+        assert_eq!(load(&paths).unwrap(), Some(spec));
         let view = vmm_view(&paths, true);
         assert_eq!(view.api, Path::new("/sandbox/api.sock"));
         assert_eq!(view.checkpoints, Path::new("/sandbox/checkpoints"));
@@ -313,11 +363,41 @@ mod tests {
         let paths = Home::at(home.path()).unwrap().paths("s");
         fs::create_dir_all(&paths.dir).unwrap();
         assert_eq!(load(&paths).unwrap(), None);
-        let spec = new_spec("s", Path::new("/k"), Some(Path::new("/i")));
+        let spec = new_spec(Path::new("/k"), Some(Path::new("/i")), JAIL_ID_BASE);
         save(&paths, &spec).unwrap();
         assert_eq!(load(&paths).unwrap(), Some(spec));
         fs::write(spec_path(&paths), "{\"kernel\": 1}").unwrap();
         assert!(load(&paths).is_err());
+    }
+
+    #[test]
+    fn jail_uids_never_collide() {
+        let home = tempfile::tempdir().unwrap();
+        let home = Home::at(home.path()).unwrap();
+        let a = home.paths("a");
+        fs::create_dir_all(&a.dir).unwrap();
+        let first = assign(&a, Path::new("/k"), None).unwrap().uid;
+        // Another sandbox already holds the uid "b" hashes to: "b" takes the next free one.
+        let b = home.paths("b");
+        let b_hash = free_id("b", &Default::default()).unwrap();
+        let squatter = home.paths("squatter");
+        fs::create_dir_all(&squatter.dir).unwrap();
+        save(&squatter, &new_spec(Path::new("/k"), None, b_hash)).unwrap();
+        fs::create_dir_all(&b.dir).unwrap();
+        let second = assign(&b, Path::new("/k"), None).unwrap().uid;
+        assert_ne!(second, b_hash);
+        assert_ne!(second, first);
+        assert_eq!(
+            second,
+            JAIL_ID_BASE + (b_hash - JAIL_ID_BASE + 1) % JAIL_IDS
+        );
+        // Reassigning a sandbox ignores its own old jail.json.
+        assert_eq!(assign(&a, Path::new("/k"), None).unwrap().uid, first);
+        let top = JAIL_ID_BASE + JAIL_IDS - 1;
+        let used: std::collections::HashSet<u32> = [top].into();
+        assert_eq!(free_id_from(JAIL_IDS - 1, &used), Some(JAIL_ID_BASE));
+        let all: std::collections::HashSet<u32> = (JAIL_ID_BASE..JAIL_ID_BASE + JAIL_IDS).collect();
+        assert_eq!(free_id_from(7, &all), None);
     }
 
     #[test]

@@ -20,34 +20,36 @@ pub fn lock(paths: &Paths) -> Result<FileLock, SandboxError> {
 }
 
 /// Makes sure a VMM runs (starting it from its head checkpoint if it was stopped), with the
-/// lifecycle lock held by the caller. Returns the fresh row.
+/// lifecycle lock held by the caller. Returns the fresh row, and the agent client the wake
+/// connected with (none when the VMM was running already, or was cold-booted).
 pub(crate) fn ensure_running_locked(
     home: &Home,
     reg: &mut Registry,
     name: &str,
-) -> Result<Record, SandboxError> {
+) -> Result<(Record, Option<Client>), SandboxError> {
     let r = reg.get(name)?;
     match liveness(&r) {
-        Liveness::Running => Ok(r),
+        Liveness::Running => Ok((r, None)),
         _ => {
-            start_locked(home, reg, &r, None)?;
-            Ok(reg.get(name)?)
+            let agent = start_locked(home, reg, &r, None)?;
+            Ok((reg.get(name)?, agent))
         }
     }
 }
 
 /// For exec/cp/console: wakes the sandbox if needed and marks an operation in flight (the
-/// returned shared lock keeps the idle watcher away until it is dropped).
-pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock), SandboxError> {
+/// returned shared lock keeps the idle watcher away until it is dropped). A wake also returns
+/// its connected agent client, for the caller's first request.
+pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock, Option<Client>), SandboxError> {
     let mut reg = home.registry()?;
     let r = reg.get(name)?;
     let paths = home.paths(name);
     let _l = lock(&paths)?;
-    let r = ensure_running_locked(home, &mut reg, &r.name)?;
+    let (r, agent) = ensure_running_locked(home, &mut reg, &r.name)?;
     let active = FileLock::acquire(&paths.active, Mode::Shared)
         .map_err(io_err(format!("lock {}", paths.active.display())))?;
     reg.touch(name)?;
-    Ok((r, active))
+    Ok((r, active, agent))
 }
 
 /// Marks the sandbox used now.
@@ -61,11 +63,11 @@ pub(crate) fn start_locked(
     reg: &mut Registry,
     r: &Record,
     ckpt: Option<&str>,
-) -> Result<(), SandboxError> {
+) -> Result<Option<Client>, SandboxError> {
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
     let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
-        return cold_start_locked(home, reg, r);
+        return cold_start_locked(home, reg, r).map(|()| None);
     };
     let head = head.to_string();
     let start = Instant::now();
@@ -97,10 +99,13 @@ pub(crate) fn start_locked(
             from,
         )
     })();
-    if let Err(e) = result {
-        kill_vmm(pid);
-        return Err(e);
-    }
+    let agent = match result {
+        Ok((_, agent)) => agent,
+        Err(e) => {
+            kill_vmm(pid);
+            return Err(e);
+        }
+    };
     reg.set_state(&r.name, State::Running, Some(pid))?;
     reg.set_head(&r.name, Some(&head))?;
     eprintln!(
@@ -111,7 +116,7 @@ pub(crate) fn start_locked(
     if r.idle_timeout > 0 {
         crate::idle::spawn_watcher(home, &r.name, &paths)?;
     }
-    Ok(())
+    Ok(Some(agent))
 }
 
 /// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one

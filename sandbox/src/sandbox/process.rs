@@ -214,6 +214,8 @@ fn make_fifo(path: &Path) -> Result<(), SandboxError> {
 /// Waits until the API socket answers, or the VMM dies, or `timeout` passes.
 pub(crate) fn wait_api(paths: &Paths, pid: u32, timeout: Duration) -> Result<(), SandboxError> {
     let deadline = Instant::now() + timeout;
+    // A VMM's socket answers within tens of ms: poll finely at first (a wake waits on this).
+    let mut pause = Duration::from_millis(2);
     while !vmm_api::answers(&paths.api) {
         if !vmm_alive(pid) {
             reap(pid);
@@ -222,7 +224,8 @@ pub(crate) fn wait_api(paths: &Paths, pid: u32, timeout: Duration) -> Result<(),
         if Instant::now() > deadline {
             return Err(boot_error(paths, "cairn-vmm's API socket never answered"));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(())
 }
