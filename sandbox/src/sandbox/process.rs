@@ -294,6 +294,11 @@ mod tests {
         fs::copy("/bin/sleep", &fake).unwrap();
         let mut child = Command::new(&fake).arg("30").spawn().unwrap();
         let pid = child.id();
+        // Until the child's exec completes, /proc shows the test binary's name.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !vmm_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(vmm_alive(pid));
         kill_vmm(pid);
         let _ = child.wait();
