@@ -387,7 +387,7 @@ fn orphan_dirs(d: &mut Doctor, names: &[String]) {
 /// `rm` or a failed create that was interrupted. A process still working in such a jail (a jailed
 /// VMM whose sandbox is gone) is ended first.
 fn orphan_jails(d: &mut Doctor, names: &[String]) {
-    let base = sandbox::jail::jails_dir(&d.home.paths("x"));
+    let base = sandbox::jail::jails_dir(d.home.root());
     let Ok(rd) = fs::read_dir(&base) else {
         return;
     };

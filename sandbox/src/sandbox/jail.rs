@@ -157,12 +157,17 @@ pub fn vmm_view(paths: &Paths, jailed: bool) -> Paths {
 /// The chroot base of a home's jails: `<home>/jail` (the sandbox directory is
 /// `<home>/sandboxes/<name>`).
 fn chroot_base(paths: &Paths) -> PathBuf {
-    let home = paths
+    home_root(paths).join("jail")
+}
+
+/// The home a sandbox directory (`<home>/sandboxes/<name>`) belongs to.
+fn home_root(paths: &Paths) -> PathBuf {
+    paths
         .dir
         .parent()
         .and_then(Path::parent)
-        .unwrap_or(&paths.dir);
-    home.join("jail")
+        .unwrap_or(&paths.dir)
+        .to_path_buf()
 }
 
 fn sandbox_name(paths: &Paths) -> String {
@@ -173,15 +178,15 @@ fn sandbox_name(paths: &Paths) -> String {
         .unwrap_or_default()
 }
 
-/// `<home>/jail/cairn-vmm`: where the jailer makes every sandbox's jail (any sandbox's `paths`
-/// in the home).
-pub fn jails_dir(paths: &Paths) -> PathBuf {
-    chroot_base(paths).join("cairn-vmm")
+/// `<home>/jail/cairn-vmm`: where the jailer makes the jail of every sandbox of the home at
+/// `home` (`--chroot-base-dir <home>/jail`, the jailer adds the exec file's name).
+pub fn jails_dir(home: &Path) -> PathBuf {
+    home.join("jail").join("cairn-vmm")
 }
 
 /// `<home>/jail/cairn-vmm/<id>`: the jailer's directory for this sandbox.
 pub fn jail_dir(paths: &Paths) -> PathBuf {
-    jails_dir(paths).join(jail_id(&sandbox_name(paths)))
+    jails_dir(&home_root(paths)).join(jail_id(&sandbox_name(paths)))
 }
 
 /// The processes whose working directory is `root` (a jailed VMM works in its jail's `/`).
