@@ -201,10 +201,7 @@ fn check_template_capabilities(kvm: &Kvm, spec: &BuildSpec) -> Result<(), VmmErr
     };
     for m in &template.kvm_capabilities {
         if let crate::config::KvmCapabilityModifier::Require(cap) = *m {
-            let ok = i32::try_from(cap)
-                .map(|c| kvm.check_extension_raw(c as libc::c_ulong) > 0)
-                .unwrap_or(false);
-            if !ok {
+            if kvm.check_extension_raw(libc::c_ulong::from(cap)) <= 0 {
                 return Err(VmmError::Config(format!(
                     "cpu-config.kvm_capabilities: this host's KVM lacks capability {cap}"
                 )));

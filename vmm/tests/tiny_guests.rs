@@ -226,3 +226,31 @@ fn custom_cpu_template_reaches_the_guest() {
         "{out}"
     );
 }
+
+#[test]
+fn a_template_requiring_a_missing_kvm_capability_is_refused() {
+    if !kvm_available("a_template_requiring_a_missing_kvm_capability_is_refused") {
+        return;
+    }
+    let template =
+        |json: &str| Some(cairn_vmm::config::parse_and_validate(json.as_bytes()).unwrap());
+    let mut spec = tiny(guests::CPUID64);
+    // 0 is KVM_CAP_IRQCHIP, which cairn needs anyway; "!N" is accepted and changes nothing.
+    spec.custom_cpu_template = template(r#"{"kvm_capabilities": ["0", "!1"]}"#);
+    let (reason, _) = run(spec);
+    assert_eq!(reason, ExitReason::GuestReset);
+    let mut spec = tiny(guests::CPUID64);
+    spec.custom_cpu_template = template(r#"{"kvm_capabilities": ["4000000"]}"#);
+    let err = Runtime::new()
+        .unwrap()
+        .boot(
+            &spec,
+            ConsoleIo {
+                output: Box::new(Capture::default()),
+                input: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lacks capability 4000000"), "{err}");
+}
