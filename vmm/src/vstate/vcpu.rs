@@ -264,9 +264,12 @@ impl Vcpu {
     }
 
     /// The current values of `indices`; an MSR KVM cannot read is an error naming it.
-    fn read_template_msrs(
+    /// The current values of `indices` (KVM_GET_MSRS). Errors are made by `error` from a
+    /// message: the list KVM refuses, or the first MSR it cannot read.
+    pub(crate) fn read_msr_list(
         &self,
         indices: &[u32],
+        error: impl Fn(String) -> VmmError,
     ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
         if indices.is_empty() {
             return Ok(Vec::new());
@@ -278,16 +281,14 @@ impl Vcpu {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries)
-            .map_err(|e| VmmError::Config(format!("cpu-config.msr_modifiers: {e:?}")))?;
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|e| error(format!("MSR list: {e:?}")))?;
         let read = self
             .fd
             .get_msrs(&mut msrs)
             .map_err(VmmError::kvm("KVM_GET_MSRS"))?;
         if let Some(missing) = indices.get(read) {
-            return Err(VmmError::Config(format!(
-                "cpu-config.msr_modifiers: KVM cannot read or set MSR {missing:#x} on this host"
-            )));
+            return Err(error(format!("cannot read MSR {missing:#x}")));
         }
         Ok(msrs.as_slice().to_vec())
     }
@@ -303,7 +304,9 @@ impl Vcpu {
         let mut boot_msrs = boot_msr_entries();
         if let Some(custom) = cfg.custom {
             cpuid = apply_cpuid_modifiers(&cpuid, custom)?;
-            let current = self.read_template_msrs(&msrs_to_read(&boot_msrs, custom))?;
+            let current = self.read_msr_list(&msrs_to_read(&boot_msrs, custom), |m| {
+                VmmError::Config(format!("cpu-config.msr_modifiers: {m}"))
+            })?;
             boot_msrs = apply_msr_modifiers(&boot_msrs, &current, custom);
         }
         self.fd

@@ -141,7 +141,7 @@ impl Vcpu {
         let cpuid = fd
             .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::kvm("KVM_GET_CPUID2"))?;
-        let msrs = self.read_msrs()?;
+        let msrs = self.read_msr_list(self.saved_msrs(), |m| self.state_err(m))?;
         let vcpu_events = fd
             .get_vcpu_events()
             .map_err(VmmError::kvm("KVM_GET_VCPU_EVENTS"))?;
@@ -158,28 +158,6 @@ impl Vcpu {
             vcpu_events,
             tsc_khz,
         })
-    }
-
-    fn read_msrs(&self) -> Result<Vec<kvm_msr_entry>, VmmError> {
-        let entries: Vec<kvm_msr_entry> = self
-            .saved_msrs()
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs =
-            Msrs::from_entries(&entries).map_err(|e| self.state_err(format!("MSR list: {e:?}")))?;
-        let n = self
-            .fd()
-            .get_msrs(&mut msrs)
-            .map_err(VmmError::kvm("KVM_GET_MSRS"))?;
-        if n != entries.len() {
-            let failed = entries.get(n).map(|e| e.index).unwrap_or(0);
-            return Err(self.state_err(format!("cannot read MSR {failed:#x}")));
-        }
-        Ok(msrs.as_slice().to_vec())
     }
 
     /// Load `state` into this fresh (never run) vCPU, in the order KVM needs.
