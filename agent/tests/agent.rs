@@ -329,13 +329,18 @@ fn wrong_protocol_version_is_refused() {
 
 #[test]
 fn oversized_frame_from_client_closes_the_connection() {
+    use cairn_agent::proto::{FrameReader, Hello};
     let a = agent();
     let mut s = UnixStream::connect(&a.sock).unwrap();
     s.write_all(&u32::MAX.to_le_bytes()).unwrap();
-    let mut buf = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.read_to_end(&mut buf).unwrap();
-    assert!(buf.is_empty());
+    // The agent's hello goes out on accept; after the oversized frame comes nothing but EOF.
+    let mut r = FrameReader::new(s.try_clone().unwrap());
+    let theirs: Hello = r.read().unwrap().unwrap();
+    assert_eq!(theirs.magic, Hello::ours("x").magic);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
     a.client().ping().unwrap();
 }
 

@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::path::Path;
 
 /// Variables passed through from the jailer's environment, when set. Everything else is dropped.
-pub const PASSED_THROUGH: [&str; 2] = ["RUST_LOG", "RUST_BACKTRACE"];
+pub const PASSED_THROUGH: [&str; 3] = ["RUST_LOG", "RUST_BACKTRACE", "CAIRN_VERIFY_MEMORY"];
 
 /// The VMM's environment: `PATH=/`, `HOME=/`, plus [`PASSED_THROUGH`] taken from `vars`.
 pub fn vmm_env(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {

@@ -247,3 +247,15 @@ fn a_vmm_left_in_the_jail_of_a_removed_sandbox_is_ended_and_the_jail_removed() {
     assert!(!jail.exists());
     assert_eq!(run(&home, false).unwrap(), vec![]);
 }
+
+#[test]
+fn rm_ends_an_unrecorded_vmm_working_in_the_sandbox() {
+    let (d, home) = home();
+    let paths = row(&home, "s", State::Stopped, None, true);
+    let mut child = fake_vmm(d.path(), &paths.dir);
+    assert_eq!(sandbox::vmms_in(&paths.dir), vec![child.id()]);
+    sandbox::remove(&home, "s").unwrap();
+    let _ = child.wait();
+    assert!(!sandbox::vmm_alive(child.id()));
+    assert!(!paths.dir.exists());
+}

@@ -265,6 +265,22 @@ impl Registry {
         })
     }
 
+    /// Records a VMM restored from checkpoint `head` as running, and the sandbox as used now,
+    /// in one transaction (one commit on a wake's path instead of three).
+    pub fn set_running_from(
+        &mut self,
+        name: &str,
+        pid: u32,
+        head: &str,
+    ) -> Result<(), RegistryError> {
+        self.update(name, |tx| {
+            tx.execute(
+                "UPDATE sandboxes SET state = ?2, pid = ?3, head_checkpoint = ?4, last_activity = ?5 WHERE name = ?1",
+                params![name, State::Running.as_str(), pid, head, now()],
+            )
+        })
+    }
+
     /// Records the checkpoint the VM now descends from.
     pub fn set_head(&mut self, name: &str, head: Option<&str>) -> Result<(), RegistryError> {
         self.update(name, |tx| {
@@ -349,8 +365,19 @@ mod tests {
         assert_eq!(a.head_checkpoint.as_deref(), Some("c1"));
         assert!(a.last_activity >= now() - 5);
 
+        reg.set_state("b", State::Stopped, None).unwrap();
+        reg.set_running_from("b", 7, "c2").unwrap();
+        let b = reg.get("b").unwrap();
+        assert_eq!((b.state, b.pid), (State::Running, Some(7)));
+        assert_eq!(b.head_checkpoint.as_deref(), Some("c2"));
+        assert!(b.last_activity >= now() - 5);
+
         reg.remove("a").unwrap();
         assert!(matches!(reg.get("a"), Err(RegistryError::NotFound(_))));
+        assert!(matches!(
+            reg.set_running_from("a", 1, "c1"),
+            Err(RegistryError::NotFound(_))
+        ));
         assert!(matches!(
             reg.set_state("a", State::Stopped, None),
             Err(RegistryError::NotFound(_))

@@ -48,7 +48,10 @@ pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock, Option<Client
     let (r, agent) = ensure_running_locked(home, &mut reg, &r.name)?;
     let active = FileLock::acquire(&paths.active, Mode::Shared)
         .map_err(io_err(format!("lock {}", paths.active.display())))?;
-    reg.touch(name)?;
+    // A wake has just recorded the sandbox as used.
+    if agent.is_none() {
+        reg.touch(name)?;
+    }
     Ok((r, active, agent))
 }
 
@@ -106,8 +109,7 @@ pub(crate) fn start_locked(
             return Err(e);
         }
     };
-    reg.set_state(&r.name, State::Running, Some(pid))?;
-    reg.set_head(&r.name, Some(&head))?;
+    reg.set_running_from(&r.name, pid, &head)?;
     eprintln!(
         "{}: started from checkpoint {head} in {:.2} s",
         r.name,
@@ -261,9 +263,9 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     let r = reg.get(name)?;
     let paths = home.paths(&r.name);
     let _l = lock(&paths)?;
-    if let Some(pid) = r.pid {
-        kill_vmm(pid);
-    }
+    // Every VMM working there, not just the recorded one: a wake cut short (its CLI killed
+    // before it recorded the new VMM) leaves one behind.
+    end_vmms(&paths, &r);
     reg.remove(name)?;
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));
     fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {

@@ -11,3 +11,4 @@ pub mod named;
 pub mod restore;
 pub mod snapshot;
 pub mod state;
+pub mod verify;

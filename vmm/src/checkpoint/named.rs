@@ -19,6 +19,7 @@ use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
 use crate::checkpoint::memory::{mem_size, write_memory_layer, PAGE_SIZE};
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
 use crate::checkpoint::state::{capture, write_state};
+use crate::checkpoint::verify;
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
 use cairn_snapshot::memory::PageIndex;
@@ -45,6 +46,8 @@ pub struct CheckpointManager {
     /// may still continue from `head`).
     memory_head: Option<String>,
     drives: Vec<LayeredDrive>,
+    /// Page hashes of `memory_head`, when `CAIRN_VERIFY_MEMORY=1` (checkpoint/verify.rs).
+    verified_hashes: Option<Vec<u64>>,
 }
 
 impl CheckpointManager {
@@ -68,6 +71,7 @@ impl CheckpointManager {
             head,
             memory_head: None,
             drives: vec![],
+            verified_hashes: None,
         })
     }
 
@@ -147,6 +151,10 @@ impl CheckpointManager {
 
     /// Mark `name` as the running VM's parent (after restoring it).
     pub fn set_head(&mut self, name: Option<String>) -> Result<(), VmmError> {
+        self.verified_hashes = match (&name, verify::enabled()) {
+            (Some(n), true) => self.store.dir_of(n).ok().and_then(|d| verify::load(&d)),
+            _ => None,
+        };
         self.memory_head = name.clone();
         self.head = name;
         self.write_head()
@@ -237,6 +245,15 @@ impl CheckpointManager {
             &dir.join(MEMORY_FILE),
             false,
         )?;
+        if verify::enabled() {
+            let now = verify::page_hashes(machine.memory());
+            if let (SnapshotKind::Diff, Some(before)) = (kind, &self.verified_hashes) {
+                let missed = verify::unexpected_changes(before, &now, &pages);
+                verify::report(&format!("Diff checkpoint {name}"), &missed);
+            }
+            verify::save(&dir, &now)?;
+            self.verified_hashes = Some(now);
+        }
         let mut disks = Vec::with_capacity(self.drives.len());
         for drive in &self.drives {
             let file = disk_layer_file(&drive.drive_id);

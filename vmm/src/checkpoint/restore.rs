@@ -22,6 +22,7 @@ use crate::builder::{register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, K
 use crate::checkpoint::compat::{check_compatible, host_cpuid};
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
+use crate::checkpoint::verify;
 use crate::device_manager::{
     attach_legacy_devices_with_state, wire_transport, MmioSlot, VirtioHandle,
 };
@@ -32,6 +33,7 @@ use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::VcpuConstructorArgs;
 use crate::vstate::vm::{Vm, VmConstructorArgs};
+use cairn_snapshot::memory::PageIndex;
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -72,6 +74,18 @@ pub fn restore_machine(
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
     let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+    if verify::enabled() {
+        let saved = opts
+            .memory_layers
+            .last()
+            .and_then(|p| p.parent())
+            .and_then(verify::load);
+        if let Some(saved) = saved {
+            let now = verify::page_hashes(&mem);
+            let differ = verify::unexpected_changes(&saved, &now, &PageIndex::new());
+            verify::report("restore", &differ);
+        }
+    }
     let vm_args = VmConstructorArgs {
         vm,
         mem: &mem,
@@ -87,6 +101,7 @@ pub fn restore_machine(
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
 
     let mut virtio = Vec::with_capacity(state.virtio.len());
+    let mut vsocks = Vec::new();
     for saved in &state.virtio {
         let id = saved.id.as_str();
         let handle = match &saved.device {
@@ -135,14 +150,7 @@ pub fn restore_machine(
         };
         event_loop.add(handle.as_subscriber());
         if let VirtioHandle::Vsock(v) = &handle {
-            // Connections do not survive a snapshot: tell the guest to drop them.
-            if let Err(e) = v
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send_transport_reset()
-            {
-                tracing::warn!("vsock transport reset after restore: {e}");
-            }
+            vsocks.push(v.clone());
         }
         virtio.push(wire_transport(
             vm.fd(),
@@ -166,6 +174,18 @@ pub fn restore_machine(
             exit: exit.clone(),
         };
         vcpus.push(Vcpu::restore(args, vcpu_state)?);
+    }
+    // Connections do not survive a snapshot: tell the guest to drop them. Only now: the event's
+    // interrupt must reach local APICs that hold their restored state, not be wiped by (or race
+    // with) KVM_SET_LAPIC and leave the interrupt controllers disagreeing about it.
+    for v in vsocks {
+        if let Err(e) = v
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_transport_reset()
+        {
+            tracing::warn!("vsock transport reset after restore: {e}");
+        }
     }
     let handles = vcpus
         .into_iter()

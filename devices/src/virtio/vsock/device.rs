@@ -94,6 +94,11 @@ pub struct Vsock {
     pub(crate) registered: QueueEvents,
     /// Whether the muxer's epoll fd is registered with the event loop.
     pub(crate) muxer_registered: bool,
+    /// A transport reset the guest has not handled yet. Packets for the guest wait until it has:
+    /// a driver handles the reset event asynchronously, so a host connection delivered earlier
+    /// could be accepted and then dropped with the stale ones. Linux's driver re-posts the event
+    /// buffer and kicks the event queue once it has reset its sockets; that kick ends the wait.
+    pub(crate) reset_unacked: bool,
     scratch: Box<[u8]>,
 }
 
@@ -111,6 +116,7 @@ impl Vsock {
             active: None,
             registered: QueueEvents::default(),
             muxer_registered: false,
+            reset_unacked: false,
             scratch: vec![0u8; MAX_PKT_DATA as usize].into_boxed_slice(),
         })
     }
@@ -143,8 +149,27 @@ impl Vsock {
         self.process_rx();
     }
 
+    /// Whether packets for the guest wait for it to handle a transport reset.
+    pub fn awaits_reset_ack(&self) -> bool {
+        self.reset_unacked
+    }
+
+    /// The guest kicked the event queue: it handled the transport reset (if one was pending)
+    /// and posted its event buffers again. Held packets flow. Returns whether a reset was pending.
+    pub fn process_event_queue(&mut self) -> bool {
+        if !std::mem::take(&mut self.reset_unacked) {
+            return false;
+        }
+        self.process_rx();
+        self.process_tx();
+        true
+    }
+
     /// Fill the guest's rx buffers with pending packets. Returns whether any buffer was used.
     pub fn process_rx(&mut self) -> bool {
+        if self.reset_unacked {
+            return false;
+        }
         let Some(active) = self.active.as_mut() else {
             return false;
         };
@@ -233,7 +258,8 @@ impl Vsock {
     }
 
     /// Tell the guest that every connection is gone (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`). The VMM
-    /// calls this after restoring a snapshot, since host connections were not saved.
+    /// calls this after restoring a snapshot, since host connections were not saved. Packets for
+    /// the guest then wait until it kicks the event queue ([`Vsock::process_event_queue`]).
     pub fn send_transport_reset(&mut self) -> Result<(), VsockError> {
         self.muxer.reset();
         let active = self.active.as_mut().ok_or(VsockError::NotActivated)?;
@@ -259,6 +285,7 @@ impl Vsock {
         if len == 0 {
             return Err(VsockError::NoEventBuffer);
         }
+        self.reset_unacked = true;
         Ok(())
     }
 }
@@ -332,6 +359,7 @@ impl VirtioDevice for Vsock {
             }
         }
         self.muxer.reset();
+        self.reset_unacked = false;
         self.acked_features = 0;
         true
     }
@@ -590,6 +618,46 @@ pub(crate) mod tests {
         d.mem.read_slice(&mut ev, GuestAddress(0x50_0000)).unwrap();
         assert_eq!(u32::from_le_bytes(ev), EVENT_TRANSPORT_RESET);
         assert_ne!(d.irq.status() & crate::virtio::VIRTIO_MMIO_INT_VRING, 0);
+    }
+
+    #[test]
+    fn packets_for_the_guest_wait_until_it_handles_a_transport_reset() {
+        use std::io::Write;
+        let mem = mem();
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Driver::new(&mem, dir.path());
+        d.add_rx_buffers(4, 4096);
+        d.add_chain(EVQ_INDEX, &[(0x50_0000, 8, F_WRITE)]);
+        assert!(!d.vsock.process_event_queue(), "no reset is pending yet");
+        d.vsock.send_transport_reset().unwrap();
+        assert!(d.vsock.awaits_reset_ack());
+
+        // A host client connects while the guest has not yet reset its sockets.
+        let mut client = std::os::unix::net::UnixStream::connect(&d.uds).unwrap();
+        client.write_all(b"CONNECT 77\n").unwrap();
+        for _ in 0..20 {
+            d.vsock.process_host_events();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(d.recv().is_empty(), "the request waits for the guest");
+        assert_eq!(d.vsock.connection_count(), 1, "but the connection is kept");
+
+        // The guest kicks the event queue once it has handled the reset: the request flows.
+        assert!(d.vsock.process_event_queue());
+        assert!(!d.vsock.awaits_reset_ack());
+        let got = d.pump_until(|g| !g.is_empty());
+        assert_eq!(got[0].0.op(), Some(Op::Request));
+        assert_eq!(got[0].0.dst_port, 77);
+        assert!(
+            !d.vsock.process_event_queue(),
+            "a later kick changes nothing"
+        );
+
+        // A device reset forgets an unacknowledged transport reset.
+        d.add_chain(EVQ_INDEX, &[(0x51_0000, 8, F_WRITE)]);
+        d.vsock.send_transport_reset().unwrap();
+        assert!(d.vsock.reset());
+        assert!(!d.vsock.awaits_reset_ack());
     }
 
     #[test]

@@ -58,8 +58,11 @@ impl MutEventSubscriber for Vsock {
                 TX_INDEX => {
                     self.process_tx();
                 }
-                // The guest posted event buffers; they are used only for transport resets.
-                EVQ_INDEX => {}
+                // The guest posted event buffers (used only for transport resets): after a
+                // reset, this is its acknowledgement.
+                EVQ_INDEX => {
+                    self.process_event_queue();
+                }
                 _ => {}
             }
         } else if self.muxer_registered && fd == self.muxer.as_raw_fd() {
@@ -130,8 +133,20 @@ mod tests {
         evts[RX_INDEX].write(1).unwrap();
         em.run_with_timeout(100).unwrap();
 
+        // As after a restore: a transport reset the guest has not handled yet holds the
+        // request back until the guest kicks the event queue.
+        let raw = virtio_queue::desc::RawDescriptor::from(
+            virtio_queue::desc::split::Descriptor::new(0x20_0000, 8, 2, 0),
+        );
+        qs[EVQ_INDEX].add_desc_chains(&[raw], 0).unwrap();
+        vsock.lock().unwrap().send_transport_reset().unwrap();
         let mut client = std::os::unix::net::UnixStream::connect(&uds).unwrap();
         client.write_all(b"CONNECT 77\n").unwrap();
+        for _ in 0..5 {
+            em.run_with_timeout(20).unwrap();
+        }
+        assert_eq!(qs[RX_INDEX].used().idx().load(), 0);
+        evts[EVQ_INDEX].write(1).unwrap();
         for _ in 0..20 {
             em.run_with_timeout(50).unwrap();
             if qs[RX_INDEX].used().idx().load() == 1 {

@@ -125,8 +125,11 @@ mod tests {
         d.vsock.send_transport_reset().unwrap();
         assert_eq!(d.used(EVQ_INDEX), vec![(0x70_0000, 4)]);
 
-        // The queues continue where they were: the next packet lands in the second rx buffer.
+        // The queues continue where they were: the next packet lands in the second rx buffer,
+        // once the guest has handled the reset (kicked the event queue).
         d.send(d.hdr(1000, 53, Op::Request), &[]);
+        assert!(d.recv().is_empty());
+        assert!(d.vsock.process_event_queue());
         let got = d.recv();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0.op(), Some(Op::Rst));
