@@ -17,7 +17,22 @@ use cairn_devices::GuestMemoryMmap;
 use cairn_snapshot::Persist;
 use cairn_tests::kvm_available;
 
-use crate::arch::x86_64::msr::{MSR_IA32_SYSENTER_CS, MSR_IA32_TSC, MSR_LSTAR};
+use crate::arch::x86_64::msr::{
+    MSR_IA32_SYSENTER_CS, MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_INT, MSR_LSTAR, MSR_MTRR_PHYS_BASE0,
+};
+
+/// Linux's vector for async page fault "page ready" (HYPERVISOR_CALLBACK_VECTOR).
+const ASYNC_PF_VECTOR: u64 = 0xf3;
+/// MSR_KVM_ASYNC_PF_EN: a 64-byte area at 0x5000, enabled, delivered as an interrupt.
+const ASYNC_PF_EN: u64 = 0x5000 | 1 | (1 << 3);
+/// MSRs set where the host's KVM lists them: IA32_TSC_ADJUST, the first variable MTRR's base
+/// (write-back at 1 MiB). Not AMD's VIRT_SPEC_CTRL: the development host's KVM lists it and
+/// accepts a write but reads 0 back.
+const OPTIONAL_MSR_VALUES: [(u32, u64); 2] = [
+    (MSR_IA32_TSC_ADJUST, 0x1234),
+    (MSR_MTRR_PHYS_BASE0, 0x10_0006),
+];
 use crate::arch::x86_64::regs::set_lint;
 use crate::vstate::vcpu::{ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::{VcpuConstructorArgs, VcpuState};
@@ -221,18 +236,31 @@ fn set_vcpu_values(kvm: &Kvm, vcpu: &Vcpu) -> u64 {
     xcrs.xcrs[0].value = xcr0;
     fd.set_xcrs(&xcrs).unwrap();
 
-    let msrs = [
+    let mut values = vec![
         (MSR_IA32_TSC, GUEST_TSC),
         (MSR_IA32_SYSENTER_CS, 0x10),
         (MSR_LSTAR, LSTAR),
-    ]
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    });
+        // Async page faults delivered as interrupts, with Linux's vector: the vector must survive.
+        (MSR_KVM_ASYNC_PF_INT, ASYNC_PF_VECTOR),
+        (MSR_KVM_ASYNC_PF_EN, ASYNC_PF_EN),
+    ];
+    // Guest state beyond the basics, where this host's KVM has it.
+    let listed = kvm.get_msr_index_list().unwrap();
+    values.extend(
+        OPTIONAL_MSR_VALUES
+            .iter()
+            .filter(|(index, _)| listed.as_slice().contains(index)),
+    );
+    let msrs: Vec<_> = values
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
     let msrs = Msrs::from_entries(&msrs).unwrap();
-    assert_eq!(fd.set_msrs(&msrs).unwrap(), 3);
+    assert_eq!(fd.set_msrs(&msrs).unwrap(), values.len());
 
     let mut lapic = fd.get_lapic().unwrap();
     set_lint(&mut lapic);
@@ -321,6 +349,14 @@ fn vcpu_state_round_trips_through_a_new_vm() {
     assert_eq!(saved.xcrs.xcrs[0].value, xcr0);
     assert_eq!(msr(&saved, MSR_LSTAR), Some(LSTAR));
     assert_eq!(msr(&saved, MSR_IA32_SYSENTER_CS), Some(0x10));
+    assert_eq!(msr(&saved, MSR_KVM_ASYNC_PF_INT), Some(ASYNC_PF_VECTOR));
+    assert_eq!(msr(&saved, MSR_KVM_ASYNC_PF_EN), Some(ASYNC_PF_EN));
+    let listed = kvm.get_msr_index_list().unwrap();
+    for (index, value) in OPTIONAL_MSR_VALUES {
+        if listed.as_slice().contains(&index) {
+            assert_eq!(msr(&saved, index), Some(value), "MSR {index:#x}");
+        }
+    }
     assert!(msr(&saved, MSR_IA32_TSC).is_some_and(|t| t >= GUEST_TSC));
     assert_eq!(lapic_reg(&saved.lapic, APIC_TPR), 0x20);
     assert_eq!(lapic_reg(&saved.lapic, APIC_LVTT), LVTT);

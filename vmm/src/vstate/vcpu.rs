@@ -263,13 +263,49 @@ impl Vcpu {
         &self.saved_msrs
     }
 
-    /// The current values of `indices`; an MSR KVM cannot read is an error naming it.
     /// The current values of `indices` (KVM_GET_MSRS). Errors are made by `error` from a
     /// message: the list KVM refuses, or the first MSR it cannot read.
     pub(crate) fn read_msr_list(
         &self,
         indices: &[u32],
         error: impl Fn(String) -> VmmError,
+    ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
+        let read = self.read_msr_prefix(indices, &error)?;
+        if let Some(missing) = indices.get(read.len()) {
+            return Err(error(format!("cannot read MSR {missing:#x}")));
+        }
+        Ok(read)
+    }
+
+    /// The current values of those of `indices` KVM can read, in order; the others (an MSR KVM
+    /// lists but cannot read for this vCPU, e.g. for a CPU feature its CPUID lacks) are skipped.
+    pub(crate) fn read_readable_msrs(
+        &self,
+        indices: &[u32],
+        error: impl Fn(String) -> VmmError,
+    ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
+        let mut out = Vec::with_capacity(indices.len());
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let read = self.read_msr_prefix(rest, &error)?;
+            let n = read.len();
+            out.extend(read);
+            let Some(skipped) = rest.get(n) else { break };
+            tracing::debug!(
+                vcpu = self.index,
+                "MSR {skipped:#x} is not readable: not saved"
+            );
+            rest = rest.get(n + 1..).unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// KVM_GET_MSRS on `indices`: the values KVM read, which stop before the first MSR it could
+    /// not read.
+    fn read_msr_prefix(
+        &self,
+        indices: &[u32],
+        error: &impl Fn(String) -> VmmError,
     ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
         if indices.is_empty() {
             return Ok(Vec::new());
@@ -287,10 +323,9 @@ impl Vcpu {
             .fd
             .get_msrs(&mut msrs)
             .map_err(VmmError::kvm("KVM_GET_MSRS"))?;
-        if let Some(missing) = indices.get(read) {
-            return Err(error(format!("cannot read MSR {missing:#x}")));
-        }
-        Ok(msrs.as_slice().to_vec())
+        let mut values = msrs.as_slice().to_vec();
+        values.truncate(read);
+        Ok(values)
     }
 
     /// Set CPUID, MSRs, registers, FPU and LAPIC for boot.

@@ -18,7 +18,7 @@ use cairn_devices::bus::Bus;
 use cairn_devices::GuestMemoryMmap;
 use cairn_snapshot::Persist;
 
-use crate::arch::x86_64::msr::{MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, SAVED_MSRS};
+use crate::arch::x86_64::msr::{is_saved_msr, restore_rank};
 use crate::error::VmmError;
 use crate::vstate::vcpu::{ExitSignal, Vcpu};
 use crate::vstate::vm::Vm;
@@ -66,17 +66,21 @@ impl PartialEq for VcpuState {
     }
 }
 
-/// Which of `SAVED_MSRS` this host's KVM can save.
+/// The MSRs a checkpoint saves on this host: those of `SAVED_MSR_RANGES` its KVM lists, in
+/// restore order.
 pub fn saveable_msrs(kvm: &kvm_ioctls::Kvm) -> Result<Vec<u32>, VmmError> {
     let list = kvm
         .get_msr_index_list()
         .map_err(VmmError::kvm("KVM_GET_MSR_INDEX_LIST"))?;
-    let supported = list.as_slice();
-    Ok(SAVED_MSRS
+    let mut saved: Vec<u32> = list
+        .as_slice()
         .iter()
         .copied()
-        .filter(|m| supported.contains(m))
-        .collect())
+        .filter(|&m| is_saved_msr(m))
+        .collect();
+    saved.sort_by_key(|&m| (restore_rank(m), m));
+    saved.dedup();
+    Ok(saved)
 }
 
 /// What [`Vcpu::restore`] needs: the same as [`Vcpu::new`].
@@ -96,15 +100,12 @@ pub struct VcpuConstructorArgs<'a> {
     pub exit: Arc<ExitSignal>,
 }
 
-/// The order MSRs are restored in: the TSC first, the TSC deadline last (see `SAVED_MSRS`),
-/// whatever order the state holds.
+/// The order MSRs are restored in: the TSC first, then the async page fault vector (before the
+/// MSR enabling async page faults), the TSC deadline last (see `restore_rank`), whatever order
+/// the state holds.
 fn restore_order(msrs: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
     let mut ordered = msrs.to_vec();
-    ordered.sort_by_key(|m| match m.index {
-        MSR_IA32_TSC => 0,
-        MSR_IA32_TSC_DEADLINE => 2,
-        _ => 1,
-    });
+    ordered.sort_by_key(|m| restore_rank(m.index));
     ordered
 }
 
@@ -141,7 +142,7 @@ impl Vcpu {
         let cpuid = fd
             .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::kvm("KVM_GET_CPUID2"))?;
-        let msrs = self.read_msr_list(self.saved_msrs(), |m| self.state_err(m))?;
+        let msrs = self.read_readable_msrs(self.saved_msrs(), |m| self.state_err(m))?;
         let vcpu_events = fd
             .get_vcpu_events()
             .map_err(VmmError::kvm("KVM_GET_VCPU_EVENTS"))?;
@@ -228,23 +229,36 @@ impl<'a> Persist<'a> for Vcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::x86_64::msr::{
+        MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_INT,
+    };
 
     #[test]
-    fn msrs_restore_with_the_tsc_first_and_the_deadline_last() {
+    fn msrs_restore_with_the_tsc_first_the_async_pf_vector_early_and_the_deadline_last() {
         let msr = |index| kvm_msr_entry {
             index,
             ..Default::default()
         };
+        let async_pf_en = MSR_KVM_ASYNC_PF_EN;
         let saved = [
             msr(MSR_IA32_TSC_DEADLINE),
             msr(0x174),
+            msr(async_pf_en),
             msr(MSR_IA32_TSC),
+            msr(MSR_KVM_ASYNC_PF_INT),
             msr(0xc000_0082),
         ];
         let order: Vec<u32> = restore_order(&saved).iter().map(|m| m.index).collect();
         assert_eq!(
             order,
-            [MSR_IA32_TSC, 0x174, 0xc000_0082, MSR_IA32_TSC_DEADLINE]
+            [
+                MSR_IA32_TSC,
+                MSR_KVM_ASYNC_PF_INT,
+                0x174,
+                async_pf_en,
+                0xc000_0082,
+                MSR_IA32_TSC_DEADLINE
+            ]
         );
     }
 }

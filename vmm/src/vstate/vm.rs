@@ -50,7 +50,7 @@ impl Vm {
     }
 
     /// The MSRs a checkpoint of this VM's vCPUs saves: those of
-    /// [`crate::arch::x86_64::msr::SAVED_MSRS`] this host's KVM lists.
+    /// [`crate::arch::x86_64::msr::SAVED_MSR_RANGES`] this host's KVM lists, in restore order.
     pub fn saved_msrs(&self) -> &[u32] {
         &self.saved_msrs
     }
