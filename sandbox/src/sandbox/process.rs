@@ -48,24 +48,40 @@ impl Liveness {
 /// Is `pid` a live (not zombie) `cairn-vmm`, or the `cairn-jailer` that is about to become
 /// one (it execs the VMM in the same process, see [`jail`])?
 pub fn vmm_alive(pid: u32) -> bool {
-    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(_) => return false,
-    };
-    // The state follows the parenthesised command name.
-    let state = stat
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| live_user_process(&stat))
+        && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| runs_our_binary(&c))
+}
+
+/// Whether a `/proc/PID/stat` line is that of a process neither dead, a zombie, nor a kernel
+/// thread. The state follows the parenthesised command name; the flags are the seventh field
+/// after it.
+fn live_user_process(stat: &str) -> bool {
+    let mut fields = stat
         .rsplit_once(')')
-        .and_then(|(_, r)| r.trim().chars().next());
+        .map(|(_, r)| r.split_whitespace())
+        .into_iter()
+        .flatten();
+    let state = fields.next().and_then(|s| s.chars().next());
     if matches!(state, Some('Z') | Some('X') | None) {
         return false;
     }
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .next()
-                .is_some_and(|a0| a0.ends_with(b"cairn-vmm") || a0.ends_with(b"cairn-jailer"))
-        })
-        .unwrap_or(false)
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    flags & PF_KTHREAD == 0
+}
+
+/// The kernel-thread bit of `/proc/PID/stat`'s flags.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether a process's `/proc/PID/cmdline` is that of `cairn-vmm` or `cairn-jailer`. An empty
+/// one counts: it is a process in the middle of `execve` (the kernel has given it its new memory
+/// but not yet its arguments), which is what a VMM just spawned looks like for a moment, to the
+/// CLI that spawned it (its exec has already succeeded) and again when the jailer execs the VMM.
+/// Taking it for dead failed about one wake in 60 with "cairn-vmm exited during start-up".
+fn runs_our_binary(cmdline: &[u8]) -> bool {
+    match cmdline.split(|&b| b == 0).next() {
+        None | Some([]) => true,
+        Some(argv0) => argv0.ends_with(b"cairn-vmm") || argv0.ends_with(b"cairn-jailer"),
+    }
 }
 
 /// Every live `cairn-vmm` whose working directory is `dir` (each sandbox's VMM runs in its
@@ -277,6 +293,24 @@ pub(crate) fn wait_gone(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_mid_exec_counts_as_ours_and_others_do_not() {
+        assert!(runs_our_binary(b""));
+        assert!(runs_our_binary(b"/cairn-vmm\0--api-sock\0/run/api.sock\0"));
+        assert!(runs_our_binary(b"/usr/bin/cairn-jailer\0--id\0x\0"));
+        assert!(!runs_our_binary(b"target/release/cairn\0exec\0s\0"));
+        assert!(!runs_our_binary(b"/bin/sleep\0cairn-vmm\0"));
+        // Kernel threads have an empty command line too, but their flags rule them out.
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0";
+        assert!(!live_user_process(kthreadd));
+        let vmm = "77 (cairn-vmm) S 1 77 77 0 -1 4194560 9 0 0 0 1 2";
+        assert!(live_user_process(vmm));
+        assert!(!live_user_process(&vmm.replace(") S", ") Z")));
+        assert!(!live_user_process("77 (cairn) x) "));
+        assert!(!live_user_process(""));
+        assert!(!vmm_alive(std::process::id()), "this test is no VMM");
+    }
 
     #[test]
     fn dead_pids_are_not_alive() {
