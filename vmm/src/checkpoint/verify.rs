@@ -75,19 +75,14 @@ pub fn unexpected_changes(a: &[u64], b: &[u64], expected: &PageIndex) -> Vec<u64
         .collect()
 }
 
-/// Log `pages` (if any) as a verification failure about `what`.
+/// Report on stderr (the sandbox's console log), whatever the log level: verification was asked
+/// for, so its verdict is always shown. `pages` are those that differ, if any.
 pub fn report(what: &str, pages: &[u64]) {
     if pages.is_empty() {
-        tracing::info!("verify: {what}: memory matches");
         eprintln!("cairn-vmm: verify: {what}: memory matches");
         return;
     }
     let first: Vec<String> = pages.iter().take(16).map(|p| format!("{p:#x}")).collect();
-    tracing::error!(
-        "verify: {what}: {} pages differ: {}",
-        pages.len(),
-        first.join(" ")
-    );
     eprintln!(
         "cairn-vmm: verify: {what}: {} pages differ (page numbers): {}",
         pages.len(),
