@@ -7,7 +7,7 @@ pub mod boot;
 pub mod builder;
 pub mod checkpoint;
 pub mod cli;
-pub mod config;
+pub use cairn_vmm_api::config;
 pub mod controller;
 pub mod device_manager;
 pub mod error;

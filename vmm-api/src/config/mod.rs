@@ -13,7 +13,7 @@
 //! and for values that break a rule (`validate()`).
 //!
 //! ```
-//! use cairn_vmm::config::{parse_vm_config, Validate};
+//! use cairn_vmm_api::config::{parse_vm_config, Validate};
 //! let cfg = parse_vm_config(r#"{
 //!     "boot-source": {"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0"},
 //!     "machine-config": {"vcpu_count": 2, "mem_size_mib": 256}
