@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use cairn_vmm_api::reply::{CheckpointDisk, CheckpointInfo};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiRequest, ApiResponse, ApiServer, InstanceInfo, InstanceState};
@@ -298,14 +299,14 @@ impl Controller {
             }
             ApiRequest::CreateCheckpoint(c) => {
                 match self.runtime.create_checkpoint(c.name.as_deref()) {
-                    Ok(meta) => ApiResponse::json(&checkpoint_json(&meta)),
+                    Ok(meta) => ApiResponse::json(&checkpoint_info(&meta)),
                     Err(e) => refused(e),
                 }
             }
             ApiRequest::ListCheckpoints => match self.runtime.list_checkpoints() {
-                Ok(list) => ApiResponse::Json(serde_json::Value::Array(
-                    list.iter().map(checkpoint_json).collect(),
-                )),
+                Ok(list) => {
+                    ApiResponse::json(&list.iter().map(checkpoint_info).collect::<Vec<_>>())
+                }
                 Err(e) => refused(e),
             },
             ApiRequest::RestoreCheckpoint(c) => {
@@ -333,18 +334,24 @@ impl Controller {
 }
 
 /// A checkpoint as `GET /checkpoints` shows it: its place in the chain and its cost.
-fn checkpoint_json(meta: &cairn_snapshot::checkpoint::CheckpointMeta) -> serde_json::Value {
-    // fold, not sum: an empty f64 sum is -0.0.
-    let disk_delta_mib = meta.disks.iter().fold(0.0, |acc, d| acc + d.delta_mib);
-    serde_json::json!({
-        "name": meta.name,
-        "parent": meta.parent,
-        "created_unix_ms": meta.created_unix_ms,
-        "dirty_memory_mib": meta.memory.dirty_mib,
-        "disk_delta_mib": disk_delta_mib,
-        "disks": meta.disks.iter().map(|d| serde_json::json!({"drive_id": d.drive_id, "delta_mib": d.delta_mib})).collect::<Vec<_>>(),
-        "pause_ms": meta.pause_ms,
-        "write_ms": meta.write_ms,
-        "cpu_template": meta.cpu_template,
-    })
+fn checkpoint_info(meta: &cairn_snapshot::checkpoint::CheckpointMeta) -> CheckpointInfo {
+    CheckpointInfo {
+        name: meta.name.clone(),
+        parent: meta.parent.clone(),
+        created_unix_ms: meta.created_unix_ms,
+        dirty_memory_mib: meta.memory.dirty_mib,
+        // fold, not sum: an empty f64 sum is -0.0.
+        disk_delta_mib: meta.disks.iter().fold(0.0, |acc, d| acc + d.delta_mib),
+        disks: meta
+            .disks
+            .iter()
+            .map(|d| CheckpointDisk {
+                drive_id: d.drive_id.clone(),
+                delta_mib: d.delta_mib,
+            })
+            .collect(),
+        pause_ms: meta.pause_ms,
+        write_ms: meta.write_ms,
+        cpu_template: meta.cpu_template.clone(),
+    }
 }

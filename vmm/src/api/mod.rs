@@ -44,7 +44,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{
     BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams, DriveConfig,
@@ -52,6 +52,7 @@ use crate::config::{
     MachineConfigUpdate, MetricsConfig, NetConfig, VmStateUpdate, VsockConfig,
 };
 
+pub use cairn_vmm_api::reply::{InstanceInfo, InstanceState};
 pub use server::ApiServer;
 
 /// One API call, decoded and validated, for the VMM thread to carry out.
@@ -191,29 +192,4 @@ impl ApiResponse {
             ),
         }
     }
-}
-
-/// Lifecycle state reported by `GET /`, with Firecracker's wording.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InstanceState {
-    /// Configured or being configured; not booted yet.
-    #[serde(rename = "Not started")]
-    NotStarted,
-    /// vCPUs running.
-    Running,
-    /// vCPUs parked.
-    Paused,
-}
-
-/// The body of `GET /`, as Firecracker returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceInfo {
-    /// Instance id (`--id`; Firecracker's default is `anonymous-instance`).
-    pub id: String,
-    /// Lifecycle state.
-    pub state: InstanceState,
-    /// The VMM's version.
-    pub vmm_version: String,
-    /// The VMM's name (`cairn`).
-    pub app_name: String,
 }

@@ -31,7 +31,7 @@ pub const MEMORY_FILE: &str = "mem.layer";
 /// Where active disk deltas live, under the checkpoint directory.
 pub const ACTIVE_DIR: &str = ".active";
 /// Names the checkpoint the active deltas sit on (empty: the bare base images).
-pub const HEAD_FILE: &str = "HEAD";
+pub const HEAD_FILE: &str = cairn_vmm_api::CHECKPOINT_HEAD_FILE;
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(e.to_string())
