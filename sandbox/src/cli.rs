@@ -378,15 +378,15 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
         CheckpointCmd::Create { name, ckpt, json } => {
             let meta = sandbox::checkpoint_create(home, &name, ckpt.as_deref())?;
             if json {
-                println!("{meta}");
+                println!("{}", json_text(&meta));
             } else {
                 println!(
                     "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms",
-                    meta["name"].as_str().unwrap_or("?"),
-                    meta["parent"].as_str().unwrap_or("-"),
-                    meta["dirty_memory_mib"].as_f64().unwrap_or(0.0),
-                    meta["disk_delta_mib"].as_f64().unwrap_or(0.0),
-                    fmt_num(&meta["pause_ms"]),
+                    meta.name,
+                    meta.parent.as_deref().unwrap_or("-"),
+                    meta.dirty_memory_mib,
+                    meta.disk_delta_mib,
+                    fmt_num(meta.pause_ms),
                 );
             }
         }
@@ -394,23 +394,23 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
             let list = sandbox::checkpoint_list(home, &name)?;
             let head = home.registry()?.get(&name)?.head_checkpoint;
             if json {
-                println!("{}", serde_json::Value::Array(list));
+                println!("{}", json_text(&list));
             } else {
                 println!(
                     "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9}",
                     "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms"
                 );
                 for c in &list {
-                    let n = c["name"].as_str().unwrap_or("?");
+                    let n = c.name.as_str();
                     println!(
                         "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9}",
                         if head.as_deref() == Some(n) { "*" } else { "" },
                         n,
-                        c["parent"].as_str().unwrap_or("-"),
-                        c["dirty_memory_mib"].as_f64().unwrap_or(0.0),
-                        c["disk_delta_mib"].as_f64().unwrap_or(0.0),
-                        fmt_num(&c["pause_ms"]),
-                        fmt_num(&c["write_ms"]),
+                        c.parent.as_deref().unwrap_or("-"),
+                        c.dirty_memory_mib,
+                        c.disk_delta_mib,
+                        fmt_num(c.pause_ms),
+                        fmt_num(c.write_ms),
                     );
                 }
             }
@@ -427,12 +427,17 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn fmt_num(v: &serde_json::Value) -> String {
-    match v.as_f64() {
-        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
-        Some(f) => format!("{f:.1}"),
-        None => "-".into(),
+fn fmt_num(f: f64) -> String {
+    if f.fract() == 0.0 {
+        format!("{f:.0}")
+    } else {
+        format!("{f:.1}")
     }
+}
+
+/// A VMM reply as one line of JSON (plain data: it always serializes).
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 fn ls(home: &Home, json: bool) -> Result<u8, CliError> {

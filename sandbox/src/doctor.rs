@@ -261,14 +261,10 @@ fn settle(
 fn resume_point(paths: &Paths, recorded: Option<&str>) -> Option<String> {
     let store = CheckpointStore::open(&paths.checkpoints).ok()?;
     let ok = |n: &str| store.get(n).is_ok();
-    let head_file = fs::read_to_string(
-        paths
-            .checkpoints
-            .join(cairn_vmm::checkpoint::named::HEAD_FILE),
-    )
-    .ok()
-    .map(|s| s.trim().to_string())
-    .filter(|s| !s.is_empty());
+    let head_file = fs::read_to_string(paths.checkpoints.join(cairn_vmm_api::CHECKPOINT_HEAD_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
     if let Some(h) = head_file.filter(|h| ok(h)) {
         return Some(h);
     }

@@ -10,11 +10,12 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::checkpoint::fork::share_file;
 use cairn_snapshot::checkpoint::{CheckpointStore, ForkReport};
+use cairn_vmm_api::config::VmConfig;
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, RegistryError, State};
@@ -147,11 +148,13 @@ fn make_files(
 ) -> Result<ForkReport, SandboxError> {
     let text = fs::read_to_string(&src.config)
         .map_err(io_err(format!("read {}", src.config.display())))?;
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| SandboxError::Io {
+    let parse_err = |e| SandboxError::Io {
         what: format!("parse {}", src.config.display()),
         source: io::Error::other(e),
-    })?;
-    let config = rebase_paths(config, &src.dir, &dst.dir);
+    };
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(parse_err)?;
+    let config: VmConfig =
+        serde_json::from_value(rebase_paths(config, &src.dir, &dst.dir)).map_err(parse_err)?;
     // A jailed original's config names in-jail paths (`/sandbox/...`), which mean the fork's own
     // directory inside the fork's jail: the fork runs jailed too, as its own uid.
     let jail_spec = jail::load(src)?;
@@ -164,12 +167,8 @@ fn make_files(
         .fork_chain(ckpt, &store)
         .map_err(snap_err(format!("fork checkpoint {ckpt:?}")))?;
     // Each drive image inside the original's directory: the fork's own link to the same base.
-    let drives = config["drives"].as_array().cloned().unwrap_or_default();
-    for d in &drives {
-        let (Some(id), Some(path)) = (d["drive_id"].as_str(), d["path_on_host"].as_str()) else {
-            continue;
-        };
-        let path = PathBuf::from(path);
+    for d in &config.drives {
+        let (id, path) = (&d.drive_id, &d.path_on_host);
         let inside = match jail_spec {
             Some(_) => Path::new(jail::IN_JAIL_DIR),
             None => dst.dir.as_path(),
@@ -191,15 +190,16 @@ fn make_files(
             }
         }
         store
-            .set_drive_base(id, &path)
+            .set_drive_base(id, path)
             .map_err(snap_err(format!("record the base of drive {id}")))?;
     }
     if src.cpu_config.exists() {
         fs::copy(&src.cpu_config, &dst.cpu_config)
             .map_err(io_err(format!("copy {}", src.cpu_config.display())))?;
     }
-    fs::write(&dst.config, config.to_string())
-        .map_err(io_err(format!("write {}", dst.config.display())))?;
+    let what = format!("write {}", dst.config.display());
+    let text = serde_json::to_vec(&config).map_err(|e| io_err(what.clone())(e.into()))?;
+    fs::write(&dst.config, text).map_err(io_err(what))?;
     Ok(report)
 }
 
@@ -297,7 +297,7 @@ mod tests {
             .unwrap();
         let cfg = serde_json::json!({
             "boot-source": {"kernel_image_path": "/cache/vmlinux"},
-            "drives": [{"drive_id": "disk", "path_on_host": paths.disk, "is_read_only": false}],
+            "drives": [{"drive_id": "disk", "path_on_host": paths.disk, "is_root_device": false, "is_read_only": false}],
             "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
             "cairn": {"checkpoint_dir": paths.checkpoints},
         });

@@ -11,6 +11,9 @@ use crate::registry::{Record, Registry, RegistryError, State};
 use crate::rootdisk;
 use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
+use cairn_vmm_api::config::{
+    BootSourceConfig, CairnConfig, DriveConfig, EntropyConfig, MachineConfig, VmConfig, VsockConfig,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
@@ -18,39 +21,49 @@ use std::time::{Duration, Instant};
 
 /// The VMM config of a new sandbox: with a root disk image, the kernel boots from the disk
 /// (no initrd); without one, from the initramfs, the disk then being blank.
-pub fn vm_config(
-    paths: &Paths,
-    img: &image::GuestImage,
-    opts: &CreateOptions,
-) -> serde_json::Value {
+pub fn vm_config(paths: &Paths, img: &image::GuestImage, opts: &CreateOptions) -> VmConfig {
     let boot_source = match &img.rootfs {
-        Some(_) => serde_json::json!({
-            "kernel_image_path": img.kernel,
-            "boot_args": format!("{} {}", img.boot_args, rootdisk::ROOT_ARGS),
-        }),
-        None => serde_json::json!({
-            "kernel_image_path": img.kernel,
-            "initrd_path": img.initrd,
-            "boot_args": img.boot_args,
-        }),
+        Some(_) => BootSourceConfig {
+            kernel_image_path: img.kernel.clone(),
+            initrd_path: None,
+            boot_args: Some(format!("{} {}", img.boot_args, rootdisk::ROOT_ARGS)),
+        },
+        None => BootSourceConfig {
+            kernel_image_path: img.kernel.clone(),
+            initrd_path: Some(img.initrd.clone()),
+            boot_args: Some(img.boot_args.clone()),
+        },
     };
-    let mut cfg = serde_json::json!({
-        "boot-source": boot_source,
-        "machine-config": {"vcpu_count": opts.cpus, "mem_size_mib": opts.mem_mib},
-        "drives": [{
-            "drive_id": "disk",
-            "path_on_host": paths.disk,
-            "is_root_device": img.rootfs.is_some(),
-            "is_read_only": false,
+    VmConfig {
+        boot_source: Some(boot_source),
+        machine_config: MachineConfig {
+            vcpu_count: opts.cpus,
+            mem_size_mib: opts.mem_mib as usize,
+            ..MachineConfig::default()
+        },
+        drives: vec![DriveConfig {
+            drive_id: "disk".into(),
+            path_on_host: paths.disk.clone(),
+            is_root_device: img.rootfs.is_some(),
+            is_read_only: Some(false),
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
         }],
-        "vsock": {"guest_cid": 3, "uds_path": paths.vsock},
-        "entropy": {},
-        "cairn": {"checkpoint_dir": paths.checkpoints},
-    });
-    if img.cpu_config.is_some() {
-        cfg["cpu-config"] = serde_json::json!(paths.cpu_config);
+        vsock: Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: paths.vsock.clone(),
+        }),
+        entropy: Some(EntropyConfig::default()),
+        cpu_config: img.cpu_config.is_some().then(|| paths.cpu_config.clone()),
+        cairn: CairnConfig {
+            checkpoint_dir: Some(paths.checkpoints.clone()),
+        },
+        ..VmConfig::default()
     }
-    cfg
 }
 
 /// The last `n` lines of the console log, joined with ` | `.
@@ -273,8 +286,9 @@ pub(crate) fn prepare_new(
     } else {
         vm_config(paths, img, opts)
     };
-    fs::write(&paths.config, cfg.to_string())
-        .map_err(io_err(format!("write {}", paths.config.display())))
+    let what = format!("write {}", paths.config.display());
+    let text = serde_json::to_vec(&cfg).map_err(|e| io_err(what.clone())(e.into()))?;
+    fs::write(&paths.config, text).map_err(io_err(what))
 }
 
 /// Boots the sandbox's VMM from its config (`vm.json`): the kernel, and the disk as the
@@ -321,34 +335,35 @@ mod tests {
             note: None,
         };
         let cfg = vm_config(&paths, &img, &CreateOptions::default());
-        assert_eq!(cfg["boot-source"]["initrd_path"], "/i");
-        assert!(cfg.get("cpu-config").is_none());
+        let boot = cfg.boot_source.clone().unwrap();
+        assert_eq!(
+            boot.initrd_path.as_deref(),
+            Some(std::path::Path::new("/i"))
+        );
+        assert!(cfg.cpu_config.is_none());
         img.cpu_config = Some("/cache/emulated.json".into());
         let with_template = vm_config(&paths, &img, &CreateOptions::default());
-        assert_eq!(
-            with_template["cpu-config"],
-            paths.cpu_config.to_str().unwrap()
-        );
+        assert_eq!(with_template.cpu_config, Some(paths.cpu_config.clone()));
         img.cpu_config = None;
-        assert_eq!(cfg["drives"][0]["is_root_device"], false);
+        assert!(!cfg.drives[0].is_root_device);
         img.rootfs = Some("/r/rootfs.ext4".into());
         let root = vm_config(&paths, &img, &CreateOptions::default());
-        assert!(root["boot-source"].get("initrd_path").is_none());
-        let args = root["boot-source"]["boot_args"].as_str().unwrap();
+        let root_boot = root.boot_source.clone().unwrap();
+        assert!(root_boot.initrd_path.is_none());
+        let args = root_boot.boot_args.unwrap();
         assert!(args.starts_with("console=ttyS0 root=/dev/vda rw"), "{args}");
         assert!(args.contains("noinit_itable"), "{args}");
-        assert_eq!(root["drives"][0]["is_root_device"], true);
-        assert_eq!(cfg["machine-config"]["vcpu_count"], 1);
-        assert_eq!(
-            cfg["drives"][0]["path_on_host"],
-            paths.disk.to_str().unwrap()
-        );
-        assert_eq!(cfg["vsock"]["uds_path"], paths.vsock.to_str().unwrap());
-        assert_eq!(
-            cfg["cairn"]["checkpoint_dir"],
-            paths.checkpoints.to_str().unwrap()
-        );
-        assert!(cfg.get("entropy").is_some());
+        assert!(root.drives[0].is_root_device);
+        assert_eq!(cfg.machine_config.vcpu_count, 1);
+        assert_eq!(cfg.drives[0].path_on_host, paths.disk);
+        assert_eq!(cfg.vsock.as_ref().unwrap().uds_path, paths.vsock);
+        assert_eq!(cfg.cairn.checkpoint_dir.as_ref(), Some(&paths.checkpoints));
+        assert!(cfg.entropy.is_some());
+        // What is written is what the VMM reads back, rules included.
+        let text = serde_json::to_string(&root).unwrap();
+        let back = cairn_vmm_api::config::parse_vm_config(&text).unwrap();
+        cairn_vmm_api::config::Validate::validate(&back).unwrap();
+        assert_eq!(back, root);
     }
 
     #[test]

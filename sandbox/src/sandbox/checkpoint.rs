@@ -5,22 +5,19 @@ use super::{
     Liveness, SandboxError,
 };
 use crate::vmm_api;
+use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
+use cairn_vmm_api::CheckpointInfo;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub(crate) fn create_checkpoint_at(
     api: &Path,
     ckpt: Option<&str>,
-) -> Result<serde_json::Value, SandboxError> {
-    let body = ckpt.map(|c| serde_json::json!({ "name": c }));
-    let text = vmm_api::request(
-        api,
-        "PUT",
-        "/checkpoints",
-        body.as_ref(),
-        Duration::from_secs(300),
-    )?;
-    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+) -> Result<CheckpointInfo, SandboxError> {
+    let body = CheckpointCreate {
+        name: ckpt.map(str::to_string),
+    };
+    Ok(vmm_api::client(api, Duration::from_secs(300)).create_checkpoint(&body)?)
 }
 
 /// `cairn checkpoint create NAME [CKPT]`: returns the VMM's answer (name, parent, costs).
@@ -28,36 +25,24 @@ pub fn checkpoint_create(
     home: &Home,
     name: &str,
     ckpt: Option<&str>,
-) -> Result<serde_json::Value, SandboxError> {
+) -> Result<CheckpointInfo, SandboxError> {
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
     let (r, _) = ensure_running_locked(home, &mut reg, name)?;
     let meta = create_checkpoint_at(&r.api_sock, ckpt)?;
-    if let Some(c) = meta.get("name").and_then(|n| n.as_str()) {
-        reg.set_head(name, Some(c))?;
-    }
+    reg.set_head(name, Some(&meta.name))?;
     reg.touch(name)?;
     Ok(meta)
 }
 
 /// `cairn checkpoint list NAME`: the VMM's list (wakes a stopped sandbox).
-pub fn checkpoint_list(home: &Home, name: &str) -> Result<Vec<serde_json::Value>, SandboxError> {
+pub fn checkpoint_list(home: &Home, name: &str) -> Result<Vec<CheckpointInfo>, SandboxError> {
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
     let (r, _) = ensure_running_locked(home, &mut reg, name)?;
-    let text = vmm_api::request(
-        &r.api_sock,
-        "GET",
-        "/checkpoints",
-        None,
-        Duration::from_secs(30),
-    )?;
-    Ok(match serde_json::from_str(&text) {
-        Ok(serde_json::Value::Array(v)) => v,
-        _ => Vec::new(),
-    })
+    Ok(vmm_api::client(&r.api_sock, Duration::from_secs(30)).list_checkpoints()?)
 }
 
 /// `cairn checkpoint restore NAME CKPT`: the running VM is replaced by the checkpoint (a
@@ -74,12 +59,12 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     let from = console_len(&paths);
     // The socket path as the VMM sees it (in its jail for a jailed sandbox).
     let vmm = jail::vmm_view(&paths, jail::load(&paths)?.is_some());
-    vmm_api::request(
-        &r.api_sock,
-        "PUT",
-        "/checkpoints/restore",
-        Some(&serde_json::json!({"name": ckpt, "vsock_uds_path": vmm.vsock})),
-        Duration::from_secs(120),
+    vmm_api::client(&r.api_sock, Duration::from_secs(120)).restore_checkpoint(
+        &CheckpointRestore {
+            name: ckpt.to_string(),
+            vsock_uds_path: Some(vmm.vsock),
+            paused: None,
+        },
     )?;
     reg.set_head(name, Some(ckpt))?;
     let pid = r.pid.unwrap_or(0);
@@ -104,12 +89,6 @@ pub fn checkpoint_remove(home: &Home, name: &str, ckpt: &str) -> Result<(), Sand
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
     let (r, _) = ensure_running_locked(home, &mut reg, name)?;
-    vmm_api::request(
-        &r.api_sock,
-        "DELETE",
-        &format!("/checkpoints/{ckpt}"),
-        None,
-        Duration::from_secs(120),
-    )?;
+    vmm_api::client(&r.api_sock, Duration::from_secs(120)).delete_checkpoint(ckpt)?;
     Ok(())
 }

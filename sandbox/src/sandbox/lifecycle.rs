@@ -87,12 +87,12 @@ pub(crate) fn start_locked(
     )?;
     let result = (|| {
         wait_api(&paths, pid, Duration::from_secs(30))?;
-        vmm_api::request(
-            &paths.api,
-            "PUT",
-            "/checkpoints/restore",
-            Some(&serde_json::json!({"name": head, "vsock_uds_path": vmm.vsock})),
-            Duration::from_secs(120),
+        vmm_api::client(&paths.api, Duration::from_secs(120)).restore_checkpoint(
+            &cairn_vmm_api::config::CheckpointRestore {
+                name: head.to_string(),
+                vsock_uds_path: Some(vmm.vsock.clone()),
+                paused: None,
+            },
         )?;
         wait_agent(
             &paths,
@@ -232,10 +232,7 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
         return Ok(None);
     };
     let meta = create_checkpoint_at(&r.api_sock, None)?;
-    let ckpt = meta
-        .get("name")
-        .and_then(|n| n.as_str())
-        .map(str::to_string);
+    let ckpt = Some(meta.name);
     if let Some(c) = &ckpt {
         reg.set_head(&r.name, Some(c))?;
     }
