@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::process::http::{request, wait_for_socket};
+use crate::process::http::wait_for_socket;
 use crate::process::{workspace_bin, Guest};
+use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
 
 /// vsock port of the guest agent.
 pub const AGENT_PORT: u32 = 52;
@@ -125,9 +126,12 @@ pub fn booted() -> BootedFixture {
             );
         }
         let vm = booted.expect("the Linux guest never booted to a working agent");
-        let (status, body) = request(&api, "PUT", "/checkpoints", Some(r#"{"name": "booted"}"#));
-        assert_eq!(status, 200, "checkpoint failed: {body}");
-        eprintln!("linux fixture: checkpoint `booted`: {body}");
+        let made = crate::process::api(&api)
+            .create_checkpoint(&CheckpointCreate {
+                name: Some("booted".into()),
+            })
+            .unwrap_or_else(|e| panic!("checkpoint failed: {e}"));
+        eprintln!("linux fixture: checkpoint `booted`: {made:?}");
         drop(vm);
         std::fs::write(&done, b"ok").unwrap();
     }
@@ -253,10 +257,15 @@ pub fn restore_booted(fixture: &BootedFixture) -> RestoredVm {
             .arg(&store);
         let vmm = Guest::spawn(cmd);
         wait_for_socket(&api, Duration::from_secs(10));
-        let body = serde_json::json!({"name": "booted", "vsock_uds_path": vsock}).to_string();
         let start = Instant::now();
-        let (status, resp) = request(&api, "PUT", "/checkpoints/restore", Some(&body));
-        assert_eq!(status, 204, "restore failed: {resp}\n{}", vmm.stderr());
+        let restore = CheckpointRestore {
+            name: "booted".into(),
+            vsock_uds_path: Some(vsock.clone()),
+            paused: None,
+        };
+        if let Err(e) = crate::process::api(&api).restore_checkpoint(&restore) {
+            panic!("restore failed: {e}\n{}", vmm.stderr());
+        }
         eprintln!("restore of `booted`: {:?}", start.elapsed());
         if agent_answers_unless_crashed(&vsock, Some(&vmm), Duration::from_secs(60)) {
             return RestoredVm {

@@ -164,48 +164,33 @@ pub fn write_config(dir: &Path, config: &serde_json::Value) -> PathBuf {
     p
 }
 
-/// A minimal HTTP/1.1 client over a Unix socket, enough to drive the Firecracker API in tests.
+/// Raw API calls for tests of the API itself (bad bodies, refusals, statuses), over
+/// cairn-vmm-api's [`Client`](cairn_vmm_api::Client); tests that only need a call to work use
+/// the client's typed methods (see [`api`]).
 pub mod http {
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
     use std::path::Path;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use cairn_vmm_api::Client;
 
     /// Wait until `sock` accepts connections.
     pub fn wait_for_socket(sock: &Path, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while UnixStream::connect(sock).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "API socket {} never accepted",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        if let Err(e) = Client::new(sock).wait_ready(timeout) {
+            panic!("API socket {} never accepted: {e}", sock.display());
         }
     }
 
-    /// Send one request; returns (status, body).
+    /// Send one request with a raw body; returns (status, body) whatever the status.
     pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut s = UnixStream::connect(sock).expect("connect API socket");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = Vec::new();
-        let _ = s.read_to_end(&mut resp);
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let reply = super::api(sock)
+            .send(method, path, body.map(str::as_bytes))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (reply.status, reply.text())
     }
+}
+
+/// A typed client of the VMM API on `sock`, with a deadline generous enough for checkpoints
+/// of test guests on a slow host.
+pub fn api(sock: &Path) -> cairn_vmm_api::Client {
+    cairn_vmm_api::Client::new(sock).with_timeout(Duration::from_secs(120))
 }

@@ -13,8 +13,9 @@ use cairn_tests::kvm_available;
 use cairn_tests::linux::{
     agent_answers, booted, restore_booted, retry_on_guest_flake, RestoredVm, ATTEMPTS,
 };
-use cairn_tests::process::http::request;
+use cairn_tests::process::api;
 use cairn_tests::process::{workspace_bin, Guest};
+use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
 
 fn sh(vm: &RestoredVm, script: &str) -> (ExitStatus, String, String) {
     run(vm, &["sh", "-c", script], None)
@@ -102,12 +103,13 @@ fn checkpoint_restore_discards_later_writes_and_keeps_running() {
         || {
             let mut vm = restore_booted(&booted());
             assert_eq!(sh(&vm, "echo original > /tmp/note").0, ExitStatus::Code(0));
-            let (status, body) =
-                request(&vm.api, "PUT", "/checkpoints", Some(r#"{"name": "noted"}"#));
-            assert_eq!(status, 200, "{body}");
-            let meta: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(meta["parent"], "booted");
-            assert!(meta["dirty_memory_mib"].as_f64().unwrap() > 0.0);
+            let meta = api(&vm.api)
+                .create_checkpoint(&CheckpointCreate {
+                    name: Some("noted".into()),
+                })
+                .unwrap();
+            assert_eq!(meta.parent.as_deref(), Some("booted"));
+            assert!(meta.dirty_memory_mib > 0.0);
 
             assert_eq!(
                 sh(&vm, "echo overwritten > /tmp/note; echo later > /tmp/later").0,
@@ -115,13 +117,13 @@ fn checkpoint_restore_discards_later_writes_and_keeps_running() {
             );
             let mut answered = false;
             for _ in 0..ATTEMPTS {
-                let (status, body) = request(
-                    &vm.api,
-                    "PUT",
-                    "/checkpoints/restore",
-                    Some(r#"{"name": "noted"}"#),
-                );
-                assert_eq!(status, 204, "{body}");
+                api(&vm.api)
+                    .restore_checkpoint(&CheckpointRestore {
+                        name: "noted".into(),
+                        vsock_uds_path: None,
+                        paused: None,
+                    })
+                    .unwrap();
                 if agent_answers(&vm.vsock, Duration::from_secs(60)) {
                     answered = true;
                     break;
@@ -138,10 +140,8 @@ fn checkpoint_restore_discards_later_writes_and_keeps_running() {
                 .wait_for("serial-42", Duration::from_secs(60))
                 .unwrap();
 
-            let (status, body) = request(&vm.api, "GET", "/checkpoints", None);
-            assert_eq!(status, 200);
-            let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-            let names: Vec<&str> = list.iter().filter_map(|c| c["name"].as_str()).collect();
+            let list = api(&vm.api).list_checkpoints().unwrap();
+            let names: Vec<&str> = list.iter().map(|c| c.name.as_str()).collect();
             assert_eq!(names, ["booted", "noted"]);
         },
     );

@@ -44,7 +44,7 @@ pub enum ClientError {
     #[error("VMM API {method} {path}")]
     Io {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// The error.
@@ -55,7 +55,7 @@ pub enum ClientError {
     #[error("VMM API {method} {path}: reply longer than {MAX_REPLY_SIZE} bytes")]
     TooLarge {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
     },
@@ -63,7 +63,7 @@ pub enum ClientError {
     #[error("VMM API {method} {path}: malformed reply ({reason}): {start:?}")]
     Malformed {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// What is wrong.
@@ -75,7 +75,7 @@ pub enum ClientError {
     #[error("VMM refused {method} {path} ({status}): {message}")]
     Refused {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// HTTP status.
@@ -87,7 +87,7 @@ pub enum ClientError {
     #[error("VMM API {method} {path}: unexpected reply: {reason}")]
     Decode {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// serde's description, naming the field.
@@ -97,7 +97,7 @@ pub enum ClientError {
     #[error("VMM API {method} {path}: cannot serialize the request: {source}")]
     Encode {
         /// HTTP method.
-        method: &'static str,
+        method: String,
         /// Request path.
         path: String,
         /// The error.
@@ -185,13 +185,13 @@ impl Client {
     /// tests of the API itself and for calls this client has no method for.
     pub fn send(
         &self,
-        method: &'static str,
+        method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<RawReply, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let io_err = |source| ClientError::Io {
-            method,
+            method: method.to_string(),
             path: path.to_string(),
             source,
         };
@@ -213,12 +213,12 @@ impl Client {
         let reply = read_reply(&mut s, deadline).map_err(|e| match e {
             ReadError::Io(source) => io_err(source),
             ReadError::TooLarge => ClientError::TooLarge {
-                method,
+                method: method.to_string(),
                 path: path.to_string(),
             },
         })?;
         parse_reply(&reply).map_err(|reason| ClientError::Malformed {
-            method,
+            method: method.to_string(),
             path: path.to_string(),
             reason,
             start: String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned(),
@@ -228,7 +228,7 @@ impl Client {
     /// Sends `body` as JSON; returns the body of a 2xx reply, or [`ClientError::Refused`].
     fn call<B: Serialize>(
         &self,
-        method: &'static str,
+        method: &str,
         path: &str,
         body: Option<&B>,
     ) -> Result<Vec<u8>, ClientError> {
@@ -236,7 +236,7 @@ impl Client {
             body.map(serde_json::to_vec)
                 .transpose()
                 .map_err(|source| ClientError::Encode {
-                    method,
+                    method: method.to_string(),
                     path: path.to_string(),
                     source,
                 })?;
@@ -249,7 +249,7 @@ impl Client {
             Err(_) => reply.text(),
         };
         Err(ClientError::Refused {
-            method,
+            method: method.to_string(),
             path: path.to_string(),
             status: reply.status,
             message,
@@ -259,7 +259,7 @@ impl Client {
     /// A call whose success carries no body (204).
     fn call_empty<B: Serialize>(
         &self,
-        method: &'static str,
+        method: &str,
         path: &str,
         body: &B,
     ) -> Result<(), ClientError> {
@@ -269,13 +269,13 @@ impl Client {
     /// A call whose success carries a `T`.
     fn call_typed<B: Serialize, T: DeserializeOwned>(
         &self,
-        method: &'static str,
+        method: &str,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let bytes = self.call(method, path, body)?;
         decode(&bytes).map_err(|reason| ClientError::Decode {
-            method,
+            method: method.to_string(),
             path: path.to_string(),
             reason,
         })
