@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use cairn_agent::client::Client;
 use cairn_agent::proto::ExecRequest;
 
-use crate::util::{figure, guest_build, source_dir, vmm_bin, Options, Outcome};
+use crate::util::{
+    figure, guest_build, linux_config, source_dir, vmm_bin, write_vm_config, Options, Outcome,
+};
+use cairn_vmm_api::config::{VmConfig, VsockConfig};
 
 /// `cairn-bench agent [--runs N]`.
 pub fn agent(opts: &Options) -> Outcome {
@@ -38,12 +41,15 @@ pub fn agent(opts: &Options) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
     let cfg = dir.path().join("vm.json");
-    let config = serde_json::json!({
-        "boot-source": {"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": args},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-        "vsock": {"guest_cid": 3, "uds_path": uds},
-    });
-    std::fs::write(&cfg, config.to_string()).unwrap();
+    let config = VmConfig {
+        vsock: Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: uds.clone(),
+        }),
+        ..linux_config(&kernel, &initrd, &args)
+    };
+    write_vm_config(&cfg, &config).unwrap();
     let mut child = Command::new(vmm_bin())
         .args(["--no-api", "--config-file"])
         .arg(&cfg)

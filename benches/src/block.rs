@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{figure, guest_build, qemu_microvm, vmm_bin, Options, Outcome};
+use crate::util::{
+    figure, guest_build, linux_config, qemu_microvm, vmm_bin, write_vm_config, Options, Outcome,
+};
+use cairn_vmm_api::config::{DriveConfig, VmConfig};
 
 /// MiB moved per `dd` (the guest kernel is emulated on the project's host: keep it small).
 const MIB: u32 = 8;
@@ -127,12 +130,21 @@ pub fn block(opts: &Options) -> Outcome {
         .set_len(64 << 20)
         .unwrap();
     let cfg = dir.path().join("vm.json");
-    let config = serde_json::json!({
-        "boot-source": {"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": args},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-        "drives": [{"drive_id": "bench", "path_on_host": disk, "is_root_device": false, "is_read_only": false}],
-    });
-    std::fs::write(&cfg, config.to_string()).unwrap();
+    let config = VmConfig {
+        drives: vec![DriveConfig {
+            drive_id: "bench".into(),
+            path_on_host: disk.clone(),
+            is_root_device: false,
+            is_read_only: Some(false),
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
+        }],
+        ..linux_config(&kernel, &initrd, &args)
+    };
+    write_vm_config(&cfg, &config).unwrap();
     let runs = opts.runs.clamp(1, 3);
     let mut collect = |name: &str, make: &dyn Fn() -> Result<Console, String>| {
         let (mut reads, mut writes) = (vec![], vec![]);

@@ -6,16 +6,10 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::guests;
 
-use crate::util::{figure, vmm_bin, Figure, Options};
+use crate::util::{figure, vm_config, vmm_bin, Figure, Options};
 
 fn config(dir: &std::path::Path, mem_mib: usize) -> std::path::PathBuf {
-    let cfg = serde_json::json!({
-        "boot-source": {"kernel_image_path": guests::TICKER64},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": mem_mib}
-    });
-    let p = dir.join(format!("vm-{mem_mib}.json"));
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    p
+    vm_config(dir, guests::TICKER64, mem_mib, false, None).unwrap()
 }
 
 /// Process start (`--no-api --config-file`) to the guest's first serial byte.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_tests::guests;
-use serde_json::json;
+use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
 
 use crate::util::{
     dir_label, figure, ms, scratch_dir, touch_timeout, vm_config, Figure, Options, Outcome, Vmm,
@@ -32,12 +32,15 @@ pub fn checkpoint(opts: &Options) -> Outcome {
     out
 }
 
-fn field(v: &serde_json::Value, key: &str) -> Result<f64, String> {
-    // `+ 0.0` turns a reported -0.0 (an empty f64 sum) into 0.0.
-    v.get(key)
-        .and_then(|x| x.as_f64())
-        .map(|x| x + 0.0)
-        .ok_or_else(|| format!("checkpoint reply has no numeric {key:?}: {v}"))
+fn named(name: &str) -> CheckpointCreate {
+    CheckpointCreate {
+        name: Some(name.to_string()),
+    }
+}
+
+/// A reported figure; `+ 0.0` turns a reported -0.0 (an empty f64 sum) into 0.0.
+fn figure_of(x: f64) -> f64 {
+    x + 0.0
 }
 
 fn checkpoint_one(
@@ -51,7 +54,7 @@ fn checkpoint_one(
     let ckdir = work.path().join("checkpoints");
     let vm = Vmm::boot(&vm_config(work.path(), kernel, mem, false, Some(&ckdir))?)?;
     vm.wait_marker("T\n", touch_timeout(mem))?;
-    let (_, base) = vm.call("PUT", "/checkpoints", Some(&json!({"name": "base"})))?;
+    let (_, base) = vm.call(|c| c.create_checkpoint(&named("base")))?;
     let (mut put, mut dirty, mut disk, mut pause, mut write) =
         (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..opts.runs {
@@ -59,33 +62,18 @@ fn checkpoint_one(
         let n = vm.dots();
         vm.wait_dots(n + 3, Duration::from_secs(30))?;
         let name = format!("c{i}");
-        let (reply, took) = vm.call("PUT", "/checkpoints", Some(&json!({"name": name})))?;
-        let meta: serde_json::Value = match serde_json::from_str(&reply) {
-            Ok(v) => v,
-            Err(_) => {
-                // No body: find it in the list.
-                let (list, _) = vm.call("GET", "/checkpoints", None)?;
-                let list: serde_json::Value = serde_json::from_str(&list)
-                    .map_err(|e| format!("GET /checkpoints: {e}: {list}"))?;
-                list.as_array()
-                    .and_then(|a| a.iter().find(|c| c["name"] == name.as_str()).cloned())
-                    .ok_or_else(|| format!("GET /checkpoints lists no {name}: {list}"))?
-            }
-        };
+        let (meta, took) = vm.call(|c| c.create_checkpoint(&named(&name)))?;
         put.push(ms(took));
-        dirty.push(field(&meta, "dirty_memory_mib")?);
-        disk.push(field(&meta, "disk_delta_mib")?);
-        pause.push(field(&meta, "pause_ms")?);
-        write.push(field(&meta, "write_ms")?);
+        dirty.push(figure_of(meta.dirty_memory_mib));
+        disk.push(figure_of(meta.disk_delta_mib));
+        pause.push(figure_of(meta.pause_ms));
+        write.push(figure_of(meta.write_ms));
     }
-    let (list, _) = vm.call("GET", "/checkpoints", None)?;
-    let listed = serde_json::from_str::<serde_json::Value>(&list)
-        .ok()
-        .and_then(|v| v.as_array().map(|a| a.len()))
-        .unwrap_or(0);
-    if listed != opts.runs + 1 {
+    let (list, _) = vm.call(|c| c.list_checkpoints())?;
+    if list.len() != opts.runs + 1 {
+        let names: Vec<&str> = list.iter().map(|c| c.name.as_str()).collect();
         return Err(format!(
-            "GET /checkpoints listed {listed} checkpoints, expected {}: {list}",
+            "GET /checkpoints listed {names:?}, expected {} checkpoints",
             opts.runs + 1
         ));
     }
@@ -94,7 +82,12 @@ fn checkpoint_one(
         // Alternate between the newest and older layers of the chain.
         let name = format!("c{}", (i * 3) % opts.runs);
         let start = Instant::now();
-        let (_, took) = vm.call("PUT", "/checkpoints/restore", Some(&json!({"name": name})))?;
+        let restore_to = CheckpointRestore {
+            name,
+            vsock_uds_path: None,
+            paused: None,
+        };
+        let (_, took) = vm.call(|c| c.restore_checkpoint(&restore_to))?;
         // Counted after the call: dots the old machine printed before it was replaced must
         // not count as the restored guest running.
         let n = vm.dots();

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{figure, guest_build, qemu_microvm, vmm_bin, Options, Outcome};
+use crate::util::{
+    figure, guest_build, linux_config, qemu_microvm, vmm_bin, write_vm_config, Options, Outcome,
+};
 
 const MARKER: &[u8] = b"cairn-guest-ready";
 
@@ -58,11 +60,7 @@ pub fn linux(opts: &Options) -> Outcome {
     let runs = opts.runs.min(5);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vm.json");
-    let config = serde_json::json!({
-        "boot-source": {"kernel_image_path": kernel, "initrd_path": initrd, "boot_args": args},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-    });
-    std::fs::write(&cfg, config.to_string()).unwrap();
+    write_vm_config(&cfg, &linux_config(&kernel, &initrd, &args)).unwrap();
     let timeout = Duration::from_secs(300);
     let mut add = |name: &str, samples: Vec<Result<f64, String>>| {
         let (ok, errs): (Vec<_>, Vec<_>) = samples.into_iter().partition(Result::is_ok);

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_tests::guests;
-use serde_json::json;
+use cairn_vmm_api::config::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType, SnapshotType,
+    VmState,
+};
 
 use crate::util::{
     allocated_bytes, dir_label, drop_caches, figure, fsync_all, is_tmpfs, ms, remove_files,
@@ -32,11 +35,11 @@ fn pause_one(opts: &Options, mem: usize) -> Result<Vec<Figure>, String> {
     for _ in 0..opts.runs {
         let n = vm.dots();
         vm.wait_dots(n + 1, Duration::from_secs(10))?;
-        paused.push(ms(vm.set_state("Paused")?));
+        paused.push(ms(vm.set_state(VmState::Paused)?));
         std::thread::sleep(Duration::from_millis(20));
         let n = vm.dots();
         let before = std::time::Instant::now();
-        resumed.push(ms(vm.set_state("Resumed")?));
+        resumed.push(ms(vm.set_state(VmState::Resumed)?));
         let t = vm.wait_dots(n + 1, Duration::from_secs(10))?;
         running.push(ms(t - before));
     }
@@ -59,8 +62,13 @@ fn pause_one(opts: &Options, mem: usize) -> Result<Vec<Figure>, String> {
     ])
 }
 
-fn create_body(kind: &str, state: &Path, mem: &Path) -> serde_json::Value {
-    json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem})
+fn create_body(kind: SnapshotType, state: &Path, mem: &Path) -> CreateSnapshotParams {
+    CreateSnapshotParams {
+        snapshot_type: kind,
+        snapshot_path: state.to_path_buf(),
+        mem_file_path: mem.to_path_buf(),
+        version: None,
+    }
 }
 
 /// Full snapshots (all pages touched) at 256 MiB and 1 GiB; Diff snapshots with 1, 16 and
@@ -96,16 +104,13 @@ fn full_one(opts: &Options, dir: &Path, mem: usize) -> Result<Vec<Figure>, Strin
     let work = scratch_dir(dir, "full")?;
     let vm = Vmm::boot(&vm_config(work.path(), guests::TICKER64, mem, false, None)?)?;
     vm.wait_marker("T\n", touch_timeout(mem))?;
-    vm.set_state("Paused")?;
+    vm.set_state(VmState::Paused)?;
     let (state, memf) = (work.path().join("full.state"), work.path().join("full.mem"));
     let (mut create, mut synced, mut alloc) = (vec![], vec![], vec![]);
     for _ in 0..opts.runs {
         remove_files(&[&state, &memf]);
-        let (_, took) = vm.call(
-            "PUT",
-            "/snapshot/create",
-            Some(&create_body("Full", &state, &memf)),
-        )?;
+        let (_, took) =
+            vm.call(|c| c.snapshot_create(&create_body(SnapshotType::Full, &state, &memf)))?;
         // The VMM does not fsync snapshots; do it here so the next run starts clean, and report
         // create + fsync for comparison with Firecracker's ext4-with-fsync figure.
         let sync = fsync_all(&[&memf, &state])?;
@@ -145,28 +150,21 @@ fn diff_one(
     let work = scratch_dir(dir, "diff")?;
     let vm = Vmm::boot(&vm_config(work.path(), kernel, mem, true, None)?)?;
     vm.wait_marker("T\n", touch_timeout(mem))?;
-    vm.set_state("Paused")?;
+    vm.set_state(VmState::Paused)?;
     let (base_s, base_m) = (work.path().join("base.state"), work.path().join("base.mem"));
-    vm.call(
-        "PUT",
-        "/snapshot/create",
-        Some(&create_body("Full", &base_s, &base_m)),
-    )?;
+    vm.call(|c| c.snapshot_create(&create_body(SnapshotType::Full, &base_s, &base_m)))?;
     fsync_all(&[&base_m, &base_s])?;
     let (state, memf) = (work.path().join("diff.state"), work.path().join("diff.mem"));
     let (mut create, mut synced, mut alloc) = (vec![], vec![], vec![]);
     for _ in 0..opts.runs {
-        vm.set_state("Resumed")?;
+        vm.set_state(VmState::Resumed)?;
         // The pass under way when resumed is partial: 3 more dots = at least 2 whole passes.
         let n = vm.dots();
         vm.wait_dots(n + 3, Duration::from_secs(30))?;
-        vm.set_state("Paused")?;
+        vm.set_state(VmState::Paused)?;
         remove_files(&[&state, &memf]);
-        let (_, took) = vm.call(
-            "PUT",
-            "/snapshot/create",
-            Some(&create_body("Diff", &state, &memf)),
-        )?;
+        let (_, took) =
+            vm.call(|c| c.snapshot_create(&create_body(SnapshotType::Diff, &state, &memf)))?;
         let sync = fsync_all(&[&memf, &state])?;
         create.push(ms(took));
         synced.push(ms(took + sync));
@@ -229,20 +227,20 @@ fn restore_one(opts: &Options, dir: &Path, mem: usize) -> Result<Vec<Figure>, St
             let n = vm.dots();
             vm.wait_dots(n + 1, Duration::from_secs(10))?;
         }
-        vm.set_state("Paused")?;
-        vm.call(
-            "PUT",
-            "/snapshot/create",
-            Some(&create_body("Full", &state, &memf)),
-        )?;
+        vm.set_state(VmState::Paused)?;
+        vm.call(|c| c.snapshot_create(&create_body(SnapshotType::Full, &state, &memf)))?;
         fsync_all(&[&memf, &state])?;
     }
-    let load = json!({
-        "snapshot_path": state,
-        "mem_backend": {"backend_type": "File", "backend_path": memf},
-        "track_dirty_pages": false,
-        "resume_vm": true,
-    });
+    let load = LoadSnapshotParams {
+        snapshot_path: state.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: memf.clone(),
+        }),
+        track_dirty_pages: Some(false),
+        resume_vm: Some(true),
+        ..LoadSnapshotParams::default()
+    };
     let d = dir_label(dir);
     let mut figs = vec![];
     let mut variants = vec![false];
@@ -259,7 +257,7 @@ fn restore_one(opts: &Options, dir: &Path, mem: usize) -> Result<Vec<Figure>, St
             let vm = Vmm::spawn(&[])?;
             vm.wait_socket()?;
             sock.push(ms(vm.started.elapsed()));
-            vm.call("PUT", "/snapshot/load", Some(&load))?;
+            vm.call(|c| c.snapshot_load(&load))?;
             loaded.push(ms(vm.started.elapsed()));
             if !partial {
                 let t = vm.wait_dots(1, Duration::from_secs(30))?;

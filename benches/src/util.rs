@@ -1,12 +1,15 @@
 //! Options, statistics, reporting and process helpers shared by the benchmarks.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use cairn_vmm_api::config::{BootSourceConfig, CairnConfig, MachineConfig, VmConfig, VmState};
+use cairn_vmm_api::{Client, ClientError};
 
 /// Command-line options common to every benchmark.
 #[derive(Debug, Clone)]
@@ -262,58 +265,6 @@ pub fn remove_files(paths: &[&Path]) {
     }
 }
 
-/// Send one HTTP/1.1 request over the Unix socket `sock`; returns status, body and the round
-/// trip (connect to the end of the reply).
-pub fn api(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<(u16, String, Duration), String> {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let start = Instant::now();
-    let mut s =
-        UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("{method} {path}: write: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("{method} {path}: read: {e}"))?;
-    let took = start.elapsed();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{method} {path} {body}: bad HTTP reply {text:?}"))?;
-    let reply = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, reply, took))
-}
-
-/// [`api`], failing with the request and the reply unless the status is 2xx.
-pub fn api_ok(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<(String, Duration), String> {
-    let (status, reply, took) = api(sock, method, path, body)?;
-    if !(200..300).contains(&status) {
-        let b = body.map(|b| b.to_string()).unwrap_or_default();
-        return Err(format!("{method} {path} {b} -> HTTP {status} {reply}"));
-    }
-    Ok((reply, took))
-}
-
 /// Wait until `sock` accepts connections (polling every 100 µs).
 pub fn wait_for_socket(sock: &Path, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -350,6 +301,7 @@ pub struct Vmm {
     pub started: Instant,
     /// The API socket.
     pub sock: PathBuf,
+    api: Client,
     _tmp: tempfile::TempDir,
 }
 
@@ -390,6 +342,7 @@ impl Vmm {
             out,
             err,
             started,
+            api: Client::new(&sock).with_timeout(Duration::from_secs(300)),
             sock,
             _tmp: tmp,
         })
@@ -501,20 +454,20 @@ impl Vmm {
         }
     }
 
-    /// The API call `method path body`, failing unless 2xx; returns the reply and round trip.
-    pub fn call(
+    /// One typed API call on this VMM; returns its result and round trip, or the error with
+    /// the VMM's output for context.
+    pub fn call<T>(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<(String, Duration), String> {
-        api_ok(&self.sock, method, path, body).map_err(|e| format!("{e}{}", self.diag()))
+        f: impl FnOnce(&Client) -> Result<T, ClientError>,
+    ) -> Result<(T, Duration), String> {
+        let start = Instant::now();
+        let value = f(&self.api).map_err(|e| format!("{e}{}", self.diag()))?;
+        Ok((value, start.elapsed()))
     }
 
-    /// PATCH /vm to `state` ("Paused" or "Resumed"); returns the round trip.
-    pub fn set_state(&self, state: &str) -> Result<Duration, String> {
-        self.call("PATCH", "/vm", Some(&serde_json::json!({"state": state})))
-            .map(|r| r.1)
+    /// PATCH /vm to `state`; returns the round trip.
+    pub fn set_state(&self, state: VmState) -> Result<Duration, String> {
+        self.call(|c| c.set_state(state)).map(|r| r.1)
     }
 }
 
@@ -557,16 +510,49 @@ pub fn vm_config(
     track_dirty: bool,
     checkpoint_dir: Option<&Path>,
 ) -> Result<PathBuf, String> {
-    let mut cfg = serde_json::json!({
-        "boot-source": {"kernel_image_path": kernel},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": mem_mib, "track_dirty_pages": track_dirty}
-    });
-    if let Some(ck) = checkpoint_dir {
-        cfg["cairn"] = serde_json::json!({"checkpoint_dir": ck});
-    }
+    let cfg = VmConfig {
+        boot_source: Some(BootSourceConfig {
+            kernel_image_path: kernel.into(),
+            ..BootSourceConfig::default()
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: mem_mib,
+            track_dirty_pages: track_dirty,
+            ..MachineConfig::default()
+        },
+        cairn: CairnConfig {
+            checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
+        },
+        ..VmConfig::default()
+    };
     let p = dir.join(format!("vm-{mem_mib}-{}.json", std::process::id()));
-    std::fs::write(&p, cfg.to_string()).map_err(|e| format!("{}: {e}", p.display()))?;
+    let text = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
+    std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// A Linux guest's config: `kernel`, `initrd`, `args`, 1 vCPU and 256 MiB.
+pub fn linux_config(kernel: &str, initrd: &str, args: &str) -> VmConfig {
+    VmConfig {
+        boot_source: Some(BootSourceConfig {
+            kernel_image_path: kernel.into(),
+            initrd_path: Some(initrd.into()),
+            boot_args: Some(args.into()),
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 256,
+            ..MachineConfig::default()
+        },
+        ..VmConfig::default()
+    }
+}
+
+/// Writes `config` as the JSON file `path`.
+pub fn write_vm_config(path: &Path, config: &VmConfig) -> Result<(), String> {
+    let text = serde_json::to_vec(config).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Time the guest needs to touch `mem_mib` of RAM under emulation, generously.
