@@ -21,7 +21,7 @@ pub fn answers(sock: &Path) -> bool {
 /// method for.
 pub fn request(
     sock: &Path,
-    method: &'static str,
+    method: &str,
     url: &str,
     body: Option<&serde_json::Value>,
     timeout: Duration,
@@ -36,7 +36,7 @@ pub fn request(
         Err(_) => reply.text(),
     };
     Err(ApiError::Refused {
-        method,
+        method: method.to_string(),
         path: url.to_string(),
         status: reply.status,
         message,

@@ -52,6 +52,26 @@ impl LinuxGuest {
         }
         config
     }
+
+    /// A config that boots this guest from its initramfs with `mem_mib` MiB, one vCPU and this
+    /// host's `"cpu-config"`; add devices to it.
+    pub fn vm_config(&self, mem_mib: usize) -> cairn_vmm_api::config::VmConfig {
+        use cairn_vmm_api::config::{BootSourceConfig, MachineConfig, VmConfig};
+        VmConfig {
+            boot_source: Some(BootSourceConfig {
+                kernel_image_path: self.kernel.clone().into(),
+                initrd_path: Some(self.initrd.clone().into()),
+                boot_args: Some(self.boot_args.clone()),
+            }),
+            machine_config: MachineConfig {
+                vcpu_count: 1,
+                mem_size_mib: mem_mib,
+                ..MachineConfig::default()
+            },
+            cpu_config: self.cpu_config.clone().map(Into::into),
+            ..VmConfig::default()
+        }
+    }
 }
 
 /// Build (or fetch from the cache) the Linux guest with `guest/build`.

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::process::http::wait_for_socket;
 use crate::process::{workspace_bin, Guest};
-use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
+use cairn_vmm_api::config::{
+    CairnConfig, CheckpointCreate, CheckpointRestore, DriveConfig, EntropyConfig, VmConfig,
+    VsockConfig,
+};
 
 /// vsock port of the guest agent.
 pub const AGENT_PORT: u32 = 52;
@@ -53,7 +56,7 @@ pub struct BootedFixture {
     /// The checkpoint store holding `booted`.
     pub store: PathBuf,
     /// The config the guest was booted with.
-    pub config: serde_json::Value,
+    pub config: VmConfig,
 }
 
 fn fixture_dir(guest: &crate::LinuxGuest) -> PathBuf {
@@ -82,18 +85,33 @@ pub fn booted() -> BootedFixture {
     assert_eq!(locked, 0, "cannot lock the fixture directory");
     let disk = dir.join("scratch.ext4");
     let store = dir.join("store");
-    let config = guest.with_cpu_config(serde_json::json!({
-        "boot-source": {"kernel_image_path": guest.kernel, "initrd_path": guest.initrd, "boot_args": guest.boot_args},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-        "drives": [{"drive_id": "scratch", "path_on_host": disk, "is_root_device": false, "is_read_only": false}],
-        "vsock": {"guest_cid": 3, "uds_path": dir.join("v.sock")},
-        "entropy": {},
-        "cairn": {"checkpoint_dir": store},
-    }));
+    let config = VmConfig {
+        drives: vec![DriveConfig {
+            drive_id: "scratch".into(),
+            path_on_host: disk.clone(),
+            is_root_device: false,
+            is_read_only: Some(false),
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
+        }],
+        vsock: Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: dir.join("v.sock"),
+        }),
+        entropy: Some(EntropyConfig::default()),
+        cairn: CairnConfig {
+            checkpoint_dir: Some(store.clone()),
+        },
+        ..guest.vm_config(256)
+    };
     let done = dir.join("booted.ok");
     if !done.exists() {
         let cfg = dir.join("vm.json");
-        std::fs::write(&cfg, config.to_string()).unwrap();
+        std::fs::write(&cfg, serde_json::to_vec(&config).unwrap()).unwrap();
         let api = dir.join("api.sock");
         let mut booted = None;
         for attempt in 1..=ATTEMPTS {

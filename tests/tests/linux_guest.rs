@@ -169,10 +169,12 @@ fn disk_writes_survive_a_guest_reboot() {
 
         // Boot again (a real boot, not a restore) on the same checkpoint store: the disk continues.
         let mut cfg = fixture.config.clone();
-        cfg["cairn"]["checkpoint_dir"] = serde_json::json!(vm.store);
-        cfg["vsock"]["uds_path"] = serde_json::json!(vm.vsock);
+        cfg.cairn.checkpoint_dir = Some(vm.store.clone());
+        if let Some(vsock) = &mut cfg.vsock {
+            vsock.uds_path = vm.vsock.clone();
+        }
         let cfg_path = vm.dir.path().join("reboot.json");
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
         let mut rebooted = None;
         for _ in 0..ATTEMPTS {
             let mut cmd = Command::new(workspace_bin("cairn-vmm"));

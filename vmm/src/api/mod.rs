@@ -185,11 +185,13 @@ impl ApiResponse {
         match self {
             ApiResponse::Empty => None,
             ApiResponse::Json(v) => Some(v.to_string().into_bytes()),
-            ApiResponse::Error { message, .. } => Some(
-                serde_json::json!({ "fault_message": message })
-                    .to_string()
-                    .into_bytes(),
-            ),
+            ApiResponse::Error { message, .. } => {
+                let fault = cairn_vmm_api::Fault {
+                    fault_message: message.clone(),
+                };
+                // A struct of one string always serializes.
+                Some(serde_json::to_vec(&fault).unwrap_or_default())
+            }
         }
     }
 }
