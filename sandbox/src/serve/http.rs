@@ -438,6 +438,40 @@ fn ndjson(stream: impl tokio_stream::Stream<Item = Vec<u8>> + Send + 'static) ->
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+/// How often a running exec's answer gets a heartbeat (a blank line in NDJSON, a space
+/// before the collected JSON): writing is how a client that went away is noticed, and its
+/// process then killed.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Forwards exec events to a response body, each rendered by `render` (empty: nothing sent),
+/// with a `heartbeat` every [`HEARTBEAT`] while nothing else is sent. When the client is gone,
+/// the events' receiver is dropped, which kills the process.
+fn exec_body(
+    mut rx: tokio::sync::mpsc::Receiver<Result<ops::ExecOutput, OpsError>>,
+    heartbeat: &'static [u8],
+    mut render: impl FnMut(Result<ops::ExecOutput, OpsError>) -> Vec<u8> + Send + 'static,
+) -> ReceiverStream<Vec<u8>> {
+    let (tx, out) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => render(ev),
+                    None => return,
+                },
+                _ = tick.tick() => heartbeat.to_vec(),
+                _ = tx.closed() => return,
+            };
+            if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(out)
+}
+
 async fn exec(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -459,41 +493,49 @@ async fn exec(
         }
     };
     if stream {
-        let rest = ReceiverStream::new(rx).map(|r| match r {
+        let head = ExecLine::of(first).to_ndjson();
+        let rest = exec_body(rx, b"\n", |r| match r {
             Ok(ev) => ExecLine::of(ev).to_ndjson(),
             Err(e) => ExecLine::error(&e).to_ndjson(),
         });
-        let first = tokio_stream::once(ExecLine::of(first).to_ndjson());
-        return Ok(ndjson(first.chain(rest)));
+        return Ok(ndjson(tokio_stream::once(head).chain(rest)));
     }
-    // Collected: dropping `rx` (the client left) still kills the process.
+    // Collected: the answer is one JSON object (after heartbeat spaces), an ExecResult or,
+    // should the agent fail mid-way, an error object.
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(r) = rx.recv().await {
-        match r? {
-            ops::ExecOutput::Stdout(d) => out.extend_from_slice(&d),
-            ops::ExecOutput::Stderr(d) => err.extend_from_slice(&d),
-            ops::ExecOutput::Exit(status) => {
+    let body = exec_body(rx, b" ", move |r| {
+        let v = match r {
+            Ok(ops::ExecOutput::Stdout(d)) => {
+                out.extend_from_slice(&d);
+                return Vec::new();
+            }
+            Ok(ops::ExecOutput::Stderr(d)) => {
+                err.extend_from_slice(&d);
+                return Vec::new();
+            }
+            Ok(ops::ExecOutput::Started { .. }) => return Vec::new(),
+            Ok(ops::ExecOutput::Exit(status)) => {
                 let ExecLine::Exit { exit_code, signal } =
                     ExecLine::of(ops::ExecOutput::Exit(status))
                 else {
-                    break;
+                    return Vec::new();
                 };
-                return Ok(axum::Json(ops::ExecResult {
+                serde_json::to_vec(&ops::ExecResult {
                     stdout: String::from_utf8_lossy(&out).into_owned(),
                     stderr: String::from_utf8_lossy(&err).into_owned(),
                     exit_code,
                     signal,
                 })
-                .into_response());
             }
-            ops::ExecOutput::Started { .. } => {}
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "the exec ended without an exit status",
-    ))
+            Err(e) => serde_json::to_vec(&ErrorBody {
+                error: &cairn_agent::error_text(&e),
+                code: e.code(),
+            }),
+        };
+        v.unwrap_or_default()
+    });
+    let body = Body::from_stream(body.map(Ok::<_, std::convert::Infallible>));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,11 +89,13 @@ pub fn spawn_exec(
     tokio::task::spawn_blocking(move || {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let watch = tx.clone();
+        let log_name = name.clone();
         let on_start = move |ctl: cairn_agent::client::ExecControl| {
             rt.spawn(async move {
                 tokio::select! {
                     _ = watch.closed() => {
                         // The client went away mid-exec: end the process now.
+                        eprintln!("cairn serve: {log_name}: client left mid-exec; killing it");
                         let _ = tokio::task::spawn_blocking(move || ctl.signal(libc::SIGKILL)).await;
                     }
                     _ = done_rx => {}
