@@ -422,8 +422,8 @@ fn guest_failure(path: &str, res: &ExecResult) -> OpsError {
 pub fn list_files(home: &Home, name: &str, path: &str) -> Result<Vec<FileInfo>, OpsError> {
     check_path(path)?;
     let script = format!(
-        "cd -- \"$1\" || exit 2; set -- .* *; for f; do [ \"$f\" = . ] || [ \"$f\" = .. ] || \
-         {{ [ -e \"$f\" ] || [ -L \"$f\" ]; }} && printf '%s\\0' \"$f\"; done | \
+        "cd -- \"$1\" || exit 2; set -- .* *; for f; do case $f in .|..) continue;; esac; \
+         if [ -e \"$f\" ] || [ -L \"$f\" ]; then printf '%s\\0' \"$f\"; fi; done | \
          xargs -0 -r stat -c '{STAT_FMT}' --"
     );
     let spec = ExecSpec {
