@@ -135,6 +135,10 @@ enum Command {
     },
     /// Talk to a guest agent by socket path (plumbing).
     Agent(AgentArgs),
+    /// Run the API server (REST `/v1` on $CAIRN_HOME/serve.sock; see docs/api.md).
+    Serve(crate::serve_cmd::ServeArgs),
+    /// Run the MCP server on stdio (tools for agents; see docs/mcp.md).
+    Mcp,
     /// The idle watcher (started by cairn itself).
     #[command(name = "__idle-watch", hide = true)]
     IdleWatch {
@@ -320,6 +324,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Doctor { json, dry_run } => doctor(home, json, dry_run),
+        Command::Serve(args) => crate::serve_cmd::serve(home, args),
+        Command::Mcp => crate::serve_cmd::mcp(home),
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)

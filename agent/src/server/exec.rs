@@ -59,6 +59,8 @@ fn spawn(req: &ExecRequest) -> io::Result<Spawned> {
                 Stdio::null()
             });
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            // A group of its own, so that a client that goes away takes the whole tree with it.
+            cmd.process_group(0);
             let mut child = cmd.spawn()?;
             let input = child
                 .stdin
@@ -151,6 +153,21 @@ fn signal(pid: u32, sig: i32, reaped: &Mutex<bool>) {
     }
 }
 
+/// Kills the process and its process group (every exec leads one: `process_group(0)`, or
+/// `setsid` under a pty) unless the leader has been reaped: a client that left mid-exec leaves
+/// nothing behind. After a normal exit, background jobs it started are left alone.
+fn kill_group(pid: u32, reaped: &Mutex<bool>) {
+    let reaped = reaped.lock().unwrap_or_else(PoisonError::into_inner);
+    if !*reaped {
+        // SAFETY: kill(2) takes no pointers; `pid` is our unreaped child, so its group id is
+        // still ours too.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
 fn wait_and_report<S: Conn>(
     mut child: Child,
     pumps: Vec<JoinHandle<()>>,
@@ -233,8 +250,9 @@ pub(super) fn run<S: Conn>(
     if started.is_ok() {
         control(pid, &mut reader, &mut input, pty_master.as_ref(), &reaped);
     }
-    // Whatever ended the control loop, the client is gone or done: make sure the process is too.
-    signal(pid, libc::SIGKILL, &reaped);
+    // Whatever ended the control loop, the client is gone or done: make sure the process (and
+    // its group) is too.
+    kill_group(pid, &reaped);
     drop(input);
     waiter
         .join()

@@ -1,0 +1,135 @@
+//! Bridges a blocking exec to async: the exec runs under `spawn_blocking` and hands its events
+//! through a bounded channel. When the receiver goes (the HTTP client disconnected), the
+//! process is killed at once, even if it prints nothing.
+
+use super::ops::{self, ExecOutput, ExecSpec, OpsError};
+use crate::sandbox::Home;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// One line of an NDJSON exec stream (`"type"` names the variant).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecLine {
+    /// The process started.
+    Started {
+        /// Guest pid.
+        pid: u32,
+    },
+    /// Output on stdout (or the terminal), base64.
+    Stdout {
+        /// The bytes, base64 (standard alphabet, padded).
+        data: String,
+    },
+    /// Output on stderr, base64.
+    Stderr {
+        /// The bytes, base64.
+        data: String,
+    },
+    /// The process ended; last line.
+    Exit {
+        /// Exit code; 128 + N when killed by signal N.
+        exit_code: i32,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// The exec failed; last line.
+    Error {
+        /// Machine-readable code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ExecLine {
+    /// The line for one exec event.
+    pub fn of(ev: ExecOutput) -> ExecLine {
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        match ev {
+            ExecOutput::Started { pid } => ExecLine::Started { pid },
+            ExecOutput::Stdout(d) => ExecLine::Stdout { data: b64(&d) },
+            ExecOutput::Stderr(d) => ExecLine::Stderr { data: b64(&d) },
+            ExecOutput::Exit(s) => ExecLine::Exit {
+                exit_code: s.shell_code(),
+                signal: match s {
+                    cairn_agent::client::ExitStatus::Signal(n) => Some(n),
+                    cairn_agent::client::ExitStatus::Code(_) => None,
+                },
+            },
+        }
+    }
+
+    /// The error line for `e`.
+    pub fn error(e: &OpsError) -> ExecLine {
+        ExecLine::Error {
+            code: e.code().to_string(),
+            message: cairn_agent::error_text(e),
+        }
+    }
+
+    /// The line as NDJSON (with its newline).
+    pub fn to_ndjson(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+/// Starts `spec` on a blocking thread; events (and a final error, if any) arrive on the
+/// returned channel. Dropping the receiver kills the process.
+pub fn spawn_exec(
+    home: Home,
+    name: String,
+    spec: ExecSpec,
+) -> mpsc::Receiver<Result<ExecOutput, OpsError>> {
+    let (tx, rx) = mpsc::channel(64);
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let watch = tx.clone();
+        let log_name = name.clone();
+        let on_start = move |ctl: cairn_agent::client::ExecControl| {
+            rt.spawn(async move {
+                tokio::select! {
+                    _ = watch.closed() => {
+                        // The client went away mid-exec: end the process now.
+                        eprintln!("cairn serve: {log_name}: client left mid-exec; killing it");
+                        let _ = tokio::task::spawn_blocking(move || ctl.signal(libc::SIGKILL)).await;
+                    }
+                    _ = done_rx => {}
+                }
+            });
+        };
+        let res = ops::exec_stream(&home, &name, spec, on_start, |ev| {
+            tx.blocking_send(Ok(ev)).is_ok()
+        });
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(e));
+        }
+        let _ = done_tx.send(());
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_lines_are_tagged_ndjson() {
+        let l = ExecLine::of(ExecOutput::Stdout(b"hi\n".to_vec()));
+        assert_eq!(l.to_ndjson(), b"{\"type\":\"stdout\",\"data\":\"aGkK\"}\n");
+        let e = ExecLine::of(ExecOutput::Exit(cairn_agent::client::ExitStatus::Signal(9)));
+        assert_eq!(
+            e,
+            ExecLine::Exit {
+                exit_code: 137,
+                signal: Some(9)
+            }
+        );
+        let back: ExecLine = serde_json::from_slice(&e.to_ndjson()).unwrap();
+        assert_eq!(back, e);
+    }
+}

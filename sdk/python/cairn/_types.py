@@ -1,0 +1,193 @@
+"""Plain data types shared by the sync and async clients, and how to reach the server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import httpx
+
+
+class CairnError(Exception):
+    """An error answered by ``cairn serve`` (``status`` is the HTTP status, ``code`` its kind)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "internal") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A sandbox as the server describes it."""
+
+    name: str
+    state: str
+    cpus: int
+    mem_mib: int
+    disk_gib: int
+    created: int
+    last_activity: int
+    head_checkpoint: Optional[str]
+    idle_timeout: int
+
+    @staticmethod
+    def from_json(d: Dict[str, Any]) -> "SandboxInfo":
+        return SandboxInfo(**{k: d[k] for k in SandboxInfo.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a finished command left: its output and exit code (128 + N when killed by signal N)."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    signal: Optional[int] = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited with code 0."""
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One piece of a streaming exec: ``kind`` is ``stdout``, ``stderr`` or ``exit``."""
+
+    kind: str
+    data: bytes = b""
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+
+    @property
+    def text(self) -> str:
+        """The bytes as text (invalid UTF-8 replaced)."""
+        return self.data.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A directory entry (or a stat): kind is file, dir, symlink or other; mode is octal text."""
+
+    name: str
+    kind: str
+    size: int
+    mode: str
+    mtime: int
+
+    @staticmethod
+    def from_json(d: Dict[str, Any]) -> "FileInfo":
+        return FileInfo(**{k: d[k] for k in FileInfo.__dataclass_fields__})
+
+
+def cairn_home() -> Path:
+    """``$CAIRN_HOME``, else ``$XDG_DATA_HOME/cairn``, else ``~/.local/share/cairn`` (as the CLI)."""
+    if os.environ.get("CAIRN_HOME"):
+        return Path(os.environ["CAIRN_HOME"])
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "cairn"
+    return Path.home() / ".local/share/cairn"
+
+
+@dataclass
+class Endpoint:
+    """Where the server is: ``url`` (``http://host:port``) or the Unix ``socket``; the ``token``."""
+
+    url: Optional[str] = None
+    socket: Optional[str] = None
+    token: Optional[str] = None
+    timeout: Optional[float] = None
+    headers: Dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def resolve(
+        url: Optional[str] = None,
+        socket: Optional[str] = None,
+        token: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> "Endpoint":
+        """Fills the blanks: ``CAIRN_URL`` or the home's ``serve.sock``; ``CAIRN_TOKEN`` or the home's token."""
+        home = cairn_home()
+        url = url or os.environ.get("CAIRN_URL")
+        if not url and not socket:
+            socket = str(home / "serve.sock")
+        if token is None:
+            token = os.environ.get("CAIRN_TOKEN")
+        if token is None:
+            try:
+                token = (home / "serve.token").read_text().strip()
+            except OSError:
+                token = None
+        ep = Endpoint(url=url, socket=socket, token=token, timeout=timeout)
+        if token:
+            ep.headers["Authorization"] = f"Bearer {token}"
+        return ep
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/") if self.url else "http://cairn"
+
+
+def raise_for(resp: httpx.Response, body: Optional[bytes] = None) -> None:
+    """Raises :class:`CairnError` for a 4xx/5xx answer, with the server's message."""
+    if resp.status_code < 400:
+        return
+    raw = body if body is not None else resp.content
+    try:
+        d = json.loads(raw)
+        raise CairnError(d.get("error", raw.decode()), resp.status_code, d.get("code", "internal"))
+    except (ValueError, AttributeError):
+        raise CairnError(raw.decode("utf-8", "replace"), resp.status_code) from None
+
+
+def exec_body(
+    command: Union[str, List[str]],
+    env: Optional[Dict[str, str]],
+    cwd: Optional[str],
+    stdin: Union[None, str, bytes],
+    stream: bool,
+) -> Dict[str, Any]:
+    """The JSON body of an exec request."""
+    body: Dict[str, Any] = {"stream": stream}
+    if isinstance(command, str):
+        body["command"] = command
+    else:
+        body["argv"] = list(command)
+    if env:
+        body["env"] = dict(env)
+    if cwd:
+        body["cwd"] = cwd
+    if isinstance(stdin, str):
+        body["stdin"] = stdin
+    elif isinstance(stdin, (bytes, bytearray)):
+        body["stdin_b64"] = base64.b64encode(stdin).decode()
+    return body
+
+
+def parse_line(line: str) -> Optional[OutputChunk]:
+    """One NDJSON exec line as a chunk; ``None`` for heartbeats and ``started``."""
+    line = line.strip()
+    if not line:
+        return None
+    d = json.loads(line)
+    t = d.get("type")
+    if t in ("stdout", "stderr"):
+        return OutputChunk(t, base64.b64decode(d["data"]))
+    if t == "exit":
+        return OutputChunk("exit", exit_code=d["exit_code"], signal=d.get("signal"))
+    if t == "error":
+        raise CairnError(d.get("message", "exec failed"), 500, d.get("code", "internal"))
+    return None
+
+
+def exec_result(raw: bytes) -> ExecResult:
+    """A collected exec answer (heartbeat spaces, then one JSON object)."""
+    d = json.loads(raw)
+    if "error" in d:
+        raise CairnError(d["error"], 500, d.get("code", "internal"))
+    return ExecResult(d["stdout"], d["stderr"], d["exit_code"], d.get("signal"))
