@@ -9,6 +9,7 @@ pub mod fork;
 pub mod idle;
 pub mod image;
 pub mod lock;
+pub mod ports;
 pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;
