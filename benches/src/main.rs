@@ -15,6 +15,7 @@
 //! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU
 //! cairn-bench sandbox    [--runs N]                  the `cairn` CLI: create, warm exec, wake, fork
 //! cairn-bench api        [--runs N]                  `cairn serve`: added exec latency, concurrent execs
+//! cairn-bench ports      [--runs N]                  `cairn proxy` / `cairn router` requests, router wake
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -28,6 +29,7 @@ mod block;
 mod boot;
 mod checkpoint;
 mod linux;
+mod ports;
 mod sandbox;
 mod snapshot;
 mod util;
@@ -38,7 +40,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -60,6 +62,7 @@ fn main() {
         "block" => block::block(&opts),
         "sandbox" => sandbox::sandbox(&opts),
         "api" => api::api(&opts),
+        "ports" => ports::ports(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

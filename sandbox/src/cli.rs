@@ -128,6 +128,27 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Forward local TCP connections to a port inside a sandbox (over vsock: no guest network
+    /// needed). The first connection wakes a stopped sandbox; open connections keep it awake.
+    Proxy {
+        /// Sandbox name.
+        name: String,
+        /// TCP port in the guest (on its 127.0.0.1).
+        guest_port: u16,
+        /// Local address to listen on (default 127.0.0.1:GUEST_PORT).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// HTTP router: http://NAME.localhost:PORT/ reaches port 8080 in sandbox NAME,
+    /// http://GUESTPORT.NAME.localhost:PORT/ another guest port; wakes sleeping sandboxes.
+    Router {
+        /// Local address to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// The guest port a bare NAME.localhost goes to.
+        #[arg(long, value_name = "PORT", default_value_t = cairn_sandbox::ports::router::DEFAULT_GUEST_PORT)]
+        guest_port: u16,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -218,6 +239,9 @@ pub enum CliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// Reaching a guest port failed.
+    #[error(transparent)]
+    Ports(#[from] cairn_sandbox::ports::PortsError),
     /// Local I/O failed.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -326,6 +350,14 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         Command::Doctor { json, dry_run } => doctor(home, json, dry_run),
         Command::Serve(args) => crate::serve_cmd::serve(home, args),
         Command::Mcp => crate::serve_cmd::mcp(home),
+        Command::Proxy {
+            name,
+            guest_port,
+            listen,
+        } => crate::ports_cmd::proxy(home, &name, guest_port, listen),
+        Command::Router { listen, guest_port } => {
+            crate::ports_cmd::router(home, listen, guest_port)
+        }
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)

@@ -6,6 +6,7 @@ mod agent_cmd;
 mod cli;
 mod console;
 mod serve_cmd;
+mod ports_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod guests;
 pub mod linux;
+pub mod ports;
 pub mod process;
 pub mod sandbox;
 

@@ -2,7 +2,7 @@
 //! with `--listen-unix PATH` (for running the same server on the host in tests).
 
 use cairn_agent::proto::AGENT_PORT;
-use cairn_agent::server::{serve_unix, serve_vsock, VsockListener};
+use cairn_agent::server::{bring_up_loopback, serve_unix, serve_vsock, VsockListener};
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
@@ -60,12 +60,18 @@ fn main() -> ExitCode {
         }
     };
     let result = match listen {
-        Listen::Vsock(port) => VsockListener::bind(port)
-            .map_err(|e| format!("listen on vsock port {port}: {e}"))
-            .and_then(|l| {
-                eprintln!("cairn-agent: listening on vsock port {port}");
-                serve_vsock(l).map_err(|e| format!("accept on vsock port {port}: {e}"))
-            }),
+        Listen::Vsock(port) => {
+            // In a guest: servers there (reached by `cairn proxy`) need 127.0.0.1.
+            if let Err(e) = bring_up_loopback() {
+                eprintln!("cairn-agent: bring up lo: {e}");
+            }
+            VsockListener::bind(port)
+                .map_err(|e| format!("listen on vsock port {port}: {e}"))
+                .and_then(|l| {
+                    eprintln!("cairn-agent: listening on vsock port {port}");
+                    serve_vsock(l).map_err(|e| format!("accept on vsock port {port}: {e}"))
+                })
+        }
         Listen::ConnectHost(port) => connect_host(port),
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(&path);

@@ -14,9 +14,13 @@
 //! ```
 
 pub mod tty;
+mod tunnel;
+
+pub use tunnel::{LocalStream, SpliceStats, Tunnel};
 
 use crate::proto::{
-    AgentMsg, ClientMsg, ExecRequest, FrameError, FrameReader, FrameWriter, Hello, PtySize, CHUNK,
+    AgentMsg, ClientMsg, ConnectRequest, ExecRequest, FrameError, FrameReader, FrameWriter, Hello,
+    PtySize, CHUNK,
 };
 use crate::tree::{send_tree, TransferStats, TreeError, TreeWriter};
 use std::io::{self, Read, Write};
@@ -292,6 +296,21 @@ impl Client {
                 }
                 other => return Err(unexpected(other)),
             }
+        }
+    }
+
+    /// Opens a TCP connection inside the guest to `req.host:req.port` (from the guest's point of
+    /// view: `127.0.0.1` is the guest itself). A refused or failed connection is
+    /// [`ClientError::Agent`] with the guest's reason. [`Tunnel::splice`] then carries it.
+    pub fn connect_tcp(&mut self, req: &ConnectRequest) -> Result<Tunnel, ClientError> {
+        let mut s = self.session()?;
+        s.writer.write(&ClientMsg::Connect(req.clone()))?;
+        match s.reader.read::<AgentMsg>()? {
+            Some(AgentMsg::Connected) => Ok(Tunnel {
+                reader: s.reader,
+                writer: s.writer,
+            }),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -19,7 +19,7 @@ pub const AGENT_PORT: u32 = 52;
 
 /// The protocol version. Bump it on any change to [`ClientMsg`], [`AgentMsg`] or the types they
 /// carry; [`Hello`] itself never changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The four bytes every [`Hello`] starts with.
 pub const MAGIC: [u8; 4] = *b"CRNA";
@@ -97,7 +97,7 @@ pub struct ExecRequest {
 }
 
 /// Frames the client sends after its [`Hello`]. The first one is the request
-/// (`Exec`, `Put`, `Get`, `Sync` or `Ping`); the others only follow the request named.
+/// (`Exec`, `Put`, `Get`, `Sync`, `Ping` or `Connect`); the others only follow the request named.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// Run a process; the agent answers `Started`, streams output, then `Exit` or `Killed`.
@@ -126,6 +126,23 @@ pub enum ClientMsg {
     Sync,
     /// Answered by `Pong`.
     Ping,
+    /// Open a TCP connection in the guest to `host:port`; answered by `Connected` (then both
+    /// sides send `Data` and `DataEnd`) or `Error`. See [`ConnectRequest`].
+    Connect(ConnectRequest),
+    /// After `Connect`: bytes for the guest's TCP connection.
+    Data(#[serde(with = "bytes")] Vec<u8>),
+    /// After `Connect`: the host side has no more bytes to send (the agent shuts down the
+    /// write half of the guest connection).
+    DataEnd,
+}
+
+/// A TCP connection to open inside the guest (`cairn proxy`, the HTTP router).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// Guest address: an IP address or a host name the guest resolves; `127.0.0.1` usually.
+    pub host: String,
+    /// Guest TCP port.
+    pub port: u16,
 }
 
 /// Frames the agent sends after its [`Hello`].
@@ -161,6 +178,12 @@ pub enum AgentMsg {
         /// Human-readable reason.
         message: String,
     },
+    /// The guest TCP connection of a `Connect` is open.
+    Connected,
+    /// After `Connected`: bytes the guest's TCP peer sent.
+    Data(#[serde(with = "bytes")] Vec<u8>),
+    /// After `Connected`: the guest's TCP peer closed its write half (EOF).
+    DataEnd,
 }
 
 #[cfg(test)]
@@ -225,6 +248,12 @@ mod tests {
             },
             ClientMsg::Sync,
             ClientMsg::Ping,
+            ClientMsg::Connect(ConnectRequest {
+                host: "127.0.0.1".into(),
+                port: 8080,
+            }),
+            ClientMsg::Data(b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+            ClientMsg::DataEnd,
         ]
     }
 
@@ -241,6 +270,9 @@ mod tests {
             AgentMsg::Error {
                 message: "no such file".into(),
             },
+            AgentMsg::Connected,
+            AgentMsg::Data(vec![0; 3]),
+            AgentMsg::DataEnd,
         ]
     }
 

@@ -1,9 +1,12 @@
 //! The guest side: accepts connections and serves one request on each, one thread per connection.
 
 mod exec;
+mod loopback;
 mod pty;
+mod tcp;
 mod vsock;
 
+pub use loopback::bring_up_loopback;
 pub use vsock::{connect_host, VsockListener, VsockStream};
 
 use crate::proto::{AgentMsg, ClientMsg, FrameError, FrameReader, FrameWriter, Hello};
@@ -62,6 +65,24 @@ pub enum ServerError {
     Spawn {
         /// The program.
         argv0: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The guest TCP connection of a `Connect` could not be opened.
+    #[error("connect to {addr} in the guest")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The guest TCP connection of a `Connect` failed.
+    #[error("guest connection to {addr}")]
+    TcpIo {
+        /// `host:port`.
+        addr: String,
         /// The error.
         #[source]
         source: io::Error,
@@ -132,6 +153,7 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
     };
     let answer = match request {
         ClientMsg::Exec(req) => return exec::run(req, reader, writer),
+        ClientMsg::Connect(req) => return tcp::run(req, reader, writer),
         ClientMsg::Put { path } => put(&path, &mut reader).map(|()| Some(AgentMsg::Done)),
         ClientMsg::Get { path } => get(&path, &mut writer).map(|()| None),
         ClientMsg::Sync => {
@@ -198,6 +220,9 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::Get { .. } => "Get",
         ClientMsg::Sync => "Sync",
         ClientMsg::Ping => "Ping",
+        ClientMsg::Connect(_) => "Connect",
+        ClientMsg::Data(_) => "Data",
+        ClientMsg::DataEnd => "DataEnd",
     }
 }
 

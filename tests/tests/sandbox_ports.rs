@@ -1,0 +1,81 @@
+//! Ports in, end to end on the Linux guest: a tiny perl HTTP server in the guest, reached by
+//! `cairn proxy` and by `cairn router` (Host header), and the router waking a stopped sandbox.
+//! Needs `cairn` and `cairn-vmm` built (`cargo build --workspace --bins`) and /dev/kvm.
+
+use std::time::Instant;
+
+use cairn_tests::kvm_available;
+use cairn_tests::linux::retry_on_guest_flake;
+use cairn_tests::ports::{get, get_until_up, start_server, Daemon};
+use cairn_tests::sandbox::CairnHome;
+
+#[test]
+fn sandbox_proxy_and_router_reach_a_guest_server_and_wake_it() {
+    let name = "sandbox_proxy_and_router_reach_a_guest_server_and_wake_it";
+    if !kvm_available(name) {
+        return;
+    }
+    retry_on_guest_flake(name, || {
+        let h = CairnHome::new();
+        h.create(
+            "web",
+            &["--mem", "256", "--disk", "1", "--idle-timeout", "0"],
+        );
+        start_server(&h, "web", 8080);
+
+        // cairn proxy: a local port reaches 127.0.0.1:8080 in the guest.
+        let proxy = Daemon::start(&h, &["proxy", "web", "8080", "--listen", "127.0.0.1:0"]);
+        let start = Instant::now();
+        let a = get_until_up(proxy.port, "anything");
+        eprintln!(
+            "proxy: first answer after {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}");
+        assert!(a.contains("path=/x host=anything"), "{a}");
+        let start = Instant::now();
+        assert!(get(proxy.port, "again").contains("host=again"));
+        eprintln!(
+            "proxy: connect + request {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+
+        // A port nothing listens on: the local connection is closed without an answer.
+        let dead = Daemon::start(&h, &["proxy", "web", "9", "--listen", "127.0.0.1:0"]);
+        assert_eq!(get(dead.port, "x"), "");
+        drop(dead);
+
+        // The router: by Host header.
+        let router = Daemon::start(&h, &["router", "--listen", "127.0.0.1:0"]);
+        let host = format!("web.localhost:{}", router.port);
+        let a = get(router.port, &host);
+        assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}");
+        assert!(a.contains(&format!("host={host}")), "{a}");
+        let a = get(router.port, &format!("8080.web.localhost:{}", router.port));
+        assert!(a.contains("hello from the guest"), "{a}");
+        let a = get(router.port, "nope.localhost");
+        assert!(a.starts_with("HTTP/1.1 404"), "{a}");
+        assert!(a.contains("no sandbox named \"nope\""), "{a}");
+        let a = get(router.port, "9.web.localhost");
+        assert!(a.starts_with("HTTP/1.1 502"), "{a}");
+
+        // A stopped sandbox is woken by a request through the router, and answers it; the
+        // server process survived the stop.
+        h.ok(&["stop", "web"]);
+        assert_eq!(h.row("web")["state"], "stopped");
+        let start = Instant::now();
+        let a = get(router.port, &host);
+        eprintln!(
+            "router: request to a stopped sandbox answered in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}");
+        assert_eq!(h.row("web")["state"], "running");
+
+        // And by a connection through the proxy.
+        h.ok(&["stop", "web"]);
+        let a = get(proxy.port, "woken");
+        assert!(a.contains("host=woken"), "{a}");
+        assert_eq!(h.row("web")["state"], "running");
+    });
+}
