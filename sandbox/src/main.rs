@@ -5,8 +5,8 @@
 mod agent_cmd;
 mod cli;
 mod console;
-mod serve_cmd;
 mod ports_cmd;
+mod serve_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
