@@ -1,6 +1,7 @@
 //! The guest side: accepts connections and serves one request on each, one thread per connection.
 
 mod exec;
+pub mod netcfg;
 mod pty;
 mod vsock;
 
@@ -66,6 +67,9 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// `NetConfigure` or `SetClock` failed.
+    #[error("guest configuration")]
+    NetCfg(#[from] netcfg::NetCfgError),
     /// Waiting for the process failed.
     #[error("waiting for pid {pid}")]
     Wait {
@@ -140,6 +144,12 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
             Ok(Some(AgentMsg::Done))
         }
         ClientMsg::Ping => Ok(Some(AgentMsg::Pong)),
+        ClientMsg::NetConfigure(cfg) => netcfg::configure(&cfg)
+            .map(|()| Some(AgentMsg::Done))
+            .map_err(ServerError::from),
+        ClientMsg::SetClock { unix_nanos } => netcfg::set_clock(unix_nanos)
+            .map(|()| Some(AgentMsg::Done))
+            .map_err(ServerError::from),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -198,6 +208,8 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::Get { .. } => "Get",
         ClientMsg::Sync => "Sync",
         ClientMsg::Ping => "Ping",
+        ClientMsg::NetConfigure(_) => "NetConfigure",
+        ClientMsg::SetClock { .. } => "SetClock",
     }
 }
 
