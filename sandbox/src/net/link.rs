@@ -45,6 +45,20 @@ fn ip_quiet(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `path` is a network namespace (an nsfs bind mount, as `ip netns add` makes); a
+/// plain file is what is left when the mount was made in a mount namespace that is gone.
+pub fn is_netns(path: &std::path::Path) -> bool {
+    const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live statfs, both valid for the call.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    ok && st.f_type as libc::c_long == NSFS_MAGIC
+}
+
 /// Whether the host has a link named `name`.
 pub fn exists(name: &str) -> bool {
     ip_quiet(&["link", "show", "dev", name])
@@ -55,7 +69,7 @@ pub fn exists(name: &str) -> bool {
 pub fn create(spec: &NetSpec, tap_owner: Option<(u32, u32)>) -> Result<(), NetError> {
     let ns = spec.netns();
     let (veth, peer) = (spec.veth(), spec.peer());
-    if spec.netns_path().exists() {
+    if is_netns(&spec.netns_path()) {
         return Err(NetError::Tool(
             "ip netns add".into(),
             format!("namespace {ns} exists already (hint: `cairn doctor` removes leftovers)"),

@@ -278,7 +278,7 @@ pub fn ensure(paths: &Paths, tap_owner: Option<(u32, u32)>) -> Result<(), NetErr
     let Some(spec) = load(paths)? else {
         return Ok(());
     };
-    if !spec.netns_path().exists() || !link::exists(&spec.veth()) {
+    if !link::is_netns(&spec.netns_path()) || !link::exists(&spec.veth()) {
         link::remove(&spec);
         link::create(&spec, tap_owner)?;
     }

@@ -49,7 +49,7 @@ pub fn table(spec: &NetSpec, pool: &str, restrict: bool, allowed: &[(Ipv4Addr, u
     format!(
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
          \tset allowed {{ type ipv4_addr; flags timeout;{allowed_elems} }}\n\
-         \tset denied {{ type ipv4_addr; flags interval; elements = {{ {denied} }}; }}\n\
+         \tset denied {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {denied} }}; }}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
          \t\toifname \"{veth}\" ct state established,related accept\n\
