@@ -72,7 +72,7 @@ pub fn find(home: &Path, owned: &[String], with_net: &[std::path::PathBuf]) -> V
     let sandboxes = std::fs::canonicalize(home.join("sandboxes")).unwrap_or_default();
     for (pid, dir) in dns::all_forwarders() {
         let ours = dir.parent() == Some(sandboxes.as_path());
-        if ours && !with_net.iter().any(|d| *d == dir) {
+        if ours && !with_net.contains(&dir) {
             out.push(Leftover {
                 what: format!("DNS forwarder pid {pid} for {}", dir.display()),
                 kind: Kind::Forwarder(pid),
