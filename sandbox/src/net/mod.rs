@@ -72,7 +72,7 @@ pub enum NetError {
     #[error("sandbox {0:?} has no network (hint: it was created with --no-network; create a new sandbox without it)")]
     NoNetwork(String),
     /// Networking needs root.
-    #[error("{0} needs root (hint: run cairn as root; without root, sandboxes get user-mode networking only, see docs/network.md)")]
+    #[error("{0} needs root (hint: run cairn as root; see docs/network.md, \"Without root\")")]
     NeedsRoot(&'static str),
     /// A host tool failed.
     #[error("{0}: {1}")]
