@@ -14,6 +14,7 @@
 //! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
 //! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU
 //! cairn-bench sandbox    [--runs N]                  the `cairn` CLI: create, warm exec, wake, fork
+//! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -26,6 +27,7 @@ mod block;
 mod boot;
 mod checkpoint;
 mod linux;
+mod network;
 mod sandbox;
 mod snapshot;
 mod util;
@@ -36,7 +38,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|network|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -57,6 +59,7 @@ fn main() {
         "agent" => agent::agent(&opts),
         "block" => block::block(&opts),
         "sandbox" => sandbox::sandbox(&opts),
+        "network" => network::network(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));
