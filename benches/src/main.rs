@@ -16,6 +16,7 @@
 //! cairn-bench sandbox    [--runs N]                  the `cairn` CLI: create, warm exec, wake, fork
 //! cairn-bench api        [--runs N]                  `cairn serve`: added exec latency, concurrent execs
 //! cairn-bench ports      [--runs N]                  `cairn proxy` / `cairn router` requests, router wake
+//! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
 //! cairn-bench all        ...                         everything above but `linux`
 //! ```
 //!
@@ -29,6 +30,7 @@ mod block;
 mod boot;
 mod checkpoint;
 mod linux;
+mod network;
 mod ports;
 mod sandbox;
 mod snapshot;
@@ -40,7 +42,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|network|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -63,6 +65,7 @@ fn main() {
         "sandbox" => sandbox::sandbox(&opts),
         "api" => api::api(&opts),
         "ports" => ports::ports(&opts),
+        "network" => network::network(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

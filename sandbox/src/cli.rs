@@ -56,6 +56,9 @@ enum Command {
         /// As root, run the VMM unjailed (also CAIRN_NO_JAIL=1); kept for the sandbox's life.
         #[arg(long)]
         no_jail: bool,
+        /// No network interface (by default: a namespace, NAT egress, a resolver; docs/network.md).
+        #[arg(long)]
+        no_network: bool,
     },
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec {
@@ -160,6 +163,15 @@ enum Command {
     Serve(crate::serve_cmd::ServeArgs),
     /// Run the MCP server on stdio (tools for agents; see docs/mcp.md).
     Mcp,
+    /// A sandbox's egress policy (allow/deny by domain name, applied live).
+    #[command(subcommand)]
+    Policy(crate::net_cmd::PolicyCmd),
+    /// A sandbox's DNS forwarder (started by cairn itself).
+    #[command(name = "__net-dns", hide = true)]
+    NetDns {
+        /// The sandbox directory.
+        dir: PathBuf,
+    },
     /// The idle watcher (started by cairn itself).
     #[command(name = "__idle-watch", hide = true)]
     IdleWatch {
@@ -272,6 +284,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             idle_timeout,
             boot_timeout,
             no_jail,
+            no_network,
         } => {
             let opts = CreateOptions {
                 cpus,
@@ -280,6 +293,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
                 idle_timeout,
                 boot_timeout: Duration::from_secs(boot_timeout),
                 no_jail,
+                no_network,
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
@@ -357,6 +371,11 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         } => crate::ports_cmd::proxy(home, &name, guest_port, listen),
         Command::Router { listen, guest_port } => {
             crate::ports_cmd::router(home, listen, guest_port)
+        }
+        Command::Policy(cmd) => crate::net_cmd::run(home, cmd),
+        Command::NetDns { dir } => {
+            cairn_sandbox::net::dns::serve(&dir).map_err(SandboxError::from)?;
+            Ok(0)
         }
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;

@@ -83,6 +83,7 @@ pub fn run(home: &Home, dry_run: bool) -> Result<Vec<Finding>, SandboxError> {
     let names: Vec<String> = reg.list()?.into_iter().map(|r| r.name).collect();
     orphan_dirs(&mut d, &names);
     orphan_jails(&mut d, &names);
+    net_leftovers(&mut d, &names);
     temp_images(&mut d);
     Ok(d.findings)
 }
@@ -416,6 +417,28 @@ fn orphan_jails(d: &mut Doctor, names: &[String]) {
 
 /// Temporary root images (`*.tmp<pid>`) whose maker is gone, and shared root images no
 /// sandbox links to any more (one link: the cache's own).
+/// Namespaces, veths, nftables tables and DNS forwarders of this home that no sandbox owns
+/// (see [`crate::net::leftovers`]).
+fn net_leftovers(d: &mut Doctor, names: &[String]) {
+    let mut owned = Vec::new();
+    let mut with_net = Vec::new();
+    for n in names {
+        let paths = d.home.paths(n);
+        if let Ok(Some(spec)) = crate::net::load(&paths) {
+            owned.push(spec.id);
+            with_net.push(fs::canonicalize(&paths.dir).unwrap_or(paths.dir));
+        }
+    }
+    for l in crate::net::leftovers::find(d.home.root(), &owned, &with_net) {
+        d.note(
+            None,
+            format!("{} that no sandbox owns", l.what),
+            "removed it",
+        );
+        d.act(|| l.remove());
+    }
+}
+
 fn temp_images(d: &mut Doctor) {
     let images = d.home.images();
     let Ok(rd) = fs::read_dir(&images) else {

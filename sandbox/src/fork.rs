@@ -106,7 +106,9 @@ pub fn fork(
             .map_err(io_err(format!("lock {}", paths.lock.display())))?;
         // The row claims the name (atomically): a racing create or fork of it stops here.
         reg.insert(&record)?;
-        make_files(&src_paths, &src_store, ckpt, &paths)
+        let report = make_files(&src_paths, &src_store, ckpt, &paths)?;
+        crate::net::fork_for(home, &mut reg, &src_paths, &paths, new)?;
+        Ok(report)
     })();
     drop(src_lock);
     let report = match made {
@@ -114,6 +116,7 @@ pub fn fork(
         Err(e) => {
             if reg.get(new).is_ok_and(|r| r.dir == paths.dir) {
                 let _ = reg.remove(new);
+                crate::net::remove(&paths);
             }
             let _ = fs::remove_dir_all(&paths.dir);
             return Err(e);

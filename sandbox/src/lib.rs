@@ -10,6 +10,7 @@ pub mod idle;
 pub mod image;
 pub mod lock;
 pub mod mcp;
+pub mod net;
 pub mod ports;
 pub mod registry;
 pub mod rootdisk;

@@ -150,6 +150,36 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
     })
 }
 
+/// A sandbox's network as the registry records it (`net_addr`, `net_mac`, `net_ns` columns,
+/// NULL for a sandbox without network or from before networks existed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetColumns {
+    /// The guest's IPv4 address.
+    pub addr: String,
+    /// The guest's MAC.
+    pub mac: String,
+    /// The network namespace's name.
+    pub netns: String,
+}
+
+/// Adds the network columns to a registry made before they existed (older rows read NULL).
+fn add_net_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('sandboxes')")?;
+    let cols: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for c in ["net_addr", "net_mac", "net_ns"] {
+        if !cols.iter().any(|x| x == c) {
+            // A concurrent open may have added it meanwhile.
+            match conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {c} TEXT")) {
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
     move |source| RegistryError::Sql {
         path: path.to_path_buf(),
@@ -173,6 +203,7 @@ impl Registry {
         // Concurrent CLI calls wait for each other's short transactions instead of failing.
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_net_columns(&conn).map_err(err)?;
         Ok(Registry { conn, path })
     }
 
@@ -308,6 +339,44 @@ impl Registry {
         })
     }
 
+    /// Records the sandbox's network (guest address, MAC, namespace), or none.
+    pub fn set_net(&mut self, name: &str, net: Option<&NetColumns>) -> Result<(), RegistryError> {
+        let (a, m, n) = match net {
+            Some(c) => (Some(&c.addr), Some(&c.mac), Some(&c.netns)),
+            None => (None, None, None),
+        };
+        self.update(name, |tx| {
+            tx.execute(
+                "UPDATE sandboxes SET net_addr = ?2, net_mac = ?3, net_ns = ?4 WHERE name = ?1",
+                params![name, a, m, n],
+            )
+        })
+    }
+
+    /// Every sandbox's network: (name, columns) for rows that have one.
+    pub fn nets(&self) -> Result<Vec<(String, NetColumns)>, RegistryError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, net_addr, net_mac, net_ns FROM sandboxes \
+                 WHERE net_addr IS NOT NULL ORDER BY name",
+            )
+            .map_err(sql_err(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    NetColumns {
+                        addr: r.get(1)?,
+                        mac: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        netns: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    },
+                ))
+            })
+            .map_err(sql_err(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
+    }
+
     fn update(
         &mut self,
         name: &str,
@@ -417,5 +486,29 @@ mod tests {
         }
         let reg = Registry::open(home.path()).unwrap();
         assert_eq!(reg.list().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn an_old_registry_gains_the_network_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("registry.db")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+        }
+        let mut reg = Registry::open(dir.path()).unwrap();
+        reg.insert(&record("old")).unwrap();
+        assert!(reg.nets().unwrap().is_empty());
+        let net = NetColumns {
+            addr: "10.213.0.2".into(),
+            mac: "02:ca:0a:d5:00:02".into(),
+            netns: "cairn-abcd12345678".into(),
+        };
+        reg.set_net("old", Some(&net)).unwrap();
+        drop(reg);
+        let mut reg = Registry::open(dir.path()).unwrap();
+        assert_eq!(reg.nets().unwrap(), vec![("old".to_string(), net)]);
+        assert_eq!(reg.get("old").unwrap().name, "old");
+        reg.set_net("old", None).unwrap();
+        assert!(reg.nets().unwrap().is_empty());
     }
 }

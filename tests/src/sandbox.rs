@@ -16,6 +16,9 @@ pub struct CairnHome {
     agent: PathBuf,
     /// Print each command and its output on stderr.
     pub verbose: bool,
+    /// Run `cairn` in this named network namespace (`nsenter --net`, no new mount namespace,
+    /// so the namespaces cairn makes stay visible to later calls).
+    pub netns: Option<String>,
 }
 
 impl CairnHome {
@@ -33,12 +36,20 @@ impl CairnHome {
             cairn: workspace_bin("cairn"),
             agent,
             verbose: true,
+            netns: None,
         }
     }
 
     /// The `cairn` command with this home.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.cairn);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.cairn);
+                c
+            }
+            None => Command::new(&self.cairn),
+        };
         cmd.args(args)
             .env("CAIRN_HOME", self.home.path())
             .env("CAIRN_AGENT_BIN", &self.agent)

@@ -231,6 +231,24 @@ impl Client {
         self.simple(ClientMsg::Sync, |m| matches!(m, AgentMsg::Done))
     }
 
+    /// Configures the guest's network interface (address, MAC, route, resolver).
+    pub fn net_configure(&mut self, cfg: &crate::proto::NetConfig) -> Result<(), ClientError> {
+        self.simple(ClientMsg::NetConfigure(cfg.clone()), |m| {
+            matches!(m, AgentMsg::Done)
+        })
+    }
+
+    /// Sets the guest's wall clock to the host's, now.
+    pub fn set_clock(&mut self) -> Result<(), ClientError> {
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.simple(ClientMsg::SetClock { unix_nanos }, |m| {
+            matches!(m, AgentMsg::Done)
+        })
+    }
+
     fn simple(
         &mut self,
         req: ClientMsg,

@@ -134,6 +134,15 @@ pub enum ClientMsg {
     /// After `Connect`: the host side has no more bytes to send (the agent shuts down the
     /// write half of the guest connection).
     DataEnd,
+    /// Configure the guest's network interface (after a boot, or a restore as a fork with a new
+    /// address and MAC); answered by `Done`. See `docs/network.md`.
+    NetConfigure(NetConfig),
+    /// Set the guest's wall clock (CLOCK_REALTIME) to the host's, after a restore or wake;
+    /// answered by `Done`.
+    SetClock {
+        /// Nanoseconds since the Unix epoch, read on the host just before sending.
+        unix_nanos: u64,
+    },
 }
 
 /// A TCP connection to open inside the guest (`cairn proxy`, the HTTP router).
@@ -143,6 +152,23 @@ pub struct ConnectRequest {
     pub host: String,
     /// Guest TCP port.
     pub port: u16,
+}
+
+/// The guest network configuration the host hands the agent ([`ClientMsg::NetConfigure`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// The interface; the first one that is not `lo` when `None`.
+    pub iface: Option<String>,
+    /// Its MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// IPv4 address.
+    pub addr: [u8; 4],
+    /// Prefix length of the link's subnet.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: [u8; 4],
+    /// Resolvers written to `/etc/resolv.conf` (left alone when empty).
+    pub dns: Vec<[u8; 4]>,
 }
 
 /// Frames the agent sends after its [`Hello`].
@@ -254,6 +280,17 @@ mod tests {
             }),
             ClientMsg::Data(b"GET / HTTP/1.0\r\n\r\n".to_vec()),
             ClientMsg::DataEnd,
+            ClientMsg::NetConfigure(NetConfig {
+                iface: Some("eth0".into()),
+                mac: "02:ca:00:00:00:01".into(),
+                addr: [10, 213, 0, 2],
+                prefix: 30,
+                gateway: [10, 213, 0, 1],
+                dns: vec![[10, 213, 0, 1]],
+            }),
+            ClientMsg::SetClock {
+                unix_nanos: 1 << 60,
+            },
         ]
     }
 

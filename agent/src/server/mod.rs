@@ -2,6 +2,7 @@
 
 mod exec;
 mod loopback;
+pub mod netcfg;
 mod pty;
 mod tcp;
 mod vsock;
@@ -87,6 +88,9 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// `NetConfigure` or `SetClock` failed.
+    #[error("guest configuration")]
+    NetCfg(#[from] netcfg::NetCfgError),
     /// Waiting for the process failed.
     #[error("waiting for pid {pid}")]
     Wait {
@@ -162,6 +166,12 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
             Ok(Some(AgentMsg::Done))
         }
         ClientMsg::Ping => Ok(Some(AgentMsg::Pong)),
+        ClientMsg::NetConfigure(cfg) => netcfg::configure(&cfg)
+            .map(|()| Some(AgentMsg::Done))
+            .map_err(ServerError::from),
+        ClientMsg::SetClock { unix_nanos } => netcfg::set_clock(unix_nanos)
+            .map(|()| Some(AgentMsg::Done))
+            .map_err(ServerError::from),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -223,6 +233,8 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::Connect(_) => "Connect",
         ClientMsg::Data(_) => "Data",
         ClientMsg::DataEnd => "DataEnd",
+        ClientMsg::NetConfigure(_) => "NetConfigure",
+        ClientMsg::SetClock { .. } => "SetClock",
     }
 }
 

@@ -219,7 +219,7 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     };
     // The row claims the name (atomically): a racing create of the same name stops here.
     reg.insert(&record)?;
-    let booted = prepare_new(home, &paths, &img, opts).and_then(|()| {
+    let booted = prepare_new(home, &mut reg, name, &paths, &img, opts).and_then(|()| {
         let took = cold_boot(&mut reg, &paths, name, opts.boot_timeout, "booting")?;
         eprintln!("{name}: agent answered after {:.1} s", took.1.as_secs_f64());
         Ok(took.0)
@@ -240,6 +240,7 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
                 }
             }
             let _ = reg.remove(name);
+            crate::net::remove(&paths);
             let _ = fs::remove_dir_all(jail::jail_dir(&paths));
             let _ = fs::remove_dir_all(&paths.dir);
             Err(e)
@@ -252,6 +253,8 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
 /// A sandbox made by root is jailed (see [`jail`]): its config names in-jail paths.
 pub(crate) fn prepare_new(
     home: &Home,
+    reg: &mut Registry,
+    name: &str,
     paths: &Paths,
     img: &image::GuestImage,
     opts: &CreateOptions,
@@ -274,7 +277,7 @@ pub(crate) fn prepare_new(
             template.display()
         )))?;
     }
-    let cfg = if jail::wanted(opts.no_jail) {
+    let mut cfg = if jail::wanted(opts.no_jail) {
         let initrd = img.rootfs.is_none().then_some(img.initrd.as_path());
         jail::assign(paths, &img.kernel, initrd)?;
         let in_jail = image::GuestImage {
@@ -286,6 +289,13 @@ pub(crate) fn prepare_new(
     } else {
         vm_config(paths, img, opts)
     };
+    if !opts.no_network && !crate::net::is_root() {
+        eprintln!("cairn: note: {name} has no network: sandbox networks need root for now (docs/network.md, \"Without root\"); --no-network silences this");
+    } else if !opts.no_network {
+        let owner = jail::load(paths)?.map(|s| (s.uid, s.gid));
+        let spec = crate::net::create_for(home, reg, paths, name, owner)?;
+        cfg.network_interfaces = vec![crate::net::vm_config_entry(&spec)];
+    }
     let what = format!("write {}", paths.config.display());
     let text = serde_json::to_vec(&cfg).map_err(|e| io_err(what.clone())(e.into()))?;
     fs::write(&paths.config, text).map_err(io_err(what))
@@ -314,6 +324,7 @@ pub(crate) fn cold_boot(
     )?;
     reg.set_state(name, State::Creating, Some(pid))?;
     let (took, _) = wait_agent(paths, pid, timeout, &format!("{verb} {name}"), from)?;
+    crate::net::guest::after_agent(paths, false)?;
     Ok((pid, took))
 }
 

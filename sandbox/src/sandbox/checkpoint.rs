@@ -75,6 +75,7 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
         &format!("restoring {name}"),
         from,
     )?;
+    crate::net::guest::after_agent(&paths, true)?;
     reg.touch(name)?;
     eprintln!(
         "{name}: restored {ckpt} in {:.2} s",

@@ -279,6 +279,7 @@ fn protect_dir(paths: &Paths, gid: u32) -> Result<(), SandboxError> {
 pub fn command(
     paths: &Paths,
     spec: &JailSpec,
+    netns: Option<&Path>,
     vmm_args: &[&std::ffi::OsStr],
 ) -> Result<Command, SandboxError> {
     // SAFETY: trivial getter.
@@ -317,6 +318,9 @@ pub fn command(
     if let Some(initrd) = &spec.initrd {
         cmd.arg("--bind")
             .arg(bind_arg(initrd, IN_JAIL_INITRD, true)?);
+    }
+    if let Some(ns) = netns {
+        cmd.arg("--netns").arg(ns);
     }
     cmd.arg("--").args(vmm_args);
     Ok(cmd)

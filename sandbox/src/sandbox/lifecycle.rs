@@ -101,6 +101,7 @@ pub(crate) fn start_locked(
             &format!("waking {}", r.name),
             from,
         )
+        .and_then(|ok| Ok(crate::net::guest::after_agent(&paths, true).map(|()| ok)?))
     })();
     let agent = match result {
         Ok((_, agent)) => agent,
@@ -264,6 +265,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     // before it recorded the new VMM) leaves one behind.
     end_vmms(&paths, &r);
     reg.remove(name)?;
+    crate::net::remove(&paths);
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));
     fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {
         io::ErrorKind::NotFound => Ok(()),

@@ -83,6 +83,9 @@ pub enum SandboxError {
     /// A jailed sandbox's VMM can only be started by root.
     #[error("sandbox {0:?} runs its VMM jailed, which needs root (hint: run cairn as root)")]
     JailNeedsRoot(String),
+    /// The sandbox network (see [`crate::net`]).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// A path cannot be passed to `cairn-jailer --bind`.
     #[error("{0} cannot be bound into a jail: it is not UTF-8 or contains ':' (hint: CAIRN_NO_JAIL=1, or move it)")]
     JailPath(PathBuf),
@@ -172,6 +175,11 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// The files of the sandbox whose directory is `dir`.
+    pub fn at(dir: PathBuf) -> Paths {
+        Paths::new(dir)
+    }
+
     fn new(dir: PathBuf) -> Paths {
         Paths {
             disk: dir.join("disk.img"),
@@ -227,6 +235,8 @@ pub struct CreateOptions {
     pub boot_timeout: Duration,
     /// Run the VMM unjailed even as root (`--no-jail`).
     pub no_jail: bool,
+    /// No network (`--no-network`); see [`crate::net`].
+    pub no_network: bool,
 }
 
 impl Default for CreateOptions {
@@ -238,6 +248,7 @@ impl Default for CreateOptions {
             idle_timeout: 30,
             boot_timeout: Duration::from_secs(300),
             no_jail: false,
+            no_network: false,
         }
     }
 }

@@ -152,11 +152,18 @@ pub(crate) fn check_socket_path(p: &Path) -> Result<(), SandboxError> {
 /// Starts `cairn-vmm ARGS` in a session of its own, output appended to the console log; for a
 /// jailed sandbox through `cairn-jailer` (ARGS then name in-jail paths, see [`jail::vmm_view`]).
 pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32, SandboxError> {
-    let mut cmd = match jail::load(paths)? {
-        Some(spec) => jail::command(paths, &spec, args)?,
+    let jail_spec = jail::load(paths)?;
+    // The sandbox's network namespace (re-made first if a reboot or crash took it away).
+    crate::net::ensure(paths, jail_spec.as_ref().map(|s| (s.uid, s.gid)))?;
+    let netns = crate::net::load(paths)?.map(|n| n.netns_path());
+    let mut cmd = match jail_spec {
+        Some(spec) => jail::command(paths, &spec, netns.as_deref(), args)?,
         None => {
             let mut cmd = Command::new(image::vmm_binary()?);
             cmd.args(args);
+            if let Some(ns) = &netns {
+                crate::net::link::enter_netns_on_exec(&mut cmd, ns)?;
+            }
             cmd
         }
     };

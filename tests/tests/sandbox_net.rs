@@ -1,0 +1,283 @@
+//! The sandbox network end to end, on this machine only: a namespace `net-t<pid>-h` plays the
+//! host cairn runs on, and `net-t<pid>-i` plays the internet behind its default route, with an
+//! HTTP server (python3) and dnsmasq on 198.18.77.0/24 (benchmarking space, outside the
+//! sandbox pool). No packet leaves these namespaces. Root and KVM only; needs nftables,
+//! dnsmasq and conntrack (scripts/deps).
+//!
+//! Checks: the guest fetches a page by name; a denied name gets REFUSED and its address is
+//! unreachable; a live policy change lets it through and the allowed name still works; two
+//! forks of one checkpoint get their own addresses and MACs and both reach the server; the
+//! guest clock is right after a wake; `rm` leaves no namespace, veth, table or forwarder.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use cairn_tests::kvm_available;
+use cairn_tests::sandbox::CairnHome;
+
+const FETCH: &str = r#"use IO::Socket::INET;
+my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => 80, Timeout => 5) or die "connect $ARGV[0] failed\n";
+print $s "GET / HTTP/1.0\r\nHost: $ARGV[0]\r\n\r\n"; print while <$s>;
+"#;
+
+/// Prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
+const RCODE: &str = r#"use IO::Socket::INET;
+my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
+my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
+$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
+"#;
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-ec", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The two namespaces and the servers in them; all removed on drop.
+struct FakeInternet {
+    host: String,
+    inet: String,
+    servers: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl FakeInternet {
+    fn up() -> FakeInternet {
+        let tag = format!("net-t{}", std::process::id());
+        let (host, inet) = (format!("{tag}-h"), format!("{tag}-i"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut me = FakeInternet {
+            host: host.clone(),
+            inet: inet.clone(),
+            servers: Vec::new(),
+            dir,
+        };
+        sh(&format!(
+            "ip netns add {host}; ip netns add {inet}
+             ip link add {tag}a netns {host} type veth peer name {tag}b netns {inet}
+             ip -n {host} addr add 198.18.0.1/24 dev {tag}a; ip -n {host} link set {tag}a up
+             ip -n {host} link set lo up; ip -n {host} route add default via 198.18.0.2
+             ip -n {inet} addr add 198.18.0.2/24 dev {tag}b; ip -n {inet} link set {tag}b up
+             ip -n {inet} link set lo up
+             for a in 198.18.77.80 198.18.77.81 198.18.77.53; do ip -n {inet} addr add $a/32 dev lo; done"
+        ));
+        let www = me.dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "hello from the fake internet\n").unwrap();
+        let http = Command::new("ip")
+            .args(["netns", "exec", &inet, "python3", "-m", "http.server"])
+            .args(["--bind", "0.0.0.0", "--directory"])
+            .arg(&www)
+            .arg("80")
+            .spawn()
+            .unwrap();
+        me.servers.push(http);
+        let dns = Command::new("ip")
+            .args(["netns", "exec", &inet, "dnsmasq", "--keep-in-foreground"])
+            .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .args(["--listen-address=198.18.77.53", "--pid-file="])
+            .args(["--host-record=allowed.test,198.18.77.80"])
+            .args(["--host-record=denied.test,198.18.77.81"])
+            .spawn()
+            .unwrap();
+        me.servers.push(dns);
+        std::thread::sleep(Duration::from_millis(500));
+        me
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.inet])
+            .status();
+    }
+}
+
+fn net_json(h: &CairnHome, name: &str) -> serde_json::Value {
+    let out = h.ok(&["policy", "show", name, "--json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn in_host(inet: &FakeInternet, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", inet.host))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn sandbox_network_policy_forks_and_cleanup() {
+    let name = "sandbox_network_policy_forks_and_cleanup";
+    if !kvm_available(name) {
+        return;
+    }
+    // SAFETY: trivial getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP {name}: needs root (namespaces, nftables)");
+        return;
+    }
+    for tool in ["nft", "dnsmasq", "conntrack", "nsenter", "python3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
+    }
+    let inet = FakeInternet::up();
+    // The forwarder asks the fake internet's dnsmasq (cairn reads this at create).
+    std::env::set_var("CAIRN_NET_DNS", "198.18.77.53");
+    let mut h = CairnHome::new();
+    h.netns = Some(inet.host.clone());
+
+    // An overlapping pool is refused in one line, before anything is made.
+    let out = h
+        .command(&["create", "bad", "--mem", "256"])
+        .env("CAIRN_NET_POOL", "198.18.0.0/16")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("overlaps the host route 198.18.0.0/24"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    h.create("n1", &["--mem", "256", "--idle-timeout", "0"]);
+    let scripts = tempfile::tempdir().unwrap();
+    for (f, text) in [("fetch.pl", FETCH), ("rcode.pl", RCODE)] {
+        std::fs::write(scripts.path().join(f), text).unwrap();
+        let src = scripts.path().join(f);
+        h.ok(&["cp", src.to_str().unwrap(), &format!("n1:/root/{f}")]);
+    }
+    let n1 = net_json(&h, "n1");
+    let gw = n1["network"]["gateway"].as_str().unwrap().to_string();
+    let fetch = |sb: &str, target: &str| h.exec(sb, &["perl", "/root/fetch.pl", target]);
+    let rcode = |sb: &str, q: &str| h.sh(sb, &format!("perl /root/rcode.pl {q} {gw}"));
+
+    // Open policy: a page by name.
+    let (code, page) = fetch("n1", "allowed.test");
+    assert_eq!(code, 0, "{page}");
+    assert!(page.contains("hello from the fake internet"), "{page}");
+
+    // Deny everything but allowed.test: denied.test is REFUSED, its address unreachable.
+    h.ok(&[
+        "policy",
+        "set",
+        "n1",
+        "--allow",
+        "allowed.test",
+        "--deny",
+        "*",
+    ]);
+    assert_eq!(rcode("n1", "denied.test").trim(), "rcode=5");
+    let (code, out) = fetch("n1", "198.18.77.81");
+    assert_ne!(code, 0, "a denied address answered: {out}");
+    let (code, page) = fetch("n1", "allowed.test");
+    assert!(code == 0 && page.contains("hello"), "{page}");
+
+    // A live change: denied.test is allowed now, allowed.test still works.
+    h.ok(&[
+        "policy",
+        "set",
+        "n1",
+        "--allow",
+        "allowed.test",
+        "--allow",
+        "denied.test",
+        "--deny",
+        "*",
+    ]);
+    assert_eq!(rcode("n1", "denied.test").trim(), "rcode=0");
+    for target in ["denied.test", "allowed.test"] {
+        let (code, page) = fetch("n1", target);
+        assert!(code == 0 && page.contains("hello"), "{target}: {page}");
+    }
+    h.ok(&["policy", "set", "n1"]);
+
+    // Two forks of one checkpoint: own address and MAC, both reach the server.
+    h.ok(&["checkpoint", "create", "n1", "c1"]);
+    let mut seen = vec![(
+        n1["network"]["address"].to_string(),
+        n1["network"]["mac"].to_string(),
+    )];
+    for f in ["f1", "f2"] {
+        h.restore_like(&["fork", "n1", "c1", f], &["start", f]);
+        let j = net_json(&h, f);
+        let (addr, mac) = (
+            j["network"]["address"].to_string(),
+            j["network"]["mac"].to_string(),
+        );
+        assert!(!seen.iter().any(|(a, m)| *a == addr || *m == mac), "{j}");
+        let guest_mac = h.sh(f, "cat /sys/class/net/eth0/address");
+        assert_eq!(format!("\"{}\"", guest_mac.trim()), mac);
+        let (code, page) = fetch(f, "allowed.test");
+        assert!(code == 0 && page.contains("hello"), "{f}: {page}");
+        seen.push((addr, mac));
+    }
+
+    // The clock after a wake: right within a second (plus the exec's own time), not 5 s behind.
+    h.ok(&["stop", "f2"]);
+    std::thread::sleep(Duration::from_secs(5));
+    h.restore_like(&["start", "f2"], &["start", "f2"]);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let guest: f64 = h.sh("f2", "date +%s.%N").trim().parse().unwrap();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        guest > before - 1.0 && guest < after + 1.0,
+        "guest clock {guest}, host {before}..{after}"
+    );
+
+    // rm removes every namespace, veth, table and forwarder.
+    let ids: Vec<String> = ["n1", "f1", "f2"]
+        .iter()
+        .map(|s| {
+            net_json(&h, s)["network"]["netns"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("cairn-")
+                .to_string()
+        })
+        .collect();
+    for s in ["n1", "f1", "f2"] {
+        h.ok(&["rm", s]);
+    }
+    let tables = in_host(&inet, &["nft", "list", "tables"]);
+    let links = in_host(&inet, &["ip", "-o", "link"]);
+    let forwarders = Command::new("sh")
+        .args(["-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"])
+        .output()
+        .unwrap();
+    let cmdlines = String::from_utf8_lossy(&forwarders.stdout);
+    for id in &ids {
+        assert!(!PathBuf::from(format!("/var/run/netns/cairn-{id}")).exists());
+        assert!(!tables.contains(id.as_str()), "{tables}");
+        assert!(!links.contains(id.as_str()), "{links}");
+    }
+    let home_dir = h.home.path().to_string_lossy().into_owned();
+    assert!(
+        !cmdlines.contains(&format!("__net-dns {home_dir}")),
+        "a forwarder outlived rm"
+    );
+    let doctor = h.ok(&["doctor"]);
+    assert!(!doctor.contains("no sandbox owns"), "{doctor}");
+}
