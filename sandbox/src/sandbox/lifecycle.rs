@@ -232,14 +232,11 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
         reg.set_state(&r.name, state, None)?;
         return Ok(None);
     };
-    let meta = create_checkpoint_at(&r.api_sock, None)?;
-    let ckpt = Some(meta.name);
-    if let Some(c) = &ckpt {
-        reg.set_head(&r.name, Some(c))?;
-    }
+    let ckpt = create_checkpoint_at(&r.api_sock, None)?.name;
+    reg.set_head(&r.name, Some(&ckpt))?;
     kill_vmm(pid);
     reg.set_state(&r.name, State::Stopped, None)?;
-    Ok(ckpt)
+    Ok(Some(ckpt))
 }
 
 /// `cairn stop NAME`: checkpoint, then end the VMM. Returns the checkpoint taken (none when
