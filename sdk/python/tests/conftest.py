@@ -13,6 +13,7 @@ end-to-end tests do. A real failure fails every try.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,6 +91,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         print(self.log_text()[-3000:], file=sys.stderr)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def flaky(e: Union[ExecResult, Exception]) -> bool:
