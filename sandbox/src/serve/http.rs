@@ -3,12 +3,12 @@
 //! `{"error": MESSAGE, "code": CODE}` with a 4xx or 5xx status.
 
 use super::auth::same_token;
+use super::error::{blocking, ApiError, ErrorBody, JsonBody, OptJson, RawBody, Q};
 use super::ops::{self, CreateRequest, ExecSpec, OpsError};
 use super::stream::{spawn_exec, ExecLine};
 use crate::sandbox::Home;
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use cairn_agent::proto::PtySize;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,140 +57,6 @@ pub enum Listener {
     Unix,
     /// A TCP address.
     Tcp,
-}
-
-/// An error answer.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    code: &'a str,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    fn rejected(status: StatusCode, text: String) -> ApiError {
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "bad_request",
-        };
-        ApiError::new(status, code, text)
-    }
-}
-
-impl From<OpsError> for ApiError {
-    fn from(e: OpsError) -> ApiError {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, e.code(), cairn_agent::error_text(&e))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: &self.message,
-            code: self.code,
-        };
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-/// A JSON body whose rejections (syntax, unknown fields, size) are JSON errors.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(JsonBody(v)),
-            Err(e @ JsonRejection::BytesRejection(_)) => Err(ApiError::rejected(
-                e.status(),
-                format!("request body: {} (limit {MAX_JSON} bytes)", e.body_text()),
-            )),
-            Err(e) => Err(ApiError::rejected(e.status(), e.body_text())),
-        }
-    }
-}
-
-/// A JSON body that may be empty (then `T::default()`).
-pub struct OptJson<T>(pub T);
-
-impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptJson<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let RawBody(b) = RawBody::from_request(req, state).await?;
-        if b.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptJson(T::default()));
-        }
-        serde_json::from_slice(&b)
-            .map(OptJson)
-            .map_err(|e| ApiError::bad(format!("request body: {e}")))
-    }
-}
-
-/// A raw body whose rejections are JSON errors.
-pub struct RawBody(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e: BytesRejection| {
-                ApiError::rejected(
-                    e.status(),
-                    format!("request body: {} (limits: {MAX_JSON} bytes of JSON, {MAX_BODY} of file data)", e.body_text()),
-                )
-            })
-    }
-}
-
-/// Query parameters whose rejections are JSON errors.
-pub struct Q<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| Q(v))
-            .map_err(|e: QueryRejection| ApiError::rejected(e.status(), e.body_text()))
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, OpsError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("worker failed: {e}"),
-        )),
-    }
 }
 
 async fn auth(

@@ -8,11 +8,13 @@
 //! without a token is let in; one that carries a wrong token is still refused.
 
 mod auth;
+mod error;
 mod http;
 pub mod ops;
 mod stream;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};
+pub use error::ApiError;
 pub use http::{router, AppState, Listener, OPENAPI};
 
 use crate::sandbox::Home;
