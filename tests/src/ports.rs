@@ -8,18 +8,24 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox::CairnHome;
 
-/// Answers every request with one line naming the path and Host it saw, then closes.
-pub const SERVER: &str = r#"use IO::Socket::INET;
+/// Answers every request with one line naming the path and Host it saw, then closes; touches
+/// `/root/srv.up` once it listens. Only the core `Socket` module: perl's start-up (module
+/// loading is file I/O, guest kernel work) is slow on emulated KVM.
+pub const SERVER: &str = r#"use Socket;
 $SIG{PIPE} = "IGNORE";
-my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $ARGV[0], Listen => 16, ReuseAddr => 1) or die "listen: $!";
-while (my $c = $s->accept) {
+socket(S, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+setsockopt(S, SOL_SOCKET, SO_REUSEADDR, pack("l", 1)) or die "setsockopt: $!";
+bind(S, sockaddr_in($ARGV[0], inet_aton("127.0.0.1"))) or die "bind: $!";
+listen(S, 16) or die "listen: $!";
+open(my $up, ">", "/root/srv.up") and close($up);
+while (accept(C, S)) {
   my $req = "";
-  while (my $l = <$c>) { $req .= $l; last if $l eq "\r\n" || $l eq "\n"; }
+  while (my $l = <C>) { $req .= $l; last if $l eq "\r\n" || $l eq "\n"; }
   my ($path) = $req =~ m{^\S+ (\S+)};
   my $host = $req =~ /^Host: *(\S+)/mi ? $1 : "-";
   my $body = "hello from the guest: path=$path host=$host\n";
-  print $c "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
-  close $c;
+  syswrite(C, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body");
+  close(C);
 }
 "#;
 
@@ -81,7 +87,7 @@ pub fn get(port: u16, host: &str) -> String {
 
 /// GETs until the guest server answers (it may still be starting).
 pub fn get_until_up(port: u16, host: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let a = get(port, host);
         if a.contains("hello from the guest") {
@@ -95,14 +101,16 @@ pub fn get_until_up(port: u16, host: &str) -> String {
     }
 }
 
-/// Installs [`SERVER`] in sandbox `name` and starts it on guest port `port`.
+/// Installs [`SERVER`] in sandbox `name`, starts it on guest port `port` and waits (up to
+/// 5 minutes) until it listens.
 pub fn start_server(h: &CairnHome, name: &str, port: u16) {
     h.sh(
         name,
-        &format!("cat > /root/srv.pl <<'EOF'\n{SERVER}EOF\nperl -c /root/srv.pl"),
-    );
-    h.sh(
-        name,
-        &format!("perl /root/srv.pl {port} </dev/null >/root/srv.log 2>&1 & echo $!"),
+        &format!(
+            "rm -f /root/srv.up; cat > /root/srv.pl <<'EOF'\n{SERVER}EOF\n\
+             perl /root/srv.pl {port} </dev/null >/root/srv.log 2>&1 &\n\
+             i=0; while [ ! -e /root/srv.up ]; do \
+             i=$((i+1)); [ $i -lt 300 ] || {{ cat /root/srv.log; exit 1; }}; sleep 1; done"
+        ),
     );
 }

@@ -1,8 +1,11 @@
 //! Ports in, end to end on the Linux guest: a tiny perl HTTP server in the guest, reached by
-//! `cairn proxy` and by `cairn router` (Host header), and the router waking a stopped sandbox.
+//! `cairn proxy` and by `cairn router` (Host header), the router waking a stopped sandbox, and an
+//! open proxied connection keeping the sandbox from idling.
 //! Needs `cairn` and `cairn-vmm` built (`cargo build --workspace --bins`) and /dev/kvm.
 
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
@@ -19,7 +22,7 @@ fn sandbox_proxy_and_router_reach_a_guest_server_and_wake_it() {
         let h = CairnHome::new();
         h.create(
             "web",
-            &["--mem", "256", "--disk", "1", "--idle-timeout", "0"],
+            &["--mem", "256", "--disk", "1", "--idle-timeout", "20"],
         );
         start_server(&h, "web", 8080);
 
@@ -77,5 +80,31 @@ fn sandbox_proxy_and_router_reach_a_guest_server_and_wake_it() {
         let a = get(proxy.port, "woken");
         assert!(a.contains("host=woken"), "{a}");
         assert_eq!(h.row("web")["state"], "running");
+
+        // An open connection keeps the sandbox from idling (idle timeout 20 s): half a request
+        // through the proxy, then well past the timeout, then the rest; answered, never stopped.
+        let mut held = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        held.write_all(b"GET /held HTTP/1.1\r\n").unwrap();
+        std::thread::sleep(Duration::from_secs(40));
+        assert_eq!(
+            h.row("web")["state"],
+            "running",
+            "idled under an open connection"
+        );
+        held.write_all(b"Host: held\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut a = String::new();
+        held.read_to_string(&mut a).unwrap();
+        assert!(a.contains("path=/held host=held"), "{a}");
+        drop(held);
+        // Released, it idles.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while h.row("web")["state"] != "stopped" {
+            assert!(
+                Instant::now() < deadline,
+                "never idled after the connection closed"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
     });
 }

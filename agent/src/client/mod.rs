@@ -16,7 +16,7 @@
 pub mod tty;
 mod tunnel;
 
-pub use tunnel::{LocalStream, SpliceStats, Tunnel};
+pub use tunnel::{LocalStream, SpliceStats, Tunnel, TunnelAbort};
 
 use crate::proto::{
     AgentMsg, ClientMsg, ConnectRequest, ExecRequest, FrameError, FrameReader, FrameWriter, Hello,

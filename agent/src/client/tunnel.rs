@@ -50,7 +50,29 @@ pub struct Tunnel {
     pub(super) writer: FrameWriter<UnixStream>,
 }
 
+/// Ends a tunnel from another thread (see [`Tunnel::abort_handle`]).
+#[derive(Debug)]
+pub struct TunnelAbort(UnixStream);
+
+impl TunnelAbort {
+    /// Closes the agent connection: a running splice returns (with an error), and the agent
+    /// closes the guest connection.
+    pub fn abort(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
 impl Tunnel {
+    /// A handle that ends this tunnel from elsewhere, for a caller that knows it needs no more
+    /// bytes (an HTTP client that has read its whole answer).
+    pub fn abort_handle(&self) -> Result<TunnelAbort, ClientError> {
+        self.reader
+            .get_ref()
+            .try_clone()
+            .map(TunnelAbort)
+            .map_err(ClientError::Stdio)
+    }
+
     /// Copies bytes both ways between `local` and the guest connection until both directions
     /// have ended: EOF on one side becomes a write shutdown on the other (half-close). An error
     /// the agent reports (the guest connection reset) ends both directions and is returned.

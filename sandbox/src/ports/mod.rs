@@ -15,7 +15,7 @@ pub mod router;
 use crate::lock::FileLock;
 use crate::registry::RegistryError;
 use crate::sandbox::{self, Home, SandboxError};
-use cairn_agent::client::{Client, ClientError, LocalStream, SpliceStats, Tunnel};
+use cairn_agent::client::{Client, ClientError, LocalStream, SpliceStats, Tunnel, TunnelAbort};
 use cairn_agent::proto::{ConnectRequest, AGENT_PORT};
 
 /// Why a guest port could not be reached.
@@ -164,6 +164,16 @@ pub fn open(home: &Home, target: &Target) -> Result<GuestConn, PortsError> {
 }
 
 impl GuestConn {
+    /// A handle that ends the connection from elsewhere (see [`Tunnel::abort_handle`]).
+    pub fn abort_handle(&self) -> Result<TunnelAbort, PortsError> {
+        self.tunnel
+            .abort_handle()
+            .map_err(|source| PortsError::Agent {
+                name: self.hold.name.clone(),
+                source,
+            })
+    }
+
     /// Carries bytes both ways between `local` and the guest connection until both have
     /// ended; the sandbox is released (and marked used) afterwards.
     pub fn splice<L: LocalStream>(self, local: L) -> Result<SpliceStats, PortsError> {

@@ -20,6 +20,8 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The guest port a bare `NAME.localhost` goes to.
 pub const DEFAULT_GUEST_PORT: u16 = 8080;
@@ -156,9 +158,20 @@ impl Router {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(local_err("socket pair"))?;
         let name = target.name.clone();
+        // Once hyper is done with the connection (the whole answer read), no guest byte is
+        // wanted any more: the splice is ended even if the guest server keeps its side open,
+        // so that the sandbox is released (and may idle) at once.
+        let done = Arc::new(AtomicBool::new(false));
+        let release = Release {
+            abort: guest.abort_handle()?,
+            done: Arc::clone(&done),
+        };
+        let done2 = done;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = guest.splice(theirs) {
-                eprintln!("cairn router: {name}: {}", cairn_agent::error_text(&e));
+                if !done2.load(Ordering::SeqCst) {
+                    eprintln!("cairn router: {name}: {}", cairn_agent::error_text(&e));
+                }
             }
         });
         ours.set_nonblocking(true)
@@ -169,6 +182,7 @@ impl Router {
             .map_err(Forward::Http)?;
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(release);
         });
         let resp = sender.send_request(req).await.map_err(Forward::Http)?;
         Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
@@ -204,6 +218,20 @@ impl Router {
                     .await;
             });
         }
+    }
+}
+
+/// Ends a request's guest connection when dropped: after hyper is done with it, or on an
+/// early error return.
+struct Release {
+    abort: cairn_agent::client::TunnelAbort,
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.abort.abort();
     }
 }
 
