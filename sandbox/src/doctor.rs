@@ -425,6 +425,26 @@ fn net_leftovers(d: &mut Doctor, names: &[String]) {
     for n in names {
         let paths = d.home.paths(n);
         if let Ok(Some(spec)) = crate::net::load(&paths) {
+            let missing = crate::net::missing(&paths, &spec);
+            if !missing.is_empty() {
+                let owner = sandbox::jail::load(&paths)
+                    .ok()
+                    .flatten()
+                    .map(|s| (s.uid, s.gid));
+                let did = match d.dry_run {
+                    true => Ok(()),
+                    false => crate::net::ensure(&paths, owner),
+                };
+                let did = match did {
+                    Ok(()) => "re-made it".to_string(),
+                    Err(e) => format!("could not re-make it: {e}"),
+                };
+                d.note(
+                    Some(n),
+                    format!("its network lacks {}", missing.join(", ")),
+                    did,
+                );
+            }
             owned.push(spec.id);
             with_net.push(fs::canonicalize(&paths.dir).unwrap_or(paths.dir));
         }

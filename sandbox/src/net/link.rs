@@ -59,9 +59,14 @@ pub fn is_netns(path: &std::path::Path) -> bool {
     ok && st.f_type as libc::c_long == NSFS_MAGIC
 }
 
-/// Whether the host has a link named `name`.
+/// Whether the current network namespace has a link named `name` (if_nametoindex(3): no
+/// process spawned, and right under `nsenter --net`, where `/sys` shows another namespace).
 pub fn exists(name: &str) -> bool {
-    ip_quiet(&["link", "show", "dev", name])
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated string valid for the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
 /// Makes the namespace, the veth pair, the bridge and the tap (owned by `tap_owner`), and turns

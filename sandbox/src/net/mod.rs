@@ -292,6 +292,24 @@ pub fn ensure(paths: &Paths, tap_owner: Option<(u32, u32)>) -> Result<(), NetErr
     Ok(())
 }
 
+/// What of the sandbox's network is missing on the host (for `cairn doctor`).
+pub fn missing(paths: &Paths, spec: &NetSpec) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !link::is_netns(&spec.netns_path()) {
+        out.push("its namespace");
+    }
+    if !link::exists(&spec.veth()) {
+        out.push("its veth");
+    }
+    if !nft::tables(&spec.table()).contains(&spec.table()) {
+        out.push("its nftables table");
+    }
+    if dns::running(paths).is_none() {
+        out.push("its DNS forwarder");
+    }
+    out
+}
+
 /// Removes the sandbox's forwarder, table, veth and namespace (each step best effort).
 pub fn teardown(paths: &Paths, spec: &NetSpec) {
     dns::stop(paths);

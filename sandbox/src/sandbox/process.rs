@@ -139,6 +139,10 @@ pub fn ls_json(r: &Record) -> serde_json::Value {
         "api_sock": r.api_sock,
         "vsock_sock": r.vsock_sock,
         "jailed": jail::load(&Paths::new(r.dir.clone())).is_ok_and(|s| s.is_some()),
+        "net": crate::net::load(&Paths::new(r.dir.clone()))
+            .ok()
+            .flatten()
+            .map(|n| serde_json::json!({"address": n.guest, "mac": n.mac, "netns": n.netns()})),
     })
 }
 
