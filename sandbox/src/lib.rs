@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
+pub mod content_key;
 pub mod doctor;
 pub mod fork;
 pub mod idle;
