@@ -126,6 +126,7 @@ pub fn fork(
                 "{new}: forked, but its start failed (hint: `cairn start {new}` tries again, `cairn rm {new}` removes it)"
             );
         })?;
+        crate::identity::apply_to(home, new);
         Some(t.elapsed())
     } else {
         None
@@ -139,7 +140,7 @@ pub fn fork(
 }
 
 /// The new sandbox's files: shared checkpoint chain and disk base, and its own config.
-fn make_files(
+pub(crate) fn make_files(
     src: &Paths,
     src_store: &CheckpointStore,
     ckpt: &str,

@@ -7,9 +7,13 @@
 pub mod content_key;
 pub mod doctor;
 pub mod fork;
+pub mod golden;
+pub mod identity;
 pub mod idle;
 pub mod image;
+pub mod image_store;
 pub mod lock;
+pub mod oci;
 pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;

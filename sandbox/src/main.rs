@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod cli;
 mod console;
+mod image_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

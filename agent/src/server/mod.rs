@@ -1,6 +1,7 @@
 //! The guest side: accepts connections and serves one request on each, one thread per connection.
 
 mod exec;
+mod identity;
 mod pty;
 mod vsock;
 
@@ -57,6 +58,15 @@ pub enum ServerError {
     /// The client closed the connection in the middle of a `Put`.
     #[error("client closed the connection in the middle of a put")]
     PutTruncated,
+    /// Setting the guest's identity (entropy, hostname, machine-id) failed.
+    #[error("identity: {what}")]
+    Identity {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The process could not be started.
     #[error("cannot run {argv0:?}")]
     Spawn {
@@ -140,6 +150,7 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
             Ok(Some(AgentMsg::Done))
         }
         ClientMsg::Ping => Ok(Some(AgentMsg::Pong)),
+        ClientMsg::Identity(req) => identity::apply(&req).map(|()| Some(AgentMsg::Done)),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -198,6 +209,7 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::Get { .. } => "Get",
         ClientMsg::Sync => "Sync",
         ClientMsg::Ping => "Ping",
+        ClientMsg::Identity(_) => "Identity",
     }
 }
 

@@ -187,13 +187,23 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     let pb = spinner("guest image (guest/build; the first run builds a kernel)".into());
     let img = image::guest_image();
     pb.finish_and_clear();
-    let img = img?;
+    let mut img = img?;
+    if let Some(named) = &opts.image {
+        img.rootfs = Some(crate::image_store::rootfs_of(home, named)?);
+    }
     if let Some(note) = &img.note {
         eprintln!("cairn: note: {note}");
     }
     let paths = home.paths(name);
     check_socket_path(&paths.api)?;
     check_socket_path(&paths.vsock)?;
+    let golden_key = crate::golden::key_for(home, &img, opts);
+    if let Some(k) = golden_key
+        .as_deref()
+        .filter(|k| crate::golden::lookup(home, k).is_some())
+    {
+        return crate::golden::create_from(home, k, name, opts);
+    }
     fs::create_dir_all(&paths.dir).map_err(io_err(format!("create {}", paths.dir.display())))?;
     let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
         .map_err(io_err(format!("lock {}", paths.lock.display())))?;
@@ -214,6 +224,10 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     match booted {
         Ok(pid) => {
             reg.set_state(name, State::Running, Some(pid))?;
+            if let Some(k) = &golden_key {
+                crate::golden::keep_from(home, &mut reg, name, k, &img);
+            }
+            crate::identity::apply_to(home, name);
             if opts.idle_timeout > 0 {
                 crate::idle::spawn_watcher(home, name, &paths)?;
             }

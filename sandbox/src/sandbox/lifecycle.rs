@@ -103,7 +103,11 @@ pub(crate) fn start_locked(
         )
     })();
     let agent = match result {
-        Ok((_, agent)) => agent,
+        Ok((_, mut agent)) => {
+            // Every restore of one checkpoint starts with the same RNG state: reseed it.
+            crate::identity::apply(&mut agent, &r.name, None);
+            agent
+        }
         Err(e) => {
             kill_vmm(pid);
             return Err(e);

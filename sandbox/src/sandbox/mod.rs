@@ -172,6 +172,11 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// The files of a sandbox-shaped directory `dir` (a sandbox's, or a golden entry's).
+    pub fn at(dir: PathBuf) -> Paths {
+        Paths::new(dir)
+    }
+
     fn new(dir: PathBuf) -> Paths {
         Paths {
             disk: dir.join("disk.img"),
@@ -227,6 +232,10 @@ pub struct CreateOptions {
     pub boot_timeout: Duration,
     /// Run the VMM unjailed even as root (`--no-jail`).
     pub no_jail: bool,
+    /// Boot from scratch, neither using nor keeping a golden checkpoint (`--cold`).
+    pub cold: bool,
+    /// A named image (`--image`, see [`crate::image_store`]) instead of the default root disk.
+    pub image: Option<String>,
 }
 
 impl Default for CreateOptions {
@@ -238,6 +247,8 @@ impl Default for CreateOptions {
             idle_timeout: 30,
             boot_timeout: Duration::from_secs(300),
             no_jail: false,
+            cold: false,
+            image: None,
         }
     }
 }
