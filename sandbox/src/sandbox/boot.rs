@@ -185,8 +185,15 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
         return Err(RegistryError::NameTaken(name.to_string()).into());
     }
     let pb = spinner("guest image (guest/build; the first run builds a kernel)".into());
+    let t = Instant::now();
     let img = image::guest_image();
     pb.finish_and_clear();
+    if std::env::var_os("CAIRN_TIMES").is_some() {
+        eprintln!(
+            "{name}: guest image in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let mut img = img?;
     if let Some(named) = &opts.image {
         img.rootfs = Some(crate::image_store::rootfs_of(home, named)?);
@@ -197,7 +204,14 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     let paths = home.paths(name);
     check_socket_path(&paths.api)?;
     check_socket_path(&paths.vsock)?;
+    let t = Instant::now();
     let golden_key = crate::golden::key_for(home, &img, opts);
+    if std::env::var_os("CAIRN_TIMES").is_some() {
+        eprintln!(
+            "{name}: golden key in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if let Some(k) = golden_key
         .as_deref()
         .filter(|k| crate::golden::lookup(home, k).is_some())

@@ -17,7 +17,7 @@ pub use boot::{console_tail, create, vm_config, wait_agent};
 pub(crate) use checkpoint::create_checkpoint_at;
 pub use checkpoint::{checkpoint_create, checkpoint_list, checkpoint_remove, checkpoint_restore};
 pub use lifecycle::{agent_answers, enter, lock, remove, start, start_with, stop, touch, Started};
-pub(crate) use lifecycle::{ensure_running_locked, start_locked, stop_locked};
+pub(crate) use lifecycle::{ensure_running_locked, start_locked, start_locked_as, stop_locked};
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
