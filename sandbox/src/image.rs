@@ -37,7 +37,7 @@ pub enum ImageError {
         reason: String,
     },
     /// A container image could not be imported (the text says why; nothing is kept).
-    #[error("image import: {0}")]
+    #[error("image: {0}")]
     Import(String),
     /// The sandbox's root disk could not be prepared.
     #[error("root disk: {0}")]
