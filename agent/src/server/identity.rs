@@ -104,11 +104,27 @@ fn set_hostname(h: &str) -> Result<(), ServerError> {
         return Err(err("sethostname")(io::Error::last_os_error()));
     }
     if Path::new("/etc").is_dir() {
-        fs::write("/etc/hostname", format!("{h}\n")).map_err(err("write /etc/hostname"))?;
+        overwrite(Path::new("/etc/hostname"), format!("{h}\n").as_bytes())?;
         let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
-        fs::write("/etc/hosts", hosts_with(&hosts, h)).map_err(err("write /etc/hosts"))?;
+        overwrite(Path::new("/etc/hosts"), hosts_with(&hosts, h).as_bytes())?;
     }
     Ok(())
+}
+
+/// Writes `bytes` over `path` in place: no truncation to zero and no rename over it, the two
+/// patterns after which ext4 (`auto_da_alloc`) writes the file's blocks out synchronously, which
+/// costs seconds where guest kernel code is emulated. Creates the file when missing.
+fn overwrite(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    use std::io::Write;
+    let what = || format!("write {}", path.display());
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err(what()))?;
+    f.write_all(bytes).map_err(err(what()))?;
+    f.set_len(bytes.len() as u64).map_err(err(what()))
 }
 
 /// `/etc/hosts` with its `127.0.1.1` line naming `h` (added when missing), as Debian keeps it;
@@ -137,14 +153,11 @@ fn set_machine_id(id: &str) -> Result<(), ServerError> {
     if !Path::new("/etc").is_dir() {
         return Ok(());
     }
-    let path = Path::new("/etc/machine-id");
-    // It is usually read-only (0444); replace it rather than write through.
-    let tmp = Path::new("/etc/.machine-id.cairn");
-    fs::write(tmp, format!("{id}\n")).map_err(err("write /etc/machine-id"))?;
-    fs::rename(tmp, path).map_err(err("replace /etc/machine-id"))?;
+    // Usually read-only (0444), which root writes through.
+    overwrite(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())?;
     let dbus = Path::new("/var/lib/dbus/machine-id");
     if fs::symlink_metadata(dbus).is_ok_and(|m| m.is_file()) {
-        fs::write(dbus, format!("{id}\n")).map_err(err("write /var/lib/dbus/machine-id"))?;
+        overwrite(dbus, format!("{id}\n").as_bytes())?;
     }
     regenerate_ssh_host_keys();
     Ok(())
