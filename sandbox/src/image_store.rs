@@ -177,7 +177,7 @@ fn build_into(
     f.set_len(disk_bytes)
         .map_err(|e| err(format!("size {}: {e}", disk.display())))?;
     drop(f);
-    run(Command::new("mkfs.ext4")
+    run(Command::new(crate::rootdisk::sbin_tool("mkfs.ext4"))
         .args(["-q", "-F", "-L", "cairn-root", "-E", "root_owner=0:0", "-d"])
         .arg(&root)
         .arg(&disk))?;

@@ -106,7 +106,7 @@ fn grown_base(
         if want > have {
             // -f: the image comes straight from mkfs (clean); the env var makes the lazy inode
             // table init independent of the host kernel's /sys/fs/ext4/features.
-            run(Command::new("resize2fs")
+            run(Command::new(sbin_tool("resize2fs"))
                 .arg("-f")
                 .arg(&tmp)
                 .arg(format!("{gib}G"))
@@ -130,7 +130,7 @@ fn grown_base(
 /// kernel computes it at every first mount, touching a page per block group: 53 s at 100 GiB
 /// under the emulator. Skipped (not an error) for layouts [`overhead_clusters`] does not cover.
 fn record_overhead(image: &Path) -> Result<(), ImageError> {
-    let out = Command::new("dumpe2fs")
+    let out = Command::new(sbin_tool("dumpe2fs"))
         .arg("-h")
         .arg(image)
         .stdin(Stdio::null())
@@ -144,7 +144,7 @@ fn record_overhead(image: &Path) -> Result<(), ImageError> {
     let Some(n) = overhead_clusters(&String::from_utf8_lossy(&out.stdout)) else {
         return Ok(());
     };
-    run(Command::new("debugfs")
+    run(Command::new(sbin_tool("debugfs"))
         .arg("-w")
         .arg("-R")
         .arg(format!("ssv overhead_clusters {n}"))
@@ -190,6 +190,22 @@ pub fn overhead_clusters(dumpe2fs: &str) -> Option<u64> {
     };
     let supers = (0..groups).filter(|&g| has_super(g)).count() as u64;
     Some(first + supers * (1 + gdb + reserved_gdt) + groups * (itb + 2) + journal)
+}
+
+/// An e2fsprogs tool: from `PATH`, else `/usr/sbin` or `/sbin` (not in a normal user's `PATH` on
+/// Debian, and a user in the kvm group creates sandboxes too).
+pub fn sbin_tool(name: &str) -> PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()));
+    if !in_path {
+        for d in ["/usr/sbin", "/sbin"] {
+            let p = Path::new(d).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
 }
 
 fn run(cmd: &mut Command) -> Result<(), ImageError> {
