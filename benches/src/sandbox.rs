@@ -1,5 +1,5 @@
-//! The `cairn` CLI as a user times it, on the Linux guest: `cairn create` (to the agent
-//! answering), a warm `cairn exec` round trip, wake from idle (a stopped sandbox's `cairn exec`)
+//! The `cairn` CLI as a user times it, on the Linux guest: the first `cairn create` (a boot,
+//! keeping the golden checkpoint), later creates from that checkpoint and their first exec, a warm `cairn exec` round trip, wake from idle (a stopped sandbox's `cairn exec`)
 //! to the command's first output byte, and `cairn fork` (with and without starting the fork)
 //! with the disk each fork adds. Runs `cairn` from beside this binary, in a private
 //! `CAIRN_HOME` under `/tmp`.
@@ -83,6 +83,46 @@ fn first_byte_retried(
     Err(last)
 }
 
+/// Creates from the golden checkpoint the first create kept, each then its first exec (to the
+/// first output byte), and the sandbox removed again.
+fn golden_creates(h: &CairnHome, runs: usize, out: &mut Outcome) {
+    let (mut create, mut exec) = (vec![], vec![]);
+    for i in 0..runs {
+        let name = format!("g{i}");
+        let shape = ["--mem", "256", "--disk", "1", "--idle-timeout", "0"];
+        let mut args = vec!["create", name.as_str()];
+        args.extend_from_slice(&shape);
+        let t = Instant::now();
+        match h.command(&args).output() {
+            Ok(o) if o.status.success() => create.push(ms(t.elapsed())),
+            other => {
+                out.failures.push(format!("golden create: {other:?}"));
+                continue;
+            }
+        }
+        match first_byte(h, &["exec", &name, "--", "echo", "x"]) {
+            Ok((f, _)) => exec.push(f),
+            Err(e) => out.failures.push(format!("first exec after create: {e}")),
+        }
+        let _ = h.command(&["rm", &name]).output();
+    }
+    if !create.is_empty() {
+        out.figures.push(figure(
+            "sandbox: cairn create from the golden checkpoint -> agent answers, identity set"
+                .into(),
+            create,
+            "ms",
+        ));
+    }
+    if !exec.is_empty() {
+        out.figures.push(figure(
+            "sandbox: first `cairn exec NEW -- echo x` after a golden create -> first byte".into(),
+            exec,
+            "ms",
+        ));
+    }
+}
+
 /// `cairn-bench sandbox [--runs N]`.
 pub fn sandbox(opts: &Options) -> Outcome {
     let mut out = Outcome::default();
@@ -125,10 +165,13 @@ pub fn sandbox(opts: &Options) -> Outcome {
         return out;
     };
     out.figures.push(figure(
-        "sandbox: cairn create (256 MiB, 1 GiB disk) -> agent answers".into(),
+        "sandbox: first cairn create (256 MiB, 1 GiB disk): boot -> agent answers, keep golden"
+            .into(),
         vec![created],
         "s",
     ));
+    let runs = opts.runs.max(1);
+    golden_creates(&h, runs, &mut out);
     // Something to roll back to if the agent dies (see `first_byte_retried`).
     if !h
         .command(&["checkpoint", "create", "b", "base"])
@@ -138,7 +181,6 @@ pub fn sandbox(opts: &Options) -> Outcome {
         out.failures.push("checkpoint base failed".into());
         return out;
     }
-    let runs = opts.runs.max(1);
     let echo = ["exec", "b", "--", "echo", "x"];
     let mut warm = (vec![], vec![]);
     let mut t_true = vec![];

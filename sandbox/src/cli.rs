@@ -59,7 +59,16 @@ enum Command {
         /// No network interface (by default: a namespace, NAT egress, a resolver; docs/network.md).
         #[arg(long)]
         no_network: bool,
+        /// Boot from scratch instead of restoring the image's golden checkpoint (and keep none).
+        #[arg(long)]
+        cold: bool,
+        /// A named image (`cairn image ls`) instead of the default root disk.
+        #[arg(long, value_name = "IMG")]
+        image: Option<String>,
     },
+    /// Named images: build, import, ls, rm (see docs/images.md).
+    #[command(subcommand)]
+    Image(crate::image_cmd::ImageCmd),
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec {
         /// Sandbox name.
@@ -285,6 +294,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             boot_timeout,
             no_jail,
             no_network,
+            cold,
+            image,
         } => {
             let opts = CreateOptions {
                 cpus,
@@ -294,6 +305,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
                 boot_timeout: Duration::from_secs(boot_timeout),
                 no_jail,
                 no_network,
+                cold,
+                image,
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
@@ -317,6 +330,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             let _ = sandbox::touch(home, &name);
             Ok(code?)
         }
+        Command::Image(c) => Ok(crate::image_cmd::run(home, c)?),
         Command::Cp { src, dst } => cp(home, &src, &dst),
         Command::Console { name } => crate::console::run(home, &name),
         Command::Checkpoint(c) => checkpoint(home, c),

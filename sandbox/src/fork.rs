@@ -130,6 +130,7 @@ pub fn fork(
                 "{new}: forked, but its start failed (hint: `cairn start {new}` tries again, `cairn rm {new}` removes it)"
             );
         })?;
+        crate::identity::apply_to(home, new);
         Some(t.elapsed())
     } else {
         None
@@ -143,7 +144,7 @@ pub fn fork(
 }
 
 /// The new sandbox's files: shared checkpoint chain and disk base, and its own config.
-fn make_files(
+pub(crate) fn make_files(
     src: &Paths,
     src_store: &CheckpointStore,
     ckpt: &str,

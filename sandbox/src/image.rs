@@ -36,6 +36,9 @@ pub enum ImageError {
         /// Why.
         reason: String,
     },
+    /// A container image could not be imported (the text says why; nothing is kept).
+    #[error("image: {0}")]
+    Import(String),
     /// The sandbox's root disk could not be prepared.
     #[error("root disk: {0}")]
     RootDisk(String),
@@ -57,6 +60,18 @@ pub struct GuestImage {
     /// Why the image falls back to the initramfs, to tell the user.
     pub note: Option<String>,
 }
+
+/// `PREFIX/lib/cairn` of an installed `cairn` (`PREFIX/bin/cairn`; see `scripts/install`):
+/// the static agent, the static VMM for jails, the guest recipe and the prebuilt guest image.
+pub fn lib_dir() -> Option<PathBuf> {
+    exe_dir()
+        .and_then(|d| d.parent().map(|p| p.join("lib/cairn")))
+        .filter(|d| d.is_dir())
+}
+
+/// The guest image `scripts/install` built: `PREFIX/lib/cairn/image/guest.txt`, the lines
+/// `guest/build` printed, naming files in that directory.
+pub const INSTALLED_IMAGE: &str = "image/guest.txt";
 
 fn exe_dir() -> Option<PathBuf> {
     std::env::current_exe()
@@ -114,14 +129,15 @@ pub fn agent_binary() -> Result<PathBuf, ImageError> {
     let rel = "x86_64-unknown-linux-gnu/release/cairn-agent";
     let candidates = exe_dir()
         .into_iter()
-        .flat_map(|d| d.ancestors().map(|a| a.join(rel)).collect::<Vec<_>>());
+        .flat_map(|d| d.ancestors().map(|a| a.join(rel)).collect::<Vec<_>>())
+        .chain(lib_dir().map(|d| d.join("cairn-agent")));
     candidates
         .into_iter()
         .find(|p| p.is_file())
         .ok_or_else(|| ImageError::Missing {
             what: "static cairn-agent".into(),
             hint: "RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p cairn-agent \
-                   --target x86_64-unknown-linux-gnu, or set CAIRN_AGENT_BIN"
+                   --target x86_64-unknown-linux-gnu, scripts/install, or set CAIRN_AGENT_BIN"
                 .into(),
         })
 }
@@ -146,12 +162,26 @@ pub fn guest_image() -> Result<GuestImage, ImageError> {
             note: None,
         });
     }
+    let installed = lib_dir().map(|d| d.join(INSTALLED_IMAGE));
     let script = match std::env::var_os("CAIRN_GUEST_BUILD") {
         Some(p) => PathBuf::from(p),
-        None => find_upwards("guest/build").ok_or_else(|| ImageError::Missing {
-            what: "guest/build".into(),
-            hint: "run cairn from its source tree, or set CAIRN_GUEST_BUILD or CAIRN_KERNEL + CAIRN_INITRD".into(),
-        })?,
+        None => {
+            if let Some(img) = installed.as_deref().and_then(installed_image) {
+                return Ok(img);
+            }
+            find_upwards("guest/build")
+                .or_else(|| {
+                    lib_dir()
+                        .map(|d| d.join("guest/build"))
+                        .filter(|p| p.is_file())
+                })
+                .ok_or_else(|| ImageError::Missing {
+                    what: "guest/build".into(),
+                    hint: "run scripts/install, run cairn from its source tree, or set \
+                           CAIRN_GUEST_BUILD or CAIRN_KERNEL + CAIRN_INITRD"
+                        .into(),
+                })?
+        }
     };
     let agent = agent_binary()?;
     if std::env::var_os("CAIRN_ROOTFS").is_some_and(|r| r == "none") {
@@ -198,6 +228,28 @@ fn run_build(script: &Path, agent: &Path, rootfs: bool) -> Result<GuestImage, Im
         script: script.to_path_buf(),
         reason: "no kernel=/initrd=/boot_args= lines on stdout".into(),
     })
+}
+
+/// The guest recipe directory (`guest/`, with `build` and `rootfs/`): the source tree's, else
+/// the installed one.
+pub fn recipe_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CAIRN_GUEST_BUILD") {
+        return PathBuf::from(p).parent().map(Path::to_path_buf);
+    }
+    find_upwards("guest/build")
+        .or_else(|| {
+            lib_dir()
+                .map(|d| d.join("guest/build"))
+                .filter(|p| p.is_file())
+        })
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// The image `scripts/install` prebuilt, when its description and files are all there.
+fn installed_image(desc: &Path) -> Option<GuestImage> {
+    let img = parse_build_output(&std::fs::read_to_string(desc).ok()?)?;
+    let files = [Some(&img.kernel), Some(&img.initrd), img.rootfs.as_ref()];
+    files.iter().flatten().all(|p| p.is_file()).then_some(img)
 }
 
 /// Parses `guest/build`'s `key=value` lines.

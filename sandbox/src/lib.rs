@@ -4,13 +4,18 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
+pub mod content_key;
 pub mod doctor;
 pub mod fork;
+pub mod golden;
+pub mod identity;
 pub mod idle;
 pub mod image;
+pub mod image_store;
 pub mod lock;
 pub mod mcp;
 pub mod net;
+pub mod oci;
 pub mod ports;
 pub mod registry;
 pub mod rootdisk;

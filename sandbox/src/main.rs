@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod cli;
 mod console;
+mod image_cmd;
 mod net_cmd;
 mod ports_cmd;
 mod serve_cmd;

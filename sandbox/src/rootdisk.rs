@@ -1,8 +1,10 @@
 //! Each sandbox's root disk: the Debian ext4 image from `guest/build --rootfs`, grown to the
 //! sandbox's `--disk` size, as the read-only base of the VMM's layered block store.
 //!
-//! The grown image is made once per (rootfs, size) and shared: `$CAIRN_HOME/images/<rootfs
-//! cache entry>-<N>g.ext4`, a sparse copy of the cached rootfs (`cp --sparse=always
+//! The grown image is made once per (rootfs content, size) and shared:
+//! `$CAIRN_HOME/images/root-<content hash>-<N>g.ext4` (the hash of the rootfs's bytes, see
+//! [`crate::content_key`]; never its file or directory name, so two different images with
+//! the same name never share an entry), a sparse copy of the cached rootfs (`cp --sparse=always
 //! --reflink=auto`) enlarged offline with `resize2fs` (lazy inode-table init, so the new block
 //! groups' inode tables are never written: about 30 ms and no extra disk for 100 GiB). Each
 //! sandbox's `disk.img` is a hard link to it. The VMM opens the base read-only and writes only
@@ -24,15 +26,21 @@ pub const ROOT_ARGS: &str =
 /// typos).
 pub const MAX_DISK_GIB: u64 = 64 * 1024;
 
-/// Where the shared grown image for `rootfs` at `gib` GiB lives under `images`.
-pub fn grown_path(images: &Path, rootfs: &Path, gib: u64) -> PathBuf {
-    // The cache entry's directory name carries the rootfs's content key (rootfs-<hash>).
-    let entry = rootfs
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "rootfs".into());
-    images.join(format!("{entry}-{gib}g.ext4"))
+/// Where the shared grown image for a rootfs with content key `key` at `gib` GiB lives
+/// under `images`.
+pub fn grown_path(images: &Path, key: &str, gib: u64) -> PathBuf {
+    images.join(format!("root-{key}-{gib}g.ext4"))
+}
+
+/// Where the content keys of hashed root images are remembered (see [`crate::content_key`]).
+pub fn keys_dir(images: &Path) -> PathBuf {
+    images.join(".keys")
+}
+
+/// The content key of `rootfs` (short hex SHA-256 of its bytes, remembered per file version).
+pub fn rootfs_key(images: &Path, rootfs: &Path) -> Result<String, ImageError> {
+    crate::content_key::short_hash(rootfs, &keys_dir(images))
+        .map_err(|e| ImageError::RootDisk(format!("hash {}: {e}", rootfs.display())))
 }
 
 /// Where the lock over `images` lives: held while an image is made and linked, and by
@@ -80,8 +88,8 @@ fn grown_base(
             have as f64 / f64::from(1 << 30)
         )));
     }
-    let dest = grown_path(images, rootfs, gib);
     fs::create_dir_all(images).map_err(io(format!("create {}", images.display())))?;
+    let dest = grown_path(images, &rootfs_key(images, rootfs)?, gib);
     let _lock = FileLock::acquire(&images_lock(images), Mode::Exclusive)
         .map_err(io(format!("lock {}", images.display())))?;
     if dest.is_file() {
@@ -98,7 +106,7 @@ fn grown_base(
         if want > have {
             // -f: the image comes straight from mkfs (clean); the env var makes the lazy inode
             // table init independent of the host kernel's /sys/fs/ext4/features.
-            run(Command::new("resize2fs")
+            run(Command::new(sbin_tool("resize2fs"))
                 .arg("-f")
                 .arg(&tmp)
                 .arg(format!("{gib}G"))
@@ -122,7 +130,7 @@ fn grown_base(
 /// kernel computes it at every first mount, touching a page per block group: 53 s at 100 GiB
 /// under the emulator. Skipped (not an error) for layouts [`overhead_clusters`] does not cover.
 fn record_overhead(image: &Path) -> Result<(), ImageError> {
-    let out = Command::new("dumpe2fs")
+    let out = Command::new(sbin_tool("dumpe2fs"))
         .arg("-h")
         .arg(image)
         .stdin(Stdio::null())
@@ -136,7 +144,7 @@ fn record_overhead(image: &Path) -> Result<(), ImageError> {
     let Some(n) = overhead_clusters(&String::from_utf8_lossy(&out.stdout)) else {
         return Ok(());
     };
-    run(Command::new("debugfs")
+    run(Command::new(sbin_tool("debugfs"))
         .arg("-w")
         .arg("-R")
         .arg(format!("ssv overhead_clusters {n}"))
@@ -182,6 +190,22 @@ pub fn overhead_clusters(dumpe2fs: &str) -> Option<u64> {
     };
     let supers = (0..groups).filter(|&g| has_super(g)).count() as u64;
     Some(first + supers * (1 + gdb + reserved_gdt) + groups * (itb + 2) + journal)
+}
+
+/// An e2fsprogs tool: from `PATH`, else `/usr/sbin` or `/sbin` (not in a normal user's `PATH` on
+/// Debian, and a user in the kvm group creates sandboxes too).
+pub fn sbin_tool(name: &str) -> PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()));
+    if !in_path {
+        for d in ["/usr/sbin", "/sbin"] {
+            let p = Path::new(d).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
 }
 
 fn run(cmd: &mut Command) -> Result<(), ImageError> {
@@ -265,13 +289,69 @@ Total journal blocks:     8192
     }
 
     #[test]
-    fn grown_path_names_the_cache_entry_and_size() {
-        let p = grown_path(
-            Path::new("/h/images"),
-            Path::new("/c/rootfs-abc/rootfs.ext4"),
-            100,
-        );
-        assert_eq!(p, PathBuf::from("/h/images/rootfs-abc-100g.ext4"));
+    fn grown_path_names_the_content_key_and_size() {
+        let p = grown_path(Path::new("/h/images"), "abc", 100);
+        assert_eq!(p, PathBuf::from("/h/images/root-abc-100g.ext4"));
+    }
+
+    fn mkfs(path: &Path, label: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::File::create(path).unwrap().set_len(64 << 20).unwrap();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-L", label])
+            .arg(path))
+        .unwrap();
+    }
+
+    fn label(image: &Path) -> String {
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Filesystem volume name:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
+    /// The bug: `stock.ext4`, then `custom.ext4` from the same directory (and a
+    /// same-named file elsewhere) each get their own grown image, never an earlier one.
+    #[test]
+    fn different_root_images_never_share_a_grown_image() {
+        if !have("mkfs.ext4") || !have("resize2fs") {
+            eprintln!("SKIP different_root_images_never_share_a_grown_image: no e2fsprogs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        let stock = dir.path().join("imgs/stock.ext4");
+        let custom = dir.path().join("imgs/custom.ext4");
+        let elsewhere = dir.path().join("other/stock.ext4");
+        mkfs(&stock, "stock");
+        mkfs(&custom, "custom");
+        mkfs(&elsewhere, "elsewhere");
+        let mut bases = Vec::new();
+        for (src, want) in [
+            (&stock, "stock"),
+            (&custom, "custom"),
+            (&elsewhere, "elsewhere"),
+        ] {
+            let disk = dir.path().join(format!("{want}.img"));
+            let base = root_disk(&images, src, 1, &disk).unwrap();
+            assert_eq!(label(&disk), want, "{} booted another image", src.display());
+            bases.push(base);
+        }
+        bases.dedup();
+        assert_eq!(bases.len(), 3, "{bases:?}");
+        // An image rewritten in place gets a new entry too.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        mkfs(&stock, "stock2");
+        let disk = dir.path().join("stock2.img");
+        root_disk(&images, &stock, 1, &disk).unwrap();
+        assert_eq!(label(&disk), "stock2");
     }
 
     #[test]

@@ -249,6 +249,14 @@ impl Client {
         })
     }
 
+    /// Makes the guest its own machine after a restore: reseeds its RNG from `req.entropy`,
+    /// sets its hostname and machine-id (see [`crate::proto::IdentityRequest`]).
+    pub fn identity(&mut self, req: &crate::proto::IdentityRequest) -> Result<(), ClientError> {
+        self.simple(ClientMsg::Identity(req.clone()), |m| {
+            matches!(m, AgentMsg::Done)
+        })
+    }
+
     fn simple(
         &mut self,
         req: ClientMsg,

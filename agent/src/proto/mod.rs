@@ -143,6 +143,9 @@ pub enum ClientMsg {
         /// Nanoseconds since the Unix epoch, read on the host just before sending.
         unix_nanos: u64,
     },
+    /// Make this guest its own machine after a restore; answered by `Done`. See
+    /// [`IdentityRequest`] (protocol v2).
+    Identity(IdentityRequest),
 }
 
 /// A TCP connection to open inside the guest (`cairn proxy`, the HTTP router).
@@ -169,6 +172,21 @@ pub struct NetConfig {
     pub gateway: [u8; 4],
     /// Resolvers written to `/etc/resolv.conf` (left alone when empty).
     pub dns: Vec<[u8; 4]>,
+}
+
+/// After a restore (a fork, a create from a golden checkpoint, a wake), what makes this guest
+/// differ from every other guest restored from the same checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRequest {
+    /// Host randomness mixed into the kernel's pool (`RNDADDENTROPY`, credited) before the
+    /// kernel's RNG is reseeded from it at once (`RNDRESEEDCRNG`).
+    #[serde(with = "bytes")]
+    pub entropy: Vec<u8>,
+    /// New hostname (kernel, `/etc/hostname`, the `127.0.1.1` line of `/etc/hosts`).
+    pub hostname: Option<String>,
+    /// New `/etc/machine-id`: 32 lowercase hex digits. Also regenerates SSH host keys where
+    /// the image has them (`ssh-keygen -A`, in the background).
+    pub machine_id: Option<String>,
 }
 
 /// Frames the agent sends after its [`Hello`].
@@ -291,6 +309,12 @@ mod tests {
             ClientMsg::SetClock {
                 unix_nanos: 1 << 60,
             },
+            ClientMsg::Identity(IdentityRequest {
+                entropy: vec![9; 64],
+                hostname: Some("box".into()),
+                machine_id: Some("0".repeat(32)),
+            }),
+            ClientMsg::Identity(IdentityRequest::default()),
         ]
     }
 

@@ -1,6 +1,7 @@
 //! The guest side: accepts connections and serves one request on each, one thread per connection.
 
 mod exec;
+mod identity;
 mod loopback;
 pub mod netcfg;
 mod pty;
@@ -61,6 +62,15 @@ pub enum ServerError {
     /// The client closed the connection in the middle of a `Put`.
     #[error("client closed the connection in the middle of a put")]
     PutTruncated,
+    /// Setting the guest's identity (entropy, hostname, machine-id) failed.
+    #[error("identity: {what}")]
+    Identity {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The process could not be started.
     #[error("cannot run {argv0:?}")]
     Spawn {
@@ -172,6 +182,7 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
         ClientMsg::SetClock { unix_nanos } => netcfg::set_clock(unix_nanos)
             .map(|()| Some(AgentMsg::Done))
             .map_err(ServerError::from),
+        ClientMsg::Identity(req) => identity::apply(&req).map(|()| Some(AgentMsg::Done)),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -235,6 +246,7 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::DataEnd => "DataEnd",
         ClientMsg::NetConfigure(_) => "NetConfigure",
         ClientMsg::SetClock { .. } => "SetClock",
+        ClientMsg::Identity(_) => "Identity",
     }
 }
 

@@ -198,15 +198,39 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
         return Err(RegistryError::NameTaken(name.to_string()).into());
     }
     let pb = spinner("guest image (guest/build; the first run builds a kernel)".into());
+    let t = Instant::now();
     let img = image::guest_image();
     pb.finish_and_clear();
-    let img = img?;
+    if std::env::var_os("CAIRN_TIMES").is_some() {
+        eprintln!(
+            "{name}: guest image in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let mut img = img?;
+    if let Some(named) = &opts.image {
+        img.rootfs = Some(crate::image_store::rootfs_of(home, named)?);
+    }
     if let Some(note) = &img.note {
         eprintln!("cairn: note: {note}");
     }
     let paths = home.paths(name);
     check_socket_path(&paths.api)?;
     check_socket_path(&paths.vsock)?;
+    let t = Instant::now();
+    let golden_key = crate::golden::key_for(home, &img, opts);
+    if std::env::var_os("CAIRN_TIMES").is_some() {
+        eprintln!(
+            "{name}: golden key in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    if let Some(k) = golden_key
+        .as_deref()
+        .filter(|k| crate::golden::lookup(home, k).is_some())
+    {
+        return crate::golden::create_from(home, k, name, opts);
+    }
     fs::create_dir_all(&paths.dir).map_err(io_err(format!("create {}", paths.dir.display())))?;
     let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
         .map_err(io_err(format!("lock {}", paths.lock.display())))?;
@@ -227,6 +251,10 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     match booted {
         Ok(pid) => {
             reg.set_state(name, State::Running, Some(pid))?;
+            if let Some(k) = &golden_key {
+                crate::golden::keep_from(home, &mut reg, name, k, &img);
+            }
+            crate::identity::apply_to(home, name);
             if opts.idle_timeout > 0 {
                 crate::idle::spawn_watcher(home, name, &paths)?;
             }

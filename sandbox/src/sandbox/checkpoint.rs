@@ -68,7 +68,7 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     )?;
     reg.set_head(name, Some(ckpt))?;
     let pid = r.pid.unwrap_or(0);
-    wait_agent(
+    let (_, mut agent) = wait_agent(
         &paths,
         pid,
         Duration::from_secs(60),
@@ -76,6 +76,8 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
         from,
     )?;
     crate::net::guest::after_agent(&paths, true)?;
+    // A second restore of one checkpoint would repeat the first's RNG output: reseed.
+    crate::identity::apply(&mut agent, name, None);
     reg.touch(name)?;
     eprintln!(
         "{name}: restored {ckpt} in {:.2} s",

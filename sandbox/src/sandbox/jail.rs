@@ -219,6 +219,15 @@ pub fn works_in_jail(paths: &Paths, pid: u32) -> bool {
     works_in(&jail_root(paths), pid)
 }
 
+/// The `cairn-vmm` binary a sandbox runs: the static one when jailed.
+pub fn vmm_binary(jailed: bool) -> Result<PathBuf, ImageError> {
+    if jailed {
+        binary("CAIRN_STATIC_VMM", "cairn-vmm", STATIC_BUILD)
+    } else {
+        crate::image::vmm_binary()
+    }
+}
+
 fn binary(env: &str, name: &str, hint: &str) -> Result<PathBuf, ImageError> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(p.into());
@@ -230,6 +239,7 @@ fn binary(env: &str, name: &str, hint: &str) -> Result<PathBuf, ImageError> {
     exe_dir
         .iter()
         .flat_map(|d| d.ancestors().map(|a| a.join(&rel)).collect::<Vec<_>>())
+        .chain(crate::image::lib_dir().map(|d| d.join(name)))
         .find(|p| p.is_file())
         .ok_or_else(|| ImageError::Missing {
             what: format!("{name} for jailed sandboxes"),

@@ -67,6 +67,18 @@ pub(crate) fn start_locked(
     r: &Record,
     ckpt: Option<&str>,
 ) -> Result<Option<Client>, SandboxError> {
+    start_locked_as(home, reg, r, ckpt, None)
+}
+
+/// [`start_locked`]; with `new_identity`, the restored guest also gets that hostname and a new
+/// machine-id in the same agent request that reseeds its RNG (see [`crate::identity`]).
+pub(crate) fn start_locked_as(
+    home: &Home,
+    reg: &mut Registry,
+    r: &Record,
+    ckpt: Option<&str>,
+    new_identity: Option<&str>,
+) -> Result<Option<Client>, SandboxError> {
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
     let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
@@ -104,7 +116,11 @@ pub(crate) fn start_locked(
         .and_then(|ok| Ok(crate::net::guest::after_agent(&paths, true).map(|()| ok)?))
     })();
     let agent = match result {
-        Ok((_, agent)) => agent,
+        Ok((_, mut agent)) => {
+            // Every restore of one checkpoint starts with the same RNG state: reseed it.
+            crate::identity::apply(&mut agent, &r.name, new_identity);
+            agent
+        }
         Err(e) => {
             kill_vmm(pid);
             return Err(e);

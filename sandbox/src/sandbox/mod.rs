@@ -17,7 +17,7 @@ pub use boot::{console_tail, create, vm_config, wait_agent};
 pub(crate) use checkpoint::create_checkpoint_at;
 pub use checkpoint::{checkpoint_create, checkpoint_list, checkpoint_remove, checkpoint_restore};
 pub use lifecycle::{agent_answers, enter, lock, remove, start, start_with, stop, touch, Started};
-pub(crate) use lifecycle::{ensure_running_locked, start_locked, stop_locked};
+pub(crate) use lifecycle::{ensure_running_locked, start_locked, start_locked_as, stop_locked};
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
@@ -175,7 +175,7 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The files of the sandbox whose directory is `dir`.
+    /// The files of a sandbox-shaped directory `dir` (a sandbox's, or a golden entry's).
     pub fn at(dir: PathBuf) -> Paths {
         Paths::new(dir)
     }
@@ -237,6 +237,10 @@ pub struct CreateOptions {
     pub no_jail: bool,
     /// No network (`--no-network`); see [`crate::net`].
     pub no_network: bool,
+    /// Boot from scratch, neither using nor keeping a golden checkpoint (`--cold`).
+    pub cold: bool,
+    /// A named image (`--image`, see [`crate::image_store`]) instead of the default root disk.
+    pub image: Option<String>,
 }
 
 impl Default for CreateOptions {
@@ -249,6 +253,8 @@ impl Default for CreateOptions {
             boot_timeout: Duration::from_secs(300),
             no_jail: false,
             no_network: false,
+            cold: false,
+            image: None,
         }
     }
 }

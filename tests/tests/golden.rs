@@ -1,0 +1,92 @@
+//! Golden checkpoints end to end: the first `cairn create` of an image and shape boots and keeps
+//! a golden checkpoint, later creates restore it, `--cold` boots; and every sandbox created or
+//! forked from one checkpoint is its own machine (RNG, machine-id, hostname), and has /dev/pts.
+
+use std::time::Duration;
+
+use cairn_tests::kvm_available;
+use cairn_tests::sandbox::CairnHome;
+
+/// uuid, machine-id, hostname, 16 bytes of /dev/urandom: one per line.
+const PROBE: &str = "cat /proc/sys/kernel/random/uuid /etc/machine-id /proc/sys/kernel/hostname; \
+                     od -An -N16 -tx1 /dev/urandom | tr -d ' \\n'; echo";
+
+fn probe(h: &CairnHome, name: &str) -> Vec<String> {
+    let out = h.sh(name, PROBE);
+    let lines: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    assert_eq!(lines.len(), 4, "{out:?}");
+    lines
+}
+
+fn all_differ(a: &[String], b: &[String], what: &str) {
+    for (i, item) in ["uuid", "machine-id", "hostname", "urandom"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(a[i], b[i], "{what}: {item} is the same: {a:?} {b:?}");
+    }
+}
+
+fn golden_entries(h: &CairnHome) -> usize {
+    std::fs::read_dir(h.home.path().join("golden"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("golden.json").is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn creates_restore_the_golden_checkpoint_and_each_sandbox_is_its_own_machine() {
+    let name = "creates_restore_the_golden_checkpoint_and_each_sandbox_is_its_own_machine";
+    if !kvm_available(name) {
+        return;
+    }
+    let h = CairnHome::new();
+    let shape = ["--mem", "256", "--disk", "1", "--idle-timeout", "0"];
+    let first = h.create("a", &shape);
+    assert_eq!(
+        golden_entries(&h),
+        1,
+        "the first create keeps a golden checkpoint"
+    );
+    let b = h.create("b", &shape);
+    let c = h.create("c", &shape);
+    eprintln!(
+        "create: first (boot + golden) {:.2} s, from golden {:.2} s and {:.2} s",
+        first.as_secs_f64(),
+        b.as_secs_f64(),
+        c.as_secs_f64()
+    );
+    for n in ["b", "c"] {
+        assert_eq!(h.row(n)["head_checkpoint"], "golden", "{n} restored it");
+    }
+    assert!(b < first && c < first, "restoring beats booting");
+
+    // Two sandboxes restored from one checkpoint differ in everything that names a machine.
+    let pb = probe(&h, "b");
+    let pc = probe(&h, "c");
+    assert_eq!((pb[2].as_str(), pc[2].as_str()), ("b", "c"));
+    all_differ(&pb, &pc, "golden creates b and c");
+    assert_eq!(pb[1].len(), 32, "{pb:?}");
+
+    // Two forks of one checkpoint, likewise.
+    h.ok(&["checkpoint", "create", "b", "k"]);
+    h.restore_like(&["fork", "b", "k", "f1"], &["start", "f1"]);
+    h.restore_like(&["fork", "b", "k", "f2"], &["start", "f2"]);
+    let p1 = probe(&h, "f1");
+    let p2 = probe(&h, "f2");
+    assert_eq!((p1[2].as_str(), p2[2].as_str()), ("f1", "f2"));
+    all_differ(&p1, &p2, "forks f1 and f2");
+
+    // A terminal: /dev/pts is mounted.
+    let (code, out) = h.exec("c", &["sh", "-c", "mountpoint -q /dev/pts && echo pts"]);
+    assert_eq!((code, out.trim()), (0, "pts"));
+
+    // --cold boots from scratch and keeps no second entry.
+    let cold = h.create("d", &[&shape[..], &["--cold"]].concat());
+    assert!(h.row("d")["head_checkpoint"].is_null(), "{}", h.row("d"));
+    assert_eq!(golden_entries(&h), 1);
+    assert!(cold > Duration::from_millis(0));
+}
