@@ -436,7 +436,14 @@ fn fmt_num(v: &serde_json::Value) -> String {
 }
 
 fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
-    let rows: Vec<Record> = home.registry()?.list()?;
+    let mut reg = home.registry()?;
+    let mut rows: Vec<Record> = reg.list()?;
+    for r in &mut rows {
+        if let Some(h) = cairn_sandbox::reconcile::follow_store(&mut reg, r, &home.paths(&r.name))?
+        {
+            r.head_checkpoint = Some(h);
+        }
+    }
     if json {
         let v: Vec<_> = rows.iter().map(sandbox::ls_json).collect();
         println!("{}", serde_json::Value::Array(v));

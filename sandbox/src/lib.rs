@@ -9,6 +9,7 @@ pub mod fork;
 pub mod idle;
 pub mod image;
 pub mod lock;
+pub mod reconcile;
 pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;

@@ -309,9 +309,10 @@ impl Controller {
                 Err(e) => refused(e),
             },
             ApiRequest::RestoreCheckpoint(c) => {
-                let console = ConsoleIo {
+                let input = self.console_input;
+                let console = move || ConsoleIo {
                     output: Box::new(StdoutConsole),
-                    input: self.console_input,
+                    input,
                 };
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);

@@ -69,7 +69,8 @@ pub(crate) fn start_locked(
 ) -> Result<Option<Client>, SandboxError> {
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
-    let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
+    let synced = crate::reconcile::follow_store(reg, r, &paths)?;
+    let Some(head) = ckpt.or(synced.as_deref()).or(r.head_checkpoint.as_deref()) else {
         return cold_start_locked(home, reg, r).map(|()| None);
     };
     let head = head.to_string();

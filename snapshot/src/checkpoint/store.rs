@@ -18,6 +18,11 @@ pub const MEM_LAYER_FILE: &str = "mem.layer";
 /// The metadata file's name in a checkpoint directory; its presence marks the checkpoint complete.
 pub const META_FILE: &str = "meta.json";
 
+/// Where a running VM's active disk deltas and its `HEAD` live, under the store's root.
+pub const ACTIVE_DIR: &str = ".active";
+/// Names the checkpoint the active deltas sit on (empty: the bare base images), in [`ACTIVE_DIR`].
+pub const HEAD_FILE: &str = "HEAD";
+
 /// The disk layer's name for `drive_id`: `disk.<drive_id>.layer`.
 pub fn disk_layer_file(drive_id: &str) -> String {
     format!("disk.{drive_id}.layer")
@@ -69,6 +74,54 @@ impl CheckpointStore {
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory of the running VM's active disk deltas and `HEAD`.
+    pub fn active_dir(&self) -> PathBuf {
+        self.root.join(ACTIVE_DIR)
+    }
+
+    /// The active disk delta of `drive_id`.
+    pub fn active_delta(&self, drive_id: &str) -> PathBuf {
+        self.active_dir().join(format!("{drive_id}.active"))
+    }
+
+    /// The head: the checkpoint the VM last took or restored, if `HEAD` names a complete one. This
+    /// is the truth about where a VM without a VMM resumes; other records follow it.
+    pub fn head(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.active_dir().join(HEAD_FILE)).ok()?;
+        let h = text.trim();
+        (!h.is_empty() && self.exists(h)).then(|| h.to_string())
+    }
+
+    /// Record `head` (None: the bare base images) atomically.
+    pub fn set_head(&self, head: Option<&str>) -> Result<()> {
+        let dir = self.active_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create active dir", &dir, e))?;
+        crate::file::write_bytes_atomic(&dir.join(HEAD_FILE), head.unwrap_or_default().as_bytes())
+    }
+
+    /// Check that [`CheckpointStore::set_head`] can succeed (the active directory takes a new
+    /// file, `HEAD` is not a directory), without changing the head: a restore checks this before
+    /// it touches the running VM.
+    pub fn check_head_writable(&self) -> Result<()> {
+        let dir = self.active_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create active dir", &dir, e))?;
+        let head = dir.join(HEAD_FILE);
+        if let Ok(m) = std::fs::symlink_metadata(&head) {
+            if !m.is_file() {
+                return Err(Error::io(
+                    "check head",
+                    &head,
+                    std::io::Error::other("not a regular file"),
+                ));
+            }
+        }
+        let probe = dir.join(".write-probe");
+        let r =
+            std::fs::write(&probe, b"probe").and_then(|()| std::fs::File::open(&probe)?.sync_all());
+        let _ = std::fs::remove_file(&probe);
+        r.map_err(|e| Error::io("write to the active directory", &dir, e))
     }
 
     /// The directory of checkpoint `name` (which need not exist).
@@ -194,6 +247,33 @@ impl CheckpointStore {
         }
         chain.reverse();
         Ok(chain)
+    }
+
+    /// Check everything about restoring `name` that can be checked without a VM: the chain, its state
+    /// file, every memory layer (index, size, geometry) and every disk layer (index, file). Returns
+    /// the memory chain. A restore calls this before it touches the running VM.
+    pub fn check_restorable(&self, name: &str) -> Result<LayerChain> {
+        let chain = self.chain_to(name)?;
+        let state = self.dir_of(name)?.join(STATE_FILE);
+        let is_file = std::fs::metadata(&state)
+            .map_err(|e| Error::io("stat state file", &state, e))?
+            .is_file();
+        if !is_file {
+            return Err(Error::InvalidMeta(format!(
+                "{} is not a file",
+                state.display()
+            )));
+        }
+        let memory = self.memory_chain(name)?;
+        for m in &chain {
+            let dir = self.dir_of(&m.name)?;
+            for d in &m.disks {
+                let p = dir.join(&d.layer_file);
+                BlockIndex::load(&index_path(&p))?;
+                std::fs::metadata(&p).map_err(|e| Error::io("stat disk layer", &p, e))?;
+            }
+        }
+        Ok(memory)
     }
 
     /// The memory layer files to map for restoring `name`, base first.
@@ -467,6 +547,45 @@ pub(crate) mod tests {
         store.commit(&m).unwrap();
         assert!(store.exists("x"));
         assert!(matches!(store.chain_to("../x"), Err(Error::InvalidName(_))));
+    }
+
+    #[test]
+    fn head_and_restorable_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0u8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(
+            &store,
+            "b",
+            Some("a"),
+            2,
+            &PageIndex::from_ranges([(1, 1)]),
+            &mut disk,
+        );
+        assert_eq!(store.head(), None);
+        store.set_head(Some("b")).unwrap();
+        assert_eq!(store.head().as_deref(), Some("b"));
+        assert!(store.active_dir().join(HEAD_FILE).is_file());
+        store.check_restorable("b").unwrap();
+        store.check_head_writable().unwrap();
+        // A truncated base layer makes every checkpoint above it unrestorable.
+        let layer = store.dir_of("a").unwrap().join(MEM_LAYER_FILE);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&layer)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert!(store.check_restorable("b").is_err());
+        // A HEAD that is a directory cannot be replaced.
+        let head = store.active_dir().join(HEAD_FILE);
+        std::fs::remove_file(&head).unwrap();
+        std::fs::create_dir(&head).unwrap();
+        assert!(store.check_head_writable().is_err());
+        assert_eq!(store.head(), None);
     }
 
     #[test]
