@@ -50,6 +50,7 @@
 //!     }],
 //!     pause_ms: 0.1,
 //!     write_ms: 1.0,
+//!     files: Default::default(),
 //! })?;
 //!
 //! // Restore: the mapping plan for memory, and the disk with a fresh active delta.

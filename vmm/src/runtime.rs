@@ -247,6 +247,7 @@ impl Runtime {
             ck.open_disk(cfg, Some(name))
         })?;
         ck.set_head(Some(name.to_string()))?;
+        ck.verify_in_background(name, machine.exit_signal().clone());
         self.machine = Some(machine);
         // The next restore finds its VM made (vstate/prewarm.rs).
         crate::vstate::prewarm::start();

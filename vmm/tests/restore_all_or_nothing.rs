@@ -83,3 +83,56 @@ fn a_bad_checkpoint_leaves_the_running_vm_alone() {
     wait_dots(&mut rt, &fresh, 0);
     assert!(Path::new(&head).is_file());
 }
+
+#[test]
+fn swapped_files_are_refused_and_corrupt_memory_stops_the_guest() {
+    if !kvm_available("swapped_files_are_refused_and_corrupt_memory_stops_the_guest") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path().join("ckpts");
+    let mut spec = BuildSpec::linux(guests::TICKER64);
+    spec.mem_size_mib = 32;
+    spec.checkpoint_dir = Some(ckpts.clone());
+    spec.track_dirty_pages = true;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    for name in ["one", "two"] {
+        let seen = out.dots();
+        wait_dots(&mut rt, &out, seen + 1);
+        rt.create_checkpoint(Some(name)).unwrap();
+    }
+    // Another checkpoint's state under "one"'s name is refused; the VM runs on.
+    let original = std::fs::read(ckpts.join("one/state")).unwrap();
+    std::fs::copy(ckpts.join("two/state"), ckpts.join("one/state")).unwrap();
+    let e = restore_fails(&mut rt, "one");
+    assert!(e.contains("not the file"), "{e}");
+    still_running(&mut rt, &out, &e);
+    std::fs::write(ckpts.join("one/state"), original).unwrap();
+
+    // 16 flipped bytes in a page "two" holds: the restore is not slowed by a check, but the
+    // background check stops the guest instead of letting it run on wrong memory.
+    let layer = ckpts.join("two/mem.layer");
+    let index = cairn_snapshot::memory::open_layer(&layer).unwrap();
+    let at = index.pages.ranges()[0].byte_offset() + 100;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&layer)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 16], at).unwrap();
+    drop(f);
+    let fresh = Capture::default();
+    rt.restore_checkpoint("two", None, true, None, || console(&fresh))
+        .unwrap();
+    let reason = rt
+        .run_until_exit(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    assert!(
+        matches!(
+            reason,
+            cairn_vmm::vstate::vcpu::ExitReason::CorruptMemory(_)
+        ),
+        "{reason:?}"
+    );
+}

@@ -24,6 +24,7 @@ use crate::checkpoint::state::{capture, write_state};
 use crate::checkpoint::verify;
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
+use crate::vstate::vcpu::{ExitReason, ExitSignal};
 use cairn_snapshot::memory::PageIndex;
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
@@ -53,6 +54,9 @@ impl CheckpointManager {
         let removed = store.cleanup_incomplete().map_err(snap_err)?;
         for name in removed {
             tracing::warn!("removed incomplete checkpoint {name} (interrupted earlier)");
+        }
+        for name in store.finish_interrupted_deletes().map_err(snap_err)? {
+            tracing::warn!("finished deleting checkpoint {name} (interrupted earlier)");
         }
         std::fs::create_dir_all(store.active_dir()).map_err(VmmError::io("active delta dir"))?;
         let head = store.head();
@@ -138,6 +142,34 @@ impl CheckpointManager {
     /// Forget the drives of a machine that is gone.
     pub fn release_drives(&mut self) {
         self.drives.clear();
+    }
+
+    /// Check `name`'s memory layers against their chunk checksums on a background thread, so a
+    /// restore is not slower; a layer that fails (twice: a delete may rewrite an index meanwhile)
+    /// stops the machine through `exit` with [`ExitReason::CorruptMemory`].
+    pub fn verify_in_background(&self, name: &str, exit: Arc<ExitSignal>) {
+        let (store, owned) = (self.store.clone(), name.to_string());
+        let spawned = std::thread::Builder::new()
+            .name("cairn-verify".into())
+            .spawn(move || {
+                let name = owned;
+                let started = Instant::now();
+                let Err(e) = store.verify_memory(&name) else {
+                    tracing::debug!("memory of {name} verified in {:?}", started.elapsed());
+                    return;
+                };
+                if !matches!(e, cairn_snapshot::Error::LayerChecksum { .. }) {
+                    tracing::warn!("could not verify the memory of {name}: {e}");
+                    return;
+                }
+                if let Err(e) = store.verify_memory(&name) {
+                    tracing::error!("checkpoint {name}: {e}; stopping the VM");
+                    exit.signal(ExitReason::CorruptMemory(e.to_string()));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("could not start verifying the memory of {name}: {e}");
+        }
     }
 
     /// Mark `name` as the running VM's parent (after restoring it).
@@ -272,6 +304,7 @@ impl CheckpointManager {
             disks,
             pause_ms: 0.0,
             write_ms: start.elapsed().as_secs_f64() * 1e3,
+            files: Default::default(),
         };
         Ok((meta, dir))
     }
