@@ -74,6 +74,7 @@ pub mod error;
 pub mod file;
 pub mod memory;
 pub mod persist;
+pub mod safe_path;
 
 pub use error::{Error, Result};
 pub use persist::Persist;
