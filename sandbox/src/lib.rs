@@ -6,6 +6,7 @@
 
 pub mod doctor;
 pub mod fork;
+pub mod host_fit;
 pub mod idle;
 pub mod image;
 pub mod lock;

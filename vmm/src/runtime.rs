@@ -231,10 +231,12 @@ impl Runtime {
         for s in &self.persistent {
             self.event_loop.add(s.clone());
         }
+        // Paused until the head is recorded: a head that cannot be written (full disk) fails the
+        // restore before the guest has run at all.
         let opts = RestoreOptions {
             memory_layers: layers,
             track_dirty_pages: true,
-            resume,
+            resume: false,
             network_overrides: vec![],
             vsock_uds_path,
         };
@@ -246,8 +248,12 @@ impl Runtime {
         let machine = restore_machine(state, &opts, console, &mut self.event_loop, &mut |cfg| {
             ck.open_disk(cfg, Some(name))
         })?;
+        let mut machine = machine;
         ck.set_head(Some(name.to_string()))?;
         ck.verify_in_background(name, machine.exit_signal().clone());
+        if resume {
+            machine.resume()?;
+        }
         self.machine = Some(machine);
         // The next restore finds its VM made (vstate/prewarm.rs).
         crate::vstate::prewarm::start();
