@@ -444,3 +444,22 @@ fn copies_out_plant_no_privileges_and_land_in_existing_directories() {
     assert_eq!(mode(&out.join("sh")), 0o777 & allowed);
     assert_eq!(fs::read(out.join("sh")).unwrap(), b"#!/bin/sh\n");
 }
+
+#[test]
+fn exec_failures_have_shell_exit_codes() {
+    use cairn_agent::client::exit_code::{exit_code_of, NOT_EXECUTABLE, NOT_FOUND};
+    let a = agent();
+    let mut c = a.client();
+    let run = |c: &mut cairn_agent::client::Client, argv: &[&str]| {
+        c.exec(&req(argv), std::io::empty(), Vec::new(), Vec::new())
+    };
+    let e = run(&mut c, &["/no/such/command"]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_FOUND, "{e}");
+    let e = run(&mut c, &["no-such-command-anywhere"]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_FOUND, "{e}");
+    let plain = a.dir.path().join("plain.txt");
+    fs::write(&plain, b"not a program").unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = run(&mut c, &[plain.to_str().unwrap()]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_EXECUTABLE, "{e}");
+}

@@ -219,6 +219,18 @@ pub enum CliError {
     Io(#[from] io::Error),
 }
 
+/// The exit code for a failed command: 127/126 for an exec whose command is not found / not
+/// executable, else 125 (cairn failed; see cairn_agent::client::exit_code). Never 1.
+pub fn exit_code(e: &CliError) -> u8 {
+    match e {
+        CliError::Agent(a) => cairn_agent::client::exit_code::exit_code_of(a),
+        CliError::Sandbox(SandboxError::Agent(a)) => {
+            cairn_agent::client::exit_code::exit_code_of(a)
+        }
+        _ => cairn_agent::client::exit_code::CAIRN_FAILED,
+    }
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {

@@ -13,6 +13,7 @@
 //! # Ok::<(), cairn_agent::client::ClientError>(())
 //! ```
 
+pub mod exit_code;
 pub mod tty;
 
 use crate::proto::{

@@ -111,11 +111,18 @@ pub(crate) fn start_locked(
         }
     };
     reg.set_running_from(&r.name, pid, &head)?;
-    eprintln!(
-        "{}: started from checkpoint {head} in {:.2} s",
+    // Into the console log, not stderr: a wake by `exec` must keep the command's streams its own.
+    let notice = format!(
+        "cairn: {}: started from checkpoint {head} in {:.2} s\n",
         r.name,
         start.elapsed().as_secs_f64()
     );
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&paths.console)
+    {
+        let _ = std::io::Write::write_all(&mut log, notice.as_bytes());
+    }
     if r.idle_timeout > 0 {
         crate::idle::spawn_watcher(home, &r.name, &paths)?;
     }
