@@ -247,6 +247,7 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
     if let Some(c) = &ckpt {
         reg.set_head(&r.name, Some(c))?;
     }
+    crate::prune::prune_automatic(&r.api_sock, ckpt.as_deref());
     kill_vmm(pid);
     reg.set_state(&r.name, State::Stopped, None)?;
     Ok(ckpt)

@@ -312,6 +312,12 @@ impl LayerIndex {
         } else {
             0
         };
+        if flags & FLAG_CHUNK_CRCS != 0 && chunks == 0 {
+            // One encoding per index: no memory, no checksums, no flag.
+            return Err(Error::InvalidIndex(
+                "chunk checksums for an empty memory".into(),
+            ));
+        }
         let body = ((p.len() - PAYLOAD_HEADER) as u64).saturating_sub(chunks.saturating_mul(8));
         if (p.len() - PAYLOAD_HEADER) as u64 != body.saturating_add(chunks.saturating_mul(8))
             || count.checked_mul(16) != Some(body)
