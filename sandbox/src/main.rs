@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod cli;
 mod console;
+mod exec_timeout;
 
 use clap::Parser;
 use std::process::ExitCode;
