@@ -80,6 +80,14 @@ enum Command {
     /// Named checkpoints of a sandbox.
     #[command(subcommand)]
     Checkpoint(CheckpointCmd),
+    /// Print a sandbox's console log (guest serial output and VMM messages).
+    Logs {
+        /// Sandbox name.
+        name: String,
+        /// Keep printing what is appended, until the sandbox is removed (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List sandboxes with their live state.
     Ls {
         /// JSON output.
@@ -290,6 +298,10 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         Command::Cp { src, dst } => cp(home, &src, &dst),
         Command::Console { name } => crate::console::run(home, &name),
         Command::Checkpoint(c) => checkpoint(home, c),
+        Command::Logs { name, follow } => {
+            cairn_sandbox::logs::logs(home, &name, follow, &mut io::stdout().lock())?;
+            Ok(0)
+        }
         Command::Ls { json } => ls(home, json),
         Command::Stop { name } => {
             match sandbox::stop(home, &name)? {

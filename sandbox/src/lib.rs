@@ -10,6 +10,7 @@ pub mod host_fit;
 pub mod idle;
 pub mod image;
 pub mod lock;
+pub mod logs;
 pub mod prune;
 pub mod reconcile;
 pub mod registry;
