@@ -56,6 +56,9 @@ enum Command {
         /// As root, run the VMM unjailed (also CAIRN_NO_JAIL=1); kept for the sandbox's life.
         #[arg(long)]
         no_jail: bool,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a command in a sandbox; exits with the command's exit code.
     Exec {
@@ -98,6 +101,9 @@ enum Command {
     Stop {
         /// Sandbox name.
         name: String,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Start a stopped sandbox from its latest checkpoint (or boot it from its disk when it
     /// has none); reboots one whose agent does not answer.
@@ -107,6 +113,9 @@ enum Command {
         /// Boot a fresh VM from the sandbox's disk instead (files kept, processes lost).
         #[arg(long)]
         cold: bool,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Make a new sandbox from a checkpoint of another (copy-on-write memory and disk), and
     /// start it.
@@ -120,11 +129,17 @@ enum Command {
         /// Leave the new sandbox stopped (its first exec wakes it).
         #[arg(long)]
         no_start: bool,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
     Rm {
         /// Sandbox name.
         name: String,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Find and repair what crashes left behind (dead VMMs, stale files, stray directories),
     /// one line per finding with what was done.
@@ -264,6 +279,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             idle_timeout,
             boot_timeout,
             no_jail,
+            json,
         } => {
             let opts = CreateOptions {
                 cpus,
@@ -275,6 +291,9 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
+            if json {
+                return print_row(home, &name);
+            }
             println!(
                 "{name}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
                 start.elapsed().as_secs_f64(),
@@ -303,15 +322,23 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Ls { json } => ls(home, json),
-        Command::Stop { name } => {
-            match sandbox::stop(home, &name)? {
+        Command::Stop { name, json } => {
+            let stopped = sandbox::stop(home, &name)?;
+            if json {
+                return print_row(home, &name);
+            }
+            match stopped {
                 Some(c) => println!("{name}: stopped at checkpoint {c}"),
                 None => println!("{name}: not running"),
             }
             Ok(0)
         }
-        Command::Start { name, cold } => {
-            match sandbox::start_with(home, &name, cold)? {
+        Command::Start { name, cold, json } => {
+            let started = sandbox::start_with(home, &name, cold)?;
+            if json {
+                return print_row(home, &name);
+            }
+            match started {
                 sandbox::Started::AlreadyRunning => println!("{name}: already running"),
                 sandbox::Started::Started => println!("{name}: running"),
                 sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
@@ -323,8 +350,12 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             ckpt,
             new,
             no_start,
+            json,
         } => {
             let f = cairn_sandbox::fork::fork(home, &name, &ckpt, &new, !no_start)?;
+            if json {
+                return print_row(home, &new);
+            }
             println!(
                 "{new}: forked from {name} at {ckpt} in {:.2} s ({} checkpoints, {} files shared, {:.1} MiB copied){}",
                 f.fork_time.as_secs_f64(),
@@ -338,8 +369,12 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
-        Command::Rm { name } => {
+        Command::Rm { name, json } => {
             sandbox::remove(home, &name)?;
+            if json {
+                println!("{}", serde_json::json!({"name": name, "removed": true}));
+                return Ok(0);
+            }
             println!("{name}: removed");
             Ok(0)
         }
@@ -457,6 +492,13 @@ fn fmt_num(v: &serde_json::Value) -> String {
         Some(f) => format!("{f:.1}"),
         None => "-".into(),
     }
+}
+
+/// `--json` on create, fork, start and stop: the sandbox's row as `ls --json` prints it.
+fn print_row(home: &Home, name: &str) -> Result<u8, CliError> {
+    let r = home.registry()?.get(name)?;
+    println!("{}", sandbox::ls_json(&r));
+    Ok(0)
 }
 
 fn ls(home: &Home, json: bool) -> Result<u8, CliError> {

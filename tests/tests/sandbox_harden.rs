@@ -45,3 +45,21 @@ fn checkpoint_names_follow_the_sandbox_name_rules() {
         );
     }
 }
+
+#[test]
+fn json_is_accepted_by_create_fork_start_stop_and_rm() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["create", "x", "--mem", "99999999", "--json"][..],
+        &["fork", "a", "c1", "b", "--json"],
+        &["start", "nope", "--json"],
+        &["stop", "nope", "--json"],
+        &["rm", "nope", "--json"],
+    ] {
+        let (ok, err, _) = cairn(home.path(), args);
+        // Parsed, then refused for what it is (no such sandbox, too large), not as a usage error.
+        assert!(!ok, "{args:?}");
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+        assert!(err.starts_with("cairn: "), "{args:?}: {err}");
+    }
+}
