@@ -63,3 +63,44 @@ fn json_is_accepted_by_create_fork_start_stop_and_rm() {
         assert!(err.starts_with("cairn: "), "{args:?}: {err}");
     }
 }
+
+/// The reproduction: a truncated memory layer makes `cairn checkpoint restore` fail, and
+/// the sandbox's VM (its processes) runs on: same VMM, agent answers, nothing cold-booted.
+#[test]
+fn a_failed_checkpoint_restore_keeps_the_vm_running() {
+    let name = "a_failed_checkpoint_restore_keeps_the_vm_running";
+    if !cairn_tests::kvm_available(name) {
+        return;
+    }
+    cairn_tests::linux::retry_on_guest_flake(name, || {
+        let h = cairn_tests::sandbox::CairnHome::new();
+        h.create(
+            "k2",
+            &[
+                "--mem",
+                "256",
+                "--disk",
+                "1",
+                "--idle-timeout",
+                "0",
+                "--no-jail",
+            ],
+        );
+        h.ok(&["checkpoint", "create", "k2", "kc20"]);
+        let pid = h.row("k2")["pid"].clone();
+        let layer = h.dir("k2").join("checkpoints/kc20/mem.layer");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&layer)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let out = h.run(&["checkpoint", "restore", "k2", "kc20"]);
+        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(125));
+        assert_eq!(h.row("k2")["pid"], pid, "the VMM was replaced");
+        assert_eq!(h.row("k2")["state"], "running");
+        assert_eq!(h.sh("k2", "echo alive"), "alive\n");
+        h.ok(&["rm", "k2"]);
+    });
+}
