@@ -144,8 +144,8 @@ impl CheckpointManager {
         self.drives.clear();
     }
 
-    /// Check `name`'s memory layers against their chunk checksums on a background thread, so a
-    /// restore is not slower; a layer that fails (twice: a delete may rewrite an index meanwhile)
+    /// Check `name`'s memory layers against their chunk checksums on a background thread (after
+    /// a second), so a restore is not slower; a layer that fails (twice: a delete may rewrite an index meanwhile)
     /// stops the machine through `exit` with [`ExitReason::CorruptMemory`].
     pub fn verify_in_background(&self, name: &str, exit: Arc<ExitSignal>) {
         let (store, owned) = (self.store.clone(), name.to_string());
@@ -153,6 +153,8 @@ impl CheckpointManager {
             .name("cairn-verify".into())
             .spawn(move || {
                 let name = owned;
+                // Let the restore's reply and the guest's first steps have the CPU first.
+                std::thread::sleep(std::time::Duration::from_secs(1));
                 let started = Instant::now();
                 let Err(e) = store.verify_memory(&name) else {
                     tracing::debug!("memory of {name} verified in {:?}", started.elapsed());
