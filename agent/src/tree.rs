@@ -152,10 +152,31 @@ pub struct TreeWriter {
     current: Option<(File, PathBuf, u64)>,
     dirs: Vec<(PathBuf, u32)>,
     stats: TransferStats,
+    /// Permission bits kept from the stream's modes.
+    keep: u32,
+}
+
+/// The bits a tree copied out of a guest keeps on the host: the permission bits (no setuid,
+/// setgid or sticky bit: a guest must not plant privileges on the host), less the umask.
+pub fn host_mode_mask() -> u32 {
+    0o777 & !current_umask()
+}
+
+/// This process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for a moment under other threads); 0o022 when unknown.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 impl TreeWriter {
-    /// A writer that will create the tree at `root`.
+    /// A writer that will create the tree at `root`, keeping every mode bit (inside the guest).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         TreeWriter {
             root: root.into(),
@@ -163,6 +184,16 @@ impl TreeWriter {
             current: None,
             dirs: Vec::new(),
             stats: TransferStats::default(),
+            keep: 0o7777,
+        }
+    }
+
+    /// A writer for the host: modes lose setuid, setgid and sticky bits and honour the umask
+    /// ([`host_mode_mask`]).
+    pub fn for_host(root: impl Into<PathBuf>) -> Self {
+        TreeWriter {
+            keep: host_mode_mask(),
+            ..Self::new(root)
         }
     }
 
@@ -202,7 +233,7 @@ impl TreeWriter {
                         return Err(TreeError::Protocol("entries after a file root".into()))
                     }
                 };
-                let mode = mode & 0o7777;
+                let mode = mode & self.keep;
                 match kind {
                     EntryKind::Dir => {
                         match fs::create_dir(&target) {

@@ -420,3 +420,46 @@ fn connect_uds_times_out_on_a_silent_vmm() {
     assert!(t.elapsed() < Duration::from_secs(3));
     drop(listener);
 }
+
+#[test]
+fn copies_out_plant_no_privileges_and_land_in_existing_directories() {
+    let a = agent();
+    let mut c = a.client();
+    // What a hostile guest made: a setuid world-writable file in a sticky world-writable directory.
+    let guest = a.dir.path().join("guest/sd");
+    fs::create_dir_all(&guest).unwrap();
+    fs::write(guest.join("sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(guest.join("sh"), fs::Permissions::from_mode(0o6777)).unwrap();
+    fs::set_permissions(&guest, fs::Permissions::from_mode(0o1777)).unwrap();
+    let allowed = cairn_agent::tree::host_mode_mask();
+    assert_eq!(allowed & 0o7000, 0);
+    let out = a.dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    // Into an existing directory, as cp does.
+    c.get(guest.to_str().unwrap(), &out).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&out.join("sd")), 0o777 & allowed);
+    assert_eq!(mode(&out.join("sd/sh")), 0o777 & allowed);
+    c.get(guest.join("sh").to_str().unwrap(), &out).unwrap();
+    assert_eq!(mode(&out.join("sh")), 0o777 & allowed);
+    assert_eq!(fs::read(out.join("sh")).unwrap(), b"#!/bin/sh\n");
+}
+
+#[test]
+fn exec_failures_have_shell_exit_codes() {
+    use cairn_agent::client::exit_code::{exit_code_of, NOT_EXECUTABLE, NOT_FOUND};
+    let a = agent();
+    let mut c = a.client();
+    let run = |c: &mut cairn_agent::client::Client, argv: &[&str]| {
+        c.exec(&req(argv), std::io::empty(), Vec::new(), Vec::new())
+    };
+    let e = run(&mut c, &["/no/such/command"]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_FOUND, "{e}");
+    let e = run(&mut c, &["no-such-command-anywhere"]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_FOUND, "{e}");
+    let plain = a.dir.path().join("plain.txt");
+    fs::write(&plain, b"not a program").unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = run(&mut c, &[plain.to_str().unwrap()]).unwrap_err();
+    assert_eq!(exit_code_of(&e), NOT_EXECUTABLE, "{e}");
+}

@@ -41,6 +41,9 @@ pub struct ExecArgs {
     /// Run under a pseudo-terminal.
     #[arg(short, long)]
     tty: bool,
+    /// Kill the command (SIGKILL) after this many seconds; cairn then exits 124, as timeout(1).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     argv: Vec<String>,
@@ -123,6 +126,7 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
         workdir,
         interactive,
         tty,
+        timeout,
         argv,
     } = args;
     let stdin_fd = io::stdin();
@@ -146,7 +150,16 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
         .then(|| tty::RawMode::enable(stdin_fd.as_fd()))
         .transpose()
         .map_err(ClientError::Stdio)?;
-    let status = client.exec(&req, io::stdin(), io::stdout(), io::stderr())?;
+    let status = match timeout {
+        None => client.exec(&req, io::stdin(), io::stdout(), io::stderr())?,
+        Some(secs) => match crate::exec_timeout::exec_with_timeout(client, &req, secs)? {
+            Some(status) => status,
+            None => {
+                eprintln!("cairn: the command ran past --timeout {secs} s and was killed");
+                return Ok(crate::exec_timeout::TIMED_OUT);
+            }
+        },
+    };
     Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
 }
 

@@ -65,6 +65,9 @@ enum Command {
         /// A named image (`cairn image ls`) instead of the default root disk.
         #[arg(long, value_name = "IMG")]
         image: Option<String>,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Named images: build, import, ls, rm (see docs/images.md).
     #[command(subcommand)]
@@ -92,6 +95,14 @@ enum Command {
     /// Named checkpoints of a sandbox.
     #[command(subcommand)]
     Checkpoint(CheckpointCmd),
+    /// Print a sandbox's console log (guest serial output and VMM messages).
+    Logs {
+        /// Sandbox name.
+        name: String,
+        /// Keep printing what is appended, until the sandbox is removed (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// List sandboxes with their live state.
     Ls {
         /// JSON output.
@@ -102,6 +113,9 @@ enum Command {
     Stop {
         /// Sandbox name.
         name: String,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Start a stopped sandbox from its latest checkpoint (or boot it from its disk when it
     /// has none); reboots one whose agent does not answer.
@@ -111,6 +125,9 @@ enum Command {
         /// Boot a fresh VM from the sandbox's disk instead (files kept, processes lost).
         #[arg(long)]
         cold: bool,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Make a new sandbox from a checkpoint of another (copy-on-write memory and disk), and
     /// start it.
@@ -124,11 +141,17 @@ enum Command {
         /// Leave the new sandbox stopped (its first exec wakes it).
         #[arg(long)]
         no_start: bool,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a sandbox: its VM, disk, checkpoints and registry entry.
     Rm {
         /// Sandbox name.
         name: String,
+        /// Print the result as JSON (the sandbox as `ls --json` shows it).
+        #[arg(long)]
+        json: bool,
     },
     /// Find and repair what crashes left behind (dead VMMs, stale files, stray directories),
     /// one line per finding with what was done.
@@ -268,6 +291,18 @@ pub enum CliError {
     Io(#[from] io::Error),
 }
 
+/// The exit code for a failed command: 127/126 for an exec whose command is not found / not
+/// executable, else 125 (cairn failed; see cairn_agent::client::exit_code). Never 1.
+pub fn exit_code(e: &CliError) -> u8 {
+    match e {
+        CliError::Agent(a) => cairn_agent::client::exit_code::exit_code_of(a),
+        CliError::Sandbox(SandboxError::Agent(a)) => {
+            cairn_agent::client::exit_code::exit_code_of(a)
+        }
+        _ => cairn_agent::client::exit_code::CAIRN_FAILED,
+    }
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
@@ -296,6 +331,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             no_network,
             cold,
             image,
+            json,
         } => {
             let opts = CreateOptions {
                 cpus,
@@ -310,6 +346,9 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
+            if json {
+                return print_row(home, &name);
+            }
             println!(
                 "{name}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
                 start.elapsed().as_secs_f64(),
@@ -334,16 +373,28 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         Command::Cp { src, dst } => cp(home, &src, &dst),
         Command::Console { name } => crate::console::run(home, &name),
         Command::Checkpoint(c) => checkpoint(home, c),
+        Command::Logs { name, follow } => {
+            cairn_sandbox::logs::logs(home, &name, follow, &mut io::stdout().lock())?;
+            Ok(0)
+        }
         Command::Ls { json } => ls(home, json),
-        Command::Stop { name } => {
-            match sandbox::stop(home, &name)? {
+        Command::Stop { name, json } => {
+            let stopped = sandbox::stop(home, &name)?;
+            if json {
+                return print_row(home, &name);
+            }
+            match stopped {
                 Some(c) => println!("{name}: stopped at checkpoint {c}"),
                 None => println!("{name}: not running"),
             }
             Ok(0)
         }
-        Command::Start { name, cold } => {
-            match sandbox::start_with(home, &name, cold)? {
+        Command::Start { name, cold, json } => {
+            let started = sandbox::start_with(home, &name, cold)?;
+            if json {
+                return print_row(home, &name);
+            }
+            match started {
                 sandbox::Started::AlreadyRunning => println!("{name}: already running"),
                 sandbox::Started::Started => println!("{name}: running"),
                 sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
@@ -355,8 +406,12 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             ckpt,
             new,
             no_start,
+            json,
         } => {
             let f = cairn_sandbox::fork::fork(home, &name, &ckpt, &new, !no_start)?;
+            if json {
+                return print_row(home, &new);
+            }
             println!(
                 "{new}: forked from {name} at {ckpt} in {:.2} s ({} checkpoints, {} files shared, {:.1} MiB copied){}",
                 f.fork_time.as_secs_f64(),
@@ -370,8 +425,12 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
-        Command::Rm { name } => {
+        Command::Rm { name, json } => {
             sandbox::remove(home, &name)?;
+            if json {
+                println!("{}", serde_json::json!({"name": name, "removed": true}));
+                return Ok(0);
+            }
             println!("{name}: removed");
             Ok(0)
         }
@@ -511,8 +570,22 @@ fn json_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// `--json` on create, fork, start and stop: the sandbox's row as `ls --json` prints it.
+fn print_row(home: &Home, name: &str) -> Result<u8, CliError> {
+    let r = home.registry()?.get(name)?;
+    println!("{}", sandbox::ls_json(&r));
+    Ok(0)
+}
+
 fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
-    let rows: Vec<Record> = home.registry()?.list()?;
+    let mut reg = home.registry()?;
+    let mut rows: Vec<Record> = reg.list()?;
+    for r in &mut rows {
+        if let Some(h) = cairn_sandbox::reconcile::follow_store(&mut reg, r, &home.paths(&r.name))?
+        {
+            r.head_checkpoint = Some(h);
+        }
+    }
     if json {
         let v: Vec<_> = rows.iter().map(sandbox::ls_json).collect();
         println!("{}", serde_json::Value::Array(v));

@@ -164,6 +164,7 @@ fn check_row(d: &mut Doctor, reg: &mut Registry, r: &Record) -> Result<(), Sandb
         d.act(|| sandbox::kill_vmm(pid));
     }
     if keep.is_some() {
+        follow_store_head(d, reg, r, &paths)?;
         return Ok(());
     }
     if settle(d, reg, r, &paths)? {
@@ -256,17 +257,41 @@ fn settle(
     Ok(false)
 }
 
+/// A running sandbox's row follows its store's head (a `checkpoint create` killed after the VMM
+/// committed leaves it behind).
+fn follow_store_head(
+    d: &mut Doctor,
+    reg: &mut Registry,
+    r: &Record,
+    paths: &Paths,
+) -> Result<(), SandboxError> {
+    let Some(h) = crate::reconcile::store_head(paths) else {
+        return Ok(());
+    };
+    if r.head_checkpoint.as_deref() == Some(h.as_str()) {
+        return Ok(());
+    }
+    d.note(
+        Some(&r.name),
+        format!(
+            "its recorded checkpoint {:?} is behind its store's head {h}",
+            r.head_checkpoint.as_deref().unwrap_or("(none)")
+        ),
+        format!("recorded {h} as its head"),
+    );
+    if !d.dry_run {
+        reg.set_head(&r.name, Some(&h))?;
+    }
+    Ok(())
+}
+
 /// The checkpoint a sandbox without a VMM resumes from: the store's `HEAD` (what its VMM last
 /// restored or took), else the row's head, else the newest complete checkpoint; each only if
 /// it is complete.
 fn resume_point(paths: &Paths, recorded: Option<&str>) -> Option<String> {
     let store = CheckpointStore::open(&paths.checkpoints).ok()?;
     let ok = |n: &str| store.get(n).is_ok();
-    let head_file = fs::read_to_string(paths.checkpoints.join(cairn_vmm_api::CHECKPOINT_HEAD_FILE))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
-    if let Some(h) = head_file.filter(|h| ok(h)) {
+    if let Some(h) = store.head() {
         return Some(h);
     }
     if let Some(h) = recorded.filter(|h| ok(h)) {

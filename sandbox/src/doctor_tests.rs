@@ -47,6 +47,7 @@ fn checkpoint(paths: &Paths, ckpt: &str, created_unix_ms: u64) {
         disks: vec![],
         pause_ms: 1.0,
         write_ms: 1.0,
+        files: Default::default(),
     }
     .save(&dir.join("meta.json"))
     .unwrap();
@@ -76,7 +77,10 @@ fn a_dead_vmm_with_checkpoints_is_stopped_at_the_store_head() {
     checkpoint(&paths, "new", 2);
     // The VMM took "new" but the CLI died before recording it: the store's HEAD wins.
     home.registry().unwrap().set_head("s", Some("old")).unwrap();
-    fs::write(paths.checkpoints.join("HEAD"), "new").unwrap();
+    CheckpointStore::open(&paths.checkpoints)
+        .unwrap()
+        .set_head(Some("new"))
+        .unwrap();
     fs::write(&paths.api, "").unwrap();
     fs::write(paths.dir.join("vsock.sock_52"), "").unwrap();
     let f = run(&home, false).unwrap();
@@ -258,4 +262,36 @@ fn rm_ends_an_unrecorded_vmm_working_in_the_sandbox() {
     let _ = child.wait();
     assert!(!sandbox::vmm_alive(child.id()));
     assert!(!paths.dir.exists());
+}
+
+#[test]
+fn a_stopped_row_behind_its_store_follows_the_store_on_ls_and_start() {
+    let (_d, home) = home();
+    let paths = row(&home, "k2", State::Stopped, None, true);
+    checkpoint(&paths, "kc18", 1);
+    checkpoint(&paths, "kc20", 2);
+    // `checkpoint create kc20` was killed after the VMM committed: the row still says kc18.
+    home.registry()
+        .unwrap()
+        .set_head("k2", Some("kc18"))
+        .unwrap();
+    CheckpointStore::open(&paths.checkpoints)
+        .unwrap()
+        .set_head(Some("kc20"))
+        .unwrap();
+    let mut reg = home.registry().unwrap();
+    let r = reg.get("k2").unwrap();
+    assert_eq!(
+        crate::reconcile::follow_store(&mut reg, &r, &paths)
+            .unwrap()
+            .as_deref(),
+        Some("kc20")
+    );
+    let r = reg.get("k2").unwrap();
+    assert_eq!(r.head_checkpoint.as_deref(), Some("kc20"));
+    assert_eq!(
+        crate::reconcile::follow_store(&mut reg, &r, &paths).unwrap(),
+        None
+    );
+    assert_eq!(run(&home, false).unwrap(), vec![]);
 }

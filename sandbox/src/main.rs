@@ -5,6 +5,7 @@
 mod agent_cmd;
 mod cli;
 mod console;
+mod exec_timeout;
 mod image_cmd;
 mod net_cmd;
 mod ports_cmd;
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cairn: {}", cairn_agent::error_text(&e));
-            ExitCode::FAILURE
+            ExitCode::from(cli::exit_code(&e))
         }
     }
 }

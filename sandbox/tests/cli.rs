@@ -41,7 +41,7 @@ fn missing_sandbox_is_a_one_line_error_with_a_hint() {
         &["cp", "./x", "nope:/tmp/x"],
     ] {
         let out = cairn(home.path(), args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(125), "{args:?}: cairn's own code");
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(

@@ -101,7 +101,7 @@ impl Env {
             let out = self.run(&args);
             let code = out.status.code().unwrap_or(-1);
             let dropped = String::from_utf8_lossy(&out.stderr).contains("closed the connection");
-            if code != 139 && !(code == 1 && dropped) {
+            if code != 139 && !(code == 125 && dropped) {
                 return (code, String::from_utf8_lossy(&out.stdout).into_owned());
             }
             std::thread::sleep(Duration::from_secs(1));

@@ -120,6 +120,22 @@ pub enum Error {
         /// Block number.
         block: u64,
     },
+    /// A memory layer's data does not match the checksum its index holds for one chunk.
+    #[error("chunk {chunk} of memory layer `{path}` fails its checksum (the file was changed or damaged)")]
+    LayerChecksum {
+        /// The layer file.
+        path: PathBuf,
+        /// Chunk number ([`crate::memory::CHUNK_PAGES`] pages each).
+        chunk: u64,
+    },
+    /// A file of a checkpoint is not the one the checkpoint was committed with (swapped or changed).
+    #[error("`{path}` is not the file checkpoint {checkpoint:?} was committed with (swapped or changed)")]
+    NotBound {
+        /// The file.
+        path: PathBuf,
+        /// The checkpoint.
+        checkpoint: String,
+    },
     /// A checkpoint name is not allowed.
     #[error("invalid checkpoint name {0:?}: use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
     InvalidName(String),

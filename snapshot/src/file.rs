@@ -184,7 +184,11 @@ pub fn sync_parent_dir(path: &Path) -> Result<()> {
 
 /// Atomically replace `path` with a file `fill` writes: write `<path>.tmp-<pid>-<n>`, fsync it, rename it
 /// over `path`, fsync the directory. On failure the temporary file is removed and `path` is untouched.
+///
+/// `path` must be a regular file or absent, in a directory this process may write
+/// ([`crate::safe_path::check_output_target`]): nothing else is ever replaced.
 pub fn replace_atomic_with(path: &Path, fill: impl FnOnce(&File) -> Result<()>) -> Result<()> {
+    crate::safe_path::check_output_target(path).map_err(|e| Error::io("check target", path, e))?;
     let tmp = temp_path(path);
     let result = (|| {
         let f = OpenOptions::new()
@@ -221,7 +225,8 @@ pub fn write_atomic(path: &Path, kind: FileKind, payload: &[u8]) -> Result<()> {
 /// Every failure names the file ([`Error::InFile`] around the specific check), except I/O errors, which
 /// already carry it.
 pub fn read(path: &Path, kind: FileKind, max_len: u64) -> Result<Vec<u8>> {
-    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut f = crate::safe_path::open_input(path, false, crate::safe_path::InputKind::Regular)
+        .map_err(|e| Error::io("open", path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut header = [0u8; HEADER_LEN];
     let have = read_up_to(&mut f, &mut header).map_err(|e| Error::io("read", path, e))?;

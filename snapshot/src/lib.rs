@@ -50,6 +50,7 @@
 //!     }],
 //!     pause_ms: 0.1,
 //!     write_ms: 1.0,
+//!     files: Default::default(),
 //! })?;
 //!
 //! // Restore: the mapping plan for memory, and the disk with a fresh active delta.
@@ -73,6 +74,7 @@ pub mod error;
 pub mod file;
 pub mod memory;
 pub mod persist;
+pub mod safe_path;
 
 pub use error::{Error, Result};
 pub use persist::Persist;

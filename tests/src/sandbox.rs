@@ -115,7 +115,7 @@ impl CairnHome {
             let out = self.run(&args);
             let code = out.status.code().unwrap_or(-1);
             let err = String::from_utf8_lossy(&out.stderr);
-            let dropped = code == 1
+            let dropped = code == 125
                 && (err.contains("closed the connection") || err.contains("agent crashed"));
             if code != 139 && !dropped {
                 return (code, String::from_utf8_lossy(&out.stdout).into_owned());

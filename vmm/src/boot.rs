@@ -2,7 +2,6 @@
 //! bzImage), the initrd and the command line, plus the boot information the kernel reads (zero
 //! page or PVH start info, e820, MP table).
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -47,7 +46,12 @@ fn kernel_err(path: &Path, reason: impl std::fmt::Display) -> VmmError {
 /// Load the kernel at `path`: an ELF (PVH entry when it has the note, else the Linux 64-bit
 /// protocol) or a bzImage (Linux 64-bit protocol).
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, VmmError> {
-    let mut file = File::open(path).map_err(|e| kernel_err(path, e))?;
+    let mut file = cairn_snapshot::safe_path::open_input(
+        path,
+        false,
+        cairn_snapshot::safe_path::InputKind::Regular,
+    )
+    .map_err(|e| kernel_err(path, e))?;
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic)
         .map_err(|e| kernel_err(path, format!("cannot read header: {e}")))?;
@@ -98,7 +102,12 @@ pub fn load_initrd(
         path: path.display().to_string(),
         reason,
     };
-    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut file = cairn_snapshot::safe_path::open_input(
+        path,
+        false,
+        cairn_snapshot::safe_path::InputKind::Regular,
+    )
+    .map_err(|e| err(e.to_string()))?;
     let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
     let low_end = mem.last_addr().0.saturating_add(1).min(MMIO_GAP_START);
     let addr = low_end

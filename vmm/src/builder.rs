@@ -153,6 +153,7 @@ impl BuildSpec {
                 self.mem_size_mib
             )));
         }
+        crate::host_limits::check_mem_size(self.mem_size_mib).map_err(VmmError::Config)?;
         Ok(())
     }
 }

@@ -183,6 +183,7 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
         return Err(VmmError::Config("--no-api needs --config-file".into()));
     }
     crate::seccomp::set_enabled(!args.no_seccomp);
+    crate::host_limits::init();
     // Make the VM while the API comes up and the config is read (a boot or a /snapshot/load
     // takes it): most of its cost is a kernel wait, not CPU. See vstate/prewarm.rs.
     crate::vstate::prewarm::start();

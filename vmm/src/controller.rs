@@ -174,12 +174,20 @@ impl Controller {
             }),
             ApiRequest::GetMachineConfig => ApiResponse::json(&self.config.machine_config),
             ApiRequest::GetVmConfig => ApiResponse::json(&self.config),
-            ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
+            ApiRequest::PutMachineConfig(mc) => {
+                if let Err(e) = crate::host_limits::check_mem_size(mc.mem_size_mib) {
+                    return refused(format!("machine-config.{e}"));
+                }
+                self.pre_boot(|c| c.machine_config = mc)
+            }
             ApiRequest::PatchMachineConfig(update) => {
                 if self.started() {
                     return refused("this request is only valid before InstanceStart");
                 }
                 let merged = self.config.machine_config.apply(&update);
+                if let Err(e) = crate::host_limits::check_mem_size(merged.mem_size_mib) {
+                    return refused(format!("machine-config.{e}"));
+                }
                 match crate::config::Validate::validate(&merged) {
                     Ok(()) => {
                         self.config.machine_config = merged;
@@ -310,9 +318,10 @@ impl Controller {
                 Err(e) => refused(e),
             },
             ApiRequest::RestoreCheckpoint(c) => {
-                let console = ConsoleIo {
+                let input = self.console_input;
+                let console = move || ConsoleIo {
                     output: Box::new(StdoutConsole),
-                    input: self.console_input,
+                    input,
                 };
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod device_manager;
 pub mod error;
 pub mod event_loop;
+pub mod host_limits;
 pub mod machine;
 pub mod runtime;
 pub mod seccomp;

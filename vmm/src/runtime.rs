@@ -166,33 +166,77 @@ impl Runtime {
     }
 
     /// Replace the running machine (if any) with checkpoint `name` (`PUT /checkpoints/restore`).
-    /// `checkpoint_dir` opens the store when no machine was booted in this process.
+    /// `checkpoint_dir` opens the store when no machine was booted in this process; `console` makes
+    /// the new machine's console (twice if it must bring the old one back).
+    ///
+    /// All or nothing: everything checkable (the chain's state, memory and disk layers, that the
+    /// head can be recorded) is checked before the running machine is touched, so a bad checkpoint
+    /// leaves it running. If the restore still fails after that, the machine is brought back from
+    /// the checkpoint it descended from, and the error says so.
     pub fn restore_checkpoint(
         &mut self,
         name: &str,
         checkpoint_dir: Option<&Path>,
         resume: bool,
         vsock_uds_path: Option<std::path::PathBuf>,
-        console: ConsoleIo,
+        mut console: impl FnMut() -> ConsoleIo,
     ) -> Result<(), VmmError> {
         if self.checkpoints.is_none() {
             self.open_checkpoints(checkpoint_dir)?;
         }
         let ck = self.checkpoints_mut()?;
         ck.get(name)?;
-        let state_path = ck.state_path(name)?;
-        let layers = ck.memory_layers(name)?;
-        let state = read_state(&state_path)?;
+        ck.check_restorable(name)?;
+        let previous = ck.head().map(str::to_string);
+        let state = read_state(&ck.state_path(name)?)?;
+        let had_machine = self.machine.is_some();
+        let err = match self.replace_with_checkpoint(
+            name,
+            &state,
+            resume,
+            vsock_uds_path.clone(),
+            console(),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(prev) = previous.filter(|_| had_machine) else {
+            return Err(err);
+        };
+        let back = read_state(&self.checkpoints_mut()?.state_path(&prev)?).and_then(|st| {
+            self.replace_with_checkpoint(&prev, &st, resume, vsock_uds_path, console())
+        });
+        Err(VmmError::InvalidState(match back {
+            Ok(()) => format!(
+                "restoring {name} failed after the VM was stopped ({err}); the VM was brought back from its newest checkpoint {prev} (changes since {prev} are lost)"
+            ),
+            Err(e2) => format!(
+                "restoring {name} failed after the VM was stopped ({err}), and bringing it back from its newest checkpoint {prev} failed too ({e2}): no VM runs"
+            ),
+        }))
+    }
+
+    fn replace_with_checkpoint(
+        &mut self,
+        name: &str,
+        state: &crate::checkpoint::state::MachineState,
+        resume: bool,
+        vsock_uds_path: Option<std::path::PathBuf>,
+        console: ConsoleIo,
+    ) -> Result<(), VmmError> {
+        let layers = self.checkpoints_mut()?.memory_layers(name)?;
         // The old machine goes first: its vCPUs, devices and event sources.
         self.shutdown();
         self.event_loop = EventLoop::new()?;
         for s in &self.persistent {
             self.event_loop.add(s.clone());
         }
+        // Paused until the head is recorded: a head that cannot be written (full disk) fails the
+        // restore before the guest has run at all.
         let opts = RestoreOptions {
             memory_layers: layers,
             track_dirty_pages: true,
-            resume,
+            resume: false,
             network_overrides: vec![],
             vsock_uds_path,
         };
@@ -201,10 +245,15 @@ impl Runtime {
             .as_mut()
             .ok_or_else(|| VmmError::InvalidState("no checkpoint store".into()))?;
         ck.release_drives();
-        let machine = restore_machine(&state, &opts, console, &mut self.event_loop, &mut |cfg| {
+        let machine = restore_machine(state, &opts, console, &mut self.event_loop, &mut |cfg| {
             ck.open_disk(cfg, Some(name))
         })?;
+        let mut machine = machine;
         ck.set_head(Some(name.to_string()))?;
+        ck.verify_in_background(name, machine.exit_signal().clone());
+        if resume {
+            machine.resume()?;
+        }
         self.machine = Some(machine);
         // The next restore finds its VM made (vstate/prewarm.rs).
         crate::vstate::prewarm::start();

@@ -97,7 +97,7 @@ fn chain_of_ten_with_random_deletes_restores_exactly() {
 
     for (name, fp) in &expected {
         let out = Capture::default();
-        rt.restore_checkpoint(name, None, false, None, console(&out))
+        rt.restore_checkpoint(name, None, false, None, || console(&out))
             .unwrap();
         assert!(
             fingerprint(&rt) == *fp,

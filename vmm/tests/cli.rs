@@ -141,6 +141,22 @@ fn api_configures_starts_pauses_and_resumes() {
     );
     assert_eq!(status, 400);
     assert!(body.contains("vcpu_count"), "{body}");
+    // An absurd memory size is refused at PUT time (it used to abort the VMM at boot).
+    let (status, body) = request(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 1000000000000}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("mem_size_mib"), "{body}");
+    let (status, body) = request(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"mem_size_mib": 1000000000000}"#),
+    );
+    assert_eq!(status, 400, "{body}");
     let (status, _) = request(&sock, "GET", "/no/such/path", None);
     assert_eq!(status, 400);
     let (status, _) = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));

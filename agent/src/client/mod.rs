@@ -13,6 +13,7 @@
 //! # Ok::<(), cairn_agent::client::ClientError>(())
 //! ```
 
+pub mod exit_code;
 pub mod tty;
 mod tunnel;
 
@@ -302,7 +303,9 @@ impl Client {
         }
     }
 
-    /// Copies the guest file or directory tree at `remote` to `local`, keeping permission bits.
+    /// Copies the guest file or directory tree at `remote` to `local` (into it, when `local` is an
+    /// existing directory), keeping permission bits but no setuid, setgid or sticky bit, less the
+    /// umask.
     pub fn get(
         &mut self,
         remote: &str,
@@ -312,7 +315,13 @@ impl Client {
         s.writer.write(&ClientMsg::Get {
             path: remote.to_string(),
         })?;
-        let mut tree = TreeWriter::new(local.as_ref());
+        // Into an existing directory, as cp does; on the host, without privilege bits.
+        let local = local.as_ref();
+        let target = match Path::new(remote).file_name() {
+            Some(name) if local.is_dir() => local.join(name),
+            _ => local.to_path_buf(),
+        };
+        let mut tree = TreeWriter::for_host(target);
         loop {
             match s.reader.read::<AgentMsg>()? {
                 Some(AgentMsg::Tree(m)) => {

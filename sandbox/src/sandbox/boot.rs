@@ -192,6 +192,7 @@ pub(crate) fn agent_crash(paths: &Paths, from: u64) -> Option<String> {
 /// Creates, boots and records the sandbox `name`; returns its row.
 pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, SandboxError> {
     validate_name(name)?;
+    crate::host_fit::check(opts.cpus, opts.mem_mib)?;
     check_kvm()?;
     let mut reg = home.registry()?;
     if reg.get(name).is_ok() {

@@ -26,6 +26,9 @@ pub fn checkpoint_create(
     name: &str,
     ckpt: Option<&str>,
 ) -> Result<CheckpointInfo, SandboxError> {
+    if let Some(c) = ckpt.filter(|c| super::validate_name(c).is_err()) {
+        return Err(SandboxError::InvalidCheckpointName(c.to_string()));
+    }
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;

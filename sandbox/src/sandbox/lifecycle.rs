@@ -81,7 +81,8 @@ pub(crate) fn start_locked_as(
 ) -> Result<Option<Client>, SandboxError> {
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
-    let Some(head) = ckpt.or(r.head_checkpoint.as_deref()) else {
+    let synced = crate::reconcile::follow_store(reg, r, &paths)?;
+    let Some(head) = ckpt.or(synced.as_deref()).or(r.head_checkpoint.as_deref()) else {
         return cold_start_locked(home, reg, r).map(|()| None);
     };
     let head = head.to_string();
@@ -127,11 +128,18 @@ pub(crate) fn start_locked_as(
         }
     };
     reg.set_running_from(&r.name, pid, &head)?;
-    eprintln!(
-        "{}: started from checkpoint {head} in {:.2} s",
+    // Into the console log, not stderr: a wake by `exec` must keep the command's streams its own.
+    let notice = format!(
+        "cairn: {}: started from checkpoint {head} in {:.2} s\n",
         r.name,
         start.elapsed().as_secs_f64()
     );
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&paths.console)
+    {
+        let _ = std::io::Write::write_all(&mut log, notice.as_bytes());
+    }
     if r.idle_timeout > 0 {
         crate::idle::spawn_watcher(home, &r.name, &paths)?;
     }
@@ -250,6 +258,7 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
     };
     let ckpt = create_checkpoint_at(&r.api_sock, None)?.name;
     reg.set_head(&r.name, Some(&ckpt))?;
+    crate::prune::prune_automatic(&r.api_sock, Some(&ckpt));
     kill_vmm(pid);
     reg.set_state(&r.name, State::Stopped, None)?;
     Ok(Some(ckpt))

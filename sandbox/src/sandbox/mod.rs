@@ -89,6 +89,12 @@ pub enum SandboxError {
     /// A path cannot be passed to `cairn-jailer --bind`.
     #[error("{0} cannot be bound into a jail: it is not UTF-8 or contains ':' (hint: CAIRN_NO_JAIL=1, or move it)")]
     JailPath(PathBuf),
+    /// A checkpoint name breaks the sandbox-name rules.
+    #[error("invalid checkpoint name {0:?} (hint: 1-40 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit)")]
+    InvalidCheckpointName(String),
+    /// The sandbox is larger than the host (memory or CPUs).
+    #[error("{0} (hint: a smaller --mem or --cpus)")]
+    DoesNotFit(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {

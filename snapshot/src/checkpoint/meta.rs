@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file;
 
-/// Version of the checkpoint layout and `meta.json` this build writes and reads.
-pub const META_FORMAT_VERSION: u16 = 1;
+/// Version of the checkpoint layout and `meta.json` this build writes. Version 2 adds [`CheckpointMeta::files`]
+/// and memory layer chunk checksums; version 1 checkpoints are still read (unchecked).
+pub const META_FORMAT_VERSION: u16 = 2;
+/// The oldest version this build reads.
+pub const META_FORMAT_OLDEST: u16 = 1;
 /// The checksum's key in `meta.json`.
 const CRC_KEY: &str = "crc64";
 /// Largest `meta.json` read back.
@@ -58,6 +61,11 @@ pub struct CheckpointMeta {
     pub pause_ms: f64,
     /// How long writing the files took, ms.
     pub write_ms: f64,
+    /// The CRC-64 of each small file of the checkpoint (`state` and every layer's index, whose memory
+    /// index holds the layer's chunk checksums), by file name: what binds each file to this checkpoint.
+    /// Filled in by [`super::CheckpointStore::commit`]; empty in version 1 checkpoints.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, u64>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -76,7 +84,7 @@ pub(crate) fn check_file_name(name: &str) -> Result<()> {
 impl CheckpointMeta {
     /// Check the fields that must hold for a restore: version, names, file names, numbers.
     pub fn validate(&self) -> Result<()> {
-        if self.format_version != META_FORMAT_VERSION {
+        if !(META_FORMAT_OLDEST..=META_FORMAT_VERSION).contains(&self.format_version) {
             return Err(Error::UnsupportedVersion {
                 found: self.format_version,
                 supported: META_FORMAT_VERSION,
@@ -93,6 +101,9 @@ impl CheckpointMeta {
             }
         }
         check_file_name(&self.memory.layer_file)?;
+        for f in self.files.keys() {
+            check_file_name(f)?;
+        }
         let mut seen = std::collections::HashSet::new();
         for d in &self.disks {
             super::store::validate_name(&d.drive_id)
@@ -206,6 +217,7 @@ pub(crate) mod tests {
             }],
             pause_ms: 0.2,
             write_ms: 2.5,
+            files: Default::default(),
         }
     }
 
@@ -239,7 +251,11 @@ pub(crate) mod tests {
     fn invalid_meta_is_refused() {
         type Mutation = Box<dyn Fn(&mut CheckpointMeta)>;
         let bad: Vec<Mutation> = vec![
-            Box::new(|m| m.format_version = 2),
+            Box::new(|m| m.format_version = 3),
+            Box::new(|m| m.format_version = 0),
+            Box::new(|m| {
+                m.files.insert("../state".into(), 1);
+            }),
             Box::new(|m| m.name = "../x".into()),
             Box::new(|m| m.parent = Some("c1".into())),
             Box::new(|m| m.memory.layer_file = "/etc/passwd".into()),

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use crate::disk::{merge_disk_layer_into_child, BlockIndex};
 use crate::error::{Error, Result};
 use crate::file::{sync_parent_dir, temp_path};
-use crate::memory::{index_path, merge_into_child, open_layer, LayerChain};
+use crate::memory::{
+    index_path, merge_into_child, open_layer, seal_layer, verify_layer, LayerChain,
+};
 
 use super::fork::make_private;
-use super::meta::CheckpointMeta;
+use super::meta::{CheckpointMeta, META_FORMAT_VERSION};
 
 /// The state file's name in a checkpoint directory.
 pub const STATE_FILE: &str = "state";
@@ -17,6 +19,14 @@ pub const STATE_FILE: &str = "state";
 pub const MEM_LAYER_FILE: &str = "mem.layer";
 /// The metadata file's name in a checkpoint directory; its presence marks the checkpoint complete.
 pub const META_FILE: &str = "meta.json";
+
+/// Where a running VM's active disk deltas and its `HEAD` live, under the store's root.
+pub const ACTIVE_DIR: &str = ".active";
+/// Names the checkpoint the active deltas sit on (empty: the bare base images), in [`ACTIVE_DIR`].
+pub const HEAD_FILE: &str = "HEAD";
+
+/// Prefix of the marker file a delete in progress keeps in the store's root.
+const DELETING_PREFIX: &str = ".deleting-";
 
 /// The disk layer's name for `drive_id`: `disk.<drive_id>.layer`.
 pub fn disk_layer_file(drive_id: &str) -> String {
@@ -71,6 +81,54 @@ impl CheckpointStore {
         &self.root
     }
 
+    /// The directory of the running VM's active disk deltas and `HEAD`.
+    pub fn active_dir(&self) -> PathBuf {
+        self.root.join(ACTIVE_DIR)
+    }
+
+    /// The active disk delta of `drive_id`.
+    pub fn active_delta(&self, drive_id: &str) -> PathBuf {
+        self.active_dir().join(format!("{drive_id}.active"))
+    }
+
+    /// The head: the checkpoint the VM last took or restored, if `HEAD` names a complete one. This
+    /// is the truth about where a VM without a VMM resumes; other records follow it.
+    pub fn head(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.active_dir().join(HEAD_FILE)).ok()?;
+        let h = text.trim();
+        (!h.is_empty() && self.exists(h)).then(|| h.to_string())
+    }
+
+    /// Record `head` (None: the bare base images) atomically.
+    pub fn set_head(&self, head: Option<&str>) -> Result<()> {
+        let dir = self.active_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create active dir", &dir, e))?;
+        crate::file::write_bytes_atomic(&dir.join(HEAD_FILE), head.unwrap_or_default().as_bytes())
+    }
+
+    /// Check that [`CheckpointStore::set_head`] can succeed (the active directory takes a new
+    /// file, `HEAD` is not a directory), without changing the head: a restore checks this before
+    /// it touches the running VM.
+    pub fn check_head_writable(&self) -> Result<()> {
+        let dir = self.active_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create active dir", &dir, e))?;
+        let head = dir.join(HEAD_FILE);
+        if let Ok(m) = std::fs::symlink_metadata(&head) {
+            if !m.is_file() {
+                return Err(Error::io(
+                    "check head",
+                    &head,
+                    std::io::Error::other("not a regular file"),
+                ));
+            }
+        }
+        let probe = dir.join(".write-probe");
+        let r =
+            std::fs::write(&probe, b"probe").and_then(|()| std::fs::File::open(&probe)?.sync_all());
+        let _ = std::fs::remove_file(&probe);
+        r.map_err(|e| Error::io("write to the active directory", &dir, e))
+    }
+
     /// The directory of checkpoint `name` (which need not exist).
     pub fn dir_of(&self, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
@@ -99,9 +157,11 @@ impl CheckpointStore {
         Ok(dir)
     }
 
-    /// Complete a checkpoint: check its parent exists and its files are present and well-formed, then
-    /// write `meta.json` atomically. This is the commit point.
-    pub fn commit(&self, meta: &CheckpointMeta) -> Result<()> {
+    /// Complete a checkpoint: check its parent exists and its files are present and well-formed, seal
+    /// them (chunk checksums into the memory layer's index, each small file's CRC into
+    /// [`CheckpointMeta::files`]), then write `meta.json` atomically. This is the commit point. Returns
+    /// the metadata as committed.
+    pub fn commit(&self, meta: &CheckpointMeta) -> Result<CheckpointMeta> {
         meta.validate()?;
         let dir = self.dir_of(&meta.name)?;
         if dir.join(META_FILE).exists() {
@@ -112,7 +172,61 @@ impl CheckpointStore {
             self.get(p)?;
         }
         self.check_files(&dir, meta)?;
-        meta.save(&dir.join(META_FILE))
+        let mut meta = meta.clone();
+        self.seal(&dir, &mut meta)?;
+        meta.save(&dir.join(META_FILE))?;
+        Ok(meta)
+    }
+
+    /// Checksum the memory layer's chunks into its index and record each small file's CRC in `meta`.
+    fn seal(&self, dir: &Path, meta: &mut CheckpointMeta) -> Result<()> {
+        seal_layer(&dir.join(&meta.memory.layer_file))?;
+        meta.format_version = META_FORMAT_VERSION;
+        meta.files = Self::small_files(meta)
+            .into_iter()
+            .map(|f| Ok((f.clone(), file_crc(&dir.join(&f))?)))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// The files whose CRC binds them to a checkpoint: the state and every layer's index.
+    fn small_files(meta: &CheckpointMeta) -> Vec<String> {
+        let index = |f: &str| format!("{f}.index");
+        let mut out = vec![STATE_FILE.to_string(), index(&meta.memory.layer_file)];
+        out.extend(meta.disks.iter().map(|d| index(&d.layer_file)));
+        out
+    }
+
+    /// Check that the index files of `meta` (and its state file when `state`) are the ones it was
+    /// committed with (a version 1 checkpoint records none and passes).
+    fn check_bound(&self, meta: &CheckpointMeta, state: bool) -> Result<()> {
+        if meta.files.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir_of(&meta.name)?;
+        for f in Self::small_files(meta)
+            .into_iter()
+            .filter(|f| state || f != STATE_FILE)
+        {
+            let path = dir.join(&f);
+            let want = meta.files.get(&f);
+            if want != Some(&file_crc(&path)?) {
+                return Err(Error::NotBound {
+                    path,
+                    checkpoint: meta.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Read every memory layer of `name`'s chain and check it against its chunk checksums. Slow (reads
+    /// the layers): a VMM runs it in the background after a restore.
+    pub fn verify_memory(&self, name: &str) -> Result<()> {
+        for p in self.memory_layers(name)? {
+            verify_layer(&p)?;
+        }
+        Ok(())
     }
 
     fn check_files(&self, dir: &Path, meta: &CheckpointMeta) -> Result<()> {
@@ -196,6 +310,35 @@ impl CheckpointStore {
         Ok(chain)
     }
 
+    /// Check everything about restoring `name` that can be checked without a VM: the chain, its state
+    /// file, every memory layer (index, size, geometry) and every disk layer (index, file). Returns
+    /// the memory chain. A restore calls this before it touches the running VM.
+    pub fn check_restorable(&self, name: &str) -> Result<LayerChain> {
+        let chain = self.chain_to(name)?;
+        let state = self.dir_of(name)?.join(STATE_FILE);
+        let is_file = std::fs::metadata(&state)
+            .map_err(|e| Error::io("stat state file", &state, e))?
+            .is_file();
+        if !is_file {
+            return Err(Error::InvalidMeta(format!(
+                "{} is not a file",
+                state.display()
+            )));
+        }
+        let memory = self.memory_chain(name)?;
+        for m in &chain {
+            // A restore reads only the last checkpoint's state; every layer's index.
+            self.check_bound(m, m.name == name)?;
+            let dir = self.dir_of(&m.name)?;
+            for d in &m.disks {
+                let p = dir.join(&d.layer_file);
+                BlockIndex::load(&index_path(&p))?;
+                std::fs::metadata(&p).map_err(|e| Error::io("stat disk layer", &p, e))?;
+            }
+        }
+        Ok(memory)
+    }
+
     /// The memory layer files to map for restoring `name`, base first.
     pub fn memory_layers(&self, name: &str) -> Result<Vec<PathBuf>> {
         self.chain_to(name)?
@@ -233,6 +376,11 @@ impl CheckpointStore {
     pub fn delete(&self, name: &str) -> Result<DeleteReport> {
         let meta = self.get(name)?;
         let dir = self.dir_of(name)?;
+        // A child's files and its sealed checksums change one after the other: until the delete is
+        // finished (see `finish_interrupted_deletes`), this marker says so.
+        let marker = self.root.join(format!("{DELETING_PREFIX}{name}"));
+        std::fs::write(&marker, b"").map_err(|e| Error::io("mark delete", &marker, e))?;
+        sync_parent_dir(&marker)?;
         let mut report = DeleteReport::default();
         for mut child in self.children(name)? {
             let cdir = self.dir_of(&child.name)?;
@@ -257,6 +405,7 @@ impl CheckpointStore {
                 cd.delta_mib = mib(bix.data_blocks() * u64::from(bix.block_size));
             }
             child.parent = meta.parent.clone();
+            self.seal(&cdir, &mut child)?;
             child.save(&cdir.join(META_FILE))?;
             report.merged_into.push(child.name.clone());
         }
@@ -266,7 +415,32 @@ impl CheckpointStore {
             .map_err(|e| Error::io("remove checkpoint metadata", &meta_path, e))?;
         sync_parent_dir(&meta_path)?;
         self.remove_dir(&dir)?;
+        std::fs::remove_file(&marker).map_err(|e| Error::io("unmark delete", &marker, e))?;
         Ok(report)
+    }
+
+    /// Finish deletes a crash interrupted (a child may hold merged layers its `meta.json` does not
+    /// vouch for yet). Call when no other process uses this store, as [`Self::cleanup_incomplete`].
+    /// Returns the names deleted.
+    pub fn finish_interrupted_deletes(&self) -> Result<Vec<String>> {
+        let rd = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+        let mut done = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("list checkpoint store", &self.root, e))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_prefix(DELETING_PREFIX) else {
+                continue;
+            };
+            if self.exists(name) {
+                self.delete(name)?;
+                done.push(name.to_string());
+            } else {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| Error::io("unmark delete", &p, e))?;
+            }
+        }
+        Ok(done)
     }
 
     fn remove_dir(&self, dir: &Path) -> Result<()> {
@@ -303,6 +477,14 @@ impl CheckpointStore {
         }
         Ok(removed)
     }
+}
+
+/// CRC-64/GO-ISO of a (small) file's bytes. Not CRC-64/XZ: each of these files ends in its own
+/// CRC-64/XZ, and the XZ CRC of any message followed by its CRC is one constant.
+fn file_crc(path: &Path) -> Result<u64> {
+    const GO_ISO: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_GO_ISO);
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    Ok(GO_ISO.checksum(&bytes))
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -467,6 +649,113 @@ pub(crate) mod tests {
         store.commit(&m).unwrap();
         assert!(store.exists("x"));
         assert!(matches!(store.chain_to("../x"), Err(Error::InvalidName(_))));
+    }
+
+    #[test]
+    fn head_and_restorable_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0u8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(
+            &store,
+            "b",
+            Some("a"),
+            2,
+            &PageIndex::from_ranges([(1, 1)]),
+            &mut disk,
+        );
+        assert_eq!(store.head(), None);
+        store.set_head(Some("b")).unwrap();
+        assert_eq!(store.head().as_deref(), Some("b"));
+        assert!(store.active_dir().join(HEAD_FILE).is_file());
+        store.check_restorable("b").unwrap();
+        store.check_head_writable().unwrap();
+        // A truncated base layer makes every checkpoint above it unrestorable.
+        let layer = store.dir_of("a").unwrap().join(MEM_LAYER_FILE);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&layer)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert!(store.check_restorable("b").is_err());
+        // A HEAD that is a directory cannot be replaced.
+        let head = store.active_dir().join(HEAD_FILE);
+        std::fs::remove_file(&head).unwrap();
+        std::fs::create_dir(&head).unwrap();
+        assert!(store.check_head_writable().is_err());
+        assert_eq!(store.head(), None);
+    }
+
+    #[test]
+    fn swapped_or_damaged_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0u8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(&store, "b", None, 2, &PageIndex::full(16), &mut disk);
+        let m = store.get("a").unwrap();
+        assert_eq!(m.format_version, META_FORMAT_VERSION);
+        assert_eq!(m.files.len(), 3, "{:?}", m.files);
+        store.check_restorable("a").unwrap();
+        store.verify_memory("a").unwrap();
+        let (a, b) = (store.dir_of("a").unwrap(), store.dir_of("b").unwrap());
+        let swap = |f: &str| {
+            let keep = std::fs::read(a.join(f)).unwrap();
+            std::fs::copy(b.join(f), a.join(f)).unwrap();
+            let e = store.check_restorable("a").unwrap_err();
+            assert!(matches!(e, Error::NotBound { .. }), "{f}: {e}");
+            std::fs::write(a.join(f), keep).unwrap();
+        };
+        swap(STATE_FILE);
+        swap("mem.layer.index");
+        swap("disk.root.layer.index");
+        store.check_restorable("a").unwrap();
+        // Another checkpoint's memory layer, or 16 flipped bytes, fail the chunk checksums.
+        std::fs::copy(b.join(MEM_LAYER_FILE), a.join(MEM_LAYER_FILE)).unwrap();
+        assert!(matches!(
+            store.verify_memory("a"),
+            Err(Error::LayerChecksum { chunk: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_delete_is_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0u8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(
+            &store,
+            "b",
+            Some("a"),
+            2,
+            &PageIndex::from_ranges([(3, 2)]),
+            &mut disk,
+        );
+        // A crash after the child's layer was merged, before its meta.json was resealed.
+        std::fs::write(store.root().join(".deleting-a"), b"").unwrap();
+        merge_into_child(
+            &store.dir_of("a").unwrap().join(MEM_LAYER_FILE),
+            &store.dir_of("b").unwrap().join(MEM_LAYER_FILE),
+        )
+        .unwrap();
+        assert!(store.check_restorable("b").is_err());
+        assert_eq!(store.finish_interrupted_deletes().unwrap(), ["a"]);
+        store.check_restorable("b").unwrap();
+        store.verify_memory("b").unwrap();
+        assert!(!store.exists("a"));
+        assert_eq!(
+            store.finish_interrupted_deletes().unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -207,14 +207,22 @@ impl PageIndex {
     }
 }
 
-/// The sidecar index of one memory layer: the memory size and the pages the layer holds.
+/// The sidecar index of one memory layer: the memory size, the pages the layer holds and, for layers
+/// written since format 2, a CRC-64 of each chunk of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerIndex {
     /// Size of the guest memory (and of the layer file), in bytes; a multiple of [`PAGE_SIZE`].
     pub mem_size: u64,
     /// Pages present in the layer file.
     pub pages: PageIndex,
+    /// One CRC-64 per [`super::CHUNK_PAGES`]-page chunk of the file, over the bytes of the chunk's pages
+    /// that `pages` holds, in order (0 for a chunk that holds none); empty: not checksummed (older
+    /// layers, and layers not yet sealed by [`crate::checkpoint::CheckpointStore::commit`]).
+    pub chunk_crcs: Vec<u64>,
 }
+
+/// Flag bit in the payload header: chunk checksums follow the ranges.
+const FLAG_CHUNK_CRCS: u32 = 1;
 
 const PAYLOAD_HEADER: usize = 24;
 
@@ -233,7 +241,16 @@ impl LayerIndex {
                 size: mem_size,
             });
         }
-        Ok(Self { mem_size, pages })
+        Ok(Self {
+            mem_size,
+            pages,
+            chunk_crcs: Vec::new(),
+        })
+    }
+
+    /// Number of checksum chunks for this memory.
+    pub fn chunk_count(&self) -> u64 {
+        self.mem_pages().div_ceil(super::CHUNK_PAGES)
     }
 
     /// Number of pages in the memory.
@@ -246,12 +263,20 @@ impl LayerIndex {
         let rs = self.pages.ranges();
         let mut out = Vec::with_capacity(PAYLOAD_HEADER + 16 * rs.len());
         out.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if self.chunk_crcs.is_empty() {
+            0
+        } else {
+            FLAG_CHUNK_CRCS
+        };
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&self.mem_size.to_le_bytes());
         out.extend_from_slice(&(rs.len() as u64).to_le_bytes());
         for r in rs {
             out.extend_from_slice(&r.start.to_le_bytes());
             out.extend_from_slice(&r.len.to_le_bytes());
+        }
+        for c in &self.chunk_crcs {
+            out.extend_from_slice(&c.to_le_bytes());
         }
         out
     }
@@ -270,9 +295,9 @@ impl LayerIndex {
                 "page size {page_size}, expected {PAGE_SIZE}"
             )));
         }
-        let reserved = u32_at(p, 4);
-        if reserved != 0 {
-            return Err(Error::Reserved(reserved));
+        let flags = u32_at(p, 4);
+        if flags & !FLAG_CHUNK_CRCS != 0 {
+            return Err(Error::Reserved(flags));
         }
         let mem_size = u64_at(p, 8);
         if mem_size % PAGE_SIZE != 0 {
@@ -282,8 +307,21 @@ impl LayerIndex {
         }
         let mem_pages = mem_size / PAGE_SIZE;
         let count = u64_at(p, 16);
-        let body = (p.len() - PAYLOAD_HEADER) as u64;
-        if count.checked_mul(16) != Some(body) {
+        let chunks = if flags & FLAG_CHUNK_CRCS != 0 {
+            mem_pages.div_ceil(super::CHUNK_PAGES)
+        } else {
+            0
+        };
+        if flags & FLAG_CHUNK_CRCS != 0 && chunks == 0 {
+            // One encoding per index: no memory, no checksums, no flag.
+            return Err(Error::InvalidIndex(
+                "chunk checksums for an empty memory".into(),
+            ));
+        }
+        let body = ((p.len() - PAYLOAD_HEADER) as u64).saturating_sub(chunks.saturating_mul(8));
+        if (p.len() - PAYLOAD_HEADER) as u64 != body.saturating_add(chunks.saturating_mul(8))
+            || count.checked_mul(16) != Some(body)
+        {
             return Err(Error::LengthMismatch {
                 declared: count.saturating_mul(16),
                 actual: body,
@@ -307,9 +345,14 @@ impl LayerIndex {
                 }
             }
         }
+        let crc_at = PAYLOAD_HEADER + body as usize;
+        let chunk_crcs = (0..chunks as usize)
+            .map(|k| u64_at(p, crc_at + 8 * k))
+            .collect();
         Ok(Self {
             mem_size,
             pages: PageIndex { ranges },
+            chunk_crcs,
         })
     }
 

@@ -12,14 +12,17 @@
 //! - [`index`]: [`PageIndex`] (sorted, coalesced page ranges) and the sidecar [`LayerIndex`].
 //! - [`layer`]: writing layer files (the VMM supplies the bytes; a safe slice-based writer for tests).
 //! - [`chain`]: [`LayerChain`] and the restore mapping plan.
+//! - [`checksum`]: per-chunk CRC-64s of a layer's data, sealed into its index and verified after restore.
 //! - [`merge`]: folding a deleted checkpoint's layer into its child.
 
 pub mod chain;
+pub mod checksum;
 pub mod index;
 pub mod layer;
 pub mod merge;
 
 pub use chain::{LayerChain, MappedRange, MemoryLayer};
+pub use checksum::{seal_layer, verify_layer, CHUNK_PAGES};
 pub use index::{LayerIndex, PageIndex, PageRange};
 pub use layer::{
     index_path, open_layer, write_layer_from_slice, write_layer_from_slice_to, write_layer_with,

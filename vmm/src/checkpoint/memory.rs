@@ -130,6 +130,8 @@ pub fn write_memory_layer(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
+    cairn_snapshot::safe_path::check_output_target(path)
+        .map_err(|e| snap_err(format!("{}: {e}", path.display())))?;
     let layout = region_layout(mem);
     let size = mem_size(mem);
     let tmp = cairn_snapshot::file::temp_path(path);
@@ -206,8 +208,12 @@ pub fn map_memory_chain(
     let base_path = layers
         .first()
         .ok_or_else(|| snap_err("no memory file given"))?;
-    let base =
-        File::open(base_path).map_err(|e| snap_err(format!("{}: {e}", base_path.display())))?;
+    let base = cairn_snapshot::safe_path::open_input(
+        base_path,
+        false,
+        cairn_snapshot::safe_path::InputKind::Regular,
+    )
+    .map_err(|e| snap_err(format!("{}: {e}", base_path.display())))?;
     let total: u64 = regions.iter().map(|(_, len)| len).sum();
     let file_len = base.metadata().map_err(|e| snap_err(e.to_string()))?.len();
     if file_len < total {
@@ -245,7 +251,14 @@ pub fn map_memory_chain(
     let layout = region_layout(&mem);
     let files: Vec<File> = layers
         .iter()
-        .map(|p| File::open(p).map_err(|e| snap_err(format!("{}: {e}", p.display()))))
+        .map(|p| {
+            cairn_snapshot::safe_path::open_input(
+                p,
+                false,
+                cairn_snapshot::safe_path::InputKind::Regular,
+            )
+            .map_err(|e| snap_err(format!("{}: {e}", p.display())))
+        })
         .collect::<Result<_, _>>()?;
     for range in chain.resolve() {
         if range.layer == 0 {

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use cairn_devices::virtio::block::{BlockConfig, DiskBackend, RawFile};
 use cairn_snapshot::checkpoint::store::disk_layer_file;
-use cairn_snapshot::checkpoint::{CheckpointMeta, CheckpointStore, DiskMeta, MemoryMeta};
+use cairn_snapshot::checkpoint::{
+    CheckpointMeta, CheckpointStore, DiskMeta, MemoryMeta, MEM_LAYER_FILE, STATE_FILE,
+};
 use cairn_snapshot::disk::LayeredDisk;
 
 use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
@@ -22,16 +24,8 @@ use crate::checkpoint::state::{capture, write_state};
 use crate::checkpoint::verify;
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
+use crate::vstate::vcpu::{ExitReason, ExitSignal};
 use cairn_snapshot::memory::PageIndex;
-
-/// File names inside a checkpoint directory.
-pub const STATE_FILE: &str = "state";
-/// The memory layer's file name.
-pub const MEMORY_FILE: &str = "mem.layer";
-/// Where active disk deltas live, under the checkpoint directory.
-pub const ACTIVE_DIR: &str = ".active";
-/// Names the checkpoint the active deltas sit on (empty: the bare base images).
-pub const HEAD_FILE: &str = cairn_vmm_api::CHECKPOINT_HEAD_FILE;
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(e.to_string())
@@ -61,11 +55,11 @@ impl CheckpointManager {
         for name in removed {
             tracing::warn!("removed incomplete checkpoint {name} (interrupted earlier)");
         }
-        std::fs::create_dir_all(root.join(ACTIVE_DIR)).map_err(VmmError::io("active delta dir"))?;
-        let head = std::fs::read_to_string(root.join(ACTIVE_DIR).join(HEAD_FILE))
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| store.get(h).is_ok());
+        for name in store.finish_interrupted_deletes().map_err(snap_err)? {
+            tracing::warn!("finished deleting checkpoint {name} (interrupted earlier)");
+        }
+        std::fs::create_dir_all(store.active_dir()).map_err(VmmError::io("active delta dir"))?;
+        let head = store.head();
         Ok(Self {
             store,
             head,
@@ -75,15 +69,16 @@ impl CheckpointManager {
         })
     }
 
-    fn active_dir(&self) -> PathBuf {
-        self.store.root().join(ACTIVE_DIR)
-    }
-
     /// Record the head, so that a later boot continues the disks from it.
     fn write_head(&self) -> Result<(), VmmError> {
-        let path = self.active_dir().join(HEAD_FILE);
-        let text = self.head.clone().unwrap_or_default();
-        cairn_snapshot::file::write_bytes_atomic(&path, text.as_bytes()).map_err(snap_err)
+        self.store.set_head(self.head.as_deref()).map_err(snap_err)
+    }
+
+    /// Check everything about restoring `name` that can be checked before the running VM is
+    /// touched (its files, and that the head can be recorded).
+    pub fn check_restorable(&self, name: &str) -> Result<(), VmmError> {
+        self.store.check_restorable(name).map_err(snap_err)?;
+        self.store.check_head_writable().map_err(snap_err)
     }
 
     /// The checkpoint the running VM descends from.
@@ -92,7 +87,7 @@ impl CheckpointManager {
     }
 
     fn active_path(&self, drive_id: &str) -> PathBuf {
-        self.active_dir().join(format!("{drive_id}.active"))
+        self.store.active_delta(drive_id)
     }
 
     /// Open `cfg`'s disk on the layered store. On a boot (`restoring: None`) the disk continues
@@ -147,6 +142,36 @@ impl CheckpointManager {
     /// Forget the drives of a machine that is gone.
     pub fn release_drives(&mut self) {
         self.drives.clear();
+    }
+
+    /// Check `name`'s memory layers against their chunk checksums on a background thread (after
+    /// a second), so a restore is not slower; a layer that fails (twice: a delete may rewrite an index meanwhile)
+    /// stops the machine through `exit` with [`ExitReason::CorruptMemory`].
+    pub fn verify_in_background(&self, name: &str, exit: Arc<ExitSignal>) {
+        let (store, owned) = (self.store.clone(), name.to_string());
+        let spawned = std::thread::Builder::new()
+            .name("cairn-verify".into())
+            .spawn(move || {
+                let name = owned;
+                // Let the restore's reply and the guest's first steps have the CPU first.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let started = Instant::now();
+                let Err(e) = store.verify_memory(&name) else {
+                    tracing::debug!("memory of {name} verified in {:?}", started.elapsed());
+                    return;
+                };
+                if !matches!(e, cairn_snapshot::Error::LayerChecksum { .. }) {
+                    tracing::warn!("could not verify the memory of {name}: {e}");
+                    return;
+                }
+                if let Err(e) = store.verify_memory(&name) {
+                    tracing::error!("checkpoint {name}: {e}; stopping the VM");
+                    exit.signal(ExitReason::CorruptMemory(e.to_string()));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("could not start verifying the memory of {name}: {e}");
+        }
     }
 
     /// Mark `name` as the running VM's parent (after restoring it).
@@ -242,7 +267,7 @@ impl CheckpointManager {
             machine.memory(),
             &pages,
             &index_pages,
-            &dir.join(MEMORY_FILE),
+            &dir.join(MEM_LAYER_FILE),
             false,
         )?;
         if verify::enabled() {
@@ -276,11 +301,12 @@ impl CheckpointManager {
             cpu_template: Some(machine.spec().cpu_template.name().to_string()),
             memory: MemoryMeta {
                 dirty_mib: mib(bytes),
-                layer_file: MEMORY_FILE.to_string(),
+                layer_file: MEM_LAYER_FILE.to_string(),
             },
             disks,
             pause_ms: 0.0,
             write_ms: start.elapsed().as_secs_f64() * 1e3,
+            files: Default::default(),
         };
         Ok((meta, dir))
     }

@@ -66,6 +66,16 @@ pub fn create_snapshot(
     state_path: &Path,
     mem_path: &Path,
 ) -> Result<SnapshotReport, VmmError> {
+    // Refuse bad targets before anything is written (a root VMM must not rename over /dev/null).
+    for p in [state_path, mem_path] {
+        cairn_snapshot::safe_path::check_output_target(p)
+            .map_err(|e| VmmError::Config(format!("{}: {e}", p.display())))?;
+    }
+    if state_path == mem_path {
+        return Err(VmmError::Config(
+            "snapshot_path and mem_file_path are the same file".into(),
+        ));
+    }
     let start = Instant::now();
     let state = capture(machine)?;
     let state_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -73,7 +83,12 @@ pub fn create_snapshot(
     let mem_start = Instant::now();
     let memory_bytes = write_memory_file(machine.memory(), &pages, mem_path, false)?;
     let memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
-    write_state(state_path, &state)?;
+    if let Err(e) = write_state(state_path, &state) {
+        // A snapshot without its state is no snapshot: leave nothing behind.
+        let _ = std::fs::remove_file(cairn_snapshot::memory::index_path(mem_path));
+        let _ = std::fs::remove_file(mem_path);
+        return Err(e);
+    }
     Ok(SnapshotReport {
         pages: pages.page_count(),
         memory_bytes,

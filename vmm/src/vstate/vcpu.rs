@@ -56,6 +56,9 @@ pub enum ExitReason {
     KvmError(String),
     /// The VMM was asked to stop (signal, API or library call).
     Stopped,
+    /// A restored guest's memory failed its checkpoint's checksums: it was stopped rather than
+    /// left running on wrong memory.
+    CorruptMemory(String),
 }
 
 impl ExitReason {
@@ -74,6 +77,7 @@ impl std::fmt::Display for ExitReason {
             Self::GuestReset => write!(f, "guest reset (reboot)"),
             Self::GuestShutdown => write!(f, "guest powered off"),
             Self::GuestCrash => write!(f, "guest crashed"),
+            Self::CorruptMemory(why) => write!(f, "restored memory is corrupt: {why}"),
             Self::EmulationFailure { vcpu, rip, bytes } => {
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 write!(

@@ -4,7 +4,7 @@
 //! image file and [`MemDisk`] in memory (tests, fuzzing). The layered checkpoint store implements
 //! it too.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -42,7 +42,11 @@ pub struct RawFile {
 impl RawFile {
     /// Open the image at `path`, read-only or read-write.
     pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = cairn_snapshot::safe_path::open_input(
+            path,
+            !read_only,
+            cairn_snapshot::safe_path::InputKind::RegularOrBlockDevice,
+        )?;
         Self::from_file(file)
     }
 
