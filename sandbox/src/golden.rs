@@ -102,7 +102,7 @@ fn key_with(
     let opt_hash = |p: Option<&Path>| p.map(hash).transpose().map(Option::unwrap_or_default);
     let initrd = img.rootfs.is_none().then_some(img.initrd.as_path());
     let parts: Vec<String> = vec![
-        "cairn-golden-v1".into(),
+        "cairn-golden-v2".into(),
         env!("CARGO_PKG_VERSION").into(),
         META_FORMAT_VERSION.to_string(),
         hash(&img.kernel)?,
@@ -115,8 +115,15 @@ fn key_with(
         opts.mem_mib.to_string(),
         opts.disk_gib.to_string(),
         jailed.to_string(),
+        // A VM with a network interface and one without are different machines.
+        with_network(opts).to_string(),
     ];
     Ok(content_key::hash_parts(parts.iter().map(|s| s.as_bytes())))
+}
+
+/// Whether a sandbox made with `opts` has a network interface (as `create` decides).
+fn with_network(opts: &CreateOptions) -> bool {
+    !opts.no_network && crate::net::is_root()
 }
 
 /// The key for a new sandbox, or `None` with `--cold` or when it cannot be computed (said in
@@ -280,6 +287,11 @@ pub fn create_from(
         reg.insert(&record)?;
         crate::fork::make_files(&src, &store, GOLDEN_CKPT, &paths)?;
         drop(src_lock);
+        // The golden VM has a network interface (the key says so): this sandbox gets its own
+        // namespace, address and MAC, which the agent sets in the guest after the restore.
+        if with_network(opts) {
+            crate::net::attach_new(home, &mut reg, &paths, name)?;
+        }
         let files = t.elapsed();
         let r = reg.get(name)?;
         // Restored, reseeded and named in one agent request.
@@ -302,6 +314,7 @@ pub fn create_from(
                 let _ = reg.remove(name);
             }
         }
+        crate::net::remove(&paths);
         let _ = fs::remove_dir_all(sandbox::jail::jail_dir(&paths));
         let _ = fs::remove_dir_all(&paths.dir);
     }
@@ -359,6 +372,14 @@ mod tests {
             },
         ] {
             differ.push(key_with(&home, &img, &o, false, &vmm).unwrap());
+        }
+        // With and without a network interface (only root's sandboxes have one).
+        if crate::net::is_root() {
+            let no_net = CreateOptions {
+                no_network: true,
+                ..CreateOptions::default()
+            };
+            differ.push(key_with(&home, &img, &no_net, false, &vmm).unwrap());
         }
         let args = GuestImage {
             boot_args: "quiet".into(),

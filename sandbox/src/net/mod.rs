@@ -462,6 +462,18 @@ pub fn fork_for(
     if load(src)?.is_none() {
         return Ok(());
     }
+    attach_new(home, reg, dst, name)
+}
+
+/// Gives the sandbox `name` at `dst`, whose files were made from a checkpoint of a VM with a
+/// network interface (a fork, or a create from a golden checkpoint), a network of its own, and
+/// names its tap and new MAC in its VMM config.
+pub fn attach_new(
+    home: &crate::sandbox::Home,
+    reg: &mut crate::registry::Registry,
+    dst: &Paths,
+    name: &str,
+) -> Result<(), crate::sandbox::SandboxError> {
     let owner = crate::sandbox::jail::load(dst)?.map(|s| (s.uid, s.gid));
     let spec = create_for(home, reg, dst, name, owner)?;
     let text = fs::read_to_string(&dst.config)
