@@ -144,12 +144,24 @@ fn wait_exit_unreaped(pid: u32) -> io::Result<()> {
     }
 }
 
-/// Sends `sig` to the process unless it has been reaped (so never to a recycled pid).
+/// Sends `sig` to the process's group, as a terminal signals its foreground job (every exec
+/// leads a group of its own), and to the process itself, unless it has been reaped (so never to
+/// a recycled pid or group). A SIGKILL thus ends the whole tree, not only its leader: once the
+/// leader is reaped, [`kill_group`] can no longer reach the rest.
 fn signal(pid: u32, sig: i32, reaped: &Mutex<bool>) {
     let reaped = reaped.lock().unwrap_or_else(PoisonError::into_inner);
     if !*reaped {
-        // SAFETY: kill(2) takes no pointers; `pid` is our unreaped child.
-        unsafe { libc::kill(pid as libc::pid_t, sig) };
+        let pid = pid as libc::pid_t;
+        // SAFETY: getpgid(2) and kill(2) take no pointers; `pid` is our unreaped child, so its
+        // group id is still ours too.
+        unsafe {
+            libc::kill(-pid, sig);
+            // A leader that left its group (setsid, setpgid) is signalled on its own; one still
+            // in it already was, and is not signalled twice.
+            if libc::getpgid(pid) != pid {
+                libc::kill(pid, sig);
+            }
+        }
     }
 }
 
