@@ -17,6 +17,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::checkpoint::holes::{anonymize_tmpfs_holes, MappedRange};
 use crate::error::VmmError;
 use crate::vstate::vm::Vm;
 
@@ -241,6 +242,16 @@ pub fn map_memory_chain(
         file_offset += len;
     }
     let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| snap_err(e.to_string()))?;
+    let base_ranges: Vec<MappedRange<'_>> = region_layout(&mem)
+        .into_iter()
+        .map(|(host, len, file_offset)| MappedRange {
+            file: &base,
+            file_offset,
+            len,
+            host,
+        })
+        .collect();
+    anonymize_tmpfs_holes(&base_ranges)?;
     // Layers after the base: map each one's pages over the base, newest last.
     let mut chain = cairn_snapshot::memory::LayerChain::new(total);
     for layer in layers {
@@ -260,6 +271,7 @@ pub fn map_memory_chain(
             .map_err(|e| snap_err(format!("{}: {e}", p.display())))
         })
         .collect::<Result<_, _>>()?;
+    let mut layer_ranges = Vec::new();
     for range in chain.resolve() {
         if range.layer == 0 {
             continue;
@@ -286,7 +298,14 @@ pub fn map_memory_chain(
                 std::io::Error::last_os_error()
             )));
         }
+        layer_ranges.push(MappedRange {
+            file,
+            file_offset: range.file_offset,
+            len: range.len,
+            host,
+        });
     }
+    anonymize_tmpfs_holes(&layer_ranges)?;
     let all_pages = chain
         .layers()
         .iter()

@@ -6,6 +6,7 @@
 
 pub mod compat;
 pub mod disk;
+pub mod holes;
 pub mod memory;
 pub mod named;
 pub mod restore;
