@@ -136,3 +136,61 @@ fn swapped_files_are_refused_and_corrupt_memory_stops_the_guest() {
         "{reason:?}"
     );
 }
+
+/// A failure only the rebuild can find (the vsock socket the checkpoint records cannot be bound)
+/// happens after the VM was stopped: the VM is brought back from the checkpoint it was running
+/// from, and the error says so.
+#[test]
+fn a_late_failure_brings_the_vm_back_from_its_newest_checkpoint() {
+    let name = "a_late_failure_brings_the_vm_back_from_its_newest_checkpoint";
+    if !kvm_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path().join("ckpts");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let mut spec = BuildSpec::linux(guests::TICKER64);
+    spec.mem_size_mib = 32;
+    spec.checkpoint_dir = Some(ckpts.clone());
+    spec.track_dirty_pages = true;
+    spec.devices = vec![cairn_vmm::builder::DeviceSpec::Vsock(
+        cairn_devices::virtio::vsock::VsockConfig {
+            guest_cid: 3,
+            uds_path: a.join("v.sock"),
+        },
+    )];
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    wait_dots(&mut rt, &out, 1);
+    rt.create_checkpoint(Some("p")).unwrap();
+    // "n" records its vsock socket in directory b.
+    let on_b = Capture::default();
+    rt.restore_checkpoint("p", None, true, Some(b.join("v.sock")), || console(&on_b))
+        .unwrap();
+    wait_dots(&mut rt, &on_b, 1);
+    rt.create_checkpoint(Some("n")).unwrap();
+    // Back on "p" (socket in a), then b goes away.
+    let on_a = Capture::default();
+    rt.restore_checkpoint("p", None, true, None, || console(&on_a))
+        .unwrap();
+    wait_dots(&mut rt, &on_a, 1);
+    std::fs::remove_dir_all(&b).unwrap();
+    let back = Capture::default();
+    let e = match rt.restore_checkpoint("n", None, true, None, || console(&back)) {
+        Ok(()) => panic!("restoring n without its vsock directory succeeded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("brought back from its newest checkpoint p"),
+        "{e}"
+    );
+    assert!(
+        a.join("v.sock").exists(),
+        "{e}: the VM's vsock socket is gone"
+    );
+    // The brought-back VM runs: its console (the last one handed out) keeps ticking.
+    wait_dots(&mut rt, &back, back.dots() + 1);
+}
