@@ -16,6 +16,14 @@ pub struct ServeArgs {
     /// Also listen on TCP, e.g. 127.0.0.1:7878 (every request then needs the bearer token).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Also run the HTTP router on ADDR, e.g. 127.0.0.1:8000: http://NAME.localhost:8000/
+    /// reaches port 8080 in sandbox NAME, waking it (no token; see docs/network.md).
+    #[arg(long, value_name = "ADDR")]
+    router: Option<SocketAddr>,
+    /// The guest port a bare NAME.localhost goes to through --router.
+    #[arg(long, value_name = "PORT", requires = "router",
+          default_value_t = cairn_sandbox::ports::router::DEFAULT_GUEST_PORT)]
+    router_guest_port: u16,
 }
 
 /// Runs the API server until SIGINT/SIGTERM.
@@ -25,6 +33,8 @@ pub fn serve(home: &Home, args: ServeArgs) -> Result<u8, CliError> {
         opts.socket = s;
     }
     opts.listen = args.listen;
+    opts.router = args.router;
+    opts.router_guest_port = args.router_guest_port;
     serve::run(home.clone(), opts).map_err(|e| CliError::Usage(cairn_agent::error_text(&e)))?;
     Ok(0)
 }

@@ -1,6 +1,7 @@
 //! Ports in, end to end on the Linux guest: a tiny perl HTTP server in the guest, reached by
 //! `cairn proxy` and by `cairn router` (Host header), the router waking a stopped sandbox, and an
-//! open proxied connection keeping the sandbox from idling.
+//! open proxied connection keeping the sandbox from idling; and the same router inside
+//! `cairn serve --router`.
 //! Needs `cairn` and `cairn-vmm` built (`cargo build --workspace --bins`) and /dev/kvm.
 
 use std::io::{Read, Write};
@@ -106,5 +107,44 @@ fn sandbox_proxy_and_router_reach_a_guest_server_and_wake_it() {
             );
             std::thread::sleep(Duration::from_secs(1));
         }
+    });
+}
+
+/// `cairn serve --router ADDR`: the long-running manager routes by Host header too, and a
+/// request to a stopped sandbox wakes it and is answered.
+#[test]
+fn serve_router_reaches_a_guest_server_and_wakes_it() {
+    let name = "serve_router_reaches_a_guest_server_and_wakes_it";
+    if !kvm_available(name) {
+        return;
+    }
+    retry_on_guest_flake(name, || {
+        let h = CairnHome::new();
+        h.create("app", &["--mem", "256", "--disk", "1"]);
+        start_server(&h, "app", 8080);
+
+        let serve = Daemon::start(&h, &["serve", "--router", "127.0.0.1:0"]);
+        let host = format!("app.localhost:{}", serve.port);
+        let a = get(serve.port, &host);
+        assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}");
+        assert!(a.contains(&format!("host={host}")), "{a}");
+        let a = get(serve.port, "nope.localhost");
+        assert!(a.starts_with("HTTP/1.1 404"), "{a}");
+        let a = get(serve.port, "example.com");
+        assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+        // The API is still there on its socket, next to the router.
+        assert!(h.home.path().join("serve.sock").exists());
+
+        h.ok(&["stop", "app"]);
+        assert_eq!(h.row("app")["state"], "stopped");
+        let start = Instant::now();
+        let a = get(serve.port, &host);
+        eprintln!(
+            "serve router: request to a stopped sandbox answered in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}");
+        assert!(a.contains("hello from the guest"), "{a}");
+        assert_eq!(h.row("app")["state"], "running");
     });
 }

@@ -55,6 +55,10 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// Also listen on this TCP address (token required there).
     pub listen: Option<SocketAddr>,
+    /// Also run the HTTP router (`http://NAME.localhost:PORT/`, no token) on this address.
+    pub router: Option<SocketAddr>,
+    /// The guest port a bare `NAME.localhost` goes to through the router.
+    pub router_guest_port: u16,
 }
 
 impl ServeOptions {
@@ -63,6 +67,8 @@ impl ServeOptions {
         ServeOptions {
             socket: home.root().join(SOCKET_FILE),
             listen: None,
+            router: None,
+            router_guest_port: crate::ports::router::DEFAULT_GUEST_PORT,
         }
     }
 }
@@ -111,6 +117,26 @@ async fn serve(home: Home, opts: ServeOptions) -> Result<(), ServeError> {
         eprintln!("cairn serve: listening on http://{addr} (bearer token required)");
         let tcp_app = router(state, Listener::Tcp);
         tasks.spawn(async move { axum::serve(tcp, tcp_app).await });
+    }
+    if let Some(addr) = opts.router {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_err(format!("listen on {addr} (the router)")))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        // On stdout, as `cairn router` prints it: scripts read the port from this line.
+        println!(
+            "cairn serve: router listening on http://{addr}/ (http://NAME.localhost:{}/ reaches port {} in sandbox NAME)",
+            addr.port(),
+            opts.router_guest_port
+        );
+        let router = crate::ports::router::Router::new(home.clone())
+            .with_default_port(opts.router_guest_port);
+        tasks.spawn(async move {
+            router
+                .serve(listener)
+                .await
+                .map_err(|e| io::Error::other(cairn_agent::error_text(&e)))
+        });
     }
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
