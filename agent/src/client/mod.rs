@@ -14,9 +14,11 @@
 //! ```
 
 pub mod exit_code;
+mod session;
 pub mod tty;
 mod tunnel;
 
+pub use session::AttachedSession;
 pub use tunnel::{LocalStream, SpliceStats, Tunnel, TunnelAbort};
 
 use crate::proto::{

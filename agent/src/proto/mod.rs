@@ -7,9 +7,11 @@
 
 mod bytes;
 mod frame;
+mod session;
 mod tree;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
+pub use session::{SessionInfo, SessionStatus};
 pub use tree::{join_relative, EntryKind, TreeMsg};
 
 use serde::{Deserialize, Serialize};
@@ -146,6 +148,24 @@ pub enum ClientMsg {
     /// Make this guest its own machine after a restore; answered by `Done`. See
     /// [`IdentityRequest`] (protocol v2).
     Identity(IdentityRequest),
+    /// Start a detached session: a process that outlives this connection, its output kept in
+    /// the agent's ring buffer. Answered by `SessionStarted` or `Error`.
+    SessionStart(ExecRequest),
+    /// List the sessions; answered by `Sessions`.
+    SessionList,
+    /// Attach to a session: answered by `SessionAttached`, the buffered output, then live
+    /// output and `Exit`/`Killed` when it ends. `Stdin`, `StdinClose`, `Resize` and `Signal`
+    /// may follow; closing the connection detaches (the process keeps running).
+    SessionAttach {
+        /// The session.
+        id: u32,
+    },
+    /// Kill a session's process group (SIGKILL) if it runs, and forget the session and its
+    /// output. Answered by `Done`.
+    SessionKill {
+        /// The session.
+        id: u32,
+    },
 }
 
 /// A TCP connection to open inside the guest (`cairn proxy`, the HTTP router).
@@ -228,6 +248,23 @@ pub enum AgentMsg {
     Data(#[serde(with = "bytes")] Vec<u8>),
     /// After `Connected`: the guest's TCP peer closed its write half (EOF).
     DataEnd,
+    /// The session of a `SessionStart` runs.
+    SessionStarted {
+        /// Its id.
+        id: u32,
+        /// Its process's guest pid.
+        pid: u32,
+    },
+    /// Answer to `SessionList`, oldest first.
+    Sessions(Vec<SessionInfo>),
+    /// First answer to `SessionAttach`: the ring buffer's contents follow as `Stdout`/`Stderr`
+    /// (`replay` bytes), then live output.
+    SessionAttached {
+        /// Output bytes dropped from the ring buffer before its oldest byte.
+        dropped: u64,
+        /// Bytes of buffered output that follow at once, before any live output.
+        replay: u64,
+    },
 }
 
 #[cfg(test)]
@@ -315,6 +352,10 @@ mod tests {
                 machine_id: Some("0".repeat(32)),
             }),
             ClientMsg::Identity(IdentityRequest::default()),
+            ClientMsg::SessionStart(ExecRequest::default()),
+            ClientMsg::SessionList,
+            ClientMsg::SessionAttach { id: 7 },
+            ClientMsg::SessionKill { id: u32::MAX },
         ]
     }
 
@@ -334,6 +375,24 @@ mod tests {
             AgentMsg::Connected,
             AgentMsg::Data(vec![0; 3]),
             AgentMsg::DataEnd,
+            AgentMsg::SessionStarted { id: 1, pid: 99 },
+            AgentMsg::Sessions(vec![SessionInfo {
+                id: 1,
+                pid: 99,
+                argv: vec!["sh".into()],
+                started_unix: 1 << 33,
+                tty: true,
+                stdin: false,
+                status: SessionStatus::Killed(9),
+                output_bytes: 1 << 40,
+                dropped_bytes: 3,
+                attached: 2,
+            }]),
+            AgentMsg::Sessions(Vec::new()),
+            AgentMsg::SessionAttached {
+                dropped: 0,
+                replay: 1 << 18,
+            },
         ]
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 /// Bytes read from a process's output per frame.
-const OUT_CHUNK: usize = 32 << 10;
+pub(super) const OUT_CHUNK: usize = 32 << 10;
 
 /// `PATH` for processes when neither the agent nor the request has one (an agent started
 /// directly by the kernel has an empty environment).
@@ -30,14 +30,14 @@ fn send<S: Conn>(writer: &Mutex<FrameWriter<S>>, msg: &AgentMsg) -> Result<(), F
         .write(msg)
 }
 
-struct Spawned {
-    child: Child,
-    input: Option<Box<dyn Write + Send>>,
-    outputs: Vec<(Box<dyn Read + Send>, bool)>,
-    pty_master: Option<File>,
+pub(super) struct Spawned {
+    pub(super) child: Child,
+    pub(super) input: Option<Box<dyn Write + Send>>,
+    pub(super) outputs: Vec<(Box<dyn Read + Send>, bool)>,
+    pub(super) pty_master: Option<File>,
 }
 
-fn spawn(req: &ExecRequest) -> io::Result<Spawned> {
+pub(super) fn spawn(req: &ExecRequest) -> io::Result<Spawned> {
     let (prog, args) = req
         .argv
         .split_first()
@@ -127,7 +127,7 @@ fn pump<S: Conn>(mut src: Box<dyn Read + Send>, is_stderr: bool, writer: &Mutex<
 }
 
 /// Waits for `pid` to exit without reaping it, so the pid stays ours until `reaped` is set.
-fn wait_exit_unreaped(pid: u32) -> io::Result<()> {
+pub(super) fn wait_exit_unreaped(pid: u32) -> io::Result<()> {
     loop {
         // SAFETY: siginfo_t is plain data; all-zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -148,7 +148,7 @@ fn wait_exit_unreaped(pid: u32) -> io::Result<()> {
 /// leads a group of its own), and to the process itself, unless it has been reaped (so never to
 /// a recycled pid or group). A SIGKILL thus ends the whole tree, not only its leader: once the
 /// leader is reaped, [`kill_group`] can no longer reach the rest.
-fn signal(pid: u32, sig: i32, reaped: &Mutex<bool>) {
+pub(super) fn signal(pid: u32, sig: i32, reaped: &Mutex<bool>) {
     let reaped = reaped.lock().unwrap_or_else(PoisonError::into_inner);
     if !*reaped {
         let pid = pid as libc::pid_t;

@@ -5,6 +5,7 @@ mod identity;
 mod loopback;
 pub mod netcfg;
 mod pty;
+mod session;
 mod tcp;
 mod vsock;
 
@@ -101,6 +102,12 @@ pub enum ServerError {
     /// `NetConfigure` or `SetClock` failed.
     #[error("guest configuration")]
     NetCfg(#[from] netcfg::NetCfgError),
+    /// A session request named no session the agent keeps.
+    #[error("no session {0} (hint: `cairn sessions ls` lists them)")]
+    NoSession(u32),
+    /// The session table is full of running sessions.
+    #[error("{0} sessions run already (hint: kill one first)")]
+    TooManySessions(usize),
     /// Waiting for the process failed.
     #[error("waiting for pid {pid}")]
     Wait {
@@ -183,6 +190,10 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
             .map(|()| Some(AgentMsg::Done))
             .map_err(ServerError::from),
         ClientMsg::Identity(req) => identity::apply(&req).map(|()| Some(AgentMsg::Done)),
+        ClientMsg::SessionStart(req) => session::start(req).map(Some),
+        ClientMsg::SessionList => Ok(Some(session::list())),
+        ClientMsg::SessionAttach { id } => return session::attach(id, reader, writer),
+        ClientMsg::SessionKill { id } => session::kill(id).map(Some),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -247,6 +258,10 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::NetConfigure(_) => "NetConfigure",
         ClientMsg::SetClock { .. } => "SetClock",
         ClientMsg::Identity(_) => "Identity",
+        ClientMsg::SessionStart(_) => "SessionStart",
+        ClientMsg::SessionList => "SessionList",
+        ClientMsg::SessionAttach { .. } => "SessionAttach",
+        ClientMsg::SessionKill { .. } => "SessionKill",
     }
 }
 
