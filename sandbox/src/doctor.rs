@@ -15,7 +15,7 @@
 //!
 //! Then every directory under `sandboxes/` without a row (an interrupted create or rm) is
 //! removed, and so are temporary root images whose maker is gone and shared root images no
-//! sandbox uses.
+//! sandbox uses; then half-made golden entries and unfinished image builds (`doctor_images.rs`).
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, State};
@@ -85,6 +85,8 @@ pub fn run(home: &Home, dry_run: bool) -> Result<Vec<Finding>, SandboxError> {
     orphan_jails(&mut d, &names);
     net_leftovers(&mut d, &names);
     temp_images(&mut d);
+    images::golden_leftovers(&mut d);
+    images::image_build_leftovers(&mut d);
     Ok(d.findings)
 }
 
@@ -531,6 +533,9 @@ fn temp_images(d: &mut Doctor) {
         }
     }
 }
+
+#[path = "doctor_images.rs"]
+mod images;
 
 #[cfg(test)]
 #[path = "doctor_tests.rs"]
