@@ -511,12 +511,13 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
                 println!("{}", json_text(&meta));
             } else {
                 println!(
-                    "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms",
+                    "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms, total {} ms",
                     meta.name,
                     meta.parent.as_deref().unwrap_or("-"),
                     meta.dirty_memory_mib,
                     meta.disk_delta_mib,
                     fmt_num(meta.pause_ms),
+                    fmt_num(meta.total_ms),
                 );
             }
         }
@@ -527,13 +528,13 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
                 println!("{}", json_text(&list));
             } else {
                 println!(
-                    "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9}",
-                    "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms"
+                    "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9} {:>9}",
+                    "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms", "TOTAL ms"
                 );
                 for c in &list {
                     let n = c.name.as_str();
                     println!(
-                        "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9}",
+                        "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
                         if head.as_deref() == Some(n) { "*" } else { "" },
                         n,
                         c.parent.as_deref().unwrap_or("-"),
@@ -541,6 +542,7 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
                         c.disk_delta_mib,
                         fmt_num(c.pause_ms),
                         fmt_num(c.write_ms),
+                        fmt_num(c.total_ms),
                     );
                 }
             }

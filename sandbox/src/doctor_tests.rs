@@ -47,6 +47,7 @@ fn checkpoint(paths: &Paths, ckpt: &str, created_unix_ms: u64) {
         disks: vec![],
         pause_ms: 1.0,
         write_ms: 1.0,
+        total_ms: 0.0,
         files: Default::default(),
     }
     .save(&dir.join("meta.json"))

@@ -332,6 +332,7 @@ mod tests {
                 }],
                 pause_ms: 1.0,
                 write_ms: 1.0,
+                total_ms: 0.0,
                 files: Default::default(),
             })
             .unwrap();

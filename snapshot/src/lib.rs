@@ -50,6 +50,7 @@
 //!     }],
 //!     pause_ms: 0.1,
 //!     write_ms: 1.0,
+//!     total_ms: 0.0,
 //!     files: Default::default(),
 //! })?;
 //!

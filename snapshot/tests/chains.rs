@@ -110,6 +110,7 @@ fn checkpoint(
         }],
         pause_ms: 0.0,
         write_ms: 0.0,
+        total_ms: 0.0,
         files: Default::default(),
     };
     store.commit(&meta).unwrap();

@@ -203,6 +203,7 @@ fn meta_json() {
         ],
         pause_ms: 0.18,
         write_ms: 2.75,
+        total_ms: 0.0,
         files: Default::default(),
     };
     want.save(&p).unwrap();

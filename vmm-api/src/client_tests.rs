@@ -29,7 +29,7 @@ fn ok_json(body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-const CHECKPOINT: &str = r#"{"name":"c1","parent":null,"created_unix_ms":5,"dirty_memory_mib":1.0,"disk_delta_mib":0.0,"disks":[],"pause_ms":2.0,"write_ms":3.0,"cpu_template":null}"#;
+const CHECKPOINT: &str = r#"{"name":"c1","parent":null,"created_unix_ms":5,"dirty_memory_mib":1.0,"disk_delta_mib":0.0,"disks":[],"pause_ms":2.0,"write_ms":3.0,"total_ms":5.0,"cpu_template":null}"#;
 
 #[test]
 fn typed_calls_send_typed_bodies_and_read_typed_replies() {

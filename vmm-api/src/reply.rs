@@ -58,6 +58,9 @@ pub struct CheckpointInfo {
     pub pause_ms: f64,
     /// How long writing the checkpoint took, in ms.
     pub write_ms: f64,
+    /// From the request to the checkpoint's files written, in ms: the guest ran for all of it
+    /// but `pause_ms` (0 for checkpoints taken before this field existed).
+    pub total_ms: f64,
     /// The CPU template the VM ran with (`null` for none).
     #[serde(deserialize_with = "required")]
     pub cpu_template: Option<String>,
@@ -93,6 +96,7 @@ mod tests {
             }],
             pause_ms: 3.25,
             write_ms: 40.0,
+            total_ms: 42.0,
             cpu_template: Some("T2".into()),
         }
     }

@@ -361,6 +361,7 @@ fn checkpoint_info(meta: &cairn_snapshot::checkpoint::CheckpointMeta) -> Checkpo
             .collect(),
         pause_ms: meta.pause_ms,
         write_ms: meta.write_ms,
+        total_ms: meta.total_ms,
         cpu_template: meta.cpu_template.clone(),
     }
 }

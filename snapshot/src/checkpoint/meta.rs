@@ -61,11 +61,19 @@ pub struct CheckpointMeta {
     pub pause_ms: f64,
     /// How long writing the files took, ms.
     pub write_ms: f64,
+    /// From the checkpoint's request to its files written (the copy included, whether the guest
+    /// ran during it or not), ms; 0 in checkpoints from before this field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub total_ms: f64,
     /// The CRC-64 of each small file of the checkpoint (`state` and every layer's index, whose memory
     /// index holds the layer's chunk checksums), by file name: what binds each file to this checkpoint.
     /// Filled in by [`super::CheckpointStore::commit`]; empty in version 1 checkpoints.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub files: std::collections::BTreeMap<String, u64>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -116,9 +124,14 @@ impl CheckpointMeta {
                 )));
             }
         }
-        let nums = [self.memory.dirty_mib, self.pause_ms, self.write_ms]
-            .into_iter()
-            .chain(self.disks.iter().map(|d| d.delta_mib));
+        let nums = [
+            self.memory.dirty_mib,
+            self.pause_ms,
+            self.write_ms,
+            self.total_ms,
+        ]
+        .into_iter()
+        .chain(self.disks.iter().map(|d| d.delta_mib));
         for x in nums {
             if !x.is_finite() || x < 0.0 {
                 return Err(Error::InvalidMeta(format!(
@@ -217,6 +230,7 @@ pub(crate) mod tests {
             }],
             pause_ms: 0.2,
             write_ms: 2.5,
+            total_ms: 0.0,
             files: Default::default(),
         }
     }

@@ -103,7 +103,11 @@ pub fn resident_pages(mem: &GuestMemoryMmap) -> Result<PageIndex, VmmError> {
     Ok(index)
 }
 
-fn host_range_for(layout: &[(u64, u64, u64)], file_offset: u64, len: u64) -> Option<u64> {
+pub(crate) fn host_range_for(
+    layout: &[(u64, u64, u64)],
+    file_offset: u64,
+    len: u64,
+) -> Option<u64> {
     layout
         .iter()
         .find(|(_, rlen, foff)| file_offset >= *foff && file_offset + len <= foff + rlen)
@@ -131,71 +135,127 @@ pub fn write_memory_layer(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
-    cairn_snapshot::safe_path::check_output_target(path)
-        .map_err(|e| snap_err(format!("{}: {e}", path.display())))?;
-    let layout = region_layout(mem);
-    let size = mem_size(mem);
-    let tmp = cairn_snapshot::file::temp_path(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| snap_err(format!("{}: {e}", tmp.display())))?;
-    let result = (|| {
-        file.set_len(size)
-            .map_err(|e| snap_err(format!("{}: {e}", tmp.display())))?;
-        let mut written = 0;
-        for (offset, len) in pages.write_plan() {
-            let host = host_range_for(&layout, offset, len).ok_or_else(|| {
-                snap_err(format!(
-                    "page range {offset:#x}+{len:#x} is outside guest RAM"
-                ))
-            })?;
-            let mut done = 0u64;
-            while done < len {
-                // SAFETY: [host+done, host+len) lies inside a live guest mapping (checked by
-                // host_range_for); pwrite only reads from it.
-                let n = unsafe {
-                    libc::pwrite(
-                        file.as_raw_fd(),
-                        (host + done) as *const libc::c_void,
-                        (len - done) as usize,
-                        (offset + done) as libc::off_t,
-                    )
-                };
-                if n <= 0 {
-                    return Err(snap_err(format!(
-                        "writing {}: {}",
-                        tmp.display(),
-                        std::io::Error::last_os_error()
-                    )));
-                }
-                done += n as u64;
-            }
-            written += len;
-        }
-        if sync {
-            file.sync_all()
-                .map_err(|e| snap_err(format!("fsync {}: {e}", tmp.display())))?;
-        }
-        Ok(written)
-    })();
-    let written = match result {
-        Ok(w) => w,
+    let layer = LayerFile::create(path, mem_size(mem))?;
+    match copy_pages(mem, pages, &layer) {
+        Ok(written) => layer.finish(index_pages, sync).map(|()| written),
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            layer.discard();
+            Err(e)
         }
-    };
-    let index = LayerIndex::new(size, index_pages.clone()).map_err(snap_err)?;
-    index
-        .save(&cairn_snapshot::memory::index_path(path))
-        .map_err(snap_err)?;
-    std::fs::rename(&tmp, path).map_err(|e| snap_err(format!("rename {}: {e}", path.display())))?;
-    if sync {
-        cairn_snapshot::file::sync_parent_dir(path).map_err(snap_err)?;
+    }
+}
+
+/// A memory layer being written: a sparse file under a temporary name, renamed into place with
+/// its page index by [`LayerFile::finish`].
+#[derive(Debug)]
+pub struct LayerFile {
+    /// The open temporary file.
+    pub file: File,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    size: u64,
+}
+
+impl LayerFile {
+    /// Create the temporary file for the layer at `path`, `size` bytes long (all holes).
+    pub fn create(path: &Path, size: u64) -> Result<Self, VmmError> {
+        cairn_snapshot::safe_path::check_output_target(path)
+            .map_err(|e| snap_err(format!("{}: {e}", path.display())))?;
+        let tmp = cairn_snapshot::file::temp_path(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| snap_err(format!("{}: {e}", tmp.display())))?;
+        let layer = Self {
+            file,
+            tmp,
+            path: path.to_path_buf(),
+            size,
+        };
+        if let Err(e) = layer.file.set_len(size) {
+            let msg = format!("{}: {e}", layer.tmp.display());
+            layer.discard();
+            return Err(snap_err(msg));
+        }
+        Ok(layer)
+    }
+
+    /// Copy `len` bytes of guest memory at host address `host` to file offset `offset`.
+    pub fn write_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
+        let mut done = 0u64;
+        while done < len {
+            // SAFETY: callers pass a range inside a live guest mapping (checked by
+            // host_range_for or taken from region_layout); pwrite only reads from it.
+            let n = unsafe {
+                libc::pwrite(
+                    self.file.as_raw_fd(),
+                    (host + done) as *const libc::c_void,
+                    (len - done) as usize,
+                    (offset + done) as libc::off_t,
+                )
+            };
+            if n <= 0 {
+                return Err(snap_err(format!(
+                    "writing {}: {}",
+                    self.tmp.display(),
+                    std::io::Error::last_os_error()
+                )));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Write the page index claiming `index_pages` and rename the layer into place.
+    pub fn finish(self, index_pages: &PageIndex, sync: bool) -> Result<(), VmmError> {
+        let result = (|| {
+            if sync {
+                self.file
+                    .sync_all()
+                    .map_err(|e| snap_err(format!("fsync {}: {e}", self.tmp.display())))?;
+            }
+            let index = LayerIndex::new(self.size, index_pages.clone()).map_err(snap_err)?;
+            index
+                .save(&cairn_snapshot::memory::index_path(&self.path))
+                .map_err(snap_err)?;
+            std::fs::rename(&self.tmp, &self.path)
+                .map_err(|e| snap_err(format!("rename {}: {e}", self.path.display())))?;
+            if sync {
+                cairn_snapshot::file::sync_parent_dir(&self.path).map_err(snap_err)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    /// Remove the temporary file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Copy `pages` of guest memory into `layer` (the vCPUs paused). Returns the bytes written.
+pub fn copy_pages(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    layer: &LayerFile,
+) -> Result<u64, VmmError> {
+    let layout = region_layout(mem);
+    let mut written = 0;
+    for (offset, len) in pages.write_plan() {
+        let host = host_range_for(&layout, offset, len).ok_or_else(|| {
+            snap_err(format!(
+                "page range {offset:#x}+{len:#x} is outside guest RAM"
+            ))
+        })?;
+        layer.write_from(host, len, offset)?;
+        written += len;
     }
     Ok(written)
 }

@@ -4,6 +4,7 @@
 //! Two interfaces sit on top: Firecracker's (`PUT /snapshot/create`, `PUT /snapshot/load`, with
 //! the same file semantics) and cairn's named, incremental checkpoints (`/checkpoints`).
 
+pub mod background;
 pub mod compat;
 pub mod disk;
 pub mod holes;

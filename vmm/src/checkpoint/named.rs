@@ -17,8 +17,9 @@ use cairn_snapshot::checkpoint::{
 };
 use cairn_snapshot::disk::LayeredDisk;
 
+use crate::checkpoint::background;
 use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
-use crate::checkpoint::memory::{mem_size, write_memory_layer, PAGE_SIZE};
+use crate::checkpoint::memory::{copy_pages, mem_size, LayerFile, PAGE_SIZE};
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
 use crate::checkpoint::state::{capture, write_state};
 use crate::checkpoint::verify;
@@ -200,7 +201,10 @@ impl CheckpointManager {
         self.store.get(name).map_err(snap_err)
     }
 
-    /// Take checkpoint `name` of `machine` (pausing it if it runs).
+    /// Take checkpoint `name` of `machine`. A running machine is paused only to collect the
+    /// vCPU and device state, freeze the disks' deltas and write-protect the memory to save; it
+    /// runs again while the memory is copied (checkpoint/background.rs), unless the kernel cannot
+    /// track writes to this memory: then the copy is made paused, as a stopped machine's is.
     pub fn create(
         &mut self,
         machine: &mut Machine,
@@ -211,26 +215,17 @@ impl CheckpointManager {
                 "checkpoint {name:?} already exists"
             )));
         }
-        let was_running = machine.state() == RunState::Running;
-        let paused_at = Instant::now();
-        machine.pause()?;
-        let result = self.write_checkpoint(machine, name);
-        if was_running {
-            machine.resume()?;
-        }
-        let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
-        let (mut meta, dir) = match result {
-            Ok(ok) => ok,
+        let started = Instant::now();
+        let dir = self.store.create_dir_for(name).map_err(snap_err)?;
+        let mut meta = match self.write_checkpoint(machine, name, &dir) {
+            Ok(meta) => meta,
             Err(e) => {
-                if let Ok(dir) = self.store.dir_of(name) {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
         };
-        meta.pause_ms = pause_ms;
-        self.store.commit(&meta).map_err(snap_err)?;
-        let _ = dir;
+        meta.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        let meta = self.store.commit(&meta).map_err(snap_err)?;
         self.head = Some(name.to_string());
         self.memory_head = Some(name.to_string());
         self.write_head()?;
@@ -241,9 +236,99 @@ impl CheckpointManager {
         &mut self,
         machine: &mut Machine,
         name: &str,
-    ) -> Result<(CheckpointMeta, PathBuf), VmmError> {
-        let start = Instant::now();
-        let dir = self.store.create_dir_for(name).map_err(snap_err)?;
+        dir: &Path,
+    ) -> Result<CheckpointMeta, VmmError> {
+        let layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
+        let was_running = machine.state() == RunState::Running;
+        let paused_at = Instant::now();
+        machine.pause()?;
+        let paused = match self.collect_paused(machine, name, dir) {
+            Ok(p) => p,
+            Err(e) => {
+                layer.discard();
+                if was_running {
+                    machine.resume()?;
+                }
+                return Err(e);
+            }
+        };
+        // Memory: copied while the guest runs where writes can be tracked, else now.
+        let tracked = match was_running && background::enabled() {
+            true => match background::arm(machine.memory(), &paused.pages) {
+                Ok(copy) => Some(copy),
+                Err(e) => {
+                    warn_once_no_background(&e);
+                    None
+                }
+            },
+            false => None,
+        };
+        let copy_started = Instant::now();
+        let copied = match tracked {
+            Some(copy) => {
+                let resumed = machine.resume();
+                let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
+                resumed
+                    .and_then(|_| copy.run(&layer))
+                    .map(|s| (s.bytes, pause_ms))
+            }
+            None => {
+                let bytes = copy_pages(machine.memory(), &paused.pages, &layer);
+                let resumed = if was_running {
+                    machine.resume().map(|_| ())
+                } else {
+                    Ok(())
+                };
+                let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
+                resumed.and(bytes).map(|b| (b, pause_ms))
+            }
+        };
+        let (bytes, pause_ms) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                layer.discard();
+                return Err(e);
+            }
+        };
+        let write_ms = copy_started.elapsed().as_secs_f64() * 1e3;
+        layer.finish(&paused.index_pages, false)?;
+        if let Some(hashes) = &paused.hashes {
+            let differ =
+                verify::layer_mismatches(&dir.join(MEM_LAYER_FILE), &paused.pages, hashes)?;
+            verify::report(
+                &format!("checkpoint {name}: layer against the pause"),
+                &differ,
+            );
+        }
+        write_state(&dir.join(STATE_FILE), &paused.state)?;
+        Ok(CheckpointMeta {
+            name: name.to_string(),
+            // The disks always continue from the head; memory too when it is a Diff.
+            parent: self.head.clone(),
+            created_unix_ms: cairn_snapshot::checkpoint::meta::now_unix_ms(),
+            format_version: cairn_snapshot::checkpoint::meta::META_FORMAT_VERSION,
+            cpu_template: Some(machine.spec().cpu_template.name().to_string()),
+            memory: MemoryMeta {
+                dirty_mib: mib(bytes),
+                layer_file: MEM_LAYER_FILE.to_string(),
+            },
+            disks: paused.disks,
+            pause_ms,
+            write_ms,
+            total_ms: 0.0,
+            files: Default::default(),
+        })
+    }
+
+    /// Everything a checkpoint takes while the vCPUs are paused: their and the devices' state,
+    /// the pages to save, the disks' deltas frozen (new writes go to a new delta), and the page
+    /// hashes when verifying.
+    fn collect_paused(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+        dir: &Path,
+    ) -> Result<Paused, VmmError> {
         let state = capture(machine)?;
         // Memory is a Diff only over the checkpoint it really descends from.
         let kind = if self.head.is_some()
@@ -263,22 +348,18 @@ impl CheckpointManager {
             }
             _ => pages.clone(),
         };
-        let bytes = write_memory_layer(
-            machine.memory(),
-            &pages,
-            &index_pages,
-            &dir.join(MEM_LAYER_FILE),
-            false,
-        )?;
-        if verify::enabled() {
+        let hashes = if verify::enabled() {
             let now = verify::page_hashes(machine.memory());
             if let (SnapshotKind::Diff, Some(before)) = (kind, &self.verified_hashes) {
                 let missed = verify::unexpected_changes(before, &now, &pages);
                 verify::report(&format!("Diff checkpoint {name}"), &missed);
             }
-            verify::save(&dir, &now)?;
-            self.verified_hashes = Some(now);
-        }
+            verify::save(dir, &now)?;
+            self.verified_hashes = Some(now.clone());
+            Some(now)
+        } else {
+            None
+        };
         let mut disks = Vec::with_capacity(self.drives.len());
         for drive in &self.drives {
             let file = disk_layer_file(&drive.drive_id);
@@ -291,24 +372,13 @@ impl CheckpointManager {
                 layer_file: file,
             });
         }
-        write_state(&dir.join(STATE_FILE), &state)?;
-        let meta = CheckpointMeta {
-            name: name.to_string(),
-            // The disks always continue from the head; memory too when it is a Diff.
-            parent: self.head.clone(),
-            created_unix_ms: cairn_snapshot::checkpoint::meta::now_unix_ms(),
-            format_version: cairn_snapshot::checkpoint::meta::META_FORMAT_VERSION,
-            cpu_template: Some(machine.spec().cpu_template.name().to_string()),
-            memory: MemoryMeta {
-                dirty_mib: mib(bytes),
-                layer_file: MEM_LAYER_FILE.to_string(),
-            },
+        Ok(Paused {
+            state,
+            pages,
+            index_pages,
+            hashes,
             disks,
-            pause_ms: 0.0,
-            write_ms: start.elapsed().as_secs_f64() * 1e3,
-            files: Default::default(),
-        };
-        Ok((meta, dir))
+        })
     }
 
     /// Every checkpoint, oldest first.
@@ -327,6 +397,23 @@ impl CheckpointManager {
         self.store.delete(name).map_err(snap_err)?;
         Ok(())
     }
+}
+
+/// What [`CheckpointManager::collect_paused`] collects.
+struct Paused {
+    state: crate::checkpoint::state::MachineState,
+    pages: PageIndex,
+    index_pages: PageIndex,
+    hashes: Option<Vec<u64>>,
+    disks: Vec<DiskMeta>,
+}
+
+/// Say once per process why checkpoints pause the guest for their copy.
+fn warn_once_no_background(e: &VmmError) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!("checkpoints copy memory with the guest paused: {e}");
+    });
 }
 
 fn mib(bytes: u64) -> f64 {

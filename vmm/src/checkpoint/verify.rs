@@ -75,6 +75,33 @@ pub fn unexpected_changes(a: &[u64], b: &[u64], expected: &PageIndex) -> Vec<u64
         .collect()
 }
 
+/// Pages of `pages` whose content in the layer file at `path` does not hash to `hashes` (the
+/// memory at the pause): a background copy that saved a page after the guest changed it.
+pub fn layer_mismatches(
+    path: &Path,
+    pages: &PageIndex,
+    hashes: &[u64],
+) -> Result<Vec<u64>, VmmError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).map_err(VmmError::io("open memory layer"))?;
+    let mut buf = vec![0u8; PAGE_SIZE as usize];
+    let mut differ = Vec::new();
+    for (offset, len) in pages.write_plan() {
+        for page in (offset / PAGE_SIZE)..((offset + len) / PAGE_SIZE) {
+            file.read_exact_at(&mut buf, page * PAGE_SIZE)
+                .map_err(VmmError::io("read memory layer"))?;
+            let words: Vec<u64> = buf
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            if hashes.get(page as usize) != Some(&hash_page(&words)) {
+                differ.push(page);
+            }
+        }
+    }
+    Ok(differ)
+}
+
 /// Report on stderr (the sandbox's console log), whatever the log level: verification was asked
 /// for, so its verdict is always shown. `pages` are those that differ, if any.
 pub fn report(what: &str, pages: &[u64]) {

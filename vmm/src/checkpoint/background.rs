@@ -1,0 +1,463 @@
+//! Checkpoints that do not stop the guest: copy-before-write of guest memory with userfaultfd
+//! write-protection.
+//!
+//! While the vCPUs are paused, [`arm`] registers guest memory with a userfaultfd in write-protect
+//! mode and write-protects exactly the pages the checkpoint must save. The guest then runs again
+//! and [`MemoryCopy::run`] copies those pages into the layer file, a chunk at a time, on the
+//! thread that took the checkpoint. A write to a page not yet copied (by a vCPU through KVM, or by
+//! a device on another thread) blocks in the kernel and arrives here as a fault message: the page
+//! is copied first, with the content it had at the pause, then unprotected, which lets the writer
+//! go on. Each chunk is unprotected as soon as it is copied. So the layer holds guest memory
+//! exactly as it was at the pause, and the guest waits only for the pages it writes before the
+//! copy reaches them (one 4 KiB copy each, or at most one chunk's copy when it hits a chunk being
+//! written).
+//!
+//! Only this thread writes the layer and lifts protection, so no lock is needed: a page is never
+//! unprotected before its old content is in the file. [`WriteTracker`]'s `Drop` lifts every
+//! protection and unregisters, so an error part way never leaves the guest blocked.
+//!
+//! The kernel must allow write-protection on the memory's type: anonymous memory (a booted VM)
+//! always; a `MAP_PRIVATE` file mapping (a restored VM's layers) only on tmpfs/shmem or
+//! hugetlbfs. [`arm`] fails otherwise, and the caller copies with the vCPUs paused instead.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use cairn_devices::GuestMemoryMmap;
+use cairn_snapshot::memory::PageIndex;
+
+use crate::checkpoint::memory::{region_layout, LayerFile, PAGE_SIZE};
+use crate::error::VmmError;
+
+// The userfaultfd ABI (linux/userfaultfd.h), which the libc crate does not carry.
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
+const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// Bit of `_UFFDIO_WRITEPROTECT` in the `ioctls` a registration reports.
+const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
+
+/// Pages copied per step between two looks at the fault queue (1 MiB).
+const CHUNK_PAGES: u64 = 256;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// `struct uffd_msg` as a page fault reads it (32 bytes).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    _reserved1: u8,
+    _reserved2: u16,
+    _reserved3: u32,
+    flags: u64,
+    address: u64,
+    _feat: u64,
+}
+
+/// Whether checkpoints copy memory in the background (the default). `CAIRN_CHECKPOINT_BACKGROUND=0`
+/// in the VMM's environment makes them copy with the guest paused, as before.
+pub fn enabled() -> bool {
+    std::env::var("CAIRN_CHECKPOINT_BACKGROUND").as_deref() != Ok("0")
+}
+
+fn ioctl<T>(fd: &OwnedFd, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+    // SAFETY: every request used here takes a pointer to the `#[repr(C)]` struct `T` that
+    // matches it in linux/userfaultfd.h, which lives for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn new_uffd() -> io::Result<OwnedFd> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just returned to us and is owned by nobody else.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    // Faults taken inside the kernel (KVM's) need CAP_SYS_PTRACE for the syscall; the device
+    // node grants the same by file permission.
+    let syscall_err = io::Error::last_os_error();
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+        .map_err(|_| syscall_err)?;
+    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as its integer argument and returns a new fd.
+    let fd = unsafe { libc::ioctl(dev.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above, a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A userfaultfd with guest memory registered for write-protect faults.
+#[derive(Debug)]
+pub struct WriteTracker {
+    uffd: OwnedFd,
+    registered: Vec<(u64, u64)>,
+}
+
+impl WriteTracker {
+    /// A userfaultfd that can write-protect anonymous memory, and shmem and hugetlbfs memory
+    /// where the kernel allows it.
+    pub fn open() -> io::Result<Self> {
+        for features in [UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0] {
+            let uffd = new_uffd()?;
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features,
+                ioctls: 0,
+            };
+            if ioctl(&uffd, UFFDIO_API, &mut api).is_ok() {
+                return Ok(Self {
+                    uffd,
+                    registered: vec![],
+                });
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel refused the userfaultfd handshake",
+        ))
+    }
+
+    /// Register `[host, host + len)` for write-protect faults.
+    pub fn register(&mut self, host: u64, len: u64) -> io::Result<()> {
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start: host, len },
+            mode: UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        ioctl(&self.uffd, UFFDIO_REGISTER, &mut reg)?;
+        self.registered.push((host, len));
+        if reg.ioctls & IOCTL_WRITEPROTECT_BIT == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this memory cannot be write-protected",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Set (`on`) or lift write-protection of `[host, host + len)`; lifting wakes its waiters.
+    pub fn protect(&self, host: u64, len: u64, on: bool) -> io::Result<()> {
+        let mut wp = UffdioWriteprotect {
+            range: UffdioRange { start: host, len },
+            mode: if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+        };
+        ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp)
+    }
+
+    fn wake(&self, host: u64, len: u64) -> io::Result<()> {
+        let mut range = UffdioRange { start: host, len };
+        ioctl(&self.uffd, UFFDIO_WAKE, &mut range)
+    }
+
+    /// The page addresses of the write faults queued now (none: an empty vector).
+    fn pending_faults(&self, out: &mut Vec<u64>) -> io::Result<()> {
+        out.clear();
+        let mut msgs = [UffdMsg::default(); 64];
+        loop {
+            let bytes = std::mem::size_of_val(&msgs);
+            // SAFETY: reading at most `bytes` into our own array of plain-data messages.
+            let n = unsafe {
+                libc::read(
+                    self.uffd.as_raw_fd(),
+                    msgs.as_mut_ptr() as *mut libc::c_void,
+                    bytes,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(()),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            let count = n as usize / std::mem::size_of::<UffdMsg>();
+            out.extend(
+                msgs[..count]
+                    .iter()
+                    .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
+                    .map(|m| m.address & !(PAGE_SIZE - 1)),
+            );
+            if count < msgs.len() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for WriteTracker {
+    fn drop(&mut self) {
+        for &(host, len) in &self.registered {
+            let _ = self.protect(host, len, false);
+            let mut range = UffdioRange { start: host, len };
+            let _ = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut range);
+        }
+    }
+}
+
+/// What a background copy did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CopyStats {
+    /// Bytes written to the layer.
+    pub bytes: u64,
+    /// Pages the guest (or a device) wrote before the copy reached them, copied first.
+    pub early_pages: u64,
+    /// Time from the first copy to the last, ms.
+    pub copy_ms: f64,
+}
+
+/// A set of pages write-protected at a pause, to be copied while the guest runs.
+#[derive(Debug)]
+pub struct MemoryCopy {
+    tracker: WriteTracker,
+    /// `(host address, len, file offset)` of each region.
+    layout: Vec<(u64, u64, u64)>,
+    /// What to copy, in steps of at most [`CHUNK_PAGES`]: `(file offset, len)`.
+    chunks: Vec<(u64, u64)>,
+    /// One bit per page of guest memory: copied already.
+    done: Vec<u64>,
+}
+
+/// Write-protect `pages` of `mem` (the vCPUs must be paused). An error means the kernel cannot
+/// track writes to this memory; nothing stays protected then.
+pub fn arm(mem: &GuestMemoryMmap, pages: &PageIndex) -> Result<MemoryCopy, VmmError> {
+    let err = |what: &str, e: io::Error| VmmError::Snapshot(format!("write tracking: {what}: {e}"));
+    let layout = region_layout(mem);
+    let mut tracker = WriteTracker::open().map_err(|e| err("userfaultfd", e))?;
+    for &(host, len, _) in &layout {
+        tracker
+            .register(host, len)
+            .map_err(|e| err("register guest memory", e))?;
+    }
+    let mut chunks = Vec::new();
+    for (offset, len) in pages.write_plan() {
+        let host = crate::checkpoint::memory::host_range_for(&layout, offset, len)
+            .ok_or_else(|| VmmError::Snapshot("page range outside guest RAM".into()))?;
+        tracker
+            .protect(host, len, true)
+            .map_err(|e| err("write-protect", e))?;
+        let step = CHUNK_PAGES * PAGE_SIZE;
+        let mut at = 0;
+        while at < len {
+            chunks.push((offset + at, step.min(len - at)));
+            at += step;
+        }
+    }
+    let total_pages: u64 = layout.iter().map(|(_, len, _)| len / PAGE_SIZE).sum();
+    Ok(MemoryCopy {
+        tracker,
+        layout,
+        chunks,
+        done: vec![0; total_pages.div_ceil(64) as usize],
+    })
+}
+
+impl MemoryCopy {
+    fn host_of(&self, offset: u64) -> Option<u64> {
+        self.layout
+            .iter()
+            .find(|(_, len, foff)| offset >= *foff && offset < foff + len)
+            .map(|(host, _, foff)| host + (offset - foff))
+    }
+
+    fn offset_of(&self, host: u64) -> Option<u64> {
+        self.layout
+            .iter()
+            .find(|(h, len, _)| host >= *h && host < h + len)
+            .map(|(h, _, foff)| foff + (host - h))
+    }
+
+    fn is_done(&self, page: u64) -> bool {
+        self.done[(page / 64) as usize] & (1 << (page % 64)) != 0
+    }
+
+    fn mark_done(&mut self, page: u64) {
+        self.done[(page / 64) as usize] |= 1 << (page % 64);
+    }
+
+    /// Copy the faulting pages not yet copied, then let their writers go on.
+    fn serve_faults(
+        &mut self,
+        layer: &LayerFile,
+        faults: &mut Vec<u64>,
+        stats: &mut CopyStats,
+    ) -> Result<(), VmmError> {
+        let io_err = |e: io::Error| VmmError::Snapshot(format!("write tracking: {e}"));
+        self.tracker.pending_faults(faults).map_err(io_err)?;
+        for &host in faults.iter() {
+            if let Some(offset) = self.offset_of(host) {
+                let page = offset / PAGE_SIZE;
+                if !self.is_done(page) {
+                    layer.write_from(host, PAGE_SIZE, offset)?;
+                    self.mark_done(page);
+                    stats.early_pages += 1;
+                    stats.bytes += PAGE_SIZE;
+                }
+            }
+            // Lifting protection wakes the writer; a page lifted already needs only the wake.
+            self.tracker
+                .protect(host, PAGE_SIZE, false)
+                .map_err(io_err)?;
+            self.tracker.wake(host, PAGE_SIZE).map_err(io_err)?;
+        }
+        Ok(())
+    }
+
+    /// Copy every protected page into `layer` while the guest runs, old content first where the
+    /// guest writes. Returns when all are copied and no page is protected any more.
+    pub fn run(mut self, layer: &LayerFile) -> Result<CopyStats, VmmError> {
+        let started = Instant::now();
+        let mut stats = CopyStats::default();
+        let mut faults = Vec::with_capacity(64);
+        let chunks = std::mem::take(&mut self.chunks);
+        for (offset, len) in chunks {
+            self.serve_faults(layer, &mut faults, &mut stats)?;
+            let first = offset / PAGE_SIZE;
+            let pages = len / PAGE_SIZE;
+            // Runs of pages in this chunk that no fault copied yet.
+            let mut page = first;
+            while page < first + pages {
+                if self.is_done(page) {
+                    page += 1;
+                    continue;
+                }
+                let run_start = page;
+                while page < first + pages && !self.is_done(page) {
+                    self.mark_done(page);
+                    page += 1;
+                }
+                let run_off = run_start * PAGE_SIZE;
+                let run_len = (page - run_start) * PAGE_SIZE;
+                let host = self
+                    .host_of(run_off)
+                    .ok_or_else(|| VmmError::Snapshot("page outside guest RAM".into()))?;
+                layer.write_from(host, run_len, run_off)?;
+                stats.bytes += run_len;
+            }
+            let host = self
+                .host_of(offset)
+                .ok_or_else(|| VmmError::Snapshot("page outside guest RAM".into()))?;
+            self.tracker
+                .protect(host, len, false)
+                .map_err(|e| VmmError::Snapshot(format!("write tracking: {e}")))?;
+        }
+        self.serve_faults(layer, &mut faults, &mut stats)?;
+        stats.copy_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Dropping the tracker unregisters guest memory.
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+        assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
+        assert_eq!(std::mem::size_of::<UffdioWriteprotect>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioRange>(), 16);
+    }
+
+    /// A writer thread rewrites every page as fast as it can while the copy runs; the layer
+    /// must hold each page as it was when armed.
+    #[test]
+    fn copy_keeps_the_content_at_arming_under_concurrent_writes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use vm_memory::{Bytes, GuestAddress};
+
+        if WriteTracker::open().is_err() {
+            eprintln!("SKIP copy_keeps_the_content_at_arming: no userfaultfd here");
+            return;
+        }
+        let mem = crate::vstate::memory::create_guest_memory(16).unwrap();
+        let pages = 16 * 256u64;
+        for p in 0..pages {
+            mem.write_obj(p * 7 + 1, GuestAddress(p * PAGE_SIZE))
+                .unwrap();
+        }
+        let plan = PageIndex::from_ranges([(0, pages)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem.layer");
+        let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
+        let copy = arm(&mem, &plan).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (mem, stop) = (mem.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for p in (0..pages).rev() {
+                        mem.write_obj(u64::MAX - round, GuestAddress(p * PAGE_SIZE + 8))
+                            .unwrap();
+                    }
+                    round += 1;
+                }
+                round
+            })
+        };
+        let stats = copy.run(&layer).unwrap();
+        eprintln!("background copy: {stats:?}");
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0);
+        assert_eq!(stats.bytes, pages * PAGE_SIZE);
+        layer.finish(&plan, false).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for p in 0..pages as usize {
+            let page = &bytes[p * 4096..(p + 1) * 4096];
+            let first = u64::from_le_bytes(page[..8].try_into().unwrap());
+            let second = u64::from_le_bytes(page[8..16].try_into().unwrap());
+            assert_eq!((first, second), (p as u64 * 7 + 1, 0), "page {p}");
+        }
+        // Nothing stays protected: the VMM and the guest write freely afterwards.
+        mem.write_obj(5u64, GuestAddress(0)).unwrap();
+    }
+}
