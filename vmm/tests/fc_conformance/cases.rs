@@ -98,11 +98,7 @@ pub const CASES: &[Case] = &[
         needs_root: false,
         steps: &[
             get("/", &["id", "state", "vmm_version", "app_name"]),
-            differs(
-                get("/version", &["firecracker_version"]),
-                400,
-                "GET /version not served",
-            ),
+            get("/version", &["firecracker_version"]),
             get(
                 "/machine-config",
                 &[
@@ -131,7 +127,7 @@ pub const CASES: &[Case] = &[
         steps: &[
             s("GET", "/nope", None, 400),
             s("PUT", "/nope", Some("{}"), 400),
-            differs(s("GET", "/", Some("{}"), 400), 200, "a GET body is ignored"),
+            s("GET", "/", Some("{}"), 400),
             s("PUT", "/machine-config", None, 400),
             s("PATCH", "/machine-config", None, 400),
             s("GET", "/actions", None, 400),
@@ -222,20 +218,12 @@ pub const CASES: &[Case] = &[
         from: "test_api.py: test_api_put_update_pre_boot",
         needs_root: false,
         steps: &[
-            differs(
-                put("/boot-source", r#"{"kernel_image_path": "foo.bar"}"#, 400),
-                204,
-                "the kernel is opened at InstanceStart",
-            ),
+            put("/boot-source", r#"{"kernel_image_path": "foo.bar"}"#, 400),
             put("/boot-source", KERNEL, 204),
-            differs(
-                put(
-                    "/boot-source",
-                    r#"{"kernel_image_path": "{kernel}", "initrd_path": "foo.bar"}"#,
-                    400,
-                ),
-                204,
-                "the initrd is opened at InstanceStart",
+            put(
+                "/boot-source",
+                r#"{"kernel_image_path": "{kernel}", "initrd_path": "foo.bar"}"#,
+                400,
             ),
             put(
                 "/boot-source",
@@ -256,23 +244,15 @@ pub const CASES: &[Case] = &[
                 r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": false, "is_read_only": false}"#,
                 204,
             ),
-            differs(
-                put(
-                    "/drives/rootfs",
-                    r#"{"drive_id": "rootfs", "path_on_host": "foo.bar", "is_root_device": true, "is_read_only": true}"#,
-                    400,
-                ),
-                204,
-                "the drive is opened at InstanceStart",
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "foo.bar", "is_root_device": true, "is_read_only": true}"#,
+                400,
             ),
-            differs(
-                put(
-                    "/drives/scratch",
-                    r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": true, "is_read_only": false}"#,
-                    400,
-                ),
-                204,
-                "a second root drive is refused at InstanceStart",
+            put(
+                "/drives/scratch",
+                r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": true, "is_read_only": false}"#,
+                400,
             ),
             put(
                 "/drives/scratch",
@@ -317,21 +297,13 @@ pub const CASES: &[Case] = &[
                 r#"{"guest_cid": 3, "uds_path": "{dir}/v.sock"}"#,
                 204,
             ),
-            differs(
-                s("EXISTS", "{dir}/v.sock", None, 200),
-                404,
-                "the vsock socket is bound at InstanceStart",
-            ),
+            s("EXISTS", "{dir}/v.sock", None, 200),
             put(
                 "/vsock",
                 r#"{"guest_cid": 4, "uds_path": "{dir}/v2.sock"}"#,
                 204,
             ),
-            differs(
-                s("EXISTS", "{dir}/v2.sock", None, 200),
-                404,
-                "the vsock socket is bound at InstanceStart",
-            ),
+            s("EXISTS", "{dir}/v2.sock", None, 200),
             put("/vsock", r#"{"guest_cid": 3}"#, 400),
         ],
     },
@@ -366,11 +338,7 @@ pub const CASES: &[Case] = &[
             ),
             put("/logger", r#"{"level": "Bogus"}"#, 400),
             put("/metrics", r#"{"metrics_path": "{dir}/metrics"}"#, 204),
-            differs(
-                put("/actions", r#"{"action_type": "FlushMetrics"}"#, 400),
-                204,
-                "FlushMetrics is a no-op",
-            ),
+            put("/actions", r#"{"action_type": "FlushMetrics"}"#, 400),
         ],
     },
     Case {
@@ -473,7 +441,7 @@ pub const CASES: &[Case] = &[
         name: "payload_limit",
         from: "micro_http: a body over --http-api-max-payload-size (51200 by default)",
         needs_root: false,
-        steps: &[put("/mmds", "{big:52000}", 400)],
+        steps: &[put("/cpu-config", "{big:52000}", 400)],
     },
     Case {
         name: "network_interfaces",
@@ -490,33 +458,25 @@ pub const CASES: &[Case] = &[
                 r#"{"iface_id": "2", "guest_mac": "07:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
                 204,
             ),
-            differs(
-                put(
-                    "/network-interfaces/2",
-                    r#"{"iface_id": "2", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
-                    400,
-                ),
-                204,
-                "a MAC in use is refused at InstanceStart",
+            put(
+                "/network-interfaces/2",
+                r#"{"iface_id": "2", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                400,
             ),
             put(
                 "/network-interfaces/2",
                 r#"{"iface_id": "2", "guest_mac": "08:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
                 204,
             ),
-            differs(
-                put(
-                    "/network-interfaces/1",
-                    r#"{"iface_id": "1", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
-                    400,
-                ),
-                204,
-                "a tap in use is refused at InstanceStart",
-            ),
             put(
-                "/network-interfaces/3",
-                r#"{"iface_id": "3", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap3"}"#,
-                204,
+                "/network-interfaces/1",
+                r#"{"iface_id": "1", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                400,
+            ),
+            differs(
+                put("/network-interfaces/3", r#"{"iface_id": "3", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap3"}"#, 204),
+                400,
+                "by design: a refused PUT keeps the last valid configuration; Firecracker drops interface 1 when its update fails, which frees its MAC",
             ),
             differs(
                 put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 204),
