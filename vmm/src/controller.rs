@@ -263,11 +263,11 @@ impl Controller {
                     Err(e) => refused(e),
                 },
                 ActionType::SendCtrlAltDel => match self.runtime.machine() {
-                    Some(m) => {
-                        m.exit_signal().signal(ExitReason::GuestReset);
-                        ApiResponse::Empty
-                    }
-                    None => refused("the VM is not running"),
+                    Some(m) => match m.send_ctrl_alt_del() {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    },
+                    None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
                 ActionType::FlushMetrics => match self.runtime.machine() {
                     Some(_) => ApiResponse::Empty,
@@ -334,6 +334,7 @@ impl Controller {
                     output: Box::new(StdoutConsole),
                     input: self.console_input,
                 };
+                self.vsock_socket.release();
                 match self.runtime.restore(&p.snapshot_path, &opts, console) {
                     Ok(()) => ApiResponse::Empty,
                     Err(e) => {
@@ -365,6 +366,7 @@ impl Controller {
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);
                 let uds = c.vsock_uds_path.clone();
+                self.vsock_socket.release();
                 match self
                     .runtime
                     .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)

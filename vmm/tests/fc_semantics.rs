@@ -170,3 +170,35 @@ fn a_failed_snapshot_load_ends_the_process() {
     assert_eq!(status, 400);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(1));
 }
+
+#[test]
+fn send_ctrl_alt_del_keeps_the_vmm_running() {
+    if !cairn_tests::kvm_available("send_ctrl_alt_del_keeps_the_vmm_running") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = vmm();
+    cmd.arg("--api-sock").arg(&sock);
+    let mut g = cairn_tests::process::Guest::spawn(cmd);
+    wait_for_socket(&sock, Duration::from_secs(5));
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0"}}"#,
+        cairn_tests::guests::TICKER64
+    );
+    assert_eq!(request(&sock, "PUT", "/boot-source", Some(&boot)).0, 204);
+    let mc = r#"{"vcpu_count": 1, "mem_size_mib": 32}"#;
+    assert_eq!(request(&sock, "PUT", "/machine-config", Some(mc)).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(request(&sock, "PUT", "/actions", Some(start)).0, 204);
+    let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
+    assert_eq!(request(&sock, "PUT", "/actions", Some(cad)).0, 204);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = request(&sock, "GET", "/", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("Running"), "{body}");
+    assert!(
+        g.wait_exit(Duration::from_millis(100)).is_none(),
+        "the VMM ended"
+    );
+}
