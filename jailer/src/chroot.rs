@@ -79,6 +79,16 @@ fn make_dir(dir: &Path, rollback: &mut Rollback, tree: bool) -> Result<bool, Err
     }
 }
 
+fn refuse_symlink(path: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(Error::ChrootBase {
+            path: path.to_owned(),
+            reason: "is a symbolic link".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn check_mount_flags(dir: &Path) -> Result<(), Error> {
     let c = sys::cstring(dir).map_err(|source| Error::CreateDir {
         path: dir.to_owned(),
@@ -103,7 +113,8 @@ fn check_mount_flags(dir: &Path) -> Result<(), Error> {
     })
 }
 
-/// Creates the jail directories and copies the VMM in. Refuses if `<id>` exists and is not empty.
+/// Creates the jail directories (or uses them as they are, when they exist) and copies the VMM
+/// in. Refuses symlinks on the way and a jail whose VMM is still running.
 ///
 /// `<id>` and everything under it belong to the jail and are removed on undo; the base and
 /// `<exec-file-name>` directories are removed only if this call created them and they are empty again.
@@ -130,47 +141,37 @@ pub fn create(
     if let Some(parent) = paths.id_dir.parent() {
         check_mount_flags(parent)?;
     }
+    // As Firecracker's jailer: a jail directory that already exists is used as it is, so an
+    // orchestrator can populate `<id>/root` beforehand (hard-linked kernel and rootfs). Only
+    // what this call creates is removed on undo. Symlinks are refused, so the jail cannot be
+    // pointed elsewhere.
+    refuse_symlink(&paths.id_dir)?;
     let created_id_dir = make_dir(&paths.id_dir, rollback, true)?;
-    if !created_id_dir {
-        let empty = fs::read_dir(&paths.id_dir)
-            .map_err(|source| Error::CreateDir {
-                path: paths.id_dir.clone(),
-                source,
-            })?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(Error::JailExists(paths.id_dir.clone()));
-        }
-    }
-    match fs::create_dir(&paths.root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::JailExists(paths.id_dir.clone()))
-        }
-        Err(source) => {
-            return Err(Error::CreateDir {
-                path: paths.root.clone(),
-                source,
-            })
-        }
-    }
-    if !created_id_dir {
-        rollback
-            .remove_tree(&paths.root)
-            .map_err(|source| Error::CreateDir {
-                path: paths.root.clone(),
-                source,
-            })?;
+    refuse_symlink(&paths.root)?;
+    let created_root = make_dir(&paths.root, rollback, !created_id_dir)?;
+    if !created_root && !paths.root.is_dir() {
+        return Err(Error::ChrootBase {
+            path: paths.root.clone(),
+            reason: "is not a directory".into(),
+        });
     }
     // The VMM owns its root, so it can create its API socket and snapshot files there.
     set_mode(&paths.root, 0o755)?;
     set_owner(&paths.root, uid, gid)?;
 
-    // The binary stays root's: the VMM cannot change it.
-    fs::copy(&exec.path, &paths.exec_on_host).map_err(|source| Error::CopyExecFile {
-        path: paths.exec_on_host.clone(),
-        source,
+    // The binary stays root's: the VMM cannot change it. A copy left by an earlier jail is
+    // replaced; one a live jail still runs cannot be (ETXTBSY), which is what keeps two jails
+    // from sharing an id.
+    refuse_symlink(&paths.exec_on_host)?;
+    fs::copy(&exec.path, &paths.exec_on_host).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ETXTBSY) {
+            Error::JailExists(paths.id_dir.clone())
+        } else {
+            Error::CopyExecFile {
+                path: paths.exec_on_host.clone(),
+                source,
+            }
+        }
     })?;
     set_owner(&paths.exec_on_host, 0, 0)?;
     set_mode(&paths.exec_on_host, 0o755)?;
@@ -278,14 +279,26 @@ mod tests {
                 .mode()
                 & 0o7777;
             assert_eq!(mode, 0o755);
-            // A second jail with the same id is refused and leaves the first alone.
+            // A jail directory that exists (an orchestrator populated it, or an earlier jail
+            // left it) is used as it is, and undoing the second call leaves it all there.
+            let kernel = paths.root.join("vmlinux");
+            fs::write(&kernel, b"kernel").unwrap();
             let mut rb2 = Rollback::new();
-            assert!(matches!(
-                create(&paths, &exec, uid, gid, &mut rb2),
-                Err(Error::JailExists(_))
-            ));
+            create(&paths, &exec, uid, gid, &mut rb2).unwrap();
             drop(rb2);
             assert!(paths.exec_on_host.exists());
+            assert_eq!(fs::read(&kernel).unwrap(), b"kernel");
+            // A symlinked root is refused.
+            let other = JailPaths::new(&base, "vmm", "b");
+            fs::create_dir_all(&other.id_dir).unwrap();
+            std::os::unix::fs::symlink(tmp.path(), &other.root).unwrap();
+            let mut rb3 = Rollback::new();
+            assert!(matches!(
+                create(&other, &exec, uid, gid, &mut rb3),
+                Err(Error::ChrootBase { .. })
+            ));
+            fs::remove_file(&other.root).unwrap();
+            fs::remove_dir(&other.id_dir).unwrap();
             // rb drops here: everything it created goes.
         }
         assert!(!tmp.path().join("base").exists());

@@ -116,6 +116,15 @@ pub fn create(root: &Path, nodes: &[Node], uid: u32, gid: u32) -> Result<(), Err
                 )?;
             }
         }
+        // A node left by an earlier jail with this id (the jail directory is reused, as
+        // Firecracker's jailer reuses it) is made afresh. `dev/` is root's, so nothing the
+        // jailed VMM could have put there is followed: unlink does not follow symlinks.
+        if fs::symlink_metadata(&path).is_ok() {
+            fs::remove_file(&path).map_err(|source| Error::Mknod {
+                path: path.clone(),
+                source,
+            })?;
+        }
         sys::mknod_char(&path, node.major, node.minor, node.mode, uid, gid)
             .map_err(|source| Error::Mknod { path, source })?;
     }

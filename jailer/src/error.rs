@@ -46,8 +46,8 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A jail with this id exists already.
-    #[error("jail directory {0} already exists and is not empty (is another jail using this id?)")]
+    /// A jail with this id is in use: its VMM binary is still running.
+    #[error("jail {0} is in use: the VMM copied into it is still running (is another jail using this id?)")]
     JailExists(PathBuf),
     /// Creating a jail directory failed.
     #[error("could not create {path}")]

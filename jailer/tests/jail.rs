@@ -368,21 +368,39 @@ fn failed_starts_leave_nothing_behind() {
 }
 
 #[test]
-fn refuses_an_existing_jail_and_leaves_it_alone() {
-    let busybox = setup!("refuses_an_existing_jail_and_leaves_it_alone");
+fn reuses_an_existing_prepopulated_jail() {
+    let busybox = setup!("reuses_an_existing_prepopulated_jail");
     let jail = TestJail::new("exists", &busybox);
-    let out = jail.run(UID, GID, &["--", "true"]);
+    // As Firecracker's orchestrators do: make <id>/root and hard-link the kernel into it first.
+    std::fs::create_dir_all(jail.root()).unwrap();
+    let kernel = jail.root().join("vmlinux");
+    let outside = jail.root().parent().unwrap().join("vmlinux.orig");
+    std::fs::write(&outside, b"kernel").unwrap();
+    std::fs::hard_link(&outside, &kernel).unwrap();
+    let out = jail.run(UID, GID, &["--", "test", "-f", "/vmlinux"]);
     assert!(out.status.success(), "{out:?}");
     assert!(jail.root().join("busybox").exists());
+    // A second jail with the same id once the first has ended: the directory is reused.
+    let out = jail.run(UID, GID, &["--", "test", "-f", "/vmlinux"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&kernel).unwrap(), b"kernel");
+}
+
+#[test]
+fn refuses_the_id_of_a_live_jail() {
+    let busybox = setup!("refuses_the_id_of_a_live_jail");
+    let mut jail = TestJail::new("live", &busybox);
+    let script = "echo ready; exec /busybox sleep 30";
+    let (_pid, _) = jail.spawn_until(UID, GID, &["--", "sh", "-c", script], "ready");
     let out = jail.run(UID, GID, &["--", "true"]);
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        String::from_utf8_lossy(&out.stderr).contains("is in use"),
         "{out:?}"
     );
     assert!(
         jail.root().join("busybox").exists(),
-        "the first jail must survive"
+        "the live jail keeps its files"
     );
 }
 

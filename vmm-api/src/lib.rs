@@ -29,7 +29,7 @@ pub mod config;
 pub mod reply;
 
 pub use client::{Client, ClientError, RawReply};
-pub use reply::{CheckpointDisk, CheckpointInfo, Fault, InstanceInfo, InstanceState};
+pub use reply::{CheckpointDisk, CheckpointInfo, Fault, InstanceInfo, InstanceState, VersionInfo};
 
 /// The name of the file (in the VMM's checkpoint directory layout) that names the checkpoint
 /// the active disk deltas sit on. The VMM owns the layout; embedders only read it.

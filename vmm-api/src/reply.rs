@@ -150,3 +150,10 @@ mod tests {
         );
     }
 }
+
+/// The body of `GET /version`, as Firecracker returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The Firecracker API version the VMM implements.
+    pub firecracker_version: String,
+}

@@ -74,6 +74,27 @@ pub struct CliArgs {
     pub http_api_max_payload_size: usize,
 }
 
+/// Firecracker's process exit codes (`FcExitCode`), which scripts and orchestrators test.
+pub mod exit_code {
+    use crate::error::VmmError;
+
+    /// Any other error.
+    pub const GENERIC: u8 = 1;
+    /// A bad `--level` (Firecracker's `BadConfiguration`).
+    pub const BAD_CONFIGURATION: u8 = 152;
+    /// A command line that does not parse, or flags that do not go together.
+    pub const ARG_PARSING: u8 = 153;
+
+    /// The exit code for an error [`super::run`] returned.
+    pub fn for_error(error: &VmmError) -> u8 {
+        match error {
+            VmmError::Args(_) => ARG_PARSING,
+            VmmError::BadLogLevel(_) => BAD_CONFIGURATION,
+            _ => GENERIC,
+        }
+    }
+}
+
 fn init_logging(args: &CliArgs) -> Result<(), VmmError> {
     let level = match args.level.to_ascii_lowercase().as_str() {
         "off" => None,
@@ -83,8 +104,8 @@ fn init_logging(args: &CliArgs) -> Result<(), VmmError> {
         "debug" => Some(tracing::Level::DEBUG),
         "trace" => Some(tracing::Level::TRACE),
         other => {
-            return Err(VmmError::Config(format!(
-                "--level: unknown level {other:?}"
+            return Err(VmmError::BadLogLevel(format!(
+                "--level: unknown level {other:?} (Off, Error, Warning, Info, Debug, Trace)"
             )))
         }
     };
@@ -180,7 +201,14 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     init_logging(&args)?;
     report_panics_in_one_line();
     if args.no_api && args.config_file.is_none() {
-        return Err(VmmError::Config("--no-api needs --config-file".into()));
+        return Err(VmmError::Args("--no-api needs --config-file".into()));
+    }
+    if args.http_api_max_payload_size > crate::api::server::MAX_BODY_SIZE_LIMIT {
+        return Err(VmmError::Args(format!(
+            "--http-api-max-payload-size: {} is over cairn's limit of {} bytes",
+            args.http_api_max_payload_size,
+            crate::api::server::MAX_BODY_SIZE_LIMIT
+        )));
     }
     crate::seccomp::set_enabled(!args.no_seccomp);
     crate::host_limits::init();

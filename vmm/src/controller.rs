@@ -31,6 +31,11 @@ pub struct Controller {
     config: VmConfig,
     console_input: Option<RawFd>,
     api: Option<(Receiver<ApiMessage>, Arc<AtomicBool>)>,
+    api_in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    vsock_socket: crate::preboot::VsockPlaceholder,
+    /// Set when a request failed in a way that leaves the process unusable (a failed
+    /// `/snapshot/load`, as in Firecracker): [`Controller::run`] ends after answering it.
+    fatal: Option<String>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -41,6 +46,10 @@ impl std::fmt::Debug for Controller {
             .finish()
     }
 }
+
+/// Firecracker's refusal of a request that needs a running VM.
+const NOT_SUPPORTED_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 fn refused(e: impl std::fmt::Display) -> ApiResponse {
     ApiResponse::bad_request(e.to_string())
@@ -55,16 +64,21 @@ impl Controller {
             config: VmConfig::default(),
             console_input: Some(console_input),
             api: None,
+            api_in_flight: None,
+            vsock_socket: Default::default(),
+            fatal: None,
         })
     }
 
     /// Start serving the REST API on `path`.
-    pub fn serve_api(&mut self, path: &Path, _max_payload: usize) -> Result<(), VmmError> {
+    pub fn serve_api(&mut self, path: &Path, max_payload: usize) -> Result<(), VmmError> {
         let server = ApiServer::bind(path)
-            .map_err(VmmError::io(format!("API socket {}", path.display())))?;
+            .map_err(VmmError::io(format!("API socket {}", path.display())))?
+            .with_max_body_size(max_payload);
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::io("API eventfd"))?;
         let wake_clone = wake.try_clone().map_err(VmmError::io("API eventfd"))?;
         let (tx, rx) = mpsc::channel();
+        self.api_in_flight = Some(server.in_flight());
         server
             .spawn(tx, wake_clone)
             .map_err(VmmError::io("API thread"))?;
@@ -102,6 +116,7 @@ impl Controller {
             return Err(VmmError::InvalidState("the VM is already running".into()));
         }
         let spec = BuildSpec::from_config(&self.config)?;
+        self.vsock_socket.release();
         let console = ConsoleIo {
             output: Box::new(StdoutConsole),
             input: self.console_input,
@@ -114,6 +129,10 @@ impl Controller {
         loop {
             let exit = self.runtime.poll(-1)?;
             self.serve_pending_requests();
+            if let Some(why) = self.fatal.take() {
+                self.wait_for_answers_sent();
+                return Err(VmmError::InvalidState(why));
+            }
             if let Some(reason) = exit.or_else(|| {
                 self.runtime
                     .machine()
@@ -121,6 +140,18 @@ impl Controller {
             }) {
                 return Ok(reason);
             }
+        }
+    }
+
+    /// Waits (up to a second) until the API thread has written every answer, so a client gets
+    /// its reply before the process ends.
+    fn wait_for_answers_sent(&self) {
+        let Some(in_flight) = &self.api_in_flight else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 
@@ -146,11 +177,18 @@ impl Controller {
         }
     }
 
+    /// A configuration change before InstanceStart: applied to a copy, checked as Firecracker
+    /// checks it at PUT time, and kept only when the whole result is valid.
     fn pre_boot(&mut self, apply: impl FnOnce(&mut VmConfig)) -> ApiResponse {
         if self.started() {
-            return refused("this request is only valid before InstanceStart");
+            return refused("The requested operation is not supported after starting the microVM.");
         }
-        apply(&mut self.config);
+        let mut next = self.config.clone();
+        apply(&mut next);
+        if let Err(why) = crate::preboot::check(&next) {
+            return refused(why);
+        }
+        self.config = next;
         ApiResponse::Empty
     }
 
@@ -172,29 +210,14 @@ impl Controller {
                 vmm_version: env!("CARGO_PKG_VERSION").to_string(),
                 app_name: "cairn".to_string(),
             }),
+            ApiRequest::GetVersion => ApiResponse::json(&cairn_vmm_api::reply::VersionInfo {
+                firecracker_version: crate::FIRECRACKER_API_VERSION.to_string(),
+            }),
             ApiRequest::GetMachineConfig => ApiResponse::json(&self.config.machine_config),
             ApiRequest::GetVmConfig => ApiResponse::json(&self.config),
-            ApiRequest::PutMachineConfig(mc) => {
-                if let Err(e) = crate::host_limits::check_mem_size(mc.mem_size_mib) {
-                    return refused(format!("machine-config.{e}"));
-                }
-                self.pre_boot(|c| c.machine_config = mc)
-            }
+            ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
             ApiRequest::PatchMachineConfig(update) => {
-                if self.started() {
-                    return refused("this request is only valid before InstanceStart");
-                }
-                let merged = self.config.machine_config.apply(&update);
-                if let Err(e) = crate::host_limits::check_mem_size(merged.mem_size_mib) {
-                    return refused(format!("machine-config.{e}"));
-                }
-                match crate::config::Validate::validate(&merged) {
-                    Ok(()) => {
-                        self.config.machine_config = merged;
-                        ApiResponse::Empty
-                    }
-                    Err(e) => refused(format!("machine-config.{e}")),
-                }
+                self.pre_boot(|c| c.machine_config = c.machine_config.apply(&update))
             }
             ApiRequest::PutBootSource(b) => self.pre_boot(|c| c.boot_source = Some(b)),
             ApiRequest::PutDrive(d) => {
@@ -215,7 +238,15 @@ impl Controller {
                     None => c.network_interfaces.push(n),
                 }
             }),
-            ApiRequest::PutVsock(v) => self.pre_boot(|c| c.vsock = Some(v)),
+            ApiRequest::PutVsock(v) => {
+                if self.started() {
+                    return self.pre_boot(|_| ());
+                }
+                if let Err(why) = self.vsock_socket.bind(&v.uds_path) {
+                    return refused(why);
+                }
+                self.pre_boot(|c| c.vsock = Some(v))
+            }
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
             ApiRequest::PutLogger(l) => {
@@ -232,13 +263,16 @@ impl Controller {
                     Err(e) => refused(e),
                 },
                 ActionType::SendCtrlAltDel => match self.runtime.machine() {
-                    Some(m) => {
-                        m.exit_signal().signal(ExitReason::GuestReset);
-                        ApiResponse::Empty
-                    }
-                    None => refused("the VM is not running"),
+                    Some(m) => match m.send_ctrl_alt_del() {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    },
+                    None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
-                ActionType::FlushMetrics => ApiResponse::Empty,
+                ActionType::FlushMetrics => match self.runtime.machine() {
+                    Some(_) => ApiResponse::Empty,
+                    None => refused(NOT_SUPPORTED_BEFORE_START),
+                },
             },
             ApiRequest::PatchVm(update) => match self.runtime.machine_mut() {
                 None => refused("the VM is not running"),
@@ -300,9 +334,15 @@ impl Controller {
                     output: Box::new(StdoutConsole),
                     input: self.console_input,
                 };
+                self.vsock_socket.release();
                 match self.runtime.restore(&p.snapshot_path, &opts, console) {
                     Ok(()) => ApiResponse::Empty,
-                    Err(e) => refused(e),
+                    Err(e) => {
+                        // As Firecracker: a failed load leaves the process too dirty to go on;
+                        // answer, then end with exit code 1.
+                        self.fatal = Some(format!("snapshot load failed: {e}"));
+                        refused(e)
+                    }
                 }
             }
             ApiRequest::CreateCheckpoint(c) => {
@@ -326,6 +366,7 @@ impl Controller {
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);
                 let uds = c.vsock_uds_path.clone();
+                self.vsock_socket.release();
                 match self
                     .runtime
                     .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)

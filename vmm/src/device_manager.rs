@@ -160,12 +160,16 @@ pub fn attach_legacy_devices_with_state(
 
     let reset_evt = evt("i8042")?;
     let reset_clone = reset_evt.try_clone().map_err(|e| dev_err("i8042", e))?;
+    // IRQ 1, so the keys of SendCtrlAltDel reach the guest's keyboard driver.
+    let kbd_evt = evt("i8042")?;
+    vm.register_irqfd(&kbd_evt, cairn_devices::legacy::i8042::I8042_KBD_IRQ)
+        .map_err(|e| dev_err("i8042 irqfd", e))?;
     let i8042 = match state {
-        None => I8042Device::new(reset_clone, None),
+        None => I8042Device::new(reset_clone, Some(kbd_evt)),
         Some(st) => I8042Device::restore(
             I8042ConstructorArgs {
                 reset_evt: reset_clone,
-                kbd_evt: None,
+                kbd_evt: Some(kbd_evt),
             },
             &st.i8042,
         )

@@ -64,6 +64,12 @@ pub enum VmmError {
         /// What went wrong.
         reason: String,
     },
+    /// The command line's flags do not go together.
+    #[error("arguments: {0}")]
+    Args(String),
+    /// `--level` names no log level.
+    #[error("{0}")]
+    BadLogLevel(String),
     /// The configuration is incomplete or inconsistent.
     #[error("configuration: {0}")]
     Config(String),

@@ -14,8 +14,13 @@ pub mod error;
 pub mod event_loop;
 pub mod host_limits;
 pub mod machine;
+pub mod preboot;
 pub mod runtime;
 pub mod seccomp;
 pub mod vstate;
 
 pub use error::VmmError;
+
+/// The Firecracker release whose API and command line cairn-vmm follows; `GET /version`
+/// reports it as `firecracker_version`, so clients that check it take the features they expect.
+pub const FIRECRACKER_API_VERSION: &str = "1.16.1";

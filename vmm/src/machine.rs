@@ -74,7 +74,21 @@ impl Machine {
         &self.mem
     }
 
-    /// What the machine was built from.
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard (Firecracker's `SendCtrlAltDel`). The VM
+    /// goes on running; what happens next is the guest's choice.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), VmmError> {
+        self.legacy
+            .i8042
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trigger_ctrl_alt_del()
+            .map_err(|e| VmmError::Device {
+                device: "i8042".into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The spec the machine was built from (for a restored machine, what the snapshot says).
     pub fn spec(&self) -> &BuildSpec {
         &self.spec
     }

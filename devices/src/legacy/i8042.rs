@@ -71,6 +71,9 @@ pub enum I8042Error {
     /// The saved output buffer holds more bytes than the device's.
     #[error("saved i8042 output buffer holds {0} bytes, more than {BUF_SIZE}")]
     BufferTooLong(usize),
+    /// The output buffer has no room for a whole key sequence.
+    #[error("the i8042 output buffer is full: the guest is not reading its keyboard")]
+    BufferFull,
 }
 
 /// The i8042 controller.
@@ -104,6 +107,26 @@ impl I8042Device {
     /// The eventfd signalled when the guest asks for a CPU reset.
     pub fn reset_evt(&self) -> &EventFd {
         &self.reset_evt
+    }
+
+    /// Presses Ctrl, Alt and Delete, as Firecracker's `SendCtrlAltDel` does: the scan-code set 2
+    /// make codes 0x14, 0x11 and 0xE0 0x71 go to the output buffer, with a keyboard interrupt
+    /// for each key. A Linux guest with the i8042 and AT keyboard drivers reboots (or does what
+    /// its `ctrl_alt_del` setting says). Refused when the buffer has no room for all 4 bytes.
+    pub fn trigger_ctrl_alt_del(&mut self) -> Result<(), I8042Error> {
+        const CTRL_ALT_DEL: [&[u8]; 3] = [&[0x14], &[0x11], &[0xe0, 0x71]];
+        let room = BUF_SIZE - self.buf.len();
+        if room < 4 {
+            return Err(I8042Error::BufferFull);
+        }
+        for key in CTRL_ALT_DEL {
+            for &byte in key {
+                self.buf.push_back(byte);
+            }
+            self.status |= SB_OUT_DATA_AVAIL;
+            self.trigger_kbd_interrupt();
+        }
+        Ok(())
     }
 
     fn push_byte(&mut self, byte: u8) {
@@ -296,6 +319,25 @@ mod tests {
         // 0xFE on the data port is not a reset.
         dev.write(OFS_DATA, &[CMD_RESET_CPU]);
         assert!(reset.read().is_err());
+    }
+
+    #[test]
+    fn ctrl_alt_del_delivers_the_scan_codes_with_interrupts() {
+        let reset = evt();
+        let kbd = evt();
+        let mut dev = I8042Device::new(reset.try_clone().unwrap(), Some(kbd.try_clone().unwrap()));
+        dev.trigger_ctrl_alt_del().unwrap();
+        assert_eq!(kbd.read().unwrap(), 3, "one interrupt per key");
+        assert!(reset.read().is_err(), "keys, not a reset");
+        let mut got = vec![];
+        while rd(&mut dev, OFS_STATUS) & SB_OUT_DATA_AVAIL != 0 {
+            got.push(rd(&mut dev, OFS_DATA));
+        }
+        assert_eq!(got, [0x14, 0x11, 0xe0, 0x71]);
+        for _ in 0..BUF_SIZE / 4 {
+            dev.trigger_ctrl_alt_del().unwrap();
+        }
+        assert_eq!(dev.trigger_ctrl_alt_del(), Err(I8042Error::BufferFull));
     }
 
     #[test]

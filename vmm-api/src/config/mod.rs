@@ -273,14 +273,23 @@ impl Validate for CairnConfig {
 
 impl Validate for VmConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        match &self.boot_source {
-            Some(boot) => boot.validate().map_err(|e| e.within("boot-source"))?,
-            None => {
-                return Err(ConfigError::invalid(
-                    "boot-source",
-                    "missing: a kernel_image_path is required to start a VM",
-                ))
-            }
+        if self.boot_source.is_none() {
+            return Err(ConfigError::invalid(
+                "boot-source",
+                "missing: a kernel_image_path is required to start a VM",
+            ));
+        }
+        self.validate_so_far()
+    }
+}
+
+impl VmConfig {
+    /// The rules of [`Validate::validate`] that hold for a configuration still being built
+    /// through the API: everything but the required `boot-source`. The VMM checks each PUT
+    /// against it, so a refused PUT leaves the last valid configuration in place.
+    pub fn validate_so_far(&self) -> Result<(), ConfigError> {
+        if let Some(boot) = &self.boot_source {
+            boot.validate().map_err(|e| e.within("boot-source"))?;
         }
         self.machine_config
             .validate()

@@ -2,7 +2,7 @@
 //! delimited by `Content-Length`, and responses are written in full.
 //!
 //! Limits: the request line plus headers may take [`MAX_HEADER_SIZE`] bytes and
-//! [`MAX_HEADERS`] headers (else 400), the body [`MAX_BODY_SIZE`] bytes by default (else 413).
+//! [`MAX_HEADERS`] headers (else 400), the body [`MAX_BODY_SIZE`] bytes by default (else 400, as Firecracker).
 //! `Transfer-Encoding` (chunked bodies) is refused with 400. After any framing error the
 //! connection is closed, since the next request's start cannot be found.
 
@@ -50,7 +50,7 @@ pub enum Framing {
 }
 
 /// Parses the head of the request at the start of `buf`; a body over `max_body` bytes is
-/// refused with 413.
+/// refused with 400, as Firecracker refuses it.
 pub fn parse_head(buf: &[u8], max_body: usize) -> Framing {
     let too_large = || {
         Framing::Reject(ApiResponse::bad_request(format!(
@@ -131,10 +131,11 @@ pub fn parse_head(buf: &[u8], max_body: usize) -> Framing {
     }
     let content_length = content_length.unwrap_or(0);
     if content_length > max_body {
-        return Framing::Reject(ApiResponse::error(
-            413,
-            format!("Request body of {content_length} bytes is larger than {max_body} bytes"),
-        ));
+        // Firecracker's status and words (micro_http).
+        return Framing::Reject(ApiResponse::bad_request(format!(
+            "Request payload with size {content_length} is larger than the limit of {max_body} \
+             allowed by server."
+        )));
     }
     Framing::Head(RequestHead {
         method,
@@ -279,7 +280,7 @@ mod tests {
             400
         );
         let big = rejected(b"PUT / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n");
-        assert_eq!(big.status(), 413);
+        assert_eq!(big.status(), 400);
         let big = rejected(
             format!(
                 "PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
@@ -287,11 +288,11 @@ mod tests {
             )
             .as_bytes(),
         );
-        assert_eq!(big.status(), 413);
+        assert_eq!(big.status(), 400);
         let small = b"PUT / HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
         assert!(matches!(
             parse_head(small, 100),
-            Framing::Reject(ApiResponse::Error { status: 413, .. })
+            Framing::Reject(ApiResponse::Error { status: 400, .. })
         ));
         let ok = format!("PUT / HTTP/1.1\r\nContent-Length: {MAX_BODY_SIZE}\r\n\r\n");
         assert!(matches!(

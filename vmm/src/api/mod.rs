@@ -60,6 +60,8 @@ pub use server::ApiServer;
 pub enum ApiRequest {
     /// `GET /`: answer with [`InstanceInfo`].
     GetInstanceInfo,
+    /// `GET /version`: answer with `{"firecracker_version": ...}`.
+    GetVersion,
     /// `GET /machine-config`: answer with the current [`MachineConfig`].
     GetMachineConfig,
     /// `GET /vm/config`: answer with the whole [`crate::config::VmConfig`].
@@ -108,6 +110,7 @@ impl ApiRequest {
     pub fn name(&self) -> &'static str {
         match self {
             ApiRequest::GetInstanceInfo => "GetInstanceInfo",
+            ApiRequest::GetVersion => "GetVersion",
             ApiRequest::GetMachineConfig => "GetMachineConfig",
             ApiRequest::GetVmConfig => "GetVmConfig",
             ApiRequest::PutMachineConfig(_) => "PutMachineConfig",

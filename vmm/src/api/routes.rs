@@ -23,8 +23,15 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         None => return Err(invalid_path(method, path)),
     };
 
+    // Firecracker (micro_http) refuses a body on a request that takes none.
+    if matches!(method, "GET" | "DELETE") && !body.is_empty() {
+        return Err(ApiResponse::bad_request(format!(
+            "{method} request cannot have a body."
+        )));
+    }
     let request = match (method, segments.as_slice()) {
         ("GET", []) => ApiRequest::GetInstanceInfo,
+        ("GET", ["version"]) => ApiRequest::GetVersion,
         ("GET", ["machine-config"]) => ApiRequest::GetMachineConfig,
         ("PUT", ["machine-config"]) => ApiRequest::PutMachineConfig(parse_body(body)?),
         ("PATCH", ["machine-config"]) => ApiRequest::PatchMachineConfig(parse_body(body)?),
@@ -332,12 +339,27 @@ mod tests {
             ("get", "/"),
             ("GET", ""),
         ] {
-            let msg = fault(method, path, "{}");
+            let body = if matches!(method, "GET" | "DELETE") {
+                ""
+            } else {
+                "{}"
+            };
+            let msg = fault(method, path, body);
             assert_eq!(
                 msg,
                 format!("Invalid request method and/or path: {method} {path}.")
             );
         }
+    }
+
+    #[test]
+    fn a_get_or_delete_with_a_body_is_refused() {
+        assert_eq!(fault("GET", "/", "{}"), "GET request cannot have a body.");
+        assert_eq!(
+            fault("DELETE", "/checkpoints/c1", "x"),
+            "DELETE request cannot have a body."
+        );
+        assert_eq!(ok("GET", "/version", ""), ApiRequest::GetVersion);
     }
 
     #[test]

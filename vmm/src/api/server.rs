@@ -17,7 +17,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ use super::http::{self, Framing, RequestHead};
 use super::{routes, ApiRequest, ApiResponse};
 
 /// The highest body limit [`ApiServer::with_max_body_size`] accepts.
-pub const MAX_BODY_SIZE_LIMIT: usize = 1024 * 1024;
+pub const MAX_BODY_SIZE_LIMIT: usize = 16 * 1024 * 1024;
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long writing one response may take before the connection is dropped.
@@ -55,6 +57,7 @@ pub struct ApiServer {
     listener: UnixListener,
     path: Option<PathBuf>,
     max_body: usize,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ApiServer {
@@ -87,6 +90,7 @@ impl ApiServer {
             listener,
             path: Some(path.to_path_buf()),
             max_body: http::MAX_BODY_SIZE,
+            in_flight: Arc::default(),
         })
     }
 
@@ -96,16 +100,23 @@ impl ApiServer {
             listener,
             path: None,
             max_body: http::MAX_BODY_SIZE,
+            in_flight: Arc::default(),
         }
     }
 
     /// Sets the largest request body accepted (Firecracker's `--http-api-max-payload-size`);
-    /// larger ones get 413. The default is [`http::MAX_BODY_SIZE`]; values over
+    /// larger ones get 400 (Firecracker's answer). The default is [`http::MAX_BODY_SIZE`]; values over
     /// [`MAX_BODY_SIZE_LIMIT`] are lowered to it, so that open connections cannot hold much
     /// memory.
     pub fn with_max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes.min(MAX_BODY_SIZE_LIMIT);
         self
+    }
+
+    /// How many requests were handed to the VMM and not yet answered on their connection. A VMM
+    /// that must end after answering (a failed `/snapshot/load`) waits for it to reach 0.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
     }
 
     /// The socket's path, when it was bound by [`ApiServer::bind`].
@@ -131,6 +142,7 @@ impl ApiServer {
             max_body: self.max_body,
             tx,
             wake,
+            in_flight: self.in_flight,
         };
         std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
@@ -172,6 +184,7 @@ struct Worker {
     max_body: usize,
     tx: RequestSender,
     wake: EventFd,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -291,12 +304,18 @@ impl Worker {
             }
             Err(_) => return Next::Close,
         }
-        process(conn, self.max_body, &self.tx, &self.wake)
+        process(conn, self.max_body, &self.tx, &self.wake, &self.in_flight)
     }
 }
 
 /// Serves every complete request in the connection's buffer.
-fn process(conn: &mut Conn, max_body: usize, tx: &RequestSender, wake: &EventFd) -> Next {
+fn process(
+    conn: &mut Conn,
+    max_body: usize,
+    tx: &RequestSender,
+    wake: &EventFd,
+    in_flight: &AtomicUsize,
+) -> Next {
     loop {
         let head = match conn.head.take() {
             Some(head) => head,
@@ -328,6 +347,7 @@ fn process(conn: &mut Conn, max_body: usize, tx: &RequestSender, wake: &EventFd)
         let (response, gone) = match routes::route(&head.method, &head.path, body) {
             Ok(request) => {
                 let name = request.name();
+                in_flight.fetch_add(1, Ordering::SeqCst);
                 match dispatch(request, tx, wake) {
                     Some(response) => {
                         tracing::debug!(
@@ -352,6 +372,8 @@ fn process(conn: &mut Conn, max_body: usize, tx: &RequestSender, wake: &EventFd)
         }
         let keep_alive = head.keep_alive && !gone;
         let written = send_all(&conn.stream, &http::response_bytes(&response, keep_alive));
+        // Answered (or the client is gone): a routed request is no longer in flight.
+        let _ = in_flight.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
         if gone {
             return Next::Stop;
         }

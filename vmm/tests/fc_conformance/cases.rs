@@ -1,0 +1,517 @@
+//! The requests the conformance suite replays, built from Firecracker v1.16.1's API spec
+//! (`src/firecracker/swagger/firecracker.yaml`) and its API tests
+//! (`tests/integration_tests/functional/test_api.py`), with the status Firecracker answers.
+//!
+//! Each [`Case`] runs in a fresh VMM, step after step, so a step sees what the earlier ones set.
+//! In a body or path, `{dir}` is a private temporary directory, `{kernel}` an existing file
+//! used as the kernel image, `{rootfs}` and `{scratch}` existing files used as drives.
+//! `{big:N}` as a whole body is a JSON object of about N bytes.
+//!
+//! A step whose method is `EXISTS` checks a path instead of sending a request: `200` when it
+//! exists, `404` when not.
+//!
+//! `known` holds cairn's status where it still differs from Firecracker's, with the reason; the
+//! suite fails when cairn answers anything else, so a fixed difference must leave the list.
+//! docs/vmm.md lists the same differences.
+
+/// One request (or check) and the status Firecracker gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// HTTP method, or `EXISTS`.
+    pub method: &'static str,
+    /// Request path.
+    pub path: &'static str,
+    /// Body, if any.
+    pub body: Option<&'static str>,
+    /// Firecracker's status.
+    pub status: u16,
+    /// Where cairn knowingly answers otherwise: its status and why.
+    pub known: Option<(u16, &'static str)>,
+    /// For a 200: top-level keys the JSON reply must have.
+    pub keys: &'static [&'static str],
+}
+
+/// A scenario: steps run in order against one fresh VMM.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// Short name.
+    pub name: &'static str,
+    /// Where in Firecracker's spec or tests it comes from.
+    pub from: &'static str,
+    /// Whether it needs root (it creates tap devices; the VMMs run in a private network
+    /// namespace then).
+    pub needs_root: bool,
+    /// The steps.
+    pub steps: &'static [Step],
+}
+
+const fn s(
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    status: u16,
+) -> Step {
+    Step {
+        method,
+        path,
+        body,
+        status,
+        known: None,
+        keys: &[],
+    }
+}
+
+const fn get(path: &'static str, keys: &'static [&'static str]) -> Step {
+    Step {
+        method: "GET",
+        path,
+        body: None,
+        status: 200,
+        known: None,
+        keys,
+    }
+}
+
+const fn put(path: &'static str, body: &'static str, status: u16) -> Step {
+    s("PUT", path, Some(body), status)
+}
+
+const fn patch(path: &'static str, body: &'static str, status: u16) -> Step {
+    s("PATCH", path, Some(body), status)
+}
+
+const fn differs(step: Step, cairn: u16, why: &'static str) -> Step {
+    Step {
+        known: Some((cairn, why)),
+        ..step
+    }
+}
+
+const KERNEL: &str = r#"{"kernel_image_path": "{kernel}", "boot_args": "console=ttyS0"}"#;
+const ROOTFS: &str = r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "is_read_only": false}"#;
+
+/// Every case.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "instance_info_and_version",
+        from: "swagger: GET /, GET /version, GET /machine-config, GET /vm/config",
+        needs_root: false,
+        steps: &[
+            get("/", &["id", "state", "vmm_version", "app_name"]),
+            get("/version", &["firecracker_version"]),
+            get(
+                "/machine-config",
+                &[
+                    "vcpu_count",
+                    "mem_size_mib",
+                    "smt",
+                    "track_dirty_pages",
+                    "huge_pages",
+                ],
+            ),
+            get(
+                "/vm/config",
+                &[
+                    "boot-source",
+                    "machine-config",
+                    "drives",
+                    "network-interfaces",
+                ],
+            ),
+        ],
+    },
+    Case {
+        name: "unknown_paths_and_methods",
+        from: "parsed_request.rs: InvalidPathMethod, method_to_error",
+        needs_root: false,
+        steps: &[
+            s("GET", "/nope", None, 400),
+            s("PUT", "/nope", Some("{}"), 400),
+            s("GET", "/", Some("{}"), 400),
+            s("PUT", "/machine-config", None, 400),
+            s("PATCH", "/machine-config", None, 400),
+            s("GET", "/actions", None, 400),
+            s("DELETE", "/machine-config", None, 400),
+        ],
+    },
+    Case {
+        name: "machine_config",
+        from: "test_api.py: test_api_machine_config",
+        needs_root: false,
+        steps: &[
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": "-2", "mem_size_mib": 128}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128, "smt": "random_string"}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "random_string"}"#,
+                400,
+            ),
+            patch("/machine-config", r#"{"track_dirty_pages": true}"#, 204),
+            put("/machine-config", r#"{"mem_size_mib": 128}"#, 400),
+            put("/machine-config", r#"{"vcpu_count": 2}"#, 400),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+                204,
+            ),
+            patch("/machine-config", r#"{"smt": true}"#, 204),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": "-2"}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 18446744073709551616}"#,
+                400,
+            ),
+            patch("/machine-config", r#"{"mem_size_mib": 0}"#, 400),
+            patch("/machine-config", r#"{"mem_size_mib": 256}"#, 204),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 33, "mem_size_mib": 128}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 3, "mem_size_mib": 128, "smt": true}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 2, "mem_size_mib": 128, "foo": 1}"#,
+                400,
+            ),
+            patch("/machine-config", r#"{"cpu_template": "C3"}"#, 204),
+            differs(
+                patch("/machine-config", r#"{"cpu_template": "T2S"}"#, 204),
+                400,
+                "T2S not implemented",
+            ),
+            differs(
+                patch("/machine-config", r#"{"cpu_template": "T2CL"}"#, 204),
+                400,
+                "T2CL not implemented",
+            ),
+            differs(
+                patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
+                400,
+                "huge pages not implemented",
+            ),
+            patch("/machine-config", r#"{"huge_pages": "None"}"#, 204),
+            get(
+                "/machine-config",
+                &["vcpu_count", "mem_size_mib", "smt", "track_dirty_pages"],
+            ),
+        ],
+    },
+    Case {
+        name: "boot_source_is_checked_at_put",
+        from: "test_api.py: test_api_put_update_pre_boot",
+        needs_root: false,
+        steps: &[
+            put("/boot-source", r#"{"kernel_image_path": "foo.bar"}"#, 400),
+            put("/boot-source", KERNEL, 204),
+            put(
+                "/boot-source",
+                r#"{"kernel_image_path": "{kernel}", "initrd_path": "foo.bar"}"#,
+                400,
+            ),
+            put(
+                "/boot-source",
+                r#"{"kernel_image_path": "{kernel}", "bogus": 1}"#,
+                400,
+            ),
+            put("/boot-source", r#"{"boot_args": "console=ttyS0"}"#, 400),
+        ],
+    },
+    Case {
+        name: "drives_are_checked_at_put",
+        from: "test_api.py: test_api_put_update_pre_boot, test_drive_io_engine",
+        needs_root: false,
+        steps: &[
+            put("/drives/rootfs", ROOTFS, 204),
+            put(
+                "/drives/scratch",
+                r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": false, "is_read_only": false}"#,
+                204,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "foo.bar", "is_root_device": true, "is_read_only": true}"#,
+                400,
+            ),
+            put(
+                "/drives/scratch",
+                r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": true, "is_read_only": false}"#,
+                400,
+            ),
+            put(
+                "/drives/scratch",
+                r#"{"drive_id": "scratch", "path_on_host": "{scratch}", "is_root_device": false, "is_read_only": true}"#,
+                204,
+            ),
+            put("/drives/other", ROOTFS, 400),
+            put(
+                "/drives/a-b",
+                r#"{"drive_id": "a-b", "path_on_host": "{scratch}", "is_root_device": false}"#,
+                400,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "cache_type": "Writeback"}"#,
+                204,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                204,
+            ),
+            differs(
+                put(
+                    "/drives/rootfs",
+                    r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "io_engine": "Async"}"#,
+                    204,
+                ),
+                400,
+                "io_engine Async not implemented",
+            ),
+            get("/vm/config", &["drives"]),
+        ],
+    },
+    Case {
+        name: "vsock_socket_exists_after_put",
+        from: "swagger: PUT /vsock (bandsox waits for the socket before InstanceStart)",
+        needs_root: false,
+        steps: &[
+            put(
+                "/vsock",
+                r#"{"guest_cid": 3, "uds_path": "{dir}/v.sock"}"#,
+                204,
+            ),
+            s("EXISTS", "{dir}/v.sock", None, 200),
+            put(
+                "/vsock",
+                r#"{"guest_cid": 4, "uds_path": "{dir}/v2.sock"}"#,
+                204,
+            ),
+            s("EXISTS", "{dir}/v2.sock", None, 200),
+            put("/vsock", r#"{"guest_cid": 3}"#, 400),
+        ],
+    },
+    Case {
+        name: "entropy_cpu_config_serial",
+        from: "swagger: PUT /entropy, /cpu-config, /serial",
+        needs_root: false,
+        steps: &[
+            put("/entropy", "{}", 204),
+            put(
+                "/entropy",
+                r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                204,
+            ),
+            put("/cpu-config", "{}", 204),
+            differs(
+                put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
+                400,
+                "PUT /serial not served",
+            ),
+        ],
+    },
+    Case {
+        name: "logger_and_metrics",
+        from: "swagger: PUT /logger, PUT /metrics, FlushMetrics",
+        needs_root: false,
+        steps: &[
+            put(
+                "/logger",
+                r#"{"log_path": "{dir}/log", "level": "Info", "show_level": true, "show_log_origin": false}"#,
+                204,
+            ),
+            put("/logger", r#"{"level": "Bogus"}"#, 400),
+            put("/metrics", r#"{"metrics_path": "{dir}/metrics"}"#, 204),
+            put("/actions", r#"{"action_type": "FlushMetrics"}"#, 400),
+        ],
+    },
+    Case {
+        name: "actions_before_start",
+        from: "rpc_interface.rs: handle_preboot_request (OperationNotSupportedPreBoot)",
+        needs_root: false,
+        steps: &[
+            put("/actions", r#"{"action_type": "Foo"}"#, 400),
+            put("/actions", r#"{"action_type": "SendCtrlAltDel"}"#, 400),
+            patch("/vm", r#"{"state": "Paused"}"#, 400),
+            patch("/vm", r#"{"state": "Resumed"}"#, 400),
+            put(
+                "/snapshot/create",
+                r#"{"snapshot_path": "{dir}/s", "mem_file_path": "{dir}/m"}"#,
+                400,
+            ),
+            put("/actions", r#"{"action_type": "InstanceStart"}"#, 400),
+            get("/", &["id", "state", "vmm_version", "app_name"]),
+        ],
+    },
+    Case {
+        name: "mmds",
+        from: "swagger: PUT/PATCH/GET /mmds, PUT /mmds/config; test_api.py: test_api_mmds_config",
+        needs_root: false,
+        steps: &[
+            differs(
+                put(
+                    "/mmds",
+                    r#"{"latest": {"meta-data": {"ami-id": "ami-12345678"}}}"#,
+                    204,
+                ),
+                400,
+                "MMDS not implemented",
+            ),
+            differs(get("/mmds", &["latest"]), 400, "MMDS not implemented"),
+            differs(
+                patch(
+                    "/mmds",
+                    r#"{"latest": {"meta-data": {"ami-id": "ami-87654321"}}}"#,
+                    204,
+                ),
+                400,
+                "MMDS not implemented",
+            ),
+            put("/mmds/config", r#"{"network_interfaces": []}"#, 400),
+            put("/mmds/config", r#"{"network_interfaces": ["foo"]}"#, 400),
+        ],
+    },
+    Case {
+        name: "balloon",
+        from: "swagger: PUT/GET/PATCH /balloon",
+        needs_root: false,
+        steps: &[
+            s("GET", "/balloon", None, 400),
+            differs(
+                put(
+                    "/balloon",
+                    r#"{"amount_mib": 0, "deflate_on_oom": false}"#,
+                    204,
+                ),
+                400,
+                "no balloon device",
+            ),
+            differs(
+                get("/balloon", &["amount_mib", "deflate_on_oom"]),
+                400,
+                "no balloon device",
+            ),
+            patch("/balloon", r#"{"amount_mib": 1}"#, 400),
+        ],
+    },
+    Case {
+        name: "patch_devices_before_start",
+        from: "swagger: PATCH /drives/{id}, PATCH /network-interfaces/{id}",
+        needs_root: false,
+        steps: &[
+            put("/drives/rootfs", ROOTFS, 204),
+            patch(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{scratch}"}"#,
+                400,
+            ),
+            patch("/network-interfaces/eth0", r#"{"iface_id": "eth0"}"#, 400),
+        ],
+    },
+    Case {
+        name: "snapshot_load_bad_input",
+        from: "swagger: PUT /snapshot/load",
+        needs_root: false,
+        steps: &[
+            put("/snapshot/load", r#"{"snapshot_path": "{dir}/s"}"#, 400),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "Nope", "backend_path": "{dir}/m"}}"#,
+                400,
+            ),
+        ],
+    },
+    Case {
+        name: "payload_limit",
+        from: "micro_http: a body over --http-api-max-payload-size (51200 by default)",
+        needs_root: false,
+        steps: &[put("/cpu-config", "{big:52000}", 400)],
+    },
+    Case {
+        name: "network_interfaces",
+        from: "test_api.py: test_net_api_put_update_pre_boot",
+        needs_root: true,
+        steps: &[
+            put(
+                "/network-interfaces/1",
+                r#"{"iface_id": "1", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap1"}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/2",
+                r#"{"iface_id": "2", "guest_mac": "07:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/2",
+                r#"{"iface_id": "2", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                400,
+            ),
+            put(
+                "/network-interfaces/2",
+                r#"{"iface_id": "2", "guest_mac": "08:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/1",
+                r#"{"iface_id": "1", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap2"}"#,
+                400,
+            ),
+            differs(
+                put("/network-interfaces/3", r#"{"iface_id": "3", "guest_mac": "06:00:00:00:00:01", "host_dev_name": "fctap3"}"#, 204),
+                400,
+                "by design: a refused PUT keeps the last valid configuration; Firecracker drops interface 1 when its update fails, which frees its MAC",
+            ),
+            differs(
+                put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 204),
+                400,
+                "MMDS not implemented",
+            ),
+            put(
+                "/mmds/config",
+                r#"{"network_interfaces": ["1", "foo"]}"#,
+                400,
+            ),
+            put(
+                "/mmds/config",
+                r#"{"version": "foo", "network_interfaces": ["1"]}"#,
+                400,
+            ),
+            differs(
+                put(
+                    "/mmds/config",
+                    r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
+                    204,
+                ),
+                400,
+                "MMDS not implemented",
+            ),
+            get("/vm/config", &["network-interfaces"]),
+            differs(
+                put(
+                    "/network-interfaces/4",
+                    r#"{"iface_id": "4", "host_dev_name": "fctap4", "mtu": 1400}"#,
+                    204,
+                ),
+                400,
+                "net mtu not implemented",
+            ),
+        ],
+    },
+];
