@@ -204,6 +204,8 @@ enum Command {
         /// The sandbox directory.
         dir: PathBuf,
     },
+    #[command(flatten)]
+    Store(crate::store_cmd::StoreCmd),
     /// The idle watcher (started by cairn itself).
     #[command(name = "__idle-watch", hide = true)]
     IdleWatch {
@@ -446,6 +448,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             crate::ports_cmd::router(home, listen, guest_port)
         }
         Command::Policy(cmd) => crate::net_cmd::run(home, cmd),
+        Command::Store(cmd) => crate::store_cmd::run(home, cmd),
         Command::NetDns { dir } => {
             cairn_sandbox::net::dns::serve(&dir).map_err(SandboxError::from)?;
             Ok(0)

@@ -25,4 +25,5 @@ pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;
 pub mod serve;
+pub mod store_sync;
 pub mod vmm_api;

@@ -8,6 +8,7 @@ pub mod guests;
 pub mod linux;
 pub mod ports;
 pub mod process;
+pub mod s3;
 pub mod sandbox;
 
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`

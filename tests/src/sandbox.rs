@@ -19,6 +19,8 @@ pub struct CairnHome {
     /// Run `cairn` in this named network namespace (`nsenter --net`, no new mount namespace,
     /// so the namespaces cairn makes stay visible to later calls).
     pub netns: Option<String>,
+    /// Extra environment for every `cairn` run (e.g. a store's `CAIRN_STORE` and `AWS_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl CairnHome {
@@ -37,6 +39,7 @@ impl CairnHome {
             agent,
             verbose: true,
             netns: None,
+            env: Vec::new(),
         }
     }
 
@@ -53,6 +56,7 @@ impl CairnHome {
         cmd.args(args)
             .env("CAIRN_HOME", self.home.path())
             .env("CAIRN_AGENT_BIN", &self.agent)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }

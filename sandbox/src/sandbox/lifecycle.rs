@@ -79,6 +79,7 @@ pub(crate) fn start_locked_as(
     ckpt: Option<&str>,
     new_identity: Option<&str>,
 ) -> Result<Option<Client>, SandboxError> {
+    crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
     let synced = crate::reconcile::follow_store(reg, r, &paths)?;
@@ -165,6 +166,7 @@ pub(crate) fn cold_start_locked(
     reg: &mut Registry,
     r: &Record,
 ) -> Result<(), SandboxError> {
+    crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
     if !paths.config.is_file() {
         return Err(SandboxError::NoHead(r.name.clone()));

@@ -92,6 +92,9 @@ pub enum SandboxError {
     /// A checkpoint name breaks the sandbox-name rules.
     #[error("invalid checkpoint name {0:?} (hint: 1-40 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit)")]
     InvalidCheckpointName(String),
+    /// The content-addressed store or its bucket (docs/storage.md).
+    #[error(transparent)]
+    Store(#[from] cairn_store::StoreError),
     /// The sandbox is larger than the host (memory or CPUs).
     #[error("{0} (hint: a smaller --mem or --cpus)")]
     DoesNotFit(String),

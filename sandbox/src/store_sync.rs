@@ -1,0 +1,276 @@
+//! The sandbox side of `cairn-store`: which files make up a sandbox, and `cairn df`, `push`,
+//! `pull`, `gc` and the lease taken at start (docs/storage.md).
+//!
+//! A pushed sandbox is its head checkpoint's chain (state, memory and disk layers with their
+//! indexes, `meta.json`), its base disk image and its small config files. A pull writes them
+//! into a staging directory under `$CAIRN_HOME/store/pull/`, then makes the sandbox from it as
+//! `cairn fork` makes a fork ([`crate::fork::make_files`]: hard links, rebased config, the drive
+//! base recorded, a network of its own when it had one), so a pulled sandbox restores exactly
+//! as a fork does.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_snapshot::checkpoint::{CheckpointStore, META_FILE, STATE_FILE};
+use cairn_store::gc::GcReport;
+use cairn_store::{
+    DfReport, LocalFile, LocalStore, Manifest, PullReport, PushReport, Remote, SandboxFiles,
+    SandboxSpec, StoreError, StoreUrl,
+};
+
+use crate::lock::{FileLock, Mode};
+use crate::registry::{Record, RegistryError, State};
+use crate::sandbox::{self, Home, Liveness, Paths, SandboxError};
+
+/// Small files of a sandbox's directory that travel with it (when present).
+const CONFIG_FILES: [&str; 4] = ["vm.json", "cpu-config.json", "jail.json", "net.json"];
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+fn snap_err(what: impl Into<String>) -> impl FnOnce(cairn_snapshot::Error) -> SandboxError {
+    let what = what.into();
+    move |e| SandboxError::Io {
+        what,
+        source: io::Error::other(e),
+    }
+}
+
+/// The configured bucket, or [`StoreError::NotConfigured`].
+pub fn remote() -> Result<Remote, SandboxError> {
+    let url = StoreUrl::from_env()?.ok_or(StoreError::NotConfigured)?;
+    Ok(Remote::open(&url)?)
+}
+
+/// The files of checkpoint `name`'s chain in `store`, relative to the sandbox's directory.
+fn chain_files(store: &CheckpointStore, head: &str) -> Result<Vec<LocalFile>, SandboxError> {
+    let mut out = Vec::new();
+    let chain = store
+        .chain_to(head)
+        .map_err(snap_err(format!("read checkpoint {head:?}")))?;
+    for meta in chain {
+        let dir = store
+            .dir_of(&meta.name)
+            .map_err(snap_err(format!("checkpoint {:?}", meta.name)))?;
+        let mut names = vec![STATE_FILE.to_string(), META_FILE.to_string()];
+        for layer in
+            std::iter::once(&meta.memory.layer_file).chain(meta.disks.iter().map(|d| &d.layer_file))
+        {
+            names.push(layer.clone());
+            names.push(format!("{layer}.index"));
+        }
+        for n in names {
+            out.push(LocalFile {
+                path: dir.join(&n),
+                rel: format!("checkpoints/{}/{n}", meta.name),
+                checkpoint: Some(meta.name.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The sandbox's files as pushed: config files, base disk image, the head's chain.
+fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError> {
+    let mut out: Vec<LocalFile> = CONFIG_FILES
+        .iter()
+        .map(|n| (paths.dir.join(n), n))
+        .chain(std::iter::once((paths.disk.clone(), &"disk.img")))
+        .filter(|(p, _)| p.is_file())
+        .map(|(path, n)| LocalFile {
+            path,
+            rel: n.to_string(),
+            checkpoint: None,
+        })
+        .collect();
+    let store = CheckpointStore::open(&paths.checkpoints)
+        .map_err(snap_err(format!("open {}", paths.checkpoints.display())))?;
+    out.extend(chain_files(&store, head)?);
+    Ok(out)
+}
+
+/// `cairn df`: every sandbox's checkpoints (all of them) and base disk image, as chunks.
+pub fn df(home: &Home) -> Result<DfReport, SandboxError> {
+    let reg = home.registry()?;
+    let mut sandboxes = Vec::new();
+    for r in reg.list()? {
+        let paths = home.paths(&r.name);
+        let mut files = Vec::new();
+        if paths.disk.is_file() {
+            files.push(paths.disk.clone());
+        }
+        if let Ok(store) = CheckpointStore::open(&paths.checkpoints) {
+            for meta in store.list().unwrap_or_default() {
+                let Ok(dir) = store.dir_of(&meta.name) else {
+                    continue;
+                };
+                files.push(dir.join(&meta.memory.layer_file));
+                files.extend(meta.disks.iter().map(|d| dir.join(&d.layer_file)));
+            }
+        }
+        sandboxes.push(SandboxFiles {
+            name: r.name,
+            files,
+        });
+    }
+    Ok(cairn_store::df(
+        &LocalStore::in_home(home.root()),
+        &sandboxes,
+    )?)
+}
+
+/// `cairn push NAME`: a stopped sandbox into the bucket. Releases this host's lease of it: a
+/// pushed sandbox may be pulled and started elsewhere.
+pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
+    let remote = remote()?;
+    let reg = home.registry()?;
+    let paths = home.paths(&reg.get(name)?.name);
+    let _lock = sandbox::lock(&paths)?;
+    let r = reg.get(name)?;
+    if matches!(
+        sandbox::liveness(&r),
+        Liveness::Running | Liveness::Creating
+    ) {
+        return Err(SandboxError::Io {
+            what: format!("sandbox {name:?} is running"),
+            source: io::Error::other(format!("hint: `cairn stop {name}` first")),
+        });
+    }
+    let head = r.head_checkpoint.clone().ok_or_else(|| SandboxError::Io {
+        what: format!("sandbox {name:?} has no checkpoint to push"),
+        source: io::Error::other(format!(
+            "hint: `cairn start {name}` then `cairn stop {name}`"
+        )),
+    })?;
+    let local = LocalStore::in_home(home.root());
+    let host = local.host_id()?;
+    let manifest = Manifest {
+        format: cairn_store::manifest::MANIFEST_FORMAT,
+        sandbox: name.to_string(),
+        host: host.clone(),
+        pushed_at_ms: cairn_snapshot::checkpoint::now_unix_ms(),
+        origin_dir: paths.dir.clone(),
+        spec: SandboxSpec {
+            cpus: r.cpus,
+            mem_mib: r.mem_mib,
+            disk_gib: r.disk_gib,
+            idle_timeout: r.idle_timeout,
+            head_checkpoint: head.clone(),
+        },
+        files: Vec::new(),
+    };
+    let report = remote.push(&local, manifest, &push_files(&paths, &head)?)?;
+    remote.release_lease(name, &host)?;
+    Ok(report)
+}
+
+/// `cairn pull NAME`: the bucket's sandbox NAME made here, stopped at its pushed head; `cairn
+/// start` (or its first exec) restores it.
+pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
+    sandbox::validate_name(name)?;
+    let remote = remote()?;
+    let mut reg = home.registry()?;
+    if reg.get(name).is_ok() {
+        return Err(RegistryError::NameTaken(name.to_string()).into());
+    }
+    let local = LocalStore::in_home(home.root());
+    let staging = local.root().join("pull").join(name);
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(io_err(format!("remove {}", staging.display())))?;
+    }
+    fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
+    let result = (|| {
+        let (manifest, report) = remote.pull(&local, name, &staging)?;
+        adopt(home, &mut reg, &manifest, &Paths::at(staging.clone()))?;
+        Ok(report)
+    })();
+    let _ = fs::remove_dir_all(&staging);
+    result
+}
+
+/// Make sandbox `manifest.sandbox` from the pulled files at `src`, as a fork of its head.
+fn adopt(
+    home: &Home,
+    reg: &mut crate::registry::Registry,
+    manifest: &Manifest,
+    src: &Paths,
+) -> Result<(), SandboxError> {
+    let name = &manifest.sandbox;
+    let spec = &manifest.spec;
+    // The pulled config names the pushing host's directory: make it name the staging one, which
+    // make_files then rebases to the sandbox's own, as for a fork.
+    let text = fs::read_to_string(&src.config)
+        .map_err(io_err(format!("read {}", src.config.display())))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| io_err(format!("parse {}", src.config.display()))(io::Error::other(e)))?;
+    let config = crate::fork::rebase_paths(config, &manifest.origin_dir, &src.dir);
+    fs::write(&src.config, config.to_string())
+        .map_err(io_err(format!("write {}", src.config.display())))?;
+    let src_store = CheckpointStore::open(&src.checkpoints)
+        .map_err(snap_err(format!("open {}", src.checkpoints.display())))?;
+
+    let paths = home.paths(name);
+    for s in [&paths.api, &paths.vsock] {
+        sandbox::check_socket_path(s)?;
+    }
+    fs::create_dir(&paths.dir).map_err(|e| SandboxError::Io {
+        what: format!(
+            "create {} (hint: a directory without a sandbox is left there; remove it)",
+            paths.dir.display()
+        ),
+        source: e,
+    })?;
+    let record = Record {
+        cpus: spec.cpus,
+        mem_mib: spec.mem_mib,
+        disk_gib: spec.disk_gib,
+        head_checkpoint: Some(spec.head_checkpoint.clone()),
+        idle_timeout: spec.idle_timeout,
+        ..paths.record(name, State::Stopped)
+    };
+    let made = (|| {
+        let _lock = FileLock::acquire(&paths.lock, Mode::Exclusive)
+            .map_err(io_err(format!("lock {}", paths.lock.display())))?;
+        reg.insert(&record)?;
+        crate::fork::make_files(src, &src_store, &spec.head_checkpoint, &paths)?;
+        crate::net::fork_for(home, reg, src, &paths, name)?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        if reg.get(name).is_ok_and(|r| r.dir == paths.dir) {
+            let _ = reg.remove(name);
+            crate::net::remove(&paths);
+        }
+        let _ = fs::remove_dir_all(&paths.dir);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `cairn gc`: delete the bucket's unreferenced chunks older than `grace`.
+pub fn gc(grace: Duration, dry_run: bool) -> Result<GcReport, SandboxError> {
+    Ok(remote()?.gc(grace, dry_run)?)
+}
+
+/// Before a VMM starts for sandbox `name`: with a store configured, take (or renew) this
+/// host's lease of it; refused while another host holds it. Without a store, nothing.
+pub fn take_lease(home: &Home, name: &str) -> Result<(), SandboxError> {
+    let Some(url) = StoreUrl::from_env()? else {
+        return Ok(());
+    };
+    let host = LocalStore::in_home(home.root()).host_id()?;
+    Remote::open(&url)?.acquire_lease(name, &host, cairn_store::lease::lease_from_env())?;
+    Ok(())
+}
+
+/// The staging directory of a pull of `name` (for tests and `doctor`).
+pub fn staging_dir(home: &Home, name: &str) -> PathBuf {
+    LocalStore::in_home(home.root())
+        .root()
+        .join("pull")
+        .join(name)
+}
