@@ -25,4 +25,5 @@ pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;
 pub mod serve;
+pub mod sessions;
 pub mod vmm_api;

@@ -10,6 +10,7 @@ mod image_cmd;
 mod net_cmd;
 mod ports_cmd;
 mod serve_cmd;
+mod sessions_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
