@@ -163,6 +163,33 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
     Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
 }
 
+/// The request `args` make for a detached session (`cairn exec -d`): `-t` gives it a terminal
+/// of this terminal's size (24x80 without one), `-i` keeps its stdin open for a later attach.
+pub fn session_request(args: ExecArgs) -> Result<ExecRequest, String> {
+    if args.timeout.is_some() {
+        return Err(
+            "--timeout does not apply to a detached session (hint: `cairn sessions kill NAME ID` ends it)"
+                .into(),
+        );
+    }
+    let mut env = args.env;
+    if args.tty && !env.iter().any(|(k, _)| k == "TERM") {
+        env.push((
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+        ));
+    }
+    Ok(ExecRequest {
+        argv: args.argv,
+        env,
+        cwd: args.workdir,
+        stdin: args.interactive,
+        pty: args
+            .tty
+            .then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 })),
+    })
+}
+
 /// Prints a one-line summary of a put or get to stderr.
 pub fn report(what: &str, stats: &TransferStats, start: Instant) {
     let skipped = match stats.skipped {

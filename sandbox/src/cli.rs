@@ -76,6 +76,10 @@ enum Command {
     Exec {
         /// Sandbox name.
         name: String,
+        /// Detach: start the command as a session that outlives this client, print its id
+        /// (`cairn sessions attach NAME ID` follows it; docs/sessions.md).
+        #[arg(short, long)]
+        detach: bool,
         #[command(flatten)]
         args: ExecArgs,
     },
@@ -195,6 +199,9 @@ enum Command {
     Serve(crate::serve_cmd::ServeArgs),
     /// Run the MCP server on stdio (tools for agents; see docs/mcp.md).
     Mcp,
+    /// Detached sessions (`cairn exec -d`): ls, attach, kill.
+    #[command(subcommand)]
+    Sessions(crate::sessions_cmd::SessionsCmd),
     /// A sandbox's egress policy (allow/deny by domain name, applied live).
     #[command(subcommand)]
     Policy(crate::net_cmd::PolicyCmd),
@@ -364,7 +371,12 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             );
             Ok(0)
         }
-        Command::Exec { name, args } => {
+        Command::Exec {
+            name,
+            detach: true,
+            args,
+        } => crate::sessions_cmd::start(home, &name, args),
+        Command::Exec { name, args, .. } => {
             let (r, _active, woken) = sandbox::enter(home, &name)?;
             let mut client = agent_of(&r, woken)?;
             let code = agent_cmd::exec(&mut client, args);
@@ -449,6 +461,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::Policy(cmd) => crate::net_cmd::run(home, cmd),
         Command::Store(cmd) => crate::store_cmd::run(home, cmd),
+        Command::Sessions(cmd) => crate::sessions_cmd::run(home, cmd),
         Command::NetDns { dir } => {
             cairn_sandbox::net::dns::serve(&dir).map_err(SandboxError::from)?;
             Ok(0)

@@ -26,4 +26,5 @@ pub mod rootdisk;
 pub mod sandbox;
 pub mod serve;
 pub mod store_sync;
+pub mod sessions;
 pub mod vmm_api;

@@ -11,6 +11,7 @@ mod net_cmd;
 mod ports_cmd;
 mod serve_cmd;
 mod store_cmd;
+mod sessions_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -18,7 +18,7 @@ mod session;
 pub mod tty;
 mod tunnel;
 
-pub use session::AttachedSession;
+pub use session::{AttachedSession, Detacher};
 pub use tunnel::{LocalStream, SpliceStats, Tunnel, TunnelAbort};
 
 use crate::proto::{

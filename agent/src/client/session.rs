@@ -115,4 +115,25 @@ impl AttachedSession {
     pub fn detach(self) {
         let _ = self.reader.get_ref().shutdown(Shutdown::Both);
     }
+
+    /// A handle that detaches from another thread (a reader blocked in
+    /// [`AttachedSession::next_event`] then gets an error).
+    pub fn detacher(&self) -> Result<Detacher, ClientError> {
+        self.reader
+            .get_ref()
+            .try_clone()
+            .map(Detacher)
+            .map_err(|e| ClientError::Frame(e.into()))
+    }
+}
+
+/// Detaches an [`AttachedSession`] from another thread.
+#[derive(Debug)]
+pub struct Detacher(UnixStream);
+
+impl Detacher {
+    /// Closes the attached connection; the session goes on.
+    pub fn detach(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
 }

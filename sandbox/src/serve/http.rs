@@ -47,6 +47,11 @@ impl AppState {
             token: token.into(),
         }
     }
+
+    /// The home every handler works in.
+    pub(super) fn home(&self) -> &Home {
+        &self.home
+    }
 }
 
 /// Which listener a router serves: TCP requires the token, the Unix socket checks it only
@@ -131,6 +136,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
             post(checkpoint_restore),
         )
         .route(&format!("{sandbox}/fork"), post(fork))
+        .merge(super::sessions::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), listener),
             auth,

@@ -259,7 +259,10 @@ async fn the_openapi_document_matches_the_routes() {
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 14);
     for (path, ops) in paths {
-        let uri = path.replace("{name}", "nope").replace("{ckpt}", "c");
+        let uri = path
+            .replace("{name}", "nope")
+            .replace("{ckpt}", "c")
+            .replace("{id}", "1");
         let uri = if uri.contains("/files") || uri.ends_with("/tree") {
             format!("{uri}?path=/x")
         } else {

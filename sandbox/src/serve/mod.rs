@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod http;
 pub mod ops;
+mod sessions;
 mod stream;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};
