@@ -53,7 +53,8 @@ pub struct CliArgs {
     /// Disable seccomp filtering (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Custom seccomp filter file (accepted for compatibility; cairn uses its built-in filters).
+    /// Custom seccomp filters in Firecracker's (seccompiler's) JSON format, one per thread kind
+    /// (`vmm`, `api`, `vcpu`), used instead of the built-in ones.
     #[arg(long)]
     pub seccomp_filter: Option<PathBuf>,
     /// Process start time from the jailer, in microseconds (accepted for compatibility).
@@ -209,6 +210,14 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
             args.http_api_max_payload_size,
             crate::api::server::MAX_BODY_SIZE_LIMIT
         )));
+    }
+    if let Some(filter) = &args.seccomp_filter {
+        if args.no_seccomp {
+            return Err(VmmError::Args(
+                "--seccomp-filter and --no-seccomp cannot be used together".into(),
+            ));
+        }
+        crate::seccomp::load_custom(filter).map_err(|e| VmmError::Config(e.to_string()))?;
     }
     crate::seccomp::set_enabled(!args.no_seccomp);
     crate::host_limits::init();

@@ -202,3 +202,96 @@ fn send_ctrl_alt_del_keeps_the_vmm_running() {
         "the VMM ended"
     );
 }
+
+/// cairn's own three filters as one Firecracker-style document, less `drop` from the API's.
+fn filter_document(drop: Option<&str>) -> serde_json::Value {
+    let mut doc = serde_json::Map::new();
+    for kind in ["vmm", "api", "vcpu"] {
+        let path = format!("{}/seccomp/{kind}.json", env!("CARGO_MANIFEST_DIR"));
+        let mut one: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut filter = one[kind].take();
+        if let (Some(name), "api") = (drop, kind) {
+            let rules = filter["filter"].as_array_mut().unwrap();
+            rules.retain(|r| r["syscall"] != name);
+        }
+        doc.insert(kind.to_string(), filter);
+    }
+    serde_json::Value::Object(doc)
+}
+
+#[test]
+fn a_seccomp_filter_file_is_applied_or_refused() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let file = dir.path().join("filter.json");
+    let sock_arg = sock.to_str().unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    std::fs::write(&file, b"junk").unwrap();
+    let out = vmm()
+        .args(["--api-sock", sock_arg, "--seccomp-filter", file_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--seccomp-filter") && err.contains("not a seccompiler JSON"),
+        "{err}"
+    );
+    let out = vmm()
+        .args([
+            "--api-sock",
+            sock_arg,
+            "--seccomp-filter",
+            file_arg,
+            "--no-seccomp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(153));
+
+    // A filter lacking a thread kind is refused.
+    let mut partial = filter_document(None);
+    partial.as_object_mut().unwrap().remove("vcpu");
+    std::fs::write(&file, partial.to_string()).unwrap();
+    let out = vmm()
+        .args(["--api-sock", sock_arg, "--seccomp-filter", file_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no filter for the vcpu thread"));
+
+    // cairn's own filters, given as a file, work.
+    std::fs::write(&file, filter_document(None).to_string()).unwrap();
+    let mut child = serve(&sock, &["--seccomp-filter", file_arg]);
+    assert_eq!(request(&sock, "GET", "/", None).0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Without accept4 on the API thread, the first connection kills the process: the file's
+    // filter is the one in force.
+    std::fs::write(&file, filter_document(Some("accept4")).to_string()).unwrap();
+    let mut child = vmm()
+        .args(["--api-sock", sock_arg, "--seccomp-filter", file_arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::os::unix::net::UnixStream::connect(&sock);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not killed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}");
+}

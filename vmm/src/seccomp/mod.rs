@@ -15,11 +15,17 @@
 //!
 //! The binary turns filtering on (unless `--no-seccomp`); the library leaves it off.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use seccompiler::sock_filter;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Programs from `--seccomp-filter`, which take the place of the built-in ones.
+static CUSTOM: OnceLock<HashMap<&'static str, Vec<sock_filter>>> = OnceLock::new();
 
 /// Bytes of one `struct sock_filter` as `build.rs` writes it.
 const INSN_BYTES: usize = 8;
@@ -73,6 +79,14 @@ pub enum SeccompError {
     /// The compiled program for this kind is malformed (a build problem).
     #[error("the built-in {0} filter is malformed")]
     Malformed(ThreadKind),
+    /// The `--seccomp-filter` file cannot be used.
+    #[error("--seccomp-filter {path}: {reason}")]
+    CustomFilter {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The kernel refused the filter (`prctl(PR_SET_NO_NEW_PRIVS)` or `seccomp(2)` failed).
     #[error("installing the {kind} filter failed: {reason}")]
     Install {
@@ -81,6 +95,43 @@ pub enum SeccompError {
         /// seccompiler's message.
         reason: String,
     },
+}
+
+/// Reads `--seccomp-filter FILE`: Firecracker's filter format, a seccompiler JSON document with
+/// one filter per thread kind (`"vmm"`, `"api"`, `"vcpu"`), compiled here. From now on these
+/// programs replace the built-in ones. Anything else (a file that does not parse, one that lacks
+/// a thread kind, a compiled `.bpf` file) is an error, so a user never believes a filter is in
+/// force when it is not. Call once, before any thread installs its filter.
+pub fn load_custom(path: &Path) -> Result<(), SeccompError> {
+    let bad = |reason: String| SeccompError::CustomFilter {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut map =
+        seccompiler::compile_from_json(std::io::BufReader::new(file), arch).map_err(|e| {
+            bad(format!(
+                "not a seccompiler JSON filter file ({e}); Firecracker's compiled .bpf files are \
+             not read: pass the JSON they are compiled from"
+            ))
+        })?;
+    let mut programs = HashMap::new();
+    for kind in ThreadKind::ALL {
+        let program = map
+            .remove(kind.name())
+            .ok_or_else(|| bad(format!("it has no filter for the {kind} thread")))?;
+        programs.insert(kind.name(), program);
+    }
+    if let Some(extra) = map.keys().next() {
+        return Err(bad(format!(
+            "unknown thread kind {extra:?} (expected vmm, api and vcpu)"
+        )));
+    }
+    CUSTOM
+        .set(programs)
+        .map_err(|_| bad("a custom filter is already loaded".into()))
 }
 
 /// Turn filtering on or off for threads started from now on (the binary turns it on unless
@@ -94,8 +145,12 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
-/// The BPF program for `kind`, as compiled from `vmm/seccomp/<kind>.json` at build time.
+/// The BPF program for `kind`: from `--seccomp-filter` when one was loaded
+/// ([`load_custom`]), else as compiled from `vmm/seccomp/<kind>.json` at build time.
 pub fn program(kind: ThreadKind) -> Result<Vec<sock_filter>, SeccompError> {
+    if let Some(custom) = CUSTOM.get().and_then(|m| m.get(kind.name())) {
+        return Ok(custom.clone());
+    }
     let bytes = kind.bpf_bytes();
     if bytes.is_empty() || bytes.len() % INSN_BYTES != 0 {
         return Err(SeccompError::Malformed(kind));
