@@ -22,6 +22,7 @@ fn main() {
         ("ticker64", "ticker64", None, "flat.ld"),
         ("dirty1m", "ticker64", Some("WINDOW_MIB=1"), "flat.ld"),
         ("dirty256m", "ticker64", Some("WINDOW_MIB=256"), "flat.ld"),
+        ("dirty1g", "ticker64", Some("WINDOW_MIB=1024"), "flat.ld"),
         ("mmiofetch64", "mmiofetch64", None, "flat.ld"),
         ("pvh32", "pvh32", None, "pvh.ld"),
     ] {

@@ -12,6 +12,8 @@ pub const TICKER64: &str = concat!(env!("OUT_DIR"), "/ticker64.elf");
 pub const DIRTY1M: &str = concat!(env!("OUT_DIR"), "/dirty1m.elf");
 /// The ticker with a 256 MiB window (needs more than 258 MiB of RAM).
 pub const DIRTY256M: &str = concat!(env!("OUT_DIR"), "/dirty256m.elf");
+/// The ticker with a 1 GiB window (needs more than 1027 MiB of RAM).
+pub const DIRTY1G: &str = concat!(env!("OUT_DIR"), "/dirty1g.elf");
 /// Jumps into MMIO: ends in a KVM emulation failure.
 pub const MMIOFETCH64: &str = concat!(env!("OUT_DIR"), "/mmiofetch64.elf");
 /// An ELF with a PVH note: checks the start-info magic in 32-bit mode, resets.
