@@ -25,6 +25,6 @@ pub mod registry;
 pub mod rootdisk;
 pub mod sandbox;
 pub mod serve;
-pub mod store_sync;
 pub mod sessions;
+pub mod store_sync;
 pub mod vmm_api;

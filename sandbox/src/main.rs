@@ -10,8 +10,8 @@ mod image_cmd;
 mod net_cmd;
 mod ports_cmd;
 mod serve_cmd;
-mod store_cmd;
 mod sessions_cmd;
+mod store_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
