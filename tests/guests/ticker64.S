@@ -14,17 +14,20 @@ _start:
     out %al, %dx
     mov $'\n', %al
     out %al, %dx
-    /* highest end address among e820 entries (table at 0x2d0, count at 0x1e8, 20-byte entries) */
+    /* highest end address among e820 RAM entries (table at 0x2d0, count at 0x1e8, 20-byte
+       entries, type at +16; reserved ranges such as Firecracker's MMIO gaps do not count) */
     movzbl 0x1e8(%rsi), %ecx
     lea 0x2d0(%rsi), %rdi
     xor %r8, %r8
 1:  test %ecx, %ecx
     jz 2f
+    cmpl $1, 16(%rdi)
+    jne 7f
     mov (%rdi), %rax
     add 8(%rdi), %rax
     cmp %r8, %rax
     cmova %rax, %r8
-    add $20, %rdi
+7:  add $20, %rdi
     dec %ecx
     jmp 1b
 2:  sub $0x100000, %r8          /* end of RAM - 1 MiB */
