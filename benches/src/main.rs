@@ -17,7 +17,10 @@
 //! cairn-bench api        [--runs N]                  `cairn serve`: added exec latency, concurrent execs
 //! cairn-bench ports      [--runs N]                  `cairn proxy` / `cairn router` requests, router wake
 //! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
-//! cairn-bench all        ...                         everything above but `linux`
+//! cairn-bench vs         [--vs FC] [--runs N] [--mem MiB,...] [--dir D,...]
+//!                                                    cairn-vmm and Firecracker in alternating pairs:
+//!                                                    boot, Full and Diff snapshot, restore
+//! cairn-bench all        ...                         everything above but `linux` and `vs`
 //! ```
 //!
 //! `--dir` (default `/dev/shm`) is where snapshot and checkpoint files go; give several
@@ -31,6 +34,7 @@ mod boot;
 mod checkpoint;
 mod linux;
 mod network;
+mod paired;
 mod ports;
 mod sandbox;
 mod snapshot;
@@ -59,6 +63,7 @@ fn main() {
         "snapshot" => snapshot::snapshot(&opts),
         "restore" => snapshot::restore(&opts),
         "checkpoint" => checkpoint::checkpoint(&opts),
+        "vs" => paired::vs(&opts),
         "linux" => linux::linux(&opts),
         "agent" => agent::agent(&opts),
         "block" => block::block(&opts),

@@ -26,6 +26,8 @@ pub struct Options {
     pub dirs: Vec<PathBuf>,
     /// Skip the cold-page-cache restore variant.
     pub no_cold: bool,
+    /// Firecracker to compare with (`--vs PATH`, else `FIRECRACKER`): `cairn-bench vs`.
+    pub vs: Option<PathBuf>,
 }
 
 impl Options {
@@ -38,6 +40,7 @@ impl Options {
             json: false,
             dirs: vec![PathBuf::from("/dev/shm")],
             no_cold: false,
+            vs: std::env::var_os("FIRECRACKER").map(PathBuf::from),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -61,6 +64,7 @@ impl Options {
                         .collect()
                 }
                 "--no-cold" => o.no_cold = true,
+                "--vs" => o.vs = Some(PathBuf::from(it.next().expect("--vs PATH"))),
                 "--json" => o.json = true,
                 other => panic!("unknown option {other}"),
             }
@@ -308,18 +312,25 @@ pub struct Vmm {
 impl Vmm {
     /// Spawn `cairn-vmm --api-sock S` plus `extra` args.
     pub fn spawn(extra: &[&std::ffi::OsStr]) -> Result<Self, String> {
+        Self::spawn_bin(&vmm_bin(), extra)
+    }
+
+    /// Spawn `bin --api-sock S` plus `extra` args: cairn-vmm, or Firecracker for a paired run.
+    pub fn spawn_bin(bin: &Path, extra: &[&std::ffi::OsStr]) -> Result<Self, String> {
         let tmp = tempfile::Builder::new()
             .prefix("cairn-bench-sock-")
             .tempdir()
             .map_err(|e| e.to_string())?;
         let sock = tmp.path().join("api.sock");
-        let mut cmd = Command::new(vmm_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("--api-sock").arg(&sock).args(extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| format!("spawn cairn-vmm: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
         let out = Arc::new(Output::default());
         let err = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().ok_or("no stdout")?;
