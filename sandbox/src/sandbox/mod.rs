@@ -94,10 +94,16 @@ pub enum SandboxError {
     InvalidCheckpointName(String),
     /// The content-addressed store or its bucket (docs/storage.md).
     #[error(transparent)]
-    Store(#[from] cairn_store::StoreError),
+    Store(#[from] Box<cairn_store::StoreError>),
     /// The sandbox is larger than the host (memory or CPUs).
     #[error("{0} (hint: a smaller --mem or --cpus)")]
     DoesNotFit(String),
+}
+
+impl From<cairn_store::StoreError> for SandboxError {
+    fn from(e: cairn_store::StoreError) -> Self {
+        SandboxError::Store(Box::new(e))
+    }
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
