@@ -142,7 +142,7 @@ fn the_default_image_has_what_an_agent_expects() {
         "py (3, 11)",
     );
     check(&h, "d", "node -v && npm -v", "v18.");
-    check(&h, "d", "cc --version", "gcc (Debian 12");
+    check(&h, "d", "cc --version", "(Debian 12.");
     check(
         &h,
         "d",
