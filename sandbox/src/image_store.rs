@@ -29,7 +29,7 @@ pub enum Source {
     OciLayout(PathBuf),
     /// A `docker save` archive.
     DockerArchive(PathBuf),
-    /// `debootstrap` of Debian bookworm with these packages (besides minbase).
+    /// Debian bookworm (debootstrap minbase) with these packages (apt).
     Debootstrap(Vec<String>),
 }
 
@@ -163,7 +163,7 @@ fn build_into(
             format!("docker-archive {} ({n} layers)", p.display())
         }
         Source::Debootstrap(pkgs) => {
-            debootstrap(&root, pkgs)?;
+            debian::build(&root, pkgs)?;
             format!("debootstrap bookworm +{}", pkgs.join(","))
         }
     };
@@ -259,91 +259,6 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
 /// The unprivileged user the default image gets (in group sudo, no password needed).
 pub const DEV_USER: &str = "dev";
 
-/// `debootstrap --variant=minbase --include=PKGS bookworm ROOT`, then the unprivileged user.
-/// Needs root (debootstrap chroots and makes device nodes) and a Debian mirror.
-fn debootstrap(root: &Path, pkgs: &[String]) -> Result<(), SandboxError> {
-    // SAFETY: trivial getter.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(err(
-            "building an image runs debootstrap, which needs root (hint: sudo cairn image build ...; \
-             importing an OCI image does not need root)",
-        ));
-    }
-    for p in pkgs {
-        let ok = !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        if !ok {
-            return Err(err(format!("{p:?} is not a Debian package name")));
-        }
-    }
-    let mirror = std::env::var("CAIRN_DEBIAN_MIRROR")
-        .unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-    let out = Command::new("debootstrap")
-        .arg("--variant=minbase")
-        .arg(format!("--include={}", pkgs.join(",")))
-        .arg("bookworm")
-        .arg(root)
-        .arg(&mirror)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            err(format!(
-                "cannot run debootstrap: {e} (hint: apt-get install debootstrap)"
-            ))
-        })?;
-    if !out.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return Err(err(debootstrap_failure(&text, pkgs)));
-    }
-    let user = Command::new("chroot")
-        .arg(root)
-        .args(["useradd", "-m", "-s", "/bin/bash", "-G", "sudo", DEV_USER])
-        .status();
-    if !user.is_ok_and(|s| s.success()) {
-        return Err(err(format!(
-            "could not add the user {DEV_USER} in the image"
-        )));
-    }
-    oci::write_in_root(
-        root,
-        &format!("etc/sudoers.d/{DEV_USER}"),
-        format!("{DEV_USER} ALL=(ALL) NOPASSWD:ALL\n").as_bytes(),
-        0o440,
-    )?;
-    let _ = fs::remove_dir_all(root.join("var/cache/apt/archives"));
-    Ok(())
-}
-
-/// One line for a failed debootstrap: the packages it could not find, else its last `E:` line.
-pub fn debootstrap_failure(output: &str, pkgs: &[String]) -> String {
-    if let Some(l) = output
-        .lines()
-        .find(|l| l.contains("Couldn't find these debs"))
-    {
-        let missing = l.rsplit(':').next().unwrap_or("").trim();
-        return format!("no such package: {missing} (nothing was kept)");
-    }
-    let named: Vec<&String> = pkgs
-        .iter()
-        .filter(|p| output.contains(&format!("Unable to locate package {p}")))
-        .collect();
-    if !named.is_empty() {
-        return format!("no such package: {named:?} (nothing was kept)");
-    }
-    let last = output
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("E:") || l.starts_with("W:"))
-        .or_else(|| output.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or("no output");
-    format!("debootstrap failed: {} (nothing was kept)", last.trim())
-}
-
 fn run(cmd: &mut Command) -> Result<(), SandboxError> {
     let prog = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
@@ -360,21 +275,13 @@ fn run(cmd: &mut Command) -> Result<(), SandboxError> {
     )))
 }
 
+#[path = "image_debian.rs"]
+mod debian;
+pub use debian::failure as build_failure;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_missing_package_is_named() {
-        let pkgs = vec!["git".to_string(), "nosuchpkg".to_string()];
-        let m = debootstrap_failure(
-            "I: Resolving\nE: Couldn't find these debs: nosuchpkg\n",
-            &pkgs,
-        );
-        assert_eq!(m, "no such package: nosuchpkg (nothing was kept)");
-        let m = debootstrap_failure("E: boom\n", &pkgs);
-        assert!(m.contains("E: boom"), "{m}");
-    }
 
     #[test]
     fn unknown_images_and_names_are_refused() {
