@@ -12,7 +12,8 @@
 //! - [`nft`]: the sandbox's nftables table;
 //! - [`policy`]: allow/deny rules on domain patterns; [`dns`]: the forwarder that applies them;
 //! - [`guest`]: what the agent is told after a boot or restore (address, MAC, clock);
-//! - [`leftovers`]: what `cairn doctor` looks for after a crash.
+//! - [`leftovers`]: what `cairn doctor` looks for after a crash;
+//! - [`rootless`]: a sandbox made by a user who is not root reaches the network through pasta.
 //!
 //! The spec of a sandbox's network is `net.json` in its directory (this module owns it); its
 //! address, MAC and namespace are also in the registry row (`net_*` columns).
@@ -24,6 +25,7 @@ pub mod link;
 pub mod nft;
 pub mod policy;
 pub mod pool;
+pub mod rootless;
 
 use crate::sandbox::Paths;
 use cairn_vmm_api::config::{NetConfig, VmConfig};
@@ -72,8 +74,11 @@ pub enum NetError {
     /// Policy on a sandbox without network.
     #[error("sandbox {0:?} has no network (hint: it was created with --no-network; create a new sandbox without it)")]
     NoNetwork(String),
+    /// A policy on a sandbox made without root.
+    #[error("sandbox {0:?} was made without root and reaches the network through pasta, which has no egress policy (hint: policies need a sandbox made by root; docs/network.md, \"Rootless mode\")")]
+    RootlessPolicy(String),
     /// Networking needs root.
-    #[error("{0} needs root (hint: run cairn as root; see docs/network.md, \"Without root\")")]
+    #[error("{0} needs root (hint: run cairn as root; see docs/network.md, \"Rootless mode\")")]
     NeedsRoot(&'static str),
     /// A host tool failed.
     #[error("{0}: {1}")]
@@ -113,12 +118,24 @@ pub struct NetSpec {
     pub pool: String,
     /// Resolvers the forwarder asks.
     pub upstream: Vec<Ipv4Addr>,
+    /// Made without root: the VMM runs in a namespace that pasta connects ([`rootless`]); no
+    /// host namespace, veth, table or forwarder.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rootless: bool,
 }
 
 impl NetSpec {
     /// The namespace's name.
     pub fn netns(&self) -> String {
         format!("{NAME_PREFIX}{}", self.id)
+    }
+    /// What `cairn ls` and the registry name as the namespace: `cairn-ID`, or `pasta` for a
+    /// rootless sandbox (whose namespace lives only as long as its VMM).
+    pub fn netns_name(&self) -> String {
+        match self.rootless {
+            true => "pasta".into(),
+            false => self.netns(),
+        }
     }
     /// The namespace's path, for `cairn-jailer --netns` and setns(2).
     pub fn netns_path(&self) -> PathBuf {
@@ -147,6 +164,7 @@ impl NetSpec {
             mac: "02:ca:0a:d5:00:02".into(),
             pool: "10.213.0.0/16".into(),
             upstream: vec![Ipv4Addr::new(198, 18, 77, 53)],
+            rootless: false,
         }
     }
 }
@@ -253,6 +271,7 @@ pub fn allocate(home: &Path, name: &str, used: &[Ipv4Addr]) -> Result<NetSpec, N
         mac: format!("02:ca:{:02x}:{:02x}:{:02x}:{:02x}", g[0], g[1], g[2], g[3]),
         pool: pool.to_string(),
         upstream: upstream_resolvers(),
+        rootless: false,
     })
 }
 
@@ -276,7 +295,7 @@ pub fn setup(paths: &Paths, spec: &NetSpec, tap_owner: Option<(u32, u32)>) -> Re
 /// Re-makes what is missing (after a host reboot, or a crash): namespace and links, table,
 /// forwarder. A no-op when all is there.
 pub fn ensure(paths: &Paths, tap_owner: Option<(u32, u32)>) -> Result<(), NetError> {
-    let Some(spec) = load(paths)? else {
+    let Some(spec) = load(paths)?.filter(|s| !s.rootless) else {
         return Ok(());
     };
     if !link::is_netns(&spec.netns_path()) || !link::exists(&spec.veth()) {
@@ -295,6 +314,9 @@ pub fn ensure(paths: &Paths, tap_owner: Option<(u32, u32)>) -> Result<(), NetErr
 /// What of the sandbox's network is missing on the host (for `cairn doctor`).
 pub fn missing(paths: &Paths, spec: &NetSpec) -> Vec<&'static str> {
     let mut out = Vec::new();
+    if spec.rootless {
+        return out;
+    }
     if !link::is_netns(&spec.netns_path()) {
         out.push("its namespace");
     }
@@ -312,6 +334,9 @@ pub fn missing(paths: &Paths, spec: &NetSpec) -> Vec<&'static str> {
 
 /// Removes the sandbox's forwarder, table, veth and namespace (each step best effort).
 pub fn teardown(paths: &Paths, spec: &NetSpec) {
+    if spec.rootless {
+        return;
+    }
     dns::stop(paths);
     let _ = nft::delete(&spec.table());
     link::remove(spec);
@@ -348,6 +373,9 @@ pub fn set_policy(paths: &Paths, name: &str, new: &policy::Policy) -> Result<(),
     let spec = load(paths)?.ok_or_else(|| NetError::NoNetwork(name.to_string()))?;
     if !is_root() {
         return Err(NetError::NeedsRoot("an egress policy"));
+    }
+    if spec.rootless {
+        return Err(NetError::RootlessPolicy(name.to_string()));
     }
     let p = policy_path(paths);
     let tmp = p.with_extension("json.tmp");
@@ -406,7 +434,7 @@ pub fn columns(spec: &NetSpec) -> crate::registry::NetColumns {
     crate::registry::NetColumns {
         addr: spec.guest.to_string(),
         mac: spec.mac.clone(),
-        netns: spec.netns(),
+        netns: spec.netns_name(),
     }
 }
 
@@ -421,8 +449,9 @@ pub fn create_for(
     tap_owner: Option<(u32, u32)>,
 ) -> Result<NetSpec, crate::sandbox::SandboxError> {
     use crate::lock::{FileLock, Mode};
-    if !is_root() {
-        return Err(NetError::NeedsRoot("a sandbox network (or --no-network)").into());
+    let rootless = !is_root();
+    if rootless {
+        rootless::pasta_binary()?;
     }
     let lock_path = home.root().join("net.lock");
     let _lock = FileLock::acquire(&lock_path, Mode::Exclusive)
@@ -432,8 +461,12 @@ pub fn create_for(
         .iter()
         .filter_map(|(_, c)| c.addr.parse().ok())
         .collect();
-    let spec = allocate(home.root(), name, &used)?;
-    setup(paths, &spec, tap_owner)?;
+    let mut spec = allocate(home.root(), name, &used)?;
+    spec.rootless = rootless;
+    match rootless {
+        true => save(paths, &spec)?,
+        false => setup(paths, &spec, tap_owner)?,
+    }
     reg.set_net(name, Some(&columns(&spec)))?;
     Ok(spec)
 }

@@ -318,9 +318,7 @@ pub(crate) fn prepare_new(
     } else {
         vm_config(paths, img, opts)
     };
-    if !opts.no_network && !crate::net::is_root() {
-        eprintln!("cairn: note: {name} has no network: sandbox networks need root for now (docs/network.md, \"Without root\"); --no-network silences this");
-    } else if !opts.no_network {
+    if !opts.no_network {
         let owner = jail::load(paths)?.map(|s| (s.uid, s.gid));
         let spec = crate::net::create_for(home, reg, paths, name, owner)?;
         cfg.network_interfaces = vec![crate::net::vm_config_entry(&spec)];

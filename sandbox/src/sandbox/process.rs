@@ -142,7 +142,7 @@ pub fn ls_json(r: &Record) -> serde_json::Value {
         "net": crate::net::load(&Paths::new(r.dir.clone()))
             .ok()
             .flatten()
-            .map(|n| serde_json::json!({"address": n.guest, "mac": n.mac, "netns": n.netns()})),
+            .map(|n| serde_json::json!({"address": n.guest, "mac": n.mac, "netns": n.netns_name()})),
     })
 }
 
@@ -159,10 +159,15 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
     let jail_spec = jail::load(paths)?;
     // The sandbox's network namespace (re-made first if a reboot or crash took it away).
     crate::net::ensure(paths, jail_spec.as_ref().map(|s| (s.uid, s.gid)))?;
-    let netns = crate::net::load(paths)?.map(|n| n.netns_path());
-    let mut cmd = match jail_spec {
-        Some(spec) => jail::command(paths, &spec, netns.as_deref(), args)?,
-        None => {
+    let net = crate::net::load(paths)?;
+    let rootless = net.as_ref().filter(|n| n.rootless);
+    let netns = net.as_ref().filter(|n| !n.rootless).map(|n| n.netns_path());
+    let mut cmd = match (jail_spec, rootless) {
+        (Some(spec), _) => jail::command(paths, &spec, netns.as_deref(), args)?,
+        (None, Some(net)) => {
+            crate::net::rootless::command(paths, net, &image::vmm_binary()?, args)?
+        }
+        (None, None) => {
             let mut cmd = Command::new(image::vmm_binary()?);
             cmd.args(args);
             if let Some(ns) = &netns {
@@ -200,6 +205,10 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
     let child = cmd
         .spawn()
         .map_err(io_err(format!("start {:?}", cmd.get_program())))?;
+    if rootless.is_some() {
+        // The child is pasta, which runs the VMM in the namespace it connects.
+        return Ok(crate::net::rootless::vmm_pid(paths, child)?);
+    }
     // The child is not waited for here: it outlives this process (and is then reaped by init).
     Ok(child.id())
 }
