@@ -219,7 +219,7 @@ fn snapshots(
     for run in 0..opts.runs {
         let order: [&Bin; 2] = if run % 2 == 0 { [c, f] } else { [f, c] };
         for bin in order {
-            let (fu, di, re) = one(bin)?;
+            let (fu, di, re) = one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
             let is_cairn = std::ptr::eq(bin, c);
             for (p, v) in [(&mut full, fu), (&mut diff, di), (&mut restore, re)] {
                 if is_cairn {
