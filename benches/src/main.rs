@@ -19,7 +19,7 @@
 //! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
 //! cairn-bench vs         [--vs FC] [--runs N] [--mem MiB,...] [--dir D,...]
 //!                                                    cairn-vmm and Firecracker in alternating pairs:
-//!                                                    boot, Full and Diff snapshot, restore
+//!                                                    process start -> first serial byte
 //! cairn-bench all        ...                         everything above but `linux` and `vs`
 //! ```
 //!
