@@ -190,7 +190,11 @@ mod tests {
             "apt-get install",
         );
         assert_eq!(m, "no such package: nosuchpkg (nothing was kept)");
-        let m = failure("W: a warning\nE: boom\nW: later\n", &pkgs, "apt-get install");
+        let m = failure(
+            "W: a warning\nE: boom\nW: later\n",
+            &pkgs,
+            "apt-get install",
+        );
         assert_eq!(m, "apt-get install failed: E: boom (nothing was kept)");
     }
 }
