@@ -120,6 +120,10 @@ enum Command {
         /// Print the result as JSON (the sandbox as `ls --json` shows it).
         #[arg(long)]
         json: bool,
+        /// Then push it to the bucket in CAIRN_STORE (as `cairn push`); also the default when
+        /// CAIRN_STORE_PUSH_ON_STOP=1 (docs/storage.md).
+        #[arg(long)]
+        push: bool,
     },
     /// Start a stopped sandbox from its latest checkpoint (or boot it from its disk when it
     /// has none); reboots one whose agent does not answer.
@@ -392,8 +396,15 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             Ok(0)
         }
         Command::Ls { json } => ls(home, json),
-        Command::Stop { name, json } => {
+        Command::Stop { name, json, push } => {
             let stopped = sandbox::stop(home, &name)?;
+            if push || cairn_sandbox::store_sync::push_on_stop() {
+                let r = cairn_sandbox::store_sync::push(home, &name)?;
+                eprintln!(
+                    "{name}: pushed, {} of {} chunks uploaded",
+                    r.chunks_uploaded, r.chunks
+                );
+            }
             if json {
                 return print_row(home, &name);
             }

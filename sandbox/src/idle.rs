@@ -127,6 +127,15 @@ pub fn watch(home: &Home, name: &str) -> Result<(), SandboxError> {
                     "{name}: idle, stopped at checkpoint {}",
                     ckpt.as_deref().unwrap_or("-")
                 );
+                if crate::store_sync::push_on_stop() {
+                    match crate::store_sync::push(home, name) {
+                        Ok(r) => eprintln!(
+                            "{name}: pushed, {} of {} chunks uploaded",
+                            r.chunks_uploaded, r.chunks
+                        ),
+                        Err(e) => eprintln!("{name}: push after the idle stop failed: {e}"),
+                    }
+                }
                 return Ok(());
             }
             // A transient failure (a busy registry, a slow API) is retried on the next tick.

@@ -123,6 +123,13 @@ pub fn df(home: &Home) -> Result<DfReport, SandboxError> {
     )?)
 }
 
+/// Whether a stop (`cairn stop`, and an idle stop) pushes the sandbox by itself:
+/// `CAIRN_STORE_PUSH_ON_STOP=1` with a store configured.
+pub fn push_on_stop() -> bool {
+    std::env::var("CAIRN_STORE_PUSH_ON_STOP").as_deref() == Ok("1")
+        && std::env::var_os("CAIRN_STORE").is_some()
+}
+
 /// `cairn push NAME`: a stopped sandbox into the bucket. Releases this host's lease of it: a
 /// pushed sandbox may be pulled and started elsewhere.
 pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {

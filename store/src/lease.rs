@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, PutMode, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -53,19 +53,9 @@ impl Remote {
 
     async fn read_lease(&self, sandbox: &str) -> Result<Option<(Lease, UpdateVersion)>> {
         let key = self.lease_key(sandbox);
-        let got = match self.s3.get(&key).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(StoreError::bucket(format!("read {key}"))(e)),
+        let Some((bytes, v)) = self.get_versioned(&key).await? else {
+            return Ok(None);
         };
-        let v = UpdateVersion {
-            e_tag: got.meta.e_tag.clone(),
-            version: got.meta.version.clone(),
-        };
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(StoreError::bucket(format!("read {key}")))?;
         let lease = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             what: key.to_string(),
             detail: e.to_string(),

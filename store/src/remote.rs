@@ -256,7 +256,19 @@ impl Remote {
         sandbox: &str,
     ) -> Result<Option<(Manifest, UpdateVersion)>> {
         let key = self.manifest_key(sandbox);
-        let got = match self.s3.get(&key).await {
+        let Some((bytes, version)) = self.get_versioned(&key).await? else {
+            return Ok(None);
+        };
+        Ok(Some((Manifest::from_json(&bytes, key.as_ref())?, version)))
+    }
+
+    /// An object's bytes and the version a conditional write over it must name; `None` when
+    /// there is no such object (the manifest and the lease are read this way).
+    pub(crate) async fn get_versioned(
+        &self,
+        key: &Key,
+    ) -> Result<Option<(bytes::Bytes, UpdateVersion)>> {
+        let got = match self.s3.get(key).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(StoreError::bucket(format!("read {key}"))(e)),
@@ -269,7 +281,7 @@ impl Remote {
             .bytes()
             .await
             .map_err(StoreError::bucket(format!("read {key}")))?;
-        Ok(Some((Manifest::from_json(&bytes, key.as_ref())?, version)))
+        Ok(Some((bytes, version)))
     }
 
     /// Push a stopped sandbox: chunk its files (through `local`'s index), upload the chunks the

@@ -99,10 +99,9 @@ fn store_a_sandbox_moves_between_homes_through_the_bucket() {
                 "{err}"
             );
         }
-        // ...until b stops and pushes it back (a push hands the lease back).
+        // ...until b stops and pushes it back in one command (a push hands the lease back).
         b.sh("sb", "echo back > /root/f; sync");
-        b.ok(&["stop", "sb"]);
-        b.ok(&["push", "sb"]);
+        b.ok(&["stop", "sb", "--push"]);
         a.ok(&["rm", "sb"]);
         a.ok(&["pull", "sb"]);
         a.restore_like(&["start", "sb"], &["start", "sb"]);

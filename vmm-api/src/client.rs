@@ -429,12 +429,36 @@ enum ReadError {
     TooLarge,
 }
 
-/// Reads until the VMM closes the connection, the deadline passes, or more than
+/// Whether `reply` already holds a whole HTTP reply: its head, and then its `Content-Length`
+/// bytes of body (or none for a 1xx, 204 or 304). A reply without a length ends at the close.
+fn reply_complete(reply: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(reply) else {
+        return false;
+    };
+    if matches!(parsed.code, Some(100..=199 | 204 | 304)) {
+        return true;
+    }
+    parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| reply.len() >= head_len.saturating_add(n))
+}
+
+/// Reads until the reply is complete (Firecracker keeps the connection open after it, whatever
+/// `Connection: close` says) or the VMM closes the connection, the deadline passes, or more than
 /// [`MAX_REPLY_SIZE`] arrived.
 fn read_reply(s: &mut UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadError> {
     let mut reply = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
+        if reply_complete(&reply) {
+            return Ok(reply);
+        }
         if Instant::now() >= deadline {
             return Err(ReadError::Io(io::Error::new(
                 io::ErrorKind::TimedOut,

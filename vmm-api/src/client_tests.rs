@@ -134,8 +134,13 @@ fn a_reply_missing_a_field_is_an_error_naming_it() {
 fn broken_replies_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
-    let mut huge = ok_json("").to_vec();
-    huge.resize(MAX_REPLY_SIZE + 1, b' ');
+    // A reply whose body is longer than the bound (it says so, and sends it).
+    let mut huge = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        MAX_REPLY_SIZE + 1
+    )
+    .into_bytes();
+    huge.resize(MAX_REPLY_SIZE + 100, b' ');
     let server = serve(
         &sock,
         vec![
@@ -201,4 +206,43 @@ fn raw_send_returns_any_status() {
         }
     );
     assert!(server.join().unwrap()[0].ends_with("Content-Length: 1\r\nConnection: close\r\n\r\n{"));
+}
+
+/// Firecracker keeps the connection open after its reply (HTTP/1.1 keep-alive, whatever the
+/// request's `Connection: close` says): the reply ends at its `Content-Length`, or at once for a
+/// 204, not at a close that never comes.
+#[test]
+fn a_reply_ends_at_its_length_on_a_connection_left_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for answer in [
+            "HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\n\r\n".to_string(),
+            "HTTP/1.1 200 \r\nServer: Firecracker API\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{}"
+                .to_string(),
+        ] {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(answer.as_bytes()).unwrap();
+            held.push(c); // never closed until the test is done
+        }
+        let _ = done_rx.recv();
+    });
+    let c = Client::new(&sock).with_timeout(Duration::from_secs(10));
+    let start = Instant::now();
+    c.set_state(VmState::Paused).unwrap();
+    let r = c.send("GET", "/machine-config", None).unwrap();
+    assert_eq!(r.body, b"{}".to_vec());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    done_tx.send(()).unwrap();
+    server.join().unwrap();
 }

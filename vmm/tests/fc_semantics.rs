@@ -273,6 +273,8 @@ fn a_seccomp_filter_file_is_applied_or_refused() {
     // Without accept4 on the API thread, the first connection kills the process: the file's
     // filter is the one in force.
     std::fs::write(&file, filter_document(Some("accept4")).to_string()).unwrap();
+    // The killed VMM before left its socket file: wait for this one's, not that.
+    let _ = std::fs::remove_file(&sock);
     let mut child = vmm()
         .args(["--api-sock", sock_arg, "--seccomp-filter", file_arg])
         .stdin(Stdio::null())
@@ -281,10 +283,12 @@ fn a_seccomp_filter_file_is_applied_or_refused() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !sock.exists() && start.elapsed() < Duration::from_secs(10) {
+    while std::os::unix::net::UnixStream::connect(&sock).is_err()
+        && child.try_wait().unwrap().is_none()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "no API socket");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = std::os::unix::net::UnixStream::connect(&sock);
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

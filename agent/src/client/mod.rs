@@ -421,32 +421,47 @@ impl RunningExec {
 
     /// The next output or the end.
     pub fn next_event(&mut self) -> Result<ExecEvent, ClientError> {
-        match self.reader.read::<AgentMsg>()? {
-            Some(AgentMsg::Stdout(d)) => Ok(ExecEvent::Stdout(d)),
-            Some(AgentMsg::Stderr(d)) => Ok(ExecEvent::Stderr(d)),
-            Some(AgentMsg::Exit { code }) => Ok(ExecEvent::Exited(ExitStatus::Code(code))),
-            Some(AgentMsg::Killed { signal }) => Ok(ExecEvent::Exited(ExitStatus::Signal(signal))),
-            other => Err(unexpected(other)),
-        }
+        exec_event(self.reader.read::<AgentMsg>()?)
     }
 
     /// Copies output until the process ends, then closes the connection.
     pub fn wait(
         mut self,
-        mut stdout: impl Write,
-        mut stderr: impl Write,
+        stdout: impl Write,
+        stderr: impl Write,
     ) -> Result<ExitStatus, ClientError> {
-        let status = loop {
-            match self.next_event()? {
-                ExecEvent::Stdout(d) => stdout.write_all(&d).and_then(|()| stdout.flush()),
-                ExecEvent::Stderr(d) => stderr.write_all(&d).and_then(|()| stderr.flush()),
-                ExecEvent::Exited(status) => break status,
-            }
-            .map_err(ClientError::Stdio)?;
-        };
+        let status = copy_output(|| self.next_event(), stdout, stderr)?;
         // Wakes a stdin pump blocked on a full socket, and tells the agent we are done.
         let _ = self.reader.get_ref().shutdown(Shutdown::Both);
         Ok(status)
+    }
+}
+
+/// An agent message of an exec's (or an attached session's) output stream as an [`ExecEvent`].
+pub(crate) fn exec_event(msg: Option<AgentMsg>) -> Result<ExecEvent, ClientError> {
+    match msg {
+        Some(AgentMsg::Stdout(d)) => Ok(ExecEvent::Stdout(d)),
+        Some(AgentMsg::Stderr(d)) => Ok(ExecEvent::Stderr(d)),
+        Some(AgentMsg::Exit { code }) => Ok(ExecEvent::Exited(ExitStatus::Code(code))),
+        Some(AgentMsg::Killed { signal }) => Ok(ExecEvent::Exited(ExitStatus::Signal(signal))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Copies the events `next` yields to `stdout` and `stderr` (flushed as they come) until the
+/// process ends; returns how it ended.
+pub(crate) fn copy_output(
+    mut next: impl FnMut() -> Result<ExecEvent, ClientError>,
+    mut stdout: impl Write,
+    mut stderr: impl Write,
+) -> Result<ExitStatus, ClientError> {
+    loop {
+        match next()? {
+            ExecEvent::Stdout(d) => stdout.write_all(&d).and_then(|()| stdout.flush()),
+            ExecEvent::Stderr(d) => stderr.write_all(&d).and_then(|()| stderr.flush()),
+            ExecEvent::Exited(status) => return Ok(status),
+        }
+        .map_err(ClientError::Stdio)?;
     }
 }
 

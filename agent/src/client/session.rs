@@ -84,29 +84,16 @@ impl AttachedSession {
 
     /// The next output, or the end of the session.
     pub fn next_event(&mut self) -> Result<ExecEvent, ClientError> {
-        match self.reader.read::<AgentMsg>()? {
-            Some(AgentMsg::Stdout(d)) => Ok(ExecEvent::Stdout(d)),
-            Some(AgentMsg::Stderr(d)) => Ok(ExecEvent::Stderr(d)),
-            Some(AgentMsg::Exit { code }) => Ok(ExecEvent::Exited(ExitStatus::Code(code))),
-            Some(AgentMsg::Killed { signal }) => Ok(ExecEvent::Exited(ExitStatus::Signal(signal))),
-            other => Err(unexpected(other)),
-        }
+        super::exec_event(self.reader.read::<AgentMsg>()?)
     }
 
     /// Copies output until the session ends; returns how it ended.
     pub fn wait(
         mut self,
-        mut stdout: impl Write,
-        mut stderr: impl Write,
+        stdout: impl Write,
+        stderr: impl Write,
     ) -> Result<ExitStatus, ClientError> {
-        let status = loop {
-            match self.next_event()? {
-                ExecEvent::Stdout(d) => stdout.write_all(&d).and_then(|()| stdout.flush()),
-                ExecEvent::Stderr(d) => stderr.write_all(&d).and_then(|()| stderr.flush()),
-                ExecEvent::Exited(status) => break status,
-            }
-            .map_err(ClientError::Stdio)?;
-        };
+        let status = super::copy_output(|| self.next_event(), stdout, stderr)?;
         self.detach();
         Ok(status)
     }
