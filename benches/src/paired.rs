@@ -1,7 +1,5 @@
 //! `cairn-bench vs`: cairn-vmm and Firecracker side by side, in alternating pairs on the same
-//! tiny guest and files. Today: process start to the first serial byte. (Snapshot create and
-//! restore pairs through the API are not in yet: a first version hung on `PATCH /vm` in one of
-//! the two VMMs and was taken out; `cairn-bench snapshot`/`restore` measure cairn alone.) Each run measures one sample of each VMM back to back (the
+//! tiny guest, files and directory: boot, Full and Diff snapshot create, restore. Each run measures one sample of each VMM back to back (the
 //! order alternates), so both see the same host load; a figure reports each VMM's median and
 //! the median of the pair-by-pair ratios cairn / Firecracker (below 1: cairn is faster).
 //!
@@ -14,11 +12,18 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_tests::guests;
+use cairn_vmm_api::config::{
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType, SnapshotType,
+    VmState,
+};
 
-use crate::util::{figure, ms, vm_config, vmm_bin, Figure, Options, Outcome};
+use crate::util::{
+    dir_label, figure, ms, remove_files, scratch_dir, touch_timeout, vm_config, vmm_bin, Figure,
+    Options, Outcome, Vmm,
+};
 
 /// One of the two VMMs: its binary and the flags it needs here.
 struct Bin {
@@ -106,6 +111,12 @@ pub fn vs(opts: &Options) -> Outcome {
     let (c, f) = (Bin::cairn(), Bin::firecracker(&fc));
     for mem in opts.mem_or(&[256, 1024]) {
         out.take(&format!("boot {mem} MiB"), boot(opts, &c, &f, mem));
+        for dir in &opts.dirs {
+            out.take(
+                &format!("snapshot and restore {mem} MiB in {}", dir.display()),
+                snapshots(opts, &c, &f, dir, mem),
+            );
+        }
     }
     out
 }
@@ -144,4 +155,90 @@ fn boot(opts: &Options, c: &Bin, f: &Bin, mem: usize) -> Result<Vec<Figure>, Str
         pairs.push(run, sample, c, f)?;
     }
     Ok(pairs.figures(&format!("process start -> first serial byte, {mem} MiB")))
+}
+
+fn create(kind: SnapshotType, state: &Path, mem: &Path) -> CreateSnapshotParams {
+    CreateSnapshotParams {
+        snapshot_type: kind,
+        snapshot_path: state.to_path_buf(),
+        mem_file_path: mem.to_path_buf(),
+        version: None,
+    }
+}
+
+/// One VM per sample and VMM: Full snapshot (all pages touched, paused), a Diff with the
+/// ticker's 16 MiB window dirty, then a fresh process restoring the Full one (spawn ->
+/// `/snapshot/load` returns).
+fn snapshots(
+    opts: &Options,
+    c: &Bin,
+    f: &Bin,
+    dir: &Path,
+    mem: usize,
+) -> Result<Vec<Figure>, String> {
+    let work = scratch_dir(dir, "vs")?;
+    let cfg = vm_config(work.path(), guests::TICKER64, mem, true, None)?;
+    let (mut full, mut diff, mut restore) = (Pairs::default(), Pairs::default(), Pairs::default());
+    let one = |bin: &Bin| -> Result<(f64, f64, f64), String> {
+        let (state, memf) = (work.path().join("full.state"), work.path().join("full.mem"));
+        let (dstate, dmem) = (work.path().join("diff.state"), work.path().join("diff.mem"));
+        remove_files(&[&state, &memf, &dstate, &dmem]);
+        let vm = Vmm::spawn_bin(
+            &bin.path,
+            &bin.args(&["--config-file".as_ref(), cfg.as_os_str()]),
+        )?;
+        vm.wait_socket()?;
+        vm.wait_marker("T\n", touch_timeout(mem))?;
+        vm.set_state(VmState::Paused)?;
+        let (_, full_took) =
+            vm.call(|a| a.snapshot_create(&create(SnapshotType::Full, &state, &memf)))?;
+        vm.set_state(VmState::Resumed)?;
+        let n = vm.dots();
+        vm.wait_dots(n + 3, Duration::from_secs(30))?;
+        vm.set_state(VmState::Paused)?;
+        let (_, diff_took) =
+            vm.call(|a| a.snapshot_create(&create(SnapshotType::Diff, &dstate, &dmem)))?;
+        drop(vm);
+        let load = LoadSnapshotParams {
+            snapshot_path: state.clone(),
+            mem_backend: Some(MemBackendConfig {
+                backend_type: MemBackendType::File,
+                backend_path: memf.clone(),
+            }),
+            resume_vm: Some(false),
+            ..LoadSnapshotParams::default()
+        };
+        let vm = Vmm::spawn_bin(&bin.path, &bin.args(&[]))?;
+        vm.wait_socket()?;
+        vm.call(|a| a.snapshot_load(&load))?;
+        let loaded = ms(vm.started.elapsed());
+        drop(vm);
+        remove_files(&[&state, &memf, &dstate, &dmem]);
+        Ok((ms(full_took), ms(diff_took), loaded))
+    };
+    for run in 0..opts.runs {
+        let order: [&Bin; 2] = if run % 2 == 0 { [c, f] } else { [f, c] };
+        for bin in order {
+            let (fu, di, re) = one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
+            let is_cairn = std::ptr::eq(bin, c);
+            for (p, v) in [(&mut full, fu), (&mut diff, di), (&mut restore, re)] {
+                if is_cairn {
+                    p.cairn.push(v)
+                } else {
+                    p.fc.push(v)
+                }
+            }
+        }
+    }
+    let d = dir_label(dir);
+    let mut figs = full.figures(&format!(
+        "snapshot create Full, {mem} MiB all touched [{d}]"
+    ));
+    figs.extend(diff.figures(&format!(
+        "snapshot create Diff, 16 MiB dirty of {mem} MiB [{d}]"
+    )));
+    figs.extend(restore.figures(&format!(
+        "restore: spawn -> /snapshot/load returns, {mem} MiB [{d}]"
+    )));
+    Ok(figs)
 }

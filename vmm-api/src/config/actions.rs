@@ -132,7 +132,8 @@ pub struct LoadSnapshotParams {
     /// The VM state file.
     pub snapshot_path: PathBuf,
     /// Where guest memory comes from.
-    #[serde(default)]
+    // Left out when unset: Firecracker refuses `null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_backend: Option<MemBackendConfig>,
     /// Deprecated: same as `mem_backend` with `backend_type: File`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,10 +142,12 @@ pub struct LoadSnapshotParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_diff_snapshots: Option<bool>,
     /// Track dirty pages after the load.
-    #[serde(default)]
+    // Left out when unset: Firecracker refuses `null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
     /// Resume the VM once loaded (default: stay paused).
-    #[serde(default)]
+    // Left out when unset: Firecracker refuses `null` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_vm: Option<bool>,
     /// Taps to use instead of the ones recorded in the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
