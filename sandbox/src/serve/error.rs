@@ -139,8 +139,16 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, OpsError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    blocking_as(f, ApiError::from).await
+}
+
+/// Runs `f` on the blocking pool; its error becomes an API error through `map`.
+pub(super) async fn blocking_as<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    map: impl FnOnce(E) -> ApiError,
+) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
+        Ok(r) => r.map_err(map),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -263,23 +263,30 @@ struct ExecBody {
     stream: bool,
 }
 
+/// A terminal's size in a request (`"tty": {"rows", "cols"}`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TtyBody {
-    rows: u16,
-    cols: u16,
+pub(super) struct TtyBody {
+    pub(super) rows: u16,
+    pub(super) cols: u16,
+}
+
+/// The program to run from a request's `command` (a shell line) or `argv`: exactly one.
+pub(super) fn command_argv(
+    command: Option<String>,
+    argv: Option<Vec<String>>,
+) -> Result<Vec<String>, ApiError> {
+    match (command, argv) {
+        (Some(c), None) => Ok(ops::shell(&c)),
+        (None, Some(a)) if !a.is_empty() => Ok(a),
+        _ => Err(ApiError::bad(
+            "give exactly one of `command` (a shell line) or `argv` (a non-empty list)",
+        )),
+    }
 }
 
 fn exec_spec(b: ExecBody) -> Result<ExecSpec, ApiError> {
-    let argv = match (b.command, b.argv) {
-        (Some(c), None) => ops::shell(&c),
-        (None, Some(a)) if !a.is_empty() => a,
-        _ => {
-            return Err(ApiError::bad(
-                "give exactly one of `command` (a shell line) or `argv` (a non-empty list)",
-            ))
-        }
-    };
+    let argv = command_argv(b.command, b.argv)?;
     let stdin = match (b.stdin, b.stdin_b64) {
         (None, None) => None,
         (Some(t), None) => Some(t.into_bytes()),

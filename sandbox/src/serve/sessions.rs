@@ -2,9 +2,10 @@
 //! attach (NDJSON: the kept output, then live output) and kill. The work is in
 //! [`crate::sessions`], the same calls `cairn exec -d` and `cairn sessions` make.
 
+use super::error::blocking_as;
 use super::error::{ApiError, JsonBody, Q};
-use super::http::{AppState, HEARTBEAT};
-use super::ops::{self, ExecOutput, OpsError};
+use super::http::{command_argv, AppState, TtyBody, HEARTBEAT};
+use super::ops::{ExecOutput, OpsError};
 use super::stream::ExecLine;
 use crate::sandbox::SandboxError;
 use crate::sessions;
@@ -43,14 +44,7 @@ fn api_err(e: SandboxError) -> ApiError {
 async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(api_err),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("worker failed: {e}"),
-        )),
-    }
+    blocking_as(f, api_err).await
 }
 
 /// `POST …/sessions`.
@@ -71,14 +65,7 @@ struct StartBody {
     #[serde(default)]
     stdin: bool,
     #[serde(default)]
-    tty: Option<Tty>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Tty {
-    rows: u16,
-    cols: u16,
+    tty: Option<TtyBody>,
 }
 
 async fn start(
@@ -86,15 +73,7 @@ async fn start(
     Path(name): Path<String>,
     JsonBody(b): JsonBody<StartBody>,
 ) -> Result<Response, ApiError> {
-    let argv = match (b.command, b.argv) {
-        (Some(c), None) => ops::shell(&c),
-        (None, Some(a)) if !a.is_empty() => a,
-        _ => {
-            return Err(ApiError::bad(
-                "give exactly one of `command` (a shell line) or `argv` (a non-empty list)",
-            ))
-        }
-    };
+    let argv = command_argv(b.command, b.argv)?;
     let req = ExecRequest {
         argv,
         env: b.env.into_iter().collect(),
