@@ -19,7 +19,7 @@ use cairn_vmm_api::config::VmConfig;
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, RegistryError, State};
-use crate::sandbox::{self, jail, Home, Paths, SandboxError};
+use crate::sandbox::{self, io_err, jail, Home, Paths, SandboxError};
 
 /// What [`fork`] did.
 #[derive(Debug, Clone)]
@@ -34,12 +34,10 @@ pub struct Forked {
     pub start_time: Option<Duration>,
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
-    let what = what.into();
-    move |source| SandboxError::Io { what, source }
-}
-
-fn snap_err(what: impl Into<String>) -> impl FnOnce(cairn_snapshot::Error) -> SandboxError {
+/// A checkpoint-store error as a sandbox error saying what was being done.
+pub(crate) fn snap_err(
+    what: impl Into<String>,
+) -> impl FnOnce(cairn_snapshot::Error) -> SandboxError {
     let what = what.into();
     move |e| SandboxError::Io {
         what,

@@ -20,25 +20,13 @@ use cairn_store::{
     SandboxSpec, StoreError, StoreUrl,
 };
 
+use crate::fork::snap_err;
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, RegistryError, State};
-use crate::sandbox::{self, Home, Liveness, Paths, SandboxError};
+use crate::sandbox::{self, io_err, Home, Liveness, Paths, SandboxError};
 
 /// Small files of a sandbox's directory that travel with it (when present).
 const CONFIG_FILES: [&str; 4] = ["vm.json", "cpu-config.json", "jail.json", "net.json"];
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
-    let what = what.into();
-    move |source| SandboxError::Io { what, source }
-}
-
-fn snap_err(what: impl Into<String>) -> impl FnOnce(cairn_snapshot::Error) -> SandboxError {
-    let what = what.into();
-    move |e| SandboxError::Io {
-        what,
-        source: io::Error::other(e),
-    }
-}
 
 /// The configured bucket, or [`StoreError::NotConfigured`].
 pub fn remote() -> Result<Remote, SandboxError> {
