@@ -200,16 +200,20 @@ impl Remote {
         self.key(&format!("sandboxes/{sandbox}/manifest.json"))
     }
 
-    /// The chunks in the bucket, with their age in seconds.
-    pub(crate) async fn list_chunks(&self) -> Result<HashMap<ChunkId, (i64, u64)>> {
-        let prefix = self.key("chunks");
+    /// Every object under `<prefix>/<under>`.
+    async fn list_all(&self, under: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        let prefix = self.key(under);
         let what = format!("list {prefix}");
-        let metas: Vec<_> = self
-            .s3
+        self.s3
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(StoreError::bucket(what))?;
+            .map_err(StoreError::bucket(what))
+    }
+
+    /// The chunks in the bucket, with their age in seconds.
+    pub(crate) async fn list_chunks(&self) -> Result<HashMap<ChunkId, (i64, u64)>> {
+        let metas = self.list_all("chunks").await?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
@@ -225,14 +229,7 @@ impl Remote {
     }
 
     pub(crate) async fn sandbox_names(&self) -> Result<Vec<String>> {
-        let prefix = self.key("sandboxes");
-        let what = format!("list {prefix}");
-        let metas: Vec<_> = self
-            .s3
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(StoreError::bucket(what))?;
+        let metas = self.list_all("sandboxes").await?;
         let mut names: Vec<String> = metas
             .into_iter()
             .filter(|m| m.location.filename() == Some("manifest.json"))
