@@ -29,7 +29,13 @@ Examples:
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Work on the sandboxes here even when `cairn serve` runs (also CAIRN_NO_DAEMON=1).
+    #[arg(long, global = true)]
+    no_daemon: bool,
 }
+
+#[path = "daemon_cmd.rs"]
+mod daemon_cmd;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -326,6 +332,13 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         }
         command => {
             let home = Home::from_env()?;
+            if !cli.no_daemon {
+                if let Some(d) = cairn_sandbox::serve::client::Daemon::find(&home) {
+                    if let Some(r) = daemon_cmd::run(&d, &home, &command) {
+                        return r;
+                    }
+                }
+            }
             run_with_home(&home, command)
         }
     }

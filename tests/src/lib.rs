@@ -4,12 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod capture;
+pub mod fake_internet;
 pub mod guests;
 pub mod linux;
 pub mod ports;
 pub mod process;
 pub mod s3;
 pub mod sandbox;
+pub mod serve;
 
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
 /// and returns false; with `CAIRN_REQUIRE_KVM=1` it panics instead, so CI cannot pass silently.

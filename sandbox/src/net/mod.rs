@@ -24,6 +24,7 @@ pub mod leftovers;
 pub mod link;
 pub mod nft;
 pub mod policy;
+pub mod policy_ops;
 pub mod pool;
 pub mod rootless;
 

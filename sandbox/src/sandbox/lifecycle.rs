@@ -51,6 +51,10 @@ pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock, Option<Client
     // A wake has just recorded the sandbox as used.
     if agent.is_none() {
         reg.touch(name)?;
+        // Found running: its watcher may have gone with a daemon that died. Not fatal.
+        if r.idle_timeout > 0 {
+            let _ = crate::idle::ensure_watched(home, name, &paths);
+        }
     }
     Ok((r, active, agent))
 }

@@ -137,6 +137,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
         )
         .route(&format!("{sandbox}/fork"), post(fork))
         .merge(super::sessions::routes())
+        .merge(super::policy::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), listener),
             auth,
@@ -152,6 +153,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
                 "no such route (hint: GET /v1/openapi.json)",
             )
         })
+        .layer(middleware::from_fn(super::access_log::log))
         .with_state(state)
 }
 
@@ -199,9 +201,10 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-struct Stopped {
-    checkpoint: Option<String>,
+/// `POST …/stop`'s answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Stopped {
+    pub(crate) checkpoint: Option<String>,
 }
 
 async fn stop(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -237,9 +240,9 @@ async fn start(
 }
 
 /// `POST …/exec`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ExecBody {
+pub(crate) struct ExecBody {
     /// A shell command line, run with `sh -c`.
     #[serde(default)]
     command: Option<String>,
@@ -264,7 +267,7 @@ struct ExecBody {
 }
 
 /// A terminal's size in a request (`"tty": {"rows", "cols"}`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TtyBody {
     pub(super) rows: u16,
@@ -678,6 +681,23 @@ async fn fork(
 ) -> Result<Response, ApiError> {
     let v = blocking(move || ops::fork(&s.home, &name, &b.checkpoint, &b.new_name)).await?;
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+impl ExecBody {
+    /// A streamed exec of `argv` without stdin or tty: what the CLI sends the daemon.
+    pub(crate) fn streamed(
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    ) -> ExecBody {
+        ExecBody {
+            argv: Some(argv),
+            env,
+            cwd,
+            stream: true,
+            ..ExecBody::default()
+        }
+    }
 }
 
 #[cfg(test)]

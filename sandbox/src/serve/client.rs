@@ -1,0 +1,260 @@
+//! The client the CLI uses when `cairn serve` runs on its home: the same `/v1` routes the SDK
+//! uses, over the daemon's Unix socket (hyper), with the server's own request and reply types.
+//! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
+//! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
+
+use super::http::{ExecBody, Stopped};
+use super::stream::ExecLine;
+use super::SOCKET_FILE;
+use crate::net::policy_ops::{PolicyChange, PolicyView};
+use crate::sandbox::Home;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Why a request to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The daemon answered with an error (`{"error", "code"}`).
+    #[error("{message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error's code (`not_found`, `bad_request`, ...).
+        code: String,
+        /// The error's message.
+        message: String,
+    },
+    /// The daemon could not be reached, or its answer not read.
+    #[error("cairn serve ({socket}): {what} (hint: CAIRN_NO_DAEMON=1 works without it)")]
+    Transport {
+        /// The socket.
+        socket: String,
+        /// What failed.
+        what: String,
+    },
+    /// Writing the command's output here failed.
+    #[error("write the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// A running daemon on a home's socket.
+#[derive(Debug)]
+pub struct Daemon {
+    socket: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+/// The error answer's shape, as `ApiError` writes it.
+#[derive(Deserialize)]
+struct ErrorReply {
+    error: String,
+    code: String,
+}
+
+impl Daemon {
+    /// The daemon serving `home` on `$CAIRN_HOME/serve.sock`, if one answers there and
+    /// `CAIRN_NO_DAEMON` is not `1`.
+    pub fn find(home: &Home) -> Option<Daemon> {
+        if std::env::var("CAIRN_NO_DAEMON").is_ok_and(|v| v == "1") {
+            return None;
+        }
+        let socket = home.root().join(SOCKET_FILE);
+        std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        Some(Daemon { socket, rt })
+    }
+
+    fn transport(&self, what: impl std::fmt::Display) -> DaemonError {
+        DaemonError::Transport {
+            socket: self.socket.display().to_string(),
+            what: what.to_string(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, DaemonError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| self.transport(format!("connect: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.transport(e))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "cairn");
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| self.transport(e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.transport(e))?
+            .to_bytes();
+        Err(match serde_json::from_slice::<ErrorReply>(&bytes) {
+            Ok(e) => DaemonError::Api {
+                status,
+                code: e.code,
+                message: e.error,
+            },
+            Err(_) => self.transport(format!("HTTP {status}")),
+        })
+    }
+
+    /// One request with an optional JSON body and a JSON answer (`()` for none).
+    fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Q>,
+    ) -> Result<A, DaemonError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| self.transport(e))?;
+        self.rt.block_on(async {
+            let resp = self.send(method, path, body).await?;
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.transport(e))?
+                .to_bytes();
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            serde_json::from_slice(bytes).map_err(|e| self.transport(format!("its answer: {e}")))
+        })
+    }
+
+    /// `POST /v1/sandboxes/{name}/stop`: the checkpoint it stopped at (none: not running).
+    pub fn stop(&self, name: &str) -> Result<Option<String>, DaemonError> {
+        let s: Stopped =
+            self.call::<(), _>(Method::POST, &format!("/v1/sandboxes/{name}/stop"), None)?;
+        Ok(s.checkpoint)
+    }
+
+    /// `DELETE /v1/sandboxes/{name}`.
+    pub fn remove(&self, name: &str) -> Result<(), DaemonError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/v1/sandboxes/{name}"), None)
+    }
+
+    /// `GET /v1/sandboxes/{name}/policy`.
+    pub fn policy_show(&self, name: &str) -> Result<PolicyView, DaemonError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/sandboxes/{name}/policy"), None)
+    }
+
+    /// `PUT /v1/sandboxes/{name}/policy`.
+    pub fn policy_set(&self, name: &str, change: &PolicyChange) -> Result<PolicyView, DaemonError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/policy"),
+            Some(change),
+        )
+    }
+
+    /// `POST /v1/sandboxes/{name}/exec`, streamed: the command's output written to `out` and
+    /// `err` as it comes; returns its exit code (128 + N when killed by signal N).
+    pub fn exec(
+        &self,
+        name: &str,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<i32, DaemonError> {
+        let body = serde_json::to_vec(&ExecBody::streamed(argv, env, cwd))
+            .map_err(|e| self.transport(e))?;
+        let path = format!("/v1/sandboxes/{name}/exec");
+        self.rt.block_on(async {
+            let mut body_in = self
+                .send(Method::POST, &path, Some(body))
+                .await?
+                .into_body();
+            let mut buf = Vec::new();
+            while let Some(frame) = body_in.frame().await {
+                let frame = frame.map_err(|e| self.transport(e))?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.extend_from_slice(data);
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let ev: ExecLine = serde_json::from_slice(&line)
+                        .map_err(|e| self.transport(format!("its answer: {e}")))?;
+                    if let Some(code) = self.exec_line(ev, out, err)? {
+                        return Ok(code);
+                    }
+                }
+            }
+            Err(self.transport("the exec's answer ended without an exit"))
+        })
+    }
+
+    /// Handles one exec line: output written, the exit code at the end.
+    fn exec_line(
+        &self,
+        ev: ExecLine,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<Option<i32>, DaemonError> {
+        let b64 = |d: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(d.as_bytes())
+                .map_err(|e| self.transport(format!("its answer: {e}")))
+        };
+        match ev {
+            ExecLine::Started { .. } => {}
+            ExecLine::Stdout { data } => {
+                out.write_all(&b64(&data)?)
+                    .and_then(|()| out.flush())
+                    .map_err(DaemonError::Output)?;
+            }
+            ExecLine::Stderr { data } => {
+                err.write_all(&b64(&data)?)
+                    .and_then(|()| err.flush())
+                    .map_err(DaemonError::Output)?;
+            }
+            ExecLine::Exit { exit_code, .. } => return Ok(Some(exit_code)),
+            ExecLine::Error { code, message } => {
+                return Err(DaemonError::Api {
+                    status: 500,
+                    code,
+                    message,
+                })
+            }
+        }
+        Ok(None)
+    }
+}
