@@ -547,45 +547,11 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
     match c {
         CheckpointCmd::Create { name, ckpt, json } => {
             let meta = sandbox::checkpoint_create(home, &name, ckpt.as_deref())?;
-            if json {
-                println!("{}", json_text(&meta));
-            } else {
-                println!(
-                    "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms, total {} ms",
-                    meta.name,
-                    meta.parent.as_deref().unwrap_or("-"),
-                    meta.dirty_memory_mib,
-                    meta.disk_delta_mib,
-                    fmt_num(meta.pause_ms),
-                    fmt_num(meta.total_ms),
-                );
-            }
+            print_checkpoint(&name, &meta, json);
         }
         CheckpointCmd::List { name, json } => {
             let list = sandbox::checkpoint_list(home, &name)?;
-            let head = home.registry()?.get(&name)?.head_checkpoint;
-            if json {
-                println!("{}", json_text(&list));
-            } else {
-                println!(
-                    "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9} {:>9}",
-                    "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms", "TOTAL ms"
-                );
-                for c in &list {
-                    let n = c.name.as_str();
-                    println!(
-                        "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
-                        if head.as_deref() == Some(n) { "*" } else { "" },
-                        n,
-                        c.parent.as_deref().unwrap_or("-"),
-                        c.dirty_memory_mib,
-                        c.disk_delta_mib,
-                        fmt_num(c.pause_ms),
-                        fmt_num(c.write_ms),
-                        fmt_num(c.total_ms),
-                    );
-                }
-            }
+            print_checkpoints(home, &name, &list, json)?;
         }
         CheckpointCmd::Restore { name, ckpt } => {
             sandbox::checkpoint_restore(home, &name, &ckpt)?;
@@ -597,6 +563,56 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// What `checkpoint create` prints (here or through the daemon).
+fn print_checkpoint(name: &str, meta: &cairn_vmm_api::CheckpointInfo, json: bool) {
+    if json {
+        println!("{}", json_text(meta));
+    } else {
+        println!(
+            "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms, total {} ms",
+            meta.name,
+            meta.parent.as_deref().unwrap_or("-"),
+            meta.dirty_memory_mib,
+            meta.disk_delta_mib,
+            fmt_num(meta.pause_ms),
+            fmt_num(meta.total_ms),
+        );
+    }
+}
+
+/// What `checkpoint list` prints (here or through the daemon).
+fn print_checkpoints(
+    home: &Home,
+    name: &str,
+    list: &[cairn_vmm_api::CheckpointInfo],
+    json: bool,
+) -> Result<(), CliError> {
+    let head = home.registry()?.get(name)?.head_checkpoint;
+    if json {
+        println!("{}", json_text(&list));
+    } else {
+        println!(
+            "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9} {:>9}",
+            "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms", "TOTAL ms"
+        );
+        for c in list {
+            let n = c.name.as_str();
+            println!(
+                "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
+                if head.as_deref() == Some(n) { "*" } else { "" },
+                n,
+                c.parent.as_deref().unwrap_or("-"),
+                c.dirty_memory_mib,
+                c.disk_delta_mib,
+                fmt_num(c.pause_ms),
+                fmt_num(c.write_ms),
+                fmt_num(c.total_ms),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn fmt_num(f: f64) -> String {

@@ -1,9 +1,10 @@
 //! `cairn` when `cairn serve` runs on its home: the commands the API covers (exec without
-//! stdin, tty or timeout; stop; rm; policy set and show) go to the daemon, so sandbox state
+//! stdin, tty or timeout; stop; rm; checkpoint create, list, restore, rm; policy set and show)
+//! go to the daemon, so sandbox state
 //! has one owner, and print what they print without it. The rest, and everything under
 //! `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs here. See docs/api.md.
 
-use super::{print_row, CliError, Command};
+use super::{print_checkpoint, print_checkpoints, print_row, CheckpointCmd, CliError, Command};
 use crate::net_cmd::{self, PolicyCmd};
 use cairn_sandbox::net::policy_ops::PolicyChange;
 use cairn_sandbox::sandbox::Home;
@@ -57,6 +58,7 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
             }
             0
         })),
+        Command::Checkpoint(c) => Some(checkpoint(d, home, c)),
         Command::Policy(PolicyCmd::Set {
             name,
             preset,
@@ -87,4 +89,26 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
         ),
         _ => None,
     }
+}
+
+fn checkpoint(d: &Daemon, home: &Home, c: &CheckpointCmd) -> Result<u8, CliError> {
+    match c {
+        CheckpointCmd::Create { name, ckpt, json } => {
+            let meta = d.checkpoint_create(name, ckpt.as_deref())?;
+            print_checkpoint(name, &meta, *json);
+        }
+        CheckpointCmd::List { name, json } => {
+            let list = d.checkpoint_list(name)?;
+            print_checkpoints(home, name, &list, *json)?;
+        }
+        CheckpointCmd::Restore { name, ckpt } => {
+            d.checkpoint_restore(name, ckpt)?;
+            println!("{name}: restored to {ckpt}");
+        }
+        CheckpointCmd::Rm { name, ckpt } => {
+            d.checkpoint_remove(name, ckpt)?;
+            println!("{name}: checkpoint {ckpt} removed");
+        }
+    }
+    Ok(0)
 }

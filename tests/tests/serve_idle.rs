@@ -1,9 +1,10 @@
 //! Idle sleep with `cairn serve` running, end to end on the Linux guest: the daemon takes idle
 //! sleep over from a sandbox's `cairn __idle-watch` process (which ends), stops the sandbox
-//! itself once it idles, an exec through the API wakes it; the CLI's exec, stop and policy go
-//! through the daemon (its access log shows them) and print and exit as they do without it;
-//! a clean stop of the daemon hands the sandbox back to a watcher, which stops it again. Needs `cargo build --workspace
-//! --bins` and the static agent (`CAIRN_AGENT_BIN`, else built here).
+//! itself once it idles, and an exec through the API wakes it. The CLI's exec, checkpoint,
+//! stop and policy go through the daemon (its access log shows them) and print and exit as
+//! they do without it. A clean stop of the daemon hands the sandbox back to a watcher, which
+//! stops it again. Needs `cargo build --workspace --bins` and the static agent
+//! (`CAIRN_AGENT_BIN`, else built here).
 
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,18 @@ fn serve_owns_idle_sleep_and_the_cli_goes_through_it() {
             .output()
             .unwrap();
         assert_eq!(via, String::from_utf8_lossy(&here.stdout));
+        let made = h.ok(&["checkpoint", "create", "sb", "c1"]);
+        assert!(made.starts_with("sb: checkpoint c1 (parent "), "{made}");
+        assert_eq!(requests("POST /v1/sandboxes/sb/checkpoints "), 1);
+        let list = h.ok(&["checkpoint", "ls", "sb"]);
+        let here = h
+            .command(&["checkpoint", "ls", "sb"])
+            .env("CAIRN_NO_DAEMON", "1")
+            .output()
+            .unwrap();
+        assert_eq!(list, String::from_utf8_lossy(&here.stdout));
+        assert!(list.contains("* c1 "), "{list}");
+        assert_eq!(requests("GET /v1/sandboxes/sb/checkpoints "), 1);
         let stopped = h.ok(&["stop", "sb"]);
         assert_eq!(requests("POST /v1/sandboxes/sb/stop "), 1);
         assert!(

@@ -3,13 +3,14 @@
 //! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
 
-use super::http::{ExecBody, Stopped};
+use super::http::{CheckpointBody, ExecBody, Stopped};
 use super::stream::ExecLine;
 use super::SOCKET_FILE;
 use crate::net::policy_ops::{PolicyChange, PolicyView};
 use crate::sandbox::Home;
 use base64::Engine;
 use bytes::Bytes;
+use cairn_vmm_api::CheckpointInfo;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response};
@@ -164,6 +165,42 @@ impl Daemon {
     /// `DELETE /v1/sandboxes/{name}`.
     pub fn remove(&self, name: &str) -> Result<(), DaemonError> {
         self.call::<(), ()>(Method::DELETE, &format!("/v1/sandboxes/{name}"), None)
+    }
+
+    /// `POST /v1/sandboxes/{name}/checkpoints`: takes a checkpoint (default name: the
+    /// library's).
+    pub fn checkpoint_create(
+        &self,
+        name: &str,
+        ckpt: Option<&str>,
+    ) -> Result<CheckpointInfo, DaemonError> {
+        let body = CheckpointBody::named(ckpt.map(str::to_string));
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&body),
+        )
+    }
+
+    /// `GET /v1/sandboxes/{name}/checkpoints`.
+    pub fn checkpoint_list(&self, name: &str) -> Result<Vec<CheckpointInfo>, DaemonError> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            None,
+        )
+    }
+
+    /// `POST /v1/sandboxes/{name}/checkpoints/{ckpt}/restore`.
+    pub fn checkpoint_restore(&self, name: &str, ckpt: &str) -> Result<(), DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/checkpoints/{ckpt}/restore");
+        self.call::<(), ()>(Method::POST, &path, None)
+    }
+
+    /// `DELETE /v1/sandboxes/{name}/checkpoints/{ckpt}`.
+    pub fn checkpoint_remove(&self, name: &str, ckpt: &str) -> Result<(), DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/checkpoints/{ckpt}");
+        self.call::<(), ()>(Method::DELETE, &path, None)
     }
 
     /// `GET /v1/sandboxes/{name}/policy`.

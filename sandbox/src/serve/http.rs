@@ -568,9 +568,9 @@ async fn checkpoints(
     Ok(axum::Json(v).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct CheckpointBody {
+pub(crate) struct CheckpointBody {
     #[serde(default)]
     name: Option<String>,
     /// Stream NDJSON progress lines, the last one `done` or `error`.
@@ -681,6 +681,16 @@ async fn fork(
 ) -> Result<Response, ApiError> {
     let v = blocking(move || ops::fork(&s.home, &name, &b.checkpoint, &b.new_name)).await?;
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+impl CheckpointBody {
+    /// A checkpoint named `name` (default: the library's), answered whole.
+    pub(crate) fn named(name: Option<String>) -> CheckpointBody {
+        CheckpointBody {
+            name,
+            stream: false,
+        }
+    }
 }
 
 impl ExecBody {
