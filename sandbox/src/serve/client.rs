@@ -295,3 +295,79 @@ impl Daemon {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::{router, AppState, Listener};
+
+    /// A real server on a home's socket, in a thread of its own; no guest.
+    fn serve(home: &Home) -> std::thread::JoinHandle<()> {
+        let socket = home.root().join(SOCKET_FILE);
+        let std_listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let app = router(AppState::new(home.clone(), "t".into()), Listener::Unix);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::UnixListener::from_std(std_listener).unwrap();
+                let _ = axum::serve(l, app).await;
+            });
+        })
+    }
+
+    #[test]
+    fn the_cli_finds_the_daemon_and_reads_its_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        assert!(Daemon::find(&home).is_none(), "no daemon yet");
+        let _server = serve(&home);
+        let d = Daemon::find(&home).unwrap();
+        let not_found = |e: DaemonError| match e {
+            DaemonError::Api {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!((status, code.as_str()), (404, "not_found"), "{message}");
+                assert!(message.contains("nope"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        };
+        not_found(d.stop("nope").unwrap_err());
+        not_found(d.remove("nope").unwrap_err());
+        not_found(d.policy_show("nope").unwrap_err());
+        not_found(d.checkpoint_list("nope").unwrap_err());
+        not_found(d.checkpoint_create("nope", Some("c1")).unwrap_err());
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let e = d
+            .exec(
+                "nope",
+                vec!["true".into()],
+                BTreeMap::new(),
+                None,
+                &mut out,
+                &mut err,
+            )
+            .unwrap_err();
+        not_found(e);
+        // A bad policy pattern is the server's 400, whole.
+        let bad = PolicyChange {
+            allow: vec!["bad name!".into()],
+            ..PolicyChange::default()
+        };
+        assert!(matches!(
+            d.policy_set("nope", &bad).unwrap_err(),
+            DaemonError::Api {
+                status: 404 | 400,
+                ..
+            }
+        ));
+        std::env::set_var("CAIRN_NO_DAEMON", "1");
+        assert!(Daemon::find(&home).is_none(), "CAIRN_NO_DAEMON=1");
+        std::env::remove_var("CAIRN_NO_DAEMON");
+    }
+}
