@@ -429,15 +429,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::Start { name, cold, json } => {
             let started = sandbox::start_with(home, &name, cold)?;
-            if json {
-                return print_row(home, &name);
-            }
-            match started {
-                sandbox::Started::AlreadyRunning => println!("{name}: already running"),
-                sandbox::Started::Started => println!("{name}: running"),
-                sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
-            }
-            Ok(0)
+            print_started(home, &name, started, json)
         }
         Command::Fork {
             name,
@@ -561,6 +553,24 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
             sandbox::checkpoint_remove(home, &name, &ckpt)?;
             println!("{name}: checkpoint {ckpt} removed");
         }
+    }
+    Ok(0)
+}
+
+/// What `start` prints (here or through the daemon).
+fn print_started(
+    home: &Home,
+    name: &str,
+    started: sandbox::Started,
+    json: bool,
+) -> Result<u8, CliError> {
+    if json {
+        return print_row(home, name);
+    }
+    match started {
+        sandbox::Started::AlreadyRunning => println!("{name}: already running"),
+        sandbox::Started::Started => println!("{name}: running"),
+        sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
     }
     Ok(0)
 }

@@ -1,10 +1,12 @@
 //! `cairn` when `cairn serve` runs on its home: the commands the API covers (exec without
-//! stdin, tty or timeout; stop; rm; checkpoint create, list, restore, rm; policy set and show)
-//! go to the daemon, so sandbox state
-//! has one owner, and print what they print without it. The rest, and everything under
-//! `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs here. See docs/api.md.
+//! stdin, tty or timeout; start; stop; rm; checkpoint create, list, restore, rm; policy set
+//! and show) go to the daemon, so sandbox state has one owner, and print what they print
+//! without it. The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs
+//! here. See docs/api.md.
 
-use super::{print_checkpoint, print_checkpoints, print_row, CheckpointCmd, CliError, Command};
+use super::{
+    print_checkpoint, print_checkpoints, print_row, print_started, CheckpointCmd, CliError, Command,
+};
 use crate::net_cmd::{self, PolicyCmd};
 use cairn_sandbox::net::policy_ops::PolicyChange;
 use cairn_sandbox::sandbox::Home;
@@ -50,6 +52,11 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
                 Ok(0)
             }))
         }
+        Command::Start { name, cold, json } => Some(
+            d.start(name, *cold)
+                .map_err(CliError::from)
+                .and_then(|started| print_started(home, name, started, *json)),
+        ),
         Command::Rm { name, json } => Some(d.remove(name).map_err(CliError::from).map(|()| {
             if *json {
                 println!("{}", serde_json::json!({"name": name, "removed": true}));

@@ -154,6 +154,10 @@ fn serve_owns_idle_sleep_and_the_cli_goes_through_it() {
             String::from_utf8_lossy(&bad_here.stderr)
         );
 
+        let started = h.ok(&["start", "sb"]);
+        assert_eq!(started, "sb: running\n");
+        assert_eq!(requests("POST /v1/sandboxes/sb/start "), 1);
+
         // A clean stop hands the running sandbox back to a watcher, which stops it in turn.
         let (code, out) = h.exec("sb", &["echo", "again"]);
         assert_eq!((code, out.as_str()), (0, "again\n"));

@@ -3,11 +3,12 @@
 //! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
 
-use super::http::{CheckpointBody, ExecBody, Stopped};
+use super::http::{CheckpointBody, ExecBody, StartBody, StartedBody, Stopped};
 use super::stream::ExecLine;
 use super::SOCKET_FILE;
 use crate::net::policy_ops::{PolicyChange, PolicyView};
 use crate::sandbox::Home;
+use crate::sandbox::Started;
 use base64::Engine;
 use bytes::Bytes;
 use cairn_vmm_api::CheckpointInfo;
@@ -160,6 +161,18 @@ impl Daemon {
         let s: Stopped =
             self.call::<(), _>(Method::POST, &format!("/v1/sandboxes/{name}/stop"), None)?;
         Ok(s.checkpoint)
+    }
+
+    /// `POST /v1/sandboxes/{name}/start` (`cold`: boot from the disk).
+    pub fn start(&self, name: &str, cold: bool) -> Result<Started, DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/start");
+        let r: StartedBody = self.call(Method::POST, &path, Some(&StartBody { cold }))?;
+        match &*r.result {
+            "already_running" => Ok(Started::AlreadyRunning),
+            "started" => Ok(Started::Started),
+            "rebooted" => Ok(Started::Rebooted),
+            other => Err(self.transport(format!("its answer: unknown start result {other:?}"))),
+        }
     }
 
     /// `DELETE /v1/sandboxes/{name}`.
@@ -338,6 +351,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         not_found(d.stop("nope").unwrap_err());
+        not_found(d.start("nope", false).unwrap_err());
         not_found(d.remove("nope").unwrap_err());
         not_found(d.policy_show("nope").unwrap_err());
         not_found(d.checkpoint_list("nope").unwrap_err());

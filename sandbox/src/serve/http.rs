@@ -212,16 +212,17 @@ async fn stop(State(s): State<AppState>, Path(name): Path<String>) -> Result<Res
     Ok(axum::Json(Stopped { checkpoint }).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub(crate) struct StartBody {
     #[serde(default)]
-    cold: bool,
+    pub(crate) cold: bool,
 }
 
-#[derive(Serialize)]
-struct StartedBody {
-    result: &'static str,
+/// `POST …/start`'s answer: `already_running`, `started` or `rebooted`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StartedBody {
+    pub(crate) result: std::borrow::Cow<'static, str>,
 }
 
 async fn start(
@@ -236,7 +237,10 @@ async fn start(
         Started::Started => "started",
         Started::Rebooted => "rebooted",
     };
-    Ok(axum::Json(StartedBody { result }).into_response())
+    Ok(axum::Json(StartedBody {
+        result: result.into(),
+    })
+    .into_response())
 }
 
 /// `POST …/exec`.
