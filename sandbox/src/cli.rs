@@ -372,21 +372,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
-            if json {
-                return print_row(home, &name);
-            }
-            println!(
-                "{name}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
-                start.elapsed().as_secs_f64(),
-                r.cpus,
-                r.mem_mib,
-                r.disk_gib,
-                match r.idle_timeout {
-                    0 => "off".to_string(),
-                    s => format!("{s} s"),
-                }
-            );
-            Ok(0)
+            let info = cairn_sandbox::serve::ops::SandboxInfo::of(&r);
+            print_created(home, start, &info, json)
         }
         Command::Exec {
             name,
@@ -554,6 +541,31 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
             println!("{name}: checkpoint {ckpt} removed");
         }
     }
+    Ok(0)
+}
+
+/// What `create` prints (here or through the daemon): `start` is when the command began.
+fn print_created(
+    home: &Home,
+    start: Instant,
+    r: &cairn_sandbox::serve::ops::SandboxInfo,
+    json: bool,
+) -> Result<u8, CliError> {
+    if json {
+        return print_row(home, &r.name);
+    }
+    println!(
+        "{}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
+        r.name,
+        start.elapsed().as_secs_f64(),
+        r.cpus,
+        r.mem_mib,
+        r.disk_gib,
+        match r.idle_timeout {
+            0 => "off".to_string(),
+            s => format!("{s} s"),
+        }
+    );
     Ok(0)
 }
 

@@ -1,17 +1,21 @@
 //! `cairn` when `cairn serve` runs on its home: the commands the API covers (exec without
-//! stdin, tty or timeout; start; stop; rm; checkpoint create, list, restore, rm; policy set
+//! stdin, tty or timeout; create without --no-jail, --no-network, --cold, --image or
+//! --boot-timeout; start; stop; rm; checkpoint create, list, restore, rm; policy set
 //! and show) go to the daemon, so sandbox state has one owner, and print what they print
 //! without it. The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs
 //! here. See docs/api.md.
 
 use super::{
-    print_checkpoint, print_checkpoints, print_row, print_started, CheckpointCmd, CliError, Command,
+    print_checkpoint, print_checkpoints, print_created, print_row, print_started, CheckpointCmd,
+    CliError, Command,
 };
 use crate::net_cmd::{self, PolicyCmd};
 use cairn_sandbox::net::policy_ops::PolicyChange;
-use cairn_sandbox::sandbox::Home;
+use cairn_sandbox::sandbox::{CreateOptions, Home};
 use cairn_sandbox::serve::client::{Daemon, DaemonError};
+use cairn_sandbox::serve::ops::CreateRequest;
 use std::io;
+use std::time::Instant;
 
 impl From<DaemonError> for CliError {
     fn from(e: DaemonError) -> CliError {
@@ -22,6 +26,38 @@ impl From<DaemonError> for CliError {
 /// Runs `command` through the daemon `d`; `None` when the daemon does not cover it.
 pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u8, CliError>> {
     match command {
+        Command::Create {
+            name,
+            cpus,
+            mem,
+            disk,
+            idle_timeout,
+            boot_timeout,
+            no_jail: false,
+            no_network: false,
+            cold: false,
+            image: None,
+            json,
+        } => {
+            // The API's create takes the library's defaults for the rest; other flags run here.
+            if *boot_timeout != CreateOptions::default().boot_timeout.as_secs() {
+                return None;
+            }
+            let req = CreateRequest {
+                name: name.clone(),
+                image: None,
+                cpus: Some(*cpus),
+                mem_mib: Some(*mem),
+                disk_gib: Some(*disk),
+                idle_timeout: Some(*idle_timeout),
+            };
+            let start = Instant::now();
+            Some(
+                d.create(&req)
+                    .map_err(CliError::from)
+                    .and_then(|info| print_created(home, start, &info, *json)),
+            )
+        }
         Command::Exec {
             name,
             detach: false,

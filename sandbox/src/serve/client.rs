@@ -4,6 +4,7 @@
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
 
 use super::http::{CheckpointBody, ExecBody, StartBody, StartedBody, Stopped};
+use super::ops::{CreateRequest, SandboxInfo};
 use super::stream::ExecLine;
 use super::SOCKET_FILE;
 use crate::net::policy_ops::{PolicyChange, PolicyView};
@@ -154,6 +155,11 @@ impl Daemon {
             let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             serde_json::from_slice(bytes).map_err(|e| self.transport(format!("its answer: {e}")))
         })
+    }
+
+    /// `POST /v1/sandboxes`: creates and boots a sandbox.
+    pub fn create(&self, req: &CreateRequest) -> Result<SandboxInfo, DaemonError> {
+        self.call(Method::POST, "/v1/sandboxes", Some(req))
     }
 
     /// `POST /v1/sandboxes/{name}/stop`: the checkpoint it stopped at (none: not running).
@@ -351,6 +357,14 @@ mod tests {
             other => panic!("{other:?}"),
         };
         not_found(d.stop("nope").unwrap_err());
+        let bad = CreateRequest {
+            name: "a b".into(),
+            ..CreateRequest::default()
+        };
+        assert!(matches!(
+            d.create(&bad).unwrap_err(),
+            DaemonError::Api { status: 400, .. }
+        ));
         not_found(d.start("nope", false).unwrap_err());
         not_found(d.remove("nope").unwrap_err());
         not_found(d.policy_show("nope").unwrap_err());
