@@ -66,3 +66,47 @@ async fn set(
     .await?;
     Ok(axum::Json(v).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::sandbox::Home;
+    use crate::serve::{router, AppState, Listener};
+    use axum::body::Body;
+    use axum::http::{header, Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn call(method: Method, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        let r = router(AppState::new(home, "t".into()), Listener::Unix);
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = r.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn the_policy_routes_check_their_input() {
+        let (st, v) = call(Method::GET, "/v1/policy/presets", "").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(v[2]["name"], "dev", "{v}");
+        let (st, v) = call(Method::GET, "/v1/sandboxes/nope/policy", "").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (st, v) = call(Method::PUT, "/v1/sandboxes/nope/policy", "{}").await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+        let (st, v) = call(Method::PUT, "/v1/sandboxes/nope/policy", r#"{"oops":1}"#).await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert!(v["error"].is_string());
+    }
+}
