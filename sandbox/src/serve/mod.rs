@@ -13,6 +13,7 @@ mod http;
 pub mod ops;
 mod sessions;
 mod stream;
+mod ws;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};
 pub use error::ApiError;

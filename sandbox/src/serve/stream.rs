@@ -5,6 +5,7 @@
 use super::ops::{self, ExecOutput, ExecSpec, OpsError};
 use crate::sandbox::Home;
 use base64::Engine;
+use cairn_agent::client::ExecControl;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,13 +85,28 @@ pub fn spawn_exec(
     name: String,
     spec: ExecSpec,
 ) -> mpsc::Receiver<Result<ExecOutput, OpsError>> {
+    spawn_exec_controlled(home, name, spec).0
+}
+
+/// [`spawn_exec`], plus the process's control handle (stdin, signals, resizes), sent once it
+/// runs: before its `Started` event.
+pub fn spawn_exec_controlled(
+    home: Home,
+    name: String,
+    spec: ExecSpec,
+) -> (
+    mpsc::Receiver<Result<ExecOutput, OpsError>>,
+    oneshot::Receiver<ExecControl>,
+) {
     let (tx, rx) = mpsc::channel(64);
+    let (ctl_tx, ctl_rx) = oneshot::channel();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let watch = tx.clone();
         let log_name = name.clone();
-        let on_start = move |ctl: cairn_agent::client::ExecControl| {
+        let on_start = move |ctl: ExecControl| {
+            let _ = ctl_tx.send(ctl.clone());
             rt.spawn(async move {
                 tokio::select! {
                     _ = watch.closed() => {
@@ -110,7 +126,7 @@ pub fn spawn_exec(
         }
         let _ = done_tx.send(());
     });
-    rx
+    (rx, ctl_rx)
 }
 
 #[cfg(test)]
