@@ -118,13 +118,29 @@ pub fn spawn_exec_controlled(
                 }
             });
         };
+        // The exit ends the stream at once: the answer does not wait for the bookkeeping
+        // after it (`touch`, a registry write: an fsync, tens of ms on a busy disk).
+        let (mut tx, mut done_tx) = (Some(tx), Some(done_tx));
         let res = ops::exec_stream(&home, &name, spec, on_start, |ev| {
-            tx.blocking_send(Ok(ev)).is_ok()
+            let end = matches!(ev, ExecOutput::Exit(_));
+            if end {
+                // First: the watcher must not take the receiver's going for a client leaving.
+                if let Some(d) = done_tx.take() {
+                    let _ = d.send(());
+                }
+            }
+            let sent = tx.as_ref().is_some_and(|t| t.blocking_send(Ok(ev)).is_ok());
+            if end {
+                tx = None;
+            }
+            sent
         });
-        if let Err(e) = res {
-            let _ = tx.blocking_send(Err(e));
+        if let (Err(e), Some(t)) = (res, &tx) {
+            let _ = t.blocking_send(Err(e));
         }
-        let _ = done_tx.send(());
+        if let Some(d) = done_tx.take() {
+            let _ = d.send(());
+        }
     });
     (rx, ctl_rx)
 }

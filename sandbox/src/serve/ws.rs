@@ -269,6 +269,9 @@ async fn run_exec(mut ws: WebSocket, home: Home, name: String) {
                 let end = matches!(out, ExecOutput::Exit(_));
                 let line = ExecLine::of(out);
                 if end {
+                    // Let the exec thread finish first, so the end is not taken for a client
+                    // that left.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, rx.recv()).await;
                     return finish(&mut ws, &line).await;
                 }
                 if send(&mut ws, &line).await.is_err() {
