@@ -311,6 +311,7 @@ fn exec_spec(b: ExecBody) -> Result<ExecSpec, ApiError> {
         env: b.env.into_iter().collect(),
         cwd: b.cwd,
         stdin,
+        stdin_open: false,
         tty: b.tty.map(|t| PtySize {
             rows: t.rows,
             cols: t.cols,

@@ -17,6 +17,7 @@ pub mod ops;
 mod policy;
 mod sessions;
 mod stream;
+mod ws;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};
 pub use error::ApiError;
