@@ -131,7 +131,13 @@ fn side_by_side(tag: &str, runs: usize, out: &mut Outcome) {
         out.failures.push(format!("namespace {ns}: {e}"));
         return;
     }
-    let (kernel, initrd, args) = match guest_build(&[]) {
+    // The guest `cairn` itself boots: `CAIRN_KERNEL` + `CAIRN_INITRD` (+ `CAIRN_BOOT_ARGS`)
+    // when set, as for `cairn create`; else `guest/build`.
+    let from_env = match (std::env::var("CAIRN_KERNEL"), std::env::var("CAIRN_INITRD")) {
+        (Ok(k), Ok(i)) => std::env::var("CAIRN_BOOT_ARGS").ok().map(|a| (k, i, a)),
+        _ => None,
+    };
+    let (kernel, initrd, args) = match from_env.map_or_else(|| guest_build(&[]), Ok) {
         Ok(g) => g,
         Err(e) => {
             out.failures.push(e);
