@@ -106,13 +106,14 @@ fn pair_runs(
     console.wait_for("cairn-guest-ready", Duration::from_secs(400))?;
     std::thread::sleep(Duration::from_secs(1));
     // Markers are computed by the shell, so the echoed command line never matches them.
+    // busybox's head takes a byte count (no `M` suffix).
     console.send("ifconfig eth0 10.77.0.2 netmask 255.255.255.0 up; echo NET-$((1+1))-UP\n")?;
     console.wait_for("NET-2-UP", Duration::from_secs(120))?;
     let mut samples = Vec::new();
     for i in 0..runs {
         console.send(&format!(
-            "head -c {}M /dev/zero | nc 10.77.0.1 9000; echo NET-$((1+1))-SENT-{i}\n",
-            MIB
+            "head -c {} /dev/zero | nc 10.77.0.1 9000; echo NET-$((1+1))-SENT-{i}\n",
+            MIB << 20
         ))?;
         console.wait_for(&format!("NET-2-SENT-{i}"), Duration::from_secs(300))?;
         samples.push(sink_rate(lines)?);
