@@ -9,8 +9,9 @@
 //!   sockets live there, so no packet can leave it;
 //! - makes a private mount namespace with copies of `/dev/kvm` (0660 root:kvm) and
 //!   `/dev/net/tun` (0666) bind-mounted over the real ones, as a Debian host has them (on this
-//!   project's test host both are 0600 root; the real nodes are not touched), and the guest
-//!   image (under root's 0700 home) bind-mounted where the user can read it;
+//!   project's test host both are 0600 root; the real nodes are not touched), and the
+//!   directories of the guest image, `cairn`, the agent and the CPU template (perhaps under
+//!   root's 0700 home) bind-mounted where the user can reach them;
 //! - drops to the user (`setpriv --reuid --regid --init-groups`) and runs `cairn`.
 //!
 //! pasta maps the gateway address to the loopback of the namespace it was started in, so the
@@ -84,7 +85,7 @@ impl World {
         };
         let (ns, d) = (me.ns.clone(), me.dir.path().to_path_buf());
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for sub in ["dev", "guest", "www"] {
+        for sub in ["dev", "www"] {
             std::fs::create_dir(d.join(sub)).unwrap();
         }
         // A veth pair with both ends inside: the default route pasta wants leads nowhere.
@@ -112,12 +113,19 @@ impl World {
         me
     }
 
-    /// The wrapper script (see the module docs), with the guest image directory `guest`.
-    fn wrapper(&self, guest: &Path) -> PathBuf {
+    /// The wrapper script (see the module docs). `binds`: host directories the user may not
+    /// reach (under root's 0700 home, say) and the name each is bind-mounted as in the test's
+    /// directory; `cairn`, the first argument the wrapper gets, is run from its `bin` view.
+    fn wrapper(&self, binds: &[(PathBuf, &str)]) -> PathBuf {
         let d = self.dir.path().display();
+        let mut mounts = String::new();
+        for (host, name) in binds {
+            std::fs::create_dir_all(self.dir.path().join(name)).unwrap();
+            mounts += &format!("mount --bind {} {d}/{name}\n", host.display());
+        }
         let script = format!(
             r#"#!/bin/sh
-# Runs "$@" as {USER} in namespace {ns}, with usable /dev/kvm and /dev/net/tun copies.
+# Runs cairn ARGS as {USER} in namespace {ns}, with usable /dev/kvm and /dev/net/tun copies.
 exec nsenter --net=/var/run/netns/{ns} unshare --mount --propagation private sh -ec '
 mount -t tmpfs -o mode=0755,size=1m cairn-rl {d}/dev
 mknod -m 0660 {d}/dev/kvm c 10 232
@@ -125,12 +133,10 @@ chgrp kvm {d}/dev/kvm
 mknod -m 0666 {d}/dev/tun c 10 200
 mount --bind {d}/dev/kvm /dev/kvm
 mount --bind {d}/dev/tun /dev/net/tun
-mount --bind {guest} {d}/guest
-exec setpriv --reuid={uid} --regid={gid} --init-groups "$@"
-' sh "$@"
+{mounts}exec setpriv --reuid={uid} --regid={gid} --init-groups {d}/bin/"$(basename "$0")" "$@"
+' "$@"
 "#,
             ns = self.ns,
-            guest = guest.display(),
             uid = self.uid,
             gid = self.gid,
         );
@@ -200,29 +206,34 @@ fn rootless_sandbox_reaches_the_host_loopback_through_pasta() {
             .is_ok_and(|o| o.status.success());
         assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
     }
-    // The guest image lives under root's home (0700): the wrapper bind-mounts its directory.
+    // The guest image, the binaries and the CPU template may live where the user cannot reach
+    // them (root's home is 0700): the wrapper bind-mounts their directories into its own.
     let g = cairn_tests::linux_guest();
-    let guest_dir = Path::new(&g.kernel)
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .to_path_buf();
+    let agent = std::env::var_os("CAIRN_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(cairn_tests::linux::agent_binary);
+    let cairn = cairn_tests::process::workspace_bin("cairn");
+    let parent = |p: &Path| p.parent().unwrap().to_path_buf();
+    let mut binds = vec![
+        (parent(&parent(Path::new(&g.kernel))), "guest"),
+        (parent(&cairn), "bin"),
+        (parent(&agent), "agent"),
+    ];
+    if let Some(c) = &g.cpu_config {
+        binds.push((parent(Path::new(c)), "cpu"));
+    }
     let world = World::up();
-    let view = |p: &str| -> String {
-        let rel = Path::new(p)
-            .strip_prefix(&guest_dir)
-            .unwrap_or_else(|_| panic!("{p} is not under {}", guest_dir.display()));
-        world
-            .dir
-            .path()
-            .join("guest")
-            .join(rel)
-            .display()
-            .to_string()
+    let view = |p: &Path| -> String {
+        let (host, name) = binds
+            .iter()
+            .find(|(host, _)| p.starts_with(host))
+            .unwrap_or_else(|| panic!("{} is in no bind-mounted directory", p.display()));
+        let rel = p.strip_prefix(host).unwrap();
+        world.dir.path().join(name).join(rel).display().to_string()
     };
 
     let mut h = CairnHome::new();
-    h.wrapper = Some(world.wrapper(&guest_dir));
+    h.wrapper = Some(world.wrapper(&binds));
     let user_home = world.dir.path().join("home");
     std::fs::create_dir(&user_home).unwrap();
     sh(&format!(
@@ -234,19 +245,23 @@ fn rootless_sandbox_reaches_the_host_loopback_through_pasta() {
     ));
     h.env = vec![
         ("HOME".into(), user_home.display().to_string()),
-        ("CAIRN_KERNEL".into(), view(&g.kernel)),
-        ("CAIRN_INITRD".into(), view(&g.initrd)),
+        ("CAIRN_AGENT_BIN".into(), view(&agent)),
+        ("CAIRN_KERNEL".into(), view(Path::new(&g.kernel))),
+        ("CAIRN_INITRD".into(), view(Path::new(&g.initrd))),
         ("CAIRN_BOOT_ARGS".into(), g.boot_args.clone()),
         (
             "CAIRN_ROOTFS".into(),
             g.rootfs
                 .as_deref()
-                .map(view)
+                .map(|r| view(Path::new(r)))
                 .unwrap_or_else(|| "none".into()),
         ),
         (
             "CAIRN_CPU_CONFIG".into(),
-            g.cpu_config.clone().unwrap_or_default(),
+            g.cpu_config
+                .as_deref()
+                .map(|c| view(Path::new(c)))
+                .unwrap_or_default(),
         ),
     ];
 
