@@ -47,7 +47,7 @@ impl FakeInternet {
              ip -n {host} link set lo up; ip -n {host} route add default via 198.18.0.2
              ip -n {inet} addr add 198.18.0.2/24 dev {tag}b; ip -n {inet} link set {tag}b up
              ip -n {inet} link set lo up
-             for a in 198.18.77.80 198.18.77.81 198.18.77.53; do ip -n {inet} addr add $a/32 dev lo; done"
+             for a in 198.18.77.80 198.18.77.81 198.18.77.53 169.254.169.254; do ip -n {inet} addr add $a/32 dev lo; done"
         ));
         let www = me.dir.path().join("www");
         std::fs::create_dir_all(&www).unwrap();
@@ -60,6 +60,15 @@ impl FakeInternet {
             .spawn()
             .unwrap();
         me.servers.push(http);
+        // A service of the host's own (where cairn runs), which no sandbox may reach.
+        let host_http = Command::new("ip")
+            .args(["netns", "exec", &host, "python3", "-m", "http.server"])
+            .args(["--bind", "0.0.0.0", "--directory"])
+            .arg(&www)
+            .arg("80")
+            .spawn()
+            .unwrap();
+        me.servers.push(host_http);
         let dns = Command::new("ip")
             .args(["netns", "exec", &inet, "dnsmasq", "--keep-in-foreground"])
             .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])

@@ -1,13 +1,15 @@
 //! The sandbox network end to end, on this machine only: a namespace `net-t<pid>-h` plays the
-//! host cairn runs on, and `net-t<pid>-i` plays the internet behind its default route, with an
-//! HTTP server (python3) and dnsmasq on 198.18.77.0/24 (benchmarking space, outside the
-//! sandbox pool). No packet leaves these namespaces. Root and KVM only; needs nftables,
-//! dnsmasq and conntrack (scripts/deps).
+//! host cairn runs on (with a web server of its own), and `net-t<pid>-i` plays the internet
+//! behind its default route, with an HTTP server (python3) and dnsmasq on 198.18.77.0/24
+//! (benchmarking space, outside the sandbox pool). No packet leaves these namespaces. Root and
+//! KVM only; needs nftables, dnsmasq and conntrack (scripts/deps).
 //!
-//! Checks: the guest fetches a page by name; a denied name gets REFUSED and its address is
-//! unreachable; a live policy change lets it through and the allowed name still works; two
-//! forks of one checkpoint get their own addresses and MACs and both reach the server; the
-//! guest clock is right after a wake; `rm` leaves no namespace, veth, table or forwarder.
+//! Checks: the guest fetches a page by name; it reaches neither the host's web server nor the
+//! metadata address 169.254.169.254 (which the fake internet serves); a denied name gets
+//! REFUSED and its address is unreachable; a live policy change lets it through and the
+//! allowed name still works; two forks of one checkpoint get their own addresses and MACs and
+//! both reach the server; the guest clock is right after a wake; `rm` leaves no namespace,
+//! veth, table or forwarder.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -87,6 +89,14 @@ fn sandbox_network_policy_forks_and_cleanup() {
     let (code, page) = fetch("n1", "allowed.test");
     assert_eq!(code, 0, "{page}");
     assert!(page.contains("hello from the fake internet"), "{page}");
+
+    // Always denied: the host's own services (here a web server on the host, reached at the
+    // gateway address) and the metadata address (served by the fake internet, so only the
+    // sandbox's rules stop it).
+    for target in [gw.as_str(), "169.254.169.254"] {
+        let (code, out) = fetch("n1", target);
+        assert_ne!(code, 0, "{target} answered: {out}");
+    }
 
     // Deny everything but allowed.test: denied.test is REFUSED, its address unreachable.
     h.ok(&[
