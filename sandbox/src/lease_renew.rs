@@ -150,10 +150,16 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
 /// meanwhile. Whether the renewer is done (false: the lock was busy, look again).
 fn release(home: &Home, name: &str, remote: &Remote, host: &str) -> Result<bool, SandboxError> {
     let paths = home.paths(name);
-    let lock = FileLock::try_acquire(&paths.lock, Mode::Exclusive)
-        .map_err(io_err(format!("lock {}", paths.lock.display())))?;
-    let Some(_lock) = lock else {
-        return Ok(false);
+    // A removed sandbox has no directory (and no lock) left: nothing can start it here.
+    let _lock = if paths.dir.is_dir() {
+        let lock = FileLock::try_acquire(&paths.lock, Mode::Exclusive)
+            .map_err(io_err(format!("lock {}", paths.lock.display())))?;
+        let Some(lock) = lock else {
+            return Ok(false);
+        };
+        Some(lock)
+    } else {
+        None
     };
     let running = home
         .registry()
