@@ -266,6 +266,21 @@ pub fn take_lease(home: &Home, name: &str) -> Result<(), SandboxError> {
     crate::lease_renew::spawn(home, name)
 }
 
+/// After a stop or `rm` on this host: hand this host's lease of `name` back at once (the
+/// renewer would within a second; this makes a push or start elsewhere right after work). Best
+/// effort: without a store, or when the bucket cannot be reached, nothing (the lease lapses).
+pub fn release_lease(home: &Home, name: &str) {
+    let Ok(Some(url)) = StoreUrl::from_env() else {
+        return;
+    };
+    let Ok(host) = LocalStore::in_home(home.root()).host_id() else {
+        return;
+    };
+    if let Ok(remote) = Remote::open(&url) {
+        let _ = remote.release_lease(name, &host);
+    }
+}
+
 /// The staging directory of a pull of `name` (for tests and `doctor`).
 pub fn staging_dir(home: &Home, name: &str) -> PathBuf {
     LocalStore::in_home(home.root())
