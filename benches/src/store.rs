@@ -4,7 +4,7 @@
 //! - dedup of 10 forks of one image: one sandbox booted and stopped, 10 forks of its checkpoint
 //!   each started, given a command, stopped (a checkpoint of its own each); `cairn df`'s total
 //!   logical / stored bytes, and what pushing all 11 uploads against their logical bytes;
-//! - dedup of 10 successive checkpoints of one sandbox, a little guest work (a log line, ~150 KiB
+//! - dedup of 10 successive checkpoints of one sandbox, a little guest work (a log line, ~0.8 MB
 //!   of new file data written by awk) between them: `cairn df` for that sandbox;
 //! - restore on a second host with an empty chunk cache: a fresh `CAIRN_HOME` pulls the pushed
 //!   sandbox (bytes fetched against the checkpoint's size) and runs its first exec (the wake);
@@ -116,7 +116,7 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
             "seq",
             &format!(
                 "echo step {i} >> /root/log; \
-                 awk 'BEGIN {{ for (n = 0; n < 20000; n++) print n, {i} }}' > /root/r{i}; sync"
+                 awk 'BEGIN {{ for (n = 0; n < 100000; n++) print n, {i} }}' > /root/r{i}; sync"
             ),
         );
         a.ok(&["checkpoint", "create", "seq"]);
