@@ -229,6 +229,12 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
+    /// The lease renewer (started by cairn itself when a store is configured).
+    #[command(name = "__lease-renew", hide = true)]
+    LeaseRenew {
+        /// Sandbox name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -472,6 +478,9 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         Command::IdleWatch { name } => {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)
+        }
+        Command::LeaseRenew { name } => {
+            Ok(cairn_sandbox::lease_renew::run(home, &name).map(|()| 0)?)
         }
         Command::Agent(_) | Command::Completions { .. } => Ok(0),
     }

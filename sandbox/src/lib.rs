@@ -13,6 +13,7 @@ pub mod identity;
 pub mod idle;
 pub mod image;
 pub mod image_store;
+pub mod lease_renew;
 pub mod lock;
 pub mod logs;
 pub mod mcp;

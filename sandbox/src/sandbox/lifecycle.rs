@@ -280,7 +280,9 @@ pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
     if r.state == State::Stopped {
         return Ok(None);
     }
-    stop_locked(&mut reg, &r)
+    let stopped = stop_locked(&mut reg, &r)?;
+    crate::store_sync::release_lease(home, name);
+    Ok(stopped)
 }
 
 /// `cairn rm NAME`: ends the VMM and deletes the directory (and its jail's) and the row.
@@ -295,6 +297,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     reg.remove(name)?;
     crate::net::remove(&paths);
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));
+    crate::store_sync::release_lease(home, name);
     fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {
         io::ErrorKind::NotFound => Ok(()),
         _ => Err(io_err(format!("remove {}", paths.dir.display()))(e)),
