@@ -16,10 +16,10 @@ use serde::Serialize;
 use crate::config::{
     ActionType, BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
     DriveConfig, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, VmConfig, VmState, VmStateUpdate,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, VmState, VmStateUpdate,
     VsockConfig,
 };
-use crate::reply::{CheckpointInfo, Fault, InstanceInfo};
+use crate::reply::{CheckpointInfo, Fault, FullVmConfig, InstanceInfo};
 
 /// Largest reply read (head and body); a longer one is [`ClientError::TooLarge`].
 pub const MAX_REPLY_SIZE: usize = 4 << 20;
@@ -291,8 +291,8 @@ impl Client {
         self.call_typed::<(), _>("GET", "/machine-config", None)
     }
 
-    /// `GET /vm/config`: the whole configuration.
-    pub fn vm_config(&self) -> Result<VmConfig, ClientError> {
+    /// `GET /vm/config`: the whole configuration, with every key Firecracker's reply has.
+    pub fn vm_config(&self) -> Result<FullVmConfig, ClientError> {
         self.call_typed::<(), _>("GET", "/vm/config", None)
     }
 

@@ -214,7 +214,9 @@ impl Controller {
                 firecracker_version: crate::FIRECRACKER_API_VERSION.to_string(),
             }),
             ApiRequest::GetMachineConfig => ApiResponse::json(&self.config.machine_config),
-            ApiRequest::GetVmConfig => ApiResponse::json(&self.config),
+            ApiRequest::GetVmConfig => {
+                ApiResponse::json(&cairn_vmm_api::reply::FullVmConfig::from(&self.config))
+            }
             ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
             ApiRequest::PatchMachineConfig(update) => {
                 self.pre_boot(|c| c.machine_config = c.machine_config.apply(&update))
@@ -336,7 +338,13 @@ impl Controller {
                 };
                 self.vsock_socket.release();
                 match self.runtime.restore(&p.snapshot_path, &opts, console) {
-                    Ok(()) => ApiResponse::Empty,
+                    Ok(()) => {
+                        if let Some(m) = self.runtime.machine() {
+                            self.config =
+                                crate::api::loaded_config::config_of_loaded(m, &self.config);
+                        }
+                        ApiResponse::Empty
+                    }
                     Err(e) => {
                         // As Firecracker: a failed load leaves the process too dirty to go on;
                         // answer, then end with exit code 1.
@@ -371,7 +379,13 @@ impl Controller {
                     .runtime
                     .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)
                 {
-                    Ok(()) => ApiResponse::Empty,
+                    Ok(()) => {
+                        if let Some(m) = self.runtime.machine() {
+                            self.config =
+                                crate::api::loaded_config::config_of_loaded(m, &self.config);
+                        }
+                        ApiResponse::Empty
+                    }
                     Err(e) => refused(e),
                 }
             }

@@ -39,6 +39,7 @@
 //! second root device, and so on.
 
 pub mod http;
+pub mod loaded_config;
 pub mod routes;
 pub mod server;
 #[cfg(test)]

@@ -90,6 +90,23 @@ const fn differs(step: Step, cairn: u16, why: &'static str) -> Step {
 const KERNEL: &str = r#"{"kernel_image_path": "{kernel}", "boot_args": "console=ttyS0"}"#;
 const ROOTFS: &str = r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "is_read_only": false}"#;
 
+/// Every top-level key of Firecracker v1.16.1's `GET /vm/config` reply.
+const VM_CONFIG_KEYS: &[&str] = &[
+    "balloon",
+    "drives",
+    "boot-source",
+    "cpu-config",
+    "logger",
+    "machine-config",
+    "metrics",
+    "mmds-config",
+    "network-interfaces",
+    "vsock",
+    "entropy",
+    "pmem",
+    "memory-hotplug",
+];
+
 /// Every case.
 pub const CASES: &[Case] = &[
     Case {
@@ -109,15 +126,7 @@ pub const CASES: &[Case] = &[
                     "huge_pages",
                 ],
             ),
-            get(
-                "/vm/config",
-                &[
-                    "boot-source",
-                    "machine-config",
-                    "drives",
-                    "network-interfaces",
-                ],
-            ),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
     Case {
@@ -284,7 +293,7 @@ pub const CASES: &[Case] = &[
                 400,
                 "io_engine Async not implemented",
             ),
-            get("/vm/config", &["drives"]),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
     Case {
@@ -502,7 +511,7 @@ pub const CASES: &[Case] = &[
                 400,
                 "MMDS not implemented",
             ),
-            get("/vm/config", &["network-interfaces"]),
+            get("/vm/config", VM_CONFIG_KEYS),
             differs(
                 put(
                     "/network-interfaces/4",
