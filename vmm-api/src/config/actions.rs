@@ -253,7 +253,7 @@ pub fn validate_checkpoint_name(field: &str, name: &str) -> Result<(), ConfigErr
 #[serde(deny_unknown_fields)]
 pub struct CheckpointCreate {
     /// Name of the new checkpoint; the VMM picks one when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 

@@ -41,19 +41,19 @@ pub struct DriveConfig {
     /// Whether the kernel mounts this drive as `/` (`root=` on the command line).
     pub is_root_device: bool,
     /// Read-only drive; absent means `false`. See [`DriveConfig::read_only`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_read_only: Option<bool>,
     /// Root partition UUID, used for `root=PARTUUID=` when this is the root device.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
     /// Cache mode; absent means `Unsafe`. See [`DriveConfig::cache_type`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<CacheType>,
     /// I/O engine; absent means `Sync`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
     /// Accepted for compatibility and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<serde_json::Value>,
     /// Firecracker's vhost-user socket: not implemented, must be absent or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,13 +129,13 @@ pub struct NetConfig {
     /// The host tap device to attach.
     pub host_dev_name: String,
     /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`; chosen by the guest when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
     /// Accepted for compatibility and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<serde_json::Value>,
     /// Accepted for compatibility and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<serde_json::Value>,
 }
 
@@ -211,7 +211,7 @@ impl Validate for VsockConfig {
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
     /// Accepted for compatibility and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<serde_json::Value>,
 }
 
