@@ -121,13 +121,31 @@ impl Controller {
             output: Box::new(StdoutConsole),
             input: self.console_input,
         };
-        self.runtime.boot(&spec, console)
+        self.runtime.boot(&spec, console)?;
+        // Firecracker writes a metrics line at boot.
+        if let Err(e) = self.flush_metrics() {
+            tracing::warn!("{e}");
+        }
+        Ok(())
     }
 
     /// Serve events and API requests until the VM stops.
     pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        let sink = crate::metrics::MetricsSink::global();
         loop {
-            let exit = self.runtime.poll(-1)?;
+            // Wake for the periodic metrics line once the VM runs (Firecracker's 60 s timer).
+            let timeout_ms = match sink.until_next_flush() {
+                Some(left) if self.started() => {
+                    i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+                }
+                _ => -1,
+            };
+            let exit = self.runtime.poll(timeout_ms)?;
+            if self.started() && sink.until_next_flush() == Some(std::time::Duration::ZERO) {
+                if let Err(e) = self.flush_metrics() {
+                    tracing::warn!("{e}");
+                }
+            }
             self.serve_pending_requests();
             if let Some(why) = self.fatal.take() {
                 self.wait_for_answers_sent();
@@ -164,6 +182,7 @@ impl Controller {
         for (request, reply) in pending {
             let name = request.name();
             let response = self.handle(request);
+            crate::metrics::count_api_request(name, response.status() < 300);
             tracing::info!(request = name, status = response.status(), "API");
             let _ = reply.send(response);
         }
@@ -190,6 +209,19 @@ impl Controller {
         }
         self.config = next;
         ApiResponse::Empty
+    }
+
+    /// Write one metrics line if a metrics file is set, with the devices' counts brought up to
+    /// date. No file set is not an error (Firecracker's `FlushMetrics` answers 204 then too).
+    fn flush_metrics(&self) -> Result<(), crate::metrics::MetricsError> {
+        let sink = crate::metrics::MetricsSink::global();
+        if !sink.is_initialized() {
+            return Ok(());
+        }
+        if let Some(m) = self.runtime.machine() {
+            crate::metrics::collect_device_counts(m);
+        }
+        sink.flush()
     }
 
     /// Carry out one API request.
@@ -251,13 +283,21 @@ impl Controller {
             }
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
-            ApiRequest::PutLogger(l) => {
-                self.config.logger = Some(l);
-                ApiResponse::Empty
-            }
+            ApiRequest::PutLogger(l) => match crate::logger::apply(&l) {
+                Ok(()) => {
+                    self.config.logger = Some(l);
+                    ApiResponse::Empty
+                }
+                Err(e) => refused(e),
+            },
             ApiRequest::PutMetrics(m) => {
-                self.config.metrics = Some(m);
-                ApiResponse::Empty
+                match crate::metrics::MetricsSink::global().init(&m.metrics_path) {
+                    Ok(()) => {
+                        self.config.metrics = Some(m);
+                        ApiResponse::Empty
+                    }
+                    Err(e) => refused(e),
+                }
             }
             ApiRequest::Action(action) => match action.action_type {
                 ActionType::InstanceStart => match self.start_instance() {
@@ -272,7 +312,10 @@ impl Controller {
                     None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
                 ActionType::FlushMetrics => match self.runtime.machine() {
-                    Some(_) => ApiResponse::Empty,
+                    Some(_) => match self.flush_metrics() {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    },
                     None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
             },
@@ -286,6 +329,13 @@ impl Controller {
                     match result {
                         Ok(took) => {
                             tracing::info!(?took, state = ?update.state, "PATCH /vm");
+                            crate::metrics::record_latency(
+                                match update.state {
+                                    VmState::Paused => crate::metrics::Latency::Pause,
+                                    VmState::Resumed => crate::metrics::Latency::Resume,
+                                },
+                                took,
+                            );
                             ApiResponse::Empty
                         }
                         Err(e) => ApiResponse::error(500, e.to_string()),
@@ -297,11 +347,19 @@ impl Controller {
                     SnapshotType::Full => SnapshotKind::Full,
                     SnapshotType::Diff => SnapshotKind::Diff,
                 };
+                let began = std::time::Instant::now();
                 match self
                     .runtime
                     .snapshot(kind, &p.snapshot_path, &p.mem_file_path)
                 {
                     Ok(report) => {
+                        crate::metrics::record_latency(
+                            match p.snapshot_type {
+                                SnapshotType::Full => crate::metrics::Latency::FullSnapshot,
+                                SnapshotType::Diff => crate::metrics::Latency::DiffSnapshot,
+                            },
+                            began.elapsed(),
+                        );
                         tracing::info!(?report, "snapshot created");
                         ApiResponse::Empty
                     }
@@ -337,8 +395,13 @@ impl Controller {
                     input: self.console_input,
                 };
                 self.vsock_socket.release();
+                let began = std::time::Instant::now();
                 match self.runtime.restore(&p.snapshot_path, &opts, console) {
                     Ok(()) => {
+                        crate::metrics::record_latency(
+                            crate::metrics::Latency::LoadSnapshot,
+                            began.elapsed(),
+                        );
                         if let Some(m) = self.runtime.machine() {
                             self.config =
                                 crate::api::loaded_config::config_of_loaded(m, &self.config);

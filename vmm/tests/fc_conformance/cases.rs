@@ -348,6 +348,13 @@ pub const CASES: &[Case] = &[
             put("/logger", r#"{"level": "Bogus"}"#, 400),
             put("/metrics", r#"{"metrics_path": "{dir}/metrics"}"#, 204),
             put("/actions", r#"{"action_type": "FlushMetrics"}"#, 400),
+            // Both files are created when set; metrics only once per process.
+            s("EXISTS", "{dir}/log", None, 200),
+            s("EXISTS", "{dir}/metrics", None, 200),
+            put("/metrics", r#"{"metrics_path": "{dir}/metrics2"}"#, 400),
+            put("/logger", r#"{"log_path": "{dir}/no/such/log"}"#, 400),
+            put("/logger", r#"{"log_path": "{dir}/log2", "level": "Debug"}"#, 204),
+            s("EXISTS", "{dir}/log2", None, 200),
         ],
     },
     Case {
