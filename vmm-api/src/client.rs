@@ -16,8 +16,8 @@ use serde::Serialize;
 use crate::config::{
     ActionType, BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
     DriveConfig, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, VmState, VmStateUpdate,
-    VsockConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, SerialConfig, VmState,
+    VmStateUpdate, VsockConfig,
 };
 use crate::reply::{CheckpointInfo, Fault, FullVmConfig, InstanceInfo};
 
@@ -330,6 +330,11 @@ impl Client {
     /// `PUT /entropy` (before boot).
     pub fn put_entropy(&self, entropy: &EntropyConfig) -> Result<(), ClientError> {
         self.call_empty("PUT", "/entropy", entropy)
+    }
+
+    /// `PUT /serial` (before boot): the guest console's output file.
+    pub fn put_serial(&self, serial: &SerialConfig) -> Result<(), ClientError> {
+        self.call_empty("PUT", "/serial", serial)
     }
 
     /// `PUT /logger`.

@@ -33,6 +33,9 @@ pub struct Controller {
     api: Option<(Receiver<ApiMessage>, Arc<AtomicBool>)>,
     api_in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>,
     vsock_socket: crate::preboot::VsockPlaceholder,
+    /// `PUT /serial`'s output file for the guest console (Firecracker keeps it out of the
+    /// VM config too).
+    serial_out: Option<std::path::PathBuf>,
     /// Set when a request failed in a way that leaves the process unusable (a failed
     /// `/snapshot/load`, as in Firecracker): [`Controller::run`] ends after answering it.
     fatal: Option<String>,
@@ -66,6 +69,7 @@ impl Controller {
             api: None,
             api_in_flight: None,
             vsock_socket: Default::default(),
+            serial_out: None,
             fatal: None,
         })
     }
@@ -116,11 +120,8 @@ impl Controller {
             return Err(VmmError::InvalidState("the VM is already running".into()));
         }
         let spec = BuildSpec::from_config(&self.config)?;
+        let console = self.console()?;
         self.vsock_socket.release();
-        let console = ConsoleIo {
-            output: Box::new(StdoutConsole),
-            input: self.console_input,
-        };
         self.runtime.boot(&spec, console)?;
         // Firecracker writes a metrics line at boot.
         if let Err(e) = self.flush_metrics() {
@@ -224,6 +225,44 @@ impl Controller {
         sink.flush()
     }
 
+    /// The console: the `PUT /serial` file if one is set (no input then, as in Firecracker),
+    /// else stdout and the console input.
+    fn console(&self) -> Result<ConsoleIo, VmmError> {
+        open_console(self.serial_out.as_deref(), self.console_input)
+    }
+
+    /// `PUT /snapshot/load`'s restore, with Firecracker's `clock_realtime` and
+    /// `vsock_override` rules (see [`crate::api::snapshot_load`]).
+    fn load_snapshot(
+        &mut self,
+        p: &crate::config::LoadSnapshotParams,
+        opts: &RestoreOptions,
+        clock_realtime: bool,
+    ) -> Result<(), VmmError> {
+        use crate::api::snapshot_load;
+        let saved_clock = if clock_realtime {
+            Some(snapshot_load::saved_realtime_clock(&p.snapshot_path)?)
+        } else {
+            None
+        };
+        let console = self.console()?;
+        self.runtime.restore(&p.snapshot_path, opts, console)?;
+        let machine = self
+            .runtime
+            .machine_mut()
+            .ok_or_else(|| VmmError::InvalidState("no machine after the restore".into()))?;
+        if p.vsock_override.is_some() {
+            snapshot_load::check_vsock_override(machine)?;
+        }
+        if let Some(saved) = &saved_clock {
+            snapshot_load::apply_realtime_clock(machine, saved)?;
+            if p.resume_vm() {
+                machine.resume()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Carry out one API request.
     pub fn handle(&mut self, request: ApiRequest) -> ApiResponse {
         if matches!(
@@ -283,6 +322,13 @@ impl Controller {
             }
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
+            ApiRequest::PutSerial(serial) => {
+                if self.started() {
+                    return self.pre_boot(|_| ());
+                }
+                self.serial_out = serial.serial_out_path;
+                ApiResponse::Empty
+            }
             ApiRequest::PutLogger(l) => match crate::logger::apply(&l) {
                 Ok(()) => {
                     self.config.logger = Some(l);
@@ -378,25 +424,23 @@ impl Controller {
                         "mem_backend.backend_type: only \"File\" is implemented by cairn",
                     );
                 }
+                let clock_realtime = p.clock_realtime.unwrap_or(false);
                 let opts = RestoreOptions {
                     memory_layers: vec![backend.backend_path.clone()],
                     track_dirty_pages: p.track_dirty_pages(),
-                    resume: p.resume_vm(),
+                    // With clock_realtime the clock is set before any vCPU runs.
+                    resume: p.resume_vm() && !clock_realtime,
                     network_overrides: p
                         .network_overrides
                         .iter()
                         .flatten()
                         .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                         .collect(),
-                    vsock_uds_path: None,
-                };
-                let console = ConsoleIo {
-                    output: Box::new(StdoutConsole),
-                    input: self.console_input,
+                    vsock_uds_path: p.vsock_override.as_ref().map(|v| v.uds_path.clone()),
                 };
                 self.vsock_socket.release();
                 let began = std::time::Instant::now();
-                match self.runtime.restore(&p.snapshot_path, &opts, console) {
+                match self.load_snapshot(&p, &opts, clock_realtime) {
                     Ok(()) => {
                         crate::metrics::record_latency(
                             crate::metrics::Latency::LoadSnapshot,
@@ -430,9 +474,16 @@ impl Controller {
             },
             ApiRequest::RestoreCheckpoint(c) => {
                 let input = self.console_input;
-                let console = move || ConsoleIo {
-                    output: Box::new(StdoutConsole),
-                    input,
+                // Checked here, so the restore's console cannot fail to open.
+                if let Err(e) = self.console() {
+                    return refused(e);
+                }
+                let serial = self.serial_out.clone();
+                let console = move || {
+                    open_console(serial.as_deref(), input).unwrap_or_else(|_| ConsoleIo {
+                        output: Box::new(StdoutConsole),
+                        input,
+                    })
                 };
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);
@@ -457,6 +508,30 @@ impl Controller {
                 Err(e) => refused(e),
             },
         }
+    }
+}
+
+/// The console: `serial_out` if set (no input then, as in Firecracker), else stdout and `input`.
+fn open_console(serial_out: Option<&Path>, input: Option<RawFd>) -> Result<ConsoleIo, VmmError> {
+    match serial_out {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(VmmError::io(format!("serial_out_path {}", path.display())))?;
+            Ok(ConsoleIo {
+                output: Box::new(file),
+                input: None,
+            })
+        }
+        None => Ok(ConsoleIo {
+            output: Box::new(StdoutConsole),
+            input,
+        }),
     }
 }
 

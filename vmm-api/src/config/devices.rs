@@ -220,3 +220,25 @@ impl Validate for EntropyConfig {
         validate_rate_limiter("rate_limiter", &self.rate_limiter)
     }
 }
+
+/// Firecracker's `PUT /serial` body: where the guest's serial console output goes instead of
+/// stdout (a file or named pipe; console input is then not read).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The file or named pipe, created if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl Validate for SerialConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.serial_out_path {
+            validate_path("serial_out_path", path)?;
+        }
+        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+    }
+}

@@ -43,14 +43,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use actions::{
     validate_checkpoint_name, ActionType, CheckpointCreate, CheckpointRestore,
     CreateSnapshotParams, InstanceActionInfo, LoadSnapshotParams, MemBackendConfig, MemBackendType,
-    NetworkOverride, SnapshotType, VmState, VmStateUpdate,
+    NetworkOverride, SnapshotType, VmState, VmStateUpdate, VsockOverride,
 };
 pub use cpu_config::{
     BitFilter, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier, CustomCpuTemplate,
     KvmCapabilityModifier, MsrModifier,
 };
 pub use devices::{
-    parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, VsockConfig,
+    parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, SerialConfig,
+    VsockConfig,
 };
 pub use logging::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine::{

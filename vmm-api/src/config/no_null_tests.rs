@@ -82,6 +82,7 @@ fn request_bodies_with_every_option_unset_send_no_null() {
     assert_no_nulls("network-interface", &net());
     assert_no_nulls("vsock", &vsock());
     assert_no_nulls("entropy", &EntropyConfig::default());
+    assert_no_nulls("serial", &SerialConfig::default());
     assert_no_nulls("logger", &LoggerConfig::default());
     assert_no_nulls(
         "metrics",

@@ -42,6 +42,7 @@ pub mod http;
 pub mod loaded_config;
 pub mod routes;
 pub mod server;
+pub mod snapshot_load;
 #[cfg(test)]
 mod tests;
 
@@ -83,6 +84,8 @@ pub enum ApiRequest {
     PutEntropy(EntropyConfig),
     /// `PUT /cpu-config` (before boot): a custom CPU template.
     PutCpuConfig(crate::config::CustomCpuTemplate),
+    /// `PUT /serial` (before boot): console output to a file.
+    PutSerial(crate::config::SerialConfig),
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
@@ -122,6 +125,7 @@ impl ApiRequest {
             ApiRequest::PutVsock(_) => "PutVsock",
             ApiRequest::PutEntropy(_) => "PutEntropy",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
+            ApiRequest::PutSerial(_) => "PutSerial",
             ApiRequest::PutLogger(_) => "PutLogger",
             ApiRequest::PutMetrics(_) => "PutMetrics",
             ApiRequest::Action(_) => "Action",

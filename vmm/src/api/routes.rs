@@ -50,6 +50,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
         ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
         ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
+        ("PUT", ["serial"]) => ApiRequest::PutSerial(parse_body(body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(body)?),
         ("PUT", ["actions"]) => ApiRequest::Action(parse_body(body)?),

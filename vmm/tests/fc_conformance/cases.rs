@@ -328,11 +328,14 @@ pub const CASES: &[Case] = &[
                 204,
             ),
             put("/cpu-config", "{}", 204),
-            differs(
-                put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
-                400,
-                "PUT /serial not served",
+            put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
+            put(
+                "/serial",
+                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                204,
             ),
+            put("/serial", r#"{"serial_out_path": 5}"#, 400),
+            put("/serial", r#"{"serial_out": "{dir}/x"}"#, 400),
         ],
     },
     Case {
@@ -449,6 +452,21 @@ pub const CASES: &[Case] = &[
             put(
                 "/snapshot/load",
                 r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "Nope", "backend_path": "{dir}/m"}}"#,
+                400,
+            ),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "vsock_override": {}}"#,
+                400,
+            ),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "vsock_override": {"uds_path": "{dir}/v", "x": 1}}"#,
+                400,
+            ),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "clock_realtime": "yes"}"#,
                 400,
             ),
         ],
