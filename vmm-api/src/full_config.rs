@@ -106,7 +106,7 @@ pub struct NetReply {
     pub host_dev_name: String,
     /// The guest MAC.
     pub guest_mac: Option<String>,
-    /// The MTU advertised to the guest: cairn does not implement `mtu`, always `null`.
+    /// The MTU advertised to the guest, if set.
     pub mtu: Option<u16>,
     /// The receive rate limiter as given.
     pub rx_rate_limiter: Option<serde_json::Value>,
@@ -145,7 +145,7 @@ impl From<&NetConfig> for NetReply {
             iface_id: n.iface_id.clone(),
             host_dev_name: n.host_dev_name.clone(),
             guest_mac: n.guest_mac.clone(),
-            mtu: None,
+            mtu: n.mtu,
             rx_rate_limiter: n.rx_rate_limiter.clone(),
             tx_rate_limiter: n.tx_rate_limiter.clone(),
         }

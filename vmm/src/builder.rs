@@ -535,6 +535,7 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
             iface_id: n.iface_id.clone(),
             host_dev_name: n.host_dev_name.clone(),
             guest_mac,
+            mtu: n.mtu,
         }));
     }
     if let Some(v) = &cfg.vsock {

@@ -161,9 +161,9 @@ pub struct LoadSnapshotParams {
     pub clock_realtime: Option<bool>,
 }
 
-/// `vsock_override` of `PUT /snapshot/load`.
+/// `vsock_override` of `PUT /snapshot/load`. Unknown fields are ignored here, as Firecracker
+/// ignores them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VsockOverride {
     /// The host-side Unix socket the restored vsock device listens on.
     pub uds_path: PathBuf,

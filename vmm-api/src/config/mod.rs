@@ -51,7 +51,7 @@ pub use cpu_config::{
 };
 pub use devices::{
     parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, SerialConfig,
-    VsockConfig,
+    TokenBucketConfig, VsockConfig,
 };
 pub use logging::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine::{

@@ -56,6 +56,7 @@ fn net() -> NetConfig {
         guest_mac: None,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     }
 }
 

@@ -441,6 +441,7 @@ fn net(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
         guest_mac: mac.map(Into::into),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     }
 }
 

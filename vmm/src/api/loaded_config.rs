@@ -69,6 +69,7 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     guest_mac: c.guest_mac.map(format_mac),
                     rx_rate_limiter: None,
                     tx_rate_limiter: None,
+                    mtu: c.mtu,
                 });
             }
             VirtioHandle::Vsock(d) => {

@@ -331,8 +331,13 @@ pub const CASES: &[Case] = &[
             put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
             put(
                 "/serial",
-                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"size": 1000, "refill_time": 100}}"#,
                 204,
+            ),
+            put(
+                "/serial",
+                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                400,
             ),
             put("/serial", r#"{"serial_out_path": 5}"#, 400),
             put("/serial", r#"{"serial_out": "{dir}/x"}"#, 400),
@@ -461,11 +466,6 @@ pub const CASES: &[Case] = &[
             ),
             put(
                 "/snapshot/load",
-                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "vsock_override": {"uds_path": "{dir}/v", "x": 1}}"#,
-                400,
-            ),
-            put(
-                "/snapshot/load",
                 r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "clock_realtime": "yes"}"#,
                 400,
             ),
@@ -537,15 +537,22 @@ pub const CASES: &[Case] = &[
                 "MMDS not implemented",
             ),
             get("/vm/config", VM_CONFIG_KEYS),
-            differs(
-                put(
-                    "/network-interfaces/4",
-                    r#"{"iface_id": "4", "host_dev_name": "fctap4", "mtu": 1400}"#,
-                    204,
-                ),
-                400,
-                "net mtu not implemented",
+            put(
+                "/network-interfaces/4",
+                r#"{"iface_id": "4", "host_dev_name": "fctap4", "mtu": 1400}"#,
+                204,
             ),
+            put(
+                "/network-interfaces/5",
+                r#"{"iface_id": "5", "host_dev_name": "fctap5", "mtu": 67}"#,
+                400,
+            ),
+            put(
+                "/network-interfaces/5",
+                r#"{"iface_id": "5", "host_dev_name": "fctap5", "mtu": 65536}"#,
+                400,
+            ),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
 ];

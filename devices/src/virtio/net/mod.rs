@@ -33,3 +33,7 @@ pub const MAX_FRAME_LEN: usize = 65562;
 
 /// Feature bit: the device has a MAC address in its configuration space.
 pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// Feature bit: the device advertises an MTU in its configuration space.
+pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// Smallest MTU that may be advertised (Firecracker's and the virtio spec's lower bound).
+pub const MIN_MTU: u16 = 68;
