@@ -18,6 +18,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogLevel, LoggerConfig};
 
@@ -72,8 +73,8 @@ pub fn level_filter(level: LogLevel) -> LevelFilter {
 /// instance id), then apply `config`.
 pub fn init(instance_id: &str, config: &LoggerConfig) -> Result<(), LoggerError> {
     lock().instance_id = instance_id.to_string();
-    let subscriber = tracing_subscriber::registry().with(FcLayer);
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    // try_init also routes the `log` crate's records (some dependencies use it) here.
+    let _ = tracing_subscriber::registry().with(FcLayer).try_init();
     apply(config)
 }
 
