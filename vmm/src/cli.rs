@@ -256,6 +256,10 @@ fn report_panics_in_one_line() {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         eprintln!("cairn-vmm: internal error (a bug) in thread {name} at {location}: {message}");
+        // Counted and written at once, as Firecracker does (a panicking thread may hold the
+        // sink, so the line is skipped rather than waited for then).
+        crate::metrics::metrics().vmm.panic_count.inc();
+        crate::metrics::MetricsSink::global().try_flush();
     }));
 }
 

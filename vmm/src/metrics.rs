@@ -6,9 +6,9 @@
 //! on `FlushMetrics`, and every [`FLUSH_PERIOD`] (see [`flush_period`]) while the VMM runs (the event loop wakes for
 //! it). Only what cairn counts is written: groups for devices cairn does not have (`balloon`,
 //! `mmds`, `pmem`, `memory_hotplug`, `i8042`...) and counters it has no source for are left
-//! out; `seccomp.num_faults` and `vmm.panic_count` are written and stay 0, as in every line a
-//! running Firecracker writes (both end the process; Firecracker then writes one last line,
-//! cairn does not). docs/vmm.md lists the keys.
+//! out; `seccomp.num_faults` is written and stays 0, as in every line a running Firecracker
+//! writes (a violation ends the process; Firecracker then writes one last line, cairn does
+//! not). docs/vmm.md lists the keys.
 
 use std::fs::File;
 use std::io::Write;
@@ -229,7 +229,8 @@ pub struct SeccompMetrics {
 /// `vmm`.
 #[derive(Debug, Default, Serialize)]
 pub struct VmmMetrics {
-    /// Always 0 in a line a running process writes.
+    /// Panics (cairn bugs): the panic hook counts one and writes a last line before the
+    /// process aborts, as Firecracker's does.
     pub panic_count: Counter,
 }
 
@@ -366,6 +367,21 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
     n.tx_fails.set_total(tx_drop);
 }
 
+/// One metrics line, newline included.
+fn line_bytes() -> Vec<u8> {
+    let line = Line {
+        utc_timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        metrics: metrics(),
+    };
+    // Counters and gauges always serialize.
+    let mut text = serde_json::to_vec(&line).unwrap_or_default();
+    text.push(b'\n');
+    text
+}
+
 /// Why the metrics file could not be set up or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -434,22 +450,22 @@ impl MetricsSink {
         };
         *self.next_flush.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Instant::now() + flush_period());
-        let line = Line {
-            utc_timestamp_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            metrics: metrics(),
-        };
-        let mut text =
-            serde_json::to_vec(&line).map_err(|e| MetricsError::Write(std::io::Error::other(e)))?;
-        text.push(b'\n');
-        file.write_all(&text).map_err(|e| {
+        file.write_all(&line_bytes()).map_err(|e| {
             let m = metrics();
             m.logger.metrics_fails.inc();
             m.logger.missed_metrics_count.inc();
             MetricsError::Write(e)
         })
+    }
+
+    /// Write one line now unless another thread is writing one (for the panic hook).
+    pub fn try_flush(&self) {
+        let Ok(mut slot) = self.file.try_lock() else {
+            return;
+        };
+        if let Some(file) = slot.as_mut() {
+            let _ = file.write_all(&line_bytes());
+        }
     }
 
     /// How long the event loop may sleep before the next periodic flush is due (`None`: no
@@ -525,13 +541,19 @@ mod tests {
         ));
         sink.flush().unwrap();
         sink.flush().unwrap();
+        // The panic hook's line; skipped while another thread holds the sink.
+        sink.try_flush();
+        {
+            let _held = sink.file.lock().unwrap();
+            sink.try_flush();
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2);
-        assert!(lines[1]["vcpu"]["exit_io_out"].is_u64());
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2]["vcpu"]["exit_io_out"].is_u64());
         let left = sink.until_next_flush().unwrap();
         assert!(left > Duration::from_secs(50) && left <= FLUSH_PERIOD);
         assert!(matches!(
