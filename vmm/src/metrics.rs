@@ -4,7 +4,8 @@
 //! Like Firecracker, a counter shows how much it grew since the previous flush (the
 //! `latencies_us` values are the last measurement, in µs). A flush happens at `InstanceStart`,
 //! on `FlushMetrics`, and every [`FLUSH_PERIOD`] (see [`flush_period`]) while the VMM runs (the event loop wakes for
-//! it). Only what cairn counts is written: groups for devices cairn does not have (`balloon`,
+//! it). The device groups (`block`, `net`) are all devices together, read from the devices'
+//! own counters at each flush. Only what cairn counts is written: groups for devices cairn does not have (`balloon`,
 //! `mmds`, `pmem`, `memory_hotplug`, `i8042`...) and counters it has no source for are left
 //! out; `seccomp.num_faults` is written and stays 0, as in every line a running Firecracker
 //! writes (a violation ends the process; Firecracker then writes one last line, cairn does
@@ -205,6 +206,18 @@ pub struct UartMetrics {
     pub write_count: Counter,
 }
 
+/// `block`: all drives together, from the devices' own counters.
+#[derive(Debug, Default, Serialize)]
+pub struct BlockMetrics {
+    pub read_count: Counter,
+    pub read_bytes: Counter,
+    pub write_count: Counter,
+    pub write_bytes: Counter,
+    pub flush_count: Counter,
+    pub invalid_reqs_count: Counter,
+    pub execute_fails: Counter,
+}
+
 /// `net`: all interfaces together, from the devices' own counters.
 #[derive(Debug, Default, Serialize)]
 pub struct NetMetrics {
@@ -245,6 +258,7 @@ pub struct Metrics {
     pub logger: LoggerMetrics,
     pub vcpu: VcpuMetrics,
     pub uart: UartMetrics,
+    pub block: BlockMetrics,
     pub net: NetMetrics,
     pub seccomp: SeccompMetrics,
     pub vmm: VmmMetrics,
@@ -348,18 +362,41 @@ pub fn count_api_request(name: &str, ok: bool) {
     }
 }
 
-/// Bring the counts the devices keep themselves (virtio-net's) into the metrics.
+/// Bring the counts the devices keep themselves (virtio-blk's and virtio-net's) into the
+/// metrics.
 pub fn collect_device_counts(machine: &crate::machine::Machine) {
     let (mut rx, mut rx_drop, mut tx, mut tx_drop) = (0, 0, 0, 0);
+    let mut blk = cairn_devices::virtio::block::request::BlockStats::default();
     for a in machine.virtio_devices() {
-        if let crate::device_manager::VirtioHandle::Net(d) = &a.device {
-            let s = d.lock().unwrap_or_else(|p| p.into_inner()).stats();
-            rx += s.rx_frames;
-            rx_drop += s.rx_dropped;
-            tx += s.tx_frames;
-            tx_drop += s.tx_dropped;
+        match &a.device {
+            crate::device_manager::VirtioHandle::Net(d) => {
+                let s = d.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                rx += s.rx_frames;
+                rx_drop += s.rx_dropped;
+                tx += s.tx_frames;
+                tx_drop += s.tx_dropped;
+            }
+            crate::device_manager::VirtioHandle::Block(d) => {
+                let s = d.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                blk.read_count += s.read_count;
+                blk.read_bytes += s.read_bytes;
+                blk.write_count += s.write_count;
+                blk.write_bytes += s.write_bytes;
+                blk.flush_count += s.flush_count;
+                blk.invalid_reqs_count += s.invalid_reqs_count;
+                blk.execute_fails += s.execute_fails;
+            }
+            _ => {}
         }
     }
+    let b = &metrics().block;
+    b.read_count.set_total(blk.read_count);
+    b.read_bytes.set_total(blk.read_bytes);
+    b.write_count.set_total(blk.write_count);
+    b.write_bytes.set_total(blk.write_bytes);
+    b.flush_count.set_total(blk.flush_count);
+    b.invalid_reqs_count.set_total(blk.invalid_reqs_count);
+    b.execute_fails.set_total(blk.execute_fails);
     let n = &metrics().net;
     n.rx_packets_count.set_total(rx);
     n.rx_fails.set_total(rx_drop);
@@ -519,6 +556,7 @@ mod tests {
             "logger",
             "vcpu",
             "uart",
+            "block",
             "net",
             "seccomp",
             "vmm",

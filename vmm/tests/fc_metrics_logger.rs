@@ -110,6 +110,7 @@ fn metrics_and_logger_through_the_api() {
         "logger",
         "vcpu",
         "uart",
+        "block",
         "net",
         "seccomp",
         "vmm",

@@ -151,6 +151,11 @@ impl Block {
             .map_or(&[], |a| std::slice::from_ref(&a.queue_evt))
     }
 
+    /// The requests served so far.
+    pub fn stats(&self) -> super::request::BlockStats {
+        self.disk.stats()
+    }
+
     /// Flush the backend (before a checkpoint copies the disk).
     pub fn flush(&mut self) -> std::io::Result<()> {
         if self.disk.read_only() {

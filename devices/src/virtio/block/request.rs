@@ -174,6 +174,26 @@ pub struct Disk {
     id: [u8; ID_BYTES],
     sectors: u64,
     bounce: Vec<u8>,
+    stats: BlockStats,
+}
+
+/// Counters of the requests served (for the VMM's metrics); they start at 0 with the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Reads served.
+    pub read_count: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Writes served.
+    pub write_count: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Flushes served.
+    pub flush_count: u64,
+    /// Requests refused as malformed.
+    pub invalid_reqs_count: u64,
+    /// Well-formed requests that failed (I/O error, read-only disk...).
+    pub execute_fails: u64,
 }
 
 impl std::fmt::Debug for Disk {
@@ -200,6 +220,29 @@ impl Disk {
             id,
             sectors,
             bounce: vec![0; BOUNCE_SIZE],
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// The requests served so far.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    fn count(&mut self, kind: RequestType, len: u64, ok: bool) {
+        let s = &mut self.stats;
+        match (kind, ok) {
+            (_, false) => s.execute_fails += 1,
+            (RequestType::In, true) => {
+                s.read_count += 1;
+                s.read_bytes += len;
+            }
+            (RequestType::Out, true) => {
+                s.write_count += 1;
+                s.write_bytes += len;
+            }
+            (RequestType::Flush, true) => s.flush_count += 1,
+            _ => {}
         }
     }
 
@@ -226,8 +269,15 @@ impl Disk {
         mem: &GuestMemoryMmap,
     ) -> u32 {
         let (status_addr, result) = match Request::parse(chain, mem, self.sectors) {
-            Ok(req) => (Some(req.status), req.execute(mem, self)),
-            Err(m) => (m.status, Err(m.error)),
+            Ok(req) => {
+                let result = req.execute(mem, self);
+                self.count(req.kind, req.data_len, result.is_ok());
+                (Some(req.status), result)
+            }
+            Err(m) => {
+                self.stats.invalid_reqs_count += 1;
+                (m.status, Err(m.error))
+            }
         };
         let (status, written) = match result {
             Ok(written) => (req_status::OK, written),

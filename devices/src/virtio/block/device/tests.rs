@@ -170,6 +170,17 @@ fn write_read_flush_get_id() {
     mem.read_slice(&mut id[8..], GuestAddress(DATA + 0x9000))
         .unwrap();
     assert_eq!(&id, b"cairn-root-drive-wit");
+    let stats = rig.dev.stats();
+    assert_eq!(
+        (
+            stats.write_count,
+            stats.write_bytes,
+            stats.read_count,
+            stats.read_bytes
+        ),
+        (1, 1024, 1, 2048)
+    );
+    assert_eq!((stats.flush_count, stats.execute_fails), (1, 0));
     assert!(rig.irq.status() & crate::virtio::VIRTIO_MMIO_INT_VRING != 0);
     assert_eq!(
         rig.irq.eventfd().read().unwrap(),
@@ -277,6 +288,11 @@ fn read_only_refuses_writes() {
     mem.read_slice(&mut got, GuestAddress(DATA + 0x3000))
         .unwrap();
     assert_eq!(got, [7; 512]);
+    let stats = rig.dev.stats();
+    assert_eq!(
+        (stats.execute_fails, stats.write_count, stats.read_count),
+        (2, 0, 1)
+    );
 }
 
 /// Each malformed chain is completed (with IOERR/UNSUPP where a status byte exists), and the
