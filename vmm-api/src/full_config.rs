@@ -26,7 +26,7 @@ pub struct FullVmConfig {
     /// load, in Firecracker too).
     #[serde(rename = "boot-source")]
     pub boot_source: BootSourceReply,
-    /// Firecracker echoes a custom CPU template here; cairn answers `null`.
+    /// Always `null`: Firecracker v1.16.1 answers `null` here even after `PUT /cpu-config`.
     #[serde(rename = "cpu-config")]
     pub cpu_config: Option<serde_json::Value>,
     /// The logger settings last applied (Firecracker always answers `null`).
