@@ -11,6 +11,7 @@
 //! writes (a violation ends the process; Firecracker then writes one last line, cairn does
 //! not). docs/vmm.md lists the keys.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -262,14 +263,29 @@ pub struct Metrics {
     pub net: NetMetrics,
     pub seccomp: SeccompMetrics,
     pub vmm: VmmMetrics,
+    /// Per-device groups, keyed `block_{drive_id}` / `net_{iface_id}`.
+    #[serde(skip)]
+    pub devices: Mutex<BTreeMap<String, DeviceGroup>>,
 }
 
-/// One line: the timestamp and the groups.
+/// One device's group (`block_rootfs`, `net_eth0`), Firecracker's per-device metrics.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum DeviceGroup {
+    /// A drive.
+    Block(BlockMetrics),
+    /// A network interface.
+    Net(NetMetrics),
+}
+
+/// One line: the timestamp, the groups, and each device's group.
 #[derive(Serialize)]
 struct Line<'a> {
     utc_timestamp_ms: u64,
     #[serde(flatten)]
     metrics: &'a Metrics,
+    #[serde(flatten)]
+    devices: Option<&'a BTreeMap<String, DeviceGroup>>,
 }
 
 /// The process's metrics.
@@ -365,19 +381,29 @@ pub fn count_api_request(name: &str, ok: bool) {
 /// Bring the counts the devices keep themselves (virtio-blk's and virtio-net's) into the
 /// metrics.
 pub fn collect_device_counts(machine: &crate::machine::Machine) {
-    let (mut rx, mut rx_drop, mut tx, mut tx_drop) = (0, 0, 0, 0);
+    let m = metrics();
+    let mut per_device = m.devices.lock().unwrap_or_else(|p| p.into_inner());
     let mut blk = cairn_devices::virtio::block::request::BlockStats::default();
+    let mut net = cairn_devices::virtio::net::device::NetStats::default();
     for a in machine.virtio_devices() {
         match &a.device {
             crate::device_manager::VirtioHandle::Net(d) => {
-                let s = d.lock().unwrap_or_else(|p| p.into_inner()).stats();
-                rx += s.rx_frames;
-                rx_drop += s.rx_dropped;
-                tx += s.tx_frames;
-                tx_drop += s.tx_dropped;
+                let d = d.lock().unwrap_or_else(|p| p.into_inner());
+                let s = d.stats();
+                net.rx_frames += s.rx_frames;
+                net.rx_dropped += s.rx_dropped;
+                net.tx_frames += s.tx_frames;
+                net.tx_dropped += s.tx_dropped;
+                let group = per_device
+                    .entry(format!("net_{}", d.config().iface_id))
+                    .or_insert_with(|| DeviceGroup::Net(NetMetrics::default()));
+                if let DeviceGroup::Net(g) = group {
+                    g.set_totals(&s);
+                }
             }
             crate::device_manager::VirtioHandle::Block(d) => {
-                let s = d.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                let d = d.lock().unwrap_or_else(|p| p.into_inner());
+                let s = d.stats();
                 blk.read_count += s.read_count;
                 blk.read_bytes += s.read_bytes;
                 blk.write_count += s.write_count;
@@ -385,33 +411,52 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
                 blk.flush_count += s.flush_count;
                 blk.invalid_reqs_count += s.invalid_reqs_count;
                 blk.execute_fails += s.execute_fails;
+                let group = per_device
+                    .entry(format!("block_{}", d.config().drive_id))
+                    .or_insert_with(|| DeviceGroup::Block(BlockMetrics::default()));
+                if let DeviceGroup::Block(g) = group {
+                    g.set_totals(&s);
+                }
             }
             _ => {}
         }
     }
-    let b = &metrics().block;
-    b.read_count.set_total(blk.read_count);
-    b.read_bytes.set_total(blk.read_bytes);
-    b.write_count.set_total(blk.write_count);
-    b.write_bytes.set_total(blk.write_bytes);
-    b.flush_count.set_total(blk.flush_count);
-    b.invalid_reqs_count.set_total(blk.invalid_reqs_count);
-    b.execute_fails.set_total(blk.execute_fails);
-    let n = &metrics().net;
-    n.rx_packets_count.set_total(rx);
-    n.rx_fails.set_total(rx_drop);
-    n.tx_packets_count.set_total(tx);
-    n.tx_fails.set_total(tx_drop);
+    m.block.set_totals(&blk);
+    m.net.set_totals(&net);
+}
+
+impl BlockMetrics {
+    fn set_totals(&self, s: &cairn_devices::virtio::block::request::BlockStats) {
+        self.read_count.set_total(s.read_count);
+        self.read_bytes.set_total(s.read_bytes);
+        self.write_count.set_total(s.write_count);
+        self.write_bytes.set_total(s.write_bytes);
+        self.flush_count.set_total(s.flush_count);
+        self.invalid_reqs_count.set_total(s.invalid_reqs_count);
+        self.execute_fails.set_total(s.execute_fails);
+    }
+}
+
+impl NetMetrics {
+    fn set_totals(&self, s: &cairn_devices::virtio::net::device::NetStats) {
+        self.rx_packets_count.set_total(s.rx_frames);
+        self.rx_fails.set_total(s.rx_dropped);
+        self.tx_packets_count.set_total(s.tx_frames);
+        self.tx_fails.set_total(s.tx_dropped);
+    }
 }
 
 /// One metrics line, newline included.
 fn line_bytes() -> Vec<u8> {
+    // try_lock: the panic hook may run while this thread holds it; the devices are then left out.
+    let devices = metrics().devices.try_lock().ok();
     let line = Line {
         utc_timestamp_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0),
         metrics: metrics(),
+        devices: devices.as_deref(),
     };
     // Counters and gauges always serialize.
     let mut text = serde_json::to_vec(&line).unwrap_or_default();
@@ -540,13 +585,24 @@ mod tests {
     fn a_line_has_firecracker_s_groups_and_names() {
         let m = Metrics::default();
         m.put_api_requests.actions_count.inc();
+        let mut devices = BTreeMap::new();
+        let rootfs = BlockMetrics::default();
+        rootfs.read_count.set_total(5);
+        devices.insert("block_rootfs".to_string(), DeviceGroup::Block(rootfs));
+        devices.insert(
+            "net_eth0".to_string(),
+            DeviceGroup::Net(NetMetrics::default()),
+        );
         let line = Line {
             utc_timestamp_ms: 1,
             metrics: &m,
+            devices: Some(&devices),
         };
         let v = serde_json::to_value(&line).unwrap();
         assert_eq!(v["utc_timestamp_ms"], 1);
         assert_eq!(v["put_api_requests"]["actions_count"], 1);
+        assert_eq!(v["block_rootfs"]["read_count"], 5);
+        assert_eq!(v["net_eth0"]["tx_packets_count"], 0);
         for group in [
             "api_server",
             "get_api_requests",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cairn_tests::process::{api, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
-    ActionType, BootSourceConfig, LogLevel, LoggerConfig, MachineConfig, MetricsConfig,
+    ActionType, BootSourceConfig, DriveConfig, LogLevel, LoggerConfig, MachineConfig, MetricsConfig,
 };
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -91,6 +91,23 @@ fn metrics_and_logger_through_the_api() {
         boot_args: Some("console=ttyS0".into()),
     })
     .unwrap();
+    let scratch = dir.path().join("scratch.img");
+    std::fs::File::create(&scratch)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    c.put_drive(&DriveConfig {
+        drive_id: "scratch".into(),
+        path_on_host: scratch,
+        is_root_device: false,
+        is_read_only: Some(true),
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: None,
+        socket: None,
+    })
+    .unwrap();
     c.instance_start().unwrap();
     // Firecracker writes a line at boot.
     assert_eq!(lines(&metrics).len(), 1);
@@ -117,6 +134,8 @@ fn metrics_and_logger_through_the_api() {
     ] {
         assert!(last[group].is_object(), "{group} missing: {last}");
     }
+    // Each drive has its own group too, as in Firecracker.
+    assert!(last["block_scratch"]["read_count"].is_u64(), "{last}");
     assert!(last["utc_timestamp_ms"].as_u64().unwrap() > 1_700_000_000_000);
     // The guest printed through COM1, and the counts are deltas since the boot line.
     let total = |key: &str, sub: &str| -> u64 {
