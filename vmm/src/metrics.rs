@@ -42,6 +42,8 @@ pub fn flush_period() -> Duration {
 pub struct Counter {
     total: AtomicU64,
     flushed: AtomicU64,
+    /// The last value [`Counter::observe`] saw.
+    seen: AtomicU64,
 }
 
 impl Counter {
@@ -50,6 +52,7 @@ impl Counter {
         Counter {
             total: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         }
     }
 
@@ -63,9 +66,14 @@ impl Counter {
         self.total.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Raise the total to `total` (for counts kept elsewhere, read at flush time).
-    pub fn set_total(&self, total: u64) {
-        self.total.fetch_max(total, Ordering::Relaxed);
+    /// Follow a count kept elsewhere (a device's own counter, read at flush time): add its
+    /// growth since the last call, or all of it when it went back (a device restored from a
+    /// checkpoint starts again at 0). Returns what was added.
+    pub fn observe(&self, now: u64) -> u64 {
+        let before = self.seen.swap(now, Ordering::Relaxed);
+        let grew = if now >= before { now - before } else { now };
+        self.add(grew);
+        grew
     }
 
     /// The growth since the previous call.
@@ -383,66 +391,45 @@ pub fn count_api_request(name: &str, ok: bool) {
 pub fn collect_device_counts(machine: &crate::machine::Machine) {
     let m = metrics();
     let mut per_device = m.devices.lock().unwrap_or_else(|p| p.into_inner());
-    let mut blk = cairn_devices::virtio::block::request::BlockStats::default();
-    let mut net = cairn_devices::virtio::net::device::NetStats::default();
     for a in machine.virtio_devices() {
         match &a.device {
             crate::device_manager::VirtioHandle::Net(d) => {
                 let d = d.lock().unwrap_or_else(|p| p.into_inner());
-                let s = d.stats();
-                net.rx_frames += s.rx_frames;
-                net.rx_dropped += s.rx_dropped;
-                net.tx_frames += s.tx_frames;
-                net.tx_dropped += s.tx_dropped;
                 let group = per_device
                     .entry(format!("net_{}", d.config().iface_id))
                     .or_insert_with(|| DeviceGroup::Net(NetMetrics::default()));
                 if let DeviceGroup::Net(g) = group {
-                    g.set_totals(&s);
+                    let s = d.stats();
+                    let n = &m.net;
+                    n.rx_packets_count
+                        .add(g.rx_packets_count.observe(s.rx_frames));
+                    n.rx_fails.add(g.rx_fails.observe(s.rx_dropped));
+                    n.tx_packets_count
+                        .add(g.tx_packets_count.observe(s.tx_frames));
+                    n.tx_fails.add(g.tx_fails.observe(s.tx_dropped));
                 }
             }
             crate::device_manager::VirtioHandle::Block(d) => {
                 let d = d.lock().unwrap_or_else(|p| p.into_inner());
-                let s = d.stats();
-                blk.read_count += s.read_count;
-                blk.read_bytes += s.read_bytes;
-                blk.write_count += s.write_count;
-                blk.write_bytes += s.write_bytes;
-                blk.flush_count += s.flush_count;
-                blk.invalid_reqs_count += s.invalid_reqs_count;
-                blk.execute_fails += s.execute_fails;
                 let group = per_device
                     .entry(format!("block_{}", d.config().drive_id))
                     .or_insert_with(|| DeviceGroup::Block(BlockMetrics::default()));
                 if let DeviceGroup::Block(g) = group {
-                    g.set_totals(&s);
+                    let s = d.stats();
+                    let b = &m.block;
+                    b.read_count.add(g.read_count.observe(s.read_count));
+                    b.read_bytes.add(g.read_bytes.observe(s.read_bytes));
+                    b.write_count.add(g.write_count.observe(s.write_count));
+                    b.write_bytes.add(g.write_bytes.observe(s.write_bytes));
+                    b.flush_count.add(g.flush_count.observe(s.flush_count));
+                    b.invalid_reqs_count
+                        .add(g.invalid_reqs_count.observe(s.invalid_reqs_count));
+                    b.execute_fails
+                        .add(g.execute_fails.observe(s.execute_fails));
                 }
             }
             _ => {}
         }
-    }
-    m.block.set_totals(&blk);
-    m.net.set_totals(&net);
-}
-
-impl BlockMetrics {
-    fn set_totals(&self, s: &cairn_devices::virtio::block::request::BlockStats) {
-        self.read_count.set_total(s.read_count);
-        self.read_bytes.set_total(s.read_bytes);
-        self.write_count.set_total(s.write_count);
-        self.write_bytes.set_total(s.write_bytes);
-        self.flush_count.set_total(s.flush_count);
-        self.invalid_reqs_count.set_total(s.invalid_reqs_count);
-        self.execute_fails.set_total(s.execute_fails);
-    }
-}
-
-impl NetMetrics {
-    fn set_totals(&self, s: &cairn_devices::virtio::net::device::NetStats) {
-        self.rx_packets_count.set_total(s.rx_frames);
-        self.rx_fails.set_total(s.rx_dropped);
-        self.tx_packets_count.set_total(s.tx_frames);
-        self.tx_fails.set_total(s.tx_dropped);
     }
 }
 
@@ -573,8 +560,13 @@ mod tests {
         assert_eq!(serde_json::to_string(&c).unwrap(), "3");
         assert_eq!(serde_json::to_string(&c).unwrap(), "0");
         c.inc();
-        c.set_total(10);
-        assert_eq!(serde_json::to_string(&c).unwrap(), "7");
+        assert_eq!(serde_json::to_string(&c).unwrap(), "1");
+        // A count kept elsewhere: its growth, and all of it again after it restarted at 0.
+        let d = Counter::new();
+        assert_eq!(d.observe(5), 5);
+        assert_eq!(d.observe(8), 3);
+        assert_eq!(d.observe(2), 2);
+        assert_eq!(serde_json::to_string(&d).unwrap(), "10");
         let g = Gauge::new();
         g.set_duration(Duration::from_millis(2));
         assert_eq!(serde_json::to_string(&g).unwrap(), "2000");
@@ -587,7 +579,7 @@ mod tests {
         m.put_api_requests.actions_count.inc();
         let mut devices = BTreeMap::new();
         let rootfs = BlockMetrics::default();
-        rootfs.read_count.set_total(5);
+        rootfs.read_count.observe(5);
         devices.insert("block_rootfs".to_string(), DeviceGroup::Block(rootfs));
         devices.insert(
             "net_eth0".to_string(),
