@@ -1,7 +1,8 @@
 //! The typed client's request bodies, with every optional field unset, are taken by `cairn-vmm`
 //! and, with `FIRECRACKER=PATH` set (plus `FIRECRACKER_NO_SECCOMP=1` for a glibc build), by
 //! Firecracker itself: unset fields are left out, never sent as `null` (Firecracker refuses
-//! `"cache_type": null`). No VM is booted.
+//! `"cache_type": null`). No VM is booted. As root the VMMs run in a private network namespace
+//! (`unshare -n`) and a network interface is configured too (its tap is made there).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use cairn_vmm_api::config::{
     BootSourceConfig, DriveConfig, EntropyConfig, LoggerConfig, MachineConfigUpdate, MetricsConfig,
-    VsockConfig,
+    NetConfig, VsockConfig,
 };
 
 struct Vmm(Child);
@@ -21,8 +22,20 @@ impl Drop for Vmm {
     }
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 fn spawn(program: &Path, extra: &[&str], sock: &Path) -> Vmm {
-    let child = Command::new(program)
+    let mut cmd = if is_root() {
+        let mut c = Command::new("unshare");
+        c.arg("-n").arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let child = cmd
         .arg("--api-sock")
         .arg(sock)
         .args(extra)
@@ -71,6 +84,19 @@ fn configure_with_unset_options(program: &Path, extra: &[&str]) {
         })
         .unwrap_or_else(|e| panic!("{who}: drive {id}: {e}"));
     }
+    if is_root() {
+        c.put_network_interface(&NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "fctypedtap0".into(),
+            guest_mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+            mtu: None,
+        })
+        .unwrap_or_else(|e| panic!("{who}: network interface: {e}"));
+    } else {
+        println!("SKIP the network interface: needs root (it makes a tap)");
+    }
     c.put_vsock(&VsockConfig {
         vsock_id: None,
         guest_cid: 3,
@@ -92,6 +118,11 @@ fn configure_with_unset_options(program: &Path, extra: &[&str]) {
         .vm_config()
         .unwrap_or_else(|e| panic!("{who}: vm/config: {e}"));
     assert_eq!(config.drives.len(), 2, "{who}");
+    assert_eq!(
+        config.network_interfaces.len(),
+        usize::from(is_root()),
+        "{who}"
+    );
     assert_eq!(config.machine_config.mem_size_mib, 64, "{who}");
 }
 
