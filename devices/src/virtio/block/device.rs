@@ -10,8 +10,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{DiskBackend, RawFile};
 use super::request::Disk;
 use super::{features, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, QUEUE_SIZE, SEG_MAX, SIZE_MAX};
+use crate::rate_limiter::{LimiterConfig, RateLimiter};
 use crate::virtio::activation::QueueEvents;
-use crate::virtio::serve::serve_queue;
+use crate::virtio::serve::{serve_queue, serve_queue_throttled};
 use crate::virtio::{
     device_type, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -81,6 +82,10 @@ pub struct Block {
     active: Option<Active>,
     /// Empty, or the one queue while activated.
     queues: Vec<Queue>,
+    /// Firecracker's `rate_limiter` (unlimited by default).
+    pub(super) limiter: RateLimiter,
+    /// The limiter timerfd as registered with the event loop.
+    pub(super) limiter_registered: Option<std::os::fd::RawFd>,
 }
 
 impl std::fmt::Debug for Block {
@@ -131,7 +136,33 @@ impl Block {
             registered: QueueEvents::default(),
             active: None,
             queues: Vec::new(),
+            limiter: RateLimiter::default(),
+            limiter_registered: None,
         })
+    }
+
+    /// Set or change the rate limiter (Firecracker's `rate_limiter`; a bucket left `None` is
+    /// kept). Signals the event handler so that a new limiter timer gets watched.
+    pub fn update_rate_limiter(&mut self, cfg: &LimiterConfig) -> std::io::Result<()> {
+        self.limiter.update(cfg)?;
+        if self.limiter.timer_fd() != self.limiter_registered {
+            self.activate_evt.write(1)?;
+        }
+        Ok(())
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Replace the rate limiter (a restored one).
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) -> std::io::Result<()> {
+        self.limiter = limiter;
+        if self.limiter.timer_fd() != self.limiter_registered {
+            self.activate_evt.write(1)?;
+        }
+        Ok(())
     }
 
     /// The drive's configuration.
@@ -170,8 +201,18 @@ impl Block {
             return;
         };
         let disk = &mut self.disk;
-        serve_queue(queue, &active.mem, &active.interrupt, |chain| {
-            disk.process_chain(chain, &active.mem)
+        if !self.limiter.is_limiting() {
+            serve_queue(queue, &active.mem, &active.interrupt, |chain| {
+                disk.process_chain(chain, &active.mem)
+            });
+            return;
+        }
+        if self.limiter.is_blocked() {
+            return;
+        }
+        let limiter = &mut self.limiter;
+        serve_queue_throttled(queue, &active.mem, &active.interrupt, |chain| {
+            disk.process_chain_limited(chain, &active.mem, Some(limiter))
         });
     }
 }

@@ -15,6 +15,8 @@ use super::{
     req_status, req_type, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SHIFT,
     SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::serve::Handled;
 use crate::GuestMemoryMmap;
 
 /// Most descriptors in one chain: header, data segments, status.
@@ -268,8 +270,32 @@ impl Disk {
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> u32 {
+        match self.process_chain_limited(chain, mem, None) {
+            Handled::Done(len) => len,
+            Handled::Throttled => 0,
+        }
+    }
+
+    /// [`Disk::process_chain`] under a rate limiter: a valid request takes one op, and a read or
+    /// write also its data length in bytes (as Firecracker counts them); when the limiter
+    /// refuses, nothing is run and the chain is reported [`Handled::Throttled`].
+    pub fn process_chain_limited(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        limiter: Option<&mut RateLimiter>,
+    ) -> Handled {
         let (status_addr, result) = match Request::parse(chain, mem, self.sectors) {
             Ok(req) => {
+                if let Some(limiter) = limiter {
+                    let bytes = match req.kind {
+                        RequestType::In | RequestType::Out => req.data_len,
+                        _ => 0,
+                    };
+                    if !limiter.consume_request(bytes) {
+                        return Handled::Throttled;
+                    }
+                }
                 let result = req.execute(mem, self);
                 self.count(req.kind, req.data_len, result.is_ok());
                 (Some(req.status), result)
@@ -287,12 +313,12 @@ impl Disk {
             }
         };
         let Some(addr) = status_addr else {
-            return 0;
+            return Handled::Done(0);
         };
         if mem.write_slice(&[status], addr).is_err() {
-            return 0;
+            return Handled::Done(0);
         }
-        written.saturating_add(1)
+        Handled::Done(written.saturating_add(1))
     }
 }
 
