@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     BootSourceConfig, CacheType, CairnConfig, DriveConfig, EntropyConfig, IoEngine, LoggerConfig,
-    MachineConfig, MetricsConfig, NetConfig, VmConfig, VsockConfig,
+    MachineConfig, MetricsConfig, NetConfig, RateLimiterConfig, TokenBucketConfig, VmConfig,
+    VsockConfig,
 };
 
 /// `GET /vm/config`, key for key as Firecracker v1.16 answers it.
@@ -123,6 +124,20 @@ pub struct VsockReply {
     pub uds_path: PathBuf,
 }
 
+/// A rate limiter as Firecracker writes it: both buckets, `null` where unset, and each bucket's
+/// `one_time_burst` (`null` when unset).
+fn rate_limiter_reply(rl: &RateLimiterConfig) -> serde_json::Value {
+    let bucket = |b: &Option<TokenBucketConfig>| match b {
+        Some(b) => serde_json::json!({
+            "size": b.size,
+            "one_time_burst": b.one_time_burst,
+            "refill_time": b.refill_time,
+        }),
+        None => serde_json::Value::Null,
+    };
+    serde_json::json!({"bandwidth": bucket(&rl.bandwidth), "ops": bucket(&rl.ops)})
+}
+
 impl From<&DriveConfig> for DriveReply {
     fn from(d: &DriveConfig) -> Self {
         DriveReply {
@@ -132,7 +147,7 @@ impl From<&DriveConfig> for DriveReply {
             cache_type: d.cache_type(),
             is_read_only: d.read_only(),
             path_on_host: d.path_on_host.clone(),
-            rate_limiter: d.rate_limiter.clone(),
+            rate_limiter: d.rate_limiter.as_ref().map(rate_limiter_reply),
             io_engine: d.io_engine.unwrap_or_default(),
             socket: None,
         }
@@ -146,8 +161,8 @@ impl From<&NetConfig> for NetReply {
             host_dev_name: n.host_dev_name.clone(),
             guest_mac: n.guest_mac.clone(),
             mtu: n.mtu,
-            rx_rate_limiter: n.rx_rate_limiter.clone(),
-            tx_rate_limiter: n.tx_rate_limiter.clone(),
+            rx_rate_limiter: n.rx_rate_limiter.as_ref().map(rate_limiter_reply),
+            tx_rate_limiter: n.tx_rate_limiter.as_ref().map(rate_limiter_reply),
         }
     }
 }

@@ -109,8 +109,11 @@ pub fn open_raw_disk(
 /// A virtio device to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// virtio-blk on a raw image.
-    Block(cairn_devices::virtio::block::BlockConfig),
+    /// virtio-blk on a raw image, with its rate limiter.
+    Block(
+        cairn_devices::virtio::block::BlockConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+    ),
     /// virtio-net on a tap device.
     Net(cairn_devices::virtio::net::NetConfig),
     /// virtio-vsock with Firecracker's Unix-socket convention.
@@ -342,9 +345,13 @@ fn attach_virtio_devices(
     };
     for spec in devices {
         let (id, handle) = match spec {
-            DeviceSpec::Block(cfg) => {
+            DeviceSpec::Block(cfg, limiter) => {
                 let id = format!("block:{}", cfg.drive_id);
-                let dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
+                let mut dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
+                if limiter.bandwidth.is_some() || limiter.ops.is_some() {
+                    dev.update_rate_limiter(limiter)
+                        .map_err(|e| dev_err(&id, &e))?;
+                }
                 (id, VirtioHandle::Block(Arc::new(Mutex::new(dev))))
             }
             DeviceSpec::Net(cfg) => {
@@ -515,11 +522,14 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
     let mut out: Vec<DeviceSpec> = drives
         .into_iter()
         .map(|d| {
-            DeviceSpec::Block(cairn_devices::virtio::block::BlockConfig {
-                drive_id: d.drive_id.clone(),
-                path: d.path_on_host.clone(),
-                read_only: d.is_read_only.unwrap_or(false),
-            })
+            DeviceSpec::Block(
+                cairn_devices::virtio::block::BlockConfig {
+                    drive_id: d.drive_id.clone(),
+                    path: d.path_on_host.clone(),
+                    read_only: d.is_read_only.unwrap_or(false),
+                },
+                crate::rate_limit::limiter_config(d.rate_limiter.as_ref()),
+            )
         })
         .collect();
     for n in &cfg.network_interfaces {

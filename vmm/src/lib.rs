@@ -17,6 +17,7 @@ pub mod logger;
 pub mod machine;
 pub mod metrics;
 pub mod preboot;
+pub mod rate_limit;
 pub mod runtime;
 pub mod seccomp;
 pub mod vstate;

@@ -1,8 +1,8 @@
 //! `drives`, `network-interfaces`, `vsock` and `entropy`.
 //!
-//! Rate limiters (`rate_limiter`, `rx_rate_limiter`, `tx_rate_limiter`) are accepted so that
-//! Firecracker configurations load, kept as raw JSON, and **ignored**: cairn does not throttle
-//! device I/O.
+//! Rate limiters (`rate_limiter` on drives, `rx_rate_limiter`/`tx_rate_limiter` on network
+//! interfaces) are Firecracker's [`RateLimiterConfig`] and are enforced by the devices. The
+//! entropy device's `rate_limiter` is accepted as raw JSON and ignored.
 
 use std::path::PathBuf;
 
@@ -52,9 +52,9 @@ pub struct DriveConfig {
     /// I/O engine; absent means `Sync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
-    /// Accepted for compatibility and ignored.
+    /// Limits on the drive's I/O (bytes and requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// Firecracker's vhost-user socket: not implemented, must be absent or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -96,7 +96,7 @@ impl Validate for DriveConfig {
                 "the Async engine is not implemented by cairn (supported: \"Sync\")",
             ));
         }
-        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+        Ok(())
     }
 }
 
@@ -131,12 +131,12 @@ pub struct NetConfig {
     /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`; chosen by the guest when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Accepted for compatibility and ignored.
+    /// Limits on what the guest receives (bytes and frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<serde_json::Value>,
-    /// Accepted for compatibility and ignored.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends (bytes and frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
     /// MTU advertised to the guest (`VIRTIO_NET_F_MTU`), 68 to 65535; absent: not advertised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
@@ -182,8 +182,7 @@ impl Validate for NetConfig {
                 ));
             }
         }
-        validate_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
-        validate_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)
+        Ok(())
     }
 }
 
@@ -245,16 +244,30 @@ pub struct SerialConfig {
     pub rate_limiter: Option<TokenBucketConfig>,
 }
 
-/// Firecracker's token bucket (the serial port's `rate_limiter` is one bucket, not a
-/// `bandwidth`/`ops` pair). Unknown fields are ignored, as Firecracker ignores them.
+/// Firecracker's `RateLimiter`: a bucket of bytes and a bucket of operations (requests or
+/// frames). An absent bucket does not limit; in a PATCH it leaves the bucket as it is, and a
+/// bucket with `size` or `refill_time` 0 removes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+/// Firecracker's token bucket (also the serial port's whole `rate_limiter`). Unknown fields are
+/// ignored, as Firecracker ignores them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenBucketConfig {
-    /// Bucket size in bytes.
+    /// Tokens (bytes or operations) the bucket holds when full; 0: no limit.
     pub size: u64,
-    /// Initial extra budget.
+    /// Initial extra budget, spent first and never refilled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_time_burst: Option<u64>,
-    /// Time to refill the bucket, in ms.
+    /// Time to refill the bucket from empty, in ms; 0: no limit.
     pub refill_time: u64,
 }
 

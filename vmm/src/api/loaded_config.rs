@@ -56,7 +56,7 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     partuuid: None,
                     cache_type: None,
                     io_engine: None,
-                    rate_limiter: None,
+                    rate_limiter: crate::rate_limit::api_config(&d.rate_limiter().config()),
                     socket: None,
                 });
             }

@@ -105,10 +105,14 @@ pub fn restore_machine(
     for saved in &state.virtio {
         let id = saved.id.as_str();
         let handle = match &saved.device {
-            VirtioDeviceState::Block(s) => {
+            VirtioDeviceState::Block(s) | VirtioDeviceState::BlockLimited(s, _) => {
                 let backend = disks(&s.config)?;
-                let dev = Block::restore(BlockConstructorArgs { backend }, s)
+                let mut dev = Block::restore(BlockConstructorArgs { backend }, s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::BlockLimited(_, l) = &saved.device {
+                    crate::rate_limit::restore_block_limiter(&mut dev, l)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Block(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Net(s) => {

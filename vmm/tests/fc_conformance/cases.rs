@@ -284,6 +284,21 @@ pub const CASES: &[Case] = &[
                 r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
                 204,
             ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 500, "refill_time": 100}, "ops": {"size": 10, "refill_time": 1000}}}"#,
+                204,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"iops": {"size": 10, "refill_time": 1000}}}"#,
+                400,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000}}}"#,
+                400,
+            ),
             differs(
                 put(
                     "/drives/rootfs",

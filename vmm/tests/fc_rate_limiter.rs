@@ -1,0 +1,138 @@
+//! Rate limiters through the real binary (seccomp on): a drive with Firecracker's
+//! `rate_limiter` boots (its refill timer is created on the filtered VMM thread), `GET
+//! /vm/config` shows the limiter as Firecracker writes it, and a snapshot keeps it: a fresh VMM
+//! that loads the snapshot rebuilds the limited drive (creating its timer under the filter too)
+//! and reports the same limiter.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_tests::process::{api, Guest};
+use cairn_tests::{guests, kvm_available};
+use cairn_vmm_api::config::{
+    BootSourceConfig, CreateSnapshotParams, DriveConfig, LoadSnapshotParams, MachineConfig,
+    MemBackendConfig, MemBackendType, RateLimiterConfig, SnapshotType, TokenBucketConfig,
+};
+
+fn vmm(sock: &std::path::Path) -> Guest {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock").arg(sock);
+    Guest::spawn(cmd)
+}
+
+fn limiter() -> RateLimiterConfig {
+    RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 1 << 20,
+            one_time_burst: Some(4096),
+            refill_time: 100,
+        }),
+        ops: Some(TokenBucketConfig {
+            size: 100,
+            one_time_burst: None,
+            refill_time: 1000,
+        }),
+    }
+}
+
+#[test]
+fn rate_limited_drive_boots_and_survives_a_snapshot() {
+    if !kvm_available("rate_limited_drive_boots_and_survives_a_snapshot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    c.put_machine_config(&MachineConfig {
+        vcpu_count: 1,
+        mem_size_mib: 32,
+        ..MachineConfig::default()
+    })
+    .unwrap();
+    c.put_boot_source(&BootSourceConfig {
+        kernel_image_path: guests::TICKER64.into(),
+        initrd_path: None,
+        boot_args: Some("console=ttyS0".into()),
+    })
+    .unwrap();
+    c.put_drive(&DriveConfig {
+        drive_id: "data".into(),
+        path_on_host: disk.clone(),
+        is_root_device: false,
+        is_read_only: None,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: Some(limiter()),
+        socket: None,
+    })
+    .unwrap();
+    // A rate limiter that is not an object, or has unknown keys, is refused before boot.
+    let bad = c
+        .send(
+            "PUT",
+            "/drives/other",
+            Some(
+                format!(
+                    r#"{{"drive_id": "other", "path_on_host": "{}", "is_root_device": false, "rate_limiter": {{"iops": {{}}}}}}"#,
+                    disk.display()
+                )
+                .as_bytes(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let raw = c.send("GET", "/vm/config", None).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    assert_eq!(
+        v["drives"][0]["rate_limiter"],
+        serde_json::json!({
+            "bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 100},
+            "ops": {"size": 100, "one_time_burst": null, "refill_time": 1000},
+        })
+    );
+    c.pause().unwrap();
+    let snap = CreateSnapshotParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: dir.path().join("vm.snap"),
+        mem_file_path: dir.path().join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm(&sock2);
+    let c2 = api(&sock2);
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    c2.snapshot_load(&LoadSnapshotParams {
+        snapshot_path: snap.snapshot_path.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: snap.mem_file_path.clone(),
+        }),
+        resume_vm: Some(true),
+        ..LoadSnapshotParams::default()
+    })
+    .unwrap();
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    let after = c2.vm_config().unwrap();
+    let v = serde_json::to_value(&after.drives[0]).unwrap();
+    assert_eq!(v["drive_id"], "data");
+    // The one-time burst was spent or not, but the configured buckets come back.
+    assert_eq!(v["rate_limiter"]["bandwidth"]["size"], 1048576);
+    assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 1000);
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
