@@ -243,6 +243,13 @@ impl RateLimiter {
         true
     }
 
+    /// Give back what [`RateLimiter::consume_request`] took for a request that was then not
+    /// served after all.
+    pub fn give_back_request(&mut self, bytes: u64) {
+        self.manual_replenish(1, TokenType::Ops);
+        self.manual_replenish(bytes, TokenType::Bytes);
+    }
+
     fn block(&mut self) {
         self.blocked = true;
         if let Some(timer) = self.timer.as_mut() {

@@ -114,8 +114,12 @@ pub enum DeviceSpec {
         cairn_devices::virtio::block::BlockConfig,
         cairn_devices::rate_limiter::LimiterConfig,
     ),
-    /// virtio-net on a tap device.
-    Net(cairn_devices::virtio::net::NetConfig),
+    /// virtio-net on a tap device, with its rx and tx rate limiters.
+    Net(
+        cairn_devices::virtio::net::NetConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+    ),
     /// virtio-vsock with Firecracker's Unix-socket convention.
     Vsock(cairn_devices::virtio::vsock::VsockConfig),
     /// virtio-rng.
@@ -336,6 +340,7 @@ fn attach_virtio_devices(
     cmdline: &mut Vec<String>,
     disks: &mut DiskOpener<'_>,
 ) -> Result<Vec<VirtioAttachment>, VmmError> {
+    use cairn_devices::rate_limiter::LimiterConfig;
     use cairn_devices::virtio::{block::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut slots = SlotAllocator::default();
     let mut attached = Vec::with_capacity(devices.len());
@@ -348,15 +353,19 @@ fn attach_virtio_devices(
             DeviceSpec::Block(cfg, limiter) => {
                 let id = format!("block:{}", cfg.drive_id);
                 let mut dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
-                if limiter.bandwidth.is_some() || limiter.ops.is_some() {
+                if *limiter != LimiterConfig::default() {
                     dev.update_rate_limiter(limiter)
                         .map_err(|e| dev_err(&id, &e))?;
                 }
                 (id, VirtioHandle::Block(Arc::new(Mutex::new(dev))))
             }
-            DeviceSpec::Net(cfg) => {
+            DeviceSpec::Net(cfg, rx, tx) => {
                 let id = format!("net:{}", cfg.iface_id);
-                let dev = Net::new(cfg.clone()).map_err(|e| dev_err(&id, &e))?;
+                let mut dev = Net::new(cfg.clone()).map_err(|e| dev_err(&id, &e))?;
+                if *rx != LimiterConfig::default() || *tx != LimiterConfig::default() {
+                    dev.update_rate_limiters(rx, tx)
+                        .map_err(|e| dev_err(&id, &e))?;
+                }
                 (id, VirtioHandle::Net(Arc::new(Mutex::new(dev))))
             }
             DeviceSpec::Vsock(cfg) => {
@@ -541,12 +550,16 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
             })?),
             None => None,
         };
-        out.push(DeviceSpec::Net(cairn_devices::virtio::net::NetConfig {
-            iface_id: n.iface_id.clone(),
-            host_dev_name: n.host_dev_name.clone(),
-            guest_mac,
-            mtu: n.mtu,
-        }));
+        out.push(DeviceSpec::Net(
+            cairn_devices::virtio::net::NetConfig {
+                iface_id: n.iface_id.clone(),
+                host_dev_name: n.host_dev_name.clone(),
+                guest_mac,
+                mtu: n.mtu,
+            },
+            crate::rate_limit::limiter_config(n.rx_rate_limiter.as_ref()),
+            crate::rate_limit::limiter_config(n.tx_rate_limiter.as_ref()),
+        ));
     }
     if let Some(v) = &cfg.vsock {
         out.push(DeviceSpec::Vsock(

@@ -3,6 +3,7 @@
 
 use cairn_devices::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter, RateLimiterState};
 use cairn_devices::virtio::block::{Block, BlockError};
+use cairn_devices::virtio::net::{Net, NetError};
 use cairn_snapshot::Persist;
 
 use crate::checkpoint::state::VirtioDeviceState;
@@ -17,6 +18,29 @@ pub fn save_block(dev: &Block) -> Result<VirtioDeviceState, BlockError> {
     }
     let limiter = dev.rate_limiter().save().map_err(BlockError::EventFd)?;
     Ok(VirtioDeviceState::BlockLimited(state, limiter))
+}
+
+/// A network device's checkpoint state: `Net` without rate limiters, `NetLimited` with.
+pub fn save_net(dev: &Net) -> Result<VirtioDeviceState, NetError> {
+    let state = dev.save()?;
+    let (rx, tx) = dev.rate_limiters();
+    if !rx.is_limiting() && !tx.is_limiting() {
+        return Ok(VirtioDeviceState::Net(state));
+    }
+    let (rx, tx) = (
+        rx.save().map_err(NetError::EventFd)?,
+        tx.save().map_err(NetError::EventFd)?,
+    );
+    Ok(VirtioDeviceState::NetLimited(state, rx, tx))
+}
+
+/// Put saved rate limiters back on a restored network device.
+pub fn restore_net_limiters(
+    dev: &mut Net,
+    rx: &RateLimiterState,
+    tx: &RateLimiterState,
+) -> std::io::Result<()> {
+    dev.set_rate_limiters(RateLimiter::restore((), rx)?, RateLimiter::restore((), tx)?)
 }
 
 /// Put a saved rate limiter back on a restored block device.

@@ -2,7 +2,9 @@
 //! `rate_limiter` boots (its refill timer is created on the filtered VMM thread), `GET
 //! /vm/config` shows the limiter as Firecracker writes it, and a snapshot keeps it: a fresh VMM
 //! that loads the snapshot rebuilds the limited drive (creating its timer under the filter too)
-//! and reports the same limiter.
+//! and reports the same limiter. As root, the same for a network interface's
+//! `rx_rate_limiter`/`tx_rate_limiter`, each VMM in its own network namespace (`unshare -n`,
+//! where its tap is made).
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,13 +13,69 @@ use cairn_tests::process::{api, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
     BootSourceConfig, CreateSnapshotParams, DriveConfig, LoadSnapshotParams, MachineConfig,
-    MemBackendConfig, MemBackendType, RateLimiterConfig, SnapshotType, TokenBucketConfig,
+    MemBackendConfig, MemBackendType, NetConfig, RateLimiterConfig, SnapshotType,
+    TokenBucketConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
     cmd.arg("--api-sock").arg(sock);
     Guest::spawn(cmd)
+}
+
+/// A VMM in a network namespace of its own.
+fn vmm_in_netns(sock: &std::path::Path) -> Guest {
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-n")
+        .arg(env!("CARGO_BIN_EXE_cairn-vmm"))
+        .arg("--api-sock")
+        .arg(sock);
+    Guest::spawn(cmd)
+}
+
+/// Save a paused VM's snapshot in `dir`, stop `g`, and load the snapshot into `g2` (resumed).
+fn snapshot_into(
+    c: &cairn_vmm_api::Client,
+    g: &mut Guest,
+    c2: &cairn_vmm_api::Client,
+    dir: &std::path::Path,
+) {
+    c.pause().unwrap();
+    let snap = CreateSnapshotParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: dir.join("vm.snap"),
+        mem_file_path: dir.join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    c2.snapshot_load(&LoadSnapshotParams {
+        snapshot_path: snap.snapshot_path.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: snap.mem_file_path.clone(),
+        }),
+        resume_vm: Some(true),
+        ..LoadSnapshotParams::default()
+    })
+    .unwrap();
+}
+
+fn boot_ticker(c: &cairn_vmm_api::Client) {
+    c.put_machine_config(&MachineConfig {
+        vcpu_count: 1,
+        mem_size_mib: 32,
+        ..MachineConfig::default()
+    })
+    .unwrap();
+    c.put_boot_source(&BootSourceConfig {
+        kernel_image_path: guests::TICKER64.into(),
+        initrd_path: None,
+        boot_args: Some("console=ttyS0".into()),
+    })
+    .unwrap();
 }
 
 fn limiter() -> RateLimiterConfig {
@@ -133,6 +191,63 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
     // The one-time burst was spent or not, but the configured buckets come back.
     assert_eq!(v["rate_limiter"]["bandwidth"]["size"], 1048576);
     assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 1000);
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn rate_limited_network_interface_boots_and_survives_a_snapshot() {
+    if !kvm_available("rate_limited_network_interface_boots_and_survives_a_snapshot") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP rate_limited_network_interface_boots_and_survives_a_snapshot: needs root (it makes a tap)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm_in_netns(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    boot_ticker(&c);
+    let tx = RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 10,
+            one_time_burst: None,
+            refill_time: 100,
+        }),
+    };
+    c.put_network_interface(&NetConfig {
+        iface_id: "eth0".into(),
+        host_dev_name: "fc5rltap0".into(),
+        guest_mac: Some("06:00:ac:10:00:02".into()),
+        rx_rate_limiter: Some(limiter()),
+        tx_rate_limiter: Some(tx),
+        mtu: None,
+    })
+    .unwrap();
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let before = c.vm_config().unwrap();
+    let v = serde_json::to_value(&before.network_interfaces[0]).unwrap();
+    assert_eq!(v["rx_rate_limiter"]["bandwidth"]["size"], 1048576, "{v}");
+    assert_eq!(
+        v["tx_rate_limiter"],
+        serde_json::json!({"bandwidth": null, "ops": {"size": 10, "one_time_burst": null, "refill_time": 100}})
+    );
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm_in_netns(&sock2);
+    let c2 = api(&sock2);
+    snapshot_into(&c, &mut g, &c2, dir.path());
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    let after = c2.vm_config().unwrap();
+    let v = serde_json::to_value(&after.network_interfaces[0]).unwrap();
+    assert_eq!(v["rx_rate_limiter"]["ops"]["size"], 100, "{v}");
+    assert_eq!(v["tx_rate_limiter"]["ops"]["size"], 10, "{v}");
+    assert!(v["tx_rate_limiter"]["bandwidth"].is_null(), "{v}");
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -67,8 +67,8 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     iface_id: c.iface_id.clone(),
                     host_dev_name: c.host_dev_name.clone(),
                     guest_mac: c.guest_mac.map(format_mac),
-                    rx_rate_limiter: None,
-                    tx_rate_limiter: None,
+                    rx_rate_limiter: crate::rate_limit::api_config(&d.rate_limiters().0.config()),
+                    tx_rate_limiter: crate::rate_limit::api_config(&d.rate_limiters().1.config()),
                     mtu: c.mtu,
                 });
             }

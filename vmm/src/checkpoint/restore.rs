@@ -115,7 +115,7 @@ pub fn restore_machine(
                 }
                 VirtioHandle::Block(Arc::new(Mutex::new(dev)))
             }
-            VirtioDeviceState::Net(s) => {
+            VirtioDeviceState::Net(s) | VirtioDeviceState::NetLimited(s, _, _) => {
                 let mut s = s.clone();
                 if let Some((_, tap)) = opts
                     .network_overrides
@@ -125,8 +125,12 @@ pub fn restore_machine(
                     s.config.host_dev_name = tap.clone();
                 }
                 let tap = Tap::open(&s.config.host_dev_name).map_err(|e| dev_err(id, e))?;
-                let dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
+                let mut dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::NetLimited(_, rx, tx) = &saved.device {
+                    crate::rate_limit::restore_net_limiters(&mut dev, rx, tx)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Net(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Vsock(s) => {

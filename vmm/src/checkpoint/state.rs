@@ -38,6 +38,8 @@ pub enum VirtioDeviceState {
     /// virtio-blk with a rate limiter (appended, so checkpoints without one keep the
     /// `Block` layout and old checkpoints still load).
     BlockLimited(BlockState, RateLimiterState),
+    /// virtio-net with rate limiters (rx, tx), appended for the same reason.
+    NetLimited(NetState, RateLimiterState, RateLimiterState),
 }
 
 /// One virtio device: where it sits, its transport and its model.
@@ -133,10 +135,7 @@ fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
     };
     let device = match &a.device {
         VirtioHandle::Block(d) => crate::rate_limit::save_block(&lock(d)).map_err(|e| err(&e)),
-        VirtioHandle::Net(d) => lock(d)
-            .save()
-            .map(VirtioDeviceState::Net)
-            .map_err(|e| err(&e)),
+        VirtioHandle::Net(d) => crate::rate_limit::save_net(&lock(d)).map_err(|e| err(&e)),
         VirtioHandle::Vsock(d) => lock(d)
             .save()
             .map(VirtioDeviceState::Vsock)

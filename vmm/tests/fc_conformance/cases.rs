@@ -561,6 +561,21 @@ pub const CASES: &[Case] = &[
                 r#"{"iface_id": "5", "host_dev_name": "fctap5", "mtu": 65536}"#,
                 400,
             ),
+            put(
+                "/network-interfaces/6",
+                r#"{"iface_id": "6", "host_dev_name": "fctap6", "rx_rate_limiter": {"bandwidth": {"size": 100000, "one_time_burst": 1000, "refill_time": 100}}, "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/7",
+                r#"{"iface_id": "7", "host_dev_name": "fctap7", "tx_rate_limiter": {"bandwidth": {"size": 100000}}}"#,
+                400,
+            ),
+            put(
+                "/network-interfaces/7",
+                r#"{"iface_id": "7", "host_dev_name": "fctap7", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}, "burst": 1}}"#,
+                400,
+            ),
             get("/vm/config", VM_CONFIG_KEYS),
         ],
     },

@@ -3,10 +3,11 @@
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::limits::NetLimits;
 use super::tap::{NetBackend, Tap};
 use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_INDEX, TX_INDEX, VIRTIO_NET_F_MAC, VNET_HDR_LEN};
 use crate::virtio::activation::QueueEvents;
@@ -121,6 +122,8 @@ pub struct Net<B: NetBackend = Tap> {
     rx_pending: usize,
     tx_buf: Box<[u8]>,
     stats: NetStats,
+    /// The rx and tx rate limiters (unlimited by default).
+    pub(crate) limits: NetLimits,
 }
 
 impl<B: NetBackend> std::fmt::Debug for Net<B> {
@@ -167,6 +170,7 @@ impl<B: NetBackend> Net<B> {
             rx_pending: 0,
             tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             stats: NetStats::default(),
+            limits: NetLimits::default(),
         })
     }
 
@@ -222,9 +226,14 @@ impl<B: NetBackend> Net<B> {
                     }
                 }
             }
+            // Throttled: keep the frame (and leave the tap unread) until the limiter's timer.
+            if !self.limits.rx.consume_request(self.rx_pending as u64) {
+                break;
+            }
             let rxq = &mut active.queues[RX_INDEX];
             let Some(chain) = rxq.pop_descriptor_chain(&active.mem) else {
                 // No buffer: keep the frame until the guest adds some.
+                self.limits.rx.give_back_request(self.rx_pending as u64);
                 break;
             };
             let head = chain.head_index();
@@ -263,7 +272,15 @@ impl<B: NetBackend> Net<B> {
         let txq = &mut active.queues[TX_INDEX];
         while let Some(chain) = txq.pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
-            match read_from_chain(&active.mem, chain, &mut self.tx_buf) {
+            let read = read_from_chain(&active.mem, chain, &mut self.tx_buf);
+            if let Some(len) = read {
+                if !self.limits.tx.consume_request(len as u64) {
+                    // Throttled: the chain goes back and waits for the limiter's timer.
+                    txq.go_to_previous_position();
+                    break;
+                }
+            }
+            match read {
                 Some(len) if len >= VNET_HDR_LEN => {
                     match self.backend.write_frame(&self.tx_buf[..len]) {
                         Ok(_) => self.stats.tx_frames += 1,
