@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use crate::config::{
     ActionType, BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
-    DriveConfig, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, SerialConfig, VmState,
-    VmStateUpdate, VsockConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, NetworkInterfaceUpdate,
+    SerialConfig, VmState, VmStateUpdate, VsockConfig,
 };
 use crate::reply::{CheckpointInfo, Fault, FullVmConfig, InstanceInfo};
 
@@ -320,6 +320,20 @@ impl Client {
     pub fn put_network_interface(&self, net: &NetConfig) -> Result<(), ClientError> {
         let path = format!("/network-interfaces/{}", net.iface_id);
         self.call_empty("PUT", &path, net)
+    }
+
+    /// `PATCH /drives/{drive_id}` (after boot): a new backing file and/or rate limiter.
+    pub fn patch_drive(&self, update: &DriveUpdate) -> Result<(), ClientError> {
+        self.call_empty("PATCH", &format!("/drives/{}", update.drive_id), update)
+    }
+
+    /// `PATCH /network-interfaces/{iface_id}` (after boot): rate limiter updates.
+    pub fn patch_network_interface(
+        &self,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), ClientError> {
+        let path = format!("/network-interfaces/{}", update.iface_id);
+        self.call_empty("PATCH", &path, update)
     }
 
     /// `PUT /vsock` (before boot).

@@ -311,6 +311,27 @@ impl Controller {
                     None => c.network_interfaces.push(n),
                 }
             }),
+            ApiRequest::PatchDrive(u) => {
+                let layered = self.runtime.uses_checkpoints();
+                match self.runtime.machine() {
+                    None => refused(NOT_SUPPORTED_BEFORE_START),
+                    Some(m) => {
+                        match crate::device_update::patch_drive(m, &mut self.config, u, layered) {
+                            Ok(()) => ApiResponse::Empty,
+                            Err(e) => refused(e),
+                        }
+                    }
+                }
+            }
+            ApiRequest::PatchNetworkInterface(u) => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => {
+                    match crate::device_update::patch_network_interface(m, &mut self.config, u) {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    }
+                }
+            },
             ApiRequest::PutVsock(v) => {
                 if self.started() {
                     return self.pre_boot(|_| ());

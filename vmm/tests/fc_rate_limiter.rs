@@ -2,7 +2,9 @@
 //! `rate_limiter` boots (its refill timer is created on the filtered VMM thread), `GET
 //! /vm/config` shows the limiter as Firecracker writes it, and a snapshot keeps it: a fresh VMM
 //! that loads the snapshot rebuilds the limited drive (creating its timer under the filter too)
-//! and reports the same limiter. As root, the same for a network interface's
+//! and reports the same limiter. `PATCH /drives/{id}` and `PATCH /network-interfaces/{id}` are
+//! refused before boot as Firecracker refuses them, and after boot change the limiters and the
+//! drive's backing file (which the snapshot then names). As root, the same for a network interface's
 //! `rx_rate_limiter`/`tx_rate_limiter`, each VMM in its own network namespace (`unshare -n`,
 //! where its tap is made).
 
@@ -12,9 +14,9 @@ use std::time::Duration;
 use cairn_tests::process::{api, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
-    BootSourceConfig, CreateSnapshotParams, DriveConfig, LoadSnapshotParams, MachineConfig,
-    MemBackendConfig, MemBackendType, NetConfig, RateLimiterConfig, SnapshotType,
-    TokenBucketConfig,
+    BootSourceConfig, CreateSnapshotParams, DriveConfig, DriveUpdate, LoadSnapshotParams,
+    MachineConfig, MemBackendConfig, MemBackendType, NetConfig, NetworkInterfaceUpdate,
+    RateLimiterConfig, SnapshotType, TokenBucketConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -147,6 +149,20 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
         )
         .unwrap();
     assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    // PATCH before boot: Firecracker's refusal.
+    let early = c
+        .patch_drive(&DriveUpdate {
+            drive_id: "data".into(),
+            path_on_host: None,
+            rate_limiter: Some(limiter()),
+        })
+        .unwrap_err();
+    assert!(
+        early
+            .to_string()
+            .contains("not supported before starting the microVM"),
+        "{early}"
+    );
 
     c.instance_start().unwrap();
     g.wait_for(".", Duration::from_secs(30)).unwrap();
@@ -159,38 +175,82 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
             "ops": {"size": 100, "one_time_burst": null, "refill_time": 1000},
         })
     );
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+
+    // PATCH after boot: new ops bucket (bandwidth kept), then a new backing file.
+    c.patch_drive(&DriveUpdate {
+        drive_id: "data".into(),
+        path_on_host: None,
+        rate_limiter: Some(RateLimiterConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 50,
+                one_time_burst: None,
+                refill_time: 500,
+            }),
+        }),
+    })
+    .unwrap();
+    let v = serde_json::to_value(&c.vm_config().unwrap().drives[0]).unwrap();
+    assert_eq!(v["rate_limiter"]["bandwidth"]["size"], 1048576, "{v}");
+    assert_eq!(v["rate_limiter"]["ops"]["size"], 50, "{v}");
+    let disk2 = dir.path().join("data2.img");
+    std::fs::File::create(&disk2)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    c.patch_drive(&DriveUpdate {
+        drive_id: "data".into(),
+        path_on_host: Some(disk2.clone()),
+        rate_limiter: None,
+    })
+    .unwrap();
+    assert_eq!(c.vm_config().unwrap().drives[0].path_on_host, disk2);
+    // Refusals: a missing file (nothing changes), an unknown drive, a mismatched id, a key
+    // PATCH does not take.
+    let missing = c
+        .patch_drive(&DriveUpdate {
+            drive_id: "data".into(),
+            path_on_host: Some(dir.path().join("nope.img")),
+            rate_limiter: None,
+        })
+        .unwrap_err();
+    assert_eq!(missing.status(), Some(400), "{missing}");
+    assert_eq!(c.vm_config().unwrap().drives[0].path_on_host, disk2);
+    let unknown = c
+        .patch_drive(&DriveUpdate {
+            drive_id: "other".into(),
+            path_on_host: None,
+            rate_limiter: Some(limiter()),
+        })
+        .unwrap_err();
+    assert_eq!(unknown.status(), Some(400), "{unknown}");
+    for body in [
+        r#"{"drive_id": "other", "rate_limiter": {}}"#,
+        r#"{"drive_id": "data", "is_read_only": true}"#,
+    ] {
+        let r = c
+            .send("PATCH", "/drives/data", Some(body.as_bytes()))
+            .unwrap();
+        assert_eq!(
+            r.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
 
     let sock2 = dir.path().join("api2.sock");
     let mut g2 = vmm(&sock2);
     let c2 = api(&sock2);
-    c2.wait_ready(Duration::from_secs(10)).unwrap();
-    c2.snapshot_load(&LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    })
-    .unwrap();
+    snapshot_into(&c, &mut g, &c2, dir.path());
     g2.wait_for(".", Duration::from_secs(30)).unwrap();
     let after = c2.vm_config().unwrap();
     let v = serde_json::to_value(&after.drives[0]).unwrap();
     assert_eq!(v["drive_id"], "data");
-    // The one-time burst was spent or not, but the configured buckets come back.
+    // The snapshot names the swapped-in file, and the limiter as patched.
+    assert_eq!(after.drives[0].path_on_host, disk2);
     assert_eq!(v["rate_limiter"]["bandwidth"]["size"], 1048576);
-    assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 1000);
+    assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 500);
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
 }
@@ -212,9 +272,13 @@ fn rate_limited_network_interface_boots_and_survives_a_snapshot() {
     c.wait_ready(Duration::from_secs(10)).unwrap();
     boot_ticker(&c);
     let tx = RateLimiterConfig {
-        bandwidth: None,
+        bandwidth: Some(TokenBucketConfig {
+            size: 5000,
+            one_time_burst: None,
+            refill_time: 100,
+        }),
         ops: Some(TokenBucketConfig {
-            size: 10,
+            size: 20,
             one_time_burst: None,
             refill_time: 100,
         }),
@@ -228,8 +292,40 @@ fn rate_limited_network_interface_boots_and_survives_a_snapshot() {
         mtu: None,
     })
     .unwrap();
+    let patch = NetworkInterfaceUpdate {
+        iface_id: "eth0".into(),
+        rx_rate_limiter: None,
+        tx_rate_limiter: Some(RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 0,
+                one_time_burst: None,
+                refill_time: 0,
+            }),
+            ops: Some(TokenBucketConfig {
+                size: 10,
+                one_time_burst: None,
+                refill_time: 100,
+            }),
+        }),
+    };
+    let early = c.patch_network_interface(&patch).unwrap_err();
+    assert!(
+        early
+            .to_string()
+            .contains("not supported before starting the microVM"),
+        "{early}"
+    );
     c.instance_start().unwrap();
     g.wait_for(".", Duration::from_secs(30)).unwrap();
+    // After boot: replace tx's buckets (a zero-size bucket removes it, as in Firecracker).
+    c.patch_network_interface(&patch).unwrap();
+    let unknown = c
+        .patch_network_interface(&NetworkInterfaceUpdate {
+            iface_id: "eth9".into(),
+            ..patch.clone()
+        })
+        .unwrap_err();
+    assert_eq!(unknown.status(), Some(400), "{unknown}");
     let before = c.vm_config().unwrap();
     let v = serde_json::to_value(&before.network_interfaces[0]).unwrap();
     assert_eq!(v["rx_rate_limiter"]["bandwidth"]["size"], 1048576, "{v}");
@@ -250,4 +346,61 @@ fn rate_limited_network_interface_boots_and_survives_a_snapshot() {
     assert!(v["tx_rate_limiter"]["bandwidth"].is_null(), "{v}");
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn patch_path_is_refused_on_a_drive_in_the_checkpoint_store() {
+    if !kvm_available("patch_path_is_refused_on_a_drive_in_the_checkpoint_store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("ckpts"));
+    let mut g = Guest::spawn(cmd);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    boot_ticker(&c);
+    c.put_drive(&DriveConfig {
+        drive_id: "data".into(),
+        path_on_host: disk.clone(),
+        is_root_device: false,
+        is_read_only: None,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: None,
+        socket: None,
+    })
+    .unwrap();
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let err = c
+        .patch_drive(&DriveUpdate {
+            drive_id: "data".into(),
+            path_on_host: Some(disk.clone()),
+            rate_limiter: None,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err.status(), Some(400)) && err.to_string().contains("checkpoint store"),
+        "{err}"
+    );
+    // A rate limiter update is fine there.
+    c.patch_drive(&DriveUpdate {
+        drive_id: "data".into(),
+        path_on_host: None,
+        rate_limiter: Some(limiter()),
+    })
+    .unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -216,6 +216,52 @@ impl Validate for VsockConfig {
     }
 }
 
+/// Firecracker's `PATCH /drives/{drive_id}` body (`PartialDrive`), after boot: a new backing
+/// file, new rate limiter buckets, or both. Absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive to change.
+    pub drive_id: String,
+    /// The new backing file; the guest sees its contents (and size) from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    /// Buckets to replace (a bucket left out is kept; one with size or refill time 0 removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl Validate for DriveUpdate {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("drive_id", &self.drive_id)?;
+        match &self.path_on_host {
+            Some(path) => validate_path("path_on_host", path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Firecracker's `PATCH /network-interfaces/{iface_id}` body (`PartialNetworkInterface`), after
+/// boot: new rate limiter buckets. Absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface to change.
+    pub iface_id: String,
+    /// Buckets to replace on the receive side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Buckets to replace on the transmit side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl Validate for NetworkInterfaceUpdate {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("iface_id", &self.iface_id)
+    }
+}
+
 /// Firecracker's `entropy` / `PUT /entropy` (virtio-rng).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -50,8 +50,8 @@ pub use cpu_config::{
     KvmCapabilityModifier, MsrModifier,
 };
 pub use devices::{
-    parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, RateLimiterConfig,
-    SerialConfig, TokenBucketConfig, VsockConfig,
+    parse_mac, CacheType, DriveConfig, DriveUpdate, EntropyConfig, IoEngine, NetConfig,
+    NetworkInterfaceUpdate, RateLimiterConfig, SerialConfig, TokenBucketConfig, VsockConfig,
 };
 pub use logging::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine::{

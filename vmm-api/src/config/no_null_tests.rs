@@ -72,6 +72,12 @@ fn vsock() -> VsockConfig {
 fn request_bodies_with_every_option_unset_send_no_null() {
     assert_no_nulls("machine-config", &MachineConfig::default());
     assert_no_nulls("machine-config patch", &MachineConfigUpdate::default());
+    assert_no_nulls("drive patch", &DriveUpdate::default());
+    assert_no_nulls(
+        "network-interface patch",
+        &NetworkInterfaceUpdate::default(),
+    );
+    assert_no_nulls("rate limiter", &RateLimiterConfig::default());
     assert_no_nulls(
         "boot-source",
         &BootSourceConfig {

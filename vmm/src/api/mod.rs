@@ -78,6 +78,10 @@ pub enum ApiRequest {
     PutDrive(DriveConfig),
     /// `PUT /network-interfaces/{iface_id}`: add or replace (before boot).
     PutNetworkInterface(NetConfig),
+    /// `PATCH /drives/{drive_id}` (after boot): new backing file and/or rate limiter.
+    PatchDrive(crate::config::DriveUpdate),
+    /// `PATCH /network-interfaces/{iface_id}` (after boot): rate limiter updates.
+    PatchNetworkInterface(crate::config::NetworkInterfaceUpdate),
     /// `PUT /vsock` (before boot).
     PutVsock(VsockConfig),
     /// `PUT /entropy` (before boot).
@@ -122,6 +126,8 @@ impl ApiRequest {
             ApiRequest::PutBootSource(_) => "PutBootSource",
             ApiRequest::PutDrive(_) => "PutDrive",
             ApiRequest::PutNetworkInterface(_) => "PutNetworkInterface",
+            ApiRequest::PatchDrive(_) => "PatchDrive",
+            ApiRequest::PatchNetworkInterface(_) => "PatchNetworkInterface",
             ApiRequest::PutVsock(_) => "PutVsock",
             ApiRequest::PutEntropy(_) => "PutEntropy",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",

@@ -461,6 +461,18 @@ pub const CASES: &[Case] = &[
                 400,
             ),
             patch("/network-interfaces/eth0", r#"{"iface_id": "eth0"}"#, 400),
+            patch(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                400,
+            ),
+            patch("/drives/rootfs", r#"{"drive_id": "rootfs", "is_read_only": true}"#, 400),
+            patch("/drives/other", r#"{"drive_id": "rootfs"}"#, 400),
+            patch(
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}, "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#,
+                400,
+            ),
         ],
     },
     Case {

@@ -14,8 +14,8 @@ use crate::rate_limiter::{LimiterConfig, RateLimiter};
 use crate::virtio::activation::QueueEvents;
 use crate::virtio::serve::{serve_queue, serve_queue_throttled};
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    device_type, ActivateContext, ActivateError, IrqKind, IrqTrigger, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::GuestMemoryMmap;
 
@@ -149,6 +149,22 @@ impl Block {
             self.activate_evt.write(1)?;
         }
         Ok(())
+    }
+
+    /// Put a new disk behind the device (Firecracker's `PATCH /drives` `path_on_host`): requests
+    /// from now on go to `backend`, the capacity in the configuration space follows its size,
+    /// and an active device raises a configuration-change interrupt so the driver re-reads it.
+    /// The read-only setting stays as configured.
+    pub fn swap_disk(&mut self, path: PathBuf, backend: Box<dyn DiskBackend>) {
+        self.disk_len = backend.len();
+        self.disk = Disk::new(backend, self.config.read_only, &self.config.drive_id);
+        self.config.path = path;
+        self.config_space = build_config_space(self.disk.sectors());
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.trigger(IrqKind::Config) {
+                tracing::warn!("virtio-blk: cannot raise the config interrupt: {e}");
+            }
+        }
     }
 
     /// The rate limiter.

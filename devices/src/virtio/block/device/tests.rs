@@ -764,3 +764,39 @@ fn rate_limited_throughput_is_bounded_and_unlimited_is_not() {
     assert_eq!((at_once, all), (15, 30), "10 plus a burst of 5 at once");
     assert!(took >= std::time::Duration::from_millis(140), "{took:?}");
 }
+
+#[test]
+fn swap_disk_serves_the_new_file_and_signals_a_config_change() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem, false, false);
+    let st = rig.push_read(0, 4);
+    rig.dev.process_queue();
+    assert_eq!(status_at(&mem, st), req_status::OK);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 4);
+    rig.irq.ack(rig.irq.status());
+
+    let mut disk = MemDisk::new(128 * SECTOR_SIZE as usize);
+    disk.data.fill(0xab);
+    rig.dev.swap_disk("/new.img".into(), Box::new(disk));
+    assert_eq!(rig.dev.config().path, std::path::Path::new("/new.img"));
+    let mut cap = [0u8; 8];
+    rig.dev.read_config(0, &mut cap);
+    assert_eq!(
+        u64::from_le_bytes(cap),
+        128,
+        "capacity follows the new disk"
+    );
+    assert_eq!(
+        rig.irq.status(),
+        crate::virtio::VIRTIO_MMIO_INT_CONFIG,
+        "config change raised"
+    );
+    let st = rig.push_read(1, 100);
+    rig.dev.process_queue();
+    assert_eq!(status_at(&mem, st), req_status::OK);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(DATA + 0x1000)).unwrap(),
+        0xab
+    );
+    assert_eq!(rig.dev.save().unwrap().disk_len, 128 * SECTOR_SIZE);
+}
