@@ -58,6 +58,9 @@ pub enum TokenType {
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     size: u64,
+    /// The burst as configured (what the configuration reports).
+    initial_burst: u64,
+    /// What is left of the burst.
     one_time_burst: u64,
     refill_time_ms: u64,
     budget: u64,
@@ -73,6 +76,7 @@ impl TokenBucket {
         }
         Some(Self {
             size: cfg.size,
+            initial_burst: cfg.one_time_burst,
             one_time_burst: cfg.one_time_burst,
             refill_time_ms: cfg.refill_time_ms,
             budget: cfg.size,
@@ -148,7 +152,7 @@ impl TokenBucket {
     fn config(&self) -> BucketConfig {
         BucketConfig {
             size: self.size,
-            one_time_burst: self.one_time_burst,
+            one_time_burst: self.initial_burst,
             refill_time_ms: self.refill_time_ms,
         }
     }
@@ -287,10 +291,12 @@ impl RateLimiter {
 /// One bucket's saved state: its configuration and the tokens left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketState {
-    /// Size, burst left and refill time.
+    /// Size, burst as configured, and refill time.
     pub config: BucketConfig,
     /// Tokens left in the bucket.
     pub budget: u64,
+    /// What is left of the one-time burst.
+    pub burst_left: u64,
 }
 
 /// A limiter's saved state. A blocked limiter restores unblocked (the device retries its queue
@@ -313,6 +319,7 @@ fn save_bucket(b: &Option<TokenBucket>) -> Option<BucketState> {
         BucketState {
             config: b.config(),
             budget,
+            burst_left: b.one_time_burst,
         }
     })
 }
@@ -321,6 +328,7 @@ fn restore_bucket(s: &Option<BucketState>) -> Option<TokenBucket> {
     let s = s.as_ref()?;
     let mut b = TokenBucket::new(s.config)?;
     b.budget = s.budget.min(b.size);
+    b.one_time_burst = s.burst_left.min(s.config.one_time_burst);
     Some(b)
 }
 

@@ -250,6 +250,10 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
     // The snapshot names the swapped-in file, and the limiter as patched.
     assert_eq!(after.drives[0].path_on_host, disk2);
     assert_eq!(v["rate_limiter"]["bandwidth"]["size"], 1048576);
+    assert_eq!(
+        v["rate_limiter"]["bandwidth"]["one_time_burst"], 4096,
+        "as configured"
+    );
     assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 500);
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());

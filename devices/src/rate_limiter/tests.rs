@@ -126,7 +126,12 @@ fn persist_round_trip_keeps_config_and_budget() {
     assert!(l.consume(500_007, TokenType::Bytes));
     let state = l.save().unwrap();
     let bw = state.bandwidth.unwrap();
-    assert_eq!(bw.config, bucket(1_000_000, 0, 60_000));
+    assert_eq!(
+        bw.config,
+        bucket(1_000_000, 7, 60_000),
+        "the burst as configured"
+    );
+    assert_eq!(bw.burst_left, 0, "and spent");
     // A minute refills the bucket: a few ms of test time add a few hundred tokens at most.
     assert!((500_000..501_000).contains(&bw.budget), "{}", bw.budget);
     assert_eq!(state.ops, None);
@@ -136,7 +141,10 @@ fn persist_round_trip_keeps_config_and_budget() {
         bw.config
     );
     assert!(restored.timer_fd().is_some());
-    assert!(!restored.consume(600_000, TokenType::Bytes), "budget kept");
+    assert!(
+        !restored.consume(600_000, TokenType::Bytes),
+        "budget kept, burst not given again"
+    );
     let unlimited = RateLimiter::restore((), &RateLimiterState::default()).unwrap();
     assert!(unlimited.timer_fd().is_none());
 }
