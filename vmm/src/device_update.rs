@@ -34,6 +34,10 @@ pub fn patch_drive(
             _ => None,
         })
         .ok_or_else(|| format!("drive_id: no drive `{}`", update.drive_id))?;
+    if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+        // Firecracker takes such a PATCH for a vhost-user drive, which cairn has none of.
+        return Err("nothing to change: give path_on_host or rate_limiter".into());
+    }
     let mut dev = lock(dev);
     let read_only = dev.config().read_only;
     let backend = match &update.path_on_host {
