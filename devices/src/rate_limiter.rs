@@ -165,6 +165,8 @@ pub struct RateLimiter {
     ops: Option<TokenBucket>,
     timer: Option<TimerFd>,
     blocked: bool,
+    /// How many times the limiter has throttled (Firecracker's `*_throttled` metrics).
+    throttled: u64,
 }
 
 impl RateLimiter {
@@ -254,7 +256,13 @@ impl RateLimiter {
         self.manual_replenish(bytes, TokenType::Bytes);
     }
 
+    /// How many times a request was throttled since the limiter was made.
+    pub fn throttled_count(&self) -> u64 {
+        self.throttled
+    }
+
     fn block(&mut self) {
+        self.throttled += 1;
         self.blocked = true;
         if let Some(timer) = self.timer.as_mut() {
             if let Err(e) = timer.reset(REFILL_INTERVAL, None) {
@@ -350,6 +358,7 @@ impl Persist<'_> for RateLimiter {
             ops: restore_bucket(&state.ops),
             timer: None,
             blocked: false,
+            throttled: 0,
         };
         if limiter.is_limiting() {
             limiter.timer = Some(TimerFd::new().map_err(std::io::Error::from)?);

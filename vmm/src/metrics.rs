@@ -166,8 +166,12 @@ pub struct PutApiMetrics {
 /// `patch_api_requests`.
 #[derive(Debug, Default, Serialize)]
 pub struct PatchApiMetrics {
+    pub drive_count: Counter,
+    pub drive_fails: Counter,
     pub machine_cfg_count: Counter,
     pub machine_cfg_fails: Counter,
+    pub network_count: Counter,
+    pub network_fails: Counter,
 }
 
 /// `latencies_us`: the last of each operation, in µs. cairn's API and VMM are one thread, so
@@ -225,6 +229,8 @@ pub struct BlockMetrics {
     pub flush_count: Counter,
     pub invalid_reqs_count: Counter,
     pub execute_fails: Counter,
+    /// Requests the drive's rate limiter held back.
+    pub rate_limiter_throttled_events: Counter,
 }
 
 /// `net`: all interfaces together, from the devices' own counters.
@@ -238,6 +244,10 @@ pub struct NetMetrics {
     pub tx_packets_count: Counter,
     /// Guest frames dropped (malformed, too long, or refused by the tap).
     pub tx_fails: Counter,
+    /// Times the rx rate limiter held frames back.
+    pub rx_rate_limiter_throttled: Counter,
+    /// Times the tx rate limiter held frames back.
+    pub tx_rate_limiter_throttled: Counter,
 }
 
 /// `seccomp`.
@@ -376,6 +386,8 @@ pub fn count_api_request(name: &str, ok: bool) {
         "PutVsock" => (&p.vsock_count, Some(&p.vsock_fails)),
         "PutSerial" => (&p.serial_count, Some(&p.serial_fails)),
         "PatchMachineConfig" => (&pa.machine_cfg_count, Some(&pa.machine_cfg_fails)),
+        "PatchDrive" => (&pa.drive_count, Some(&pa.drive_fails)),
+        "PatchNetworkInterface" => (&pa.network_count, Some(&pa.network_fails)),
         _ => return,
     };
     count.inc();
@@ -407,6 +419,11 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
                     n.tx_packets_count
                         .add(g.tx_packets_count.observe(s.tx_frames));
                     n.tx_fails.add(g.tx_fails.observe(s.tx_dropped));
+                    let (rx, tx) = d.rate_limiters();
+                    n.rx_rate_limiter_throttled
+                        .add(g.rx_rate_limiter_throttled.observe(rx.throttled_count()));
+                    n.tx_rate_limiter_throttled
+                        .add(g.tx_rate_limiter_throttled.observe(tx.throttled_count()));
                 }
             }
             crate::device_manager::VirtioHandle::Block(d) => {
@@ -426,6 +443,9 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
                         .add(g.invalid_reqs_count.observe(s.invalid_reqs_count));
                     b.execute_fails
                         .add(g.execute_fails.observe(s.execute_fails));
+                    let throttled = d.rate_limiter().throttled_count();
+                    b.rate_limiter_throttled_events
+                        .add(g.rate_limiter_throttled_events.observe(throttled));
                 }
             }
             _ => {}
@@ -595,6 +615,10 @@ mod tests {
         assert_eq!(v["put_api_requests"]["actions_count"], 1);
         assert_eq!(v["block_rootfs"]["read_count"], 5);
         assert_eq!(v["net_eth0"]["tx_packets_count"], 0);
+        assert_eq!(v["net_eth0"]["rx_rate_limiter_throttled"], 0);
+        assert_eq!(v["block_rootfs"]["rate_limiter_throttled_events"], 0);
+        assert_eq!(v["patch_api_requests"]["drive_count"], 0);
+        assert_eq!(v["patch_api_requests"]["network_fails"], 0);
         for group in [
             "api_server",
             "get_api_requests",

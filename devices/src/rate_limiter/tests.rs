@@ -83,6 +83,7 @@ fn throttled_limiter_blocks_until_timer_fires() {
     assert!(l.consume_request(1000));
     assert!(!l.consume_request(1), "bandwidth spent");
     assert!(l.is_blocked());
+    assert_eq!(l.throttled_count(), 1);
     // The op taken for the refused request was given back: 9 left.
     assert_eq!(l.ops.as_mut().unwrap().available(), 9);
     assert!(!l.consume(1, TokenType::Ops), "blocked refuses everything");
