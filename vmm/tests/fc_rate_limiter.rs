@@ -544,3 +544,60 @@ fn drive_patches_answer_as_firecracker_does() {
     };
     assert_eq!(patch_statuses(std::path::Path::new(&fc), extra), expected);
 }
+
+#[test]
+fn config_file_rate_limiters_are_taken() {
+    if !kvm_available("config_file_rate_limiters_are_taken") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": guests::TICKER64, "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 32},
+        "drives": [{
+            "drive_id": "data", "path_on_host": disk, "is_root_device": false,
+            "rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 10}, "ops": null}
+        }]
+    });
+    let cfg = dir.path().join("vm.json");
+    std::fs::write(&cfg, serde_json::to_vec(&config).unwrap()).unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .arg("--config-file")
+        .arg(&cfg);
+    let mut g = Guest::spawn(cmd);
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&api(&sock).send("GET", "/vm/config", None).unwrap().body).unwrap();
+    assert_eq!(
+        v["drives"][0]["rate_limiter"],
+        serde_json::json!({"bandwidth": {"size": 4096, "one_time_burst": null, "refill_time": 10}, "ops": null})
+    );
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+
+    // A malformed limiter in the file is refused at start.
+    let bad = serde_json::json!({
+        "boot-source": {"kernel_image_path": guests::TICKER64},
+        "drives": [{
+            "drive_id": "data", "path_on_host": disk, "is_root_device": false,
+            "rate_limiter": {"bandwidth": {"size": 4096}}
+        }]
+    });
+    std::fs::write(&cfg, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"))
+        .arg("--config-file")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refill_time"), "{stderr}");
+}
