@@ -480,6 +480,7 @@ pub fn vm_config_entry(spec: &NetSpec) -> NetConfig {
         guest_mac: Some(spec.mac.clone()),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     }
 }
 

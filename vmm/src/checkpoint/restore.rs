@@ -105,13 +105,17 @@ pub fn restore_machine(
     for saved in &state.virtio {
         let id = saved.id.as_str();
         let handle = match &saved.device {
-            VirtioDeviceState::Block(s) => {
+            VirtioDeviceState::Block(s) | VirtioDeviceState::BlockLimited(s, _) => {
                 let backend = disks(&s.config)?;
-                let dev = Block::restore(BlockConstructorArgs { backend }, s)
+                let mut dev = Block::restore(BlockConstructorArgs { backend }, s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::BlockLimited(_, l) = &saved.device {
+                    crate::rate_limit::restore_block_limiter(&mut dev, l)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Block(Arc::new(Mutex::new(dev)))
             }
-            VirtioDeviceState::Net(s) => {
+            VirtioDeviceState::Net(s) | VirtioDeviceState::NetLimited(s, _, _) => {
                 let mut s = s.clone();
                 if let Some((_, tap)) = opts
                     .network_overrides
@@ -121,8 +125,12 @@ pub fn restore_machine(
                     s.config.host_dev_name = tap.clone();
                 }
                 let tap = Tap::open(&s.config.host_dev_name).map_err(|e| dev_err(id, e))?;
-                let dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
+                let mut dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::NetLimited(_, rx, tx) = &saved.device {
+                    crate::rate_limit::restore_net_limiters(&mut dev, rx, tx)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Net(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Vsock(s) => {
