@@ -19,6 +19,7 @@ pub mod logs;
 pub mod mcp;
 pub mod net;
 pub mod oci;
+pub mod phase_times;
 pub mod ports;
 pub mod prune;
 pub mod reconcile;

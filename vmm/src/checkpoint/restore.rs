@@ -66,6 +66,9 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
+    // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
+    // fresh process gets its load request before that wait is over).
+    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
     let PreparedVm { kvm, vm } = prewarm::take()?;
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -73,7 +76,6 @@ pub fn restore_machine(
     let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
-    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
     if verify::enabled() {
         let saved = opts
             .memory_layers
