@@ -171,6 +171,7 @@ fn side_by_side(tag: &str, runs: usize, out: &mut Outcome) {
             guest_mac: Some("02:ca:0a:4d:00:02".into()),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            mtu: None,
         }],
         ..linux_config(&kernel, &initrd, &args)
     };
