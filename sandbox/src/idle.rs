@@ -19,9 +19,6 @@
 use crate::lock::{FileLock, Mode};
 use crate::registry::{self, State};
 use crate::sandbox::{self, Home, Paths, SandboxError};
-use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// What one look at the sandbox decided.
@@ -95,43 +92,13 @@ pub fn spawn_watcher(home: &Home, name: &str, paths: &Paths) -> Result<(), Sandb
     if daemon_watches(home) {
         return Ok(());
     }
-    let exe = std::env::current_exe().map_err(|source| SandboxError::Io {
-        what: "find the cairn executable".into(),
-        source,
-    })?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.idle_log)
-        .map_err(|source| SandboxError::Io {
-            what: format!("open {}", paths.idle_log.display()),
-            source,
-        })?;
-    let log2 = log.try_clone().map_err(|source| SandboxError::Io {
-        what: "duplicate the idle log".into(),
-        source,
-    })?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__idle-watch")
-        .arg(name)
-        .env("CAIRN_HOME", home.root())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|source| SandboxError::Io {
-        what: "start the idle watcher".into(),
-        source,
-    })?;
-    Ok(())
+    crate::detached::spawn_cairn(
+        home,
+        "__idle-watch",
+        name,
+        &paths.idle_log,
+        "the idle watcher",
+    )
 }
 
 /// One look: stops the VMM `pid` if it has idled for its timeout and nothing is in flight.

@@ -11,9 +11,6 @@
 //!   taken), or it could not be renewed before it lapsed: it stops the sandbox (a checkpoint
 //!   keeps this host's work, locally) and ends; further wakes are refused by the lease itself.
 
-use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_store::{LocalStore, Remote, StoreError, StoreUrl};
@@ -32,33 +29,8 @@ pub fn pid_file(paths: &Paths) -> std::path::PathBuf {
 
 /// Starts the renewer of `name`'s lease in a session of its own, logging to `lease.log`.
 pub fn spawn(home: &Home, name: &str) -> Result<(), SandboxError> {
-    let paths = home.paths(name);
-    let exe = std::env::current_exe().map_err(io_err("find the cairn executable"))?;
-    let log_path = paths.dir.join("lease.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io_err(format!("open {}", log_path.display())))?;
-    let log2 = log.try_clone().map_err(io_err("duplicate the lease log"))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__lease-renew")
-        .arg(name)
-        .env("CAIRN_HOME", home.root())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(io_err("start the lease renewer"))?;
-    Ok(())
+    let log = home.paths(name).dir.join("lease.log");
+    crate::detached::spawn_cairn(home, "__lease-renew", name, &log, "the lease renewer")
 }
 
 /// What the renewer saw of the sandbox on one look.

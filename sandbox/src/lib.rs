@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod content_key;
+pub mod detached;
 pub mod doctor;
 pub mod fork;
 pub mod golden;
