@@ -5,13 +5,11 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cairn_tests::process::{api, Guest};
+use cairn_tests::process::{api, configure_ticker, wait_until, Guest};
 use cairn_tests::{guests, kvm_available};
-use cairn_vmm_api::config::{
-    ActionType, BootSourceConfig, DriveConfig, LogLevel, LoggerConfig, MachineConfig, MetricsConfig,
-};
+use cairn_vmm_api::config::{ActionType, DriveConfig, LogLevel, LoggerConfig, MetricsConfig};
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -19,14 +17,6 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -79,18 +69,7 @@ fn metrics_and_logger_through_the_api() {
     );
     assert!(lines(&metrics).is_empty());
 
-    c.put_machine_config(&MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 32,
-        ..MachineConfig::default()
-    })
-    .unwrap();
-    c.put_boot_source(&BootSourceConfig {
-        kernel_image_path: guests::TICKER64.into(),
-        initrd_path: None,
-        boot_args: Some("console=ttyS0".into()),
-    })
-    .unwrap();
+    configure_ticker(&c);
     let scratch = dir.path().join("scratch.img");
     std::fs::File::create(&scratch)
         .unwrap()
@@ -157,7 +136,9 @@ fn metrics_and_logger_through_the_api() {
 
     // The periodic flush (300 ms here, 60 s by default).
     let n = lines(&metrics).len();
-    wait_until("a periodic metrics line", || lines(&metrics).len() >= n + 2);
+    wait_until("a periodic metrics line", Duration::from_secs(20), || {
+        lines(&metrics).len() >= n + 2
+    });
 
     // The log: Firecracker's line format, with level and origin as asked.
     let text = std::fs::read_to_string(&log).unwrap();
@@ -203,7 +184,9 @@ fn config_file_logger_and_metrics_sections_take_effect() {
     cmd.arg("--no-api").arg("--config-file").arg(&file);
     let mut g = Guest::spawn(cmd);
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    wait_until("the boot metrics line", || !lines(&metrics).is_empty());
+    wait_until("the boot metrics line", Duration::from_secs(20), || {
+        !lines(&metrics).is_empty()
+    });
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).is_some());
     let text = std::fs::read_to_string(&log).unwrap();

@@ -11,12 +11,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::process::{api, Guest};
+use cairn_tests::process::{api, configure_ticker, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
-    BootSourceConfig, CreateSnapshotParams, DriveConfig, DriveUpdate, LoadSnapshotParams,
-    MachineConfig, MemBackendConfig, MemBackendType, NetConfig, NetworkInterfaceUpdate,
-    RateLimiterConfig, SnapshotType, TokenBucketConfig,
+    CreateSnapshotParams, DriveConfig, DriveUpdate, LoadSnapshotParams, MemBackendConfig,
+    MemBackendType, NetConfig, NetworkInterfaceUpdate, RateLimiterConfig, SnapshotType,
+    TokenBucketConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -65,21 +65,6 @@ fn snapshot_into(
     .unwrap();
 }
 
-fn boot_ticker(c: &cairn_vmm_api::Client) {
-    c.put_machine_config(&MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 32,
-        ..MachineConfig::default()
-    })
-    .unwrap();
-    c.put_boot_source(&BootSourceConfig {
-        kernel_image_path: guests::TICKER64.into(),
-        initrd_path: None,
-        boot_args: Some("console=ttyS0".into()),
-    })
-    .unwrap();
-}
-
 fn limiter() -> RateLimiterConfig {
     RateLimiterConfig {
         bandwidth: Some(TokenBucketConfig {
@@ -110,18 +95,7 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
     let mut g = vmm(&sock);
     let c = api(&sock);
     c.wait_ready(Duration::from_secs(10)).unwrap();
-    c.put_machine_config(&MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 32,
-        ..MachineConfig::default()
-    })
-    .unwrap();
-    c.put_boot_source(&BootSourceConfig {
-        kernel_image_path: guests::TICKER64.into(),
-        initrd_path: None,
-        boot_args: Some("console=ttyS0".into()),
-    })
-    .unwrap();
+    configure_ticker(&c);
     c.put_drive(&DriveConfig {
         drive_id: "data".into(),
         path_on_host: disk.clone(),
@@ -274,7 +248,7 @@ fn rate_limited_network_interface_boots_and_survives_a_snapshot() {
     let mut g = vmm_in_netns(&sock);
     let c = api(&sock);
     c.wait_ready(Duration::from_secs(10)).unwrap();
-    boot_ticker(&c);
+    configure_ticker(&c);
     let tx = RateLimiterConfig {
         bandwidth: Some(TokenBucketConfig {
             size: 5000,
@@ -372,7 +346,7 @@ fn patch_path_is_refused_on_a_drive_in_the_checkpoint_store() {
     let mut g = Guest::spawn(cmd);
     let c = api(&sock);
     c.wait_ready(Duration::from_secs(10)).unwrap();
-    boot_ticker(&c);
+    configure_ticker(&c);
     c.put_drive(&DriveConfig {
         drive_id: "data".into(),
         path_on_host: disk.clone(),

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cairn_tests::process::{api, Guest};
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::kvm_available;
+use cairn_tests::process::{api, configure_ticker, wait_until, Guest};
 use cairn_vmm_api::config::{
-    BootSourceConfig, CreateSnapshotParams, LoadSnapshotParams, MachineConfig, MemBackendConfig,
-    MemBackendType, SerialConfig, SnapshotType, VsockConfig, VsockOverride,
+    CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType, SerialConfig,
+    SnapshotType, VsockConfig, VsockOverride,
 };
 use cairn_vmm_api::{Client, InstanceState};
 
@@ -23,27 +23,8 @@ fn vmm(sock: &Path) -> (Guest, Client) {
 }
 
 fn boot_ticker(c: &Client) {
-    c.put_machine_config(&MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 32,
-        ..MachineConfig::default()
-    })
-    .unwrap();
-    c.put_boot_source(&BootSourceConfig {
-        kernel_image_path: guests::TICKER64.into(),
-        initrd_path: None,
-        boot_args: Some("console=ttyS0".into()),
-    })
-    .unwrap();
+    configure_ticker(c);
     c.instance_start().unwrap();
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -60,9 +41,11 @@ fn serial_output_goes_to_the_put_serial_file() {
     })
     .unwrap();
     boot_ticker(&c);
-    wait_until("the guest's dots in the serial file", || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.contains('.'))
-    });
+    wait_until(
+        "the guest's dots in the serial file",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&out).is_ok_and(|t| t.contains('.')),
+    );
     // After boot, Firecracker refuses it.
     assert_eq!(
         c.put_serial(&SerialConfig::default()).unwrap_err().status(),

@@ -5,11 +5,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::process::{api, Guest};
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::kvm_available;
+use cairn_tests::process::{api, configure_ticker, Guest};
 use cairn_vmm_api::config::{
-    BootSourceConfig, CreateSnapshotParams, DriveConfig, EntropyConfig, LoadSnapshotParams,
-    MachineConfig, MemBackendConfig, MemBackendType, SnapshotType, VsockConfig,
+    CreateSnapshotParams, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig,
+    MemBackendType, SnapshotType, VsockConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -35,18 +35,7 @@ fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
     let mut g = vmm(&sock);
     let c = api(&sock);
     c.wait_ready(Duration::from_secs(10)).unwrap();
-    c.put_machine_config(&MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 32,
-        ..MachineConfig::default()
-    })
-    .unwrap();
-    c.put_boot_source(&BootSourceConfig {
-        kernel_image_path: guests::TICKER64.into(),
-        initrd_path: None,
-        boot_args: Some("console=ttyS0".into()),
-    })
-    .unwrap();
+    configure_ticker(&c);
     c.put_drive(&DriveConfig {
         drive_id: "data".into(),
         path_on_host: disk.clone(),
