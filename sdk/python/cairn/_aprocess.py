@@ -18,9 +18,8 @@ from ._types import (
     OutputChunk,
     SessionInfo,
     StartedSession,
-    command_body,
     control_frame,
-    tty_body,
+    process_body,
     ws_frame,
     ws_url,
 )
@@ -183,10 +182,7 @@ async def open_exec(
     stdin: bool,
 ) -> AsyncProcess:
     """Starts an interactive exec on ``base`` + ``/exec``."""
-    body = command_body(command, env, cwd)
-    body["stdin"] = stdin
-    if tty is not None:
-        body["tty"] = tty_body(tty)
+    body = process_body(command, env, cwd, stdin, tty)
     ws = await ws_open(client.endpoint, base + "/exec")
     p = AsyncProcess(ws, session=False)
     try:
@@ -221,10 +217,7 @@ class AsyncSessions:
         ``stdin``: keep its stdin open for attached clients to type into. ``tty``: run under
         a terminal of ``(rows, cols)``.
         """
-        body: Dict[str, Any] = command_body(command, env, cwd)
-        body["stdin"] = stdin
-        if tty is not None:
-            body["tty"] = tty_body(tty)
+        body = process_body(command, env, cwd, stdin, tty)
         d = (await self._c.request("POST", self._base, json=body)).json()
         return StartedSession(d["id"], d["pid"])
 

@@ -17,9 +17,8 @@ from ._types import (
     OutputChunk,
     SessionInfo,
     StartedSession,
-    command_body,
     control_frame,
-    tty_body,
+    process_body,
     ws_frame,
     ws_url,
 )
@@ -187,10 +186,7 @@ def open_exec(
     stdin: bool,
 ) -> Process:
     """Starts an interactive exec on ``base`` + ``/exec``."""
-    body = command_body(command, env, cwd)
-    body["stdin"] = stdin
-    if tty is not None:
-        body["tty"] = tty_body(tty)
+    body = process_body(command, env, cwd, stdin, tty)
     ws = ws_open(client.endpoint, base + "/exec")
     p = Process(ws, session=False)
     try:
@@ -225,10 +221,7 @@ class Sessions:
         ``stdin``: keep its stdin open for attached clients to type into. ``tty``: run under
         a terminal of ``(rows, cols)``.
         """
-        body: Dict[str, Any] = command_body(command, env, cwd)
-        body["stdin"] = stdin
-        if tty is not None:
-            body["tty"] = tty_body(tty)
+        body = process_body(command, env, cwd, stdin, tty)
         d = self._c.request("POST", self._base, json=body).json()
         return StartedSession(d["id"], d["pid"])
 

@@ -245,6 +245,22 @@ def command_body(
     return body
 
 
+def process_body(
+    command: Union[str, List[str]],
+    env: Optional[Dict[str, str]],
+    cwd: Optional[str],
+    stdin: bool,
+    tty: Optional[Tuple[int, int]],
+) -> Dict[str, Any]:
+    """The body that starts an interactive exec or a session: :func:`command_body`, whether
+    stdin stays open, and the terminal size when ``tty`` is given."""
+    body = command_body(command, env, cwd)
+    body["stdin"] = stdin
+    if tty is not None:
+        body["tty"] = tty_body(tty)
+    return body
+
+
 def tty_body(tty: Optional[Tuple[int, int]]) -> Optional[Dict[str, int]]:
     """``(rows, cols)`` as the API's ``{"rows", "cols"}``."""
     if tty is None:
