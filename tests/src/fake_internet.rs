@@ -8,6 +8,13 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
+/// A perl script for the guest: prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
+pub const RCODE: &str = r#"use IO::Socket::INET;
+my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
+my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
+$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
+"#;
+
 /// Runs `sh -ec CMD`; fails the test if it fails.
 pub fn sh(cmd: &str) {
     let out = Command::new("sh").args(["-ec", cmd]).output().unwrap();

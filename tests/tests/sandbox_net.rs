@@ -15,20 +15,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::fake_internet::{in_host, FakeInternet};
+use cairn_tests::fake_internet::{in_host, FakeInternet, RCODE};
 use cairn_tests::kvm_available;
 use cairn_tests::sandbox::CairnHome;
 
 const FETCH: &str = r#"use IO::Socket::INET;
 my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => 80, Timeout => 5) or die "connect $ARGV[0] failed\n";
 print $s "GET / HTTP/1.0\r\nHost: $ARGV[0]\r\n\r\n"; print while <$s>;
-"#;
-
-/// Prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
-const RCODE: &str = r#"use IO::Socket::INET;
-my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
-my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
-$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
 "#;
 
 fn net_json(h: &CairnHome, name: &str) -> serde_json::Value {
@@ -47,13 +40,7 @@ fn sandbox_network_policy_forks_and_cleanup() {
         eprintln!("SKIP {name}: needs root (namespaces, nftables)");
         return;
     }
-    for tool in ["nft", "dnsmasq", "conntrack", "nsenter", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
-    }
+    cairn_tests::require_tools(name, &["nft", "dnsmasq", "conntrack", "nsenter", "python3"]);
     let inet = FakeInternet::up();
     // The forwarder asks the fake internet's dnsmasq (cairn reads this at create).
     std::env::set_var("CAIRN_NET_DNS", "198.18.77.53");

@@ -197,15 +197,12 @@ fn rootless_sandbox_reaches_the_host_loopback_through_pasta() {
         eprintln!("SKIP {name}: needs root (to make the test user, a namespace and device nodes; the sandbox itself runs as that user)");
         return;
     }
-    for tool in [
-        "pasta", "setpriv", "unshare", "nsenter", "useradd", "python3",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
-    }
+    cairn_tests::require_tools(
+        name,
+        &[
+            "pasta", "setpriv", "unshare", "nsenter", "useradd", "python3",
+        ],
+    );
     // The guest image, the binaries and the CPU template may live where the user cannot reach
     // them (root's home is 0700): the wrapper bind-mounts their directories into its own.
     let g = cairn_tests::linux_guest();

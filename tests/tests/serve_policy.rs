@@ -5,19 +5,10 @@
 //! show --json` shows, presets are listed, and bad input gets a 4xx JSON error. Root and KVM
 //! only; needs nftables, dnsmasq and nsenter (scripts/deps).
 
-use std::process::Command;
-
-use cairn_tests::fake_internet::FakeInternet;
+use cairn_tests::fake_internet::{FakeInternet, RCODE};
 use cairn_tests::kvm_available;
 use cairn_tests::sandbox::CairnHome;
 use cairn_tests::serve::Serve;
-
-/// Prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
-const RCODE: &str = r#"use IO::Socket::INET;
-my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
-my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
-$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
-"#;
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -34,13 +25,7 @@ fn serve_policy_routes_change_the_policy_live() {
         eprintln!("SKIP {name}: needs root (namespaces, nftables)");
         return;
     }
-    for tool in ["nft", "dnsmasq", "nsenter", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
-    }
+    cairn_tests::require_tools(name, &["nft", "dnsmasq", "nsenter", "python3"]);
     let inet = FakeInternet::up();
     std::env::set_var("CAIRN_NET_DNS", "198.18.77.53");
     let mut h = CairnHome::new();
