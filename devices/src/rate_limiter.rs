@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::Persist;
+use event_manager::{EventOps, EventSet, Events};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -293,6 +294,30 @@ impl RateLimiter {
             }
         }
         self.blocked = false;
+    }
+}
+
+/// Keep a device's event loop watching its limiter's timerfd: `fd` is the limiter's timer now
+/// ([`RateLimiter::timer_fd`]; it appears once a limit is set and changes when a restored
+/// limiter is swapped in), `registered` the one being watched. `device` names the device in logs.
+pub fn watch_timer(
+    ops: &mut EventOps,
+    fd: Option<RawFd>,
+    registered: &mut Option<RawFd>,
+    device: &str,
+) {
+    if fd == *registered {
+        return;
+    }
+    if let Some(old) = registered.take() {
+        // The old timer may already be closed; epoll has then dropped it by itself.
+        let _ = ops.remove(Events::new_raw(old, EventSet::IN));
+    }
+    if let Some(new) = fd {
+        match ops.add(Events::new_raw(new, EventSet::IN)) {
+            Ok(()) => *registered = Some(new),
+            Err(e) => tracing::error!("{device}: cannot watch a rate limiter timer: {e:?}"),
+        }
     }
 }
 

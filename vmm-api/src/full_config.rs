@@ -192,7 +192,7 @@ impl From<&VmConfig> for FullVmConfig {
                 uds_path: v.uds_path.clone(),
             }),
             entropy: c.entropy.as_ref().map(|e: &EntropyConfig| EntropyReply {
-                rate_limiter: e.rate_limiter.clone(),
+                rate_limiter: e.rate_limiter.as_ref().map(rate_limiter_reply),
             }),
             pmem: Vec::new(),
             memory_hotplug: None,

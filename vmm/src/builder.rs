@@ -122,8 +122,8 @@ pub enum DeviceSpec {
     ),
     /// virtio-vsock with Firecracker's Unix-socket convention.
     Vsock(cairn_devices::virtio::vsock::VsockConfig),
-    /// virtio-rng.
-    Rng,
+    /// virtio-rng, with its rate limiter.
+    Rng(cairn_devices::rate_limiter::LimiterConfig),
 }
 
 impl BuildSpec {
@@ -373,9 +373,13 @@ fn attach_virtio_devices(
                 let dev = Vsock::new(cfg.clone()).map_err(|e| dev_err(&id, &e))?;
                 (id, VirtioHandle::Vsock(Arc::new(Mutex::new(dev))))
             }
-            DeviceSpec::Rng => {
+            DeviceSpec::Rng(limit) => {
                 let id = "rng".to_string();
-                let dev = Rng::new().map_err(|e| dev_err(&id, &e))?;
+                let mut dev = Rng::new().map_err(|e| dev_err(&id, &e))?;
+                if *limit != LimiterConfig::default() {
+                    dev.update_rate_limiter(limit)
+                        .map_err(|e| dev_err(&id, &e))?;
+                }
                 (id, VirtioHandle::Rng(Arc::new(Mutex::new(dev))))
             }
         };
@@ -569,8 +573,10 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
             },
         ));
     }
-    if cfg.entropy.is_some() {
-        out.push(DeviceSpec::Rng);
+    if let Some(e) = &cfg.entropy {
+        out.push(DeviceSpec::Rng(crate::rate_limit::limiter_config(
+            e.rate_limiter.as_ref(),
+        )));
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The controller: the VMM thread's side of the API. It holds the configuration until
 //! InstanceStart, then the running machine, and answers each [`ApiRequest`].
 
+use cairn_devices::legacy::serial_limit::RateLimitedOut;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +34,9 @@ pub struct Controller {
     api: Option<(Receiver<ApiMessage>, Arc<AtomicBool>)>,
     api_in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>,
     vsock_socket: crate::preboot::VsockPlaceholder,
-    /// `PUT /serial`'s output file for the guest console (Firecracker keeps it out of the
-    /// VM config too).
-    serial_out: Option<std::path::PathBuf>,
+    /// `PUT /serial`: the guest console's output file and rate limiter (Firecracker keeps it
+    /// out of the VM config too).
+    serial: crate::config::SerialConfig,
     /// Set when a request failed in a way that leaves the process unusable (a failed
     /// `/snapshot/load`, as in Firecracker): [`Controller::run`] ends after answering it.
     fatal: Option<String>,
@@ -69,7 +70,7 @@ impl Controller {
             api: None,
             api_in_flight: None,
             vsock_socket: Default::default(),
-            serial_out: None,
+            serial: Default::default(),
             fatal: None,
         })
     }
@@ -228,7 +229,7 @@ impl Controller {
     /// The console: the `PUT /serial` file if one is set (no input then, as in Firecracker),
     /// else stdout and the console input.
     fn console(&self) -> Result<ConsoleIo, VmmError> {
-        open_console(self.serial_out.as_deref(), self.console_input)
+        open_console(&self.serial, self.console_input)
     }
 
     /// `PUT /snapshot/load`'s restore, with Firecracker's `clock_realtime` and
@@ -347,7 +348,7 @@ impl Controller {
                 if self.started() {
                     return self.pre_boot(|_| ());
                 }
-                self.serial_out = serial.serial_out_path;
+                self.serial = serial;
                 ApiResponse::Empty
             }
             ApiRequest::PutLogger(l) => match crate::logger::apply(&l) {
@@ -499,9 +500,9 @@ impl Controller {
                 if let Err(e) = self.console() {
                     return refused(e);
                 }
-                let serial = self.serial_out.clone();
+                let serial = self.serial.clone();
                 let console = move || {
-                    open_console(serial.as_deref(), input).unwrap_or_else(|_| ConsoleIo {
+                    open_console(&serial, input).unwrap_or_else(|_| ConsoleIo {
                         output: Box::new(StdoutConsole),
                         input,
                     })
@@ -532,8 +533,33 @@ impl Controller {
     }
 }
 
-/// The console: `serial_out` if set (no input then, as in Firecracker), else stdout and `input`.
-fn open_console(serial_out: Option<&Path>, input: Option<RawFd>) -> Result<ConsoleIo, VmmError> {
+/// The console: `serial_out_path` if set (no input then, as in Firecracker), else stdout and
+/// `input`; the output under the serial `rate_limiter` if one is set.
+fn open_console(
+    serial: &crate::config::SerialConfig,
+    input: Option<RawFd>,
+) -> Result<ConsoleIo, VmmError> {
+    let mut io = open_console_output(serial.serial_out_path.as_deref(), input)?;
+    if let Some(bucket) = &serial.rate_limiter {
+        let cfg = crate::rate_limit::bucket(bucket);
+        let on_dropped = Box::new(|n| {
+            crate::metrics::metrics()
+                .uart
+                .rate_limiter_dropped_bytes
+                .add(n)
+        });
+        io.output = match RateLimitedOut::new(io.output, cfg, on_dropped) {
+            Ok(limited) => Box::new(limited),
+            Err(unlimited) => unlimited,
+        };
+    }
+    Ok(io)
+}
+
+fn open_console_output(
+    serial_out: Option<&Path>,
+    input: Option<RawFd>,
+) -> Result<ConsoleIo, VmmError> {
     match serial_out {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;

@@ -217,6 +217,8 @@ pub struct VcpuMetrics {
 pub struct UartMetrics {
     pub read_count: Counter,
     pub write_count: Counter,
+    /// Output bytes the serial `rate_limiter` dropped.
+    pub rate_limiter_dropped_bytes: Counter,
 }
 
 /// `block`: all drives together, from the devices' own counters.

@@ -4,6 +4,7 @@
 use cairn_devices::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter, RateLimiterState};
 use cairn_devices::virtio::block::{Block, BlockError};
 use cairn_devices::virtio::net::{Net, NetError};
+use cairn_devices::virtio::rng::{Rng, RngError};
 use cairn_snapshot::Persist;
 
 use crate::checkpoint::state::VirtioDeviceState;
@@ -34,6 +35,21 @@ pub fn save_net(dev: &Net) -> Result<VirtioDeviceState, NetError> {
     Ok(VirtioDeviceState::NetLimited(state, rx, tx))
 }
 
+/// An entropy device's checkpoint state: `Rng` without a rate limiter, `RngLimited` with one.
+pub fn save_rng(dev: &Rng) -> Result<VirtioDeviceState, RngError> {
+    let state = dev.save()?;
+    if !dev.rate_limiter().is_limiting() {
+        return Ok(VirtioDeviceState::Rng(state));
+    }
+    let limiter = dev.rate_limiter().save().map_err(RngError::EventFd)?;
+    Ok(VirtioDeviceState::RngLimited(state, limiter))
+}
+
+/// Put a saved rate limiter back on a restored entropy device.
+pub fn restore_rng_limiter(dev: &mut Rng, state: &RateLimiterState) -> std::io::Result<()> {
+    dev.set_rate_limiter(RateLimiter::restore((), state)?)
+}
+
 /// Put saved rate limiters back on a restored network device.
 pub fn restore_net_limiters(
     dev: &mut Net,
@@ -48,7 +64,8 @@ pub fn restore_block_limiter(dev: &mut Block, state: &RateLimiterState) -> std::
     dev.set_rate_limiter(RateLimiter::restore((), state)?)
 }
 
-fn bucket(b: &TokenBucketConfig) -> BucketConfig {
+/// The devices' form of one API token bucket.
+pub fn bucket(b: &TokenBucketConfig) -> BucketConfig {
     BucketConfig {
         size: b.size,
         one_time_burst: b.one_time_burst.unwrap_or(0),
@@ -151,5 +168,33 @@ mod tests {
         restore_block_limiter(&mut dev, &l).unwrap();
         assert_eq!(api_config(&dev.rate_limiter().config()), Some(rl));
         assert_eq!(state.config.drive_id, "d");
+    }
+
+    #[test]
+    fn rng_limiter_survives_a_checkpoint_and_unlimited_keeps_the_old_layout() {
+        let plain = save_rng(&Rng::new().unwrap()).unwrap();
+        let VirtioDeviceState::Rng(state) = &plain else {
+            panic!("unlimited rng saved as {plain:?}");
+        };
+        let old_layout = postcard::to_stdvec(&(3u32, state)).unwrap();
+        assert_eq!(postcard::to_stdvec(&plain).unwrap(), old_layout);
+
+        let rl = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 512,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+            ops: None,
+        };
+        let mut dev = Rng::new().unwrap();
+        dev.update_rate_limiter(&limiter_config(Some(&rl))).unwrap();
+        let limited = save_rng(&dev).unwrap();
+        let VirtioDeviceState::RngLimited(_, l) = round_trip(&limited) else {
+            panic!("limited rng saved as {limited:?}");
+        };
+        let mut restored = Rng::new().unwrap();
+        restore_rng_limiter(&mut restored, &l).unwrap();
+        assert_eq!(api_config(&restored.rate_limiter().config()), Some(rl));
     }
 }

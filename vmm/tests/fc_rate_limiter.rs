@@ -14,9 +14,9 @@ use std::time::Duration;
 use cairn_tests::process::{api, configure_ticker, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
-    CreateSnapshotParams, DriveConfig, DriveUpdate, LoadSnapshotParams, MemBackendConfig,
-    MemBackendType, NetConfig, NetworkInterfaceUpdate, RateLimiterConfig, SnapshotType,
-    TokenBucketConfig,
+    CreateSnapshotParams, DriveConfig, DriveUpdate, EntropyConfig, LoadSnapshotParams,
+    MemBackendConfig, MemBackendType, NetConfig, NetworkInterfaceUpdate, RateLimiterConfig,
+    SnapshotType, TokenBucketConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -229,6 +229,52 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
         "as configured"
     );
     assert_eq!(v["rate_limiter"]["ops"]["refill_time"], 500);
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn rate_limited_entropy_device_boots_and_survives_a_snapshot() {
+    if !kvm_available("rate_limited_entropy_device_boots_and_survives_a_snapshot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c);
+    // A limiter with an unknown key is refused, as for a drive.
+    let bad = c
+        .send(
+            "PUT",
+            "/entropy",
+            Some(br#"{"rate_limiter": {"iops": {}}}"#),
+        )
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    c.put_entropy(&EntropyConfig {
+        rate_limiter: Some(limiter()),
+    })
+    .unwrap();
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let expected = serde_json::json!({
+        "bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 100},
+        "ops": {"size": 100, "one_time_burst": null, "refill_time": 1000},
+    });
+    let raw = c.send("GET", "/vm/config", None).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    assert_eq!(v["entropy"]["rate_limiter"], expected);
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm(&sock2);
+    let c2 = api(&sock2);
+    snapshot_into(&c, &mut g, &c2, dir.path());
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    let raw = c2.send("GET", "/vm/config", None).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    assert_eq!(v["entropy"]["rate_limiter"], expected, "after the load");
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cairn_tests::kvm_available;
 use cairn_tests::process::{api, configure_ticker, wait_until, Guest};
 use cairn_vmm_api::config::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType, SerialConfig,
-    SnapshotType, VsockConfig, VsockOverride,
+    ActionType, CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType,
+    MetricsConfig, SerialConfig, SnapshotType, TokenBucketConfig, VsockConfig, VsockOverride,
 };
 use cairn_vmm_api::{Client, InstanceState};
 
@@ -50,6 +50,56 @@ fn serial_output_goes_to_the_put_serial_file() {
     assert_eq!(
         c.put_serial(&SerialConfig::default()).unwrap_err().status(),
         Some(400)
+    );
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn serial_rate_limiter_drops_output_beyond_its_bucket() {
+    if !kvm_available("serial_rate_limiter_drops_output_beyond_its_bucket") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("serial.out");
+    let metrics = dir.path().join("metrics.json");
+    let (mut g, c) = vmm(&dir.path().join("api.sock"));
+    // 3 bytes of burst and a bucket of 4 that takes a day to refill: the ticker's dots beyond
+    // the first 7 bytes are dropped, and counted.
+    c.put_serial(&SerialConfig {
+        serial_out_path: Some(out.clone()),
+        rate_limiter: Some(TokenBucketConfig {
+            size: 4,
+            one_time_burst: Some(3),
+            refill_time: 86_400_000,
+        }),
+    })
+    .unwrap();
+    c.put_metrics(&MetricsConfig {
+        metrics_path: metrics.clone(),
+    })
+    .unwrap();
+    boot_ticker(&c);
+    let dropped = || {
+        c.action(ActionType::FlushMetrics).unwrap();
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        let last = text.lines().last().unwrap_or("{}").to_string();
+        let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+        v["uart"]["rate_limiter_dropped_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(
+        "the serial rate limiter dropping output",
+        Duration::from_secs(30),
+        || dropped() > 0,
+    );
+    let written = std::fs::read(&out).unwrap();
+    assert!(
+        !written.is_empty() && written.len() <= 7,
+        "{} bytes written: {:?}",
+        written.len(),
+        String::from_utf8_lossy(&written)
     );
     g.signal(libc::SIGTERM);
     assert!(g.wait_exit(Duration::from_secs(10)).is_some());

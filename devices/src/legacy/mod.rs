@@ -9,6 +9,7 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod serial_limit;
 
 pub use i8042::I8042Device;
 pub use serial::SerialDevice;

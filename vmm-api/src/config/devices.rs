@@ -1,14 +1,14 @@
 //! `drives`, `network-interfaces`, `vsock` and `entropy`.
 //!
 //! Rate limiters (`rate_limiter` on drives, `rx_rate_limiter`/`tx_rate_limiter` on network
-//! interfaces) are Firecracker's [`RateLimiterConfig`] and are enforced by the devices. The
-//! entropy device's `rate_limiter` is accepted as raw JSON and ignored.
+//! interfaces, `rate_limiter` on the entropy device) are Firecracker's [`RateLimiterConfig`] and
+//! are enforced by the devices; so is the serial port's single byte bucket.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{validate_id, validate_path, validate_rate_limiter, ConfigError, Validate};
+use super::{validate_id, validate_path, ConfigError, Validate};
 
 /// Firecracker's block device cache mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,14 +266,14 @@ impl Validate for NetworkInterfaceUpdate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
-    /// Accepted for compatibility and ignored.
+    /// Limits the random bytes handed out (`bandwidth`) and the requests served (`ops`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl Validate for EntropyConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+        Ok(())
     }
 }
 
@@ -285,7 +285,8 @@ pub struct SerialConfig {
     /// The file or named pipe, created if missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<PathBuf>,
-    /// Accepted for compatibility and ignored.
+    /// Limits the bytes of guest output written to `serial_out_path` (or stdout); what the
+    /// bucket does not allow is dropped, as in Firecracker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<TokenBucketConfig>,
 }

@@ -410,14 +410,3 @@ fn validate_path(field: &str, path: &std::path::Path) -> Result<(), ConfigError>
     }
     Ok(())
 }
-
-/// Rate limiters are accepted for compatibility and ignored; they must be a JSON object or null.
-fn validate_rate_limiter(
-    field: &str,
-    limiter: &Option<serde_json::Value>,
-) -> Result<(), ConfigError> {
-    match limiter {
-        None | Some(serde_json::Value::Object(_)) => Ok(()),
-        Some(_) => Err(ConfigError::invalid(field, "must be an object or null")),
-    }
-}

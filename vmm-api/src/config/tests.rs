@@ -555,17 +555,28 @@ fn vsock_rules() {
 
 #[test]
 fn entropy_logger_metrics_rules() {
-    let e: EntropyConfig = parse_json(br#"{"rate_limiter": {"bandwidth": {"size": 1}}}"#).unwrap();
+    let e: EntropyConfig =
+        parse_json(br#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 10}}}"#)
+            .unwrap();
     e.validate().unwrap();
+    assert_eq!(e.rate_limiter.unwrap().bandwidth.unwrap().refill_time, 10);
     assert_eq!(
         parse_json::<EntropyConfig>(b"{}").unwrap(),
         EntropyConfig::default()
     );
-    let mut cfg = valid_base();
-    cfg.entropy = Some(EntropyConfig {
-        rate_limiter: Some(serde_json::json!([])),
-    });
-    assert_eq!(validate_err(&cfg).field(), "entropy.rate_limiter");
+    // As Firecracker's: a limiter that is not an object, has unknown keys, or a bucket without
+    // its refill time, is refused.
+    for bad in [
+        &br#"{"rate_limiter": 5}"#[..],
+        br#"{"rate_limiter": {"iops": {}}}"#,
+        br#"{"rate_limiter": {"bandwidth": {"size": 1}}}"#,
+    ] {
+        assert!(
+            parse_json::<EntropyConfig>(bad).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
 
     for (text, level) in [
         ("warning", LogLevel::Warning),

@@ -81,7 +81,11 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     uds_path: c.uds_path.clone(),
                 });
             }
-            VirtioHandle::Rng(_) => config.entropy = Some(EntropyConfig::default()),
+            VirtioHandle::Rng(d) => {
+                config.entropy = Some(EntropyConfig {
+                    rate_limiter: crate::rate_limit::api_config(&lock(d).rate_limiter().config()),
+                })
+            }
         }
     }
     config

@@ -143,8 +143,12 @@ pub fn restore_machine(
                 let dev = Vsock::restore((), &s).map_err(|e| dev_err(id, e))?;
                 VirtioHandle::Vsock(Arc::new(Mutex::new(dev)))
             }
-            VirtioDeviceState::Rng(s) => {
-                let dev = Rng::restore((), s).map_err(|e| dev_err(id, e))?;
+            VirtioDeviceState::Rng(s) | VirtioDeviceState::RngLimited(s, _) => {
+                let mut dev = Rng::restore((), s).map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::RngLimited(_, l) = &saved.device {
+                    crate::rate_limit::restore_rng_limiter(&mut dev, l)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Rng(Arc::new(Mutex::new(dev)))
             }
         };

@@ -40,6 +40,8 @@ pub enum VirtioDeviceState {
     BlockLimited(BlockState, RateLimiterState),
     /// virtio-net with rate limiters (rx, tx), appended for the same reason.
     NetLimited(NetState, RateLimiterState, RateLimiterState),
+    /// virtio-rng with a rate limiter, appended for the same reason.
+    RngLimited(RngState, RateLimiterState),
 }
 
 /// One virtio device: where it sits, its transport and its model.
@@ -140,10 +142,7 @@ fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
             .save()
             .map(VirtioDeviceState::Vsock)
             .map_err(|e| err(&e)),
-        VirtioHandle::Rng(d) => lock(d)
-            .save()
-            .map(VirtioDeviceState::Rng)
-            .map_err(|e| err(&e)),
+        VirtioHandle::Rng(d) => crate::rate_limit::save_rng(&lock(d)).map_err(|e| err(&e)),
     }?;
     Ok(VirtioSlotState {
         id: a.id.clone(),

@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::Block;
+use crate::rate_limiter::watch_timer;
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
@@ -45,18 +46,6 @@ impl Block {
     /// restored limiter is swapped in).
     fn sync_limiter_timer(&mut self, ops: &mut EventOps) {
         let fd = self.limiter.timer_fd();
-        if fd == self.limiter_registered {
-            return;
-        }
-        if let Some(old) = self.limiter_registered.take() {
-            // The old timer may already be closed; then epoll has dropped it by itself.
-            let _ = ops.remove(Events::new_raw(old, EventSet::IN));
-        }
-        if let Some(new) = fd {
-            match ops.add(Events::new_raw(new, EventSet::IN)) {
-                Ok(()) => self.limiter_registered = Some(new),
-                Err(e) => tracing::error!("virtio-blk: cannot register rate limiter timer: {e}"),
-            }
-        }
+        watch_timer(ops, fd, &mut self.limiter_registered, "virtio-blk");
     }
 }

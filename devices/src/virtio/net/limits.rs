@@ -6,11 +6,11 @@
 
 use std::os::fd::RawFd;
 
-use event_manager::{EventOps, EventSet, Events};
+use event_manager::EventOps;
 
 use super::device::Net;
 use super::tap::NetBackend;
-use crate::rate_limiter::{LimiterConfig, RateLimiter};
+use crate::rate_limiter::{watch_timer, LimiterConfig, RateLimiter};
 
 /// The two limiters and their timers' registrations.
 #[derive(Debug, Default)]
@@ -65,8 +65,8 @@ impl<B: NetBackend> Net<B> {
     /// Watch the limiters' current timerfds.
     pub(crate) fn sync_limiter_timers(&mut self, ops: &mut EventOps) {
         let l = &mut self.limits;
-        sync_timer(ops, l.rx.timer_fd(), &mut l.rx_registered);
-        sync_timer(ops, l.tx.timer_fd(), &mut l.tx_registered);
+        watch_timer(ops, l.rx.timer_fd(), &mut l.rx_registered, "virtio-net");
+        watch_timer(ops, l.tx.timer_fd(), &mut l.tx_registered, "virtio-net");
     }
 
     /// Which limiter owns `fd`, if any.
@@ -91,22 +91,6 @@ impl<B: NetBackend> Net<B> {
                 self.limits.tx.on_timer();
                 self.process_tx();
             }
-        }
-    }
-}
-
-fn sync_timer(ops: &mut EventOps, fd: Option<RawFd>, registered: &mut Option<RawFd>) {
-    if fd == *registered {
-        return;
-    }
-    if let Some(old) = registered.take() {
-        // The old timer may already be closed; epoll has then dropped it by itself.
-        let _ = ops.remove(Events::new_raw(old, EventSet::IN));
-    }
-    if let Some(new) = fd {
-        match ops.add(Events::new_raw(new, EventSet::IN)) {
-            Ok(()) => *registered = Some(new),
-            Err(e) => tracing::error!("net: cannot watch a rate limiter timer: {e:?}"),
         }
     }
 }

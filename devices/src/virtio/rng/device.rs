@@ -7,8 +7,9 @@ use vm_memory::{Address, Bytes};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
+use crate::rate_limiter::{LimiterConfig, RateLimiter};
 use crate::virtio::activation::QueueEvents;
-use crate::virtio::serve::serve_queue;
+use crate::virtio::serve::{serve_queue, serve_queue_throttled, Handled};
 use crate::virtio::{
     device_type, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -43,6 +44,11 @@ pub struct Rng {
     /// Empty, or the one queue while activated.
     queues: Vec<Queue>,
     buf: Vec<u8>,
+    /// Firecracker's entropy `rate_limiter` (unlimited by default): one op and the request's
+    /// bytes per request, as Firecracker counts them.
+    pub(super) limiter: RateLimiter,
+    /// The limiter timerfd as registered with the event loop.
+    pub(super) limiter_registered: Option<std::os::fd::RawFd>,
 }
 
 impl std::fmt::Debug for Rng {
@@ -77,7 +83,34 @@ impl Rng {
             active: None,
             queues: Vec::new(),
             buf: vec![0; CHUNK],
+            limiter: RateLimiter::default(),
+            limiter_registered: None,
         })
+    }
+
+    /// Set or change the rate limiter (a bucket left `None` is kept). Signals the event handler
+    /// so that a new limiter timer gets watched.
+    pub fn update_rate_limiter(&mut self, cfg: &LimiterConfig) -> std::io::Result<()> {
+        self.limiter.update(cfg)?;
+        self.watch_new_timer()
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Replace the rate limiter (a restored one).
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) -> std::io::Result<()> {
+        self.limiter = limiter;
+        self.watch_new_timer()
+    }
+
+    fn watch_new_timer(&self) -> std::io::Result<()> {
+        if self.limiter.timer_fd() != self.limiter_registered {
+            self.activate_evt.write(1)?;
+        }
+        Ok(())
     }
 
     /// The eventfd the event handler watches for activation and reset.
@@ -98,8 +131,33 @@ impl Rng {
             return;
         };
         let buf = &mut self.buf;
-        serve_queue(queue, &active.mem, &active.interrupt, |chain| {
-            fill_chain(chain, &active.mem, buf)
+        if !self.limiter.is_limiting() {
+            serve_queue(queue, &active.mem, &active.interrupt, |chain| {
+                fill_chain(chain, &active.mem, buf)
+            });
+            return;
+        }
+        if self.limiter.is_blocked() {
+            return;
+        }
+        let limiter = &mut self.limiter;
+        serve_queue_throttled(queue, &active.mem, &active.interrupt, |chain| {
+            // What the request asks for, as Firecracker counts it: the writable length, capped.
+            let asked = chain
+                .clone()
+                .writable()
+                .fold(0u64, |n, d| n.saturating_add(u64::from(d.len())))
+                .min(u64::from(MAX_BYTES_PER_REQUEST));
+            if !limiter.consume_request(asked) {
+                return Handled::Throttled;
+            }
+            let written = fill_chain(chain, &active.mem, buf);
+            // A request cut short (a buffer outside RAM) pays only for what it got.
+            limiter.manual_replenish(
+                asked - u64::from(written),
+                crate::rate_limiter::TokenType::Bytes,
+            );
+            Handled::Done(written)
         });
     }
 }
@@ -298,6 +356,78 @@ mod tests {
         assert!(dev.lock().unwrap().queues().is_empty());
         em.run_with_timeout(100).unwrap();
         assert!(dev.lock().unwrap().registered.is_empty());
+    }
+
+    #[test]
+    fn rate_limiter_throttles_and_resumes() {
+        use crate::rate_limiter::BucketConfig;
+        let mem = guest_mem();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let mut rng = Rng::new().unwrap();
+        // 100 bytes, refilled over 100 s: the first 64-byte request fits, the second does not.
+        let cfg = LimiterConfig {
+            bandwidth: Some(BucketConfig {
+                size: 100,
+                one_time_burst: 0,
+                refill_time_ms: 100_000,
+            }),
+            ops: None,
+        };
+        rng.update_rate_limiter(&cfg).unwrap();
+        assert!(rng.rate_limiter().timer_fd().is_some());
+        let (ctx, _evt, _irq) = activate_ctx(&mem, &vq, false);
+        rng.activate(ctx).unwrap();
+        vq.add_desc_chains(&chain(0, &[(0x10_0000, 64, W)]), 0)
+            .unwrap();
+        vq.add_desc_chains(&chain(1, &[(0x11_0000, 64, W)]), 1)
+            .unwrap();
+        rng.process_queue();
+        assert_eq!(used_idx(&vq), 1, "the second request is held back");
+        assert_eq!(used(&vq, 0), (0, 64));
+        assert!(rng.rate_limiter().is_blocked());
+        assert_eq!(read(&mem, 0x11_0000, 64), vec![0; 64]);
+        // Blocked: a queue event does nothing until the timer fires.
+        rng.process_queue();
+        assert_eq!(used_idx(&vq), 1);
+        // The limit is lifted (size 0 removes the bucket): the held request is served.
+        rng.update_rate_limiter(&LimiterConfig {
+            bandwidth: Some(BucketConfig::default()),
+            ops: None,
+        })
+        .unwrap();
+        // The timer was armed for REFILL_INTERVAL; once it has fired, reading it does not block.
+        std::thread::sleep(crate::rate_limiter::REFILL_INTERVAL);
+        rng.limiter.on_timer();
+        rng.process_queue();
+        assert_eq!(used_idx(&vq), 2);
+        assert_eq!(used(&vq, 1), (1, 64));
+        assert_ne!(read(&mem, 0x11_0000, 64), vec![0; 64]);
+    }
+
+    #[test]
+    fn ops_limit_counts_requests() {
+        use crate::rate_limiter::BucketConfig;
+        let mem = guest_mem();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        let mut rng = Rng::new().unwrap();
+        rng.update_rate_limiter(&LimiterConfig {
+            bandwidth: None,
+            ops: Some(BucketConfig {
+                size: 2,
+                one_time_burst: 1,
+                refill_time_ms: 100_000,
+            }),
+        })
+        .unwrap();
+        let (ctx, _evt, _irq) = activate_ctx(&mem, &vq, false);
+        rng.activate(ctx).unwrap();
+        for i in 0..5u16 {
+            vq.add_desc_chains(&chain(i, &[(0x10_0000 + u64::from(i) * 0x1000, 8, W)]), i)
+                .unwrap();
+        }
+        rng.process_queue();
+        assert_eq!(used_idx(&vq), 3, "burst 1 + bucket 2");
+        assert_eq!(rng.rate_limiter().throttled_count(), 1);
     }
 
     #[test]
