@@ -123,3 +123,36 @@ fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// Firecracker's `GET /vm/config` reply names `balloon`, `mmds-config`, `pmem` and
+/// `memory-hotplug` even when none is configured; such a reply, saved as is, is a config file
+/// another VMM boots from.
+#[test]
+fn a_vm_config_reply_boots_as_a_config_file() {
+    if !kvm_available("a_vm_config_reply_boots_as_a_config_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c);
+    c.put_entropy(&EntropyConfig::default()).unwrap();
+    let reply = c.send("GET", "/vm/config", None).unwrap();
+    assert_eq!(reply.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(v["pmem"], serde_json::json!([]), "{v}");
+    assert!(v["memory-hotplug"].is_null(), "{v}");
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+
+    let file = dir.path().join("vm.json");
+    std::fs::write(&file, &reply.body).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--no-api").arg("--config-file").arg(&file);
+    let mut g2 = Guest::spawn(cmd);
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}

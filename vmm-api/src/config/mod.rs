@@ -4,9 +4,9 @@
 //! Firecracker has defaults, and a separate [`Validate::validate`] that checks the rules serde
 //! cannot express. The JSON names and meanings are Firecracker's, so a Firecracker
 //! `--config-file` document or API call works unchanged. Sections Firecracker has but cairn does not
-//! implement (`balloon`, `mmds-config`, vhost-user drives, rate limiters) are accepted
-//! when absent or `null`; rate limiters are accepted and ignored, the others are rejected by
-//! `validate()` with a message that says so.
+//! implement (`balloon`, `mmds-config`, `pmem`, `memory-hotplug`, vhost-user drives) are
+//! accepted when absent, `null` or empty (as `GET /vm/config` writes them); anything else in them
+//! is rejected by `validate()` with a message that says so.
 //!
 //! Errors always name the field, as a path like `machine-config.vcpu_count` or
 //! `drives[1].drive_id`, both for JSON that does not fit ([`parse_vm_config`], [`parse_json`])
@@ -253,6 +253,21 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub mmds_config: Option<serde_json::Value>,
+    /// Firecracker's pmem devices: not implemented, must be absent, `null` or `[]` (as
+    /// `GET /vm/config` writes it).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pmem: Vec<serde_json::Value>,
+    /// Firecracker's memory hotplug (virtio-mem): not implemented, must be absent or `null`.
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
     /// cairn-only settings.
     #[serde(default, deserialize_with = "null_as_default")]
     pub cairn: CairnConfig,
@@ -364,9 +379,16 @@ impl VmConfig {
         if let Some(metrics) = &self.metrics {
             metrics.validate().map_err(|e| e.within("metrics"))?;
         }
+        if !self.pmem.is_empty() {
+            return Err(ConfigError::invalid(
+                "pmem",
+                "pmem devices are not supported by cairn; remove them or set it to []",
+            ));
+        }
         for (name, value) in [
             ("balloon", &self.balloon),
             ("mmds-config", &self.mmds_config),
+            ("memory-hotplug", &self.memory_hotplug),
         ] {
             if value.is_some() {
                 return Err(ConfigError::invalid(

@@ -556,8 +556,7 @@ fn vsock_rules() {
 #[test]
 fn entropy_logger_metrics_rules() {
     let e: EntropyConfig =
-        parse_json(br#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 10}}}"#)
-            .unwrap();
+        parse_json(br#"{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 10}}}"#).unwrap();
     e.validate().unwrap();
     assert_eq!(e.rate_limiter.unwrap().bandwidth.unwrap().refill_time, 10);
     assert_eq!(
@@ -612,14 +611,28 @@ fn entropy_logger_metrics_rules() {
 
 #[test]
 fn unsupported_firecracker_sections_are_refused_by_validate() {
-    for key in ["balloon", "mmds-config"] {
-        let json =
-            format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "{key}": {{"x": 1}}}}"#);
+    for (key, value) in [
+        ("balloon", r#"{"x": 1}"#),
+        ("mmds-config", r#"{"x": 1}"#),
+        ("memory-hotplug", r#"{"total_size_mib": 1024}"#),
+        ("pmem", r#"[{"id": "p0", "path_on_host": "/tmp/p"}]"#),
+    ] {
+        let json = format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "{key}": {value}}}"#);
         let cfg = parse_vm_config(&json).unwrap();
         let err = validate_err(&cfg);
         assert_eq!(err.field(), key);
         assert!(err.to_string().contains("not supported by cairn"), "{err}");
     }
+    // Empty, as `GET /vm/config` writes them (Firecracker's reply loads as a config file).
+    let cfg = parse_vm_config(
+        r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": null, "mmds-config": null,
+            "pmem": [], "memory-hotplug": null}"#,
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let cfg =
+        parse_vm_config(r#"{"boot-source": {"kernel_image_path": "k"}, "pmem": null}"#).unwrap();
+    cfg.validate().unwrap();
 }
 
 #[test]
