@@ -465,9 +465,11 @@ impl BuildSpec {
             crate::config::CpuTemplate::None => CpuTemplate::None,
             crate::config::CpuTemplate::T2 => CpuTemplate::T2,
             crate::config::CpuTemplate::C3 => CpuTemplate::C3,
+            crate::config::CpuTemplate::T2S => CpuTemplate::T2S,
+            crate::config::CpuTemplate::T2CL => CpuTemplate::T2CL,
             other => {
                 return Err(VmmError::Config(format!(
-                    "machine-config.cpu_template: {other:?} is not implemented by cairn (use None, T2 or C3)"
+                    "machine-config.cpu_template: {other:?} is not implemented by cairn (use None, T2, T2S, T2CL or C3)"
                 )))
             }
         };

@@ -254,3 +254,47 @@ fn a_template_requiring_a_missing_kvm_capability_is_refused() {
         .to_string();
     assert!(err.contains("lacks capability 4000000"), "{err}");
 }
+
+/// T2S and T2CL (Firecracker's T2 with `IA32_ARCH_CAPABILITIES` fixed) boot the guest on an
+/// Intel host with Firecracker's T2 CPUID (family 6 model 0x3f: the guest's RDMSR of
+/// ARCH_CAPABILITIES goes through KVM); anywhere else the boot is refused, naming the vendor.
+#[test]
+fn t2s_and_t2cl_boot_on_intel_and_are_refused_elsewhere() {
+    if !kvm_available("t2s_and_t2cl_boot_on_intel_and_are_refused_elsewhere") {
+        return;
+    }
+    let intel = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains("GenuineIntel");
+    for template in [
+        cairn_vmm::arch::x86_64::cpuid::CpuTemplate::T2S,
+        cairn_vmm::arch::x86_64::cpuid::CpuTemplate::T2CL,
+    ] {
+        let mut spec = tiny(guests::HELLO64);
+        spec.cpu_template = template;
+        let mut rt = Runtime::new().unwrap();
+        let out = Capture::default();
+        let booted = rt.boot(
+            &spec,
+            ConsoleIo {
+                output: Box::new(out.clone()),
+                input: None,
+            },
+        );
+        if intel {
+            booted.unwrap();
+            let reason = rt.run_until_exit(Some(Duration::from_secs(20))).unwrap();
+            assert_eq!(reason, ExitReason::GuestReset, "{template:?}");
+            assert!(
+                out.text().contains("cairn-tiny: long mode\n"),
+                "{template:?}"
+            );
+        } else {
+            let err = booted.expect_err("an Intel template booted on a non-Intel host");
+            assert!(
+                err.to_string().contains("needs an Intel host"),
+                "{template:?}: {err}"
+            );
+        }
+    }
+}

@@ -63,8 +63,13 @@ pub enum CpuTemplate {
 }
 
 /// The CPU templates cairn implements; `validate()` rejects the others.
-pub const IMPLEMENTED_CPU_TEMPLATES: &[CpuTemplate] =
-    &[CpuTemplate::None, CpuTemplate::T2, CpuTemplate::C3];
+pub const IMPLEMENTED_CPU_TEMPLATES: &[CpuTemplate] = &[
+    CpuTemplate::None,
+    CpuTemplate::T2,
+    CpuTemplate::C3,
+    CpuTemplate::T2S,
+    CpuTemplate::T2CL,
+];
 
 impl CpuTemplate {
     /// The name used in JSON.

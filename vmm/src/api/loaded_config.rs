@@ -27,6 +27,8 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
     let cpu_template = match spec.cpu_template.name() {
         "T2" => Some(CpuTemplate::T2),
         "C3" => Some(CpuTemplate::C3),
+        "T2S" => Some(CpuTemplate::T2S),
+        "T2CL" => Some(CpuTemplate::T2CL),
         _ => None,
     };
     let mut config = VmConfig {

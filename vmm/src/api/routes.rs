@@ -399,9 +399,9 @@ mod tests {
             msg.starts_with("vcpu_count: must be between 1 and 32"),
             "{msg}"
         );
-        let msg = fault("PATCH", "/machine-config", r#"{"cpu_template": "T2S"}"#);
+        let msg = fault("PATCH", "/machine-config", r#"{"cpu_template": "T2A"}"#);
         assert!(
-            msg.starts_with("cpu_template: CPU template T2S is not implemented"),
+            msg.starts_with("cpu_template: CPU template T2A is not implemented"),
             "{msg}"
         );
         let msg = fault(

@@ -332,6 +332,18 @@ impl Vcpu {
         Ok(values)
     }
 
+    /// `boot` with a CPU template's MSR modifiers applied (MSRs `boot` lacks are read first).
+    fn template_msrs(
+        &self,
+        boot: Vec<kvm_bindings::kvm_msr_entry>,
+        template: &CustomCpuTemplate,
+    ) -> Result<Vec<kvm_bindings::kvm_msr_entry>, VmmError> {
+        let current = self.read_msr_list(&msrs_to_read(&boot, template), |m| {
+            VmmError::Config(format!("cpu-config.msr_modifiers: {m}"))
+        })?;
+        Ok(apply_msr_modifiers(&boot, &current, template))
+    }
+
     /// Set CPUID, MSRs, registers, FPU and LAPIC for boot.
     pub fn configure_boot(&self, cfg: &BootVcpuConfig<'_>) -> Result<(), VmmError> {
         let topo = Topology {
@@ -339,14 +351,16 @@ impl Vcpu {
             cpu_count: cfg.cpu_count,
             smt: cfg.smt,
         };
+        // The CPUID of T2S and T2CL comes with it; their MSRs are set below.
         let mut cpuid = vcpu_cpuid(cfg.supported_cpuid, topo, cfg.template)?;
+        let builtin = crate::arch::x86_64::static_templates::builtin(cfg.template)?;
         let mut boot_msrs = boot_msr_entries();
+        if let Some(builtin) = &builtin {
+            boot_msrs = self.template_msrs(boot_msrs, builtin)?;
+        }
         if let Some(custom) = cfg.custom {
             cpuid = apply_cpuid_modifiers(&cpuid, custom)?;
-            let current = self.read_msr_list(&msrs_to_read(&boot_msrs, custom), |m| {
-                VmmError::Config(format!("cpu-config.msr_modifiers: {m}"))
-            })?;
-            boot_msrs = apply_msr_modifiers(&boot_msrs, &current, custom);
+            boot_msrs = self.template_msrs(boot_msrs, custom)?;
         }
         self.fd
             .set_cpuid2(&cpuid)
@@ -358,8 +372,12 @@ impl Vcpu {
             .set_msrs(&msrs)
             .map_err(VmmError::kvm("KVM_SET_MSRS"))?;
         let refused = msrs.as_slice().get(written).map(|e| e.index);
-        if let (Some(index), Some(custom)) = (refused, cfg.custom) {
-            if custom.msr_modifiers.iter().any(|m| m.addr == index) {
+        if let Some(index) = refused {
+            if builtin
+                .iter()
+                .chain(cfg.custom)
+                .any(|t| t.msr_modifiers.iter().any(|m| m.addr == index))
+            {
                 return Err(VmmError::Config(format!(
                     "cpu-config.msr_modifiers: KVM refused the value for MSR {index:#x}"
                 )));

@@ -200,16 +200,8 @@ pub const CASES: &[Case] = &[
                 400,
             ),
             patch("/machine-config", r#"{"cpu_template": "C3"}"#, 204),
-            differs(
-                patch("/machine-config", r#"{"cpu_template": "T2S"}"#, 204),
-                400,
-                "T2S not implemented",
-            ),
-            differs(
-                patch("/machine-config", r#"{"cpu_template": "T2CL"}"#, 204),
-                400,
-                "T2CL not implemented",
-            ),
+            patch("/machine-config", r#"{"cpu_template": "T2S"}"#, 204),
+            patch("/machine-config", r#"{"cpu_template": "T2CL"}"#, 204),
             differs(
                 patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
                 400,

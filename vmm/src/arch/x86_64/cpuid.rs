@@ -19,6 +19,11 @@ pub enum CpuTemplate {
     T2,
     /// Firecracker's C3: an Intel Ivy Bridge-class feature set (T2 minus AVX2, BMI, FMA, ...).
     C3,
+    /// Firecracker's T2S: T2 with `IA32_ARCH_CAPABILITIES` fixed, for snapshots that move
+    /// between Skylake and Cascade Lake hosts ([`super::static_templates`]).
+    T2S,
+    /// Firecracker's T2CL: T2 for Cascade Lake and Ice Lake hosts ([`super::static_templates`]).
+    T2CL,
 }
 
 impl CpuTemplate {
@@ -28,6 +33,8 @@ impl CpuTemplate {
             "None" => Some(Self::None),
             "T2" => Some(Self::T2),
             "C3" => Some(Self::C3),
+            "T2S" => Some(Self::T2S),
+            "T2CL" => Some(Self::T2CL),
             _ => None,
         }
     }
@@ -38,6 +45,8 @@ impl CpuTemplate {
             Self::None => "None",
             Self::T2 => "T2",
             Self::C3 => "C3",
+            Self::T2S => "T2S",
+            Self::T2CL => "T2CL",
         }
     }
 }
@@ -59,6 +68,9 @@ pub enum CpuidError {
         kvm_bindings::KVM_MAX_CPUID_ENTRIES
     )]
     TooManyEntries,
+    /// A built-in template's bitmap does not parse (a cairn bug).
+    #[error("built-in CPU template: {0}")]
+    BuiltinTemplate(String),
 }
 
 /// CPU vendor string from leaf 0.
@@ -237,7 +249,8 @@ fn template_masks(template: CpuTemplate) -> Vec<(u32, u32, usize, u32)> {
     const ECX: usize = 2;
     const EDX: usize = 3;
     let mut masks = vec![];
-    if template == CpuTemplate::None {
+    if !matches!(template, CpuTemplate::T2 | CpuTemplate::C3) {
+        // None has no masks; T2S and T2CL are built-in custom templates (`vcpu_cpuid`).
         return masks;
     }
     // Shared by T2 and C3: host-only, monitoring and debug features.
@@ -326,7 +339,10 @@ pub fn vcpu_cpuid(
         normalize_entry(entry, topo);
         apply_template(entry, template);
     }
-    Ok(cpuid)
+    match super::static_templates::builtin(template)? {
+        Some(builtin) => super::custom_template::apply_cpuid_modifiers(&cpuid, &builtin),
+        None => Ok(cpuid),
+    }
 }
 
 #[cfg(test)]
@@ -462,7 +478,16 @@ mod tests {
         assert_eq!(find(&c3, 7, 0).ebx & avx2, 0);
         assert_eq!(find(&t2, 1, 0).ecx & (1 << 5), 0, "VMX hidden");
         assert_eq!(CpuTemplate::from_name("C3"), Some(CpuTemplate::C3));
-        assert_eq!(CpuTemplate::from_name("T2S"), None);
+        assert_eq!(CpuTemplate::from_name("T2A"), None);
+        // T2S and T2CL: the T2 feature set as Firecracker defines it, bit for bit.
+        for template in [CpuTemplate::T2S, CpuTemplate::T2CL] {
+            assert_eq!(CpuTemplate::from_name(template.name()), Some(template));
+            let c = vcpu_cpuid(&sample(), topo, template).unwrap();
+            assert_eq!(find(&c, 7, 0).ebx & avx512f, 0, "{template:?}");
+            assert_ne!(find(&c, 7, 0).ebx & avx2, 0, "{template:?}");
+            assert_eq!(find(&c, 1, 0).ecx & (1 << 5), 0, "{template:?}: VMX hidden");
+            assert_eq!((find(&c, 1, 0).eax >> 8) & 0xf, 6, "{template:?}: family 6");
+        }
     }
 
     #[test]
@@ -478,6 +503,12 @@ mod tests {
             vcpu_cpuid(&c, topo, CpuTemplate::T2),
             Err(CpuidError::WrongVendor { .. })
         ));
+        for template in [CpuTemplate::T2S, CpuTemplate::T2CL] {
+            assert!(matches!(
+                vcpu_cpuid(&c, topo, template),
+                Err(CpuidError::WrongVendor { .. })
+            ));
+        }
         assert!(vcpu_cpuid(&c, topo, CpuTemplate::None).is_ok());
     }
 }

@@ -9,3 +9,4 @@ pub mod mptable;
 pub mod msr;
 pub mod page_tables;
 pub mod regs;
+pub mod static_templates;
