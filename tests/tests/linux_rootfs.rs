@@ -1,7 +1,7 @@
 //! End to end: the images a plain `guest/build` prints (no `--agent`: it builds the static agent
 //! itself) carry a working agent.
-//! - The ext4 root disk (`rootfs=`), booted as `/dev/vda` without an initrd and
-//!   `init=/sbin/cairn-init`: Debian bookworm, whose agent answers on vsock port 52, runs commands
+//! - The ext4 root disk (`rootfs=`), booted as `/dev/vda` (an `io_engine: "Async"` drive, so
+//!   through io_uring) without an initrd and `init=/sbin/cairn-init`: Debian bookworm, whose agent answers on vsock port 52, runs commands
 //!   and moves files, and is restarted by `cairn-init` after it is killed.
 //! - The initramfs (`initrd=`): its agent answers, and `/init` restarts it after it is killed.
 //!
@@ -147,8 +147,11 @@ fn rootfs_boots_debian_with_an_agent_that_works_and_is_restarted() {
         // is_root_device adds `root=/dev/vda rw`, as in Firecracker.
         config["boot-source"]["boot_args"] =
             format!("{} init=/sbin/cairn-init", guest.boot_args).into();
+        // Firecracker's io_uring engine (bandsox's default): the root disk is read and written
+        // through io_uring (vmm/src/uring_disk.rs); other tests boot Sync drives.
         config["drives"] = serde_json::json!([{
             "drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false,
+            "io_engine": "Async",
         }]);
         let vm = boot_until_agent_answers(dir.path(), &config, &vsock);
 

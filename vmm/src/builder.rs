@@ -92,6 +92,19 @@ pub type DiskOpener<'a> = dyn FnMut(
     ) -> Result<Box<dyn cairn_devices::virtio::block::DiskBackend>, VmmError>
     + 'a;
 
+/// An `io_engine: "Async"` drive: its raw image file, through io_uring.
+pub fn open_async_disk(
+    cfg: &cairn_devices::virtio::block::BlockConfig,
+) -> Result<Box<dyn cairn_devices::virtio::block::DiskBackend>, VmmError> {
+    let disk = crate::uring_disk::UringDisk::open(&cfg.path, cfg.read_only).map_err(|e| {
+        VmmError::Device {
+            device: format!("block:{}", cfg.drive_id),
+            reason: format!("{}: {e}", cfg.path.display()),
+        }
+    })?;
+    Ok(Box::new(disk))
+}
+
 /// The plain opener: each drive is its raw image file.
 pub fn open_raw_disk(
     cfg: &cairn_devices::virtio::block::BlockConfig,
@@ -109,10 +122,11 @@ pub fn open_raw_disk(
 /// A virtio device to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// virtio-blk on a raw image, with its rate limiter.
+    /// virtio-blk on a raw image, with its rate limiter and I/O engine.
     Block(
         cairn_devices::virtio::block::BlockConfig,
         cairn_devices::rate_limiter::LimiterConfig,
+        crate::config::IoEngine,
     ),
     /// virtio-net on a tap device, with its rx and tx rate limiters.
     Net(
@@ -290,6 +304,20 @@ pub fn build_machine(
     let exit = Arc::new(ExitSignal::new()?);
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
     let mut cmdline_extra = spec.extra_cmdline.clone();
+    // An Async drive on a raw file goes through io_uring; in cairn's checkpoint store
+    // (`checkpoint_dir`) every drive is the store's (docs/vmm.md, "I/O engines").
+    let layered = spec.checkpoint_dir.is_some();
+    let mut open = |cfg: &cairn_devices::virtio::block::BlockConfig| {
+        let async_io = spec.devices.iter().any(|d| {
+            matches!(d, DeviceSpec::Block(c, _, crate::config::IoEngine::Async)
+                if c.drive_id == cfg.drive_id)
+        });
+        if async_io && !layered {
+            open_async_disk(cfg)
+        } else {
+            disks(cfg)
+        }
+    };
     let virtio = attach_virtio_devices(
         vm.fd(),
         &mut mmio,
@@ -297,7 +325,7 @@ pub fn build_machine(
         &spec.devices,
         event_loop,
         &mut cmdline_extra,
-        disks,
+        &mut open,
     )?;
 
     if let KernelImage::Linux { boot_args, .. } = &spec.image {
@@ -350,7 +378,7 @@ fn attach_virtio_devices(
     };
     for spec in devices {
         let (id, handle) = match spec {
-            DeviceSpec::Block(cfg, limiter) => {
+            DeviceSpec::Block(cfg, limiter, _) => {
                 let id = format!("block:{}", cfg.drive_id);
                 let mut dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
                 if *limiter != LimiterConfig::default() {
@@ -544,6 +572,7 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
                     read_only: d.is_read_only.unwrap_or(false),
                 },
                 crate::rate_limit::limiter_config(d.rate_limiter.as_ref()),
+                d.io_engine.unwrap_or_default(),
             )
         })
         .collect();

@@ -6,7 +6,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use cairn_devices::rate_limiter::LimiterConfig;
-use cairn_devices::virtio::block::RawFile;
+use cairn_devices::virtio::block::{DiskBackend, RawFile};
 
 use crate::config::{DriveUpdate, NetworkInterfaceUpdate, VmConfig};
 use crate::device_manager::VirtioHandle;
@@ -40,6 +40,11 @@ pub fn patch_drive(
     }
     let mut dev = lock(dev);
     let read_only = dev.config().read_only;
+    // The new file is served by the drive's engine (an Async drive's through io_uring).
+    let async_io = !layered
+        && config.drives.iter().any(|d| {
+            d.drive_id == update.drive_id && d.io_engine == Some(crate::config::IoEngine::Async)
+        });
     let backend = match &update.path_on_host {
         Some(_) if layered && !read_only => {
             return Err(
@@ -48,10 +53,15 @@ pub fn patch_drive(
                     .into(),
             );
         }
-        Some(path) => Some(
-            RawFile::open(path, read_only)
-                .map_err(|e| format!("path_on_host: cannot open {}: {e}", path.display()))?,
-        ),
+        Some(path) => {
+            let opened: std::io::Result<Box<dyn DiskBackend>> = if async_io {
+                crate::uring_disk::UringDisk::open(path, read_only)
+                    .map(|d| Box::new(d) as Box<dyn DiskBackend>)
+            } else {
+                RawFile::open(path, read_only).map(|d| Box::new(d) as Box<dyn DiskBackend>)
+            };
+            Some(opened.map_err(|e| format!("path_on_host: cannot open {}: {e}", path.display()))?)
+        }
         None => None,
     };
     if let Some(rl) = &update.rate_limiter {
@@ -59,7 +69,7 @@ pub fn patch_drive(
             .map_err(|e| format!("rate_limiter: {e}"))?;
     }
     if let (Some(path), Some(backend)) = (&update.path_on_host, backend) {
-        dev.swap_disk(path.clone(), Box::new(backend));
+        dev.swap_disk(path.clone(), backend);
     }
     if let Some(d) = config
         .drives

@@ -21,6 +21,7 @@ pub mod preboot;
 pub mod rate_limit;
 pub mod runtime;
 pub mod seccomp;
+pub mod uring_disk;
 pub mod vstate;
 
 pub use error::VmmError;

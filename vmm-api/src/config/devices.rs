@@ -26,7 +26,7 @@ pub enum IoEngine {
     /// Synchronous reads and writes on the event-loop thread.
     #[default]
     Sync,
-    /// io_uring: accepted by the parser, rejected by `validate()` (not implemented).
+    /// Reads, writes and flushes through io_uring.
     Async,
 }
 
@@ -89,12 +89,6 @@ impl Validate for DriveConfig {
                     "must be non-empty and contain no whitespace",
                 ));
             }
-        }
-        if self.io_engine == Some(IoEngine::Async) {
-            return Err(ConfigError::invalid(
-                "io_engine",
-                "the Async engine is not implemented by cairn (supported: \"Sync\")",
-            ));
         }
         Ok(())
     }

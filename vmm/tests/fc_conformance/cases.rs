@@ -291,14 +291,10 @@ pub const CASES: &[Case] = &[
                 r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000}}}"#,
                 400,
             ),
-            differs(
-                put(
-                    "/drives/rootfs",
-                    r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "io_engine": "Async"}"#,
-                    204,
-                ),
-                400,
-                "io_engine Async not implemented",
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "io_engine": "Async"}"#,
+                204,
             ),
             get("/vm/config", VM_CONFIG_KEYS),
         ],
