@@ -117,7 +117,9 @@ fn pair_runs(
             "head -c {} /dev/zero | nc 10.77.0.1 9000; echo NET-$((1+1))-SENT-{i}\n",
             MIB << 20
         ))?;
-        console.wait_for(&format!("NET-2-SENT-{i}"), Duration::from_secs(300))?;
+        // 15 minutes: on an emulated-KVM host at load ~10, 1 MiB took cairn-vmm's guest 4-5
+        // minutes (one 1 KiB segment per ~250 ms round trip); a 300 s limit cut it off mid-stream.
+        console.wait_for(&format!("NET-2-SENT-{i}"), Duration::from_secs(900))?;
         let rate = sink_rate(lines)?;
         eprintln!("network: sample {i}: {rate:.4} MiB/s");
         samples.push(rate);
@@ -144,13 +146,6 @@ fn side_by_side(tag: &str, runs: usize, out: &mut Outcome) {
     };
     let (kernel, initrd, args) = match from_env.map_or_else(|| guest_build(&[]), Ok) {
         Ok(g) => g,
-        Err(e) => {
-            out.failures.push(e);
-            return;
-        }
-    };
-    let (mut sink, mut lines) = match start_sink(&ns, "10.77.0.1") {
-        Ok(s) => s,
         Err(e) => {
             out.failures.push(e);
             return;
@@ -203,6 +198,17 @@ fn side_by_side(tag: &str, runs: usize, out: &mut Outcome) {
         "virtio-net-device,netdev=n0,mac=02:ca:0a:4d:00:02",
     ]);
     for (name, cmd) in [("cairn-vmm", vmm), ("QEMU microvm", q)] {
+        // A sink of its own per VMM: the sink serves one connection at a time, and a VMM
+        // killed mid-stream leaves its connection open forever (no FIN from a dead guest), so
+        // a shared sink would never accept the next VMM's (whose sender then stalls at a
+        // zero window after ~100 KB).
+        let (mut sink, mut lines) = match start_sink(&ns, "10.77.0.1") {
+            Ok(s) => s,
+            Err(e) => {
+                out.failures.push(e);
+                return;
+            }
+        };
         match pair_runs(Console::spawn(cmd), &mut lines, runs) {
             Ok(samples) => out.figures.push(figure(
                 format!("guest -> host TCP, {MIB} MiB, {name} (initramfs, virtio-net, tap)"),
@@ -211,9 +217,9 @@ fn side_by_side(tag: &str, runs: usize, out: &mut Outcome) {
             )),
             Err(e) => out.failures.push(format!("{name}: {e}")),
         }
+        let _ = sink.kill();
+        let _ = sink.wait();
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
 }
 
 /// The whole product path: `cairn create` in `{tag}-h`, the sink in `{tag}-i`.

@@ -17,10 +17,12 @@ pub enum PolicyCmd {
         /// Start from a preset (`cairn policy presets` lists them).
         #[arg(long)]
         preset: Option<String>,
-        /// Allow names matching PATTERN (`name`, `*.suffix` or `*`).
+        /// Allow names matching PATTERN (`name`, `*.suffix` or `*`), or destinations in an
+        /// IPv4 network (`10.1.0.0/16`, `169.254.169.254`; re-allows always-denied ranges).
         #[arg(long, value_name = "PATTERN")]
         allow: Vec<String>,
-        /// Deny names matching PATTERN: they get REFUSED, their addresses stay unreachable.
+        /// Deny names matching PATTERN: they get REFUSED, their addresses stay unreachable; or
+        /// destinations in an IPv4 network.
         #[arg(long, value_name = "PATTERN")]
         deny: Vec<String>,
     },

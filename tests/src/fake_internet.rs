@@ -3,10 +3,12 @@
 //! HTTP server (python3) and dnsmasq on 198.18.77.0/24 (benchmarking space, outside the
 //! sandbox pool): `allowed.test` is 198.18.77.80, `denied.test` 198.18.77.81, the resolver
 //! 198.18.77.53. No packet leaves these namespaces. Root only; needs nftables, dnsmasq
-//! (scripts/deps).
+//! (scripts/deps). [`Ticker`] adds long-lived connections, to see a live policy change cut one.
 
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
 
 /// A perl script for the guest: prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
 pub const RCODE: &str = r#"use IO::Socket::INET;
@@ -14,6 +16,92 @@ my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die 
 my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
 $s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
 "#;
+
+/// A perl script for the guest: for each name in ARGV, a process that connects to NAME:7000
+/// (a [`Ticker`]), writes its pid to /root/echo.pids and echoes every line it reads.
+pub const ECHO_CLIENT: &str = r#"use IO::Socket::INET;
+for my $n (@ARGV) {
+  defined(my $pid = fork) or die "fork: $!\n"; next if $pid;
+  my $s = IO::Socket::INET->new(PeerAddr => $n, PeerPort => 7000, Timeout => 10) or die "connect $n: $@\n";
+  open(my $f, ">>", "/root/echo.pids"); print $f "$$\n"; close $f;
+  $s->autoflush(1); while (my $l = <$s>) { print $s $l } exit 0;
+}
+"#;
+
+/// The ticker server: per connection, a line every 0.2 s; prints `LOCAL open`, `LOCAL echo N`
+/// (N lines echoed so far, when it grows) and `LOCAL closed WHY` (LOCAL: the address the
+/// client reached).
+const TICKER: &str = r#"import select, socket, threading, time
+def serve(c):
+    local = c.getsockname()[0]; n = 0; i = 0
+    print(local, "open", flush=True)
+    try:
+        while True:
+            i += 1; c.sendall(b"tick %d\n" % i)
+            if select.select([c], [], [], 0.2)[0]:
+                b = c.recv(4096)
+                if not b: raise EOFError("end of stream")
+                n += b.count(b"\n"); print(local, "echo", n, flush=True)
+    except Exception as e:
+        print(local, "closed", type(e).__name__, flush=True)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A server in the fake internet on port 7000 of every address that keeps each connection
+/// open, sending a line every 0.2 s and counting the lines echoed back; its reports arrive
+/// as lines (see [`TICKER`]). Ended on drop.
+pub struct Ticker {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Ticker {
+    /// Starts it in `inet`'s internet namespace.
+    pub fn start(inet: &FakeInternet) -> Ticker {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &inet.inet, "python3", "-c", TICKER])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("ticker: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Ticker { child, lines }
+    }
+
+    /// The first report matching `want` within `limit` (earlier ones are consumed); None if
+    /// none came.
+    pub fn wait_for(&self, limit: Duration, mut want: impl FnMut(&str) -> bool) -> Option<String> {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Runs `sh -ec CMD`; fails the test if it fails.
 pub fn sh(cmd: &str) {

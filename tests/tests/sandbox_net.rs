@@ -7,15 +7,17 @@
 //! Checks: the guest fetches a page by name; it reaches neither the host's web server nor the
 //! metadata address 169.254.169.254 (which the fake internet serves); a denied name gets
 //! REFUSED and its address is unreachable; a live policy change lets it through and the
-//! allowed name still works; two forks of one checkpoint get their own addresses and MACs and
-//! both reach the server; the guest clock is right after a wake; `rm` leaves no namespace,
-//! veth, table or forwarder.
+//! allowed name still works; a live change that denies a name cuts the guest's open connection
+//! to it within seconds while one to a still-allowed name keeps flowing; an address rule
+//! re-allows the metadata address; two forks of one checkpoint get their own addresses and
+//! MACs and both reach the server; the guest clock is right after a wake; `rm` leaves no
+//! namespace, veth, table or forwarder.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cairn_tests::fake_internet::{in_host, FakeInternet, RCODE};
+use cairn_tests::fake_internet::{in_host, FakeInternet, Ticker, ECHO_CLIENT, RCODE};
 use cairn_tests::kvm_available;
 use cairn_tests::sandbox::CairnHome;
 
@@ -27,6 +29,61 @@ print $s "GET / HTTP/1.0\r\nHost: $ARGV[0]\r\n\r\n"; print while <$s>;
 fn net_json(h: &CairnHome, name: &str) -> serde_json::Value {
     let out = h.ok(&["policy", "show", name, "--json"]);
     serde_json::from_str(&out).unwrap()
+}
+
+/// Under a policy allowing both names: the guest holds a connection to each (a [`Ticker`]);
+/// denying denied.test cuts its connection within seconds (conntrack entry deleted, the
+/// server's next line is reset), and the one to allowed.test keeps echoing.
+fn cut_on_policy_change(h: &CairnHome, inet: &FakeInternet) {
+    let ticker = Ticker::start(inet);
+    h.sh(
+        "n1",
+        "rm -f /root/echo.pids; perl /root/echo.pl allowed.test denied.test </dev/null >/root/echo.log 2>&1 &",
+    );
+    let echo_count = |l: &str, addr: &str| -> Option<u64> {
+        l.strip_prefix(&format!("{addr} echo "))?.parse().ok()
+    };
+    for addr in ["198.18.77.80", "198.18.77.81"] {
+        let seen = ticker.wait_for(Duration::from_secs(120), |l| {
+            echo_count(l, addr).is_some_and(|n| n >= 2)
+        });
+        assert!(seen.is_some(), "no echoes over a connection to {addr}");
+    }
+    h.ok(&[
+        "policy",
+        "set",
+        "n1",
+        "--allow",
+        "allowed.test",
+        "--deny",
+        "*",
+    ]);
+    let set = Instant::now();
+    let mut last_allowed = 0;
+    let cut = ticker.wait_for(Duration::from_secs(10), |l| {
+        if let Some(n) = echo_count(l, "198.18.77.80") {
+            last_allowed = n;
+        }
+        assert!(
+            !l.starts_with("198.18.77.80 closed"),
+            "the allowed connection was cut: {l}"
+        );
+        l.starts_with("198.18.77.81 closed")
+    });
+    let secs = set.elapsed().as_secs_f64();
+    assert!(cut.is_some(), "the connection to denied.test lived on");
+    eprintln!("policy set: the connection to denied.test was cut {secs:.2} s after it returned");
+    // The allowed connection still carries lines both ways.
+    let more = ticker.wait_for(Duration::from_secs(120), |l| {
+        assert!(
+            !l.starts_with("198.18.77.80 closed"),
+            "the allowed connection was cut: {l}"
+        );
+        echo_count(l, "198.18.77.80").is_some_and(|n| n >= last_allowed + 3)
+    });
+    assert!(more.is_some(), "the connection to allowed.test stopped");
+    drop(ticker);
+    h.sh("n1", "kill $(cat /root/echo.pids) 2>/dev/null; true");
 }
 
 #[test]
@@ -62,7 +119,11 @@ fn sandbox_network_policy_forks_and_cleanup() {
 
     h.create("n1", &["--mem", "256", "--idle-timeout", "0"]);
     let scripts = tempfile::tempdir().unwrap();
-    for (f, text) in [("fetch.pl", FETCH), ("rcode.pl", RCODE)] {
+    for (f, text) in [
+        ("fetch.pl", FETCH),
+        ("rcode.pl", RCODE),
+        ("echo.pl", ECHO_CLIENT),
+    ] {
         std::fs::write(scripts.path().join(f), text).unwrap();
         let src = scripts.path().join(f);
         h.ok(&["cp", src.to_str().unwrap(), &format!("n1:/root/{f}")]);
@@ -118,6 +179,21 @@ fn sandbox_network_policy_forks_and_cleanup() {
         let (code, page) = fetch("n1", target);
         assert!(code == 0 && page.contains("hello"), "{target}: {page}");
     }
+    cut_on_policy_change(&h, &inet);
+
+    // An address rule re-allows an always-denied address (the metadata address, which the
+    // fake internet serves), even under `deny *`.
+    h.ok(&[
+        "policy",
+        "set",
+        "n1",
+        "--allow",
+        "169.254.169.254",
+        "--deny",
+        "*",
+    ]);
+    let (code, page) = fetch("n1", "169.254.169.254");
+    assert!(code == 0 && page.contains("hello"), "{page}");
     h.ok(&["policy", "set", "n1"]);
 
     // Two forks of one checkpoint: own address and MAC, both reach the server.

@@ -67,7 +67,7 @@ pub enum NetError {
     )]
     PoolFull(String),
     /// A policy pattern is not a domain pattern.
-    #[error("{0:?} is not a domain pattern (hint: a name like github.com, a wildcard like '*.npmjs.org', or '*')")]
+    #[error("{0:?} is not a domain pattern (hint: a name like github.com, a wildcard like '*.npmjs.org', '*', or an IPv4 address or network like 10.1.0.0/16)")]
     BadPattern(String),
     /// Unknown preset.
     #[error("no policy preset {0:?} (hint: open, none, dev)")]
@@ -392,7 +392,7 @@ pub fn set_policy(paths: &Paths, name: &str, new: &policy::Policy) -> Result<(),
 /// Rebuilds the table for `policy`, keeping the addresses resolved for names it allows.
 fn apply_policy(paths: &Paths, spec: &NetSpec, policy: &policy::Policy) -> Result<(), NetError> {
     let allowed = dns::allowed_addresses(paths, policy);
-    nft::apply(&nft::table(spec, &spec.pool, policy.restricts(), &allowed))
+    nft::apply(&nft::table(spec, &spec.pool, policy, &allowed))
 }
 
 /// Deletes the conntrack entries of the guest's connections whose destination the policy no
@@ -417,7 +417,11 @@ fn cut_connections(paths: &Paths, spec: &NetSpec, policy: &policy::Policy) {
         .lines()
         .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("dst=")))
         .filter_map(|a| a.parse().ok())
-        .filter(|a| *a != spec.gateway && !allowed.contains(a))
+        .filter(|a| *a != spec.gateway)
+        .filter(|a| match policy.addr_verdict(*a) {
+            Some(verdict) => !verdict,
+            None => !allowed.contains(a),
+        })
         .collect();
     cut.sort();
     cut.dedup();

@@ -4,6 +4,7 @@
 //! `nft delete table` and nothing is shared between sandboxes. Its chains see only traffic of
 //! the sandbox's host-side veth; `accept` in them ends only this table's say.
 
+use super::policy::{Action, Policy};
 use super::{NetError, NetSpec};
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -23,9 +24,23 @@ pub const ALWAYS_DENIED: &[&str] = &[
     "224.0.0.0/3",
 ];
 
-/// The table's text: `allowed` lists addresses resolved for allowed names with the seconds
-/// each has left; `restrict` limits egress to them.
-pub fn table(spec: &NetSpec, pool: &str, restrict: bool, allowed: &[(Ipv4Addr, u64)]) -> String {
+/// `{ A/N, ... }` for a set's elements; empty for none.
+fn net_elements(nets: &[(Ipv4Addr, u8)]) -> String {
+    if nets.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = nets.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+    format!(" elements = {{ {} }};", list.join(", "))
+}
+
+/// The table's text for `policy`: `allowed` lists addresses resolved for allowed names with
+/// the seconds each has left; a policy with rules limits egress to them. The policy's denied
+/// networks are rejected first, then its allowed networks accepted (before the always-denied
+/// ranges, so a rule can re-allow one of those).
+pub fn table(spec: &NetSpec, pool: &str, policy: &Policy, allowed: &[(Ipv4Addr, u64)]) -> String {
+    let restrict = policy.restricts();
+    let deny_nets = net_elements(&policy.nets(Action::Deny));
+    let allow_nets = net_elements(&policy.nets(Action::Allow));
     let t = spec.table();
     let veth = spec.veth();
     let gw = spec.gateway;
@@ -50,6 +65,8 @@ pub fn table(spec: &NetSpec, pool: &str, restrict: bool, allowed: &[(Ipv4Addr, u
         "table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n\
          \tset allowed {{ type ipv4_addr; flags timeout;{allowed_elems} }}\n\
          \tset denied {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {denied} }}; }}\n\
+         \tset deny_nets {{ type ipv4_addr; flags interval; auto-merge;{deny_nets} }}\n\
+         \tset allow_nets {{ type ipv4_addr; flags interval; auto-merge;{allow_nets} }}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
          \t\toifname \"{veth}\" ct state established,related accept\n\
@@ -57,6 +74,8 @@ pub fn table(spec: &NetSpec, pool: &str, restrict: bool, allowed: &[(Ipv4Addr, u
          \t\tiifname != \"{veth}\" accept\n\
          \t\tip saddr != {guest} drop\n\
          \t\tct state established,related accept\n\
+         \t\tip daddr @deny_nets reject with icmp type admin-prohibited\n\
+         \t\tip daddr @allow_nets accept\n\
          \t\tip daddr @denied reject with icmp type admin-prohibited\n\
          {restrict_rule}\
          \t\taccept\n\
@@ -145,19 +164,29 @@ mod tests {
     #[test]
     fn the_table_names_the_sandbox_and_restricts_when_asked() {
         let spec = NetSpec::test_spec();
-        let open = table(&spec, "10.213.0.0/16", false, &[]);
+        let open = table(&spec, "10.213.0.0/16", &Policy::default(), &[]);
         assert!(open.contains("delete table ip cairn-abcd12345678"));
         assert!(open.contains("oifname != \"cnabcd12345678\" masquerade"));
         assert!(open.contains("169.254.0.0/16"));
         assert!(open.contains("10.213.0.0/16 }"));
         assert!(!open.contains("!= @allowed"));
+        assert!(open.contains("set allow_nets { type ipv4_addr; flags interval; auto-merge; }"));
+        let mut policy = Policy::default();
+        policy.push(Action::Deny, "*").unwrap();
+        policy.push(Action::Allow, "169.254.169.254").unwrap();
+        policy.push(Action::Deny, "203.0.113.0/24").unwrap();
         let shut = table(
             &spec,
             "10.213.0.0/16",
-            true,
+            &policy,
             &[(Ipv4Addr::new(198, 18, 77, 80), 30)],
         );
         assert!(shut.contains("ip daddr != @allowed reject"));
         assert!(shut.contains("elements = { 198.18.77.80 timeout 30s }"));
+        assert!(shut.contains("elements = { 169.254.169.254/32 }"));
+        assert!(shut.contains("elements = { 203.0.113.0/24 }"));
+        let order = |rule: &str| shut.find(rule).unwrap();
+        assert!(order("@deny_nets reject") < order("@allow_nets accept"));
+        assert!(order("@allow_nets accept") < order("@denied reject"));
     }
 }

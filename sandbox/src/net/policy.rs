@@ -5,9 +5,16 @@
 //! the longest pattern wins (an exact name beats a wildcard of the same length, deny beats allow
 //! on a tie); a name no rule matches is allowed. An empty policy allows every public address;
 //! a policy with rules limits egress to addresses its allowed names resolved to.
+//!
+//! A pattern may also be an IPv4 address or network (`10.1.0.0/16`, `169.254.169.254`): an
+//! address rule, matched against destinations, never names. An allowed network is reachable
+//! without a name being resolved, the always-denied ranges included (a way to re-allow one);
+//! a denied one is unreachable even where an allowed name resolves into it. Deny rules on
+//! addresses win over allow rules on addresses.
 
 use super::NetError;
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +105,32 @@ impl Policy {
         !self.rules.is_empty()
     }
 
+    /// The networks of the address rules with `action`, as (network, prefix length).
+    pub fn nets(&self, action: Action) -> Vec<(Ipv4Addr, u8)> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == action)
+            .filter_map(|r| parse_net(&r.pattern))
+            .collect()
+    }
+
+    /// The address rules' verdict for `addr`: `Some(false)` inside a denied network,
+    /// `Some(true)` inside an allowed one (and no denied one), `None` outside both.
+    pub fn addr_verdict(&self, addr: Ipv4Addr) -> Option<bool> {
+        let inside = |action| {
+            self.nets(action)
+                .into_iter()
+                .any(|(net, len)| mask(addr, len) == net)
+        };
+        if inside(Action::Deny) {
+            Some(false)
+        } else if inside(Action::Allow) {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
     /// The verdict for `name` (a trailing dot and case are ignored).
     pub fn allows(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -132,12 +165,35 @@ fn score(pattern: &str, name: &str) -> Option<(u8, usize)> {
     (pattern == name).then_some((2, pattern.len()))
 }
 
+/// `addr` with all but its first `len` bits cleared.
+fn mask(addr: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let bits = u32::from(addr);
+    match len {
+        0 => Ipv4Addr::UNSPECIFIED,
+        l => Ipv4Addr::from(bits & (u32::MAX << (32 - u32::from(l.min(32))))),
+    }
+}
+
+/// An address pattern `A.B.C.D/N` (as stored: network address, prefix length).
+fn parse_net(pattern: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = pattern.split_once('/')?;
+    Some((addr.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?))
+}
+
 /// Checks and lowercases a pattern: `*`, `*.name` or `name`, with labels of `a-z 0-9 -` (and
-/// `_`), 1-63 long, no leading or trailing `-`, at most 253 characters.
+/// `_`), 1-63 long, no leading or trailing `-`, at most 253 characters; or an IPv4 address or
+/// network, stored as `NETWORK/LEN` (host bits cleared; an address is `/32`).
 pub fn check_pattern(pattern: &str) -> Result<String, NetError> {
     let p = pattern.trim().to_ascii_lowercase();
     if p == "*" {
         return Ok(p);
+    }
+    let (addr, len) = p.split_once('/').unwrap_or((&p, "32"));
+    if let Ok(addr) = addr.parse::<Ipv4Addr>() {
+        return match len.parse::<u8>() {
+            Ok(len) if len <= 32 => Ok(format!("{}/{len}", mask(addr, len))),
+            _ => Err(NetError::BadPattern(pattern.to_string())),
+        };
     }
     let name = p.strip_prefix("*.").unwrap_or(&p);
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -211,7 +267,10 @@ mod tests {
             "*.",
             "**.a",
             "a b",
-            "10.0.0.0/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "fd00::/8",
         ] {
             let e = check_pattern(bad).unwrap_err().to_string();
             assert!(e.contains("not a domain pattern"), "{bad}: {e}");
@@ -222,5 +281,30 @@ mod tests {
         p.push(Action::Deny, "A.com").unwrap();
         assert_eq!(p.rules.len(), 1);
         assert!(!p.allows("a.com"));
+    }
+
+    #[test]
+    fn address_rules_match_destinations_not_names() {
+        assert_eq!(check_pattern("10.1.2.3/16").unwrap(), "10.1.0.0/16");
+        assert_eq!(
+            check_pattern("169.254.169.254").unwrap(),
+            "169.254.169.254/32"
+        );
+        assert_eq!(check_pattern("0.0.0.0/0").unwrap(), "0.0.0.0/0");
+        use Action::*;
+        let p = policy(&[
+            (Allow, "10.0.0.0/8"),
+            (Deny, "10.1.0.0/16"),
+            (Allow, "github.com"),
+            (Deny, "*"),
+        ]);
+        assert_eq!(p.nets(Allow), vec![(Ipv4Addr::new(10, 0, 0, 0), 8)]);
+        assert_eq!(p.nets(Deny), vec![(Ipv4Addr::new(10, 1, 0, 0), 16)]);
+        assert_eq!(p.addr_verdict(Ipv4Addr::new(10, 2, 3, 4)), Some(true));
+        assert_eq!(p.addr_verdict(Ipv4Addr::new(10, 1, 3, 4)), Some(false));
+        assert_eq!(p.addr_verdict(Ipv4Addr::new(198, 18, 0, 1)), None);
+        assert!(p.allows("github.com"));
+        assert!(!p.allows("10.2.3.4"), "an address rule is no name rule");
+        assert!(p.restricts());
     }
 }

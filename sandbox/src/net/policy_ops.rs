@@ -14,10 +14,11 @@ pub struct PolicyChange {
     /// Start from this preset (`open`, `none`, `dev`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
-    /// Allow names matching these patterns (`name`, `*.suffix` or `*`).
+    /// Allow names matching these patterns (`name`, `*.suffix` or `*`), or destinations in
+    /// these IPv4 networks (`10.1.0.0/16`, `169.254.169.254`).
     #[serde(default)]
     pub allow: Vec<String>,
-    /// Deny names matching these patterns.
+    /// Deny names matching these patterns, or destinations in these IPv4 networks.
     #[serde(default)]
     pub deny: Vec<String>,
 }
