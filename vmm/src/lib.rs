@@ -17,6 +17,7 @@ pub mod machine;
 pub mod preboot;
 pub mod runtime;
 pub mod seccomp;
+pub mod vmgenid;
 pub mod vstate;
 
 pub use error::VmmError;

@@ -97,6 +97,10 @@ pub fn restore_machine(
     let mut mmio = Bus::new();
     let legacy =
         attach_legacy_devices_with_state(vm.fd(), &mut pio, console.output, Some(&state.legacy))?;
+    let vmgenid = match &state.vmgenid {
+        Some(s) => Some(crate::vmgenid::restore_vmgenid(vm.fd(), &mem, s)?),
+        None => None,
+    };
     let exit = Arc::new(ExitSignal::new()?);
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
 
@@ -187,6 +191,7 @@ pub fn restore_machine(
             tracing::warn!("vsock transport reset after restore: {e}");
         }
     }
+    crate::vmgenid::notify_restored(vmgenid.as_ref());
     let handles = vcpus
         .into_iter()
         .map(|v| v.start(!opts.resume))
@@ -226,5 +231,6 @@ pub fn restore_machine(
         spec,
         restored_pages,
         dirty: Default::default(),
+        vmgenid,
     })
 }

@@ -19,7 +19,7 @@ use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
 /// Version of the machine state layout. Bump on any incompatible change.
-pub const MACHINE_STATE_VERSION: u32 = 1;
+pub const MACHINE_STATE_VERSION: u32 = 2;
 /// Largest state file cairn reads (vCPU XSAVE areas dominate: 4 KiB each).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
@@ -79,6 +79,8 @@ pub struct MachineState {
     pub legacy: LegacyState,
     /// Virtio devices in attach order.
     pub virtio: Vec<VirtioSlotState>,
+    /// The VM generation ID device (version 2 on).
+    pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
 }
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,6 +120,15 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
         vcpus,
         legacy: machine.legacy().save()?,
         virtio,
+        vmgenid: machine
+            .vmgenid
+            .as_ref()
+            .map(|d| d.save())
+            .transpose()
+            .map_err(|e| VmmError::Device {
+                device: "vmgenid".into(),
+                reason: e.to_string(),
+            })?,
     })
 }
 
