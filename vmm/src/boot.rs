@@ -151,6 +151,7 @@ pub fn write_boot_info(
     initrd: Option<InitrdPlacement>,
     vcpu_count: u8,
     vmgenid: Option<VmGenIdAcpi>,
+    virtio: &[(u64, u32)],
 ) -> Result<(), VmmError> {
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(|e| VmmError::Cmdline(e.to_string()))?;
@@ -162,8 +163,8 @@ pub fn write_boot_info(
     let e820 = e820_map(mem_size);
     let gm = |e: vm_memory::GuestMemoryError| VmmError::GuestMemory(e.to_string());
     setup_mptable(mem, vcpu_count)?;
-    let rsdp =
-        setup_acpi(mem, vcpu_count, vmgenid).map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+    let rsdp = setup_acpi(mem, vcpu_count, vmgenid, virtio)
+        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
     match kernel.entry {
         EntryMode::Pvh { .. } => {
             write_pvh_start_info(mem, initrd, &e820, Some(rsdp)).map_err(gm)?

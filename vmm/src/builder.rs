@@ -298,7 +298,16 @@ pub fn build_machine(
         let args = boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS);
         let cmdline = build_cmdline(args, &cmdline_extra)?;
         let acpi = crate::vmgenid::acpi_description(&vmgenid);
-        write_boot_info(&mem, &kernel, &cmdline, initrd, spec.vcpu_count, Some(acpi))?;
+        let slots: Vec<(u64, u32)> = virtio.iter().map(|a| (a.slot.base, a.slot.irq)).collect();
+        write_boot_info(
+            &mem,
+            &kernel,
+            &cmdline,
+            initrd,
+            spec.vcpu_count,
+            Some(acpi),
+            &slots,
+        )?;
     }
 
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));

@@ -18,7 +18,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
-use super::layout::{APIC_ADDR, IOAPIC_ADDR, RSDP_START, SYSTEM_MEM_END};
+use super::layout::{APIC_ADDR, IOAPIC_ADDR, MMIO_DEVICE_SIZE, RSDP_START, SYSTEM_MEM_END};
 
 const OEM_ID: [u8; 6] = *b"CAIRN ";
 const OEM_REVISION: u32 = 1;
@@ -68,9 +68,35 @@ fn align(addr: u64) -> u64 {
     addr.div_ceil(TABLE_ALIGN) * TABLE_ALIGN
 }
 
-/// The DSDT body: the VMGenID device and the GED that notifies it (Firecracker's AML).
-pub fn dsdt_body(vmgenid: Option<VmGenIdAcpi>) -> Vec<u8> {
+/// A virtio-mmio device as the DSDT describes it (Firecracker's `LNRO0005` devices). A
+/// hardware-reduced platform has no legacy PIC, so Linux maps a GSI only for a device that ACPI
+/// describes: without these, the command line's `virtio_mmio.device=` IRQs do not exist there.
+fn virtio_aml(index: usize, base: u64, irq: u32, body: &mut Vec<u8>) {
+    let path = format!("_SB_.V{index:03}");
+    let uid = index;
+    let one = aml::One {};
+    let mem = aml::Memory32Fixed::new(true, base as u32, MMIO_DEVICE_SIZE as u32);
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &int]);
+    aml::Device::new(
+        aml::Path::new(&path),
+        vec![
+            &aml::Name::new("_HID".into(), &"LNRO0005"),
+            &aml::Name::new("_UID".into(), &uid),
+            &aml::Name::new("_CCA".into(), &one),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+/// The DSDT body: the virtio-mmio devices `(base, irq)`, the VMGenID device and the GED that
+/// notifies it (Firecracker's AML).
+pub fn dsdt_body(vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> Vec<u8> {
     let mut body = Vec::new();
+    for (i, (base, irq)) in virtio.iter().enumerate() {
+        virtio_aml(i, *base, *irq, &mut body);
+    }
     let Some(g) = vmgenid else {
         return body;
     };
@@ -107,8 +133,8 @@ pub fn dsdt_body(vmgenid: Option<VmGenIdAcpi>) -> Vec<u8> {
     body
 }
 
-fn dsdt(vmgenid: Option<VmGenIdAcpi>) -> Vec<u8> {
-    let body = dsdt_body(vmgenid);
+fn dsdt(vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> Vec<u8> {
+    let body = dsdt_body(vmgenid, virtio);
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CAIRNDSD", OEM_REVISION);
     sdt.append_slice(&body);
     sdt.update_checksum();
@@ -140,11 +166,16 @@ fn madt(num_cpus: u8) -> Vec<u8> {
     to_bytes(&madt)
 }
 
-/// Build every table for `num_cpus` vCPUs, addressed from [`RSDP_START`] on.
-pub fn build(num_cpus: u8, vmgenid: Option<VmGenIdAcpi>) -> Result<AcpiTables, AcpiError> {
+/// Build every table for `num_cpus` vCPUs and the virtio-mmio devices `(base, irq)`, addressed
+/// from [`RSDP_START`] on.
+pub fn build(
+    num_cpus: u8,
+    vmgenid: Option<VmGenIdAcpi>,
+    virtio: &[(u64, u32)],
+) -> Result<AcpiTables, AcpiError> {
     let rsdp_len = Rsdp::len() as u64;
     let madt = madt(num_cpus);
-    let dsdt = dsdt(vmgenid);
+    let dsdt = dsdt(vmgenid, virtio);
     let fadt_len = FADTBuilder::new(OEM_ID, *b"CAIRNFAC", OEM_REVISION)
         .length
         .get() as u64;
@@ -180,8 +211,9 @@ pub fn setup_acpi<M: GuestMemoryBackend>(
     mem: &M,
     num_cpus: u8,
     vmgenid: Option<VmGenIdAcpi>,
+    virtio: &[(u64, u32)],
 ) -> Result<u64, AcpiError> {
-    let tables = build(num_cpus, vmgenid)?;
+    let tables = build(num_cpus, vmgenid, virtio)?;
     for (addr, bytes) in &tables.tables {
         mem.write_slice(bytes, GuestAddress(*addr))?;
     }

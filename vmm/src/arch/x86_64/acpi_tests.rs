@@ -39,7 +39,7 @@ fn table_at(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
 fn tables_chain_from_the_rsdp_with_valid_checksums() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
     for cpus in [1u8, 2, 8, mptable::MAX_SUPPORTED_CPUS] {
-        let rsdp_addr = setup_acpi(&mem, cpus, Some(VMGENID)).unwrap();
+        let rsdp_addr = setup_acpi(&mem, cpus, Some(VMGENID), &[(0xd000_0000, 5)]).unwrap();
         assert_eq!(rsdp_addr, RSDP_START);
         assert_eq!(rsdp_addr % 16, 0, "scanned for on 16-byte boundaries");
         let mut rsdp = [0u8; 36];
@@ -80,7 +80,7 @@ fn tables_chain_from_the_rsdp_with_valid_checksums() {
         }
 
         // Everything sits in the reserved system memory, clear of the MP table and the id.
-        let tables = build(cpus, Some(VMGENID)).unwrap();
+        let tables = build(cpus, Some(VMGENID), &[(0xd000_0000, 5)]).unwrap();
         let mp_end = EBDA_START + mptable::build(cpus, EBDA_START).unwrap().len() as u64;
         assert!(mp_end <= VMGENID_ADDR);
         for w in tables.tables.windows(2) {
@@ -102,7 +102,7 @@ fn tables_chain_from_the_rsdp_with_valid_checksums() {
 
 #[test]
 fn dsdt_describes_the_vmgenid_device_and_its_ged() {
-    let body = dsdt_body(Some(VMGENID));
+    let body = dsdt_body(Some(VMGENID), &[]);
     // Device(\_SB.VGEN) with the ids Linux's vmgenid driver matches.
     assert!(find(&body, b"VGEN").is_some());
     assert!(find(&body, b"VMGENCTR\0").is_some());
@@ -135,15 +135,30 @@ fn dsdt_describes_the_vmgenid_device_and_its_ged() {
         &[0x0a, 0x80]
     );
 
-    assert!(dsdt_body(None).is_empty());
+    assert!(dsdt_body(None, &[]).is_empty());
+    // Virtio-mmio devices: LNRO0005 with their window and GSI (Linux maps no GSI on a
+    // hardware-reduced platform unless ACPI describes its device).
+    let virtio = dsdt_body(None, &[(0xd000_1000, 6)]);
+    assert!(find(&virtio, b"V000").is_some());
+    assert!(find(&virtio, b"LNRO0005\0").is_some());
+    let mut window = vec![0x86, 9, 0, 1];
+    window.extend_from_slice(&0xd000_1000u32.to_le_bytes());
+    window.extend_from_slice(&0x1000u32.to_le_bytes());
+    assert!(find(&virtio, &window).is_some(), "Memory32Fixed");
+    assert!(find(&virtio, &[0x89, 6, 0, 0b0011, 1, 6, 0, 0, 0]).is_some());
 }
 
 #[test]
 fn too_many_tables_for_low_memory_are_refused() {
     // 254 vCPUs is the most an MP table describes; the tables for them still fit.
-    assert!(build(mptable::MAX_SUPPORTED_CPUS, Some(VMGENID)).is_ok());
+    assert!(build(
+        mptable::MAX_SUPPORTED_CPUS,
+        Some(VMGENID),
+        &[(0xd000_0000, 5); 18]
+    )
+    .is_ok());
     let tiny = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-    let err = setup_acpi(&tiny, 1, Some(VMGENID)).unwrap_err();
+    let err = setup_acpi(&tiny, 1, Some(VMGENID), &[]).unwrap_err();
     assert!(
         err.to_string().contains("cannot write the ACPI tables"),
         "{err}"
@@ -156,7 +171,7 @@ fn dump_tables_for_iasl() {
     let Some(dir) = std::env::var_os("CAIRN_ACPI_DUMP_DIR") else {
         return;
     };
-    let tables = build(2, Some(VMGENID)).unwrap();
+    let tables = build(2, Some(VMGENID), &[(0xd000_0000, 5), (0xd000_1000, 6)]).unwrap();
     for (_, bytes) in tables.tables.iter().skip(1) {
         let name = String::from_utf8_lossy(&bytes[..4]).to_lowercase();
         std::fs::write(
