@@ -1,8 +1,10 @@
 //! `cairn-bench api`: what `cairn serve` adds to an exec. The same command (`true`) is run
 //! alternately straight through the guest agent (the floor: vsock connect, hellos, spawn,
 //! exit) and through `POST /v1/sandboxes/NAME/exec` on the server's Unix socket, so both see
-//! the same guest and host load; the added latency is the difference (of medians and of
-//! minimums, the steadier figure on a noisy host). Then N execs at once through the API.
+//! the same guest and host load; the added latency is the difference (median and p95 of the
+//! paired differences, and of the two series). `GET /v1/sandboxes/NAME` gives the server's own
+//! path without the guest (HTTP, auth, the blocking pool, a registry read). Then 50 execs at
+//! once through the API, spread over 4 sandboxes, each checked for its own output.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -13,17 +15,71 @@ use std::time::{Duration, Instant};
 use cairn_agent::client::Client;
 use cairn_agent::proto::{ExecRequest, AGENT_PORT};
 use cairn_tests::sandbox::CairnHome;
+use serde::{Deserialize, Serialize};
 
-use crate::util::{figure, ms, Options, Outcome};
+use crate::util::{figure, ms, Figure, Options, Outcome};
 
-/// How many execs run at once in the concurrency figure.
-const CONCURRENT: usize = 20;
+/// How many execs run at once in the concurrency figure, and over how many sandboxes.
+const CONCURRENT: usize = 50;
+const SANDBOXES: usize = 4;
 
-/// One `POST …/exec` of `true` over the Unix socket; the HTTP answer must hold exit code 0.
-fn api_exec(sock: &Path, name: &str) -> Result<Duration, String> {
-    let body = r#"{"argv":["true"]}"#;
+/// `POST …/exec`'s body, as the API takes it.
+#[derive(Serialize)]
+struct ExecBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<&'a [&'a str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+}
+
+/// `POST …/exec`'s collected answer.
+#[derive(Deserialize)]
+struct ExecAnswer {
+    stdout: String,
+    exit_code: i32,
+}
+
+/// The body of an HTTP/1.1 answer, de-chunked; an error unless the status is 2xx.
+fn http_body(answer: &[u8]) -> Result<Vec<u8>, String> {
+    let text = String::from_utf8_lossy(answer);
+    let split = text.find("\r\n\r\n").ok_or("no HTTP header end")?;
+    let (head, mut rest) = (&text[..split], &text[split + 4..]);
+    if !head.starts_with("HTTP/1.1 2") {
+        return Err(format!(
+            "{}: {}",
+            head.lines().next().unwrap_or(""),
+            rest.trim()
+        ));
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(rest.as_bytes().to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.find("\r\n").ok_or("bad chunk")?;
+        let size = usize::from_str_radix(rest[..line_end].trim(), 16).map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok(body);
+        }
+        let start = line_end + 2;
+        let chunk = rest.get(start..start + size).ok_or("short chunk")?;
+        body.extend_from_slice(chunk.as_bytes());
+        rest = rest.get(start + size + 2..).ok_or("short chunk")?;
+    }
+}
+
+/// One request on the server's Unix socket; the time to the whole answer and its body.
+fn api_call(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(Duration, Vec<u8>), String> {
     let req = format!(
-        "POST /v1/sandboxes/{name}/exec HTTP/1.1\r\nHost: cairn\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: cairn\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -31,14 +87,33 @@ fn api_exec(sock: &Path, name: &str) -> Result<Duration, String> {
     let mut s =
         UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
     let took = t.elapsed();
-    if !answer.starts_with("HTTP/1.1 200") || !answer.contains("\"exit_code\":0") {
-        return Err(format!(
-            "exec through the API: {}",
-            answer.lines().last().unwrap_or("")
-        ));
+    Ok((took, http_body(&answer)?))
+}
+
+/// One `POST …/exec` over the Unix socket; its time and answer.
+fn api_exec(sock: &Path, name: &str, body: &ExecBody) -> Result<(Duration, ExecAnswer), String> {
+    let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
+    let (took, answer) = api_call(sock, "POST", &format!("/v1/sandboxes/{name}/exec"), &body)?;
+    let a: ExecAnswer = serde_json::from_slice(&answer)
+        .map_err(|e| format!("exec answer: {e}: {}", String::from_utf8_lossy(&answer)))?;
+    Ok((took, a))
+}
+
+/// One exec of `true` through the API; exit code 0 required.
+fn api_true(sock: &Path, name: &str) -> Result<Duration, String> {
+    let (took, a) = api_exec(
+        sock,
+        name,
+        &ExecBody {
+            argv: Some(&["true"]),
+            command: None,
+        },
+    )?;
+    if a.exit_code != 0 {
+        return Err(format!("true exited {} through the API", a.exit_code));
     }
     Ok(took)
 }
@@ -59,6 +134,22 @@ fn agent_exec(vsock: &Path) -> Result<Duration, String> {
         return Err(format!("true exited {st:?}"));
     }
     Ok(took)
+}
+
+/// The 95th percentile (nearest rank) of `v`.
+fn p95(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((v.len() as f64) * 0.95).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// A series' figure and its p95 as a second figure.
+fn with_p95(name: &str, samples: Vec<f64>) -> [Figure; 2] {
+    let p = p95(samples.clone());
+    [
+        figure(name.to_string(), samples, "ms"),
+        figure(format!("{name}: p95"), vec![p], "ms"),
+    ]
 }
 
 /// Tries `f` up to 4 times: this host's guest now and then loses a process at start.
@@ -84,11 +175,11 @@ impl Drop for Serve {
     }
 }
 
-fn run(h: &CairnHome, opts: &Options) -> Result<Vec<crate::util::Figure>, String> {
+fn create(h: &CairnHome, name: &str) -> Result<(), String> {
     let created = h
         .command(&[
             "create",
-            "a",
+            name,
             "--mem",
             "256",
             "--disk",
@@ -102,9 +193,17 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<crate::util::Figure>, String
         .map_err(|e| e.to_string())?;
     if !created.status.success() {
         return Err(format!(
-            "create: {}",
+            "create {name}: {}",
             String::from_utf8_lossy(&created.stderr).trim()
         ));
+    }
+    Ok(())
+}
+
+fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
+    let names: Vec<String> = (0..SANDBOXES).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        create(h, n)?;
     }
     let sock: PathBuf = h.home.path().join("serve.sock");
     let child = h
@@ -121,51 +220,112 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<crate::util::Figure>, String
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let vsock = h.dir("a").join("vsock.sock");
+    let a = &names[0];
+    let vsock = h.dir(a).join("vsock.sock");
     // Warm both paths once.
     retried(|| agent_exec(&vsock))?;
-    retried(|| api_exec(&sock, "a"))?;
-    let (mut direct, mut api) = (Vec::new(), Vec::new());
-    for _ in 0..opts.runs.max(5) {
-        direct.push(ms(retried(|| agent_exec(&vsock))?));
-        api.push(ms(retried(|| api_exec(&sock, "a"))?));
+    retried(|| api_true(&sock, a))?;
+    let runs = opts.runs.max(5);
+    let (mut direct, mut api, mut diff, mut floor) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let d = ms(retried(|| agent_exec(&vsock))?);
+        let x = ms(retried(|| api_true(&sock, a))?);
+        direct.push(d);
+        api.push(x);
+        diff.push(x - d);
+        let (t, _) = api_call(&sock, "GET", &format!("/v1/sandboxes/{a}"), "")?;
+        floor.push(ms(t));
     }
-    let d = figure("exec `true` through the agent".into(), direct, "ms");
-    let a = figure("exec `true` through cairn serve".into(), api, "ms");
-    let added_median = figure(
+    let mut figs = Vec::new();
+    figs.extend(with_p95("exec `true` through the agent", direct.clone()));
+    figs.extend(with_p95("exec `true` through cairn serve", api.clone()));
+    figs.extend(with_p95("API added latency (paired api - agent)", diff));
+    let (dm, am) = (
+        figure(String::new(), direct.clone(), "ms"),
+        figure(String::new(), api.clone(), "ms"),
+    );
+    figs.push(figure(
         "API added latency (median - median)".into(),
-        vec![a.median - d.median],
+        vec![am.median - dm.median],
         "ms",
-    );
-    let added_min = figure(
-        "API added latency (min - min)".into(),
-        vec![a.min - d.min],
+    ));
+    figs.push(figure(
+        "API added latency (p95 - p95)".into(),
+        vec![p95(api) - p95(direct)],
         "ms",
-    );
+    ));
+    figs.extend(with_p95(
+        "GET /v1/sandboxes/NAME (server path, no guest)",
+        floor,
+    ));
+
+    // Each sandbox knows its name; each exec prints its number and the name it ran in.
+    for n in &names {
+        let cmd = format!("echo {n} > /root/me");
+        let (_, r) = api_exec(
+            &sock,
+            n,
+            &ExecBody {
+                argv: None,
+                command: Some(&cmd),
+            },
+        )?;
+        if r.exit_code != 0 {
+            return Err(format!("{n}: writing /root/me exited {}", r.exit_code));
+        }
+    }
     let t = Instant::now();
     let handles: Vec<_> = (0..CONCURRENT)
-        .map(|_| {
+        .map(|i| {
             let sock = sock.clone();
-            std::thread::spawn(move || retried(|| api_exec(&sock, "a")).map(ms))
+            let name = names[i % SANDBOXES].clone();
+            std::thread::spawn(move || {
+                let cmd = format!("echo {i} $(cat /root/me)");
+                let (took, r) = api_exec(
+                    &sock,
+                    &name,
+                    &ExecBody {
+                        argv: None,
+                        command: Some(&cmd),
+                    },
+                )?;
+                let want = format!("{i} {name}\n");
+                if r.exit_code != 0 || r.stdout != want {
+                    return Err(format!(
+                        "exec {i} in {name}: exit {} stdout {:?}",
+                        r.exit_code, r.stdout
+                    ));
+                }
+                Ok(ms(took))
+            })
         })
         .collect();
-    let mut each = Vec::new();
+    let (mut each, mut errors) = (Vec::new(), Vec::new());
     for hd in handles {
-        each.push(hd.join().map_err(|_| "a thread panicked".to_string())??);
+        match hd.join().map_err(|_| "a thread panicked".to_string())? {
+            Ok(t) => each.push(t),
+            Err(e) => errors.push(e),
+        }
     }
     let wall = ms(t.elapsed());
-    Ok(vec![
-        d,
-        a,
-        added_median,
-        added_min,
-        figure(format!("{CONCURRENT} concurrent execs: each"), each, "ms"),
-        figure(
-            format!("{CONCURRENT} concurrent execs: all done"),
-            vec![wall],
-            "ms",
-        ),
-    ])
+    for e in &errors {
+        eprintln!("api: concurrent exec failed: {e}");
+    }
+    if each.is_empty() {
+        return Err(format!(
+            "every concurrent exec failed: {}",
+            errors.join("; ")
+        ));
+    }
+    let label = format!("{CONCURRENT} concurrent execs over {SANDBOXES} sandboxes");
+    figs.extend(with_p95(&format!("{label}: each"), each));
+    figs.push(figure(format!("{label}: all done"), vec![wall], "ms"));
+    figs.push(figure(
+        format!("{label}: errors"),
+        vec![errors.len() as f64],
+        "count",
+    ));
+    Ok(figs)
 }
 
 /// `cairn-bench api [--runs N]`.

@@ -15,13 +15,14 @@ use cairn_vmm_api::config::{DriveConfig, VmConfig};
 /// MiB moved per `dd` (the guest kernel is emulated on the project's host: keep it small).
 const MIB: u32 = 8;
 
-struct Console {
+/// A VMM child whose serial console (stdin/stdout) the bench drives; killed on drop.
+pub(crate) struct Console {
     child: std::process::Child,
     out: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Console {
-    fn spawn(mut cmd: Command) -> Result<Self, String> {
+    pub(crate) fn spawn(mut cmd: Command) -> Result<Self, String> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -47,7 +48,7 @@ impl Console {
         String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
     }
 
-    fn wait_for(&self, marker: &str, timeout: Duration) -> Result<String, String> {
+    pub(crate) fn wait_for(&self, marker: &str, timeout: Duration) -> Result<String, String> {
         let start = Instant::now();
         loop {
             let t = self.text();
@@ -61,7 +62,7 @@ impl Console {
         }
     }
 
-    fn send(&mut self, line: &str) -> Result<(), String> {
+    pub(crate) fn send(&mut self, line: &str) -> Result<(), String> {
         let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
         stdin
             .write_all(line.as_bytes())

@@ -17,6 +17,8 @@
 //! cairn-bench api        [--runs N]                  `cairn serve`: added exec latency, concurrent execs
 //! cairn-bench ports      [--runs N]                  `cairn proxy` / `cairn router` requests, router wake
 //! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
+//! cairn-bench store      [--runs N]                  the S3 store: dedup of forks and checkpoints,
+//!                                                    restore on a second host, push/pull MiB/s
 //! cairn-bench vs         [--vs FC] [--runs N] [--mem MiB,...] [--dir D,...]
 //!                                                    cairn-vmm and Firecracker in alternating pairs:
 //!                                                    process start -> first serial byte
@@ -38,6 +40,7 @@ mod paired;
 mod ports;
 mod sandbox;
 mod snapshot;
+mod store;
 mod util;
 
 use util::Outcome;
@@ -46,7 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|network|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|network|store|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -71,6 +74,7 @@ fn main() {
         "api" => api::api(&opts),
         "ports" => ports::ports(&opts),
         "network" => network::network(&opts),
+        "store" => store::store(&opts),
         "all" => {
             let mut r = figures(boot::start_to_first_byte(&opts));
             r.extend(figures(boot::memory_overhead(&opts)));

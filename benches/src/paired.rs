@@ -1,5 +1,6 @@
 //! `cairn-bench vs`: cairn-vmm and Firecracker side by side, in alternating pairs on the same
-//! tiny guest, files and directory: boot, Full and Diff snapshot create, restore. Each run measures one sample of each VMM back to back (the
+//! tiny guest, files and directory: boot, Full and Diff snapshot create, restore (from a fresh
+//! process, and from one started 100 ms ahead, as a standby a sandbox host keeps). Each run measures one sample of each VMM back to back (the
 //! order alternates), so both see the same host load; a figure reports each VMM's median and
 //! the median of the pair-by-pair ratios cairn / Firecracker (below 1: cairn is faster).
 //!
@@ -24,6 +25,9 @@ use crate::util::{
     dir_label, figure, ms, remove_files, scratch_dir, touch_timeout, vm_config, vmm_bin, Figure,
     Options, Outcome, Vmm,
 };
+
+/// How long before its `/snapshot/load` a standby process is started (both VMMs alike).
+const STANDBY_LEAD: Duration = Duration::from_millis(100);
 
 /// One of the two VMMs: its binary and the flags it needs here.
 struct Bin {
@@ -179,7 +183,8 @@ fn snapshots(
     let work = scratch_dir(dir, "vs")?;
     let cfg = vm_config(work.path(), guests::TICKER64, mem, true, None)?;
     let (mut full, mut diff, mut restore) = (Pairs::default(), Pairs::default(), Pairs::default());
-    let one = |bin: &Bin| -> Result<(f64, f64, f64), String> {
+    let mut standby = Pairs::default();
+    let one = |bin: &Bin| -> Result<(f64, f64, f64, f64), String> {
         let (state, memf) = (work.path().join("full.state"), work.path().join("full.mem"));
         let (dstate, dmem) = (work.path().join("diff.state"), work.path().join("diff.mem"));
         remove_files(&[&state, &memf, &dstate, &dmem]);
@@ -213,15 +218,26 @@ fn snapshots(
         vm.call(|a| a.snapshot_load(&load))?;
         let loaded = ms(vm.started.elapsed());
         drop(vm);
+        // A process started ahead (a standby a sandbox host keeps ready): request -> loaded.
+        let vm = Vmm::spawn_bin(&bin.path, &bin.args(&[]))?;
+        vm.wait_socket()?;
+        std::thread::sleep(STANDBY_LEAD);
+        let (_, standby) = vm.call(|a| a.snapshot_load(&load))?;
+        drop(vm);
         remove_files(&[&state, &memf, &dstate, &dmem]);
-        Ok((ms(full_took), ms(diff_took), loaded))
+        Ok((ms(full_took), ms(diff_took), loaded, ms(standby)))
     };
     for run in 0..opts.runs {
         let order: [&Bin; 2] = if run % 2 == 0 { [c, f] } else { [f, c] };
         for bin in order {
-            let (fu, di, re) = one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
+            let (fu, di, re, sb) = one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
             let is_cairn = std::ptr::eq(bin, c);
-            for (p, v) in [(&mut full, fu), (&mut diff, di), (&mut restore, re)] {
+            for (p, v) in [
+                (&mut full, fu),
+                (&mut diff, di),
+                (&mut restore, re),
+                (&mut standby, sb),
+            ] {
                 if is_cairn {
                     p.cairn.push(v)
                 } else {
@@ -239,6 +255,10 @@ fn snapshots(
     )));
     figs.extend(restore.figures(&format!(
         "restore: spawn -> /snapshot/load returns, {mem} MiB [{d}]"
+    )));
+    figs.extend(standby.figures(&format!(
+        "restore: process started {} ms ahead, request -> /snapshot/load returns, {mem} MiB [{d}]",
+        STANDBY_LEAD.as_millis()
     )));
     Ok(figs)
 }

@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod bus;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod virtio;
 
 /// Guest memory as every device and the VMM see it: mmap-backed regions with a dirty bitmap, so

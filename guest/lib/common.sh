@@ -28,7 +28,7 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1"; }
 
 # Temporary directories live inside the cache root, so a finished entry is moved into place with one
 # rename(2). The EXIT trap removes whatever was not moved; an interrupted build leaves no entry behind.
-# (fd 9 is guest/build's lock; nothing that may outlive the script inherits it.)
+# (Entry locks are closed in every child that may outlive the script: see claim_entry.)
 tmp_dirs=()
 bg_pids=()
 cleanup() {
@@ -44,7 +44,7 @@ cleanup() {
         if mv -T -- "$p" "${p/\/.tmp-//.trash-}" 2>/dev/null; then
             p=${p/\/.tmp-//.trash-}
         fi
-        setsid rm -rf -- "$p" </dev/null >/dev/null 2>&1 9>&- &
+        (close_lock_fds; exec setsid rm -rf -- "$p") </dev/null >/dev/null 2>&1 &
     done
 }
 trap cleanup EXIT
@@ -60,10 +60,41 @@ forget_pid() { # forget_pid PID: drop PID from the cleanup list once it has been
     bg_pids=("${keep[@]}")
 }
 
-# new_tmp_dir NAME: sets $tmp_dir (no command substitution, so the cleanup list sees it).
+# new_tmp_dir NAME: claims the cache entry NAME and sets $tmp_dir to a directory to build it in (no
+# command substitution, so the cleanup list sees it). When another run built NAME while this one waited
+# for it, guest/build starts over, and finds everything cached.
 new_tmp_dir() {
+    if claim_entry "$1"; then
+        msg "$1: built by another run meanwhile; starting over to use it"
+        close_lock_fds
+        exec "$recipe/build" "${build_argv[@]}"
+    fi
     tmp_dir=$(mktemp -d "$cache_root/.tmp-$1.XXXXXX")
     tmp_dirs+=("$tmp_dir")
+}
+
+# claim_entry NAME: take the build lock of the cache entry NAME, so that two runs never build one entry
+# side by side, while a run that needs other entries (another kernel, another image) goes on at once.
+# (One lock for the whole cache made every `cairn create` wait out an unrelated 15-minute kernel build.)
+# Returns 0 when the entry was published while this run waited, 1 when this run is to build it.
+# The lock is released when guest/build exits; children never inherit it (they run close_lock_fds).
+claim_entry() {
+    local name=$1 fd
+    exec {fd}>"$cache_root/.lock-$name"
+    lock_fds+=("$fd")
+    flock -n "$fd" && return 1
+    msg "waiting for another guest/build of $name (lock: $cache_root/.lock-$name)"
+    flock "$fd"
+    [ -e "$cache_root/$name" ]
+}
+lock_fds=()
+
+# close_lock_fds: close every entry lock in this (sub)shell, before it runs a long-lived child.
+close_lock_fds() {
+    local fd
+    for fd in "${lock_fds[@]}"; do
+        exec {fd}>&-
+    done
 }
 
 # publish STAGE FINAL: atomically rename a finished stage directory into place.
@@ -79,7 +110,7 @@ publish() {
 run_logged() {
     local log=$1 what=$2 pid
     shift 2
-    setsid "$@" >>"$log" 2>&1 9>&- &
+    (close_lock_fds; exec setsid "$@") >>"$log" 2>&1 &
     pid=$!
     bg_pids+=("$pid")
     if ! wait "$pid"; then

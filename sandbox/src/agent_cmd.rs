@@ -163,6 +163,23 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
     Ok(u8::try_from(status.shell_code() & 0xff).unwrap_or(u8::MAX))
 }
 
+impl ExecArgs {
+    /// The request of an exec that needs neither stdin, a terminal nor a timeout: what the
+    /// CLI hands a running daemon (`cairn serve`); `None` for the rest, run here.
+    pub fn plain(&self) -> Option<ExecRequest> {
+        if self.interactive || self.tty || self.timeout.is_some() {
+            return None;
+        }
+        Some(ExecRequest {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            cwd: self.workdir.clone(),
+            stdin: false,
+            pty: None,
+        })
+    }
+}
+
 /// The request `args` make for a detached session (`cairn exec -d`): `-t` gives it a terminal
 /// of this terminal's size (24x80 without one), `-i` keeps its stdin open for a later attach.
 pub fn session_request(args: ExecArgs) -> Result<ExecRequest, String> {

@@ -29,7 +29,13 @@ Examples:
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Work on the sandboxes here even when `cairn serve` runs (also CAIRN_NO_DAEMON=1).
+    #[arg(long, global = true)]
+    no_daemon: bool,
 }
+
+#[path = "daemon_cmd.rs"]
+mod daemon_cmd;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -223,6 +229,12 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
+    /// The lease renewer (started by cairn itself when a store is configured).
+    #[command(name = "__lease-renew", hide = true)]
+    LeaseRenew {
+        /// Sandbox name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +338,13 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         }
         command => {
             let home = Home::from_env()?;
+            if !cli.no_daemon {
+                if let Some(d) = cairn_sandbox::serve::client::Daemon::find(&home) {
+                    if let Some(r) = daemon_cmd::run(&d, &home, &command) {
+                        return r;
+                    }
+                }
+            }
             run_with_home(&home, command)
         }
     }
@@ -359,21 +378,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             };
             let start = Instant::now();
             let r = sandbox::create(home, &name, &opts)?;
-            if json {
-                return print_row(home, &name);
-            }
-            println!(
-                "{name}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
-                start.elapsed().as_secs_f64(),
-                r.cpus,
-                r.mem_mib,
-                r.disk_gib,
-                match r.idle_timeout {
-                    0 => "off".to_string(),
-                    s => format!("{s} s"),
-                }
-            );
-            Ok(0)
+            let info = cairn_sandbox::serve::ops::SandboxInfo::of(&r);
+            print_created(home, start, &info, json)
         }
         Command::Exec {
             name,
@@ -416,15 +422,7 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::Start { name, cold, json } => {
             let started = sandbox::start_with(home, &name, cold)?;
-            if json {
-                return print_row(home, &name);
-            }
-            match started {
-                sandbox::Started::AlreadyRunning => println!("{name}: already running"),
-                sandbox::Started::Started => println!("{name}: running"),
-                sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
-            }
-            Ok(0)
+            print_started(home, &name, started, json)
         }
         Command::Fork {
             name,
@@ -481,6 +479,9 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             cairn_sandbox::idle::watch(home, &name)?;
             Ok(0)
         }
+        Command::LeaseRenew { name } => {
+            Ok(cairn_sandbox::lease_renew::run(home, &name).map(|()| 0)?)
+        }
         Command::Agent(_) | Command::Completions { .. } => Ok(0),
     }
 }
@@ -534,45 +535,11 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
     match c {
         CheckpointCmd::Create { name, ckpt, json } => {
             let meta = sandbox::checkpoint_create(home, &name, ckpt.as_deref())?;
-            if json {
-                println!("{}", json_text(&meta));
-            } else {
-                println!(
-                    "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms, total {} ms",
-                    meta.name,
-                    meta.parent.as_deref().unwrap_or("-"),
-                    meta.dirty_memory_mib,
-                    meta.disk_delta_mib,
-                    fmt_num(meta.pause_ms),
-                    fmt_num(meta.total_ms),
-                );
-            }
+            print_checkpoint(&name, &meta, json);
         }
         CheckpointCmd::List { name, json } => {
             let list = sandbox::checkpoint_list(home, &name)?;
-            let head = home.registry()?.get(&name)?.head_checkpoint;
-            if json {
-                println!("{}", json_text(&list));
-            } else {
-                println!(
-                    "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9} {:>9}",
-                    "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms", "TOTAL ms"
-                );
-                for c in &list {
-                    let n = c.name.as_str();
-                    println!(
-                        "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
-                        if head.as_deref() == Some(n) { "*" } else { "" },
-                        n,
-                        c.parent.as_deref().unwrap_or("-"),
-                        c.dirty_memory_mib,
-                        c.disk_delta_mib,
-                        fmt_num(c.pause_ms),
-                        fmt_num(c.write_ms),
-                        fmt_num(c.total_ms),
-                    );
-                }
-            }
+            print_checkpoints(home, &name, &list, json)?;
         }
         CheckpointCmd::Restore { name, ckpt } => {
             sandbox::checkpoint_restore(home, &name, &ckpt)?;
@@ -584,6 +551,99 @@ fn checkpoint(home: &Home, c: CheckpointCmd) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// What `create` prints (here or through the daemon): `start` is when the command began.
+fn print_created(
+    home: &Home,
+    start: Instant,
+    r: &cairn_sandbox::serve::ops::SandboxInfo,
+    json: bool,
+) -> Result<u8, CliError> {
+    if json {
+        return print_row(home, &r.name);
+    }
+    println!(
+        "{}: created in {:.1} s ({} vCPU, {} MiB, {} GiB disk, idle timeout {})",
+        r.name,
+        start.elapsed().as_secs_f64(),
+        r.cpus,
+        r.mem_mib,
+        r.disk_gib,
+        match r.idle_timeout {
+            0 => "off".to_string(),
+            s => format!("{s} s"),
+        }
+    );
+    Ok(0)
+}
+
+/// What `start` prints (here or through the daemon).
+fn print_started(
+    home: &Home,
+    name: &str,
+    started: sandbox::Started,
+    json: bool,
+) -> Result<u8, CliError> {
+    if json {
+        return print_row(home, name);
+    }
+    match started {
+        sandbox::Started::AlreadyRunning => println!("{name}: already running"),
+        sandbox::Started::Started => println!("{name}: running"),
+        sandbox::Started::Rebooted => println!("{name}: running (booted from its disk)"),
+    }
+    Ok(0)
+}
+
+/// What `checkpoint create` prints (here or through the daemon).
+fn print_checkpoint(name: &str, meta: &cairn_vmm_api::CheckpointInfo, json: bool) {
+    if json {
+        println!("{}", json_text(meta));
+    } else {
+        println!(
+            "{name}: checkpoint {} (parent {}): {:.1} MiB memory, {:.1} MiB disk, paused {} ms, total {} ms",
+            meta.name,
+            meta.parent.as_deref().unwrap_or("-"),
+            meta.dirty_memory_mib,
+            meta.disk_delta_mib,
+            fmt_num(meta.pause_ms),
+            fmt_num(meta.total_ms),
+        );
+    }
+}
+
+/// What `checkpoint list` prints (here or through the daemon).
+fn print_checkpoints(
+    home: &Home,
+    name: &str,
+    list: &[cairn_vmm_api::CheckpointInfo],
+    json: bool,
+) -> Result<(), CliError> {
+    let head = home.registry()?.get(name)?.head_checkpoint;
+    if json {
+        println!("{}", json_text(&list));
+    } else {
+        println!(
+            "{:<2}{:<28} {:<28} {:>10} {:>10} {:>9} {:>9} {:>9}",
+            "", "NAME", "PARENT", "MEM MiB", "DISK MiB", "PAUSE ms", "WRITE ms", "TOTAL ms"
+        );
+        for c in list {
+            let n = c.name.as_str();
+            println!(
+                "{:<2}{:<28} {:<28} {:>10.1} {:>10.1} {:>9} {:>9} {:>9}",
+                if head.as_deref() == Some(n) { "*" } else { "" },
+                n,
+                c.parent.as_deref().unwrap_or("-"),
+                c.dirty_memory_mib,
+                c.disk_delta_mib,
+                fmt_num(c.pause_ms),
+                fmt_num(c.write_ms),
+                fmt_num(c.total_ms),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn fmt_num(f: f64) -> String {

@@ -477,11 +477,7 @@ fn net_leftovers(d: &mut Doctor, names: &[String]) {
         }
     }
     for l in crate::net::leftovers::find(d.home.root(), &owned, &with_net) {
-        d.note(
-            None,
-            format!("{} that no sandbox owns", l.what),
-            "removed it",
-        );
+        d.note(None, l.found(), "removed it");
         d.act(|| l.remove());
     }
 }

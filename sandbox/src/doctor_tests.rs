@@ -296,3 +296,58 @@ fn a_stopped_row_behind_its_store_follows_the_store_on_ls_and_start() {
     );
     assert_eq!(run(&home, false).unwrap(), vec![]);
 }
+
+/// A stand-in pasta (perl, named `pasta`, with the command line [`crate::net::rootless`]
+/// gives pasta) for the sandbox directory `dir`; `with_child`: it runs a child process, as a
+/// pasta running its VMM does.
+fn fake_pasta(dir: &Path, with_child: bool) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let body = match with_child {
+        true => "system('sleep', '30')",
+        false => "sleep 30",
+    };
+    std::process::Command::new("perl")
+        .arg0("pasta")
+        .args(["-e", body, "--", "sh", "-c", "ip link set pasta0 up", "sh"])
+        .arg(dir)
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_pasta_left_by_a_crash_is_found_and_ended_and_a_working_one_is_not() {
+    let (_d, home) = home();
+    let paths = row(&home, "rl", State::Running, None, true);
+    let mut spec = crate::net::NetSpec::test_spec();
+    spec.rootless = true;
+    crate::net::save(&paths, &spec).unwrap();
+    let mut orphan = fake_pasta(&home.paths("gone").dir, false);
+    let mut idle = fake_pasta(&paths.dir, false);
+    let mut working = fake_pasta(&paths.dir, true);
+    // Younger ones are left alone (they may be starting a VMM).
+    let early = run(&home, true).unwrap();
+    assert!(!format!("{early:?}").contains("pasta pid"), "{early:?}");
+    std::thread::sleep(Duration::from_millis(2300));
+    let f = run(&home, false).unwrap();
+    let says = |pid: u32| {
+        f.iter()
+            .find(|x| x.found.contains(&format!("pasta pid {pid} ")))
+    };
+    let o = says(orphan.id()).unwrap_or_else(|| panic!("{f:?}"));
+    assert!(o.found.ends_with("which no sandbox owns"), "{o:?}");
+    let i = says(idle.id()).unwrap_or_else(|| panic!("{f:?}"));
+    assert!(i.found.ends_with("which runs no VMM"), "{i:?}");
+    assert!(says(working.id()).is_none(), "{f:?}");
+    for c in [&mut orphan, &mut idle] {
+        let status = c.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+    }
+    assert!(working.try_wait().unwrap().is_none());
+    // SAFETY: kill(2) on the process group this test made.
+    unsafe { libc::kill(-(working.id() as libc::pid_t), libc::SIGKILL) };
+    let _ = working.wait();
+}

@@ -284,14 +284,19 @@ pub fn create_from(
     };
     let made = (|| {
         let t = Instant::now();
+        let mut times = crate::phase_times::PhaseTimes::start();
         reg.insert(&record)?;
+        times.mark("registry");
         crate::fork::make_files(&src, &store, GOLDEN_CKPT, &paths)?;
+        times.mark("files");
         drop(src_lock);
         // The golden VM has a network interface (the key says so): this sandbox gets its own
         // namespace, address and MAC, which the agent sets in the guest after the restore.
         if with_network(opts) {
             crate::net::attach_new(home, &mut reg, &paths, name)?;
         }
+        times.mark("network");
+        times.report(&format!("{name}: before the start"));
         let files = t.elapsed();
         let r = reg.get(name)?;
         // Restored, reseeded and named in one agent request.

@@ -6,13 +6,19 @@
 //! exec in flight holds the sandbox's `active` file with a shared `flock`, and the watcher
 //! stops the VMM only when it can take that lock exclusively, under the lifecycle lock.
 //! A watcher ends when its VMM is gone, stopped, replaced (another pid) or removed.
+//!
+//! When `cairn serve` runs, the daemon owns idle sleep instead: it holds `idle-daemon.lock` in
+//! `CAIRN_HOME` and looks at every running sandbox once a second ([`sweep`], the same
+//! [`check_once`]). Then no watcher is started ([`spawn_watcher`] checks [`daemon_watches`]),
+//! and a watcher already running ends at its next look. When the daemon stops, it lets go of
+//! the lock and starts a watcher for each running sandbox ([`hand_back`]); should it die
+//! without that, the next exec, cp or console starts one ([`ensure_watched`]). A stop happens
+//! under the sandbox's lifecycle lock and after a fresh look at the registry, so a sandbox
+//! watched twice for a moment is still stopped once.
 
 use crate::lock::{FileLock, Mode};
 use crate::registry::{self, State};
 use crate::sandbox::{self, Home, Paths, SandboxError};
-use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// What one look at the sandbox decided.
@@ -26,45 +32,73 @@ pub enum Verdict {
     Stopped(Option<String>),
 }
 
-/// Starts the watcher for `name` in a session of its own.
-pub fn spawn_watcher(home: &Home, name: &str, paths: &Paths) -> Result<(), SandboxError> {
-    let exe = std::env::current_exe().map_err(|source| SandboxError::Io {
-        what: "find the cairn executable".into(),
-        source,
-    })?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.idle_log)
-        .map_err(|source| SandboxError::Io {
-            what: format!("open {}", paths.idle_log.display()),
-            source,
-        })?;
-    let log2 = log.try_clone().map_err(|source| SandboxError::Io {
-        what: "duplicate the idle log".into(),
-        source,
-    })?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__idle-watch")
-        .arg(name)
-        .env("CAIRN_HOME", home.root())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+/// The lock file the daemon holds (exclusively) while it owns idle sleep for the home.
+pub const DAEMON_LOCK: &str = "idle-daemon.lock";
+
+/// The lock file a watcher process holds (exclusively) for as long as it watches.
+const WATCHER_LOCK: &str = "idle-watch.lock";
+
+/// Whether a daemon owns idle sleep for `home` now (holds [`DAEMON_LOCK`]). A lock that cannot
+/// be looked at counts as "no": a watcher too many is harmless, a sandbox unwatched is not.
+pub fn daemon_watches(home: &Home) -> bool {
+    matches!(
+        FileLock::try_acquire(&home.root().join(DAEMON_LOCK), Mode::Shared),
+        Ok(None)
+    )
+}
+
+/// The daemon's hold on idle sleep for a home: taken at start, given up on drop.
+#[derive(Debug)]
+pub struct DaemonLease {
+    _lock: FileLock,
+}
+
+impl DaemonLease {
+    /// Takes [`DAEMON_LOCK`]; `Ok(None)` if another daemon holds it. A [`daemon_watches`] look
+    /// holds it (shared) for a moment, so a failed try is retried a few times.
+    pub fn take(home: &Home) -> Result<Option<DaemonLease>, SandboxError> {
+        let path = home.root().join(DAEMON_LOCK);
+        for _ in 0..20 {
+            let got = FileLock::try_acquire(&path, Mode::Exclusive).map_err(|source| {
+                SandboxError::Io {
+                    what: format!("lock {}", path.display()),
+                    source,
+                }
+            })?;
+            if let Some(l) = got {
+                return Ok(Some(DaemonLease { _lock: l }));
             }
-            Ok(())
-        });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
-    cmd.spawn().map_err(|source| SandboxError::Io {
-        what: "start the idle watcher".into(),
-        source,
-    })?;
-    Ok(())
+}
+
+/// Starts a watcher for `name` unless a daemon owns idle sleep or a watcher already watches
+/// it: for a sandbox found running, whose watcher may have gone with a daemon that died.
+pub fn ensure_watched(home: &Home, name: &str, paths: &Paths) -> Result<(), SandboxError> {
+    if daemon_watches(home) {
+        return Ok(());
+    }
+    if let Ok(None) = FileLock::try_acquire(&paths.dir.join(WATCHER_LOCK), Mode::Shared) {
+        return Ok(());
+    }
+    spawn_watcher(home, name, paths)
+}
+
+/// Starts the watcher for `name` in a session of its own; nothing when a daemon owns idle
+/// sleep for `home` (it watches every running sandbox).
+pub fn spawn_watcher(home: &Home, name: &str, paths: &Paths) -> Result<(), SandboxError> {
+    if daemon_watches(home) {
+        return Ok(());
+    }
+    crate::detached::spawn_cairn(
+        home,
+        "__idle-watch",
+        name,
+        &paths.idle_log,
+        "the idle watcher",
+    )
 }
 
 /// One look: stops the VMM `pid` if it has idled for its timeout and nothing is in flight.
@@ -106,36 +140,95 @@ pub fn check_once(home: &Home, name: &str, pid: u32) -> Result<Verdict, SandboxE
 /// Consecutive failed looks after which a watcher gives up.
 const MAX_FAILURES: u32 = 60;
 
-/// `cairn __idle-watch NAME`: watches until the VMM is stopped or replaced.
+/// What follows an idle stop, by a watcher or the daemon: a log line, and a push to the
+/// store when `CAIRN_STORE_PUSH_ON_STOP` asks for one.
+fn after_idle_stop(home: &Home, name: &str, ckpt: Option<&str>) {
+    eprintln!(
+        "{name}: idle, stopped at checkpoint {}",
+        ckpt.unwrap_or("-")
+    );
+    if crate::store_sync::push_on_stop() {
+        match crate::store_sync::push(home, name) {
+            Ok(r) => eprintln!(
+                "{name}: pushed, {} of {} chunks uploaded",
+                r.chunks_uploaded, r.chunks
+            ),
+            Err(e) => eprintln!("{name}: push after the idle stop failed: {e}"),
+        }
+    }
+}
+
+/// The daemon's look at every sandbox: stops each running one that has idled for its
+/// timeout (as [`check_once`]). Returns the names it stopped; a failure with one sandbox is
+/// logged and the others still looked at.
+pub fn sweep(home: &Home) -> Result<Vec<String>, SandboxError> {
+    let now = registry::now();
+    let due: Vec<_> = home
+        .registry()?
+        .list()?
+        .into_iter()
+        .filter(|r| r.state == State::Running && r.idle_timeout > 0)
+        .filter(|r| now >= r.last_activity + r.idle_timeout)
+        .filter_map(|r| Some((r.name, r.pid?)))
+        .collect();
+    let mut stopped = Vec::new();
+    for (name, pid) in due {
+        match check_once(home, &name, pid) {
+            Ok(Verdict::Stopped(ckpt)) => {
+                after_idle_stop(home, &name, ckpt.as_deref());
+                stopped.push(name);
+            }
+            Ok(Verdict::Wait | Verdict::Done) => {}
+            Err(e) => eprintln!("{name}: idle check: {}", cairn_agent::error_text(&e)),
+        }
+    }
+    Ok(stopped)
+}
+
+/// The daemon hands idle sleep back (after its [`DaemonLease`] is dropped): a watcher for
+/// every running sandbox with an idle timeout.
+pub fn hand_back(home: &Home) -> Result<usize, SandboxError> {
+    let mut n = 0;
+    for r in home.registry()?.list()? {
+        if r.state == State::Running && r.idle_timeout > 0 && r.pid.is_some() {
+            spawn_watcher(home, &r.name, &home.paths(&r.name))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `cairn __idle-watch NAME`: watches until the VMM is stopped or replaced, or a daemon takes
+/// idle sleep over. One watcher per sandbox at a time: a second waits for the first to end.
 pub fn watch(home: &Home, name: &str) -> Result<(), SandboxError> {
+    let paths = home.paths(name);
+    let _watching =
+        FileLock::acquire(&paths.dir.join(WATCHER_LOCK), Mode::Exclusive).map_err(|source| {
+            SandboxError::Io {
+                what: "idle watcher lock".into(),
+                source,
+            }
+        })?;
     let Some(pid) = home.registry()?.get(name)?.pid else {
         return Ok(());
     };
-    let dir = home.paths(name).dir;
+    let dir = paths.dir;
     let mut failures = 0;
     loop {
-        std::thread::sleep(Duration::from_secs(1));
         // Removed behind our back (or the whole home deleted): nothing left to watch.
         if !dir.is_dir() {
             return Ok(());
         }
+        if daemon_watches(home) {
+            eprintln!("{name}: cairn serve watches idle now; this watcher ends");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
         match check_once(home, name, pid) {
             Ok(Verdict::Wait) => failures = 0,
             Ok(Verdict::Done) => return Ok(()),
             Ok(Verdict::Stopped(ckpt)) => {
-                eprintln!(
-                    "{name}: idle, stopped at checkpoint {}",
-                    ckpt.as_deref().unwrap_or("-")
-                );
-                if crate::store_sync::push_on_stop() {
-                    match crate::store_sync::push(home, name) {
-                        Ok(r) => eprintln!(
-                            "{name}: pushed, {} of {} chunks uploaded",
-                            r.chunks_uploaded, r.chunks
-                        ),
-                        Err(e) => eprintln!("{name}: push after the idle stop failed: {e}"),
-                    }
-                }
+                after_idle_stop(home, name, ckpt.as_deref());
                 return Ok(());
             }
             // A transient failure (a busy registry, a slow API) is retried on the next tick.
@@ -154,6 +247,26 @@ pub fn watch(home: &Home, name: &str) -> Result<(), SandboxError> {
 mod tests {
     use super::*;
     use crate::registry::Record;
+
+    #[test]
+    fn the_daemon_lease_is_seen_and_held_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        assert!(!daemon_watches(&home));
+        let lease = DaemonLease::take(&home).unwrap().unwrap();
+        assert!(daemon_watches(&home));
+        assert!(DaemonLease::take(&home).unwrap().is_none());
+        // No watcher is started while a daemon watches.
+        let paths = home.paths("s");
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        spawn_watcher(&home, "s", &paths).unwrap();
+        assert!(!paths.idle_log.exists());
+        drop(lease);
+        assert!(!daemon_watches(&home));
+        // Nothing running: nothing to hand back, nothing to stop.
+        assert_eq!(hand_back(&home).unwrap(), 0);
+        assert!(sweep(&home).unwrap().is_empty());
+    }
 
     #[test]
     fn a_watcher_ends_when_its_vmm_is_gone_replaced_or_removed() {

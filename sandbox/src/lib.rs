@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod content_key;
+pub mod detached;
 pub mod doctor;
 pub mod fork;
 pub mod golden;
@@ -13,11 +14,13 @@ pub mod identity;
 pub mod idle;
 pub mod image;
 pub mod image_store;
+pub mod lease_renew;
 pub mod lock;
 pub mod logs;
 pub mod mcp;
 pub mod net;
 pub mod oci;
+pub mod phase_times;
 pub mod ports;
 pub mod prune;
 pub mod reconcile;

@@ -1,7 +1,8 @@
 //! `cairn policy ...`: a sandbox's egress policy (see `docs/network.md`).
 
 use crate::cli::CliError;
-use cairn_sandbox::net::{self, policy::Action, policy::Policy};
+use cairn_sandbox::net::policy::Policy;
+use cairn_sandbox::net::policy_ops::{self, PolicyChange, PolicyView};
 use cairn_sandbox::sandbox::Home;
 use clap::Subcommand;
 
@@ -43,80 +44,49 @@ pub fn run(home: &Home, cmd: PolicyCmd) -> Result<u8, CliError> {
             allow,
             deny,
         } => {
-            let r = home.registry()?.get(&name)?;
-            let paths = home.paths(&r.name);
-            let mut policy = match &preset {
-                Some(p) => Policy::preset(p).map_err(sandbox_err)?,
-                None => Policy::default(),
+            let change = PolicyChange {
+                preset,
+                allow,
+                deny,
             };
-            for a in &allow {
-                policy.push(Action::Allow, a).map_err(sandbox_err)?;
-            }
-            for d in &deny {
-                policy.push(Action::Deny, d).map_err(sandbox_err)?;
-            }
-            net::set_policy(&paths, &name, &policy).map_err(sandbox_err)?;
-            println!("{name}: policy set ({})", summary(&policy));
+            let policy = policy_ops::set(home, &name, &change)?;
+            print_set(&name, &policy);
             Ok(0)
         }
         PolicyCmd::Show { name, json } => {
-            let r = home.registry()?.get(&name)?;
-            let paths = home.paths(&r.name);
-            let spec = net::load(&paths)
-                .map_err(sandbox_err)?
-                .ok_or_else(|| sandbox_err(net::NetError::NoNetwork(name.clone())))?;
-            let policy = net::policy_load(&paths).map_err(sandbox_err)?;
-            if json {
-                let v = serde_json::json!({
-                    "sandbox": name,
-                    "network": {
-                        "address": format!("{}/{}", spec.guest, spec.prefix),
-                        "gateway": spec.gateway,
-                        "resolver": spec.gateway,
-                        "mac": spec.mac,
-                        "netns": spec.netns(),
-                        "table": format!("ip {}", spec.table()),
-                    },
-                    "restricts": policy.restricts(),
-                    "rules": policy.rules,
-                });
-                println!("{v:#}");
-            } else {
-                println!(
-                    "{name}: {}/{} via {} (MAC {}, namespace {})",
-                    spec.guest,
-                    spec.prefix,
-                    spec.gateway,
-                    spec.mac,
-                    spec.netns()
-                );
-                println!("policy: {}", summary(&policy));
-            }
+            print_view(policy_ops::show(home, &name)?, json)?;
             Ok(0)
         }
         PolicyCmd::Presets => {
-            for (n, what) in net::policy::PRESETS {
-                println!("{n:6} {what}");
+            for p in policy_ops::presets() {
+                println!("{:6} {}", p.name, p.description);
             }
             Ok(0)
         }
     }
 }
 
-fn summary(p: &Policy) -> String {
-    if p.rules.is_empty() {
-        return "open: every public address".into();
-    }
-    p.rules
-        .iter()
-        .map(|r| match r.action {
-            Action::Allow => format!("allow {}", r.pattern),
-            Action::Deny => format!("deny {}", r.pattern),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// What `cairn policy set` prints (here or through the daemon).
+pub fn print_set(name: &str, policy: &Policy) {
+    println!("{name}: policy set ({})", policy_ops::summary(policy));
 }
 
-fn sandbox_err(e: net::NetError) -> CliError {
-    CliError::Sandbox(e.into())
+/// What `cairn policy show` prints (here or through the daemon).
+pub fn print_view(v: PolicyView, json: bool) -> Result<(), CliError> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).map_err(json_err)?);
+        return Ok(());
+    }
+    let n = &v.network;
+    println!(
+        "{}: {} via {} (MAC {}, namespace {})",
+        v.sandbox, n.address, n.gateway, n.mac, n.netns
+    );
+    let policy = Policy { rules: v.rules };
+    println!("policy: {}", policy_ops::summary(&policy));
+    Ok(())
+}
+
+fn json_err(e: serde_json::Error) -> CliError {
+    CliError::Io(std::io::Error::other(e))
 }

@@ -118,8 +118,8 @@ pub fn push_on_stop() -> bool {
         && std::env::var_os("CAIRN_STORE").is_some()
 }
 
-/// `cairn push NAME`: a stopped sandbox into the bucket. Releases this host's lease of it: a
-/// pushed sandbox may be pulled and started elsewhere.
+/// `cairn push NAME`: a stopped sandbox into the bucket, refused while another host holds its
+/// lease. Releases this host's lease of it: a pushed sandbox may be pulled and started elsewhere.
 pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
     let remote = remote()?;
     let reg = home.registry()?;
@@ -143,6 +143,8 @@ pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
     })?;
     let local = LocalStore::in_home(home.root());
     let host = local.host_id()?;
+    // Refused while another host holds the lease: it runs the sandbox, its push is the next.
+    remote.acquire_lease(name, &host, cairn_store::lease::lease_from_env())?;
     let manifest = Manifest {
         format: cairn_store::manifest::MANIFEST_FORMAT,
         sandbox: name.to_string(),
@@ -252,14 +254,31 @@ pub fn gc(grace: Duration, dry_run: bool) -> Result<GcReport, SandboxError> {
 }
 
 /// Before a VMM starts for sandbox `name`: with a store configured, take (or renew) this
-/// host's lease of it; refused while another host holds it. Without a store, nothing.
+/// host's lease of it, refused while another host holds it, and start its renewer
+/// ([`crate::lease_renew`]: renews while the VMM runs, releases when it stops). Without a
+/// store, nothing.
 pub fn take_lease(home: &Home, name: &str) -> Result<(), SandboxError> {
     let Some(url) = StoreUrl::from_env()? else {
         return Ok(());
     };
     let host = LocalStore::in_home(home.root()).host_id()?;
     Remote::open(&url)?.acquire_lease(name, &host, cairn_store::lease::lease_from_env())?;
-    Ok(())
+    crate::lease_renew::spawn(home, name)
+}
+
+/// After a stop or `rm` on this host: hand this host's lease of `name` back at once (the
+/// renewer would within a second; this makes a push or start elsewhere right after work). Best
+/// effort: without a store, or when the bucket cannot be reached, nothing (the lease lapses).
+pub fn release_lease(home: &Home, name: &str) {
+    let Ok(Some(url)) = StoreUrl::from_env() else {
+        return;
+    };
+    let Ok(host) = LocalStore::in_home(home.root()).host_id() else {
+        return;
+    };
+    if let Ok(remote) = Remote::open(&url) {
+        let _ = remote.release_lease(name, &host);
+    }
 }
 
 /// The staging directory of a pull of `name` (for tests and `doctor`).

@@ -58,3 +58,33 @@ fn policy_errors_are_one_line() {
     let out = cairn(dir.path(), &["policy", "presets"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("dev"));
 }
+
+#[test]
+fn a_policy_on_a_rootless_sandbox_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path()).unwrap();
+    let paths = home.paths("rl");
+    std::fs::create_dir_all(&paths.dir).unwrap();
+    Registry::open(dir.path())
+        .unwrap()
+        .insert(&paths.record("rl", State::Stopped))
+        .unwrap();
+    let spec = cairn_sandbox::net::NetSpec {
+        id: cairn_sandbox::net::net_id(dir.path(), "rl"),
+        guest: "10.213.0.2".parse().unwrap(),
+        gateway: "10.213.0.1".parse().unwrap(),
+        prefix: 30,
+        mac: "02:ca:0a:d5:00:02".into(),
+        pool: "10.213.0.0/16".into(),
+        upstream: vec![],
+        rootless: true,
+    };
+    cairn_sandbox::net::save(&paths, &spec).unwrap();
+    let e = one_line_error(&cairn(
+        dir.path(),
+        &["policy", "set", "rl", "--deny", "*"],
+        &[],
+    ));
+    assert!(e.contains("was made without root"), "{e}");
+    assert!(!cairn_sandbox::net::policy_path(&paths).exists());
+}

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod local;
 pub mod manifest;
 pub mod remote;
+mod test_pause;
 pub mod usage;
 
 pub use error::{Result, StoreError};

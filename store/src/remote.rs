@@ -319,6 +319,7 @@ impl Remote {
                 .filter(|(id, _)| !present.contains_key(*id))
                 .collect();
             let (uploaded, bytes) = self.upload(&missing).await?;
+            crate::test_pause::at("manifest");
             self.write_manifest(&manifest, before.map(|(_, v)| v))
                 .await?;
             let now = self.list_chunks().await?;
@@ -389,6 +390,7 @@ impl Remote {
                         .put_opts(&key, PutPayload::from(buf), PutOptions::default())
                         .await
                         .map_err(StoreError::bucket(format!("upload {key}")))?;
+                    crate::test_pause::chunk_uploaded();
                     Ok(len)
                 }
             }))

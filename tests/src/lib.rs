@@ -4,12 +4,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod capture;
+pub mod fake_internet;
 pub mod guests;
 pub mod linux;
 pub mod ports;
 pub mod process;
 pub mod s3;
 pub mod sandbox;
+pub mod serve;
+
+/// Fails test `name` unless every one of `tools` is on `PATH` (scripts/deps installs them).
+pub fn require_tools(name: &str, tools: &[&str]) {
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
+    }
+}
 
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
 /// and returns false; with `CAIRN_REQUIRE_KVM=1` it panics instead, so CI cannot pass silently.

@@ -194,3 +194,30 @@ pub mod http {
 pub fn api(sock: &Path) -> cairn_vmm_api::Client {
     cairn_vmm_api::Client::new(sock).with_timeout(Duration::from_secs(120))
 }
+
+/// Configures the tiny ticker guest through `c`: 1 vCPU, 32 MiB, [`crate::guests::TICKER64`]
+/// with a serial console. Nothing is started.
+pub fn configure_ticker(c: &cairn_vmm_api::Client) {
+    use cairn_vmm_api::config::{BootSourceConfig, MachineConfig};
+    c.put_machine_config(&MachineConfig {
+        vcpu_count: 1,
+        mem_size_mib: 32,
+        ..MachineConfig::default()
+    })
+    .unwrap();
+    c.put_boot_source(&BootSourceConfig {
+        kernel_image_path: crate::guests::TICKER64.into(),
+        initrd_path: None,
+        boot_args: Some("console=ttyS0".into()),
+    })
+    .unwrap();
+}
+
+/// Polls `ok` every 50 ms until it holds; panics "timed out waiting for WHAT" after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -21,6 +21,9 @@ pub struct CairnHome {
     pub netns: Option<String>,
     /// Extra environment for every `cairn` run (e.g. a store's `CAIRN_STORE` and `AWS_*`).
     pub env: Vec<(String, String)>,
+    /// Run `cairn` through this program (`WRAPPER CAIRN ARGS`), e.g. one that drops to
+    /// another user (tests/tests/sandbox_rootless.rs).
+    pub wrapper: Option<PathBuf>,
 }
 
 impl CairnHome {
@@ -40,18 +43,24 @@ impl CairnHome {
             verbose: true,
             netns: None,
             env: Vec::new(),
+            wrapper: None,
         }
     }
 
     /// The `cairn` command with this home.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
+        let mut cmd = match (&self.wrapper, &self.netns) {
+            (Some(w), _) => {
+                let mut c = Command::new(w);
+                c.arg(&self.cairn);
+                c
+            }
+            (None, Some(ns)) => {
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net=/var/run/netns/{ns}")).arg(&self.cairn);
                 c
             }
-            None => Command::new(&self.cairn),
+            (None, None) => Command::new(&self.cairn),
         };
         cmd.args(args)
             .env("CAIRN_HOME", self.home.path())

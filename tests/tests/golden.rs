@@ -89,4 +89,13 @@ fn creates_restore_the_golden_checkpoint_and_each_sandbox_is_its_own_machine() {
     assert!(h.row("d")["head_checkpoint"].is_null(), "{}", h.row("d"));
     assert_eq!(golden_entries(&h), 1);
     assert!(cold > Duration::from_millis(0));
+
+    // A cold-booted guest's memory is anonymous, so a checkpoint of it copies in the background,
+    // jailed too: the jailer makes /dev/userfaultfd in the jail for the VMM (no CAP_SYS_PTRACE).
+    h.ok(&["checkpoint", "create", "d", "bg"]);
+    let console = std::fs::read_to_string(h.dir("d").join("console.log")).unwrap_or_default();
+    assert!(
+        !console.contains("copy memory with the guest paused"),
+        "the checkpoint fell back to a paused copy: {console}"
+    );
 }

@@ -1,18 +1,21 @@
 //! The sandbox network end to end, on this machine only: a namespace `net-t<pid>-h` plays the
-//! host cairn runs on, and `net-t<pid>-i` plays the internet behind its default route, with an
-//! HTTP server (python3) and dnsmasq on 198.18.77.0/24 (benchmarking space, outside the
-//! sandbox pool). No packet leaves these namespaces. Root and KVM only; needs nftables,
-//! dnsmasq and conntrack (scripts/deps).
+//! host cairn runs on (with a web server of its own), and `net-t<pid>-i` plays the internet
+//! behind its default route, with an HTTP server (python3) and dnsmasq on 198.18.77.0/24
+//! (benchmarking space, outside the sandbox pool). No packet leaves these namespaces. Root and
+//! KVM only; needs nftables, dnsmasq and conntrack (scripts/deps).
 //!
-//! Checks: the guest fetches a page by name; a denied name gets REFUSED and its address is
-//! unreachable; a live policy change lets it through and the allowed name still works; two
-//! forks of one checkpoint get their own addresses and MACs and both reach the server; the
-//! guest clock is right after a wake; `rm` leaves no namespace, veth, table or forwarder.
+//! Checks: the guest fetches a page by name; it reaches neither the host's web server nor the
+//! metadata address 169.254.169.254 (which the fake internet serves); a denied name gets
+//! REFUSED and its address is unreachable; a live policy change lets it through and the
+//! allowed name still works; two forks of one checkpoint get their own addresses and MACs and
+//! both reach the server; the guest clock is right after a wake; `rm` leaves no namespace,
+//! veth, table or forwarder.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
+use cairn_tests::fake_internet::{in_host, FakeInternet, RCODE};
 use cairn_tests::kvm_available;
 use cairn_tests::sandbox::CairnHome;
 
@@ -21,102 +24,9 @@ my $s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => 80, Timeout => 5
 print $s "GET / HTTP/1.0\r\nHost: $ARGV[0]\r\n\r\n"; print while <$s>;
 "#;
 
-/// Prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
-const RCODE: &str = r#"use IO::Socket::INET;
-my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
-my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
-$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
-"#;
-
-fn sh(cmd: &str) {
-    let out = Command::new("sh").args(["-ec", cmd]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The two namespaces and the servers in them; all removed on drop.
-struct FakeInternet {
-    host: String,
-    inet: String,
-    servers: Vec<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl FakeInternet {
-    fn up() -> FakeInternet {
-        let tag = format!("net-t{}", std::process::id());
-        let (host, inet) = (format!("{tag}-h"), format!("{tag}-i"));
-        let dir = tempfile::tempdir().unwrap();
-        let mut me = FakeInternet {
-            host: host.clone(),
-            inet: inet.clone(),
-            servers: Vec::new(),
-            dir,
-        };
-        sh(&format!(
-            "ip netns add {host}; ip netns add {inet}
-             ip link add {tag}a netns {host} type veth peer name {tag}b netns {inet}
-             ip -n {host} addr add 198.18.0.1/24 dev {tag}a; ip -n {host} link set {tag}a up
-             ip -n {host} link set lo up; ip -n {host} route add default via 198.18.0.2
-             ip -n {inet} addr add 198.18.0.2/24 dev {tag}b; ip -n {inet} link set {tag}b up
-             ip -n {inet} link set lo up
-             for a in 198.18.77.80 198.18.77.81 198.18.77.53; do ip -n {inet} addr add $a/32 dev lo; done"
-        ));
-        let www = me.dir.path().join("www");
-        std::fs::create_dir_all(&www).unwrap();
-        std::fs::write(www.join("index.html"), "hello from the fake internet\n").unwrap();
-        let http = Command::new("ip")
-            .args(["netns", "exec", &inet, "python3", "-m", "http.server"])
-            .args(["--bind", "0.0.0.0", "--directory"])
-            .arg(&www)
-            .arg("80")
-            .spawn()
-            .unwrap();
-        me.servers.push(http);
-        let dns = Command::new("ip")
-            .args(["netns", "exec", &inet, "dnsmasq", "--keep-in-foreground"])
-            .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])
-            .args(["--listen-address=198.18.77.53", "--pid-file="])
-            .args(["--host-record=allowed.test,198.18.77.80"])
-            .args(["--host-record=denied.test,198.18.77.81"])
-            .spawn()
-            .unwrap();
-        me.servers.push(dns);
-        std::thread::sleep(Duration::from_millis(500));
-        me
-    }
-}
-
-impl Drop for FakeInternet {
-    fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.host])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.inet])
-            .status();
-    }
-}
-
 fn net_json(h: &CairnHome, name: &str) -> serde_json::Value {
     let out = h.ok(&["policy", "show", name, "--json"]);
     serde_json::from_str(&out).unwrap()
-}
-
-fn in_host(inet: &FakeInternet, args: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", inet.host))
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -130,13 +40,7 @@ fn sandbox_network_policy_forks_and_cleanup() {
         eprintln!("SKIP {name}: needs root (namespaces, nftables)");
         return;
     }
-    for tool in ["nft", "dnsmasq", "conntrack", "nsenter", "python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(found, "{name}: {tool} is missing (hint: scripts/deps)");
-    }
+    cairn_tests::require_tools(name, &["nft", "dnsmasq", "conntrack", "nsenter", "python3"]);
     let inet = FakeInternet::up();
     // The forwarder asks the fake internet's dnsmasq (cairn reads this at create).
     std::env::set_var("CAIRN_NET_DNS", "198.18.77.53");
@@ -172,6 +76,14 @@ fn sandbox_network_policy_forks_and_cleanup() {
     let (code, page) = fetch("n1", "allowed.test");
     assert_eq!(code, 0, "{page}");
     assert!(page.contains("hello from the fake internet"), "{page}");
+
+    // Always denied: the host's own services (here a web server on the host, reached at the
+    // gateway address) and the metadata address (served by the fake internet, so only the
+    // sandbox's rules stop it).
+    for target in [gw.as_str(), "169.254.169.254"] {
+        let (code, out) = fetch("n1", target);
+        assert_ne!(code, 0, "{target} answered: {out}");
+    }
 
     // Deny everything but allowed.test: denied.test is REFUSED, its address unreachable.
     h.ok(&[

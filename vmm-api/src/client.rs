@@ -15,11 +15,11 @@ use serde::Serialize;
 
 use crate::config::{
     ActionType, BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
-    DriveConfig, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, VmConfig, VmState, VmStateUpdate,
-    VsockConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, NetworkInterfaceUpdate,
+    SerialConfig, VmState, VmStateUpdate, VsockConfig,
 };
-use crate::reply::{CheckpointInfo, Fault, InstanceInfo};
+use crate::reply::{CheckpointInfo, Fault, FullVmConfig, InstanceInfo};
 
 /// Largest reply read (head and body); a longer one is [`ClientError::TooLarge`].
 pub const MAX_REPLY_SIZE: usize = 4 << 20;
@@ -291,8 +291,8 @@ impl Client {
         self.call_typed::<(), _>("GET", "/machine-config", None)
     }
 
-    /// `GET /vm/config`: the whole configuration.
-    pub fn vm_config(&self) -> Result<VmConfig, ClientError> {
+    /// `GET /vm/config`: the whole configuration, with every key Firecracker's reply has.
+    pub fn vm_config(&self) -> Result<FullVmConfig, ClientError> {
         self.call_typed::<(), _>("GET", "/vm/config", None)
     }
 
@@ -322,6 +322,20 @@ impl Client {
         self.call_empty("PUT", &path, net)
     }
 
+    /// `PATCH /drives/{drive_id}` (after boot): a new backing file and/or rate limiter.
+    pub fn patch_drive(&self, update: &DriveUpdate) -> Result<(), ClientError> {
+        self.call_empty("PATCH", &format!("/drives/{}", update.drive_id), update)
+    }
+
+    /// `PATCH /network-interfaces/{iface_id}` (after boot): rate limiter updates.
+    pub fn patch_network_interface(
+        &self,
+        update: &NetworkInterfaceUpdate,
+    ) -> Result<(), ClientError> {
+        let path = format!("/network-interfaces/{}", update.iface_id);
+        self.call_empty("PATCH", &path, update)
+    }
+
     /// `PUT /vsock` (before boot).
     pub fn put_vsock(&self, vsock: &VsockConfig) -> Result<(), ClientError> {
         self.call_empty("PUT", "/vsock", vsock)
@@ -330,6 +344,11 @@ impl Client {
     /// `PUT /entropy` (before boot).
     pub fn put_entropy(&self, entropy: &EntropyConfig) -> Result<(), ClientError> {
         self.call_empty("PUT", "/entropy", entropy)
+    }
+
+    /// `PUT /serial` (before boot): the guest console's output file.
+    pub fn put_serial(&self, serial: &SerialConfig) -> Result<(), ClientError> {
+        self.call_empty("PUT", "/serial", serial)
     }
 
     /// `PUT /logger`.

@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod config;
+mod full_config;
 pub mod reply;
 
 pub use client::{Client, ClientError, RawReply};

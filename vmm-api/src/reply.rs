@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::full_config::{
+    BootSourceReply, DriveReply, EntropyReply, FullVmConfig, NetReply, VsockReply,
+};
+
 /// Lifecycle state reported by `GET /`, with Firecracker's wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstanceState {

@@ -109,10 +109,17 @@ pub fn open_raw_disk(
 /// A virtio device to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// virtio-blk on a raw image.
-    Block(cairn_devices::virtio::block::BlockConfig),
-    /// virtio-net on a tap device.
-    Net(cairn_devices::virtio::net::NetConfig),
+    /// virtio-blk on a raw image, with its rate limiter.
+    Block(
+        cairn_devices::virtio::block::BlockConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+    ),
+    /// virtio-net on a tap device, with its rx and tx rate limiters.
+    Net(
+        cairn_devices::virtio::net::NetConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+        cairn_devices::rate_limiter::LimiterConfig,
+    ),
     /// virtio-vsock with Firecracker's Unix-socket convention.
     Vsock(cairn_devices::virtio::vsock::VsockConfig),
     /// virtio-rng.
@@ -345,6 +352,7 @@ fn attach_virtio_devices(
     cmdline: &mut Vec<String>,
     disks: &mut DiskOpener<'_>,
 ) -> Result<Vec<VirtioAttachment>, VmmError> {
+    use cairn_devices::rate_limiter::LimiterConfig;
     use cairn_devices::virtio::{block::Block, net::Net, rng::Rng, vsock::Vsock};
     let mut slots = SlotAllocator::default();
     let mut attached = Vec::with_capacity(devices.len());
@@ -354,14 +362,22 @@ fn attach_virtio_devices(
     };
     for spec in devices {
         let (id, handle) = match spec {
-            DeviceSpec::Block(cfg) => {
+            DeviceSpec::Block(cfg, limiter) => {
                 let id = format!("block:{}", cfg.drive_id);
-                let dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
+                let mut dev = Block::new(cfg.clone(), disks(cfg)?).map_err(|e| dev_err(&id, &e))?;
+                if *limiter != LimiterConfig::default() {
+                    dev.update_rate_limiter(limiter)
+                        .map_err(|e| dev_err(&id, &e))?;
+                }
                 (id, VirtioHandle::Block(Arc::new(Mutex::new(dev))))
             }
-            DeviceSpec::Net(cfg) => {
+            DeviceSpec::Net(cfg, rx, tx) => {
                 let id = format!("net:{}", cfg.iface_id);
-                let dev = Net::new(cfg.clone()).map_err(|e| dev_err(&id, &e))?;
+                let mut dev = Net::new(cfg.clone()).map_err(|e| dev_err(&id, &e))?;
+                if *rx != LimiterConfig::default() || *tx != LimiterConfig::default() {
+                    dev.update_rate_limiters(rx, tx)
+                        .map_err(|e| dev_err(&id, &e))?;
+                }
                 (id, VirtioHandle::Net(Arc::new(Mutex::new(dev))))
             }
             DeviceSpec::Vsock(cfg) => {
@@ -527,11 +543,14 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
     let mut out: Vec<DeviceSpec> = drives
         .into_iter()
         .map(|d| {
-            DeviceSpec::Block(cairn_devices::virtio::block::BlockConfig {
-                drive_id: d.drive_id.clone(),
-                path: d.path_on_host.clone(),
-                read_only: d.is_read_only.unwrap_or(false),
-            })
+            DeviceSpec::Block(
+                cairn_devices::virtio::block::BlockConfig {
+                    drive_id: d.drive_id.clone(),
+                    path: d.path_on_host.clone(),
+                    read_only: d.is_read_only.unwrap_or(false),
+                },
+                crate::rate_limit::limiter_config(d.rate_limiter.as_ref()),
+            )
         })
         .collect();
     for n in &cfg.network_interfaces {
@@ -543,11 +562,16 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
             })?),
             None => None,
         };
-        out.push(DeviceSpec::Net(cairn_devices::virtio::net::NetConfig {
-            iface_id: n.iface_id.clone(),
-            host_dev_name: n.host_dev_name.clone(),
-            guest_mac,
-        }));
+        out.push(DeviceSpec::Net(
+            cairn_devices::virtio::net::NetConfig {
+                iface_id: n.iface_id.clone(),
+                host_dev_name: n.host_dev_name.clone(),
+                guest_mac,
+                mtu: n.mtu,
+            },
+            crate::rate_limit::limiter_config(n.rx_rate_limiter.as_ref()),
+            crate::rate_limit::limiter_config(n.tx_rate_limiter.as_ref()),
+        ));
     }
     if let Some(v) = &cfg.vsock {
         out.push(DeviceSpec::Vsock(

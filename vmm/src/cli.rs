@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 
@@ -38,13 +37,13 @@ pub struct CliArgs {
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, default_value = "Warning")]
     pub level: String,
-    /// Include the level in log lines (accepted for compatibility).
+    /// Include the level in log lines.
     #[arg(long)]
     pub show_level: bool,
-    /// Include the source location in log lines (accepted for compatibility).
+    /// Include the source file and line in log lines.
     #[arg(long)]
     pub show_log_origin: bool,
-    /// Metrics file (accepted for compatibility).
+    /// Write Firecracker-format metrics (JSON lines) to this file or FIFO.
     #[arg(long)]
     pub metrics_path: Option<PathBuf>,
     /// Print boot timing (accepted for compatibility).
@@ -97,52 +96,28 @@ pub mod exit_code {
 }
 
 fn init_logging(args: &CliArgs) -> Result<(), VmmError> {
-    let level = match args.level.to_ascii_lowercase().as_str() {
-        "off" => None,
-        "error" => Some(tracing::Level::ERROR),
-        "warning" | "warn" => Some(tracing::Level::WARN),
-        "info" => Some(tracing::Level::INFO),
-        "debug" => Some(tracing::Level::DEBUG),
-        "trace" => Some(tracing::Level::TRACE),
-        other => {
-            return Err(VmmError::BadLogLevel(format!(
-                "--level: unknown level {other:?} (Off, Error, Warning, Info, Debug, Trace)"
-            )))
-        }
+    let level: crate::config::LogLevel =
+        serde_json::from_value(serde_json::Value::String(args.level.clone())).map_err(|_| {
+            VmmError::BadLogLevel(format!(
+                "--level: unknown level {:?} (Off, Error, Warning, Info, Debug, Trace)",
+                args.level
+            ))
+        })?;
+    let config = crate::config::LoggerConfig {
+        log_path: args.log_path.clone(),
+        level: Some(level),
+        show_level: Some(args.show_level),
+        show_log_origin: Some(args.show_log_origin),
+        module: None,
     };
-    let Some(level) = level else { return Ok(()) };
-    let writer: Box<dyn Write + Send> = match &args.log_path {
-        Some(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(VmmError::io(format!("--log-path {}", p.display())))?,
-        ),
-        None => Box::new(std::io::stderr()),
-    };
-    let writer = Arc::new(Mutex::new(writer));
-    let make = move || LogWriter(writer.clone());
-    // Never stdout: that is the guest's console.
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(make)
-        .with_ansi(false)
-        .with_target(args.show_log_origin)
-        .with_level(true)
-        .try_init();
+    crate::logger::init(&args.id, &config)
+        .map_err(|e| VmmError::Config(format!("--log-path: {e}")))?;
+    if let Some(path) = &args.metrics_path {
+        crate::metrics::MetricsSink::global()
+            .init(path)
+            .map_err(|e| VmmError::Config(format!("--metrics-path: {e}")))?;
+    }
     Ok(())
-}
-
-struct LogWriter(Arc<Mutex<Box<dyn Write + Send>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
-    }
 }
 
 /// Puts a terminal on stdin into raw mode (so keys reach the guest as typed) and restores it.
@@ -237,6 +212,15 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
             .map_err(VmmError::io(format!("--config-file {}", path.display())))?;
         let cfg = crate::config::parse_vm_config(&json)
             .map_err(|e| VmmError::Config(format!("{}: {e}", path.display())))?;
+        if let Some(logger) = &cfg.logger {
+            crate::logger::apply(logger)
+                .map_err(|e| VmmError::Config(format!("{}: logger: {e}", path.display())))?;
+        }
+        if let Some(metrics) = &cfg.metrics {
+            crate::metrics::MetricsSink::global()
+                .init(&metrics.metrics_path)
+                .map_err(|e| VmmError::Config(format!("{}: metrics: {e}", path.display())))?;
+        }
         controller.set_config(cfg);
         controller.set_checkpoint_dir(args.checkpoint_dir.clone());
         controller.start_instance()?;
@@ -272,6 +256,10 @@ fn report_panics_in_one_line() {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         eprintln!("cairn-vmm: internal error (a bug) in thread {name} at {location}: {message}");
+        // Counted and written at once, as Firecracker does (a panicking thread may hold the
+        // sink, so the line is skipped rather than waited for then).
+        crate::metrics::metrics().vmm.panic_count.inc();
+        crate::metrics::MetricsSink::global().try_flush();
     }));
 }
 

@@ -33,6 +33,9 @@ pub struct Controller {
     api: Option<(Receiver<ApiMessage>, Arc<AtomicBool>)>,
     api_in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>,
     vsock_socket: crate::preboot::VsockPlaceholder,
+    /// `PUT /serial`'s output file for the guest console (Firecracker keeps it out of the
+    /// VM config too).
+    serial_out: Option<std::path::PathBuf>,
     /// Set when a request failed in a way that leaves the process unusable (a failed
     /// `/snapshot/load`, as in Firecracker): [`Controller::run`] ends after answering it.
     fatal: Option<String>,
@@ -66,6 +69,7 @@ impl Controller {
             api: None,
             api_in_flight: None,
             vsock_socket: Default::default(),
+            serial_out: None,
             fatal: None,
         })
     }
@@ -116,18 +120,33 @@ impl Controller {
             return Err(VmmError::InvalidState("the VM is already running".into()));
         }
         let spec = BuildSpec::from_config(&self.config)?;
+        let console = self.console()?;
         self.vsock_socket.release();
-        let console = ConsoleIo {
-            output: Box::new(StdoutConsole),
-            input: self.console_input,
-        };
-        self.runtime.boot(&spec, console)
+        self.runtime.boot(&spec, console)?;
+        // Firecracker writes a metrics line at boot.
+        if let Err(e) = self.flush_metrics() {
+            tracing::warn!("{e}");
+        }
+        Ok(())
     }
 
     /// Serve events and API requests until the VM stops.
     pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        let sink = crate::metrics::MetricsSink::global();
         loop {
-            let exit = self.runtime.poll(-1)?;
+            // Wake for the periodic metrics line once the VM runs (Firecracker's 60 s timer).
+            let timeout_ms = match sink.until_next_flush() {
+                Some(left) if self.started() => {
+                    i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+                }
+                _ => -1,
+            };
+            let exit = self.runtime.poll(timeout_ms)?;
+            if self.started() && sink.until_next_flush() == Some(std::time::Duration::ZERO) {
+                if let Err(e) = self.flush_metrics() {
+                    tracing::warn!("{e}");
+                }
+            }
             self.serve_pending_requests();
             if let Some(why) = self.fatal.take() {
                 self.wait_for_answers_sent();
@@ -164,6 +183,7 @@ impl Controller {
         for (request, reply) in pending {
             let name = request.name();
             let response = self.handle(request);
+            crate::metrics::count_api_request(name, response.status() < 300);
             tracing::info!(request = name, status = response.status(), "API");
             let _ = reply.send(response);
         }
@@ -192,6 +212,57 @@ impl Controller {
         ApiResponse::Empty
     }
 
+    /// Write one metrics line if a metrics file is set, with the devices' counts brought up to
+    /// date. No file set is not an error (Firecracker's `FlushMetrics` answers 204 then too).
+    fn flush_metrics(&self) -> Result<(), crate::metrics::MetricsError> {
+        let sink = crate::metrics::MetricsSink::global();
+        if !sink.is_initialized() {
+            return Ok(());
+        }
+        if let Some(m) = self.runtime.machine() {
+            crate::metrics::collect_device_counts(m);
+        }
+        sink.flush()
+    }
+
+    /// The console: the `PUT /serial` file if one is set (no input then, as in Firecracker),
+    /// else stdout and the console input.
+    fn console(&self) -> Result<ConsoleIo, VmmError> {
+        open_console(self.serial_out.as_deref(), self.console_input)
+    }
+
+    /// `PUT /snapshot/load`'s restore, with Firecracker's `clock_realtime` and
+    /// `vsock_override` rules (see [`crate::api::snapshot_load`]).
+    fn load_snapshot(
+        &mut self,
+        p: &crate::config::LoadSnapshotParams,
+        opts: &RestoreOptions,
+        clock_realtime: bool,
+    ) -> Result<(), VmmError> {
+        use crate::api::snapshot_load;
+        let saved_clock = if clock_realtime {
+            Some(snapshot_load::saved_realtime_clock(&p.snapshot_path)?)
+        } else {
+            None
+        };
+        let console = self.console()?;
+        self.runtime.restore(&p.snapshot_path, opts, console)?;
+        let machine = self
+            .runtime
+            .machine_mut()
+            .ok_or_else(|| VmmError::InvalidState("no machine after the restore".into()))?;
+        if p.vsock_override.is_some() {
+            snapshot_load::check_vsock_override(machine)?;
+        }
+        if let Some(saved) = &saved_clock {
+            snapshot_load::apply_realtime_clock(machine, saved)?;
+            if p.resume_vm() {
+                machine.resume()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Carry out one API request.
     pub fn handle(&mut self, request: ApiRequest) -> ApiResponse {
         if matches!(
@@ -214,7 +285,9 @@ impl Controller {
                 firecracker_version: crate::FIRECRACKER_API_VERSION.to_string(),
             }),
             ApiRequest::GetMachineConfig => ApiResponse::json(&self.config.machine_config),
-            ApiRequest::GetVmConfig => ApiResponse::json(&self.config),
+            ApiRequest::GetVmConfig => {
+                ApiResponse::json(&cairn_vmm_api::reply::FullVmConfig::from(&self.config))
+            }
             ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
             ApiRequest::PatchMachineConfig(update) => {
                 self.pre_boot(|c| c.machine_config = c.machine_config.apply(&update))
@@ -238,6 +311,27 @@ impl Controller {
                     None => c.network_interfaces.push(n),
                 }
             }),
+            ApiRequest::PatchDrive(u) => {
+                let layered = self.runtime.uses_checkpoints();
+                match self.runtime.machine() {
+                    None => refused(NOT_SUPPORTED_BEFORE_START),
+                    Some(m) => {
+                        match crate::device_update::patch_drive(m, &mut self.config, u, layered) {
+                            Ok(()) => ApiResponse::Empty,
+                            Err(e) => refused(e),
+                        }
+                    }
+                }
+            }
+            ApiRequest::PatchNetworkInterface(u) => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => {
+                    match crate::device_update::patch_network_interface(m, &mut self.config, u) {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    }
+                }
+            },
             ApiRequest::PutVsock(v) => {
                 if self.started() {
                     return self.pre_boot(|_| ());
@@ -249,13 +343,28 @@ impl Controller {
             }
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
-            ApiRequest::PutLogger(l) => {
-                self.config.logger = Some(l);
+            ApiRequest::PutSerial(serial) => {
+                if self.started() {
+                    return self.pre_boot(|_| ());
+                }
+                self.serial_out = serial.serial_out_path;
                 ApiResponse::Empty
             }
+            ApiRequest::PutLogger(l) => match crate::logger::apply(&l) {
+                Ok(()) => {
+                    self.config.logger = Some(l);
+                    ApiResponse::Empty
+                }
+                Err(e) => refused(e),
+            },
             ApiRequest::PutMetrics(m) => {
-                self.config.metrics = Some(m);
-                ApiResponse::Empty
+                match crate::metrics::MetricsSink::global().init(&m.metrics_path) {
+                    Ok(()) => {
+                        self.config.metrics = Some(m);
+                        ApiResponse::Empty
+                    }
+                    Err(e) => refused(e),
+                }
             }
             ApiRequest::Action(action) => match action.action_type {
                 ActionType::InstanceStart => match self.start_instance() {
@@ -270,7 +379,10 @@ impl Controller {
                     None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
                 ActionType::FlushMetrics => match self.runtime.machine() {
-                    Some(_) => ApiResponse::Empty,
+                    Some(_) => match self.flush_metrics() {
+                        Ok(()) => ApiResponse::Empty,
+                        Err(e) => refused(e),
+                    },
                     None => refused(NOT_SUPPORTED_BEFORE_START),
                 },
             },
@@ -284,6 +396,13 @@ impl Controller {
                     match result {
                         Ok(took) => {
                             tracing::info!(?took, state = ?update.state, "PATCH /vm");
+                            crate::metrics::record_latency(
+                                match update.state {
+                                    VmState::Paused => crate::metrics::Latency::Pause,
+                                    VmState::Resumed => crate::metrics::Latency::Resume,
+                                },
+                                took,
+                            );
                             ApiResponse::Empty
                         }
                         Err(e) => ApiResponse::error(500, e.to_string()),
@@ -295,11 +414,19 @@ impl Controller {
                     SnapshotType::Full => SnapshotKind::Full,
                     SnapshotType::Diff => SnapshotKind::Diff,
                 };
+                let began = std::time::Instant::now();
                 match self
                     .runtime
                     .snapshot(kind, &p.snapshot_path, &p.mem_file_path)
                 {
                     Ok(report) => {
+                        crate::metrics::record_latency(
+                            match p.snapshot_type {
+                                SnapshotType::Full => crate::metrics::Latency::FullSnapshot,
+                                SnapshotType::Diff => crate::metrics::Latency::DiffSnapshot,
+                            },
+                            began.elapsed(),
+                        );
                         tracing::info!(?report, "snapshot created");
                         ApiResponse::Empty
                     }
@@ -318,25 +445,34 @@ impl Controller {
                         "mem_backend.backend_type: only \"File\" is implemented by cairn",
                     );
                 }
+                let clock_realtime = p.clock_realtime.unwrap_or(false);
                 let opts = RestoreOptions {
                     memory_layers: vec![backend.backend_path.clone()],
                     track_dirty_pages: p.track_dirty_pages(),
-                    resume: p.resume_vm(),
+                    // With clock_realtime the clock is set before any vCPU runs.
+                    resume: p.resume_vm() && !clock_realtime,
                     network_overrides: p
                         .network_overrides
                         .iter()
                         .flatten()
                         .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                         .collect(),
-                    vsock_uds_path: None,
-                };
-                let console = ConsoleIo {
-                    output: Box::new(StdoutConsole),
-                    input: self.console_input,
+                    vsock_uds_path: p.vsock_override.as_ref().map(|v| v.uds_path.clone()),
                 };
                 self.vsock_socket.release();
-                match self.runtime.restore(&p.snapshot_path, &opts, console) {
-                    Ok(()) => ApiResponse::Empty,
+                let began = std::time::Instant::now();
+                match self.load_snapshot(&p, &opts, clock_realtime) {
+                    Ok(()) => {
+                        crate::metrics::record_latency(
+                            crate::metrics::Latency::LoadSnapshot,
+                            began.elapsed(),
+                        );
+                        if let Some(m) = self.runtime.machine() {
+                            self.config =
+                                crate::api::loaded_config::config_of_loaded(m, &self.config);
+                        }
+                        ApiResponse::Empty
+                    }
                     Err(e) => {
                         // As Firecracker: a failed load leaves the process too dirty to go on;
                         // answer, then end with exit code 1.
@@ -359,9 +495,16 @@ impl Controller {
             },
             ApiRequest::RestoreCheckpoint(c) => {
                 let input = self.console_input;
-                let console = move || ConsoleIo {
-                    output: Box::new(StdoutConsole),
-                    input,
+                // Checked here, so the restore's console cannot fail to open.
+                if let Err(e) = self.console() {
+                    return refused(e);
+                }
+                let serial = self.serial_out.clone();
+                let console = move || {
+                    open_console(serial.as_deref(), input).unwrap_or_else(|_| ConsoleIo {
+                        output: Box::new(StdoutConsole),
+                        input,
+                    })
                 };
                 let dir = self.config.cairn.checkpoint_dir.clone();
                 let resume = !c.paused.unwrap_or(false);
@@ -371,7 +514,13 @@ impl Controller {
                     .runtime
                     .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)
                 {
-                    Ok(()) => ApiResponse::Empty,
+                    Ok(()) => {
+                        if let Some(m) = self.runtime.machine() {
+                            self.config =
+                                crate::api::loaded_config::config_of_loaded(m, &self.config);
+                        }
+                        ApiResponse::Empty
+                    }
                     Err(e) => refused(e),
                 }
             }
@@ -380,6 +529,30 @@ impl Controller {
                 Err(e) => refused(e),
             },
         }
+    }
+}
+
+/// The console: `serial_out` if set (no input then, as in Firecracker), else stdout and `input`.
+fn open_console(serial_out: Option<&Path>, input: Option<RawFd>) -> Result<ConsoleIo, VmmError> {
+    match serial_out {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(VmmError::io(format!("serial_out_path {}", path.display())))?;
+            Ok(ConsoleIo {
+                output: Box::new(file),
+                input: None,
+            })
+        }
+        None => Ok(ConsoleIo {
+            output: Box::new(StdoutConsole),
+            input,
+        }),
     }
 }
 

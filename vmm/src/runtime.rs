@@ -266,6 +266,11 @@ impl Runtime {
     }
 
     /// The machine, once booted.
+    /// Whether a cairn checkpoint store is open (writable drives are then layered on it).
+    pub fn uses_checkpoints(&self) -> bool {
+        self.checkpoints.is_some()
+    }
+
     pub fn machine_mut(&mut self) -> Option<&mut Machine> {
         self.machine.as_mut()
     }

@@ -141,6 +141,8 @@ fn run_step(vmm: &Vmm, fx: &Fixture, step: &Step) -> Outcome {
             {
                 None
             }
+            // ...which for an oversized body holds a raw newline, so it is not even JSON.
+            None if reply.text().trim_start().starts_with("{ \"error\": ") => None,
             _ => Some(format!("error without a fault_message: {}", reply.text())),
         },
         _ => None,
@@ -194,9 +196,21 @@ fn send_oversized(sock: &Path, method: &str, path: &str, body: &str) -> cairn_vm
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
+    // Only the first reply: Firecracker answers the oversized request, then reads the rest of
+    // the body as a second request and answers that too.
     let body = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.as_bytes().to_vec())
+        .map(|(head, b)| {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(b.len());
+            b.as_bytes()[..len.min(b.len())].to_vec()
+        })
         .unwrap_or_default();
     cairn_vmm_api::RawReply { status, body }
 }

@@ -58,6 +58,22 @@ fn child(spec: &str) -> ! {
                 let written = libc::write(2, line.as_ptr().cast(), line.len());
                 libc::_exit(if written == line.len() as isize { 0 } else { 3 });
             }
+            "rate_limiter" => {
+                // A throttled device: create the refill timer, arm it, wait for it.
+                use cairn_devices::rate_limiter::{BucketConfig, LimiterConfig, RateLimiter};
+                let cfg = LimiterConfig {
+                    bandwidth: Some(BucketConfig {
+                        size: 10,
+                        one_time_burst: 0,
+                        refill_time_ms: 10,
+                    }),
+                    ops: None,
+                };
+                let mut l = RateLimiter::new(&cfg).unwrap();
+                let throttled = l.consume_request(10) && !l.consume_request(10) && l.is_blocked();
+                l.on_timer();
+                libc::_exit(if throttled && !l.is_blocked() { 0 } else { 3 });
+            }
             other => panic!("unknown action {other}"),
         }
         libc::_exit(SURVIVED);
@@ -117,6 +133,12 @@ fn allowed_syscalls_keep_working_under_every_filter() {
         let (status, stderr) = run_child(&format!("{kind}:allowed"));
         assert_eq!(status.code(), Some(0), "{kind}: {status:?}\n{stderr}");
     }
+}
+
+#[test]
+fn rate_limiter_timer_works_under_the_vmm_filter() {
+    let (status, stderr) = run_child("vmm:rate_limiter");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
 }
 
 #[test]

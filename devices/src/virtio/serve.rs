@@ -20,7 +20,30 @@ pub fn serve_queue(
     interrupt: &IrqTrigger,
     mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> usize {
+    serve_queue_throttled(queue, mem, interrupt, |chain| Handled::Done(handle(chain)))
+}
+
+/// What a handler did with one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Served; this many bytes were written into the chain.
+    Done(u32),
+    /// Not served (a rate limiter refused it): the chain goes back on the available ring and
+    /// the queue stops until the device resumes it.
+    Throttled,
+}
+
+/// [`serve_queue`], with a handler that may throttle: a [`Handled::Throttled`] chain is put back
+/// (it is the first one seen next time) and serving stops, leaving notifications disabled (the
+/// device's rate-limiter timer resumes it).
+pub fn serve_queue_throttled(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &IrqTrigger,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Handled,
+) -> usize {
     let mut served = 0usize;
+    let mut throttled = false;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
             tracing::warn!("virtio: cannot disable notifications: {e}");
@@ -39,11 +62,18 @@ pub fn serve_queue(
                 break;
             };
             let head = chain.head_index();
-            let len = handle(chain);
+            let Handled::Done(len) = handle(chain) else {
+                queue.go_to_previous_position();
+                throttled = true;
+                break;
+            };
             if let Err(e) = queue.add_used(mem, head, len) {
                 tracing::warn!("virtio: cannot return descriptor {head}: {e}");
             }
             served += 1;
+        }
+        if throttled {
+            break;
         }
         match queue.enable_notification(mem) {
             // More chains arrived while notifications were off; but only go round again if this
@@ -98,5 +128,33 @@ mod tests {
         assert_eq!(used_idx(&vq), 5);
         assert_eq!(used(&vq, 4), (4, 3));
         assert_eq!(irq.eventfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn throttled_chain_is_put_back_and_served_next_time() {
+        let mem = guest_mem();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let (mut ctx, _evt, irq) = activate_ctx(&mem, &vq, false);
+        for i in 0..4u16 {
+            vq.add_desc_chains(&chain(i, &[(0x10_0000, 8, W)]), i)
+                .unwrap();
+        }
+        let mut budget = 2;
+        let mut take = |_: DescriptorChain<&GuestMemoryMmap>| {
+            if budget == 0 {
+                return Handled::Throttled;
+            }
+            budget -= 1;
+            Handled::Done(1)
+        };
+        assert_eq!(
+            serve_queue_throttled(&mut ctx.queues[0], &mem, &irq, &mut take),
+            2
+        );
+        assert_eq!(used_idx(&vq), 2);
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
+        assert_eq!(serve_queue(&mut ctx.queues[0], &mem, &irq, |_| 1), 2);
+        assert_eq!(used(&vq, 2).0, 2, "the throttled chain comes first");
+        assert_eq!(used_idx(&vq), 4);
     }
 }

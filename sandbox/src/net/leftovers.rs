@@ -1,10 +1,15 @@
 //! What a crash can leave of sandbox networks, for `cairn doctor`: namespaces, host veths and
 //! nftables tables carrying this home's tag that no sandbox of the home owns, and forwarder
-//! processes whose sandbox is gone or has no network. Other homes' objects (another tag) are
-//! never touched.
+//! processes whose sandbox is gone or has no network; and pasta processes (rootless mode) whose
+//! sandbox is gone or that run no VMM any more. Other homes' objects (another tag) are never
+//! touched.
 
-use super::{dns, home_tag, link, nft, NAME_PREFIX, VETH_PREFIX};
+use super::{dns, home_tag, link, nft, rootless, NAME_PREFIX, VETH_PREFIX};
 use std::path::Path;
+use std::time::Duration;
+
+/// A pasta younger than this is left alone (it may be starting its VMM right now).
+const PASTA_MIN_AGE: Duration = Duration::from_secs(2);
 
 /// One leftover: what it is, and how to remove it.
 #[derive(Debug)]
@@ -20,9 +25,18 @@ enum Kind {
     Veth(String),
     Table(String),
     Forwarder(u32),
+    Pasta(u32),
 }
 
 impl Leftover {
+    /// What `cairn doctor` says it found.
+    pub fn found(&self) -> String {
+        match self.kind {
+            Kind::Pasta(_) => self.what.clone(),
+            _ => format!("{} that no sandbox owns", self.what),
+        }
+    }
+
     /// Removes it.
     pub fn remove(&self) {
         match &self.kind {
@@ -32,6 +46,7 @@ impl Leftover {
                 let _ = nft::delete(t);
             }
             Kind::Forwarder(pid) => dns::kill(*pid),
+            Kind::Pasta(pid) => rootless::kill(*pid),
         }
     }
 }
@@ -78,6 +93,24 @@ pub fn find(home: &Path, owned: &[String], with_net: &[std::path::PathBuf]) -> V
                 kind: Kind::Forwarder(pid),
             });
         }
+    }
+    let plain = home.join("sandboxes");
+    for (pid, dir) in rootless::all_pastas() {
+        let parent = dir.parent();
+        let young = rootless::age(pid).is_none_or(|a| a < PASTA_MIN_AGE);
+        if (parent != Some(sandboxes.as_path()) && parent != Some(plain.as_path())) || young {
+            continue;
+        }
+        let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        let why = match with_net.contains(&canonical) {
+            false => "no sandbox owns",
+            true if rootless::runs_nothing(pid) => "runs no VMM",
+            true => continue,
+        };
+        out.push(Leftover {
+            what: format!("pasta pid {pid} for {}, which {why}", dir.display()),
+            kind: Kind::Pasta(pid),
+        });
     }
     out
 }

@@ -24,6 +24,7 @@ pub mod leftovers;
 pub mod link;
 pub mod nft;
 pub mod policy;
+pub mod policy_ops;
 pub mod pool;
 pub mod rootless;
 
@@ -371,11 +372,11 @@ pub fn policy_load(paths: &Paths) -> Result<policy::Policy, NetError> {
 /// query.
 pub fn set_policy(paths: &Paths, name: &str, new: &policy::Policy) -> Result<(), NetError> {
     let spec = load(paths)?.ok_or_else(|| NetError::NoNetwork(name.to_string()))?;
-    if !is_root() {
-        return Err(NetError::NeedsRoot("an egress policy"));
-    }
     if spec.rootless {
         return Err(NetError::RootlessPolicy(name.to_string()));
+    }
+    if !is_root() {
+        return Err(NetError::NeedsRoot("an egress policy"));
     }
     let p = policy_path(paths);
     let tmp = p.with_extension("json.tmp");
@@ -479,6 +480,7 @@ pub fn vm_config_entry(spec: &NetSpec) -> NetConfig {
         guest_mac: Some(spec.mac.clone()),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     }
 }
 

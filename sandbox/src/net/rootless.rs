@@ -14,10 +14,16 @@
 //! the gateway, forwards DNS sent to the gateway to the host's resolver (`--dns-forward`), and
 //! maps TCP and UDP sent to the gateway's address to the host's loopback. There is no egress
 //! policy (that needs nftables on the host, so root).
+//!
+//! What a crash can leave: a pasta whose VMM never started or is gone (an interrupted start),
+//! found by [`all_pastas`] and [`runs_nothing`] for `cairn doctor` (`super::leftovers`). The
+//! namespace goes with the last process in it; `vmm.pid` and `pasta.log` stay in the sandbox
+//! directory and are overwritten at the next start.
 
 use super::{NetError, NetSpec, TAP};
 use crate::sandbox::Paths;
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -147,6 +153,79 @@ pub fn vmm_pid(paths: &Paths, mut pasta: Child) -> Result<u32, NetError> {
     }
 }
 
+/// The sandbox directory a pasta started by [`command`] serves, from its command line
+/// (`pasta ARGS -- sh -c SCRIPT sh DIR VMM ...`); `None` for any other process.
+pub fn pasta_dir(cmdline: &[u8]) -> Option<PathBuf> {
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let prog = Path::new(OsStr::from_bytes(args.first()?));
+    if prog.file_name() != Some(OsStr::new("pasta")) {
+        return None;
+    }
+    let i = args.iter().position(|a| *a == b"--")?;
+    match args.get(i + 1..i + 6)? {
+        [b"sh", b"-c", script, b"sh", dir] if script.windows(6).any(|w| w == b"pasta0") => {
+            Some(PathBuf::from(OsStr::from_bytes(dir)))
+        }
+        _ => None,
+    }
+}
+
+/// Every pasta on the host that runs (or ran) a sandbox's VMM: (pid, sandbox directory).
+pub fn all_pastas() -> Vec<(u32, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, pasta_dir(&c)?))
+        })
+        .collect()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state is the first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// How long process `pid` has been running.
+pub fn age(pid: u32) -> Option<Duration> {
+    // Field 22 of stat (index 19 after the name): start time in clock ticks since boot.
+    let ticks: f64 = stat_fields(pid)?.get(19)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs_f64((uptime - ticks / hz).max(0.0)))
+}
+
+/// Whether process `pid` has no live child (for a pasta: its VMM, or the script that starts
+/// it, is gone, so it serves no VMM).
+pub fn runs_nothing(pid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let parent = pid.to_string();
+    !procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat_fields)
+        .any(|f| f.get(1) == Some(&parent) && f.first().map(String::as_str) != Some("Z"))
+}
+
+/// Ends pasta `pid` (SIGTERM).
+pub fn kill(pid: u32) {
+    // SAFETY: kill(2) on a pid we checked is a pasta of ours.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +243,33 @@ mod tests {
         assert!(a.contains("-t none -u none -T none -U none"), "{a}");
         assert!(a.contains("--ns-ifname pasta0"), "{a}");
         assert!(SCRIPT.contains(UPLINK) && SCRIPT.contains(TAP));
+    }
+
+    #[test]
+    fn a_pasta_of_ours_is_told_from_other_processes() {
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        let dir = pasta_dir(&line(&[
+            "/usr/bin/pasta",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+            "/h/sandboxes/a",
+            "/bin/cairn-vmm",
+            "--api-sock",
+            "x",
+        ]));
+        assert_eq!(dir, Some(PathBuf::from("/h/sandboxes/a")));
+        assert_eq!(
+            pasta_dir(&line(&["pasta", "--config-net", "--", "bash"])),
+            None
+        );
+        assert_eq!(
+            pasta_dir(&line(&["/bin/sh", "-c", SCRIPT, "sh", "/h/sandboxes/a"])),
+            None
+        );
+        assert_eq!(pasta_dir(b""), None);
     }
 }

@@ -332,9 +332,18 @@ pub fn command(
     if let Some(ns) = netns {
         cmd.arg("--netns").arg(ns);
     }
+    // Checkpoints that do not stop the guest write-protect its memory with userfaultfd. The
+    // jailed VMM has no CAP_SYS_PTRACE for the syscall, so it opens the jail's
+    // /dev/userfaultfd instead (Linux 6.1+); without the device it copies paused, as before.
+    if Path::new(USERFAULTFD_DEVICE_ID).exists() {
+        cmd.arg("--userfaultfd");
+    }
     cmd.arg("--").args(vmm_args);
     Ok(cmd)
 }
+
+/// Where the host lists the userfaultfd misc device (present on Linux 6.1+).
+const USERFAULTFD_DEVICE_ID: &str = "/sys/class/misc/userfaultfd/dev";
 
 fn bind_arg(host: &Path, jail: &str, ro: bool) -> Result<String, SandboxError> {
     let host = fs::canonicalize(host).map_err(io_err(format!("resolve {}", host.display())))?;

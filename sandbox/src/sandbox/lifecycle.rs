@@ -51,6 +51,10 @@ pub fn enter(home: &Home, name: &str) -> Result<(Record, FileLock, Option<Client
     // A wake has just recorded the sandbox as used.
     if agent.is_none() {
         reg.touch(name)?;
+        // Found running: its watcher may have gone with a daemon that died. Not fatal.
+        if r.idle_timeout > 0 {
+            let _ = crate::idle::ensure_watched(home, name, &paths);
+        }
     }
     Ok((r, active, agent))
 }
@@ -79,10 +83,12 @@ pub(crate) fn start_locked_as(
     ckpt: Option<&str>,
     new_identity: Option<&str>,
 ) -> Result<Option<Client>, SandboxError> {
+    let mut times = crate::phase_times::PhaseTimes::start();
     crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
     end_vmms(&paths, r);
     let synced = crate::reconcile::follow_store(reg, r, &paths)?;
+    times.mark("prepare");
     let Some(head) = ckpt.or(synced.as_deref()).or(r.head_checkpoint.as_deref()) else {
         return cold_start_locked(home, reg, r).map(|()| None);
     };
@@ -99,8 +105,10 @@ pub(crate) fn start_locked_as(
             vmm.checkpoints.as_os_str(),
         ],
     )?;
+    times.mark("spawn");
     let result = (|| {
         wait_api(&paths, pid, Duration::from_secs(30))?;
+        times.mark("api");
         vmm_api::client(&paths.api, Duration::from_secs(120)).restore_checkpoint(
             &cairn_vmm_api::config::CheckpointRestore {
                 name: head.to_string(),
@@ -108,6 +116,7 @@ pub(crate) fn start_locked_as(
                 paused: None,
             },
         )?;
+        times.mark("restore");
         wait_agent(
             &paths,
             pid,
@@ -115,12 +124,17 @@ pub(crate) fn start_locked_as(
             &format!("waking {}", r.name),
             from,
         )
-        .and_then(|ok| Ok(crate::net::guest::after_agent(&paths, true).map(|()| ok)?))
+        .and_then(|ok| {
+            times.mark("agent");
+            Ok(crate::net::guest::after_agent(&paths, true).map(|()| ok)?)
+        })
     })();
+    times.mark("clock+net");
     let agent = match result {
         Ok((_, mut agent)) => {
             // Every restore of one checkpoint starts with the same RNG state: reseed it.
             crate::identity::apply(&mut agent, &r.name, new_identity);
+            times.mark("identity");
             agent
         }
         Err(e) => {
@@ -129,6 +143,7 @@ pub(crate) fn start_locked_as(
         }
     };
     reg.set_running_from(&r.name, pid, &head)?;
+    times.mark("registry");
     // Into the console log, not stderr: a wake by `exec` must keep the command's streams its own.
     let notice = format!(
         "cairn: {}: started from checkpoint {head} in {:.2} s\n",
@@ -144,6 +159,8 @@ pub(crate) fn start_locked_as(
     if r.idle_timeout > 0 {
         crate::idle::spawn_watcher(home, &r.name, &paths)?;
     }
+    times.mark("log+idle");
+    times.report(&format!("{}: start from {head}", r.name));
     Ok(Some(agent))
 }
 
@@ -276,7 +293,9 @@ pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
     if r.state == State::Stopped {
         return Ok(None);
     }
-    stop_locked(&mut reg, &r)
+    let stopped = stop_locked(&mut reg, &r)?;
+    crate::store_sync::release_lease(home, name);
+    Ok(stopped)
 }
 
 /// `cairn rm NAME`: ends the VMM and deletes the directory (and its jail's) and the row.
@@ -291,6 +310,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     reg.remove(name)?;
     crate::net::remove(&paths);
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));
+    crate::store_sync::release_lease(home, name);
     fs::remove_dir_all(&paths.dir).or_else(|e| match e.kind() {
         io::ErrorKind::NotFound => Ok(()),
         _ => Err(io_err(format!("remove {}", paths.dir.display()))(e)),

@@ -38,6 +38,11 @@ impl ApiError {
         }
     }
 
+    /// The error's message.
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(super) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }

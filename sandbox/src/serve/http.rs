@@ -137,6 +137,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
         )
         .route(&format!("{sandbox}/fork"), post(fork))
         .merge(super::sessions::routes())
+        .merge(super::policy::routes())
         .layer(middleware::from_fn_with_state(
             (state.clone(), listener),
             auth,
@@ -152,6 +153,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
                 "no such route (hint: GET /v1/openapi.json)",
             )
         })
+        .layer(middleware::from_fn(super::access_log::log))
         .with_state(state)
 }
 
@@ -199,9 +201,10 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-struct Stopped {
-    checkpoint: Option<String>,
+/// `POST …/stop`'s answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Stopped {
+    pub(crate) checkpoint: Option<String>,
 }
 
 async fn stop(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -209,16 +212,17 @@ async fn stop(State(s): State<AppState>, Path(name): Path<String>) -> Result<Res
     Ok(axum::Json(Stopped { checkpoint }).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub(crate) struct StartBody {
     #[serde(default)]
-    cold: bool,
+    pub(crate) cold: bool,
 }
 
-#[derive(Serialize)]
-struct StartedBody {
-    result: &'static str,
+/// `POST …/start`'s answer: `already_running`, `started` or `rebooted`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StartedBody {
+    pub(crate) result: std::borrow::Cow<'static, str>,
 }
 
 async fn start(
@@ -233,13 +237,16 @@ async fn start(
         Started::Started => "started",
         Started::Rebooted => "rebooted",
     };
-    Ok(axum::Json(StartedBody { result }).into_response())
+    Ok(axum::Json(StartedBody {
+        result: result.into(),
+    })
+    .into_response())
 }
 
 /// `POST …/exec`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ExecBody {
+pub(crate) struct ExecBody {
     /// A shell command line, run with `sh -c`.
     #[serde(default)]
     command: Option<String>,
@@ -264,7 +271,7 @@ struct ExecBody {
 }
 
 /// A terminal's size in a request (`"tty": {"rows", "cols"}`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TtyBody {
     pub(super) rows: u16,
@@ -304,6 +311,7 @@ fn exec_spec(b: ExecBody) -> Result<ExecSpec, ApiError> {
         env: b.env.into_iter().collect(),
         cwd: b.cwd,
         stdin,
+        stdin_open: false,
         tty: b.tty.map(|t| PtySize {
             rows: t.rows,
             cols: t.cols,
@@ -565,9 +573,9 @@ async fn checkpoints(
     Ok(axum::Json(v).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct CheckpointBody {
+pub(crate) struct CheckpointBody {
     #[serde(default)]
     name: Option<String>,
     /// Stream NDJSON progress lines, the last one `done` or `error`.
@@ -678,6 +686,33 @@ async fn fork(
 ) -> Result<Response, ApiError> {
     let v = blocking(move || ops::fork(&s.home, &name, &b.checkpoint, &b.new_name)).await?;
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+impl CheckpointBody {
+    /// A checkpoint named `name` (default: the library's), answered whole.
+    pub(crate) fn named(name: Option<String>) -> CheckpointBody {
+        CheckpointBody {
+            name,
+            stream: false,
+        }
+    }
+}
+
+impl ExecBody {
+    /// A streamed exec of `argv` without stdin or tty: what the CLI sends the daemon.
+    pub(crate) fn streamed(
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    ) -> ExecBody {
+        ExecBody {
+            argv: Some(argv),
+            env,
+            cwd,
+            stream: true,
+            ..ExecBody::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,12 +7,17 @@
 //! gate (only the owner can connect, and the owner can read the token anyway), so a request
 //! without a token is let in; one that carries a wrong token is still refused.
 
+mod access_log;
 mod auth;
+pub mod client;
 mod error;
 mod http;
+mod idle_owner;
 pub mod ops;
+mod policy;
 mod sessions;
 mod stream;
+mod ws;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};
 pub use error::ApiError;
@@ -139,6 +144,7 @@ async fn serve(home: Home, opts: ServeOptions) -> Result<(), ServeError> {
                 .map_err(|e| io::Error::other(cairn_agent::error_text(&e)))
         });
     }
+    let idle = idle_owner::IdleOwner::start(&home).await;
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -155,6 +161,9 @@ async fn serve(home: Home, opts: ServeOptions) -> Result<(), ServeError> {
         },
     };
     let _ = std::fs::remove_file(&opts.socket);
+    if let Some(idle) = idle {
+        idle.stop().await;
+    }
     eprintln!("cairn serve: stopped");
     result
 }

@@ -179,6 +179,9 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Bytes for stdin (closed after them); `None`: stdin is /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// Keep stdin open for the caller to feed through `on_start`'s control handle (with
+    /// `stdin: None`; a WebSocket exec).
+    pub stdin_open: bool,
     /// Run under a terminal of this size (stdout and stderr then merge).
     pub tty: Option<PtySize>,
 }
@@ -227,7 +230,7 @@ pub fn exec_stream(
         argv: spec.argv,
         env: spec.env,
         cwd: spec.cwd,
-        stdin: spec.stdin.is_some(),
+        stdin: spec.stdin.is_some() || spec.stdin_open,
         pty: spec.tty,
     };
     let result = (|| {

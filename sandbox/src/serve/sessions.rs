@@ -1,5 +1,6 @@
 //! The session routes (`/v1/sandboxes/{name}/sessions…`): start a detached process, list,
-//! attach (NDJSON: the kept output, then live output) and kill. The work is in
+//! attach (NDJSON: the kept output, then live output; or a WebSocket, with input: see
+//! [`super::ws`]) and kill. The work is in
 //! [`crate::sessions`], the same calls `cairn exec -d` and `cairn sessions` make.
 
 use super::error::blocking_as;
@@ -10,7 +11,7 @@ use super::stream::ExecLine;
 use crate::sandbox::SandboxError;
 use crate::sessions;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -29,6 +30,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route(base, get(list).post(start))
         .route(&format!("{base}/{{id}}"), delete(kill))
         .route(&format!("{base}/{{id}}/attach"), get(attach))
+        // WebSocket exec; merged with http.rs's `POST …/exec`.
+        .route("/v1/sandboxes/{name}/exec", get(super::ws::exec))
 }
 
 /// A sessions failure as an API error: an unknown session is a 404.
@@ -116,7 +119,7 @@ struct AttachQuery {
 /// [`ExecLine`]s.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum AttachLine {
+pub(super) enum AttachLine {
     /// Attached: `replay` bytes of kept output follow; `dropped` older ones are gone.
     Attached { dropped: u64, replay: u64 },
     /// The kept output has been sent and the stream ends; the session goes on.
@@ -133,10 +136,19 @@ async fn attach(
     State(s): State<AppState>,
     Path((name, id)): Path<(String, u32)>,
     Q(q): Q<AttachQuery>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let follow = q.follow.unwrap_or(true);
+    let upgrade = if req.headers().contains_key(header::UPGRADE) {
+        Some(super::ws::upgrade(req, &s).await?)
+    } else {
+        None
+    };
     let home = s.home().clone();
     let (mut a, active) = run(move || sessions::attach(&home, &name, id)).await?;
+    if let Some(ws) = upgrade {
+        return Ok(ws.on_upgrade(move |socket| super::ws::run_attach(socket, a, active)));
+    }
     let detacher = a
         .detacher()
         .map_err(|e| ApiError::from(OpsError::from(e)))?;

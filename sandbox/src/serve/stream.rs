@@ -5,6 +5,7 @@
 use super::ops::{self, ExecOutput, ExecSpec, OpsError};
 use crate::sandbox::Home;
 use base64::Engine;
+use cairn_agent::client::ExecControl;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,13 +85,28 @@ pub fn spawn_exec(
     name: String,
     spec: ExecSpec,
 ) -> mpsc::Receiver<Result<ExecOutput, OpsError>> {
+    spawn_exec_controlled(home, name, spec).0
+}
+
+/// [`spawn_exec`], plus the process's control handle (stdin, signals, resizes), sent once it
+/// runs: before its `Started` event.
+pub fn spawn_exec_controlled(
+    home: Home,
+    name: String,
+    spec: ExecSpec,
+) -> (
+    mpsc::Receiver<Result<ExecOutput, OpsError>>,
+    oneshot::Receiver<ExecControl>,
+) {
     let (tx, rx) = mpsc::channel(64);
+    let (ctl_tx, ctl_rx) = oneshot::channel();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let watch = tx.clone();
         let log_name = name.clone();
-        let on_start = move |ctl: cairn_agent::client::ExecControl| {
+        let on_start = move |ctl: ExecControl| {
+            let _ = ctl_tx.send(ctl.clone());
             rt.spawn(async move {
                 tokio::select! {
                     _ = watch.closed() => {
@@ -102,15 +118,31 @@ pub fn spawn_exec(
                 }
             });
         };
+        // The exit ends the stream at once: the answer does not wait for the bookkeeping
+        // after it (`touch`, a registry write: an fsync, tens of ms on a busy disk).
+        let (mut tx, mut done_tx) = (Some(tx), Some(done_tx));
         let res = ops::exec_stream(&home, &name, spec, on_start, |ev| {
-            tx.blocking_send(Ok(ev)).is_ok()
+            let end = matches!(ev, ExecOutput::Exit(_));
+            if end {
+                // First: the watcher must not take the receiver's going for a client leaving.
+                if let Some(d) = done_tx.take() {
+                    let _ = d.send(());
+                }
+            }
+            let sent = tx.as_ref().is_some_and(|t| t.blocking_send(Ok(ev)).is_ok());
+            if end {
+                tx = None;
+            }
+            sent
         });
-        if let Err(e) = res {
-            let _ = tx.blocking_send(Err(e));
+        if let (Err(e), Some(t)) = (res, &tx) {
+            let _ = t.blocking_send(Err(e));
         }
-        let _ = done_tx.send(());
+        if let Some(d) = done_tx.take() {
+            let _ = d.send(());
+        }
     });
-    rx
+    (rx, ctl_rx)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 The async twin is :class:`AsyncSandbox`. See docs/sdk-python.md.
 """
 
-from ._types import ExecResult, FileInfo, SandboxInfo, OutputChunk, CairnError
+from ._types import ExecResult, FileInfo, SandboxInfo, OutputChunk, CairnError, SessionInfo, StartedSession
+from ._process import Process, Sessions
+from ._aprocess import AsyncProcess, AsyncSessions
 from ._sync import Sandbox, Client, Files
 from ._async import AsyncSandbox, AsyncClient, AsyncFiles
 
@@ -25,4 +27,10 @@ __all__ = [
     "SandboxInfo",
     "OutputChunk",
     "CairnError",
+    "SessionInfo",
+    "StartedSession",
+    "Process",
+    "Sessions",
+    "AsyncProcess",
+    "AsyncSessions",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Dict, List, Optional, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 import httpx
 
+from ._aprocess import AsyncProcess, AsyncSessions, open_exec
 from ._types import (
     CairnError,
     Endpoint,
@@ -148,6 +149,8 @@ class AsyncSandbox:
         self.delete_on_exit = delete_on_exit
         self._base = f"/sandboxes/{_q(name)}"
         self.files = AsyncFiles(client, name)
+        #: Detached sessions: start, list, attach, kill.
+        self.sessions = AsyncSessions(client, self._base)
 
     @classmethod
     async def create(
@@ -185,8 +188,8 @@ class AsyncSandbox:
         """Every sandbox."""
         if client is not None:
             return await client.list()
-        with Client() as c:
-            return c.list()
+        async with AsyncClient() as c:
+            return await c.list()
 
     async def info(self) -> SandboxInfo:
         """The sandbox's current state."""
@@ -224,6 +227,21 @@ class AsyncSandbox:
             chunk = parse_line(line)
             if chunk is not None:
                 yield chunk
+
+    async def exec_interactive(
+        self,
+        command: Union[str, List[str]],
+        *,
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        tty: Optional[Tuple[int, int]] = None,
+        stdin: bool = True,
+    ) -> AsyncProcess:
+        """Starts a command you can type into (the twin of :meth:`Sandbox.exec_interactive`).
+
+        Closing the process before it ends kills it.
+        """
+        return await open_exec(self._c, self._base, command, env, cwd, tty, stdin)
 
     async def checkpoint(self, name: Optional[str] = None) -> Dict[str, Any]:
         """Takes a checkpoint (memory, processes and disk); returns its metadata."""

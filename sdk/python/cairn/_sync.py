@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 import httpx
 
+from ._process import Process, Sessions, open_exec
 from ._types import (
     CairnError,
     Endpoint,
@@ -148,6 +149,8 @@ class Sandbox:
         self.delete_on_exit = delete_on_exit
         self._base = f"/sandboxes/{_q(name)}"
         self.files = Files(client, name)
+        #: Detached sessions: start, list, attach, kill.
+        self.sessions = Sessions(client, self._base)
 
     @classmethod
     def create(
@@ -224,6 +227,23 @@ class Sandbox:
             chunk = parse_line(line)
             if chunk is not None:
                 yield chunk
+
+    def exec_interactive(
+        self,
+        command: Union[str, List[str]],
+        *,
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        tty: Optional[Tuple[int, int]] = None,
+        stdin: bool = True,
+    ) -> Process:
+        """Starts a command you can type into (over a WebSocket): write with
+        :meth:`Process.send`, read its output by iterating, end stdin with
+        :meth:`Process.close_stdin`. ``tty``: run under a terminal of ``(rows, cols)``.
+
+        Closing the process (or leaving its ``with`` block) before it ends kills it.
+        """
+        return open_exec(self._c, self._base, command, env, cwd, tty, stdin)
 
     def checkpoint(self, name: Optional[str] = None) -> Dict[str, Any]:
         """Takes a checkpoint (memory, processes and disk); returns its metadata."""

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import httpx
 
@@ -191,3 +191,114 @@ def exec_result(raw: bytes) -> ExecResult:
     if "error" in d:
         raise CairnError(d["error"], 500, d.get("code", "internal"))
     return ExecResult(d["stdout"], d["stderr"], d["exit_code"], d.get("signal"))
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A detached session (``sb.sessions``): a process that outlives its client.
+
+    ``state`` is ``running``, ``exited`` or ``killed``; ``exit_code`` is set once it ended
+    (128 + N when killed by signal N).
+    """
+
+    id: int
+    pid: int
+    argv: List[str]
+    started: int
+    tty: bool
+    stdin: bool
+    state: str
+    exit_code: Optional[int]
+    signal: Optional[int]
+    output_bytes: int
+    dropped_bytes: int
+    attached: int
+
+    @staticmethod
+    def from_json(d: Dict[str, Any]) -> "SessionInfo":
+        return SessionInfo(**{k: d[k] for k in SessionInfo.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    """A session just started: its id in the sandbox and its guest pid."""
+
+    id: int
+    pid: int
+
+
+def command_body(
+    command: Union[str, List[str]],
+    env: Optional[Dict[str, str]],
+    cwd: Optional[str],
+) -> Dict[str, Any]:
+    """``command`` (a shell line) or ``argv``, with ``env`` and ``cwd``: the start of a request body."""
+    body: Dict[str, Any] = {}
+    if isinstance(command, str):
+        body["command"] = command
+    else:
+        body["argv"] = list(command)
+    if env:
+        body["env"] = dict(env)
+    if cwd:
+        body["cwd"] = cwd
+    return body
+
+
+def process_body(
+    command: Union[str, List[str]],
+    env: Optional[Dict[str, str]],
+    cwd: Optional[str],
+    stdin: bool,
+    tty: Optional[Tuple[int, int]],
+) -> Dict[str, Any]:
+    """The body that starts an interactive exec or a session: :func:`command_body`, whether
+    stdin stays open, and the terminal size when ``tty`` is given."""
+    body = command_body(command, env, cwd)
+    body["stdin"] = stdin
+    if tty is not None:
+        body["tty"] = tty_body(tty)
+    return body
+
+
+def tty_body(tty: Optional[Tuple[int, int]]) -> Optional[Dict[str, int]]:
+    """``(rows, cols)`` as the API's ``{"rows", "cols"}``."""
+    if tty is None:
+        return None
+    rows, cols = tty
+    return {"rows": int(rows), "cols": int(cols)}
+
+
+def ws_frame(text: Union[str, bytes]) -> Optional[OutputChunk]:
+    """One server frame of an interactive exec or attach as a chunk.
+
+    ``None`` for ``started`` and ``attached``; a chunk of kind ``exit`` or ``detached`` ends
+    the stream; an ``error`` frame raises :class:`CairnError`.
+    """
+    d = json.loads(text)
+    t = d.get("type")
+    if t in ("stdout", "stderr"):
+        return OutputChunk(t, base64.b64decode(d["data"]))
+    if t == "exit":
+        return OutputChunk("exit", exit_code=d["exit_code"], signal=d.get("signal"))
+    if t == "detached":
+        return OutputChunk("detached")
+    if t == "error":
+        code = d.get("code", "internal")
+        raise CairnError(d.get("message", "exec failed"), 400 if code == "bad_request" else 500, code)
+    return None
+
+
+def ws_url(endpoint: "Endpoint", path: str) -> str:
+    """The ``ws://`` address of ``/v1`` + ``path`` (over the Unix socket the host is a placeholder)."""
+    base = endpoint.url.rstrip("/") if endpoint.url else "http://cairn"
+    if base.startswith("https://"):
+        base = "wss://" + base[len("https://"):]
+    elif base.startswith("http://"):
+        base = "ws://" + base[len("http://"):]
+    return base + "/v1" + path
+
+
+def control_frame(kind: str, **fields: Any) -> str:
+    """A client control frame (stdin_close, resize, signal, detach) as JSON text."""
+    return json.dumps(dict(type=kind, **fields))

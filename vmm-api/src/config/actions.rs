@@ -152,6 +152,21 @@ pub struct LoadSnapshotParams {
     /// Taps to use instead of the ones recorded in the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_overrides: Option<Vec<NetworkOverride>>,
+    /// A Unix socket for the snapshot's vsock device instead of the recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+    /// x86_64: advance kvmclock by the wall-clock time since the snapshot was taken
+    /// (`KVM_CLOCK_REALTIME`); default `false`, kvmclock resumes where it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_realtime: Option<bool>,
+}
+
+/// `vsock_override` of `PUT /snapshot/load`. Unknown fields are ignored here, as Firecracker
+/// ignores them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockOverride {
+    /// The host-side Unix socket the restored vsock device listens on.
+    pub uds_path: PathBuf,
 }
 
 impl LoadSnapshotParams {
@@ -209,6 +224,9 @@ impl Validate for LoadSnapshotParams {
                 ));
             }
         }
+        if let Some(v) = &self.vsock_override {
+            validate_path("vsock_override.uds_path", &v.uds_path)?;
+        }
         for (i, net) in self.network_overrides.iter().flatten().enumerate() {
             let at = |e: ConfigError| e.within(&format!("network_overrides[{i}]"));
             validate_id("iface_id", &net.iface_id).map_err(at)?;
@@ -253,7 +271,7 @@ pub fn validate_checkpoint_name(field: &str, name: &str) -> Result<(), ConfigErr
 #[serde(deny_unknown_fields)]
 pub struct CheckpointCreate {
     /// Name of the new checkpoint; the VMM picks one when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 

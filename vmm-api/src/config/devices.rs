@@ -1,8 +1,8 @@
 //! `drives`, `network-interfaces`, `vsock` and `entropy`.
 //!
-//! Rate limiters (`rate_limiter`, `rx_rate_limiter`, `tx_rate_limiter`) are accepted so that
-//! Firecracker configurations load, kept as raw JSON, and **ignored**: cairn does not throttle
-//! device I/O.
+//! Rate limiters (`rate_limiter` on drives, `rx_rate_limiter`/`tx_rate_limiter` on network
+//! interfaces) are Firecracker's [`RateLimiterConfig`] and are enforced by the devices. The
+//! entropy device's `rate_limiter` is accepted as raw JSON and ignored.
 
 use std::path::PathBuf;
 
@@ -41,20 +41,20 @@ pub struct DriveConfig {
     /// Whether the kernel mounts this drive as `/` (`root=` on the command line).
     pub is_root_device: bool,
     /// Read-only drive; absent means `false`. See [`DriveConfig::read_only`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_read_only: Option<bool>,
     /// Root partition UUID, used for `root=PARTUUID=` when this is the root device.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
     /// Cache mode; absent means `Unsafe`. See [`DriveConfig::cache_type`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_type: Option<CacheType>,
     /// I/O engine; absent means `Sync`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
-    /// Accepted for compatibility and ignored.
-    #[serde(default)]
-    pub rate_limiter: Option<serde_json::Value>,
+    /// Limits on the drive's I/O (bytes and requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// Firecracker's vhost-user socket: not implemented, must be absent or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -96,7 +96,7 @@ impl Validate for DriveConfig {
                 "the Async engine is not implemented by cairn (supported: \"Sync\")",
             ));
         }
-        validate_rate_limiter("rate_limiter", &self.rate_limiter)
+        Ok(())
     }
 }
 
@@ -129,14 +129,17 @@ pub struct NetConfig {
     /// The host tap device to attach.
     pub host_dev_name: String,
     /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`; chosen by the guest when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
-    /// Accepted for compatibility and ignored.
-    #[serde(default)]
-    pub rx_rate_limiter: Option<serde_json::Value>,
-    /// Accepted for compatibility and ignored.
-    #[serde(default)]
-    pub tx_rate_limiter: Option<serde_json::Value>,
+    /// Limits on what the guest receives (bytes and frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends (bytes and frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// MTU advertised to the guest (`VIRTIO_NET_F_MTU`), 68 to 65535; absent: not advertised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 impl NetConfig {
@@ -171,8 +174,15 @@ impl Validate for NetConfig {
                 ));
             }
         }
-        validate_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
-        validate_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)
+        if let Some(mtu) = self.mtu {
+            if mtu < 68 {
+                return Err(ConfigError::invalid(
+                    "mtu",
+                    format!("{mtu} is not between 68 and 65535"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -206,17 +216,112 @@ impl Validate for VsockConfig {
     }
 }
 
+/// Firecracker's `PATCH /drives/{drive_id}` body (`PartialDrive`), after boot: a new backing
+/// file, new rate limiter buckets, or both. Absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive to change.
+    pub drive_id: String,
+    /// The new backing file; the guest sees its contents (and size) from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    /// Buckets to replace (a bucket left out is kept; one with size or refill time 0 removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl Validate for DriveUpdate {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("drive_id", &self.drive_id)?;
+        match &self.path_on_host {
+            Some(path) => validate_path("path_on_host", path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Firecracker's `PATCH /network-interfaces/{iface_id}` body (`PartialNetworkInterface`), after
+/// boot: new rate limiter buckets. Absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface to change.
+    pub iface_id: String,
+    /// Buckets to replace on the receive side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Buckets to replace on the transmit side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl Validate for NetworkInterfaceUpdate {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_id("iface_id", &self.iface_id)
+    }
+}
+
 /// Firecracker's `entropy` / `PUT /entropy` (virtio-rng).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
     /// Accepted for compatibility and ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<serde_json::Value>,
 }
 
 impl Validate for EntropyConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         validate_rate_limiter("rate_limiter", &self.rate_limiter)
+    }
+}
+
+/// Firecracker's `PUT /serial` body: where the guest's serial console output goes instead of
+/// stdout (a file or named pipe; console input is then not read).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The file or named pipe, created if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+    /// Accepted for compatibility and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<TokenBucketConfig>,
+}
+
+/// Firecracker's `RateLimiter`: a bucket of bytes and a bucket of operations (requests or
+/// frames). An absent bucket does not limit; in a PATCH it leaves the bucket as it is, and a
+/// bucket with `size` or `refill_time` 0 removes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+/// Firecracker's token bucket (also the serial port's whole `rate_limiter`). Unknown fields are
+/// ignored, as Firecracker ignores them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBucketConfig {
+    /// Tokens (bytes or operations) the bucket holds when full; 0: no limit.
+    pub size: u64,
+    /// Initial extra budget, spent first and never refilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Time to refill the bucket from empty, in ms; 0: no limit.
+    pub refill_time: u64,
+}
+
+impl Validate for SerialConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.serial_out_path {
+            validate_path("serial_out_path", path)?;
+        }
+        Ok(())
     }
 }

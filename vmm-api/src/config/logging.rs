@@ -85,16 +85,16 @@ impl<'de> Deserialize<'de> for LogLevel {
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {
     /// File (often a named pipe) the log goes to; standard error when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_path: Option<PathBuf>,
     /// Least severe level written.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<LogLevel>,
     /// Prefix each line with its level.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub show_level: Option<bool>,
     /// Prefix each line with its source file and line.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub show_log_origin: Option<bool>,
     /// Only log from this module path.
     #[serde(default, skip_serializing_if = "Option::is_none")]

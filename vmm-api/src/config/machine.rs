@@ -17,10 +17,10 @@ pub struct BootSourceConfig {
     /// The guest kernel (ELF vmlinux, or bzImage).
     pub kernel_image_path: PathBuf,
     /// Optional initrd / initramfs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<PathBuf>,
     /// Kernel command line; the VMM's default is used when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
 }
 
@@ -229,22 +229,22 @@ impl Validate for MachineConfig {
 #[serde(deny_unknown_fields)]
 pub struct MachineConfigUpdate {
     /// New vCPU count.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpu_count: Option<u8>,
     /// New memory size in MiB.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_size_mib: Option<usize>,
     /// New SMT setting.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
     /// New CPU template.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<CpuTemplate>,
     /// New dirty-page tracking setting.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
     /// New page size.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<HugePages>,
 }
 

@@ -30,6 +30,8 @@ mod devices;
 mod logging;
 mod machine;
 #[cfg(test)]
+mod no_null_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashSet;
@@ -41,14 +43,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use actions::{
     validate_checkpoint_name, ActionType, CheckpointCreate, CheckpointRestore,
     CreateSnapshotParams, InstanceActionInfo, LoadSnapshotParams, MemBackendConfig, MemBackendType,
-    NetworkOverride, SnapshotType, VmState, VmStateUpdate,
+    NetworkOverride, SnapshotType, VmState, VmStateUpdate, VsockOverride,
 };
 pub use cpu_config::{
     BitFilter, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier, CustomCpuTemplate,
     KvmCapabilityModifier, MsrModifier,
 };
 pub use devices::{
-    parse_mac, CacheType, DriveConfig, EntropyConfig, IoEngine, NetConfig, VsockConfig,
+    parse_mac, CacheType, DriveConfig, DriveUpdate, EntropyConfig, IoEngine, NetConfig,
+    NetworkInterfaceUpdate, RateLimiterConfig, SerialConfig, TokenBucketConfig, VsockConfig,
 };
 pub use logging::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine::{
@@ -193,7 +196,11 @@ where
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Kernel, initrd and command line. Required to start a VM.
-    #[serde(rename = "boot-source", default)]
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_source: Option<BootSourceConfig>,
     /// vCPUs and memory; absent or `null` means the defaults (1 vCPU, 128 MiB).
     #[serde(
@@ -213,16 +220,16 @@ pub struct VmConfig {
     )]
     pub network_interfaces: Vec<NetConfig>,
     /// The vsock device, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
     /// The virtio-rng device, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
     /// Logger settings (Firecracker's; accepted and validated).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
     /// Metrics settings (Firecracker's; accepted and validated).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
     /// Firecracker's balloon device: not implemented, must be absent or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,7 +263,7 @@ pub struct VmConfig {
 #[serde(deny_unknown_fields)]
 pub struct CairnConfig {
     /// Where checkpoints are written; each checkpoint is a sub-directory named after it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_dir: Option<PathBuf>,
 }
 

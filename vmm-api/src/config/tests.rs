@@ -416,9 +416,22 @@ fn drive_rules() {
     let mut d = drive("a", false);
     d.socket = Some("/vhost.sock".into());
     assert_eq!(d.validate().unwrap_err().field(), "socket");
-    let mut d = drive("a", false);
-    d.rate_limiter = Some(serde_json::json!(5));
-    assert_eq!(d.validate().unwrap_err().field(), "rate_limiter");
+    assert!(parse_json::<DriveConfig>(
+        br#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "rate_limiter": 5}"#
+    )
+    .is_err());
+    let d: DriveConfig = parse_json(
+        br#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false,
+             "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 5, "refill_time": 100}}}"#,
+    )
+    .unwrap();
+    let rl = d.rate_limiter.unwrap();
+    assert_eq!(rl.bandwidth.unwrap().one_time_burst, Some(5));
+    assert_eq!(rl.ops, None);
+    assert!(
+        parse_json::<RateLimiterConfig>(br#"{"bandwidth": null, "iops": {}}"#).is_err(),
+        "unknown keys refused, as Firecracker does"
+    );
     let mut d = drive("a", true);
     d.partuuid = Some("a b".into());
     assert_eq!(d.validate().unwrap_err().field(), "partuuid");
@@ -441,6 +454,7 @@ fn net(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
         guest_mac: mac.map(Into::into),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     }
 }
 
@@ -488,9 +502,10 @@ fn net_rules() {
             "host_dev_name"
         );
     }
-    let mut n = net("e", "t", None);
-    n.tx_rate_limiter = Some(serde_json::json!("fast"));
-    assert_eq!(n.validate().unwrap_err().field(), "tx_rate_limiter");
+    assert!(parse_json::<NetConfig>(
+        br#"{"iface_id": "e", "host_dev_name": "t", "tx_rate_limiter": "fast"}"#
+    )
+    .is_err());
 
     let mut cfg = valid_base();
     cfg.network_interfaces = vec![net("a", "tap0", None), net("a", "tap1", None)];

@@ -39,8 +39,10 @@
 //! second root device, and so on.
 
 pub mod http;
+pub mod loaded_config;
 pub mod routes;
 pub mod server;
+pub mod snapshot_load;
 #[cfg(test)]
 mod tests;
 
@@ -76,12 +78,18 @@ pub enum ApiRequest {
     PutDrive(DriveConfig),
     /// `PUT /network-interfaces/{iface_id}`: add or replace (before boot).
     PutNetworkInterface(NetConfig),
+    /// `PATCH /drives/{drive_id}` (after boot): new backing file and/or rate limiter.
+    PatchDrive(crate::config::DriveUpdate),
+    /// `PATCH /network-interfaces/{iface_id}` (after boot): rate limiter updates.
+    PatchNetworkInterface(crate::config::NetworkInterfaceUpdate),
     /// `PUT /vsock` (before boot).
     PutVsock(VsockConfig),
     /// `PUT /entropy` (before boot).
     PutEntropy(EntropyConfig),
     /// `PUT /cpu-config` (before boot): a custom CPU template.
     PutCpuConfig(crate::config::CustomCpuTemplate),
+    /// `PUT /serial` (before boot): console output to a file.
+    PutSerial(crate::config::SerialConfig),
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
@@ -118,9 +126,12 @@ impl ApiRequest {
             ApiRequest::PutBootSource(_) => "PutBootSource",
             ApiRequest::PutDrive(_) => "PutDrive",
             ApiRequest::PutNetworkInterface(_) => "PutNetworkInterface",
+            ApiRequest::PatchDrive(_) => "PatchDrive",
+            ApiRequest::PatchNetworkInterface(_) => "PatchNetworkInterface",
             ApiRequest::PutVsock(_) => "PutVsock",
             ApiRequest::PutEntropy(_) => "PutEntropy",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
+            ApiRequest::PutSerial(_) => "PutSerial",
             ApiRequest::PutLogger(_) => "PutLogger",
             ApiRequest::PutMetrics(_) => "PutMetrics",
             ApiRequest::Action(_) => "Action",

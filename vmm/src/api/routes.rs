@@ -47,9 +47,20 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
             check_path_id("iface_id", id, &net.iface_id)?;
             ApiRequest::PutNetworkInterface(net)
         }
+        ("PATCH", ["drives", id]) if !id.is_empty() => {
+            let update: crate::config::DriveUpdate = parse_body(body)?;
+            check_path_id("drive_id", id, &update.drive_id)?;
+            ApiRequest::PatchDrive(update)
+        }
+        ("PATCH", ["network-interfaces", id]) if !id.is_empty() => {
+            let update: crate::config::NetworkInterfaceUpdate = parse_body(body)?;
+            check_path_id("iface_id", id, &update.iface_id)?;
+            ApiRequest::PatchNetworkInterface(update)
+        }
         ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
         ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
         ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
+        ("PUT", ["serial"]) => ApiRequest::PutSerial(parse_body(body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(body)?),
         ("PUT", ["actions"]) => ApiRequest::Action(parse_body(body)?),
@@ -335,7 +346,7 @@ mod tests {
             ("PUT", "/"),
             ("GET", "/vm"),
             ("PUT", "/snapshot"),
-            ("PATCH", "/drives/rootfs"),
+            ("PATCH", "/drives/"),
             ("get", "/"),
             ("GET", ""),
         ] {

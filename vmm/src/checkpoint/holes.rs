@@ -8,10 +8,13 @@
 //! allocation fails and the faulting thread gets `SIGBUS`: the VMM dies on the first vCPU read of
 //! an untouched page, or when `CAIRN_VERIFY_MEMORY=1` reads every page.
 //!
-//! So on tmpfs each hole of a mapped range is replaced by an anonymous private mapping, which
-//! reads as zeros and takes its pages from the VMM's own memory, as a boot would. Data ranges stay
-//! file-backed and lazy. On other file systems nothing is remapped (no extra mappings, no extra
-//! syscalls on the restore path).
+//! So where a tmpfs lacks room for a page in every hole of the files mapped, each hole of a mapped
+//! range is replaced by an anonymous private mapping, which reads as zeros and takes its pages
+//! from the VMM's own memory, as a boot would. Data ranges stay file-backed and lazy. Where the
+//! tmpfs has that room (the usual case), and on other file systems, nothing is remapped: the
+//! check is one `fstat` and one `fstatfs` per file, so the restore path keeps one mapping per
+//! region and walks no holes (walking a 1 GiB file's holes and mapping each apart made restore
+//! from tmpfs slower than Firecracker's).
 //!
 //! Each hole costs up to two mappings, and the kernel caps mappings per process
 //! (`vm.max_map_count`, 65530 by default). A file with more holes than fit is refused before the
@@ -59,6 +62,47 @@ fn tmpfs_free(file: &File) -> Result<Option<u64>, VmmError> {
         return Ok(None);
     }
     Ok(Some((st.f_bavail as u64).saturating_mul(st.f_bsize as u64)))
+}
+
+/// Bytes of `file` that are holes: its length less what it has allocated (an upper bound on the
+/// holes of any range of it).
+// `stat` field types differ between architectures and libcs; the casts are no-ops on x86_64.
+#[allow(clippy::unnecessary_cast)]
+fn hole_bytes(file: &File) -> Result<u64, VmmError> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes one `stat` into the buffer we own; the fd is open.
+    let rc = unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(snap_err(format!(
+            "fstat: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fstat returned 0, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    let allocated = (st.st_blocks as u64).saturating_mul(512);
+    Ok((st.st_size as u64).saturating_sub(allocated))
+}
+
+/// Whether every file of `ranges` is off tmpfs, or on a tmpfs with room for a page in each of
+/// its holes (counted once per file: the VMs mapping one file share its page cache). Then a
+/// read of a hole cannot fail, and nothing needs remapping.
+fn tmpfs_has_room_for_holes(ranges: &[MappedRange<'_>]) -> Result<bool, VmmError> {
+    let mut seen: Vec<std::os::fd::RawFd> = Vec::new();
+    let mut holes = 0u64;
+    let mut free = u64::MAX;
+    for range in ranges {
+        let fd = range.file.as_raw_fd();
+        if seen.contains(&fd) {
+            continue;
+        }
+        seen.push(fd);
+        if let Some(room) = tmpfs_free(range.file)? {
+            free = free.min(room);
+            holes = holes.saturating_add(hole_bytes(range.file)?);
+        }
+    }
+    Ok(holes <= free)
 }
 
 /// `lseek(fd, from, whence)`, or `None` where the file has no more data (`ENXIO`).
@@ -116,6 +160,9 @@ pub struct MappedRange<'a> {
 /// zero pages, where the files live on tmpfs. Refuses, before the guest runs, a chain whose
 /// holes would take more mappings than the kernel allows and would not fit the tmpfs either.
 pub fn anonymize_tmpfs_holes(ranges: &[MappedRange<'_>]) -> Result<(), VmmError> {
+    if tmpfs_has_room_for_holes(ranges)? {
+        return Ok(());
+    }
     let mut plan = Vec::new();
     let mut hole_bytes = 0u64;
     let mut free = u64::MAX;
@@ -218,6 +265,35 @@ mod tests {
         assert_eq!(holes(&f, 2 * mb, mb).unwrap(), vec![(2 * mb, mb)]);
         assert_eq!(holes(&f, 9 * mb, mb).unwrap(), vec![(9 * mb, mb)]);
         assert!(holes(&f, mb, mb).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hole_bytes_count_what_is_not_allocated_and_room_is_checked_once_per_file() {
+        let Ok(f) = tempfile::tempfile_in("/dev/shm") else {
+            return;
+        };
+        let mb = 1u64 << 20;
+        f.set_len(4 * mb).unwrap();
+        f.write_all_at(&vec![1u8; mb as usize], mb).unwrap();
+        assert_eq!(hole_bytes(&f).unwrap(), 3 * mb);
+        // Two ranges of one file: its holes count once, and a roomy /dev/shm holds them.
+        let ranges = [0, 2 * mb].map(|off| MappedRange {
+            file: &f,
+            file_offset: off,
+            len: 2 * mb,
+            host: 0,
+        });
+        let free = tmpfs_free(&f).unwrap().unwrap();
+        assert_eq!(tmpfs_has_room_for_holes(&ranges).unwrap(), 3 * mb <= free);
+        // Off tmpfs there is nothing to check.
+        let exe = File::open("/proc/self/exe").unwrap();
+        let off = [MappedRange {
+            file: &exe,
+            file_offset: 0,
+            len: 4096,
+            host: 0,
+        }];
+        assert!(tmpfs_has_room_for_holes(&off).unwrap());
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
+    // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
+    // fresh process gets its load request before that wait is over).
+    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
     let PreparedVm { kvm, vm } = prewarm::take()?;
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -73,7 +76,6 @@ pub fn restore_machine(
     let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
-    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
     if verify::enabled() {
         let saved = opts
             .memory_layers
@@ -109,13 +111,17 @@ pub fn restore_machine(
     for saved in &state.virtio {
         let id = saved.id.as_str();
         let handle = match &saved.device {
-            VirtioDeviceState::Block(s) => {
+            VirtioDeviceState::Block(s) | VirtioDeviceState::BlockLimited(s, _) => {
                 let backend = disks(&s.config)?;
-                let dev = Block::restore(BlockConstructorArgs { backend }, s)
+                let mut dev = Block::restore(BlockConstructorArgs { backend }, s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::BlockLimited(_, l) = &saved.device {
+                    crate::rate_limit::restore_block_limiter(&mut dev, l)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Block(Arc::new(Mutex::new(dev)))
             }
-            VirtioDeviceState::Net(s) => {
+            VirtioDeviceState::Net(s) | VirtioDeviceState::NetLimited(s, _, _) => {
                 let mut s = s.clone();
                 if let Some((_, tap)) = opts
                     .network_overrides
@@ -125,8 +131,12 @@ pub fn restore_machine(
                     s.config.host_dev_name = tap.clone();
                 }
                 let tap = Tap::open(&s.config.host_dev_name).map_err(|e| dev_err(id, e))?;
-                let dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
+                let mut dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
                     .map_err(|e| dev_err(id, e))?;
+                if let VirtioDeviceState::NetLimited(_, rx, tx) = &saved.device {
+                    crate::rate_limit::restore_net_limiters(&mut dev, rx, tx)
+                        .map_err(|e| dev_err(id, e))?;
+                }
                 VirtioHandle::Net(Arc::new(Mutex::new(dev)))
             }
             VirtioDeviceState::Vsock(s) => {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use cairn_devices::rate_limiter::RateLimiterState;
 use cairn_devices::virtio::block::BlockState;
 use cairn_devices::virtio::mmio::MmioTransportState;
 use cairn_devices::virtio::net::persist::NetState;
@@ -34,6 +35,11 @@ pub enum VirtioDeviceState {
     Vsock(VsockState),
     /// virtio-rng.
     Rng(RngState),
+    /// virtio-blk with a rate limiter (appended, so checkpoints without one keep the
+    /// `Block` layout and old checkpoints still load).
+    BlockLimited(BlockState, RateLimiterState),
+    /// virtio-net with rate limiters (rx, tx), appended for the same reason.
+    NetLimited(NetState, RateLimiterState, RateLimiterState),
 }
 
 /// One virtio device: where it sits, its transport and its model.
@@ -139,14 +145,8 @@ fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
         reason: e.to_string(),
     };
     let device = match &a.device {
-        VirtioHandle::Block(d) => lock(d)
-            .save()
-            .map(VirtioDeviceState::Block)
-            .map_err(|e| err(&e)),
-        VirtioHandle::Net(d) => lock(d)
-            .save()
-            .map(VirtioDeviceState::Net)
-            .map_err(|e| err(&e)),
+        VirtioHandle::Block(d) => crate::rate_limit::save_block(&lock(d)).map_err(|e| err(&e)),
+        VirtioHandle::Net(d) => crate::rate_limit::save_net(&lock(d)).map_err(|e| err(&e)),
         VirtioHandle::Vsock(d) => lock(d)
             .save()
             .map(VirtioDeviceState::Vsock)

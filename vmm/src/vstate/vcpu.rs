@@ -467,6 +467,9 @@ impl Vcpu {
             }
             if let Some(reason) = self.run_once() {
                 tracing::info!(vcpu = self.index, %reason, "vCPU stopped");
+                if matches!(reason, ExitReason::KvmError(_)) {
+                    crate::metrics::metrics().vcpu.failures.inc();
+                }
                 self.exit.signal(reason);
                 paused = true;
             }
@@ -479,22 +482,26 @@ impl Vcpu {
         let (pio, mmio) = (&self.pio, &self.mmio);
         match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
+                crate::metrics::on_pio_write(port);
                 pio.write(u64::from(port), data);
                 None
             }
             Ok(VcpuExit::IoIn(port, data)) => {
+                crate::metrics::on_pio_read(port);
                 if !pio.read(u64::from(port), data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                crate::metrics::metrics().vcpu.exit_mmio_read.inc();
                 if !mmio.read(addr, data) {
                     data.fill(0xff);
                 }
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                crate::metrics::metrics().vcpu.exit_mmio_write.inc();
                 mmio.write(addr, data);
                 None
             }

@@ -90,6 +90,23 @@ const fn differs(step: Step, cairn: u16, why: &'static str) -> Step {
 const KERNEL: &str = r#"{"kernel_image_path": "{kernel}", "boot_args": "console=ttyS0"}"#;
 const ROOTFS: &str = r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "is_read_only": false}"#;
 
+/// Every top-level key of Firecracker v1.16.1's `GET /vm/config` reply.
+const VM_CONFIG_KEYS: &[&str] = &[
+    "balloon",
+    "drives",
+    "boot-source",
+    "cpu-config",
+    "logger",
+    "machine-config",
+    "metrics",
+    "mmds-config",
+    "network-interfaces",
+    "vsock",
+    "entropy",
+    "pmem",
+    "memory-hotplug",
+];
+
 /// Every case.
 pub const CASES: &[Case] = &[
     Case {
@@ -109,15 +126,7 @@ pub const CASES: &[Case] = &[
                     "huge_pages",
                 ],
             ),
-            get(
-                "/vm/config",
-                &[
-                    "boot-source",
-                    "machine-config",
-                    "drives",
-                    "network-interfaces",
-                ],
-            ),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
     Case {
@@ -275,6 +284,21 @@ pub const CASES: &[Case] = &[
                 r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
                 204,
             ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 500, "refill_time": 100}, "ops": {"size": 10, "refill_time": 1000}}}"#,
+                204,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"iops": {"size": 10, "refill_time": 1000}}}"#,
+                400,
+            ),
+            put(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "path_on_host": "{rootfs}", "is_root_device": true, "rate_limiter": {"bandwidth": {"size": 1000}}}"#,
+                400,
+            ),
             differs(
                 put(
                     "/drives/rootfs",
@@ -284,7 +308,7 @@ pub const CASES: &[Case] = &[
                 400,
                 "io_engine Async not implemented",
             ),
-            get("/vm/config", &["drives"]),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
     Case {
@@ -319,11 +343,19 @@ pub const CASES: &[Case] = &[
                 204,
             ),
             put("/cpu-config", "{}", 204),
-            differs(
-                put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
-                400,
-                "PUT /serial not served",
+            put("/serial", r#"{"serial_out_path": "{dir}/serial.out"}"#, 204),
+            put(
+                "/serial",
+                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"size": 1000, "refill_time": 100}}"#,
+                204,
             ),
+            put(
+                "/serial",
+                r#"{"serial_out_path": "{dir}/serial.out", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                400,
+            ),
+            put("/serial", r#"{"serial_out_path": 5}"#, 400),
+            put("/serial", r#"{"serial_out": "{dir}/x"}"#, 400),
         ],
     },
     Case {
@@ -339,6 +371,13 @@ pub const CASES: &[Case] = &[
             put("/logger", r#"{"level": "Bogus"}"#, 400),
             put("/metrics", r#"{"metrics_path": "{dir}/metrics"}"#, 204),
             put("/actions", r#"{"action_type": "FlushMetrics"}"#, 400),
+            // Both files are created when set; metrics only once per process.
+            s("EXISTS", "{dir}/log", None, 200),
+            s("EXISTS", "{dir}/metrics", None, 200),
+            put("/metrics", r#"{"metrics_path": "{dir}/metrics2"}"#, 400),
+            put("/logger", r#"{"log_path": "{dir}/no/such/log"}"#, 400),
+            put("/logger", r#"{"log_path": "{dir}/log2", "level": "Debug"}"#, 204),
+            s("EXISTS", "{dir}/log2", None, 200),
         ],
     },
     Case {
@@ -422,6 +461,18 @@ pub const CASES: &[Case] = &[
                 400,
             ),
             patch("/network-interfaces/eth0", r#"{"iface_id": "eth0"}"#, 400),
+            patch(
+                "/drives/rootfs",
+                r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#,
+                400,
+            ),
+            patch("/drives/rootfs", r#"{"drive_id": "rootfs", "is_read_only": true}"#, 400),
+            patch("/drives/other", r#"{"drive_id": "rootfs"}"#, 400),
+            patch(
+                "/network-interfaces/eth0",
+                r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}, "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}"#,
+                400,
+            ),
         ],
     },
     Case {
@@ -433,6 +484,16 @@ pub const CASES: &[Case] = &[
             put(
                 "/snapshot/load",
                 r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "Nope", "backend_path": "{dir}/m"}}"#,
+                400,
+            ),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "vsock_override": {}}"#,
+                400,
+            ),
+            put(
+                "/snapshot/load",
+                r#"{"snapshot_path": "{dir}/s", "mem_backend": {"backend_type": "File", "backend_path": "{dir}/m"}, "clock_realtime": "yes"}"#,
                 400,
             ),
         ],
@@ -478,11 +539,9 @@ pub const CASES: &[Case] = &[
                 400,
                 "by design: a refused PUT keeps the last valid configuration; Firecracker drops interface 1 when its update fails, which frees its MAC",
             ),
-            differs(
-                put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 204),
-                400,
-                "MMDS not implemented",
-            ),
+            // Firecracker has dropped interface 1 (above), so it refuses these two as well;
+            // cairn refuses them because it has no MMDS.
+            put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 400),
             put(
                 "/mmds/config",
                 r#"{"network_interfaces": ["1", "foo"]}"#,
@@ -493,25 +552,43 @@ pub const CASES: &[Case] = &[
                 r#"{"version": "foo", "network_interfaces": ["1"]}"#,
                 400,
             ),
-            differs(
-                put(
-                    "/mmds/config",
-                    r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
-                    204,
-                ),
+            put(
+                "/mmds/config",
+                r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
                 400,
-                "MMDS not implemented",
             ),
-            get("/vm/config", &["network-interfaces"]),
-            differs(
-                put(
-                    "/network-interfaces/4",
-                    r#"{"iface_id": "4", "host_dev_name": "fctap4", "mtu": 1400}"#,
-                    204,
-                ),
+            get("/vm/config", VM_CONFIG_KEYS),
+            put(
+                "/network-interfaces/4",
+                r#"{"iface_id": "4", "host_dev_name": "fctap4", "mtu": 1400}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/5",
+                r#"{"iface_id": "5", "host_dev_name": "fctap5", "mtu": 67}"#,
                 400,
-                "net mtu not implemented",
             ),
+            put(
+                "/network-interfaces/5",
+                r#"{"iface_id": "5", "host_dev_name": "fctap5", "mtu": 65536}"#,
+                400,
+            ),
+            put(
+                "/network-interfaces/6",
+                r#"{"iface_id": "6", "host_dev_name": "fctap6", "rx_rate_limiter": {"bandwidth": {"size": 100000, "one_time_burst": 1000, "refill_time": 100}}, "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}"#,
+                204,
+            ),
+            put(
+                "/network-interfaces/7",
+                r#"{"iface_id": "7", "host_dev_name": "fctap7", "tx_rate_limiter": {"bandwidth": {"size": 100000}}}"#,
+                400,
+            ),
+            put(
+                "/network-interfaces/7",
+                r#"{"iface_id": "7", "host_dev_name": "fctap7", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}, "burst": 1}}"#,
+                400,
+            ),
+            get("/vm/config", VM_CONFIG_KEYS),
         ],
     },
 ];

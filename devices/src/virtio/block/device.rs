@@ -10,11 +10,12 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{DiskBackend, RawFile};
 use super::request::Disk;
 use super::{features, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, QUEUE_SIZE, SEG_MAX, SIZE_MAX};
+use crate::rate_limiter::{LimiterConfig, RateLimiter};
 use crate::virtio::activation::QueueEvents;
-use crate::virtio::serve::serve_queue;
+use crate::virtio::serve::{serve_queue, serve_queue_throttled};
 use crate::virtio::{
-    device_type, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    device_type, ActivateContext, ActivateError, IrqKind, IrqTrigger, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::GuestMemoryMmap;
 
@@ -81,6 +82,10 @@ pub struct Block {
     active: Option<Active>,
     /// Empty, or the one queue while activated.
     queues: Vec<Queue>,
+    /// Firecracker's `rate_limiter` (unlimited by default).
+    pub(super) limiter: RateLimiter,
+    /// The limiter timerfd as registered with the event loop.
+    pub(super) limiter_registered: Option<std::os::fd::RawFd>,
 }
 
 impl std::fmt::Debug for Block {
@@ -131,7 +136,49 @@ impl Block {
             registered: QueueEvents::default(),
             active: None,
             queues: Vec::new(),
+            limiter: RateLimiter::default(),
+            limiter_registered: None,
         })
+    }
+
+    /// Set or change the rate limiter (Firecracker's `rate_limiter`; a bucket left `None` is
+    /// kept). Signals the event handler so that a new limiter timer gets watched.
+    pub fn update_rate_limiter(&mut self, cfg: &LimiterConfig) -> std::io::Result<()> {
+        self.limiter.update(cfg)?;
+        if self.limiter.timer_fd() != self.limiter_registered {
+            self.activate_evt.write(1)?;
+        }
+        Ok(())
+    }
+
+    /// Put a new disk behind the device (Firecracker's `PATCH /drives` `path_on_host`): requests
+    /// from now on go to `backend`, the capacity in the configuration space follows its size,
+    /// and an active device raises a configuration-change interrupt so the driver re-reads it.
+    /// The read-only setting stays as configured.
+    pub fn swap_disk(&mut self, path: PathBuf, backend: Box<dyn DiskBackend>) {
+        self.disk_len = backend.len();
+        self.disk = Disk::new(backend, self.config.read_only, &self.config.drive_id);
+        self.config.path = path;
+        self.config_space = build_config_space(self.disk.sectors());
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.trigger(IrqKind::Config) {
+                tracing::warn!("virtio-blk: cannot raise the config interrupt: {e}");
+            }
+        }
+    }
+
+    /// The rate limiter.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Replace the rate limiter (a restored one).
+    pub fn set_rate_limiter(&mut self, limiter: RateLimiter) -> std::io::Result<()> {
+        self.limiter = limiter;
+        if self.limiter.timer_fd() != self.limiter_registered {
+            self.activate_evt.write(1)?;
+        }
+        Ok(())
     }
 
     /// The drive's configuration.
@@ -151,6 +198,11 @@ impl Block {
             .map_or(&[], |a| std::slice::from_ref(&a.queue_evt))
     }
 
+    /// The requests served so far.
+    pub fn stats(&self) -> super::request::BlockStats {
+        self.disk.stats()
+    }
+
     /// Flush the backend (before a checkpoint copies the disk).
     pub fn flush(&mut self) -> std::io::Result<()> {
         if self.disk.read_only() {
@@ -165,8 +217,18 @@ impl Block {
             return;
         };
         let disk = &mut self.disk;
-        serve_queue(queue, &active.mem, &active.interrupt, |chain| {
-            disk.process_chain(chain, &active.mem)
+        if !self.limiter.is_limiting() {
+            serve_queue(queue, &active.mem, &active.interrupt, |chain| {
+                disk.process_chain(chain, &active.mem)
+            });
+            return;
+        }
+        if self.limiter.is_blocked() {
+            return;
+        }
+        let limiter = &mut self.limiter;
+        serve_queue_throttled(queue, &active.mem, &active.interrupt, |chain| {
+            disk.process_chain_limited(chain, &active.mem, Some(limiter))
         });
     }
 }

@@ -15,6 +15,8 @@ use super::{
     req_status, req_type, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SHIFT,
     SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::serve::Handled;
 use crate::GuestMemoryMmap;
 
 /// Most descriptors in one chain: header, data segments, status.
@@ -174,6 +176,26 @@ pub struct Disk {
     id: [u8; ID_BYTES],
     sectors: u64,
     bounce: Vec<u8>,
+    stats: BlockStats,
+}
+
+/// Counters of the requests served (for the VMM's metrics); they start at 0 with the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Reads served.
+    pub read_count: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Writes served.
+    pub write_count: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Flushes served.
+    pub flush_count: u64,
+    /// Requests refused as malformed.
+    pub invalid_reqs_count: u64,
+    /// Well-formed requests that failed (I/O error, read-only disk...).
+    pub execute_fails: u64,
 }
 
 impl std::fmt::Debug for Disk {
@@ -200,6 +222,29 @@ impl Disk {
             id,
             sectors,
             bounce: vec![0; BOUNCE_SIZE],
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// The requests served so far.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    fn count(&mut self, kind: RequestType, len: u64, ok: bool) {
+        let s = &mut self.stats;
+        match (kind, ok) {
+            (_, false) => s.execute_fails += 1,
+            (RequestType::In, true) => {
+                s.read_count += 1;
+                s.read_bytes += len;
+            }
+            (RequestType::Out, true) => {
+                s.write_count += 1;
+                s.write_bytes += len;
+            }
+            (RequestType::Flush, true) => s.flush_count += 1,
+            _ => {}
         }
     }
 
@@ -225,9 +270,40 @@ impl Disk {
         chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
     ) -> u32 {
+        match self.process_chain_limited(chain, mem, None) {
+            Handled::Done(len) => len,
+            Handled::Throttled => 0,
+        }
+    }
+
+    /// [`Disk::process_chain`] under a rate limiter: a valid request takes one op, and a read or
+    /// write also its data length in bytes (as Firecracker counts them); when the limiter
+    /// refuses, nothing is run and the chain is reported [`Handled::Throttled`].
+    pub fn process_chain_limited(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        limiter: Option<&mut RateLimiter>,
+    ) -> Handled {
         let (status_addr, result) = match Request::parse(chain, mem, self.sectors) {
-            Ok(req) => (Some(req.status), req.execute(mem, self)),
-            Err(m) => (m.status, Err(m.error)),
+            Ok(req) => {
+                if let Some(limiter) = limiter {
+                    let bytes = match req.kind {
+                        RequestType::In | RequestType::Out => req.data_len,
+                        _ => 0,
+                    };
+                    if !limiter.consume_request(bytes) {
+                        return Handled::Throttled;
+                    }
+                }
+                let result = req.execute(mem, self);
+                self.count(req.kind, req.data_len, result.is_ok());
+                (Some(req.status), result)
+            }
+            Err(m) => {
+                self.stats.invalid_reqs_count += 1;
+                (m.status, Err(m.error))
+            }
         };
         let (status, written) = match result {
             Ok(written) => (req_status::OK, written),
@@ -237,12 +313,12 @@ impl Disk {
             }
         };
         let Some(addr) = status_addr else {
-            return 0;
+            return Handled::Done(0);
         };
         if mem.write_slice(&[status], addr).is_err() {
-            return 0;
+            return Handled::Done(0);
         }
-        written.saturating_add(1)
+        Handled::Done(written.saturating_add(1))
     }
 }
 

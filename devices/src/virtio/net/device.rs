@@ -3,10 +3,11 @@
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::limits::NetLimits;
 use super::tap::{NetBackend, Tap};
 use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_INDEX, TX_INDEX, VIRTIO_NET_F_MAC, VNET_HDR_LEN};
 use crate::virtio::activation::QueueEvents;
@@ -27,6 +28,11 @@ pub struct NetConfig {
     /// MAC address shown to the guest; without one the guest picks its own.
     #[serde(default)]
     pub guest_mac: Option<[u8; 6]>,
+    /// MTU advertised to the guest (`VIRTIO_NET_F_MTU`). Not part of the saved device state
+    /// (its layout predates it): a restored device no longer advertises it, while the guest
+    /// keeps the MTU its driver took at boot.
+    #[serde(skip)]
+    pub mtu: Option<u16>,
 }
 
 impl NetConfig {
@@ -41,6 +47,14 @@ impl NetConfig {
                 "host_dev_name {name:?} must be 1 to {} bytes",
                 libc::IFNAMSIZ - 1
             )));
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < super::MIN_MTU {
+                return Err(NetError::InvalidConfig(format!(
+                    "mtu {mtu} is below the minimum of {}",
+                    super::MIN_MTU
+                )));
+            }
         }
         if let Some(mac) = self.guest_mac {
             if mac[0] & 1 != 0 {
@@ -108,6 +122,8 @@ pub struct Net<B: NetBackend = Tap> {
     rx_pending: usize,
     tx_buf: Box<[u8]>,
     stats: NetStats,
+    /// The rx and tx rate limiters (unlimited by default).
+    pub(crate) limits: NetLimits,
 }
 
 impl<B: NetBackend> std::fmt::Debug for Net<B> {
@@ -138,6 +154,9 @@ impl<B: NetBackend> Net<B> {
         if config.guest_mac.is_some() {
             avail_features |= 1u64 << VIRTIO_NET_F_MAC;
         }
+        if config.mtu.is_some() {
+            avail_features |= 1u64 << super::VIRTIO_NET_F_MTU;
+        }
         Ok(Self {
             config,
             backend,
@@ -151,6 +170,7 @@ impl<B: NetBackend> Net<B> {
             rx_pending: 0,
             tx_buf: vec![0u8; MAX_FRAME_LEN].into_boxed_slice(),
             stats: NetStats::default(),
+            limits: NetLimits::default(),
         })
     }
 
@@ -206,9 +226,14 @@ impl<B: NetBackend> Net<B> {
                     }
                 }
             }
+            // Throttled: keep the frame (and leave the tap unread) until the limiter's timer.
+            if !self.limits.rx.consume_request(self.rx_pending as u64) {
+                break;
+            }
             let rxq = &mut active.queues[RX_INDEX];
             let Some(chain) = rxq.pop_descriptor_chain(&active.mem) else {
                 // No buffer: keep the frame until the guest adds some.
+                self.limits.rx.give_back_request(self.rx_pending as u64);
                 break;
             };
             let head = chain.head_index();
@@ -247,7 +272,15 @@ impl<B: NetBackend> Net<B> {
         let txq = &mut active.queues[TX_INDEX];
         while let Some(chain) = txq.pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
-            match read_from_chain(&active.mem, chain, &mut self.tx_buf) {
+            let read = read_from_chain(&active.mem, chain, &mut self.tx_buf);
+            if let Some(len) = read {
+                if !self.limits.tx.consume_request(len as u64) {
+                    // Throttled: the chain goes back and waits for the limiter's timer.
+                    txq.go_to_previous_position();
+                    break;
+                }
+            }
+            match read {
                 Some(len) if len >= VNET_HDR_LEN => {
                     match self.backend.write_frame(&self.tx_buf[..len]) {
                         Ok(_) => self.stats.tx_frames += 1,
@@ -355,8 +388,16 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        if let Some(mac) = self.config.guest_mac {
-            crate::virtio::read_config_bytes(&mac, offset, data);
+        match (self.config.guest_mac, self.config.mtu) {
+            // virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (little endian).
+            (mac, Some(mtu)) => {
+                let mut space = [0u8; 12];
+                space[..6].copy_from_slice(&mac.unwrap_or_default());
+                space[10..].copy_from_slice(&mtu.to_le_bytes());
+                crate::virtio::read_config_bytes(&space, offset, data);
+            }
+            (Some(mac), None) => crate::virtio::read_config_bytes(&mac, offset, data),
+            (None, None) => {}
         }
     }
 
@@ -459,6 +500,7 @@ pub(crate) mod tests {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some([0x06, 0, 0xac, 0x10, 0, 2]),
+            mtu: None,
         }
     }
 
@@ -560,6 +602,36 @@ pub(crate) mod tests {
         no_mac.guest_mac = None;
         let net = Net::with_backend(no_mac, MockBackend::default()).unwrap();
         assert_eq!(net.avail_features() & (1 << VIRTIO_NET_F_MAC), 0);
+        assert_eq!(
+            net.avail_features() & (1 << super::super::VIRTIO_NET_F_MTU),
+            0
+        );
+    }
+
+    #[test]
+    fn an_mtu_is_advertised_in_the_config_space() {
+        let mut c = config();
+        c.mtu = Some(1400);
+        let net = Net::with_backend(c.clone(), MockBackend::default()).unwrap();
+        assert_ne!(
+            net.avail_features() & (1 << super::super::VIRTIO_NET_F_MTU),
+            0
+        );
+        let mut mtu = [0u8; 2];
+        net.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1400);
+        let mut mac = [0u8; 6];
+        net.read_config(0, &mut mac);
+        assert_eq!(mac, config().guest_mac.unwrap());
+        c.mtu = Some(67);
+        assert!(c.validate().is_err());
+        c.guest_mac = None;
+        c.mtu = Some(9000);
+        let net = Net::with_backend(c, MockBackend::default()).unwrap();
+        let mut space = [0xffu8; 12];
+        net.read_config(0, &mut space);
+        assert_eq!(space[..6], [0; 6]);
+        assert_eq!(u16::from_le_bytes([space[10], space[11]]), 9000);
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl<B: NetBackend> Net<B> {
         let mut registered = std::mem::take(&mut self.registered);
         registered.sync(ops, self.queue_evts());
         self.registered = registered;
+        self.sync_limiter_timers(ops);
 
         let want = self.active.is_some();
         if let Some(fd) = self.backend.poll_fd() {
@@ -44,6 +45,7 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
         if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
             tracing::error!("net: cannot watch the activation eventfd: {e:?}");
         }
+        self.sync_limiter_timers(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -65,6 +67,8 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
             }
         } else if self.backend_registered && Some(fd) == self.backend.poll_fd() {
             self.process_rx();
+        } else if let Some(which) = self.limiter_timer(fd) {
+            self.on_limiter_timer(which);
         } else {
             tracing::warn!("net: event on unknown fd {fd}");
         }

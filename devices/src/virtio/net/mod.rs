@@ -5,6 +5,7 @@
 //! - [`device`] — the virtio device: two queues (rx, tx), features `VERSION_1` and `MAC`.
 //! - [`event_handler`] — the `event-manager` subscriber (activation, queue kicks, tap readable).
 //! - [`persist`] — save/restore.
+//! - [`limits`] — the rx and tx rate limiters (Firecracker's `rx_rate_limiter`/`tx_rate_limiter`).
 //!
 //! Frames cross the device unchanged: the tap is configured with a 12-byte vnet header, the same
 //! size as the guest's `virtio_net_hdr_v1`, so a frame read from the tap is copied as is into an
@@ -13,6 +14,7 @@
 
 pub mod device;
 pub mod event_handler;
+pub mod limits;
 pub mod persist;
 pub mod tap;
 
@@ -33,3 +35,7 @@ pub const MAX_FRAME_LEN: usize = 65562;
 
 /// Feature bit: the device has a MAC address in its configuration space.
 pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// Feature bit: the device advertises an MTU in its configuration space.
+pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// Smallest MTU that may be advertised (Firecracker's and the virtio spec's lower bound).
+pub const MIN_MTU: u16 = 68;

@@ -170,6 +170,17 @@ fn write_read_flush_get_id() {
     mem.read_slice(&mut id[8..], GuestAddress(DATA + 0x9000))
         .unwrap();
     assert_eq!(&id, b"cairn-root-drive-wit");
+    let stats = rig.dev.stats();
+    assert_eq!(
+        (
+            stats.write_count,
+            stats.write_bytes,
+            stats.read_count,
+            stats.read_bytes
+        ),
+        (1, 1024, 1, 2048)
+    );
+    assert_eq!((stats.flush_count, stats.execute_fails), (1, 0));
     assert!(rig.irq.status() & crate::virtio::VIRTIO_MMIO_INT_VRING != 0);
     assert_eq!(
         rig.irq.eventfd().read().unwrap(),
@@ -277,6 +288,11 @@ fn read_only_refuses_writes() {
     mem.read_slice(&mut got, GuestAddress(DATA + 0x3000))
         .unwrap();
     assert_eq!(got, [7; 512]);
+    let stats = rig.dev.stats();
+    assert_eq!(
+        (stats.execute_fails, stats.write_count, stats.read_count),
+        (2, 0, 1)
+    );
 }
 
 /// Each malformed chain is completed (with IOERR/UNSUPP where a status byte exists), and the
@@ -668,4 +684,119 @@ fn through_mmio_transport_with_save_and_restore() {
     assert_eq!(status_at(&mem, st1), req_status::OK);
     assert_eq!(used_idx(&vq), 2, "the restored queue went on from index 1");
     assert_eq!(used(&vq, 1), (3, 21));
+}
+
+/// Queue `n` 4 KiB reads on `vq` (descriptors from 0), activate `dev` through an event loop,
+/// and count the requests served at once and in all by `deadline`. Returns (served at once,
+/// served in all, time to serve all).
+fn limited_reads(
+    dev: Block,
+    n: u16,
+    deadline: std::time::Duration,
+) -> (u16, u16, std::time::Duration) {
+    let mem = guest_mem();
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    for i in 0..n {
+        let (hdr, st) = header(&mem, u64::from(i), req_type::IN, 0);
+        vq.add_desc_chains(
+            &chain(i * 3, &[(hdr, 16, R), (DATA, 4096, W), (st, 1, W)]),
+            i * 3,
+        )
+        .unwrap();
+    }
+    let dev = Arc::new(Mutex::new(dev));
+    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    em.add_subscriber(dev.clone());
+    let (ctx, _evt, _irq) = activate_ctx(&mem, &vq, false);
+    let start = std::time::Instant::now();
+    dev.lock().unwrap().activate(ctx).unwrap();
+    em.run_with_timeout(0).unwrap();
+    let at_once = used_idx(&vq);
+    while used_idx(&vq) < n && start.elapsed() < deadline {
+        em.run_with_timeout(50).unwrap();
+    }
+    (at_once, used_idx(&vq), start.elapsed())
+}
+
+#[test]
+fn rate_limited_throughput_is_bounded_and_unlimited_is_not() {
+    use crate::rate_limiter::{BucketConfig, LimiterConfig};
+    // 64 KiB per 100 ms (640 KiB/s); 64 reads of 4 KiB = 256 KiB: 16 at once from the full
+    // bucket, the other 192 KiB take about 300 ms.
+    let mut limited = block(false);
+    limited
+        .update_rate_limiter(&LimiterConfig {
+            bandwidth: Some(BucketConfig {
+                size: 64 << 10,
+                one_time_burst: 0,
+                refill_time_ms: 100,
+            }),
+            ops: None,
+        })
+        .unwrap();
+    let (at_once, all, took) = limited_reads(limited, 64, std::time::Duration::from_secs(10));
+    assert_eq!(at_once, 16, "a full bucket's worth at once");
+    assert_eq!(all, 64, "every request is served in the end");
+    assert!(took >= std::time::Duration::from_millis(280), "{took:?}");
+    // Bytes over time never exceed the bucket plus what it earned.
+    let bound = (64u128 << 10) + took.as_millis() * 640 * 1024 / 1000;
+    assert!(64 * 4096 <= bound);
+
+    let (at_once, all, took) = limited_reads(block(false), 64, std::time::Duration::from_secs(10));
+    assert_eq!(
+        (at_once, all),
+        (64, 64),
+        "unlimited: everything at once ({took:?})"
+    );
+
+    // An ops bucket of 10 per 100 ms: 10 at once.
+    let mut ops = block(false);
+    ops.update_rate_limiter(&LimiterConfig {
+        bandwidth: None,
+        ops: Some(BucketConfig {
+            size: 10,
+            one_time_burst: 5,
+            refill_time_ms: 100,
+        }),
+    })
+    .unwrap();
+    let (at_once, all, took) = limited_reads(ops, 30, std::time::Duration::from_secs(10));
+    assert_eq!((at_once, all), (15, 30), "10 plus a burst of 5 at once");
+    assert!(took >= std::time::Duration::from_millis(140), "{took:?}");
+}
+
+#[test]
+fn swap_disk_serves_the_new_file_and_signals_a_config_change() {
+    let mem = guest_mem();
+    let mut rig = Rig::new(&mem, false, false);
+    let st = rig.push_read(0, 4);
+    rig.dev.process_queue();
+    assert_eq!(status_at(&mem, st), req_status::OK);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 4);
+    rig.irq.ack(rig.irq.status());
+
+    let mut disk = MemDisk::new(128 * SECTOR_SIZE as usize);
+    disk.data.fill(0xab);
+    rig.dev.swap_disk("/new.img".into(), Box::new(disk));
+    assert_eq!(rig.dev.config().path, std::path::Path::new("/new.img"));
+    let mut cap = [0u8; 8];
+    rig.dev.read_config(0, &mut cap);
+    assert_eq!(
+        u64::from_le_bytes(cap),
+        128,
+        "capacity follows the new disk"
+    );
+    assert_eq!(
+        rig.irq.status(),
+        crate::virtio::VIRTIO_MMIO_INT_CONFIG,
+        "config change raised"
+    );
+    let st = rig.push_read(1, 100);
+    rig.dev.process_queue();
+    assert_eq!(status_at(&mem, st), req_status::OK);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(DATA + 0x1000)).unwrap(),
+        0xab
+    );
+    assert_eq!(rig.dev.save().unwrap().disk_len, 128 * SECTOR_SIZE);
 }

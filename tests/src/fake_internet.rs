@@ -1,0 +1,116 @@
+//! A fake internet for network tests, on this machine only: a namespace `net-t<pid>-h` plays
+//! the host cairn runs on, and `net-t<pid>-i` the internet behind its default route, with an
+//! HTTP server (python3) and dnsmasq on 198.18.77.0/24 (benchmarking space, outside the
+//! sandbox pool): `allowed.test` is 198.18.77.80, `denied.test` 198.18.77.81, the resolver
+//! 198.18.77.53. No packet leaves these namespaces. Root only; needs nftables, dnsmasq
+//! (scripts/deps).
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A perl script for the guest: prints the rcode of an A query for ARGV[0] sent to ARGV[1]:53.
+pub const RCODE: &str = r#"use IO::Socket::INET;
+my $s = IO::Socket::INET->new(PeerAddr => "$ARGV[1]:53", Proto => "udp") or die "socket: $@\n";
+my $q = pack("nnnnnn", 0x1234, 0x0100, 1, 0, 0, 0) . join("", map { chr(length) . $_ } split /\./, $ARGV[0]) . "\0" . pack("nn", 1, 1);
+$s->send($q); my $r; $s->recv($r, 512); print "rcode=", unpack("n", substr($r, 2, 2)) & 15, "\n";
+"#;
+
+/// Runs `sh -ec CMD`; fails the test if it fails.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-ec", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The two namespaces and the servers in them; all removed on drop.
+pub struct FakeInternet {
+    /// The namespace that plays the host (run cairn in it: `CairnHome::netns`).
+    pub host: String,
+    /// The namespace that plays the internet.
+    pub inet: String,
+    servers: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl FakeInternet {
+    /// Makes both namespaces and starts the servers.
+    pub fn up() -> FakeInternet {
+        let tag = format!("net-t{}", std::process::id());
+        let (host, inet) = (format!("{tag}-h"), format!("{tag}-i"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut me = FakeInternet {
+            host: host.clone(),
+            inet: inet.clone(),
+            servers: Vec::new(),
+            dir,
+        };
+        sh(&format!(
+            "ip netns add {host}; ip netns add {inet}
+             ip link add {tag}a netns {host} type veth peer name {tag}b netns {inet}
+             ip -n {host} addr add 198.18.0.1/24 dev {tag}a; ip -n {host} link set {tag}a up
+             ip -n {host} link set lo up; ip -n {host} route add default via 198.18.0.2
+             ip -n {inet} addr add 198.18.0.2/24 dev {tag}b; ip -n {inet} link set {tag}b up
+             ip -n {inet} link set lo up
+             for a in 198.18.77.80 198.18.77.81 198.18.77.53 169.254.169.254; do ip -n {inet} addr add $a/32 dev lo; done"
+        ));
+        let www = me.dir.path().join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("index.html"), "hello from the fake internet\n").unwrap();
+        let http = Command::new("ip")
+            .args(["netns", "exec", &inet, "python3", "-m", "http.server"])
+            .args(["--bind", "0.0.0.0", "--directory"])
+            .arg(&www)
+            .arg("80")
+            .spawn()
+            .unwrap();
+        me.servers.push(http);
+        // A service of the host's own (where cairn runs), which no sandbox may reach.
+        let host_http = Command::new("ip")
+            .args(["netns", "exec", &host, "python3", "-m", "http.server"])
+            .args(["--bind", "0.0.0.0", "--directory"])
+            .arg(&www)
+            .arg("80")
+            .spawn()
+            .unwrap();
+        me.servers.push(host_http);
+        let dns = Command::new("ip")
+            .args(["netns", "exec", &inet, "dnsmasq", "--keep-in-foreground"])
+            .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .args(["--listen-address=198.18.77.53", "--pid-file="])
+            .args(["--host-record=allowed.test,198.18.77.80"])
+            .args(["--host-record=denied.test,198.18.77.81"])
+            .spawn()
+            .unwrap();
+        me.servers.push(dns);
+        std::thread::sleep(Duration::from_millis(500));
+        me
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.inet])
+            .status();
+    }
+}
+
+/// Runs ARGS in the fake host's namespace; its stdout.
+pub fn in_host(inet: &FakeInternet, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", inet.host))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,125 @@
+//! `GET /vm/config` after `PUT /snapshot/load`: a fresh VMM that loaded a snapshot answers with
+//! the loaded VM's configuration (vCPUs, memory, drives, vsock, entropy), with every key
+//! Firecracker's reply has, through the real binary (seccomp on).
+
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_tests::kvm_available;
+use cairn_tests::process::{api, configure_ticker, Guest};
+use cairn_vmm_api::config::{
+    CreateSnapshotParams, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig,
+    MemBackendType, SnapshotType, VsockConfig,
+};
+
+fn vmm(sock: &std::path::Path) -> Guest {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock").arg(sock);
+    Guest::spawn(cmd)
+}
+
+#[test]
+fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
+    if !kvm_available("vm_config_after_snapshot_load_is_the_loaded_vm_s") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let vsock_path = dir.path().join("v.sock");
+
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c);
+    c.put_drive(&DriveConfig {
+        drive_id: "data".into(),
+        path_on_host: disk.clone(),
+        is_root_device: false,
+        is_read_only: Some(true),
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: None,
+        socket: None,
+    })
+    .unwrap();
+    c.put_vsock(&VsockConfig {
+        vsock_id: None,
+        guest_cid: 7,
+        uds_path: vsock_path.clone(),
+    })
+    .unwrap();
+    c.put_entropy(&EntropyConfig::default()).unwrap();
+    let before = c.vm_config().unwrap();
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    c.pause().unwrap();
+    let snap = CreateSnapshotParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: dir.path().join("vm.snap"),
+        mem_file_path: dir.path().join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let _ = std::fs::remove_file(&vsock_path);
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm(&sock2);
+    let c2 = api(&sock2);
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    let empty = c2.vm_config().unwrap();
+    assert!(empty.drives.is_empty() && empty.vsock.is_none());
+    c2.snapshot_load(&LoadSnapshotParams {
+        snapshot_path: snap.snapshot_path.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: snap.mem_file_path.clone(),
+        }),
+        resume_vm: Some(false),
+        ..LoadSnapshotParams::default()
+    })
+    .unwrap();
+
+    let after = c2.vm_config().unwrap();
+    assert_eq!(after.machine_config.vcpu_count, 1);
+    assert_eq!(after.machine_config.mem_size_mib, 32);
+    assert_eq!(after.drives.len(), 1, "{after:?}");
+    assert_eq!(after.drives[0].drive_id, "data");
+    assert_eq!(after.drives[0].path_on_host, disk);
+    assert!(after.drives[0].is_read_only);
+    assert_eq!(after.drives, before.drives);
+    assert_eq!(after.vsock, before.vsock);
+    assert_eq!(after.entropy, before.entropy);
+    // As in Firecracker, the boot source is not part of a snapshot.
+    assert_eq!(after.boot_source.kernel_image_path.as_os_str(), "");
+
+    // Every key of Firecracker's reply, as raw JSON.
+    let raw = c2.send("GET", "/vm/config", None).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    for key in [
+        "balloon",
+        "drives",
+        "boot-source",
+        "cpu-config",
+        "logger",
+        "machine-config",
+        "metrics",
+        "mmds-config",
+        "network-interfaces",
+        "vsock",
+        "entropy",
+        "pmem",
+        "memory-hotplug",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing from {v}");
+    }
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
