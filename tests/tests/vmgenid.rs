@@ -77,7 +77,6 @@ fn ged_interrupts(interrupts: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "cairn's guest kernel has no ACPI yet (docs/images.md, VM generation ID status)"]
 fn guest_binds_vmgenid_and_every_restore_gets_a_new_id() {
     let name = "guest_binds_vmgenid_and_every_restore_gets_a_new_id";
     if !kvm_available(name) {

@@ -1,8 +1,8 @@
 //! ACPI tables for x86_64 guests, the shape Firecracker (v1.8+) builds: a hardware-reduced
 //! platform with an RSDP, an XSDT, a FADT, a MADT (every vCPU's local APIC and the IOAPIC) and a
-//! DSDT that describes the VM generation ID device and the Generic Event Device (GED) that
-//! notifies it. Virtio-mmio devices stay on the kernel command line, and the MP table stays for
-//! kernels built without ACPI.
+//! DSDT that describes COM1, the i8042, the virtio-mmio devices, the VM generation ID device and
+//! the Generic Event Device (GED) that notifies it. The virtio-mmio devices stay on the kernel
+//! command line too, and the MP table stays, for kernels built without ACPI.
 //!
 //! Everything lives in the reserved low memory between the EBDA and 1 MiB: the RSDP at
 //! [`RSDP_START`] (where a BIOS would put it, so kernels that scan for it find it), the other
@@ -18,7 +18,10 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
-use super::layout::{APIC_ADDR, IOAPIC_ADDR, MMIO_DEVICE_SIZE, RSDP_START, SYSTEM_MEM_END};
+use super::layout::{
+    APIC_ADDR, COM1_IRQ, COM1_PORT, I8042_PORT, IOAPIC_ADDR, MMIO_DEVICE_SIZE, RSDP_START,
+    SYSTEM_MEM_END,
+};
 
 const OEM_ID: [u8; 6] = *b"CAIRN ";
 const OEM_REVISION: u32 = 1;
@@ -90,10 +93,53 @@ fn virtio_aml(index: usize, base: u64, irq: u32, body: &mut Vec<u8>) {
     .to_aml_bytes(body);
 }
 
-/// The DSDT body: the virtio-mmio devices `(base, irq)`, the VMGenID device and the GED that
+/// COM1 (`PNP0501`) and the i8042 (`PNP0303`), as Firecracker's DSDT has them. On a
+/// hardware-reduced platform Linux has no legacy PIC and maps no ISA IRQ by default: the 8250
+/// driver's built-in COM1 at IRQ 4 then fails its `request_irq` when `/init` opens the console,
+/// the tty is marked for I/O errors, and init's shell reads EOF and exits ("Attempted to kill
+/// init! exitcode=0x00000000"). Described here, `8250_pnp` binds COM1 with its GSI mapped.
+fn legacy_aml(body: &mut Vec<u8>) {
+    let com1_irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_irq, &com1_io]);
+    let zero = aml::Zero {};
+    aml::Device::new(
+        "_SB_.COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &zero),
+            &aml::Name::new("_DDN".into(), &"COM1"),
+            &aml::Name::new("_CRS".into(), &com1_crs),
+        ],
+    )
+    .to_aml_bytes(body);
+    let kbd_data = aml::IO::new(I8042_PORT, I8042_PORT, 1, 1);
+    let kbd_cmd = aml::IO::new(I8042_PORT + 4, I8042_PORT + 4, 1, 1);
+    let kbd_irq = aml::Interrupt::new(
+        true,
+        true,
+        false,
+        false,
+        cairn_devices::legacy::i8042::I8042_KBD_IRQ,
+    );
+    let kbd_crs = aml::ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let present = 0x0fu8;
+    aml::Device::new(
+        "_SB_.PS2_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Method::new("_STA".into(), 0, false, vec![&aml::Return::new(&present)]),
+            &aml::Name::new("_CRS".into(), &kbd_crs),
+        ],
+    )
+    .to_aml_bytes(body);
+}
+
+/// The DSDT body: COM1 and the i8042, the virtio-mmio devices `(base, irq)`, the VMGenID device and the GED that
 /// notifies it (Firecracker's AML).
 pub fn dsdt_body(vmgenid: Option<VmGenIdAcpi>, virtio: &[(u64, u32)]) -> Vec<u8> {
     let mut body = Vec::new();
+    legacy_aml(&mut body);
     for (i, (base, irq)) in virtio.iter().enumerate() {
         virtio_aml(i, *base, *irq, &mut body);
     }

@@ -135,7 +135,6 @@ fn dsdt_describes_the_vmgenid_device_and_its_ged() {
         &[0x0a, 0x80]
     );
 
-    assert!(dsdt_body(None, &[]).is_empty());
     // Virtio-mmio devices: LNRO0005 with their window and GSI (Linux maps no GSI on a
     // hardware-reduced platform unless ACPI describes its device).
     let virtio = dsdt_body(None, &[(0xd000_1000, 6)]);
@@ -146,6 +145,34 @@ fn dsdt_describes_the_vmgenid_device_and_its_ged() {
     window.extend_from_slice(&0x1000u32.to_le_bytes());
     assert!(find(&virtio, &window).is_some(), "Memory32Fixed");
     assert!(find(&virtio, &[0x89, 6, 0, 0b0011, 1, 6, 0, 0, 0]).is_some());
+}
+
+#[test]
+fn dsdt_describes_com1_and_the_i8042() {
+    // Without COM1 in the DSDT a hardware-reduced Linux guest maps no IRQ 4, its console tty
+    // fails to start, and /init's shell exits at once (the kernel panics).
+    let body = dsdt_body(None, &[]);
+    assert!(find(&body, b"COM1").is_some());
+    assert!(find(&body, b"PS2_").is_some());
+    // EISAID("PNP0501") and EISAID("PNP0303") as DWordConst.
+    assert!(
+        find(&body, &[0x0c, 0x41, 0xd0, 0x05, 0x01]).is_some(),
+        "PNP0501"
+    );
+    assert!(
+        find(&body, &[0x0c, 0x41, 0xd0, 0x03, 0x03]).is_some(),
+        "PNP0303"
+    );
+    // COM1: IO(Decode16, 0x3f8, 0x3f8, 1, 8) and its GSI 4; the i8042: ports 0x60 and 0x64, GSI 1.
+    assert!(find(&body, &[0x47, 1, 0xf8, 0x03, 0xf8, 0x03, 1, 8]).is_some());
+    assert!(find(&body, &[0x89, 6, 0, 0b0011, 1, 4, 0, 0, 0]).is_some());
+    assert!(find(&body, &[0x47, 1, 0x60, 0, 0x60, 0, 1, 1]).is_some());
+    assert!(find(&body, &[0x47, 1, 0x64, 0, 0x64, 0, 1, 1]).is_some());
+    assert!(find(&body, &[0x89, 6, 0, 0b0011, 1, 1, 0, 0, 0]).is_some());
+    assert!(
+        find(&body, b"VGEN").is_none(),
+        "no VMGenID device unless asked"
+    );
 }
 
 #[test]
