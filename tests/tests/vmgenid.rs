@@ -1,8 +1,9 @@
 //! The VM generation ID device end to end, on the project's Linux guest restored from the shared
 //! `booted` checkpoint: the guest kernel finds the device through the VMM's ACPI tables and binds
-//! its `vmgenid` driver, the notify interrupt reaches the guest after a restore, and two forks
-//! of one checkpoint hold different ids in guest memory (read back from a Full snapshot's memory
-//! file, whose offsets are guest physical addresses below 3.25 GiB).
+//! its `vmgenid` driver, the notify interrupt reaches the guest after a restore and its kernel
+//! reseeds the RNG on the new id, and two forks of one checkpoint hold different ids in guest
+//! memory (read back from a Full snapshot's memory file, whose offsets are guest physical
+//! addresses below 3.25 GiB).
 
 use std::os::unix::fs::FileExt;
 
@@ -90,7 +91,7 @@ fn guest_binds_vmgenid_and_every_restore_gets_a_new_id() {
             let out = sh(
                 vm,
                 "ls /sys/bus/acpi/drivers/vmgenid/; cat /sys/bus/acpi/devices/VMGENCTR:00/hid; \
-                 cat /proc/interrupts",
+                 cat /proc/interrupts; dmesg",
             );
             assert!(
                 out.lines().any(|l| l == "VMGENCTR:00"),
@@ -101,6 +102,12 @@ fn guest_binds_vmgenid_and_every_restore_gets_a_new_id() {
             assert!(
                 ged >= 1,
                 "the restore's notify never reached the guest: {out}"
+            );
+            // The driver reseeds only when the id it reads differs from the one it saw before:
+            // the guest kernel itself saw a new generation.
+            assert!(
+                out.contains("crng reseeded due to virtual machine fork"),
+                "the guest kernel did not reseed on the new id: {out}"
             );
         }
         let (id_a, id_b) = (generation_id(&a), generation_id(&b));
