@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acpi;
 pub mod bus;
 pub mod legacy;
 pub mod rate_limiter;

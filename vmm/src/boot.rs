@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use cairn_devices::GuestMemoryMmap;
 
+use crate::arch::x86_64::acpi::{setup_acpi, VmGenIdAcpi};
 use crate::arch::x86_64::boot_params::{
     e820_map, write_pvh_start_info, write_zero_page, InitrdPlacement,
 };
@@ -141,13 +142,16 @@ pub fn build_cmdline(boot_args: &str, extra: &[String]) -> Result<Cmdline, VmmEr
     Ok(cmdline)
 }
 
-/// Write the command line, e820 map, boot information and MP table into guest memory.
+/// Write the command line, e820 map, boot information, MP table and ACPI tables (describing
+/// `vmgenid`, if given) into guest memory.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     cmdline: &Cmdline,
     initrd: Option<InitrdPlacement>,
     vcpu_count: u8,
+    vmgenid: Option<VmGenIdAcpi>,
+    virtio: &[(u64, u32)],
 ) -> Result<(), VmmError> {
     load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(|e| VmmError::Cmdline(e.to_string()))?;
@@ -158,11 +162,23 @@ pub fn write_boot_info(
     let mem_size: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
     let e820 = e820_map(mem_size);
     let gm = |e: vm_memory::GuestMemoryError| VmmError::GuestMemory(e.to_string());
-    match kernel.entry {
-        EntryMode::Pvh { .. } => write_pvh_start_info(mem, initrd, &e820).map_err(gm)?,
-        _ => write_zero_page(mem, kernel.setup_header, cmdline_len, initrd, &e820).map_err(gm)?,
-    }
     setup_mptable(mem, vcpu_count)?;
+    let rsdp = setup_acpi(mem, vcpu_count, vmgenid, virtio)
+        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+    match kernel.entry {
+        EntryMode::Pvh { .. } => {
+            write_pvh_start_info(mem, initrd, &e820, Some(rsdp)).map_err(gm)?
+        }
+        _ => write_zero_page(
+            mem,
+            kernel.setup_header,
+            cmdline_len,
+            initrd,
+            &e820,
+            Some(rsdp),
+        )
+        .map_err(gm)?,
+    }
     // Make sure the boot structures are really there (catches a too-small guest early).
     mem.read_obj::<u8>(GuestAddress(CMDLINE_START))
         .map_err(gm)?;

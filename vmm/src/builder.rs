@@ -301,6 +301,7 @@ pub fn build_machine(
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let legacy = attach_legacy_devices(vm.fd(), &mut pio, console.output)?;
+    let vmgenid = crate::vmgenid::attach_vmgenid(vm.fd(), &mem)?;
     let exit = Arc::new(ExitSignal::new()?);
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
     let mut cmdline_extra = spec.extra_cmdline.clone();
@@ -331,7 +332,17 @@ pub fn build_machine(
     if let KernelImage::Linux { boot_args, .. } = &spec.image {
         let args = boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS);
         let cmdline = build_cmdline(args, &cmdline_extra)?;
-        write_boot_info(&mem, &kernel, &cmdline, initrd, spec.vcpu_count)?;
+        let acpi = crate::vmgenid::acpi_description(&vmgenid);
+        let slots: Vec<(u64, u32)> = virtio.iter().map(|a| (a.slot.base, a.slot.irq)).collect();
+        write_boot_info(
+            &mem,
+            &kernel,
+            &cmdline,
+            initrd,
+            spec.vcpu_count,
+            Some(acpi),
+            &slots,
+        )?;
     }
 
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
@@ -354,6 +365,7 @@ pub fn build_machine(
         spec: spec.clone(),
         restored_pages: Default::default(),
         dirty: Default::default(),
+        vmgenid: Some(vmgenid),
     })
 }
 

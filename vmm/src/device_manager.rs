@@ -10,7 +10,7 @@ use cairn_devices::legacy::{I8042Device, SerialDevice};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::layout::{IRQ_BASE, IRQ_MAX, MMIO_DEVICE_SIZE, MMIO_GAP_START};
+use crate::arch::x86_64::layout::{IRQ_BASE, MMIO_DEVICE_SIZE, MMIO_GAP_START, VIRTIO_IRQ_MAX};
 use crate::error::VmmError;
 
 fn dev_err(device: &str, reason: impl std::fmt::Display) -> VmmError {
@@ -55,10 +55,13 @@ impl Default for SlotAllocator {
 impl SlotAllocator {
     /// The next free window and IRQ.
     pub fn allocate(&mut self) -> Result<MmioSlot, VmmError> {
-        if self.next_irq > IRQ_MAX {
+        if self.next_irq > VIRTIO_IRQ_MAX {
             return Err(dev_err(
                 "virtio",
-                format!("no IRQ left (at most {} devices)", IRQ_MAX - IRQ_BASE + 1),
+                format!(
+                    "no IRQ left (at most {} devices)",
+                    VIRTIO_IRQ_MAX - IRQ_BASE + 1
+                ),
             ));
         }
         let slot = MmioSlot {
@@ -208,7 +211,7 @@ mod tests {
         assert_eq!(first.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
         let second = a.allocate().unwrap();
         assert_eq!(second.base, MMIO_GAP_START + MMIO_DEVICE_SIZE);
-        for _ in 2..=(IRQ_MAX - IRQ_BASE) {
+        for _ in 2..=(VIRTIO_IRQ_MAX - IRQ_BASE) {
             a.allocate().unwrap();
         }
         assert!(a.allocate().is_err());

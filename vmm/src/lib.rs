@@ -22,6 +22,7 @@ pub mod rate_limit;
 pub mod runtime;
 pub mod seccomp;
 pub mod uring_disk;
+pub mod vmgenid;
 pub mod vstate;
 
 pub use error::VmmError;

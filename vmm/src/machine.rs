@@ -44,6 +44,8 @@ pub struct Machine {
     pub(crate) restored_pages: cairn_snapshot::memory::PageIndex,
     /// Dirty pages collected but not yet consumed, per consumer.
     pub(crate) dirty: DirtyLedger,
+    /// The VM generation ID device (absent in VMs restored from state that had none).
+    pub(crate) vmgenid: Option<cairn_devices::acpi::VmGenId>,
 }
 
 /// Who consumes dirty pages: Firecracker-style snapshots and named checkpoints each keep their

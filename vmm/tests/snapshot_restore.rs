@@ -11,7 +11,7 @@ use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::runtime::Runtime;
-use common::{console, page_hashes, wait_dots};
+use common::{console, page_hashes, vmgenid, wait_dots};
 
 fn regs(rt: &Runtime) -> Vec<(u64, u64, u64, u64)> {
     rt.machine()
@@ -55,6 +55,8 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
         .unwrap();
     assert!(report.pages > 0);
     let (hashes_full, regs_full) = (page_hashes(&rt), regs(&rt));
+    let booted_id = vmgenid(&rt);
+    assert_ne!(booted_id, [0; 16], "boot writes a VM generation id");
 
     // The guest goes on; then a Diff snapshot holds only what it changed.
     rt.machine_mut().unwrap().resume().unwrap();
@@ -86,6 +88,11 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
         vsock_uds_path: None,
     };
     rt2.restore(&full_state, &opts, console(&out2)).unwrap();
+    assert_ne!(
+        vmgenid(&rt2),
+        booted_id,
+        "a restore writes a new VM generation id"
+    );
     assert_eq!(regs(&rt2), regs_full);
     assert!(
         page_hashes(&rt2) == hashes_full,

@@ -13,4 +13,5 @@ pub mod named;
 pub mod restore;
 pub mod snapshot;
 pub mod state;
+pub mod state_versions;
 pub mod verify;

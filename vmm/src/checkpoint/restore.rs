@@ -99,6 +99,10 @@ pub fn restore_machine(
     let mut mmio = Bus::new();
     let legacy =
         attach_legacy_devices_with_state(vm.fd(), &mut pio, console.output, Some(&state.legacy))?;
+    let vmgenid = match &state.vmgenid {
+        Some(s) => Some(crate::vmgenid::restore_vmgenid(vm.fd(), &mem, s)?),
+        None => None,
+    };
     let exit = Arc::new(ExitSignal::new()?);
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
 
@@ -201,6 +205,7 @@ pub fn restore_machine(
             tracing::warn!("vsock transport reset after restore: {e}");
         }
     }
+    crate::vmgenid::notify_restored(vmgenid.as_ref());
     let handles = vcpus
         .into_iter()
         .map(|v| v.start(!opts.resume))
@@ -240,5 +245,6 @@ pub fn restore_machine(
         spec,
         restored_pages,
         dirty: Default::default(),
+        vmgenid,
     })
 }

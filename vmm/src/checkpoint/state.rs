@@ -19,8 +19,9 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
-/// Version of the machine state layout. Bump on any incompatible change.
-pub const MACHINE_STATE_VERSION: u32 = 1;
+/// Version of the machine state layout. Bump on any incompatible change, and keep the old
+/// layout readable in [`super::state_versions`].
+pub const MACHINE_STATE_VERSION: u32 = 2;
 /// Largest state file cairn reads (vCPU XSAVE areas dominate: 4 KiB each).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
@@ -87,6 +88,8 @@ pub struct MachineState {
     pub legacy: LegacyState,
     /// Virtio devices in attach order.
     pub virtio: Vec<VirtioSlotState>,
+    /// The VM generation ID device (version 2 on).
+    pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
 }
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +129,15 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
         vcpus,
         legacy: machine.legacy().save()?,
         virtio,
+        vmgenid: machine
+            .vmgenid
+            .as_ref()
+            .map(|d| d.save())
+            .transpose()
+            .map_err(|e| VmmError::Device {
+                device: "vmgenid".into(),
+                reason: e.to_string(),
+            })?,
     })
 }
 
@@ -169,17 +181,16 @@ pub fn write_state(path: &Path, state: &MachineState) -> Result<(), VmmError> {
         .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))
 }
 
-/// Read and check a state file.
+/// Read and check a state file of any version this cairn reads (see
+/// [`super::state_versions`]); older versions come back in the current layout.
 pub fn read_state(path: &Path) -> Result<MachineState, VmmError> {
-    let state: MachineState = cairn_snapshot::file::load(path, FileKind::State, MAX_STATE_BYTES)
+    use super::state_versions::{decode, DecodeError};
+    let payload = cairn_snapshot::file::read(path, FileKind::State, MAX_STATE_BYTES)
         .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))?;
-    if state.version != MACHINE_STATE_VERSION {
-        return Err(VmmError::Incompatible(format!(
-            "{} has machine state version {}, this cairn reads version {MACHINE_STATE_VERSION}",
-            path.display(),
-            state.version
-        )));
-    }
+    let state = decode(&payload).map_err(|e| match e {
+        DecodeError::Unknown(_) => VmmError::Incompatible(format!("{}: {e}", path.display())),
+        DecodeError::Corrupt(_) => VmmError::Snapshot(format!("{}: {e}", path.display())),
+    })?;
     if state.vcpus.is_empty() || state.vcpus.len() > usize::from(crate::builder::MAX_VCPUS) {
         return Err(VmmError::Snapshot(format!(
             "{}: {} vCPUs",

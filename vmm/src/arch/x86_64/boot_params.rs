@@ -7,7 +7,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use super::layout::{
     ram_ranges, CMDLINE_START, EBDA_START, HIMEM_START, PVH_INFO_START, PVH_MEMMAP_START,
-    PVH_MODLIST_START, ZERO_PAGE_START,
+    PVH_MODLIST_START, SYSTEM_MEM_END, ZERO_PAGE_START,
 };
 
 /// e820 type: usable RAM.
@@ -32,14 +32,22 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The e820 map for a guest with `mem_size` bytes of RAM: low RAM below the EBDA, then RAM from
+/// The e820 map for a guest with `mem_size` bytes of RAM: low RAM below the EBDA, the reserved
+/// system memory from the EBDA to 1 MiB (MP table, ACPI tables, VM generation id), then RAM from
 /// 1 MiB, then RAM above 4 GiB if any.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
-    let mut map = vec![E820Entry {
-        addr: 0,
-        size: EBDA_START,
-        kind: E820_RAM,
-    }];
+    let mut map = vec![
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: SYSTEM_MEM_END - EBDA_START,
+            kind: E820_RESERVED,
+        },
+    ];
     for (start, size) in ram_ranges(mem_size) {
         let (start, end) = (start.max(HIMEM_START), start + size);
         if end > start {
@@ -62,15 +70,20 @@ pub struct InitrdPlacement {
     pub size: u64,
 }
 
-/// Write the Linux zero page. `header` is the bzImage's setup header, if the kernel was one.
+/// Write the Linux zero page. `header` is the bzImage's setup header, if the kernel was one;
+/// `rsdp` the ACPI RSDP's address, if the VMM wrote ACPI tables.
 pub fn write_zero_page<M: GuestMemoryBackend>(
     mem: &M,
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
     e820: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<(), GuestMemoryError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     if let Some(hdr) = header {
         params.hdr = hdr;
     }
@@ -96,11 +109,13 @@ pub fn write_zero_page<M: GuestMemoryBackend>(
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
 }
 
-/// Write the PVH `hvm_start_info`, its module list (the initrd) and its memory map.
+/// Write the PVH `hvm_start_info`, its module list (the initrd) and its memory map; `rsdp` is
+/// the ACPI RSDP's address, if the VMM wrote ACPI tables.
 pub fn write_pvh_start_info<M: GuestMemoryBackend>(
     mem: &M,
     initrd: Option<InitrdPlacement>,
     e820: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<(), GuestMemoryError> {
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
@@ -108,6 +123,7 @@ pub fn write_pvh_start_info<M: GuestMemoryBackend>(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     if let Some(initrd) = initrd {
@@ -150,6 +166,11 @@ mod tests {
                     kind: E820_RAM
                 },
                 E820Entry {
+                    addr: EBDA_START,
+                    size: HIMEM_START - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
                     addr: HIMEM_START,
                     size: (256 << 20) - HIMEM_START,
                     kind: E820_RAM
@@ -157,10 +178,10 @@ mod tests {
             ]
         );
         let big = e820_map(8 << 30);
-        assert_eq!(big.len(), 3);
-        assert_eq!(big[1].addr + big[1].size, MMIO_GAP_START);
+        assert_eq!(big.len(), 4);
+        assert_eq!(big[2].addr + big[2].size, MMIO_GAP_START);
         assert_eq!(
-            big[2],
+            big[3],
             E820Entry {
                 addr: MMIO_GAP_END,
                 size: (8 << 30) - MMIO_GAP_START,
@@ -176,13 +197,27 @@ mod tests {
             addr: 0x80000,
             size: 0x1234,
         };
-        write_zero_page(&mem, None, 42, Some(initrd), &e820_map(64 << 20)).unwrap();
+        write_zero_page(
+            &mem,
+            None,
+            42,
+            Some(initrd),
+            &e820_map(64 << 20),
+            Some(0xe0000),
+        )
+        .unwrap();
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         // Field offsets fixed by Documentation/arch/x86/zero-page.rst.
         let mut raw = [0u8; 4096];
         mem.read_slice(&mut raw, GuestAddress(ZERO_PAGE_START))
             .unwrap();
-        assert_eq!(raw[0x1e8], 2, "e820_entries at 0x1e8");
+        assert_eq!(raw[0x1e8], 3, "e820_entries at 0x1e8");
+        assert_eq!(
+            u64::from_le_bytes(raw[0x70..0x78].try_into().unwrap()),
+            0xe0000,
+            "acpi_rsdp_addr at 0x70"
+        );
+        assert_eq!(raw[0x2d0 + 20 + 16], E820_RESERVED as u8);
         assert_eq!(
             u16::from_le_bytes([raw[0x1fe], raw[0x1ff]]),
             KERNEL_BOOT_FLAG_MAGIC
@@ -201,7 +236,7 @@ mod tests {
             CMDLINE_START as u32
         );
         assert_eq!(
-            u64::from_le_bytes(raw[0x2d0 + 20..0x2d0 + 28].try_into().unwrap()),
+            u64::from_le_bytes(raw[0x2d0 + 40..0x2d0 + 48].try_into().unwrap()),
             HIMEM_START
         );
         assert_eq!({ params.hdr.cmdline_size }, 42);
@@ -214,13 +249,14 @@ mod tests {
             addr: 0x80000,
             size: 0x1000,
         };
-        write_pvh_start_info(&mem, Some(initrd), &e820_map(64 << 20)).unwrap();
+        write_pvh_start_info(&mem, Some(initrd), &e820_map(64 << 20), Some(0xe0000)).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
-        assert_eq!((info.nr_modules, info.memmap_entries), (1, 2));
+        assert_eq!((info.nr_modules, info.memmap_entries), (1, 3));
+        assert_eq!(info.rsdp_paddr, 0xe0000);
         let m: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!((m.paddr, m.size), (0x80000, 0x1000));
-        let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(PVH_MEMMAP_START + 24)).unwrap();
+        let e: hvm_memmap_table_entry = mem.read_obj(GuestAddress(PVH_MEMMAP_START + 48)).unwrap();
         assert_eq!((e.addr, e.type_), (HIMEM_START, E820_RAM));
     }
 }

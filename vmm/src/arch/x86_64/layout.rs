@@ -7,8 +7,11 @@
 //! 0x0000_6000  PVH start info                0x0000_b000  PDs (2 MiB pages, first 4 GiB)
 //! 0x0000_6040  PVH module list (initrd)      0x0002_0000  kernel command line
 //! 0x0000_6100  PVH memory map                0x0009_fc00  MP table (EBDA)
-//! 0x0000_7000  zero page (boot_params)       0x0010_0000  kernel (HIMEM_START)
-//! 0x0000_8ff0  boot stack pointer            initrd: page aligned, at the top of low RAM
+//! 0x0000_7000  zero page (boot_params)       0x000d_fff0  VM generation id (16 bytes)
+//! 0x0000_8ff0  boot stack pointer            0x000e_0000  ACPI: RSDP, then XSDT, FADT, MADT, DSDT
+//!                                            0x0010_0000  kernel (HIMEM_START)
+//! 0x0009_fc00 .. 0x0010_0000 is e820-reserved ("system memory", as in Firecracker).
+//! initrd: page aligned, at the top of low RAM
 //! 0xd000_0000 .. 0x1_0000_0000  MMIO gap: virtio-mmio devices, then IOAPIC/LAPIC
 //! 0x1_0000_0000 ..  RAM above 4 GiB when the guest has more than 3.25 GiB
 //! ```
@@ -39,6 +42,13 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 /// Start of the Extended BIOS Data Area, where the MP table goes.
 pub const EBDA_START: u64 = 0x9fc00;
+/// Where the RSDP goes (the BIOS area a kernel scans for it); the other ACPI tables follow it.
+pub const RSDP_START: u64 = 0xe_0000;
+/// Guest physical address of the VM generation id: the last 16 bytes below the RSDP, where
+/// Firecracker puts it too (8-byte aligned, as the spec requires).
+pub const VMGENID_ADDR: u64 = RSDP_START - 16;
+/// End of the reserved system memory that starts at the EBDA (MP table, ACPI, VM generation id).
+pub const SYSTEM_MEM_END: u64 = HIMEM_START;
 /// Where the kernel is loaded; also the end of the "low" e820 RAM entry.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the MMIO gap below 4 GiB.
@@ -59,6 +69,11 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const IRQ_BASE: u32 = 5;
 /// Last GSI the IOAPIC can route.
 pub const IRQ_MAX: u32 = 23;
+/// GSI of the VM generation id's notify interrupt (through the ACPI GED): the last one, so the
+/// virtio devices keep GSIs 5.. in attach order.
+pub const VMGENID_GSI: u32 = IRQ_MAX;
+/// Last GSI handed to virtio devices.
+pub const VIRTIO_IRQ_MAX: u32 = VMGENID_GSI - 1;
 /// COM1 port base.
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1 IRQ.
@@ -110,6 +125,8 @@ mod tests {
             (PDE_START, 0x4000),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
             (EBDA_START, 0x400),
+            (VMGENID_ADDR, 16),
+            (RSDP_START, 0x24),
         ];
         areas.sort();
         for w in areas.windows(2) {

@@ -1,5 +1,6 @@
 //! x86_64: guest physical memory layout, boot protocols and vCPU register set-up.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod custom_template;
