@@ -104,9 +104,9 @@ fn set_hostname(h: &str) -> Result<(), ServerError> {
         return Err(err("sethostname")(io::Error::last_os_error()));
     }
     if Path::new("/etc").is_dir() {
-        overwrite(Path::new("/etc/hostname"), format!("{h}\n").as_bytes())?;
+        write_file(Path::new("/etc/hostname"), format!("{h}\n").as_bytes())?;
         let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
-        overwrite(Path::new("/etc/hosts"), hosts_with(&hosts, h).as_bytes())?;
+        write_file(Path::new("/etc/hosts"), hosts_with(&hosts, h).as_bytes())?;
     }
     Ok(())
 }
@@ -114,17 +114,19 @@ fn set_hostname(h: &str) -> Result<(), ServerError> {
 /// Writes `bytes` over `path` in place: no truncation to zero and no rename over it, the two
 /// patterns after which ext4 (`auto_da_alloc`) writes the file's blocks out synchronously, which
 /// costs seconds where guest kernel code is emulated. Creates the file when missing.
-fn overwrite(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+pub(super) fn overwrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let what = || format!("write {}", path.display());
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
-        .map_err(err(what()))?;
-    f.write_all(bytes).map_err(err(what()))?;
-    f.set_len(bytes.len() as u64).map_err(err(what()))
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.set_len(bytes.len() as u64)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    overwrite(path, bytes).map_err(err(format!("write {}", path.display())))
 }
 
 /// `/etc/hosts` with its `127.0.1.1` line naming `h` (added when missing), as Debian keeps it;
@@ -154,10 +156,10 @@ fn set_machine_id(id: &str) -> Result<(), ServerError> {
         return Ok(());
     }
     // Usually read-only (0444), which root writes through.
-    overwrite(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())?;
+    write_file(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())?;
     let dbus = Path::new("/var/lib/dbus/machine-id");
     if fs::symlink_metadata(dbus).is_ok_and(|m| m.is_file()) {
-        overwrite(dbus, format!("{id}\n").as_bytes())?;
+        write_file(dbus, format!("{id}\n").as_bytes())?;
     }
     regenerate_ssh_host_keys();
     Ok(())

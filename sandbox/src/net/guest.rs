@@ -54,3 +54,20 @@ pub fn after_agent(paths: &Paths, restored: bool) -> Result<(), ClientError> {
     let _ = fs::write(applied_path(paths), want);
     Ok(())
 }
+
+/// After a restore: the configuration the guest still needs (none when it has this sandbox's
+/// already, or the sandbox has no network), with the marker to record once the guest has it
+/// ([`mark_applied`]). For a caller that sends it with other requests (`Restored`).
+pub fn pending(paths: &Paths) -> Option<(NetConfig, String)> {
+    let spec = load(paths).ok()??;
+    let want = serde_json::to_string(&spec).unwrap_or_default();
+    if fs::read_to_string(applied_path(paths)).is_ok_and(|a| a == want) {
+        return None;
+    }
+    Some((agent_config(&spec), want))
+}
+
+/// Records that the guest has the configuration [`pending`] returned with `marker`.
+pub fn mark_applied(paths: &Paths, marker: &str) {
+    let _ = fs::write(applied_path(paths), marker);
+}
