@@ -113,7 +113,9 @@ fn set_hostname(h: &str) -> Result<(), ServerError> {
 
 /// Writes `bytes` over `path` in place: no truncation to zero and no rename over it, the two
 /// patterns after which ext4 (`auto_da_alloc`) writes the file's blocks out synchronously, which
-/// costs seconds where guest kernel code is emulated. Creates the file when missing.
+/// costs seconds where guest kernel code is emulated. Creates the file when missing. The file is
+/// cut only when the new text is shorter: ext4 runs its journaled truncate even for a size that
+/// does not change (a new machine-id or a same-length hostname).
 pub(super) fn overwrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut f = OpenOptions::new()
@@ -121,8 +123,12 @@ pub(super) fn overwrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .create(true)
         .truncate(false)
         .open(path)?;
+    let old_len = f.metadata()?.len();
     f.write_all(bytes)?;
-    f.set_len(bytes.len() as u64)
+    if old_len > bytes.len() as u64 {
+        f.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
@@ -216,6 +222,21 @@ mod tests {
         assert!(apply(&bad).unwrap_err().to_string().contains("machine-id"));
         check_machine_id(&"0a".repeat(16)).unwrap();
         check_hostname("sandbox-1.dev_x").unwrap();
+    }
+
+    #[test]
+    fn overwrite_leaves_exactly_the_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        for text in [
+            "a much longer first text\n",
+            "short\n",
+            "other\n",
+            "longer again\n",
+        ] {
+            overwrite(&p, text.as_bytes()).unwrap();
+            assert_eq!(fs::read_to_string(&p).unwrap(), text);
+        }
     }
 
     #[test]
