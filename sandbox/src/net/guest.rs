@@ -7,6 +7,10 @@
 //!   configuration (a fork's first start: the parent's address and MAC), the agent configures
 //!   the interface (`NetConfigure`). `net.applied` records the spec last applied, so a plain
 //!   wake costs nothing more.
+//!
+//! After a restore both go in the one `Restored` request with the identity
+//! (`crate::identity::after_restore`, using [`pending`] and [`mark_applied`]); [`after_agent`]
+//! serves a boot, and agents older than that request.
 
 use super::{load, NetSpec};
 use crate::sandbox::Paths;
