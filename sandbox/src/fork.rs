@@ -123,12 +123,18 @@ pub fn fork(
     let fork_time = t0.elapsed();
     let start_time = if start {
         let t = Instant::now();
-        sandbox::start(home, new).inspect_err(|_| {
+        // Restored with its own hostname and machine-id, in the request that sets its clock
+        // and network.
+        let paths = home.paths(new);
+        let started = sandbox::lock(&paths).and_then(|_l| {
+            let r = reg.get(new)?;
+            sandbox::start_locked_as(home, &mut reg, &r, None, Some(new))
+        });
+        started.inspect_err(|_| {
             eprintln!(
                 "{new}: forked, but its start failed (hint: `cairn start {new}` tries again, `cairn rm {new}` removes it)"
             );
         })?;
-        crate::identity::apply_to(home, new);
         Some(t.elapsed())
     } else {
         None

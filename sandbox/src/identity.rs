@@ -8,8 +8,9 @@
 //! driver binds only to an ACPI device (`VM_GEN_COUNTER`); device-tree discovery arrived in
 //! 6.10, and an x86 guest gets a device tree only through `setup_data`. See docs/images.md.
 
-use cairn_agent::client::Client;
-use cairn_agent::proto::IdentityRequest;
+use crate::sandbox::{Paths, SandboxError};
+use cairn_agent::client::{Client, ClientError};
+use cairn_agent::proto::{IdentityRequest, RestoredRequest};
 use std::fs::File;
 use std::io::{self, Read};
 
@@ -73,9 +74,149 @@ pub fn apply_to(home: &crate::sandbox::Home, sandbox: &str) {
     }
 }
 
+/// The host's wall clock, nanoseconds since the Unix epoch.
+fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// After a restore, once the agent answered on `agent`'s connection: the guest's clock, its
+/// network (when it does not have this sandbox's yet: a fork's or a golden create's first
+/// start) and its identity (reseeded RNG; with `name`, that hostname and a new machine-id) in
+/// one `Restored` request on that same connection, the one round trip a restore needs. An
+/// agent older than the request gets `SetClock`, `NetConfigure` and `Identity` as before, each
+/// on its own connection; so does any agent after a failed `Restored`. As before, only the
+/// network failing fails; the clock and the identity failing are notes.
+pub fn after_restore(
+    paths: &Paths,
+    agent: &mut Client,
+    sandbox: &str,
+    name: Option<&str>,
+) -> Result<(), SandboxError> {
+    let net = crate::net::guest::pending(paths);
+    let identity = match request(name) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn: note: {sandbox}: no host entropy for the guest: {e}");
+            IdentityRequest::default()
+        }
+    };
+    let req = RestoredRequest {
+        clock_unix_nanos: Some(now_unix_nanos()),
+        net: net.as_ref().map(|(cfg, _)| cfg.clone()),
+        identity,
+    };
+    let report = match agent.restored(&req) {
+        Ok(report) => report,
+        Err(e) => {
+            if !matches!(e, ClientError::Unsupported(_)) {
+                eprintln!(
+                    "cairn: note: {sandbox}: {} (sending its parts one by one)",
+                    cairn_agent::error_text(&e)
+                );
+            }
+            crate::net::guest::after_agent(paths, true)?;
+            apply(agent, sandbox, name);
+            return Ok(());
+        }
+    };
+    if std::env::var_os("CAIRN_TIMES").is_some() {
+        let [clock, id, netw] = report.micros.map(|us| f64::from(us) / 1e3);
+        eprintln!(
+            "{sandbox}: in the guest: clock {clock:.1} ms, identity {id:.1} ms, network {netw:.1} ms"
+        );
+    }
+    if let Some(e) = &report.clock_error {
+        eprintln!("cairn: note: the guest clock was not set ({e}); it may be behind");
+    }
+    if let Some(e) = &report.identity_error {
+        eprintln!(
+            "cairn: note: {sandbox}: could not reseed the guest's RNG or set its identity: {e}"
+        );
+    }
+    if let Some(e) = report.net_error {
+        return Err(ClientError::Agent(format!("configure the guest network: {e}")).into());
+    }
+    if let Some((_, marker)) = &net {
+        crate::net::guest::mark_applied(paths, marker);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use cairn_agent::proto::{AgentMsg, FrameWriter, Hello, RestoredReport};
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A VMM's vsock socket (`CONNECT 52` / `OK`) with an agent behind it that knows only the
+    /// requests whose variant index is in `knows`: it answers them (`Restored` with an empty
+    /// report, the others `Done`) and drops the connection on any other, as agents before
+    /// `Restored` did. Returns the variant index of every request it got, in order.
+    fn fake_agent(paths: &Paths, knows: &'static [u8]) -> Arc<Mutex<Vec<u8>>> {
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        let listener = UnixListener::bind(&paths.vsock).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut raw = stream.unwrap();
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while raw.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                assert_eq!(line, b"CONNECT 52");
+                raw.write_all(b"OK 1073741824\n").unwrap();
+                let mut w = FrameWriter::new(raw.try_clone().unwrap());
+                w.write(&Hello::ours("cairn-agent")).unwrap();
+                let mut frame = || {
+                    let mut len = [0u8; 4];
+                    raw.read_exact(&mut len).ok()?;
+                    let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
+                    raw.read_exact(&mut payload).ok()?;
+                    Some(payload)
+                };
+                let _hello = frame();
+                let Some(req) = frame() else { continue };
+                log.lock().unwrap().push(req[0]);
+                if knows.contains(&req[0]) {
+                    let answer = match req[0] {
+                        20 => AgentMsg::Restored(RestoredReport::default()),
+                        _ => AgentMsg::Done,
+                    };
+                    w.write(&answer).unwrap();
+                }
+            }
+        });
+        seen
+    }
+
+    fn connect(paths: &Paths) -> Client {
+        Client::connect_uds(&paths.vsock, cairn_agent::proto::AGENT_PORT).unwrap()
+    }
+
+    #[test]
+    fn a_restore_is_one_request_and_an_older_agent_gets_the_old_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = crate::sandbox::Home::at(tmp.path()).unwrap();
+        // An agent that knows `Restored`: one connection, one request.
+        let paths = home.paths("new");
+        let seen = fake_agent(&paths, &[20]);
+        after_restore(&paths, &mut connect(&paths), "new", Some("new")).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [20]);
+        // One from before it (SetClock 14, Identity 15): `Restored` is dropped, and the clock
+        // and the identity follow on connections of their own. (No network: no `net.json`.)
+        let paths = home.paths("old");
+        let seen = fake_agent(&paths, &[14, 15]);
+        after_restore(&paths, &mut connect(&paths), "old", Some("old")).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [20, 14, 15]);
+    }
 
     #[test]
     fn machine_ids_are_fresh_v4_hex() {

@@ -73,6 +73,9 @@ pub enum ClientError {
     /// The agent reported an error.
     #[error("agent: {0}")]
     Agent(String),
+    /// The agent does not know this request (it is older than the client).
+    #[error("the guest agent does not know the {0} request (it is older than this cairn)")]
+    Unsupported(&'static str),
     /// The agent sent a message that does not fit the request.
     #[error("unexpected message from agent: {0}")]
     Unexpected(String),
@@ -258,6 +261,32 @@ impl Client {
         self.simple(ClientMsg::Identity(req.clone()), |m| {
             matches!(m, AgentMsg::Done)
         })
+    }
+
+    /// Tells a restored guest its clock, network and identity in one request (see
+    /// [`crate::proto::RestoredRequest`]), on the connection `connect_*` opened when there is
+    /// one. An agent that does not know the request (one older than it) is
+    /// [`ClientError::Unsupported`]: the caller then sends `SetClock`, `NetConfigure` and
+    /// `Identity` instead.
+    pub fn restored(
+        &mut self,
+        req: &crate::proto::RestoredRequest,
+    ) -> Result<crate::proto::RestoredReport, ClientError> {
+        let mut s = self.session()?;
+        s.writer.write(&ClientMsg::Restored(req.clone()))?;
+        match s.reader.read::<AgentMsg>() {
+            Ok(Some(AgentMsg::Restored(report))) => Ok(report),
+            // Agents before `Restored` drop a connection whose request they cannot decode;
+            // later ones say so.
+            Ok(None) | Err(FrameError::Io(_)) => Err(ClientError::Unsupported("Restored")),
+            Ok(Some(AgentMsg::Error { message }))
+                if message.starts_with(crate::proto::UNKNOWN_REQUEST) =>
+            {
+                Err(ClientError::Unsupported("Restored"))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn simple(

@@ -7,10 +7,12 @@
 
 mod bytes;
 mod frame;
+mod restored;
 mod session;
 mod tree;
 
 pub use frame::{FrameError, FrameReader, FrameWriter};
+pub use restored::{RestoredReport, RestoredRequest};
 pub use session::{SessionInfo, SessionStatus};
 pub use tree::{join_relative, EntryKind, TreeMsg};
 
@@ -19,8 +21,10 @@ use serde::{Deserialize, Serialize};
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_PORT: u32 = 52;
 
-/// The protocol version. Bump it on any change to [`ClientMsg`], [`AgentMsg`] or the types they
-/// carry; [`Hello`] itself never changes.
+/// The protocol version. Bump it on any change to the existing variants of [`ClientMsg`] and
+/// [`AgentMsg`] or the types they carry; a new request is appended at the end instead (an agent
+/// that cannot decode it answers [`UNKNOWN_REQUEST`], and the host falls back), since a bump cuts
+/// the host off from the agents in existing checkpoints. [`Hello`] itself never changes.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The four bytes every [`Hello`] starts with.
@@ -166,7 +170,16 @@ pub enum ClientMsg {
         /// The session.
         id: u32,
     },
+    /// After a restore: clock, network and identity in one request (see [`RestoredRequest`]);
+    /// answered by `Restored`. An agent older than it closes the connection (newer agents
+    /// answer any request they cannot decode with `Error`, starting [`UNKNOWN_REQUEST`]); the
+    /// host then falls back to `SetClock`, `NetConfigure` and `Identity`.
+    Restored(RestoredRequest),
 }
+
+/// How an agent's `Error` answer to a request it cannot decode (one newer than the agent)
+/// begins, so that a client can tell "not supported" from a failure.
+pub const UNKNOWN_REQUEST: &str = "unknown request";
 
 /// A TCP connection to open inside the guest (`cairn proxy`, the HTTP router).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +278,8 @@ pub enum AgentMsg {
         /// Bytes of buffered output that follow at once, before any live output.
         replay: u64,
     },
+    /// Answer to `Restored`: how each of its parts went.
+    Restored(RestoredReport),
 }
 
 #[cfg(test)]
@@ -356,6 +371,23 @@ mod tests {
             ClientMsg::SessionList,
             ClientMsg::SessionAttach { id: 7 },
             ClientMsg::SessionKill { id: u32::MAX },
+            ClientMsg::Restored(RestoredRequest {
+                clock_unix_nanos: Some(1 << 60),
+                net: Some(NetConfig {
+                    iface: None,
+                    mac: "02:ca:00:00:00:02".into(),
+                    addr: [10, 213, 0, 6],
+                    prefix: 30,
+                    gateway: [10, 213, 0, 5],
+                    dns: Vec::new(),
+                }),
+                identity: IdentityRequest {
+                    entropy: vec![1; 64],
+                    hostname: Some("x1".into()),
+                    machine_id: Some("a".repeat(32)),
+                },
+            }),
+            ClientMsg::Restored(RestoredRequest::default()),
         ]
     }
 
@@ -393,6 +425,13 @@ mod tests {
                 dropped: 0,
                 replay: 1 << 18,
             },
+            AgentMsg::Restored(RestoredReport::default()),
+            AgentMsg::Restored(RestoredReport {
+                clock_error: Some("EPERM".into()),
+                net_error: Some("no interface".into()),
+                identity_error: None,
+                micros: [1, u32::MAX, 0],
+            }),
         ]
     }
 
@@ -510,6 +549,30 @@ mod tests {
         bad.magic = *b"HTTP";
         assert!(bad.check().unwrap_err().contains("not a cairn agent"));
         assert!(Hello::ours("x").check().is_ok());
+    }
+
+    #[test]
+    fn variant_indices_are_frozen() {
+        // The variant index is the payload's first byte: older agents must still read the
+        // requests they know, and a newer host must find them where they always were.
+        let first = |m: &ClientMsg| frame::encode(m).unwrap()[4];
+        let known = [
+            (ClientMsg::Ping, 9),
+            (ClientMsg::SetClock { unix_nanos: 0 }, 14),
+            (ClientMsg::Identity(IdentityRequest::default()), 15),
+            (ClientMsg::SessionKill { id: 0 }, 19),
+            (ClientMsg::Restored(RestoredRequest::default()), 20),
+        ];
+        for (m, index) in known {
+            assert_eq!(first(&m), index, "{m:?}");
+        }
+        let payload = &frame::encode(&AgentMsg::Restored(RestoredReport::default())).unwrap()[4..];
+        assert_eq!(payload, [15, 0, 0, 0, 0, 0, 0]);
+        // An empty `Restored`: index 20, no clock, no network, empty identity (no entropy,
+        // no hostname, no machine-id).
+        let payload =
+            &frame::encode(&ClientMsg::Restored(RestoredRequest::default())).unwrap()[4..];
+        assert_eq!(payload, [20, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -104,27 +104,35 @@ fn set_hostname(h: &str) -> Result<(), ServerError> {
         return Err(err("sethostname")(io::Error::last_os_error()));
     }
     if Path::new("/etc").is_dir() {
-        overwrite(Path::new("/etc/hostname"), format!("{h}\n").as_bytes())?;
+        write_file(Path::new("/etc/hostname"), format!("{h}\n").as_bytes())?;
         let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
-        overwrite(Path::new("/etc/hosts"), hosts_with(&hosts, h).as_bytes())?;
+        write_file(Path::new("/etc/hosts"), hosts_with(&hosts, h).as_bytes())?;
     }
     Ok(())
 }
 
 /// Writes `bytes` over `path` in place: no truncation to zero and no rename over it, the two
 /// patterns after which ext4 (`auto_da_alloc`) writes the file's blocks out synchronously, which
-/// costs seconds where guest kernel code is emulated. Creates the file when missing.
-fn overwrite(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+/// costs seconds where guest kernel code is emulated. Creates the file when missing. The file is
+/// cut only when the new text is shorter: ext4 runs its journaled truncate even for a size that
+/// does not change (a new machine-id or a same-length hostname).
+pub(super) fn overwrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let what = || format!("write {}", path.display());
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
-        .map_err(err(what()))?;
-    f.write_all(bytes).map_err(err(what()))?;
-    f.set_len(bytes.len() as u64).map_err(err(what()))
+        .open(path)?;
+    let old_len = f.metadata()?.len();
+    f.write_all(bytes)?;
+    if old_len > bytes.len() as u64 {
+        f.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
+    overwrite(path, bytes).map_err(err(format!("write {}", path.display())))
 }
 
 /// `/etc/hosts` with its `127.0.1.1` line naming `h` (added when missing), as Debian keeps it;
@@ -154,10 +162,10 @@ fn set_machine_id(id: &str) -> Result<(), ServerError> {
         return Ok(());
     }
     // Usually read-only (0444), which root writes through.
-    overwrite(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())?;
+    write_file(Path::new("/etc/machine-id"), format!("{id}\n").as_bytes())?;
     let dbus = Path::new("/var/lib/dbus/machine-id");
     if fs::symlink_metadata(dbus).is_ok_and(|m| m.is_file()) {
-        overwrite(dbus, format!("{id}\n").as_bytes())?;
+        write_file(dbus, format!("{id}\n").as_bytes())?;
     }
     regenerate_ssh_host_keys();
     Ok(())
@@ -214,6 +222,21 @@ mod tests {
         assert!(apply(&bad).unwrap_err().to_string().contains("machine-id"));
         check_machine_id(&"0a".repeat(16)).unwrap();
         check_hostname("sandbox-1.dev_x").unwrap();
+    }
+
+    #[test]
+    fn overwrite_leaves_exactly_the_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        for text in [
+            "a much longer first text\n",
+            "short\n",
+            "other\n",
+            "longer again\n",
+        ] {
+            overwrite(&p, text.as_bytes()).unwrap();
+            assert_eq!(fs::read_to_string(&p).unwrap(), text);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod identity;
 mod loopback;
 pub mod netcfg;
 mod pty;
+mod restored;
 mod session;
 mod tcp;
 mod vsock;
@@ -12,7 +13,9 @@ mod vsock;
 pub use loopback::bring_up_loopback;
 pub use vsock::{connect_host, VsockListener, VsockStream};
 
-use crate::proto::{AgentMsg, ClientMsg, FrameError, FrameReader, FrameWriter, Hello};
+use crate::proto::{
+    AgentMsg, ClientMsg, FrameError, FrameReader, FrameWriter, Hello, UNKNOWN_REQUEST,
+};
 use crate::tree::{send_tree, TreeError, TreeWriter};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -169,8 +172,18 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
     writer.write(&Hello::ours("cairn-agent"))?;
     let hello: Hello = reader.read()?.ok_or(ServerError::NoHello)?;
     hello.check().map_err(ServerError::Handshake)?;
-    let Some(request) = reader.read::<ClientMsg>()? else {
-        return Ok(());
+    let request = match reader.read::<ClientMsg>() {
+        Ok(Some(request)) => request,
+        Ok(None) => return Ok(()),
+        // A request this agent does not know (a newer host's): say so, so the host can fall
+        // back to older requests instead of guessing from a closed connection.
+        Err(e @ FrameError::Decode(_)) => {
+            let _ = writer.write(&AgentMsg::Error {
+                message: format!("{UNKNOWN_REQUEST} (this agent is older than the host?)"),
+            });
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
     };
     let answer = match request {
         ClientMsg::Exec(req) => return exec::run(req, reader, writer),
@@ -194,6 +207,7 @@ pub fn handle_connection<S: Conn>(stream: S) -> Result<(), ServerError> {
         ClientMsg::SessionList => Ok(Some(session::list())),
         ClientMsg::SessionAttach { id } => return session::attach(id, reader, writer),
         ClientMsg::SessionKill { id } => session::kill(id).map(Some),
+        ClientMsg::Restored(req) => Ok(Some(AgentMsg::Restored(restored::apply(&req)))),
         other => Err(ServerError::Unexpected(msg_name(&other))),
     };
     match answer {
@@ -262,6 +276,7 @@ fn msg_name(msg: &ClientMsg) -> &'static str {
         ClientMsg::SessionList => "SessionList",
         ClientMsg::SessionAttach { .. } => "SessionAttach",
         ClientMsg::SessionKill { .. } => "SessionKill",
+        ClientMsg::Restored(_) => "Restored",
     }
 }
 

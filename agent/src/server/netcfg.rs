@@ -102,11 +102,27 @@ pub fn configure(cfg: &NetConfig) -> Result<(), NetCfgError> {
             .iter()
             .map(|a| format!("nameserver {}.{}.{}.{}\n", a[0], a[1], a[2], a[3]))
             .collect();
-        fs::write("/etc/resolv.conf.cairn-tmp", text).map_err(io_err("write resolv.conf"))?;
-        fs::rename("/etc/resolv.conf.cairn-tmp", "/etc/resolv.conf")
-            .map_err(io_err("write resolv.conf"))?;
+        write_resolv_conf(std::path::Path::new("/etc/resolv.conf"), &text)?;
     }
     Ok(())
+}
+
+/// Writes `text` to `path` unless it holds it already. A regular file is written in place: a
+/// rename over it (or a truncation to zero) makes ext4 (`auto_da_alloc`) write it out
+/// synchronously, which costs a restored guest seconds where its kernel code is emulated. A
+/// symlink (a resolver daemon's file) is replaced, as before.
+fn write_resolv_conf(path: &std::path::Path, text: &str) -> Result<(), NetCfgError> {
+    let err = io_err("write resolv.conf");
+    let regular = fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+    if regular {
+        if fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
+        return super::identity::overwrite(path, text.as_bytes()).map_err(err);
+    }
+    let tmp = path.with_extension("cairn-tmp");
+    fs::write(&tmp, text).map_err(io_err("write resolv.conf"))?;
+    fs::rename(&tmp, path).map_err(err)
 }
 
 /// Sets CLOCK_REALTIME to `unix_nanos`.
@@ -223,5 +239,23 @@ mod tests {
         assert_eq!(netmask(30), [255, 255, 255, 252]);
         assert_eq!(netmask(0), [0, 0, 0, 0]);
         assert_eq!(netmask(32), [255; 4]);
+    }
+
+    #[test]
+    fn resolv_conf_is_written_in_place_and_a_link_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        fs::write(&path, "nameserver 10.0.0.1\nsearch a.very.long.domain\n").unwrap();
+        let ino = fs::metadata(&path).unwrap().ino();
+        write_resolv_conf(&path, "nameserver 10.0.0.5\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "nameserver 10.0.0.5\n");
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino, "in place");
+        write_resolv_conf(&path, "nameserver 10.0.0.5\n").unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        write_resolv_conf(&link, "nameserver 10.0.0.9\n").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().is_file(), "replaced");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "nameserver 10.0.0.5\n");
     }
 }

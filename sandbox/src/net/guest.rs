@@ -7,6 +7,10 @@
 //!   configuration (a fork's first start: the parent's address and MAC), the agent configures
 //!   the interface (`NetConfigure`). `net.applied` records the spec last applied, so a plain
 //!   wake costs nothing more.
+//!
+//! After a restore both go in the one `Restored` request with the identity
+//! (`crate::identity::after_restore`, using [`pending`] and [`mark_applied`]); [`after_agent`]
+//! serves a boot, and agents older than that request.
 
 use super::{load, NetSpec};
 use crate::sandbox::Paths;
@@ -53,4 +57,21 @@ pub fn after_agent(paths: &Paths, restored: bool) -> Result<(), ClientError> {
     connect()?.net_configure(&agent_config(&spec))?;
     let _ = fs::write(applied_path(paths), want);
     Ok(())
+}
+
+/// After a restore: the configuration the guest still needs (none when it has this sandbox's
+/// already, or the sandbox has no network), with the marker to record once the guest has it
+/// ([`mark_applied`]). For a caller that sends it with other requests (`Restored`).
+pub fn pending(paths: &Paths) -> Option<(NetConfig, String)> {
+    let spec = load(paths).ok()??;
+    let want = serde_json::to_string(&spec).unwrap_or_default();
+    if fs::read_to_string(applied_path(paths)).is_ok_and(|a| a == want) {
+        return None;
+    }
+    Some((agent_config(&spec), want))
+}
+
+/// Records that the guest has the configuration [`pending`] returned with `marker`.
+pub fn mark_applied(paths: &Paths, marker: &str) {
+    let _ = fs::write(applied_path(paths), marker);
 }

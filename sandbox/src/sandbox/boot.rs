@@ -252,10 +252,12 @@ pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, S
     match booted {
         Ok(pid) => {
             reg.set_state(name, State::Running, Some(pid))?;
+            // Before a golden checkpoint is kept: its guest has then read and written the
+            // files every create from it rewrites (see `golden::keep_from`).
+            crate::identity::apply_to(home, name);
             if let Some(k) = &golden_key {
                 crate::golden::keep_from(home, &mut reg, name, k, &img);
             }
-            crate::identity::apply_to(home, name);
             if opts.idle_timeout > 0 {
                 crate::idle::spawn_watcher(home, name, &paths)?;
             }

@@ -78,9 +78,9 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
         &format!("restoring {name}"),
         from,
     )?;
-    crate::net::guest::after_agent(&paths, true)?;
-    // A second restore of one checkpoint would repeat the first's RNG output: reseed.
-    crate::identity::apply(&mut agent, name, None);
+    // A second restore of one checkpoint would repeat the first's RNG output: reseed (with the
+    // clock and, when needed, the network, in one request).
+    crate::identity::after_restore(&paths, &mut agent, name, None)?;
     reg.touch(name)?;
     eprintln!(
         "{name}: restored {ckpt} in {:.2} s",

@@ -124,19 +124,17 @@ pub(crate) fn start_locked_as(
             &format!("waking {}", r.name),
             from,
         )
-        .and_then(|ok| {
+        .and_then(|(_, mut agent)| {
             times.mark("agent");
-            Ok(crate::net::guest::after_agent(&paths, true).map(|()| ok)?)
+            // Clock, network and identity (every restore of one checkpoint starts with the same
+            // RNG state: reseed it) in one request on the connection that found the agent.
+            crate::identity::after_restore(&paths, &mut agent, &r.name, new_identity)?;
+            Ok(agent)
         })
     })();
-    times.mark("clock+net");
+    times.mark("clock+net+identity");
     let agent = match result {
-        Ok((_, mut agent)) => {
-            // Every restore of one checkpoint starts with the same RNG state: reseed it.
-            crate::identity::apply(&mut agent, &r.name, new_identity);
-            times.mark("identity");
-            agent
-        }
+        Ok(agent) => agent,
         Err(e) => {
             kill_vmm(pid);
             return Err(e);
