@@ -64,6 +64,7 @@ fn chain_files(store: &CheckpointStore, head: &str) -> Result<Vec<LocalFile>, Sa
 
 /// The sandbox's files as pushed: config files, base disk image, the head's chain.
 fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError> {
+    crate::store_lazy::refuse_while_lazy(paths, "pushed")?;
     let mut out: Vec<LocalFile> = CONFIG_FILES
         .iter()
         .map(|n| (paths.dir.join(n), n))
@@ -168,6 +169,12 @@ pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
 /// `cairn pull NAME`: the bucket's sandbox NAME made here, stopped at its pushed head; `cairn
 /// start` (or its first exec) restores it.
 pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
+    pull_as(home, name, false)
+}
+
+/// [`pull`]; `lazy`: leave the memory layers for `cairn start` to fetch on first touch
+/// ([`crate::store_lazy`]).
+pub fn pull_as(home: &Home, name: &str, lazy: bool) -> Result<PullReport, SandboxError> {
     sandbox::validate_name(name)?;
     let remote = remote()?;
     let mut reg = home.registry()?;
@@ -181,8 +188,22 @@ pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
     }
     fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
     let result = (|| {
-        let (manifest, report) = remote.pull(&local, name, &staging)?;
+        let pick: &dyn Fn(&cairn_store::manifest::FileEntry) -> bool = match lazy {
+            true => &crate::store_lazy::is_lazy_entry,
+            false => &|_| false,
+        };
+        let (manifest, report) = remote.pull_with(&local, name, &staging, pick)?;
         adopt(home, &mut reg, &manifest, &Paths::at(staging.clone()))?;
+        if lazy {
+            let files = manifest.files.iter().filter(|f| pick(f)).cloned().collect();
+            let paths = home.paths(name);
+            if let Err(e) = crate::store_lazy::record(&paths, name, files) {
+                let _ = reg.remove(name);
+                crate::net::remove(&paths);
+                let _ = fs::remove_dir_all(&paths.dir);
+                return Err(e);
+            }
+        }
         Ok(report)
     })();
     let _ = fs::remove_dir_all(&staging);
