@@ -122,6 +122,16 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
 /// meanwhile. Whether the renewer is done (false: the lock was busy, look again).
 fn release(home: &Home, name: &str, remote: &Remote, host: &str) -> Result<bool, SandboxError> {
     let paths = home.paths(name);
+    // Removed (its row goes first): `rm` hands the lease back itself and may be removing the
+    // directory right now, where taking the lock would make its lock file again.
+    let removed = matches!(
+        home.registry().and_then(|reg| Ok(reg.get(name)?)),
+        Err(SandboxError::Registry(registry::RegistryError::NotFound(_)))
+    );
+    if removed {
+        remote.release_lease(name, host)?;
+        return Ok(true);
+    }
     // A removed sandbox has no directory (and no lock) left: nothing can start it here.
     let _lock = if paths.dir.is_dir() {
         let lock = FileLock::try_acquire(&paths.lock, Mode::Exclusive)

@@ -274,6 +274,34 @@ pub fn gc(grace: Duration, dry_run: bool) -> Result<GcReport, SandboxError> {
     Ok(remote()?.gc(grace, dry_run)?)
 }
 
+/// `cairn create NAME` with a store configured: this host's lease of the name, taken before
+/// anything is made (refused while another host holds it: a sandbox of that name runs there),
+/// then [`create_leased`] with the outcome. Without a store, nothing (`false`).
+pub fn lease_for_create(home: &Home, name: &str) -> Result<bool, SandboxError> {
+    let Some(url) = StoreUrl::from_env()? else {
+        return Ok(false);
+    };
+    // A sandbox of that name here already: the create fails on the name, and its lease (if
+    // it runs) stays as it is.
+    if home.registry()?.get(name).is_ok() {
+        return Err(RegistryError::NameTaken(name.to_string()).into());
+    }
+    let host = LocalStore::in_home(home.root()).host_id()?;
+    Remote::open(&url)?.acquire_lease(name, &host, cairn_store::lease::lease_from_env())?;
+    Ok(true)
+}
+
+/// After a create that took the lease ([`lease_for_create`]): made, its renewer follows the
+/// new VMM (one that cannot start is a warning: the sandbox is made and runs, and its lease
+/// lapses unrenewed); failed, the lease is handed back.
+pub fn create_leased(home: &Home, name: &str, made: bool) {
+    if !made {
+        release_lease(home, name);
+    } else if let Err(e) = crate::lease_renew::spawn(home, name) {
+        eprintln!("cairn: warning: {name}: {e}; its lease will lapse unrenewed (hint: `cairn stop {name}` and `cairn start {name}` renew it)");
+    }
+}
+
 /// Before a VMM starts for sandbox `name`: with a store configured, take (or renew) this
 /// host's lease of it, refused while another host holds it, and start its renewer
 /// ([`crate::lease_renew`]: renews while the VMM runs, releases when it stops). Without a
