@@ -71,6 +71,8 @@ pub fn page_server_args(
     if !is_lazy(paths) {
         return Ok(vec![]);
     }
+    // Its memory is in the bucket: without one the server could not fetch a page.
+    cairn_store::StoreUrl::from_env()?.ok_or(cairn_store::StoreError::NotConfigured)?;
     let head = paths.dir.join(HEAD_FILE);
     fs::write(&head, checkpoint).map_err(io_err(format!("write {}", head.display())))?;
     let socket = paths.dir.join(SOCKET);
