@@ -185,3 +185,57 @@ fn send_with_fd(stream: &UnixStream, body: &[u8], fd: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn the_next_restore_takes_the_server_once() {
+        serve_next_restore_from(Some("/s".into()));
+        assert_eq!(take_next(), Some(PathBuf::from("/s")));
+        assert_eq!(take_next(), None);
+    }
+
+    #[test]
+    fn memory_is_handed_over_and_a_missing_or_refusing_server_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let regions = [(0u64, 2u64 << 20)];
+        let e = map_served(&regions, &[], &dir.path().join("none.sock")).unwrap_err();
+        if e.to_string().contains("userfaultfd:") {
+            eprintln!("SKIP: no userfaultfd here ({e})");
+            return;
+        }
+        assert!(e.to_string().contains("none.sock"), "{e}");
+
+        let sock = dir.path().join("p.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [b'X', READY] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut body = vec![0u8; 4096];
+                let n = std::io::Read::read(&mut s, &mut body).unwrap();
+                let hello: ServedMemory = serde_json::from_slice(&body[..n]).unwrap();
+                assert_eq!(hello.regions.len(), 1);
+                assert_eq!(
+                    (hello.regions[0].len, hello.regions[0].offset),
+                    (2 << 20, 0)
+                );
+                s.write_all(&[answer]).unwrap();
+            }
+        });
+        let e = map_served(&regions, &[], &sock).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        let (mem, pages) = map_served(&regions, &[], &sock).unwrap();
+        assert!(memory_is_served());
+        assert_eq!(mem_size(&mem), 2 << 20);
+        assert!(pages.is_empty());
+        server.join().unwrap();
+    }
+
+    fn mem_size(mem: &GuestMemoryMmap) -> u64 {
+        crate::checkpoint::memory::mem_size(mem)
+    }
+}
