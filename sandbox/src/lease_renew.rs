@@ -87,8 +87,16 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
     let since = Instant::now();
     let (mut renewed, mut valid_until) = (Instant::now(), Instant::now() + ttl);
     let mut followed = None;
+    let me = std::process::id();
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        // A later start's (or create's) renewer took over: one renewer per sandbox, the newest.
+        // (Following the registry alone, a renewer slow to make its first look would follow
+        // the next start's VMM beside that start's own renewer.)
+        let owner = std::fs::read_to_string(pid_file(&paths)).ok();
+        if owner.and_then(|s| s.trim().parse::<u32>().ok()) != Some(me) {
+            return Ok(());
+        }
         match look(home, name, &mut followed, since) {
             Seen::Going => {}
             Seen::Replaced => return Ok(()),
