@@ -9,7 +9,9 @@
 //! - restore on a second host with an empty chunk cache: a fresh `CAIRN_HOME` pulls the pushed
 //!   sandbox (bytes fetched against the checkpoint's size) and runs its first exec (the wake);
 //!   time from the pull's start to that exec's output, `--runs` times;
-//! - push (upload) and pull (download) throughput of the first push and of the pulls.
+//! - push (upload) and pull (download) throughput of the first push and of the pulls;
+//! - the same second-host restore pulled lazily (`pull --lazy`): memory fetched on first touch,
+//!   bytes fetched (pull + faults, the background fetch off) by the first exec.
 
 use std::time::Instant;
 
@@ -183,5 +185,58 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
         "MiB",
     ));
     figs.push(figure("pull: download throughput".into(), down, "MiB/s"));
+    figs.extend(lazy_second_host(opts, s3)?);
     Ok(figs)
+}
+
+/// Restore on a second host with an empty cache, pulled lazily: memory fetched on first touch
+/// (the background fetch off, so the bytes are what the start and the first exec needed).
+fn lazy_second_host(opts: &Options, s3: &S3Server) -> Result<Vec<Figure>, String> {
+    let (mut first_exec, mut pull_s, mut wake, mut fetched, mut faults) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..opts.runs {
+        let mut b = home(s3);
+        b.env
+            .push(("CAIRN_STORE_LAZY_BACKGROUND".into(), "0".into()));
+        let t0 = Instant::now();
+        let p = json(&b, &["pull", "seq", "--lazy", "--json"]);
+        let pulled = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let said = b.sh("seq", "tail -n 1 /root/log");
+        let woke = t1.elapsed().as_secs_f64();
+        if said.trim() != format!("step {}", CHECKPOINTS - 1) {
+            return Err(format!("the lazily pulled sandbox said {said:?}"));
+        }
+        let stats_path = b.home.path().join("sandboxes/seq/page-server.json");
+        let stats: serde_json::Value = std::fs::read(&stats_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("no {}", stats_path.display()))?;
+        first_exec.push(t0.elapsed().as_secs_f64() * 1000.0);
+        pull_s.push(pulled * 1000.0);
+        wake.push(woke * 1000.0);
+        let on_touch = stats["fetch"]["fault_bytes_fetched"].as_u64().unwrap_or(0) as f64;
+        fetched.push((u(&p, "bytes_fetched") + on_touch) / MIB);
+        faults.push(stats["faults"].as_u64().unwrap_or(0) as f64);
+        b.ok(&["stop", "seq"]);
+    }
+    Ok(vec![
+        figure(
+            "second host, lazy: pull + first exec".into(),
+            first_exec,
+            "ms",
+        ),
+        figure("second host, lazy: pull".into(), pull_s, "ms"),
+        figure(
+            "second host, lazy: first exec (served wake)".into(),
+            wake,
+            "ms",
+        ),
+        figure(
+            "second host, lazy: bytes fetched by the first exec".into(),
+            fetched,
+            "MiB",
+        ),
+        figure("second host, lazy: faults served".into(), faults, "faults"),
+    ])
 }

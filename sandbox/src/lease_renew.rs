@@ -87,8 +87,16 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
     let since = Instant::now();
     let (mut renewed, mut valid_until) = (Instant::now(), Instant::now() + ttl);
     let mut followed = None;
+    let me = std::process::id();
     loop {
         std::thread::sleep(Duration::from_secs(1));
+        // A later start's (or create's) renewer took over: one renewer per sandbox, the newest.
+        // (Following the registry alone, a renewer slow to make its first look would follow
+        // the next start's VMM beside that start's own renewer.)
+        let owner = std::fs::read_to_string(pid_file(&paths)).ok();
+        if owner.and_then(|s| s.trim().parse::<u32>().ok()) != Some(me) {
+            return Ok(());
+        }
         match look(home, name, &mut followed, since) {
             Seen::Going => {}
             Seen::Replaced => return Ok(()),
@@ -122,6 +130,16 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
 /// meanwhile. Whether the renewer is done (false: the lock was busy, look again).
 fn release(home: &Home, name: &str, remote: &Remote, host: &str) -> Result<bool, SandboxError> {
     let paths = home.paths(name);
+    // Removed (its row goes first): `rm` hands the lease back itself and may be removing the
+    // directory right now, where taking the lock would make its lock file again.
+    let removed = matches!(
+        home.registry().and_then(|reg| Ok(reg.get(name)?)),
+        Err(SandboxError::Registry(registry::RegistryError::NotFound(_)))
+    );
+    if removed {
+        remote.release_lease(name, host)?;
+        return Ok(true);
+    }
     // A removed sandbox has no directory (and no lock) left: nothing can start it here.
     let _lock = if paths.dir.is_dir() {
         let lock = FileLock::try_acquire(&paths.lock, Mode::Exclusive)

@@ -29,5 +29,6 @@ pub mod rootdisk;
 pub mod sandbox;
 pub mod serve;
 pub mod sessions;
+pub mod store_lazy;
 pub mod store_sync;
 pub mod vmm_api;

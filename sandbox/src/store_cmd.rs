@@ -28,9 +28,18 @@ pub enum StoreCmd {
     Pull {
         /// Sandbox name.
         name: String,
+        /// Fetch memory on first touch at `cairn start` instead of now (docs/storage.md).
+        #[arg(long)]
+        lazy: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The page server of a lazily pulled sandbox (started by `cairn start` itself).
+    #[command(name = "__page-server", hide = true)]
+    PageServer {
+        /// Sandbox name.
+        name: String,
     },
     /// Delete the bucket's chunks that no pushed sandbox names.
     Gc {
@@ -105,8 +114,11 @@ pub fn run(home: &Home, cmd: StoreCmd) -> Result<u8, CliError> {
                 r.seconds
             );
         }
-        StoreCmd::Pull { name, json } => {
-            let r = store_sync::pull(home, &name)?;
+        StoreCmd::PageServer { name } => {
+            cairn_sandbox::store_lazy::run(home, &name)?;
+        }
+        StoreCmd::Pull { name, lazy, json } => {
+            let r = store_sync::pull_as(home, &name, lazy)?;
             if json {
                 print_json(&r)?;
                 return Ok(0);

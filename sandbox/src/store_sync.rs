@@ -64,6 +64,7 @@ fn chain_files(store: &CheckpointStore, head: &str) -> Result<Vec<LocalFile>, Sa
 
 /// The sandbox's files as pushed: config files, base disk image, the head's chain.
 fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError> {
+    crate::store_lazy::refuse_while_lazy(paths, "pushed")?;
     let mut out: Vec<LocalFile> = CONFIG_FILES
         .iter()
         .map(|n| (paths.dir.join(n), n))
@@ -168,6 +169,12 @@ pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
 /// `cairn pull NAME`: the bucket's sandbox NAME made here, stopped at its pushed head; `cairn
 /// start` (or its first exec) restores it.
 pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
+    pull_as(home, name, false)
+}
+
+/// [`pull`]; `lazy`: leave the memory layers for `cairn start` to fetch on first touch
+/// ([`crate::store_lazy`]).
+pub fn pull_as(home: &Home, name: &str, lazy: bool) -> Result<PullReport, SandboxError> {
     sandbox::validate_name(name)?;
     let remote = remote()?;
     let mut reg = home.registry()?;
@@ -181,8 +188,22 @@ pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
     }
     fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
     let result = (|| {
-        let (manifest, report) = remote.pull(&local, name, &staging)?;
+        let pick: &dyn Fn(&cairn_store::manifest::FileEntry) -> bool = match lazy {
+            true => &crate::store_lazy::is_lazy_entry,
+            false => &|_| false,
+        };
+        let (manifest, report) = remote.pull_with(&local, name, &staging, pick)?;
         adopt(home, &mut reg, &manifest, &Paths::at(staging.clone()))?;
+        if lazy {
+            let files = manifest.files.iter().filter(|f| pick(f)).cloned().collect();
+            let paths = home.paths(name);
+            if let Err(e) = crate::store_lazy::record(&paths, name, files) {
+                let _ = reg.remove(name);
+                crate::net::remove(&paths);
+                let _ = fs::remove_dir_all(&paths.dir);
+                return Err(e);
+            }
+        }
         Ok(report)
     })();
     let _ = fs::remove_dir_all(&staging);
@@ -251,6 +272,34 @@ fn adopt(
 /// `cairn gc`: delete the bucket's unreferenced chunks older than `grace`.
 pub fn gc(grace: Duration, dry_run: bool) -> Result<GcReport, SandboxError> {
     Ok(remote()?.gc(grace, dry_run)?)
+}
+
+/// `cairn create NAME` with a store configured: this host's lease of the name, taken before
+/// anything is made (refused while another host holds it: a sandbox of that name runs there),
+/// then [`create_leased`] with the outcome. Without a store, nothing (`false`).
+pub fn lease_for_create(home: &Home, name: &str) -> Result<bool, SandboxError> {
+    let Some(url) = StoreUrl::from_env()? else {
+        return Ok(false);
+    };
+    // A sandbox of that name here already: the create fails on the name, and its lease (if
+    // it runs) stays as it is.
+    if home.registry()?.get(name).is_ok() {
+        return Err(RegistryError::NameTaken(name.to_string()).into());
+    }
+    let host = LocalStore::in_home(home.root()).host_id()?;
+    Remote::open(&url)?.acquire_lease(name, &host, cairn_store::lease::lease_from_env())?;
+    Ok(true)
+}
+
+/// After a create that took the lease ([`lease_for_create`]): made, its renewer follows the
+/// new VMM (one that cannot start is a warning: the sandbox is made and runs, and its lease
+/// lapses unrenewed); failed, the lease is handed back.
+pub fn create_leased(home: &Home, name: &str, made: bool) {
+    if !made {
+        release_lease(home, name);
+    } else if let Err(e) = crate::lease_renew::spawn(home, name) {
+        eprintln!("cairn: warning: {name}: {e}; its lease will lapse unrenewed (hint: `cairn stop {name}` and `cairn start {name}` renew it)");
+    }
 }
 
 /// Before a VMM starts for sandbox `name`: with a store configured, take (or renew) this

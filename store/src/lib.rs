@@ -8,6 +8,8 @@
 //! - [`manifest`]: what one push of a sandbox holds; the only object that names chunks.
 //! - [`remote`]: the bucket (`CAIRN_STORE=s3://bucket/prefix`, `AWS_*` variables): push, pull.
 //! - [`gc`], [`lease`]: deleting unreferenced chunks; one host at a time per sandbox.
+//! - [`lazy`], [`page_server`]: a lazily pulled sandbox's memory, fetched on first touch
+//!   (userfaultfd) and completed in the background.
 //!
 //! The checkpoint files that restore maps stay as they are (restore stays lazy and as fast):
 //! chunks are the form a sandbox takes in the bucket and in the cache, and the unit of `df`'s
@@ -18,9 +20,11 @@
 pub mod chunk;
 pub mod error;
 pub mod gc;
+pub mod lazy;
 pub mod lease;
 pub mod local;
 pub mod manifest;
+pub mod page_server;
 pub mod remote;
 mod test_pause;
 pub mod usage;

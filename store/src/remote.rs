@@ -22,7 +22,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, ChunkRef};
 use crate::error::{Result, StoreError};
 use crate::local::LocalStore;
 use crate::manifest::{FileEntry, Manifest};
@@ -410,14 +410,32 @@ impl Remote {
         name: &str,
         dest: &Path,
     ) -> Result<(Manifest, PullReport)> {
+        self.pull_with(local, name, dest, &|_| false)
+    }
+
+    /// [`Remote::pull`], but the files `lazy` picks are only made (sparse, their full length,
+    /// no data): their chunks are fetched later, on demand ([`Remote::fetch_chunk`]).
+    pub fn pull_with(
+        &self,
+        local: &LocalStore,
+        name: &str,
+        dest: &Path,
+        lazy: &dyn Fn(&FileEntry) -> bool,
+    ) -> Result<(Manifest, PullReport)> {
         let t0 = Instant::now();
         let (manifest, _) = self
             .manifest(name)?
             .ok_or_else(|| StoreError::NoSuchSandbox(name.to_string()))?;
         let mut report = PullReport::default();
         for entry in &manifest.files {
-            self.rt
-                .block_on(self.pull_file(local, &manifest.sandbox, entry, dest, &mut report))?;
+            self.rt.block_on(self.pull_file(
+                local,
+                &manifest.sandbox,
+                entry,
+                dest,
+                lazy(entry),
+                &mut report,
+            ))?;
         }
         local.trim_cache(crate::local::cache_limit_from_env());
         report.files = manifest.files.len();
@@ -426,12 +444,63 @@ impl Remote {
         Ok((manifest, report))
     }
 
+    /// Chunk `c` of `entry` (of `sandbox`'s manifest): from `local`'s cache, else fetched,
+    /// checked against its name and cached. Also says whether it was fetched.
+    pub fn fetch_chunk(
+        &self,
+        local: &LocalStore,
+        sandbox: &str,
+        entry: &FileEntry,
+        c: &ChunkRef,
+    ) -> Result<(Vec<u8>, bool)> {
+        let (bytes, fetched) = self.rt.block_on(self.get_chunk(local, sandbox, entry, c))?;
+        if fetched {
+            local.cache(&c.id, &bytes)?;
+        }
+        Ok((bytes, fetched))
+    }
+
+    async fn get_chunk(
+        &self,
+        local: &LocalStore,
+        sandbox: &str,
+        entry: &FileEntry,
+        c: &ChunkRef,
+    ) -> Result<(Vec<u8>, bool)> {
+        if let Some(bytes) = local.cached(&c.id) {
+            return Ok((bytes, false));
+        }
+        let key = self.chunk_key(&c.id);
+        let bad = |problem| StoreError::BadChunk {
+            sandbox: sandbox.to_string(),
+            place: entry.place(),
+            chunk: c.id.to_string(),
+            problem,
+        };
+        let bytes = match self.s3.get(&key).await {
+            Ok(g) => g.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match bytes {
+            Ok(b) => b.to_vec(),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(bad("is missing from the store"))
+            }
+            Err(e) => return Err(StoreError::bucket(format!("fetch {key}"))(e)),
+        };
+        if bytes.len() as u64 != c.len || !c.id.matches(&bytes) {
+            return Err(bad("does not match its hash"));
+        }
+        Ok((bytes, true))
+    }
+
     async fn pull_file(
         &self,
         local: &LocalStore,
         sandbox: &str,
         entry: &FileEntry,
         dest: &Path,
+        lazy: bool,
         report: &mut PullReport,
     ) -> Result<()> {
         let path = entry.path_under(dest)?;
@@ -445,32 +514,14 @@ impl Remote {
             .map_err(StoreError::io("create", &path))?;
         file.set_len(entry.content.size)
             .map_err(StoreError::io("size", &path))?;
-        let mut fetches = futures::stream::iter(entry.content.chunks.iter().map(|c| async move {
-            if let Some(bytes) = local.cached(&c.id) {
-                return Ok((c, bytes, false));
-            }
-            let key = self.chunk_key(&c.id);
-            let bad = |problem| StoreError::BadChunk {
-                sandbox: sandbox.to_string(),
-                place: entry.place(),
-                chunk: c.id.to_string(),
-                problem,
-            };
-            let bytes = match self.s3.get(&key).await {
-                Ok(g) => g.bytes().await,
-                Err(e) => Err(e),
-            };
-            let bytes = match bytes {
-                Ok(b) => b.to_vec(),
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(bad("is missing from the store"))
-                }
-                Err(e) => return Err(StoreError::bucket(format!("fetch {key}"))(e)),
-            };
-            if bytes.len() as u64 != c.len || !c.id.matches(&bytes) {
-                return Err(bad("does not match its hash"));
-            }
-            Ok((c, bytes, true))
+        let chunks = if lazy {
+            &[][..]
+        } else {
+            &entry.content.chunks[..]
+        };
+        let mut fetches = futures::stream::iter(chunks.iter().map(|c| async move {
+            let (bytes, fetched) = self.get_chunk(local, sandbox, entry, c).await?;
+            Ok::<_, StoreError>((c, bytes, fetched))
         }))
         .buffer_unordered(PARALLEL);
         let mut seen = HashSet::new();

@@ -69,6 +69,10 @@ pub struct CliArgs {
     /// so a fresh VMM can restore one through the API without a config file.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
+    /// cairn: serve the first restore's guest memory on first touch from the page server on
+    /// this Unix socket (a lazily pulled sandbox; checkpoint/served_memory.rs).
+    #[arg(long)]
+    pub page_server: Option<PathBuf>,
     /// Maximum API request body size in bytes.
     #[arg(long, default_value_t = 51200)]
     pub http_api_max_payload_size: usize,
@@ -204,6 +208,7 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     let _terminal = RawTerminal::enter();
     let mut controller = Controller::new(args.id.clone(), stdin_fd)?;
     controller.set_checkpoint_dir(args.checkpoint_dir.clone());
+    crate::checkpoint::served_memory::serve_next_restore_from(args.page_server.clone());
     if !args.no_api {
         controller.serve_api(&args.api_sock, args.http_api_max_payload_size)?;
     }

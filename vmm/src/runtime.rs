@@ -250,7 +250,10 @@ impl Runtime {
         })?;
         let mut machine = machine;
         ck.set_head(Some(name.to_string()))?;
-        ck.verify_in_background(name, machine.exit_signal().clone());
+        // Served memory's layer files fill in as the guest runs: the page server checks them.
+        if !crate::checkpoint::served_memory::memory_is_served() {
+            ck.verify_in_background(name, machine.exit_signal().clone());
+        }
         if resume {
             machine.resume()?;
         }

@@ -192,6 +192,16 @@ pub(crate) fn agent_crash(paths: &Paths, from: u64) -> Option<String> {
 /// Creates, boots and records the sandbox `name`; returns its row.
 pub fn create(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, SandboxError> {
     validate_name(name)?;
+    // With a store configured, the name's lease first (docs/storage.md, "leases").
+    let leased = crate::store_sync::lease_for_create(home, name)?;
+    let made = create_unleased(home, name, opts);
+    if leased {
+        crate::store_sync::create_leased(home, name, made.is_ok());
+    }
+    made
+}
+
+fn create_unleased(home: &Home, name: &str, opts: &CreateOptions) -> Result<Record, SandboxError> {
     crate::host_fit::check(opts.cpus, opts.mem_mib)?;
     check_kvm()?;
     let mut reg = home.registry()?;

@@ -58,6 +58,7 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     if liveness(&r) != Liveness::Running {
         return start_locked(home, &mut reg, &r, Some(ckpt)).map(drop);
     }
+    crate::store_lazy::refuse_while_lazy(&paths, "restored while it runs")?;
     let start = Instant::now();
     let from = console_len(&paths);
     // The socket path as the VMM sees it (in its jail for a jailed sandbox).

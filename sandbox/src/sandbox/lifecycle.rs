@@ -96,15 +96,15 @@ pub(crate) fn start_locked_as(
     let start = Instant::now();
     let from = console_len(&paths);
     let vmm = jail::vmm_view(&paths, jail::load(&paths)?.is_some());
-    let pid = spawn_vmm(
-        &paths,
-        &[
-            "--api-sock".as_ref(),
-            vmm.api.as_os_str(),
-            "--checkpoint-dir".as_ref(),
-            vmm.checkpoints.as_os_str(),
-        ],
-    )?;
+    let served = crate::store_lazy::page_server_args(home, &r.name, &paths, &vmm.dir, &head)?;
+    let mut args = vec![
+        "--api-sock".as_ref(),
+        vmm.api.as_os_str(),
+        "--checkpoint-dir".as_ref(),
+        vmm.checkpoints.as_os_str(),
+    ];
+    args.extend(served.iter().map(|a| a.as_os_str()));
+    let pid = spawn_vmm(&paths, &args)?;
     times.mark("spawn");
     let result = (|| {
         wait_api(&paths, pid, Duration::from_secs(30))?;
@@ -137,7 +137,7 @@ pub(crate) fn start_locked_as(
         Ok(agent) => agent,
         Err(e) => {
             kill_vmm(pid);
-            return Err(e);
+            return Err(crate::store_lazy::explain(&paths, e));
         }
     };
     reg.set_running_from(&r.name, pid, &head)?;

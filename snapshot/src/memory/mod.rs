@@ -14,12 +14,14 @@
 //! - [`chain`]: [`LayerChain`] and the restore mapping plan.
 //! - [`checksum`]: per-chunk CRC-64s of a layer's data, sealed into its index and verified after restore.
 //! - [`merge`]: folding a deleted checkpoint's layer into its child.
+//! - [`served`]: the handshake of memory served on first touch by a page server.
 
 pub mod chain;
 pub mod checksum;
 pub mod index;
 pub mod layer;
 pub mod merge;
+pub mod served;
 
 pub use chain::{LayerChain, MappedRange, MemoryLayer};
 pub use checksum::{seal_layer, verify_layer, CHUNK_PAGES};

@@ -31,9 +31,9 @@ use crate::checkpoint::memory::{region_layout, LayerFile, PAGE_SIZE};
 use crate::error::VmmError;
 
 // The userfaultfd ABI (linux/userfaultfd.h), which the libc crate does not carry.
-const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
-const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+pub(crate) const UFFD_API: u64 = 0xAA;
+pub(crate) const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+pub(crate) const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
@@ -50,25 +50,25 @@ const CHUNK_PAGES: u64 = 256;
 
 #[repr(C)]
 #[derive(Default)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
+pub(crate) struct UffdioApi {
+    pub(crate) api: u64,
+    pub(crate) features: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
+pub(crate) struct UffdioRange {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
+pub(crate) struct UffdioRegister {
+    pub(crate) range: UffdioRange,
+    pub(crate) mode: u64,
+    pub(crate) ioctls: u64,
 }
 
 #[repr(C)]
@@ -96,7 +96,7 @@ pub fn enabled() -> bool {
     std::env::var("CAIRN_CHECKPOINT_BACKGROUND").as_deref() != Ok("0")
 }
 
-fn ioctl<T>(fd: &OwnedFd, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+pub(crate) fn ioctl<T>(fd: &OwnedFd, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
     // SAFETY: every request used here takes a pointer to the `#[repr(C)]` struct `T` that
     // matches it in linux/userfaultfd.h, which lives for the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
@@ -106,7 +106,7 @@ fn ioctl<T>(fd: &OwnedFd, request: libc::c_ulong, arg: &mut T) -> io::Result<()>
     Ok(())
 }
 
-fn new_uffd() -> io::Result<OwnedFd> {
+pub(crate) fn new_uffd() -> io::Result<OwnedFd> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };

@@ -68,7 +68,14 @@ pub fn restore_machine(
     install_kick_handler()?;
     // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
     // fresh process gets its load request before that wait is over).
-    let (mem, restored_pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+    let (mem, restored_pages) = match crate::checkpoint::served_memory::take_next() {
+        Some(server) => crate::checkpoint::served_memory::map_served(
+            &state.regions,
+            &opts.memory_layers,
+            &server,
+        )?,
+        None => map_memory_chain(&state.regions, &opts.memory_layers)?,
+    };
     let PreparedVm { kvm, vm } = prewarm::take()?;
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)

@@ -1,0 +1,302 @@
+//! The server side of memory served on first touch ([`cairn_snapshot::memory::served`]): accept
+//! a VMM's userfaultfd and resolve its missing-page faults with `UFFDIO_COPY` from a
+//! [`PageSource`], a block (up to [`BLOCK`] bytes, chunk-aligned) at a time, so a guest that
+//! touches memory in order faults about once per MiB.
+//!
+//! A source that cannot produce a block fails [`Served::run`]; the caller must then stop the
+//! VMM ([`Served::peer_pid`]): its faulting thread waits in the kernel, and no page it did not
+//! get is ever filled with zeros.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_snapshot::memory::served::{ServedMemory, MAX_HELLO, READY};
+
+use crate::chunk::CHUNK_SIZE;
+
+/// The most bytes one fault copies in (one chunk).
+pub const BLOCK: u64 = CHUNK_SIZE;
+
+const PAGE: u64 = 4096;
+const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+/// Where guest memory comes from: the bytes at offsets of the memory layer files.
+pub trait PageSource: Send + Sync {
+    /// Fill `buf` with the memory at `offset` (page-aligned). An error means the bytes cannot
+    /// be had (never a guess): its message names what is missing.
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+}
+
+/// What serving did.
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    /// Faults resolved.
+    pub faults: AtomicU64,
+    /// Bytes copied into the guest.
+    pub bytes_copied: AtomicU64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct UffdMsg {
+    event: u8,
+    _reserved1: u8,
+    _reserved2: u16,
+    _reserved3: u32,
+    flags: u64,
+    address: u64,
+    _feat: u64,
+}
+
+/// One VMM's memory, being served.
+#[derive(Debug)]
+pub struct Served {
+    uffd: OwnedFd,
+    stream: UnixStream,
+    memory: ServedMemory,
+    peer_pid: Option<i32>,
+}
+
+/// Accept one VMM on `listener`: its handshake and userfaultfd.
+pub fn accept(listener: &UnixListener) -> io::Result<Served> {
+    let (stream, _) = listener.accept()?;
+    let mut body = vec![0u8; MAX_HELLO];
+    let (n, fd) = recv_with_fd(&stream, &mut body)?;
+    let uffd = fd.ok_or_else(|| io::Error::other("the handshake carried no userfaultfd"))?;
+    let memory: ServedMemory = serde_json::from_slice(&body[..n])
+        .map_err(|e| io::Error::other(format!("bad handshake: {e}")))?;
+    Ok(Served {
+        peer_pid: peer_pid(&stream),
+        uffd,
+        stream,
+        memory,
+    })
+}
+
+impl Served {
+    /// The VMM's process id (to stop it when a page cannot be had).
+    pub fn peer_pid(&self) -> Option<i32> {
+        self.peer_pid
+    }
+
+    /// Bytes of guest RAM served.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.regions.iter().map(|r| r.len).sum()
+    }
+
+    /// Resolve faults from `source` until the VMM goes away (its connection closes): `Ok`.
+    /// Tells the VMM it is served first.
+    pub fn run(&mut self, source: &dyn PageSource, stats: &FaultStats) -> Result<(), String> {
+        self.stream
+            .write_all(&[READY])
+            .map_err(|e| format!("answer the VMM: {e}"))?;
+        let mut buf = vec![0u8; BLOCK as usize];
+        let mut msgs = [UffdMsg::default(); 16];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is our own array of two pollfds.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("poll: {e}"));
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                // SAFETY: reading plain-data messages into our own array.
+                let n = unsafe {
+                    libc::read(
+                        self.uffd.as_raw_fd(),
+                        msgs.as_mut_ptr() as *mut libc::c_void,
+                        std::mem::size_of_val(&msgs),
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) {
+                        return Err(format!("read userfaultfd: {e}"));
+                    }
+                } else {
+                    let count = n as usize / std::mem::size_of::<UffdMsg>();
+                    for m in &msgs[..count] {
+                        if m.event == UFFD_EVENT_PAGEFAULT {
+                            self.resolve(m.address & !(PAGE - 1), source, &mut buf, stats)?;
+                        }
+                    }
+                }
+                continue;
+            }
+            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                // The VMM never writes after the handshake: readable means closed.
+                return Ok(());
+            }
+        }
+    }
+
+    fn resolve(
+        &self,
+        addr: u64,
+        source: &dyn PageSource,
+        buf: &mut [u8],
+        stats: &FaultStats,
+    ) -> Result<(), String> {
+        let Some(r) = self.memory.region_of(addr) else {
+            return Err(format!("a fault at {addr:#x} is outside guest memory"));
+        };
+        let offset = r.offset + (addr - r.host);
+        let start = (offset / BLOCK * BLOCK).max(r.offset);
+        let end = (start / BLOCK * BLOCK + BLOCK).min(r.offset + r.len);
+        let len = (end - start) as usize;
+        buf[..len].fill(0);
+        source.fill(start, &mut buf[..len])?;
+        let host = r.host + (start - r.offset);
+        match self.copy(host, &buf[..len]) {
+            Ok(()) => {
+                stats.bytes_copied.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            // Part of the block is there already (touched and copied before): the page alone.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let at = (offset - start) as usize;
+                match self.copy(addr, &buf[at..at + PAGE as usize]) {
+                    Ok(()) => {
+                        stats.bytes_copied.fetch_add(PAGE, Ordering::Relaxed);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.wake(addr)?,
+                    Err(e) => return Err(format!("UFFDIO_COPY at {addr:#x}: {e}")),
+                }
+            }
+            Err(e) => return Err(format!("UFFDIO_COPY at {host:#x}: {e}")),
+        }
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn copy(&self, dst: u64, bytes: &[u8]) -> io::Result<()> {
+        loop {
+            let mut c = UffdioCopy {
+                dst,
+                src: bytes.as_ptr() as u64,
+                len: bytes.len() as u64,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY takes a `struct uffdio_copy`; `src` is our buffer of `len`
+            // bytes, `dst` a range the VMM registered (checked against its regions).
+            let rc = unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY, &mut c) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            // The VMM's mappings are changing: try again.
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                continue;
+            }
+            return Err(e);
+        }
+    }
+
+    fn wake(&self, addr: u64) -> Result<(), String> {
+        let mut range = [addr, PAGE];
+        // SAFETY: UFFDIO_WAKE takes a `struct uffdio_range` (two u64s), ours for the call.
+        let rc = unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_WAKE, range.as_mut_ptr()) };
+        if rc < 0 {
+            return Err(format!("UFFDIO_WAKE: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one `ucred` into our variable of that size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// One `recvmsg` into `body`, with the descriptor of an `SCM_RIGHTS` message if one came.
+fn recv_with_fd(stream: &UnixStream, body: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE is a pure computation on a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: body.as_mut_ptr() as *mut libc::c_void,
+        iov_len: body.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at our live buffers.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `control` (msg_controllen says how much); CMSG_FIRSTHDR and
+    // CMSG_DATA stay inside it, and an SCM_RIGHTS header of one i32 carries one descriptor.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+        {
+            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32);
+            fd = Some(OwnedFd::from_raw_fd(raw));
+        }
+    }
+    Ok((n as usize, fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abi_sizes_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<UffdioCopy>(), 40);
+        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
+    }
+}

@@ -1,0 +1,294 @@
+//! Lazy fetch (docs/storage.md, "Lazy fetch"): memory layers pulled on first touch from a real
+//! S3 server on 127.0.0.1 (scripts/s3-server).
+//!
+//! - Without KVM: a two-layer memory chain pushed, pulled lazily (the layers left sparse) and
+//!   read back block by block through the page source exactly as restore maps it; a damaged
+//!   chunk is an error naming sandbox and checkpoint, never zeros.
+//! - With KVM: a Linux sandbox pushed from one `CAIRN_HOME`, pulled lazily into another and
+//!   started there, its memory served by userfaultfd from the bucket; then, with the bucket's
+//!   memory chunks damaged, a third home's start fails naming the sandbox and checkpoint.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use cairn_snapshot::memory::{write_layer_from_slice_to, PageIndex};
+use cairn_store::chunk::CHUNK_SIZE;
+use cairn_store::lazy::{ChainSource, LazyFiles};
+use cairn_store::manifest::MANIFEST_FORMAT;
+use cairn_store::page_server::{PageSource, BLOCK};
+use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreUrl};
+use cairn_tests::kvm_available;
+use cairn_tests::linux::retry_on_guest_flake;
+use cairn_tests::s3::S3Server;
+use cairn_tests::sandbox::CairnHome;
+
+const MIB: usize = CHUNK_SIZE as usize;
+const PAGE: usize = 4096;
+
+fn remote(s: &S3Server) -> Remote {
+    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
+    Remote::open_with(&url, &s.env).unwrap()
+}
+
+/// Page `p` of layer `layer`: a pattern no other page has.
+fn page_bytes(layer: u8, p: usize) -> Vec<u8> {
+    (0..PAGE)
+        .map(|i| (i as u8) ^ (p as u8).wrapping_mul(7) ^ layer.wrapping_mul(101) ^ 1)
+        .collect()
+}
+
+/// A chain in `dir`: c1 (base: pages 0..600 and 1500..1600 of an 8 MiB memory) and c2 (a diff
+/// of pages 100..300 and 1590..1700). Returns the memory as restore sees it.
+fn make_chain(dir: &Path) -> Vec<u8> {
+    let size = 8 * MIB;
+    let mut base = vec![0u8; size];
+    let base_pages = PageIndex::from_ranges([(0, 600), (1500, 100)]);
+    for p in (0..600).chain(1500..1600) {
+        base[p * PAGE..(p + 1) * PAGE].copy_from_slice(&page_bytes(1, p));
+    }
+    let mut diff = vec![0u8; size];
+    let diff_pages = PageIndex::from_ranges([(100, 200), (1590, 110)]);
+    let mut expect = base.clone();
+    for p in (100..300).chain(1590..1700) {
+        let b = page_bytes(2, p);
+        diff[p * PAGE..(p + 1) * PAGE].copy_from_slice(&b);
+        expect[p * PAGE..(p + 1) * PAGE].copy_from_slice(&b);
+    }
+    for (c, mem, pages) in [("c1", &base, &base_pages), ("c2", &diff, &diff_pages)] {
+        std::fs::create_dir_all(dir.join("checkpoints").join(c)).unwrap();
+        write_layer_from_slice_to(&dir.join(format!("checkpoints/{c}/mem.layer")), pages, mem)
+            .unwrap();
+    }
+    expect
+}
+
+fn chain_files(dir: &Path) -> Vec<LocalFile> {
+    ["c1", "c2"]
+        .iter()
+        .flat_map(|c| {
+            ["mem.layer", "mem.layer.index"].map(|f| LocalFile {
+                path: dir.join(format!("checkpoints/{c}/{f}")),
+                rel: format!("checkpoints/{c}/{f}"),
+                checkpoint: Some(c.to_string()),
+            })
+        })
+        .collect()
+}
+
+fn manifest(dir: &Path) -> Manifest {
+    Manifest {
+        format: MANIFEST_FORMAT,
+        sandbox: "a".into(),
+        host: "test".into(),
+        pushed_at_ms: 0,
+        origin_dir: dir.to_path_buf(),
+        spec: SandboxSpec {
+            cpus: 1,
+            mem_mib: 8,
+            disk_gib: 1,
+            idle_timeout: 0,
+            head_checkpoint: "c2".into(),
+        },
+        files: Vec::new(),
+    }
+}
+
+fn is_layer(e: &cairn_store::manifest::FileEntry) -> bool {
+    e.path.ends_with("/mem.layer")
+}
+
+/// Pull "a" lazily into `out`; the layers' paths and the lazy list.
+fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> (Vec<PathBuf>, LazyFiles) {
+    let (m, report) = r.pull_with(local, "a", out, &is_layer).unwrap();
+    assert!(
+        report.bytes_fetched < 64 << 10,
+        "only the indexes' chunks: {report:?}"
+    );
+    let layers = ["c1", "c2"].map(|c| out.join(format!("checkpoints/{c}/mem.layer")));
+    for l in &layers {
+        assert_eq!(
+            std::fs::metadata(l).unwrap().blocks(),
+            0,
+            "{} is sparse",
+            l.display()
+        );
+    }
+    let lazy = LazyFiles {
+        sandbox: "a".into(),
+        files: m.files.iter().filter(|f| is_layer(f)).cloned().collect(),
+    };
+    (layers.to_vec(), lazy)
+}
+
+#[test]
+fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_named() {
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = remote(&s3);
+    let src = tmp.path().join("src");
+    let expect = make_chain(&src);
+    r.push(
+        &LocalStore::in_home(&tmp.path().join("h1")),
+        manifest(&src),
+        &chain_files(&src),
+    )
+    .unwrap();
+
+    let local = LocalStore::in_home(&tmp.path().join("h2"));
+    let out = tmp.path().join("out");
+    let (layers, lazy) = pull_lazily(&r, &local, &out);
+    let source = ChainSource::open(&out, &layers, &lazy, &r, &local).unwrap();
+    // One block, then every block: each exactly the restored memory.
+    let mut buf = vec![0u8; BLOCK as usize];
+    source.fill(6 * BLOCK, &mut buf).unwrap();
+    assert_eq!(buf[..], expect[6 * MIB..7 * MIB]);
+    let fetched = source
+        .stats
+        .fault_bytes_fetched
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fetched, 2 * BLOCK, "block 6 needs one chunk of each layer");
+    for b in 0..8 {
+        buf.fill(0xee);
+        source.fill(b * BLOCK, &mut buf).unwrap();
+        assert!(
+            buf[..] == expect[b as usize * MIB..(b as usize + 1) * MIB],
+            "block {b} differs"
+        );
+    }
+    // A part of a block (a region's end), then completion: the files are whole.
+    let mut part = vec![0u8; 3 * PAGE];
+    source.fill(5 * BLOCK + 2 * PAGE as u64, &mut part).unwrap();
+    assert_eq!(part[..], expect[5 * MIB + 2 * PAGE..5 * MIB + 5 * PAGE]);
+    source.complete().unwrap();
+    for (c, l) in ["c1", "c2"].iter().zip(&layers) {
+        let original = std::fs::read(src.join(format!("checkpoints/{c}/mem.layer"))).unwrap();
+        assert!(std::fs::read(l).unwrap() == original, "{c} completed");
+    }
+
+    // Damage every chunk of c2's layer in the bucket: a fresh home's fault is refused, named.
+    let Some(data) = s3.data.clone() else {
+        eprintln!("SKIP damage: {} keeps no objects as files", s3.kind);
+        return;
+    };
+    let c2 = lazy.files.iter().find(|f| f.path.contains("c2")).unwrap();
+    for c in &c2.content.chunks {
+        let object = data.join(format!("t/chunks/{}/{}", &c.id.as_str()[..2], c.id));
+        std::fs::write(&object, vec![0x55u8; c.len as usize]).unwrap();
+    }
+    let local3 = LocalStore::in_home(&tmp.path().join("h3"));
+    let out3 = tmp.path().join("out3");
+    let (layers3, lazy3) = pull_lazily(&r, &local3, &out3);
+    let source = ChainSource::open(&out3, &layers3, &lazy3, &r, &local3).unwrap();
+    let e = source.fill(0, &mut buf).unwrap_err();
+    assert!(
+        e.contains("sandbox \"a\"")
+            && e.contains("checkpoint \"c2\" (mem.layer)")
+            && e.contains("does not match its hash"),
+        "{e}"
+    );
+    // A block only c1 supplies still comes (its chunks are whole).
+    source.fill(3 * BLOCK, &mut buf).unwrap();
+    assert_eq!(buf[..], expect[3 * MIB..4 * MIB]);
+}
+
+fn stats(h: &CairnHome, name: &str) -> serde_json::Value {
+    let p = h
+        .home
+        .path()
+        .join("sandboxes")
+        .join(name)
+        .join("page-server.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+#[test]
+fn store_lazy_a_pulled_sandbox_starts_with_memory_fetched_on_first_touch() {
+    let name = "store_lazy_a_pulled_sandbox_starts_with_memory_fetched_on_first_touch";
+    if !kvm_available(name) {
+        return;
+    }
+    let s3 = S3Server::start();
+    retry_on_guest_flake(name, || {
+        let mut a = CairnHome::new();
+        a.env = s3.env.clone();
+        a.create(
+            "sb",
+            &[
+                "--mem",
+                "256",
+                "--disk",
+                "1",
+                "--idle-timeout",
+                "0",
+                "--no-network",
+                "--cold",
+            ],
+        );
+        a.sh("sb", "echo lazy > /root/f; sync");
+        a.ok(&["stop", "sb"]);
+        a.ok(&["push", "sb"]);
+
+        // Another home pulls it lazily: the memory layers stay in the bucket.
+        let mut b = CairnHome::new();
+        b.env = s3.env.clone();
+        b.env
+            .push(("CAIRN_STORE_LAZY_BACKGROUND".into(), "0".into()));
+        let pull: serde_json::Value =
+            serde_json::from_str(&b.ok(&["pull", "sb", "--lazy", "--json"])).unwrap();
+        eprintln!("lazy pull: {pull}");
+        let dir = b.home.path().join("sandboxes/sb");
+        assert!(dir.join("lazy.json").is_file());
+        let push = b.run(&["push", "sb"]);
+        assert!(!push.status.success(), "a lazy sandbox is not pushed");
+
+        let t0 = std::time::Instant::now();
+        b.restore_like(&["start", "sb"], &["start", "sb"]);
+        assert_eq!(b.sh("sb", "cat /root/f"), "lazy\n");
+        let first_exec = t0.elapsed().as_secs_f64();
+        let s = stats(&b, "sb");
+        eprintln!("served start: first exec after {first_exec:.2} s; page server: {s}");
+        let (lazy, fetched) = (
+            s["lazy_bytes"].as_u64().unwrap(),
+            s["fetch"]["fault_bytes_fetched"].as_u64().unwrap(),
+        );
+        assert!(s["faults"].as_u64().unwrap() > 0, "{s}");
+        assert!(fetched > 0 && fetched < lazy, "{s}");
+        b.ok(&["stop", "sb"]);
+        // Without its background fetch the sandbox stays lazy; its next start is served too.
+        assert!(dir.join("lazy.json").is_file());
+
+        // The bucket's memory chunks damaged: a third home's start fails, naming them.
+        let Some(data) = s3.data.clone() else {
+            return;
+        };
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(data.join("t/sandboxes/sb/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let mut damaged = Vec::new();
+        for f in m["files"].as_array().unwrap() {
+            if !f["path"].as_str().unwrap().ends_with("/mem.layer") {
+                continue;
+            }
+            damaged.push(format!("checkpoint {} (mem.layer)", f["checkpoint"]));
+            for c in f["chunks"].as_array().unwrap() {
+                let id = c["id"].as_str().unwrap();
+                let object = data.join(format!("t/chunks/{}/{id}", &id[..2]));
+                std::fs::write(&object, vec![0x55u8; c["len"].as_u64().unwrap() as usize]).unwrap();
+            }
+        }
+        b.ok(&["rm", "sb"]);
+        let mut c = CairnHome::new();
+        c.env = s3.env.clone();
+        c.ok(&["pull", "sb", "--lazy"]);
+        let out = c.run(&["start", "sb"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("sandbox \"sb\"")
+                && damaged.iter().any(|d| err.contains(d.as_str()))
+                && err.contains("does not match its hash"),
+            "{err}"
+        );
+    });
+}
