@@ -10,7 +10,7 @@
 use crate::lock::FileLock;
 use crate::sandbox::{self, Home, SandboxError};
 use cairn_agent::client::{AttachedSession, Client, ClientError};
-use cairn_agent::proto::{ExecRequest, SessionInfo, SessionStatus, AGENT_PORT};
+use cairn_agent::proto::{ExecRequest, SessionInfo, SessionStatus};
 use serde::{Deserialize, Serialize};
 
 /// A session as the CLI (`--json`) and the API show it.
@@ -96,7 +96,7 @@ fn with_agent<T>(
     let (r, active, woken) = sandbox::enter(home, name)?;
     let mut client = match woken {
         Some(c) => c,
-        None => Client::connect_uds(&r.vsock_sock, AGENT_PORT)?,
+        None => crate::serve::agent_gate::connect(&r.vsock_sock)?,
     };
     let out = f(&mut client).map_err(explain);
     let _ = sandbox::touch(home, name);
