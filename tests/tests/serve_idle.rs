@@ -174,15 +174,18 @@ fn serve_owns_idle_sleep_and_the_cli_goes_through_it() {
                 .map(|l| l.split_whitespace().take(7).map(str::to_string).collect())
                 .collect()
         };
+        // (`h.row` is `cairn ls --json`: it goes through the daemon too.)
+        let lists = requests("GET /v1/sandboxes ");
         let ls = h.ok(&["ls"]);
-        assert_eq!(requests("GET /v1/sandboxes "), 1, "{}", serve.log_text());
+        assert_eq!(requests("GET /v1/sandboxes "), lists + 1);
         assert_eq!(cols(&ls), cols(&here(&["ls"])));
         assert!(ls.contains("sb ") && ls.contains(" running "), "{ls}");
+        let lists = requests("GET /v1/sandboxes ");
         let json: serde_json::Value = serde_json::from_str(&h.ok(&["ls", "--json"])).unwrap();
+        assert_eq!(requests("GET /v1/sandboxes "), lists + 1);
         let json_here: serde_json::Value = serde_json::from_str(&here(&["ls", "--json"])).unwrap();
         assert_eq!(json[0]["pid"], json_here[0]["pid"]);
         assert_eq!(json[0]["head_checkpoint"], json_here[0]["head_checkpoint"]);
-        assert_eq!(requests("GET /v1/sandboxes "), 2);
 
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("f.txt");
