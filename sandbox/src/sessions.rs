@@ -94,11 +94,15 @@ fn with_agent<T>(
     f: impl FnOnce(&mut Client) -> Result<T, ClientError>,
 ) -> Result<(T, FileLock), SandboxError> {
     let (r, active, woken) = sandbox::enter(home, name)?;
-    let mut client = match woken {
-        Some(c) => c,
-        None => crate::serve::agent_gate::connect(&r.vsock_sock)?,
+    let (mut client, turn) = match woken {
+        Some(c) => (c, None),
+        None => {
+            let (c, t) = crate::serve::agent_gate::connect_in_turn(&r.vsock_sock)?;
+            (c, Some(t))
+        }
     };
     let out = f(&mut client).map_err(explain);
+    drop(turn);
     let _ = sandbox::touch(home, name);
     Ok((out?, active))
 }

@@ -1,11 +1,12 @@
 //! Turns for opening guest-agent connections, per sandbox, first come first served.
 //!
 //! Every API request that reaches a guest opens its own agent connection (vsock `CONNECT`,
-//! hellos). Fifty at once on one sandbox would all wait on one guest agent to accept them,
-//! and on a slow guest most would pass the agent client's connect timeout. Here at most
-//! [`CONNECTS_PER_SANDBOX`] connections are being opened to one sandbox at a time; the others
-//! queue in arrival order, and each one's connect timeout starts when its turn comes. Only the
-//! opening is limited: a connection, once open, runs its exec alongside the others.
+//! hellos) and starts a process or a transfer. Fifty at once on one sandbox would all wait on
+//! one guest to accept them and fork, and on a slow guest most would pass the agent client's
+//! connect timeout. Here at most [`CONNECTS_PER_SANDBOX`] requests to one sandbox are between
+//! "connecting" and "started" (or "transferred") at a time; the others queue in arrival order,
+//! and each one's connect timeout starts when its turn comes. A process, once started, runs
+//! alongside the others and holds no turn, so long-running execs do not block new ones.
 
 use cairn_agent::client::{Client, ClientError};
 use cairn_agent::proto::AGENT_PORT;
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// How many agent connections may be opening to one sandbox at once.
-pub const CONNECTS_PER_SANDBOX: usize = 4;
+pub const CONNECTS_PER_SANDBOX: usize = 2;
 
 /// One sandbox's queue: tickets are handed out in arrival order and admitted in that order.
 #[derive(Debug, Default)]
@@ -75,10 +76,17 @@ pub fn wait_turn(key: &str, limit: usize) -> Turn {
     Turn { gate }
 }
 
-/// Opens a connection to the guest agent behind `vsock` in its turn (see the module doc).
+/// Opens a connection to the guest agent behind `vsock` in its turn (see the module doc);
+/// the turn ends when the connection is open.
 pub fn connect(vsock: &Path) -> Result<Client, ClientError> {
-    let _turn = wait_turn(&vsock.to_string_lossy(), CONNECTS_PER_SANDBOX);
-    Client::connect_uds(vsock, AGENT_PORT)
+    connect_in_turn(vsock).map(|(c, _)| c)
+}
+
+/// [`connect`], the turn handed back: hold it until the process has started (or the transfer
+/// is done).
+pub fn connect_in_turn(vsock: &Path) -> Result<(Client, Turn), ClientError> {
+    let turn = wait_turn(&vsock.to_string_lossy(), CONNECTS_PER_SANDBOX);
+    Ok((Client::connect_uds(vsock, AGENT_PORT)?, turn))
 }
 
 #[cfg(test)]

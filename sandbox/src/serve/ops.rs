@@ -2,6 +2,7 @@
 //! [`crate::sandbox`] and the guest agent: the same functions the CLI runs, plus the shaping
 //! of their answers into the API's types. Async callers run them under `spawn_blocking`.
 
+use super::agent_gate::Turn;
 use crate::registry::{Record, RegistryError};
 use crate::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
 use cairn_agent::client::{Client, ClientError, ExecControl, ExecEvent, ExitStatus};
@@ -222,11 +223,15 @@ pub enum ExecOutput {
 }
 
 /// The agent client for a sandbox: the one a wake connected with, else a new connection,
-/// opened in its turn ([`super::agent_gate`]).
-fn agent(r: &Record, woken: Option<Client>) -> Result<Client, OpsError> {
+/// opened in its turn ([`super::agent_gate`]); the turn is held until the caller lets it go
+/// (once its process has started, or its transfer is done).
+fn agent(r: &Record, woken: Option<Client>) -> Result<(Client, Option<Turn>), OpsError> {
     match woken {
-        Some(c) => Ok(c),
-        None => Ok(super::agent_gate::connect(&r.vsock_sock)?),
+        Some(c) => Ok((c, None)),
+        None => {
+            let (c, t) = super::agent_gate::connect_in_turn(&r.vsock_sock)?;
+            Ok((c, Some(t)))
+        }
     }
 }
 
@@ -245,7 +250,7 @@ pub fn exec_stream(
         return Err(OpsError::BadRequest("empty command".into()));
     }
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, mut turn) = agent(&r, woken)?;
     let req = ExecRequest {
         argv: spec.argv,
         env: spec.env,
@@ -255,6 +260,8 @@ pub fn exec_stream(
     };
     let result = (|| {
         let mut running = client.spawn(&req)?;
+        // Started: the next request to this sandbox may connect.
+        drop(turn.take());
         let control = running.control();
         on_start(running.control());
         if !sink(ExecOutput::Started { pid: running.pid() }) {
@@ -352,7 +359,7 @@ pub fn check_path(path: &str) -> Result<(), OpsError> {
 pub fn read_file(home: &Home, name: &str, path: &str) -> Result<Vec<u8>, OpsError> {
     check_path(path)?;
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, _turn) = agent(&r, woken)?;
     let tmp = tempfile::tempdir().map_err(io_err("make a temporary directory"))?;
     let dst = tmp.path().join("f");
     client.get(path, &dst)?;
@@ -389,7 +396,7 @@ pub fn write_file(
     std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode & 0o7777))
         .map_err(io_err("set a temporary file's mode"))?;
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, _turn) = agent(&r, woken)?;
     client.put(f.path(), path)?;
     let _ = sandbox::touch(home, name);
     Ok(())
