@@ -7,22 +7,42 @@
 //! "connecting" and "started" (or "transferred") at a time; the others queue in arrival order,
 //! and each one's connect timeout starts when its turn comes. A process, once started, runs
 //! alongside the others and holds no turn, so long-running execs do not block new ones.
+//!
+//! The same holds across sandboxes: at most as many requests as the host has CPUs are
+//! connecting or starting at once, since that work runs on the host's CPUs (the guests'
+//! vCPU threads), and more at once only slows each past its timeout. A turn held longer than
+//! [`HOLD_LIMIT`] (a guest that accepted but does not answer) stops counting, so a stuck guest
+//! cannot hold the others up for longer than that.
 
 use cairn_agent::client::{Client, ClientError};
 use cairn_agent::proto::AGENT_PORT;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How many agent connections may be opening to one sandbox at once.
 pub const CONNECTS_PER_SANDBOX: usize = 2;
+
+/// How long a turn counts against its limit at most.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(10);
 
 /// One sandbox's queue: tickets are handed out in arrival order and admitted in that order.
 #[derive(Debug, Default)]
 struct Queue {
     next_ticket: u64,
     next_turn: u64,
-    in_flight: usize,
+    /// The turns out, by ticket, with when each began.
+    held: HashMap<u64, Instant>,
+}
+
+impl Queue {
+    fn counting(&self) -> usize {
+        self.held
+            .values()
+            .filter(|t| t.elapsed() < HOLD_LIMIT)
+            .count()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,11 +61,12 @@ impl Gate {
 #[derive(Debug)]
 pub struct Turn {
     gate: Arc<Gate>,
+    ticket: u64,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.gate.lock().in_flight -= 1;
+        self.gate.lock().held.remove(&self.ticket);
         self.gate.moved.notify_all();
     }
 }
@@ -65,15 +86,20 @@ pub fn wait_turn(key: &str, limit: usize) -> Turn {
     let mut q = gate.lock();
     let ticket = q.next_ticket;
     q.next_ticket += 1;
-    while q.next_turn != ticket || q.in_flight >= limit.max(1) {
-        q = gate.moved.wait(q).unwrap_or_else(PoisonError::into_inner);
+    while q.next_turn != ticket || q.counting() >= limit.max(1) {
+        // Woken by a turn given back, or soon after, for turns that stop counting.
+        q = gate
+            .moved
+            .wait_timeout(q, Duration::from_millis(200))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
     q.next_turn += 1;
-    q.in_flight += 1;
+    q.held.insert(ticket, Instant::now());
     drop(q);
     // The next in line may be able to go too.
     gate.moved.notify_all();
-    Turn { gate }
+    Turn { gate, ticket }
 }
 
 /// Opens a connection to the guest agent behind `vsock` in its turn (see the module doc);
@@ -82,11 +108,26 @@ pub fn connect(vsock: &Path) -> Result<Client, ClientError> {
     connect_in_turn(vsock).map(|(c, _)| c)
 }
 
-/// [`connect`], the turn handed back: hold it until the process has started (or the transfer
-/// is done).
-pub fn connect_in_turn(vsock: &Path) -> Result<(Client, Turn), ClientError> {
-    let turn = wait_turn(&vsock.to_string_lossy(), CONNECTS_PER_SANDBOX);
-    Ok((Client::connect_uds(vsock, AGENT_PORT)?, turn))
+/// [`connect`], the turns handed back: hold them until the process has started (or the
+/// transfer is done).
+pub fn connect_in_turn(vsock: &Path) -> Result<(Client, Turns), ClientError> {
+    // Always the sandbox's turn first, then the host's: no one waits for the first holding
+    // the second.
+    let sandbox = wait_turn(&vsock.to_string_lossy(), CONNECTS_PER_SANDBOX);
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let host = wait_turn("", cpus.max(2));
+    let turns = Turns {
+        _host: host,
+        _sandbox: sandbox,
+    };
+    Ok((Client::connect_uds(vsock, AGENT_PORT)?, turns))
+}
+
+/// A request's turns: its sandbox's and the host's (the host's given back first).
+#[derive(Debug)]
+pub struct Turns {
+    _host: Turn,
+    _sandbox: Turn,
 }
 
 #[cfg(test)]
@@ -118,6 +159,16 @@ mod tests {
         }
         // Another key is not held up by this one.
         drop(wait_turn("another key", 1));
+        // A turn held past the limit stops counting.
+        {
+            let stale = wait_turn("stale", 1);
+            stale
+                .gate
+                .lock()
+                .held
+                .insert(stale.ticket, Instant::now() - HOLD_LIMIT);
+            drop(wait_turn("stale", 1));
+        }
         assert!(order.lock().unwrap().is_empty(), "both turns are out");
         drop((first, second));
         for t in threads {

@@ -2,7 +2,7 @@
 //! [`crate::sandbox`] and the guest agent: the same functions the CLI runs, plus the shaping
 //! of their answers into the API's types. Async callers run them under `spawn_blocking`.
 
-use super::agent_gate::Turn;
+use super::agent_gate::Turns;
 use crate::registry::{Record, RegistryError};
 use crate::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
 use cairn_agent::client::{Client, ClientError, ExecControl, ExecEvent, ExitStatus};
@@ -225,7 +225,7 @@ pub enum ExecOutput {
 /// The agent client for a sandbox: the one a wake connected with, else a new connection,
 /// opened in its turn ([`super::agent_gate`]); the turn is held until the caller lets it go
 /// (once its process has started, or its transfer is done).
-fn agent(r: &Record, woken: Option<Client>) -> Result<(Client, Option<Turn>), OpsError> {
+fn agent(r: &Record, woken: Option<Client>) -> Result<(Client, Option<Turns>), OpsError> {
     match woken {
         Some(c) => Ok((c, None)),
         None => {
