@@ -9,7 +9,7 @@ On this project's emulated-KVM hosts a guest process now and then dies at start 
 or the agent connection drops; see docs/guest.md): `run` retries those, as the Rust
 end-to-end tests do, and (unless `timeouts=False`) a timeout too. A real failure fails every
 try. The 50-concurrent-execs test does not retry timeouts: the server queues agent connects
-per sandbox, so none may time out.
+(per sandbox and host-wide), so none may time out.
 """
 
 from __future__ import annotations
