@@ -1,10 +1,12 @@
-//! `cairn-bench api`: what `cairn serve` adds to an exec. The same command (`true`) is run
-//! alternately straight through the guest agent (the floor: vsock connect, hellos, spawn,
-//! exit) and through `POST /v1/sandboxes/NAME/exec` on the server's Unix socket, so both see
-//! the same guest and host load; the added latency is the difference (median and p95 of the
-//! paired differences, and of the two series). `GET /v1/sandboxes/NAME` gives the server's own
-//! path without the guest (HTTP, auth, the blocking pool, a registry read). Then 50 execs at
-//! once through the API, spread over 4 sandboxes, each checked for its own output.
+//! `cairn-bench api`: what `cairn serve` adds. Each operation runs, per run, once through the
+//! library the CLI calls (`cairn_sandbox::serve::ops`, in this process: the same code the
+//! server runs, without HTTP) and once through the API on the server's Unix socket, in
+//! alternating order, so both see the same guest and host load; the added latency is the
+//! paired difference (median and p95). Operations: exec `true` (also straight through the guest
+//! agent: the floor of vsock connect, hellos, spawn, exit), `GET /v1/sandboxes/NAME` (no guest:
+//! HTTP, auth, the blocking pool, a registry read) and a files read of a small guest file.
+//! Then 50 execs at once through the API, spread over 4 sandboxes, each checked for its own
+//! output.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use cairn_agent::client::Client;
 use cairn_agent::proto::{ExecRequest, AGENT_PORT};
+use cairn_sandbox::sandbox::Home;
+use cairn_sandbox::serve::ops;
 use cairn_tests::sandbox::CairnHome;
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +140,69 @@ fn agent_exec(vsock: &Path) -> Result<Duration, String> {
     Ok(took)
 }
 
+/// Times one library call.
+fn lib<T, E: std::error::Error + 'static>(
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<(Duration, T), String> {
+    let t = Instant::now();
+    let v = f().map_err(|e| cairn_agent::error_text(&e))?;
+    Ok((t.elapsed(), v))
+}
+
+/// One exec of `true` through the library (`ops::exec_collect`, as the server runs it).
+fn lib_true(home: &Home, name: &str) -> Result<Duration, String> {
+    let spec = ops::ExecSpec {
+        argv: vec!["true".into()],
+        ..Default::default()
+    };
+    let (took, r) = lib(|| ops::exec_collect(home, name, spec))?;
+    if r.exit_code != 0 {
+        return Err(format!("true exited {} through the library", r.exit_code));
+    }
+    Ok(took)
+}
+
+/// Runs `a` and `b` in the order `flip` picks; their times in ms, as (a, b).
+fn pair(
+    flip: bool,
+    mut a: impl FnMut() -> Result<Duration, String>,
+    mut b: impl FnMut() -> Result<Duration, String>,
+) -> Result<(f64, f64), String> {
+    if flip {
+        let y = b()?;
+        Ok((ms(a()?), ms(y)))
+    } else {
+        let x = a()?;
+        Ok((ms(x), ms(b()?)))
+    }
+}
+
+/// Library and API series of one operation: both, and their paired difference.
+#[derive(Default)]
+struct Paired {
+    lib: Vec<f64>,
+    api: Vec<f64>,
+}
+
+impl Paired {
+    fn push(&mut self, (l, a): (f64, f64)) {
+        self.lib.push(l);
+        self.api.push(a);
+    }
+
+    fn figures(self, what: &str) -> Vec<Figure> {
+        let diff: Vec<f64> = self.api.iter().zip(&self.lib).map(|(a, l)| a - l).collect();
+        let mut v = Vec::new();
+        v.extend(with_p95(&format!("{what}: library"), self.lib));
+        v.extend(with_p95(&format!("{what}: API"), self.api));
+        v.extend(with_p95(
+            &format!("{what}: API added latency (paired api - library)"),
+            diff,
+        ));
+        v
+    }
+}
+
 /// The 95th percentile (nearest rank) of `v`.
 fn p95(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -220,21 +287,58 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Each sandbox knows its name; each exec prints its number and the name it ran in.
+    for n in &names {
+        let cmd = format!("echo {n} > /root/me");
+        let (_, r) = api_exec(
+            &sock,
+            n,
+            &ExecBody {
+                argv: None,
+                command: Some(&cmd),
+            },
+        )?;
+        if r.exit_code != 0 {
+            return Err(format!("{n}: writing /root/me exited {}", r.exit_code));
+        }
+    }
+    let home = Home::at(h.home.path()).map_err(|e| cairn_agent::error_text(&e))?;
     let a = &names[0];
     let vsock = h.dir(a).join("vsock.sock");
-    // Warm both paths once.
+    // Warm every path once.
     retried(|| agent_exec(&vsock))?;
     retried(|| api_true(&sock, a))?;
+    retried(|| lib_true(&home, a))?;
     let runs = opts.runs.max(5);
-    let (mut direct, mut api, mut diff, mut floor) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..runs {
-        let d = ms(retried(|| agent_exec(&vsock))?);
-        let x = ms(retried(|| api_true(&sock, a))?);
+    let (mut direct, mut api, mut diff) = (vec![], vec![], vec![]);
+    let (mut exec, mut get, mut read) = (Paired::default(), Paired::default(), Paired::default());
+    let get_uri = format!("/v1/sandboxes/{a}");
+    let read_uri = format!("/v1/sandboxes/{a}/files?path=/root/me");
+    for run in 0..runs {
+        let flip = run % 2 == 1;
+        let (d, x) = pair(
+            flip,
+            || retried(|| agent_exec(&vsock)),
+            || retried(|| api_true(&sock, a)),
+        )?;
         direct.push(d);
         api.push(x);
         diff.push(x - d);
-        let (t, _) = api_call(&sock, "GET", &format!("/v1/sandboxes/{a}"), "")?;
-        floor.push(ms(t));
+        exec.push(pair(
+            flip,
+            || retried(|| lib_true(&home, a)),
+            || retried(|| api_true(&sock, a)),
+        )?);
+        get.push(pair(
+            flip,
+            || lib(|| ops::get(&home, a)).map(|(t, _)| t),
+            || api_call(&sock, "GET", &get_uri, "").map(|(t, _)| t),
+        )?);
+        read.push(pair(
+            flip,
+            || lib(|| ops::read_file(&home, a, "/root/me")).map(|(t, _)| t),
+            || api_call(&sock, "GET", &read_uri, "").map(|(t, _)| t),
+        )?);
     }
     let mut figs = Vec::new();
     figs.extend(with_p95("exec `true` through the agent", direct.clone()));
@@ -254,26 +358,9 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         vec![p95(api) - p95(direct)],
         "ms",
     ));
-    figs.extend(with_p95(
-        "GET /v1/sandboxes/NAME (server path, no guest)",
-        floor,
-    ));
-
-    // Each sandbox knows its name; each exec prints its number and the name it ran in.
-    for n in &names {
-        let cmd = format!("echo {n} > /root/me");
-        let (_, r) = api_exec(
-            &sock,
-            n,
-            &ExecBody {
-                argv: None,
-                command: Some(&cmd),
-            },
-        )?;
-        if r.exit_code != 0 {
-            return Err(format!("{n}: writing /root/me exited {}", r.exit_code));
-        }
-    }
+    figs.extend(exec.figures("exec `true`"));
+    figs.extend(get.figures("GET /v1/sandboxes/NAME (no guest)"));
+    figs.extend(read.figures("files read /root/me"));
     let t = Instant::now();
     let handles: Vec<_> = (0..CONCURRENT)
         .map(|i| {

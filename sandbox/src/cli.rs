@@ -4,7 +4,7 @@ use crate::agent_cmd::{self, AgentArgs, ExecArgs};
 use cairn_agent::client::Client;
 use cairn_agent::proto::AGENT_PORT;
 use cairn_sandbox::registry::Record;
-use cairn_sandbox::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
+use cairn_sandbox::sandbox::{self, CreateOptions, Home, SandboxError};
 use clap::{CommandFactory, Parser, Subcommand};
 use std::io;
 use std::path::PathBuf;
@@ -432,21 +432,8 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
             json,
         } => {
             let f = cairn_sandbox::fork::fork(home, &name, &ckpt, &new, !no_start)?;
-            if json {
-                return print_row(home, &new);
-            }
-            println!(
-                "{new}: forked from {name} at {ckpt} in {:.2} s ({} checkpoints, {} files shared, {:.1} MiB copied){}",
-                f.fork_time.as_secs_f64(),
-                f.report.checkpoints.len(),
-                f.report.files_linked,
-                f.report.bytes_copied as f64 / (1024.0 * 1024.0),
-                match f.start_time {
-                    Some(t) => format!(", started in {:.2} s", t.as_secs_f64()),
-                    None => ", stopped".to_string(),
-                }
-            );
-            Ok(0)
+            let figures = cairn_sandbox::serve::ops::ForkFigures::of(&f);
+            print_forked(home, &name, &ckpt, &new, &figures, json)
         }
         Command::Rm { name, json } => {
             sandbox::remove(home, &name)?;
@@ -659,6 +646,32 @@ fn json_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// What `fork` prints (here or through the daemon).
+fn print_forked(
+    home: &Home,
+    name: &str,
+    ckpt: &str,
+    new: &str,
+    f: &cairn_sandbox::serve::ops::ForkFigures,
+    json: bool,
+) -> Result<u8, CliError> {
+    if json {
+        return print_row(home, new);
+    }
+    println!(
+        "{new}: forked from {name} at {ckpt} in {:.2} s ({} checkpoints, {} files shared, {:.1} MiB copied){}",
+        f.fork_ms / 1e3,
+        f.checkpoints,
+        f.files_shared,
+        f.bytes_copied as f64 / (1024.0 * 1024.0),
+        match f.start_ms {
+            Some(t) => format!(", started in {:.2} s", t / 1e3),
+            None => ", stopped".to_string(),
+        }
+    );
+    Ok(0)
+}
+
 /// `--json` on create, fork, start and stop: the sandbox's row as `ls --json` prints it.
 fn print_row(home: &Home, name: &str) -> Result<u8, CliError> {
     let r = home.registry()?.get(name)?;
@@ -667,34 +680,33 @@ fn print_row(home: &Home, name: &str) -> Result<u8, CliError> {
 }
 
 fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
-    let mut reg = home.registry()?;
-    let mut rows: Vec<Record> = reg.list()?;
-    for r in &mut rows {
-        if let Some(h) = cairn_sandbox::reconcile::follow_store(&mut reg, r, &home.paths(&r.name))?
-        {
-            r.head_checkpoint = Some(h);
-        }
-    }
+    let rows: Vec<Record> = cairn_sandbox::serve::ops::list_records(home)?;
     if json {
         let v: Vec<_> = rows.iter().map(sandbox::ls_json).collect();
         println!("{}", serde_json::Value::Array(v));
         return Ok(0);
     }
+    let rows: Vec<_> = rows
+        .iter()
+        .map(cairn_sandbox::serve::ops::SandboxInfo::of)
+        .collect();
+    print_ls(&rows);
+    Ok(0)
+}
+
+/// What `ls` prints (here or through the daemon).
+fn print_ls(rows: &[cairn_sandbox::serve::ops::SandboxInfo]) {
     println!(
         "{:<20} {:<9} {:>8} {:>4} {:>7} {:>6} {:<24} {:>8}",
         "NAME", "STATE", "PID", "CPUS", "MEM", "DISK", "HEAD", "IDLE"
     );
     let now = cairn_sandbox::registry::now();
-    for r in &rows {
-        let live = sandbox::liveness(r);
-        let pid = match (live, r.pid) {
-            (Liveness::Running | Liveness::Creating, Some(p)) => p.to_string(),
-            _ => "-".into(),
-        };
+    for r in rows {
+        let pid = r.pid.map_or("-".to_string(), |p| p.to_string());
         println!(
             "{:<20} {:<9} {:>8} {:>4} {:>6}M {:>5}G {:<24} {:>7}s",
             r.name,
-            live.as_str(),
+            r.state,
             pid,
             r.cpus,
             r.mem_mib,
@@ -703,7 +715,6 @@ fn ls(home: &Home, json: bool) -> Result<u8, CliError> {
             now.saturating_sub(r.last_activity),
         );
     }
-    Ok(0)
 }
 
 fn doctor(home: &Home, json: bool, dry_run: bool) -> Result<u8, CliError> {

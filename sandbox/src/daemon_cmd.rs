@@ -1,20 +1,24 @@
-//! `cairn` when `cairn serve` runs on its home: the commands the API covers (exec without
+//! `cairn` when `cairn serve` runs on its home: the commands the API covers (ls; exec without
 //! stdin, tty or timeout; create without --no-jail, --no-network, --cold, --image or
-//! --boot-timeout; start; stop; rm; checkpoint create, list, restore, rm; policy set
-//! and show) go to the daemon, so sandbox state has one owner, and print what they print
-//! without it. The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs
-//! here. See docs/api.md.
+//! --boot-timeout; start; stop; rm; fork; cp of one regular file (up to 64 MiB); checkpoint
+//! create, list, restore, rm; policy set and show; sessions ls, kill and attach without -i)
+//! go to the daemon, so sandbox state has one owner, and print what they print without it.
+//! The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs here. See
+//! docs/api.md.
 
 use super::{
-    print_checkpoint, print_checkpoints, print_created, print_row, print_started, CheckpointCmd,
-    CliError, Command,
+    parse_cp_arg, print_checkpoint, print_checkpoints, print_created, print_forked, print_ls,
+    print_row, print_started, CheckpointCmd, CliError, Command, CpArg,
 };
 use crate::net_cmd::{self, PolicyCmd};
+use crate::sessions_cmd::{self, SessionsCmd};
 use cairn_sandbox::net::policy_ops::PolicyChange;
 use cairn_sandbox::sandbox::{CreateOptions, Home};
 use cairn_sandbox::serve::client::{Daemon, DaemonError};
-use cairn_sandbox::serve::ops::CreateRequest;
+use cairn_sandbox::serve::ops::{CreateRequest, MAX_READ};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Instant;
 
 impl From<DaemonError> for CliError {
@@ -102,6 +106,31 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
             0
         })),
         Command::Checkpoint(c) => Some(checkpoint(d, home, c)),
+        Command::Ls { json } => Some(d.list().map_err(CliError::from).and_then(|list| {
+            if *json {
+                // The rows as the daemon left them (store heads followed), in `ls --json`'s
+                // shape, which has host details the API does not carry.
+                let rows = home.registry()?.list()?;
+                let v: Vec<_> = rows.iter().map(cairn_sandbox::sandbox::ls_json).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                print_ls(&list);
+            }
+            Ok(0)
+        })),
+        Command::Fork {
+            name,
+            ckpt,
+            new,
+            no_start,
+            json,
+        } => Some(
+            d.fork(name, ckpt, new, !no_start)
+                .map_err(CliError::from)
+                .and_then(|f| print_forked(home, name, ckpt, new, &f.fork, *json)),
+        ),
+        Command::Cp { src, dst } => cp(d, src, dst),
+        Command::Sessions(c) => sessions(d, c),
         Command::Policy(PolicyCmd::Set {
             name,
             preset,
@@ -154,4 +183,100 @@ fn checkpoint(d: &Daemon, home: &Home, c: &CheckpointCmd) -> Result<u8, CliError
         }
     }
     Ok(0)
+}
+
+/// `cp` of one regular file through the files routes; `None` (run here) for a directory, a
+/// file larger than the API takes whole, or arguments `cp` itself refuses.
+fn cp(d: &Daemon, src: &str, dst: &str) -> Option<Result<u8, CliError>> {
+    let start = Instant::now();
+    let stats = |bytes: u64| cairn_agent::tree::TransferStats {
+        files: 1,
+        bytes,
+        ..Default::default()
+    };
+    match (parse_cp_arg(src), parse_cp_arg(dst)) {
+        (CpArg::Local(local), CpArg::Remote(name, remote)) => {
+            let meta = std::fs::metadata(&local).ok()?;
+            if !meta.is_file() || meta.len() > MAX_READ {
+                return None;
+            }
+            let put = std::fs::read(&local)
+                .map_err(CliError::from)
+                .and_then(|data| {
+                    let n = data.len() as u64;
+                    d.write_file(&name, &remote, data, meta.permissions().mode())?;
+                    Ok(n)
+                });
+            Some(put.map(|n| {
+                crate::agent_cmd::report("put", &stats(n), start);
+                0
+            }))
+        }
+        (CpArg::Remote(name, remote), CpArg::Local(local)) => {
+            let info = match d.stat(&name, &remote) {
+                Ok(i) => i,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if info.kind != "file" || info.size > MAX_READ {
+                return None;
+            }
+            // Into an existing directory, as cp does; without privilege bits, as cp does.
+            let target = match Path::new(&remote).file_name() {
+                Some(base) if local.is_dir() => local.join(base),
+                _ => local,
+            };
+            let mode = u32::from_str_radix(&info.mode, 8).unwrap_or(0o644) & 0o777;
+            let got = d
+                .read_file(&name, &remote)
+                .map_err(CliError::from)
+                .and_then(|data| {
+                    std::fs::write(&target, &data)?;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                    Ok(data.len() as u64)
+                });
+            Some(got.map(|n| {
+                crate::agent_cmd::report("get", &stats(n), start);
+                0
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// `sessions ls|kill|attach` (attach without `-i`: typing into a session stays here).
+fn sessions(d: &Daemon, c: &SessionsCmd) -> Option<Result<u8, CliError>> {
+    match c {
+        SessionsCmd::Ls { name, json } => Some(
+            d.sessions(name)
+                .map_err(CliError::from)
+                .and_then(|list| sessions_cmd::print_list(&list, *json)),
+        ),
+        SessionsCmd::Kill { name, id } => {
+            Some(d.session_kill(name, *id).map_err(CliError::from).map(|()| {
+                println!("{name}: session {id} killed");
+                0
+            }))
+        }
+        SessionsCmd::Attach {
+            name,
+            id,
+            interactive: false,
+            no_follow,
+        } => {
+            let (mut out, mut err) = (io::stdout(), io::stderr());
+            let code = d.session_attach(
+                name,
+                *id,
+                !no_follow,
+                &mut sessions_cmd::print_dropped,
+                &mut out,
+                &mut err,
+            );
+            Some(
+                code.map(|c| c.map_or(0, |c| u8::try_from(c & 0xff).unwrap_or(u8::MAX)))
+                    .map_err(CliError::from),
+            )
+        }
+        SessionsCmd::Attach { .. } => None,
+    }
 }

@@ -10,7 +10,7 @@
 use crate::lock::FileLock;
 use crate::sandbox::{self, Home, SandboxError};
 use cairn_agent::client::{AttachedSession, Client, ClientError};
-use cairn_agent::proto::{ExecRequest, SessionInfo, SessionStatus, AGENT_PORT};
+use cairn_agent::proto::{ExecRequest, SessionInfo, SessionStatus};
 use serde::{Deserialize, Serialize};
 
 /// A session as the CLI (`--json`) and the API show it.
@@ -94,11 +94,15 @@ fn with_agent<T>(
     f: impl FnOnce(&mut Client) -> Result<T, ClientError>,
 ) -> Result<(T, FileLock), SandboxError> {
     let (r, active, woken) = sandbox::enter(home, name)?;
-    let mut client = match woken {
-        Some(c) => c,
-        None => Client::connect_uds(&r.vsock_sock, AGENT_PORT)?,
+    let (mut client, turn) = match woken {
+        Some(c) => (c, None),
+        None => {
+            let (c, t) = crate::serve::agent_gate::connect_in_turn(&r.vsock_sock)?;
+            (c, Some(t))
+        }
     };
     let out = f(&mut client).map_err(explain);
+    drop(turn);
     let _ = sandbox::touch(home, name);
     Ok((out?, active))
 }

@@ -63,35 +63,7 @@ pub fn start(home: &Home, name: &str, args: ExecArgs) -> Result<u8, CliError> {
 /// Runs a `cairn sessions` subcommand.
 pub fn run(home: &Home, cmd: SessionsCmd) -> Result<u8, CliError> {
     match cmd {
-        SessionsCmd::Ls { name, json } => {
-            let list = sessions::list(home, &name)?;
-            if json {
-                let v = serde_json::to_value(&list).map_err(io::Error::other)?;
-                println!("{v}");
-                return Ok(0);
-            }
-            println!(
-                "{:>4} {:>7} {:<10} {:>10} {:>4} COMMAND",
-                "ID", "PID", "STATE", "OUTPUT", "ATT"
-            );
-            for s in &list {
-                let state = match (s.state.as_str(), s.exit_code) {
-                    ("running", _) => "running".to_string(),
-                    (st, Some(c)) => format!("{st} {c}"),
-                    (st, None) => st.to_string(),
-                };
-                println!(
-                    "{:>4} {:>7} {:<10} {:>10} {:>4} {}",
-                    s.id,
-                    s.pid,
-                    state,
-                    s.output_bytes,
-                    s.attached,
-                    s.argv.join(" ")
-                );
-            }
-            Ok(0)
-        }
+        SessionsCmd::Ls { name, json } => print_list(&sessions::list(home, &name)?, json),
         SessionsCmd::Attach {
             name,
             id,
@@ -106,6 +78,46 @@ pub fn run(home: &Home, cmd: SessionsCmd) -> Result<u8, CliError> {
     }
 }
 
+/// What `sessions ls` prints (here or through the daemon).
+pub fn print_list(list: &[sessions::SessionView], json: bool) -> Result<u8, CliError> {
+    if json {
+        let v = serde_json::to_value(list).map_err(io::Error::other)?;
+        println!("{v}");
+        return Ok(0);
+    }
+    {
+        println!(
+            "{:>4} {:>7} {:<10} {:>10} {:>4} COMMAND",
+            "ID", "PID", "STATE", "OUTPUT", "ATT"
+        );
+        for s in list {
+            let state = match (s.state.as_str(), s.exit_code) {
+                ("running", _) => "running".to_string(),
+                (st, Some(c)) => format!("{st} {c}"),
+                (st, None) => st.to_string(),
+            };
+            println!(
+                "{:>4} {:>7} {:<10} {:>10} {:>4} {}",
+                s.id,
+                s.pid,
+                state,
+                s.output_bytes,
+                s.attached,
+                s.argv.join(" ")
+            );
+        }
+        Ok(0)
+    }
+}
+
+/// The note `sessions attach` prints when older output was dropped (here or through the
+/// daemon).
+pub fn print_dropped(bytes: u64) {
+    if bytes > 0 {
+        eprintln!("[{bytes} older bytes of output were dropped from the buffer]");
+    }
+}
+
 fn attach(
     home: &Home,
     name: &str,
@@ -114,12 +126,7 @@ fn attach(
     no_follow: bool,
 ) -> Result<u8, CliError> {
     let (mut a, _active) = sessions::attach(home, name, id)?;
-    if a.dropped() > 0 {
-        eprintln!(
-            "[{} older bytes of output were dropped from the buffer]",
-            a.dropped()
-        );
-    }
+    print_dropped(a.dropped());
     let (mut out, mut err) = (io::stdout(), io::stderr());
     let mut write = |ev: ExecEvent| -> io::Result<Option<u8>> {
         match ev {

@@ -1,8 +1,8 @@
 //! Idle sleep with `cairn serve` running, end to end on the Linux guest: the daemon takes idle
 //! sleep over from a sandbox's `cairn __idle-watch` process (which ends), stops the sandbox
 //! itself once it idles, and an exec through the API wakes it. The CLI's exec, checkpoint,
-//! stop and policy go through the daemon (its access log shows them) and print and exit as
-//! they do without it. A clean stop of the daemon hands the sandbox back to a watcher, which
+//! stop, policy, ls, cp, fork and sessions go through the daemon (its access log shows them)
+//! and print and exit as they do without it. A clean stop of the daemon hands the sandbox back to a watcher, which
 //! stops it again. Needs `cargo build --workspace --bins` and the static agent
 //! (`CAIRN_AGENT_BIN`, else built here).
 
@@ -157,6 +157,92 @@ fn serve_owns_idle_sleep_and_the_cli_goes_through_it() {
         let started = h.ok(&["start", "sb"]);
         assert_eq!(started, "sb: running\n");
         assert_eq!(requests("POST /v1/sandboxes/sb/start "), 1);
+
+        // ls, cp, fork and sessions go through the daemon too, and print what they print here.
+        let here = |args: &[&str]| {
+            let out = h
+                .command(args)
+                .env("CAIRN_NO_DAEMON", "1")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let cols = |t: &str| -> Vec<Vec<String>> {
+            // The IDLE column may tick between two calls.
+            t.lines()
+                .map(|l| l.split_whitespace().take(7).map(str::to_string).collect())
+                .collect()
+        };
+        // (`h.row` is `cairn ls --json`: it goes through the daemon too.)
+        let lists = requests("GET /v1/sandboxes ");
+        let ls = h.ok(&["ls"]);
+        assert_eq!(requests("GET /v1/sandboxes "), lists + 1);
+        assert_eq!(cols(&ls), cols(&here(&["ls"])));
+        assert!(ls.contains("sb ") && ls.contains(" running "), "{ls}");
+        let lists = requests("GET /v1/sandboxes ");
+        let json: serde_json::Value = serde_json::from_str(&h.ok(&["ls", "--json"])).unwrap();
+        assert_eq!(requests("GET /v1/sandboxes "), lists + 1);
+        let json_here: serde_json::Value = serde_json::from_str(&here(&["ls", "--json"])).unwrap();
+        assert_eq!(json[0]["pid"], json_here[0]["pid"]);
+        assert_eq!(json[0]["head_checkpoint"], json_here[0]["head_checkpoint"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("f.txt");
+        std::fs::write(&local, "through the daemon\n").unwrap();
+        let put = h.run(&["cp", local.to_str().unwrap(), "sb:/root/f.txt"]);
+        assert!(put.status.success(), "{put:?}");
+        assert!(
+            String::from_utf8_lossy(&put.stderr)
+                .starts_with("put: 1 files, 0 directories, 19 bytes"),
+            "{put:?}"
+        );
+        assert_eq!(requests("PUT /v1/sandboxes/sb/files "), 1);
+        let back = dir.path().join("back.txt");
+        h.ok(&["cp", "sb:/root/f.txt", back.to_str().unwrap()]);
+        assert_eq!(requests("GET /v1/sandboxes/sb/files/stat "), 1);
+        assert_eq!(requests("GET /v1/sandboxes/sb/files "), 1);
+        assert_eq!(
+            std::fs::read_to_string(&back).unwrap(),
+            "through the daemon\n"
+        );
+        // Into a directory, as cp does.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        h.ok(&["cp", "sb:/root/f.txt", sub.to_str().unwrap()]);
+        assert_eq!(
+            std::fs::read_to_string(sub.join("f.txt")).unwrap(),
+            "through the daemon\n"
+        );
+
+        let id = h.ok(&["exec", "-d", "sb", "--", "sh", "-c", "echo kept; sleep 300"]);
+        let id = id.trim();
+        wait_until(60, "the session's output", || {
+            h.ok(&["sessions", "attach", "sb", id, "--no-follow"]) == "kept\n"
+        });
+        let attach = format!("GET /v1/sandboxes/sb/sessions/{id}/attach ");
+        assert!(requests(&attach) >= 1, "{}", serve.log_text());
+        let list = h.ok(&["sessions", "ls", "sb"]);
+        assert_eq!(requests("GET /v1/sandboxes/sb/sessions "), 1);
+        assert_eq!(cols(&list), cols(&here(&["sessions", "ls", "sb"])));
+        assert!(list.contains(" running "), "{list}");
+        assert_eq!(
+            h.ok(&["sessions", "kill", "sb", id]),
+            format!("sb: session {id} killed\n")
+        );
+        assert_eq!(
+            requests(&format!("DELETE /v1/sandboxes/sb/sessions/{id} ")),
+            1
+        );
+
+        let forked = h.ok(&["fork", "sb", "c1", "f1", "--no-start"]);
+        assert_eq!(requests("POST /v1/sandboxes/sb/fork "), 1);
+        assert!(
+            forked.starts_with("f1: forked from sb at c1 in ") && forked.ends_with(", stopped\n"),
+            "{forked}"
+        );
+        assert_eq!(h.row("f1")["state"], "stopped");
+        assert_eq!(h.ok(&["rm", "f1"]), "f1: removed\n");
 
         // A clean stop hands the running sandbox back to a watcher, which stops it in turn.
         let (code, out) = h.exec("sb", &["echo", "again"]);

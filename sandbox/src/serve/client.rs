@@ -3,13 +3,15 @@
 //! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
 
-use super::http::{CheckpointBody, ExecBody, StartBody, StartedBody, Stopped};
-use super::ops::{CreateRequest, SandboxInfo};
+use super::http::{CheckpointBody, ExecBody, ForkBody, StartBody, StartedBody, Stopped};
+use super::ops::{CreateRequest, FileInfo, ForkInfo, SandboxInfo};
+use super::sessions::AttachLine;
 use super::stream::ExecLine;
 use super::SOCKET_FILE;
 use crate::net::policy_ops::{PolicyChange, PolicyView};
 use crate::sandbox::Home;
 use crate::sandbox::Started;
+use crate::sessions::SessionView;
 use base64::Engine;
 use bytes::Bytes;
 use cairn_vmm_api::CheckpointInfo;
@@ -92,6 +94,16 @@ impl Daemon {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, DaemonError> {
+        self.send_as(method, path, body, "application/json").await
+    }
+
+    async fn send_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+    ) -> Result<Response<Incoming>, DaemonError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.transport(format!("connect: {e}")))?;
@@ -104,7 +116,7 @@ impl Daemon {
             .uri(path)
             .header(header::HOST, "cairn");
         if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+            req = req.header(header::CONTENT_TYPE, content_type);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -154,6 +166,135 @@ impl Daemon {
                 .to_bytes();
             let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
             serde_json::from_slice(bytes).map_err(|e| self.transport(format!("its answer: {e}")))
+        })
+    }
+
+    /// The whole answer's body of a request that succeeded.
+    fn bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &'static str,
+    ) -> Result<Bytes, DaemonError> {
+        self.rt.block_on(async {
+            let resp = self.send_as(method, path, body, content_type).await?;
+            Ok(resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.transport(e))?
+                .to_bytes())
+        })
+    }
+
+    /// `GET /v1/sandboxes`: every sandbox (the daemon follows store heads as `cairn ls` does).
+    pub fn list(&self) -> Result<Vec<SandboxInfo>, DaemonError> {
+        self.call::<(), _>(Method::GET, "/v1/sandboxes", None)
+    }
+
+    /// `POST /v1/sandboxes/{name}/fork`: `new_name` from checkpoint `ckpt`, started if `start`.
+    pub fn fork(
+        &self,
+        name: &str,
+        ckpt: &str,
+        new_name: &str,
+        start: bool,
+    ) -> Result<ForkInfo, DaemonError> {
+        let body = ForkBody {
+            checkpoint: ckpt.into(),
+            new_name: new_name.into(),
+            start,
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/fork"),
+            Some(&body),
+        )
+    }
+
+    /// `GET /v1/sandboxes/{name}/files/stat?path=`.
+    pub fn stat(&self, name: &str, path: &str) -> Result<FileInfo, DaemonError> {
+        let uri = format!("/v1/sandboxes/{name}/files/stat?path={}", query(path));
+        self.call::<(), _>(Method::GET, &uri, None)
+    }
+
+    /// `GET /v1/sandboxes/{name}/files?path=`: a guest file whole.
+    pub fn read_file(&self, name: &str, path: &str) -> Result<Bytes, DaemonError> {
+        let uri = format!("/v1/sandboxes/{name}/files?path={}", query(path));
+        self.bytes(Method::GET, &uri, None, "application/json")
+    }
+
+    /// `PUT /v1/sandboxes/{name}/files?path=&mode=`: writes a guest file.
+    pub fn write_file(
+        &self,
+        name: &str,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+    ) -> Result<(), DaemonError> {
+        let uri = format!(
+            "/v1/sandboxes/{name}/files?path={}&mode={:o}",
+            query(path),
+            mode & 0o7777
+        );
+        self.bytes(Method::PUT, &uri, Some(data), "application/octet-stream")
+            .map(|_| ())
+    }
+
+    /// `GET /v1/sandboxes/{name}/sessions`.
+    pub fn sessions(&self, name: &str) -> Result<Vec<SessionView>, DaemonError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/sandboxes/{name}/sessions"), None)
+    }
+
+    /// `DELETE /v1/sandboxes/{name}/sessions/{id}`.
+    pub fn session_kill(&self, name: &str, id: u32) -> Result<(), DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/sessions/{id}");
+        self.call::<(), ()>(Method::DELETE, &path, None)
+    }
+
+    /// `GET /v1/sandboxes/{name}/sessions/{id}/attach?follow=`: the kept output, then (with
+    /// `follow`) the live output, written to `out` and `err` as it comes. `dropped` hears how
+    /// many older bytes were gone first. Returns the session's exit code once it ended, `None`
+    /// when the stream ended with the session still running (`follow` off).
+    pub fn session_attach(
+        &self,
+        name: &str,
+        id: u32,
+        follow: bool,
+        dropped: &mut dyn FnMut(u64),
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<Option<i32>, DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/sessions/{id}/attach?follow={follow}");
+        self.rt.block_on(async {
+            let mut body_in = self.send(Method::GET, &path, None).await?.into_body();
+            let mut buf = Vec::new();
+            while let Some(frame) = body_in.frame().await {
+                let frame = frame.map_err(|e| self.transport(e))?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                buf.extend_from_slice(data);
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<AttachLine>(&line) {
+                        Ok(AttachLine::Attached { dropped: n, .. }) => dropped(n),
+                        Ok(AttachLine::Detached) => return Ok(None),
+                        Err(_) => {
+                            let ev: ExecLine = serde_json::from_slice(&line)
+                                .map_err(|e| self.transport(format!("its answer: {e}")))?;
+                            if let Some(code) = self.exec_line(ev, out, err)? {
+                                return Ok(Some(code));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(self.transport("the attach's answer ended without an exit"))
         })
     }
 
@@ -315,6 +456,19 @@ impl Daemon {
     }
 }
 
+/// `text` for a query string: everything but unreserved characters and `/` percent-encoded.
+fn query(text: &str) -> String {
+    let mut q = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            q.push(char::from(b));
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +548,15 @@ mod tests {
                 ..
             }
         ));
+        not_found(d.fork("nope", "c1", "new", true).unwrap_err());
+        not_found(d.sessions("nope").unwrap_err());
+        not_found(d.stat("nope", "/a b&c").unwrap_err());
+        assert!(matches!(
+            d.stat("nope", "/a/../b").unwrap_err(),
+            DaemonError::Api { status: 400, .. }
+        ));
+        assert!(d.list().unwrap().is_empty());
+        assert_eq!(query("/a b&c=ü"), "/a%20b%26c%3D%C3%BC");
         std::env::set_var("CAIRN_NO_DAEMON", "1");
         assert!(Daemon::find(&home).is_none(), "CAIRN_NO_DAEMON=1");
         std::env::remove_var("CAIRN_NO_DAEMON");

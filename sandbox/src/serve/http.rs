@@ -672,11 +672,18 @@ async fn checkpoint_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ForkBody {
-    checkpoint: String,
-    new_name: String,
+pub(crate) struct ForkBody {
+    pub(crate) checkpoint: String,
+    pub(crate) new_name: String,
+    /// Start the new sandbox (default true; false: its first exec wakes it).
+    #[serde(default = "yes")]
+    pub(crate) start: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn fork(
@@ -684,7 +691,8 @@ async fn fork(
     Path(name): Path<String>,
     JsonBody(b): JsonBody<ForkBody>,
 ) -> Result<Response, ApiError> {
-    let v = blocking(move || ops::fork(&s.home, &name, &b.checkpoint, &b.new_name)).await?;
+    let v = blocking(move || ops::fork_with(&s.home, &name, &b.checkpoint, &b.new_name, b.start))
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 

@@ -8,6 +8,7 @@
 //! without a token is let in; one that carries a wrong token is still refused.
 
 mod access_log;
+pub mod agent_gate;
 mod auth;
 pub mod client;
 mod error;

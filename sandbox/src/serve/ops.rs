@@ -2,10 +2,11 @@
 //! [`crate::sandbox`] and the guest agent: the same functions the CLI runs, plus the shaping
 //! of their answers into the API's types. Async callers run them under `spawn_blocking`.
 
+use super::agent_gate::Turns;
 use crate::registry::{Record, RegistryError};
-use crate::sandbox::{self, CreateOptions, Home, SandboxError};
+use crate::sandbox::{self, CreateOptions, Home, Liveness, SandboxError};
 use cairn_agent::client::{Client, ClientError, ExecControl, ExecEvent, ExitStatus};
-use cairn_agent::proto::{ExecRequest, PtySize, AGENT_PORT};
+use cairn_agent::proto::{ExecRequest, PtySize};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -95,14 +96,21 @@ pub struct SandboxInfo {
     pub head_checkpoint: Option<String>,
     /// Seconds of quiet before the sandbox is checkpointed and stopped; 0 = never.
     pub idle_timeout: u64,
+    /// The VMM's host pid while it is running or creating.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl SandboxInfo {
     /// The API's view of a registry row.
     pub fn of(r: &Record) -> SandboxInfo {
+        let live = sandbox::liveness(r);
         SandboxInfo {
+            pid: r
+                .pid
+                .filter(|_| matches!(live, Liveness::Running | Liveness::Creating)),
             name: r.name.clone(),
-            state: sandbox::liveness(r).as_str().to_string(),
+            state: live.as_str().to_string(),
             cpus: r.cpus,
             mem_mib: r.mem_mib,
             disk_gib: r.disk_gib,
@@ -156,10 +164,22 @@ pub fn create(home: &Home, req: &CreateRequest) -> Result<SandboxInfo, OpsError>
     Ok(SandboxInfo::of(&r))
 }
 
+/// Every sandbox's row, each head moved to its store's where a store pull or push moved it
+/// (`cairn ls`, and the API's list).
+pub fn list_records(home: &Home) -> Result<Vec<Record>, SandboxError> {
+    let mut reg = home.registry()?;
+    let mut rows = reg.list()?;
+    for r in &mut rows {
+        if let Some(h) = crate::reconcile::follow_store(&mut reg, r, &home.paths(&r.name))? {
+            r.head_checkpoint = Some(h);
+        }
+    }
+    Ok(rows)
+}
+
 /// Every sandbox.
 pub fn list(home: &Home) -> Result<Vec<SandboxInfo>, OpsError> {
-    let rows = home.registry()?.list().map_err(SandboxError::from)?;
-    Ok(rows.iter().map(SandboxInfo::of).collect())
+    Ok(list_records(home)?.iter().map(SandboxInfo::of).collect())
 }
 
 /// One sandbox.
@@ -202,11 +222,16 @@ pub enum ExecOutput {
     Exit(ExitStatus),
 }
 
-/// The agent client for a sandbox: the one a wake connected with, else a new connection.
-fn agent(r: &Record, woken: Option<Client>) -> Result<Client, OpsError> {
+/// The agent client for a sandbox: the one a wake connected with, else a new connection,
+/// opened in its turn ([`super::agent_gate`]); the turn is held until the caller lets it go
+/// (once its process has started, or its transfer is done).
+fn agent(r: &Record, woken: Option<Client>) -> Result<(Client, Option<Turns>), OpsError> {
     match woken {
-        Some(c) => Ok(c),
-        None => Ok(Client::connect_uds(&r.vsock_sock, AGENT_PORT)?),
+        Some(c) => Ok((c, None)),
+        None => {
+            let (c, t) = super::agent_gate::connect_in_turn(&r.vsock_sock)?;
+            Ok((c, Some(t)))
+        }
     }
 }
 
@@ -225,7 +250,7 @@ pub fn exec_stream(
         return Err(OpsError::BadRequest("empty command".into()));
     }
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, mut turn) = agent(&r, woken)?;
     let req = ExecRequest {
         argv: spec.argv,
         env: spec.env,
@@ -235,6 +260,8 @@ pub fn exec_stream(
     };
     let result = (|| {
         let mut running = client.spawn(&req)?;
+        // Started: the next request to this sandbox may connect.
+        drop(turn.take());
         let control = running.control();
         on_start(running.control());
         if !sink(ExecOutput::Started { pid: running.pid() }) {
@@ -332,7 +359,7 @@ pub fn check_path(path: &str) -> Result<(), OpsError> {
 pub fn read_file(home: &Home, name: &str, path: &str) -> Result<Vec<u8>, OpsError> {
     check_path(path)?;
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, _turn) = agent(&r, woken)?;
     let tmp = tempfile::tempdir().map_err(io_err("make a temporary directory"))?;
     let dst = tmp.path().join("f");
     client.get(path, &dst)?;
@@ -369,7 +396,7 @@ pub fn write_file(
     std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode & 0o7777))
         .map_err(io_err("set a temporary file's mode"))?;
     let (r, _active, woken) = sandbox::enter(home, name)?;
-    let mut client = agent(&r, woken)?;
+    let (mut client, _turn) = agent(&r, woken)?;
     client.put(f.path(), path)?;
     let _ = sandbox::touch(home, name);
     Ok(())
@@ -563,9 +590,61 @@ fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, OpsError> {
 
 /// Forks sandbox `name` at `ckpt` into `new_name`, started.
 pub fn fork(home: &Home, name: &str, ckpt: &str, new_name: &str) -> Result<SandboxInfo, OpsError> {
+    Ok(fork_with(home, name, ckpt, new_name, true)?.sandbox)
+}
+
+/// A fork's answer: the new sandbox, and what the fork shared and took.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkInfo {
+    /// The new sandbox.
+    #[serde(flatten)]
+    pub sandbox: SandboxInfo,
+    /// The fork's figures.
+    pub fork: ForkFigures,
+}
+
+/// What a fork shared with the original, and how long it took.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForkFigures {
+    /// Making the new sandbox's files (links, config, registry row), ms.
+    pub fork_ms: f64,
+    /// Checkpoints shared.
+    pub checkpoints: u64,
+    /// Files shared (linked, not copied).
+    pub files_shared: u64,
+    /// Bytes copied.
+    pub bytes_copied: u64,
+    /// Starting its VMM, ms; `None` when left stopped.
+    pub start_ms: Option<f64>,
+}
+
+impl ForkFigures {
+    /// A fork's figures.
+    pub fn of(f: &crate::fork::Forked) -> ForkFigures {
+        ForkFigures {
+            fork_ms: f.fork_time.as_secs_f64() * 1e3,
+            checkpoints: f.report.checkpoints.len() as u64,
+            files_shared: f.report.files_linked,
+            bytes_copied: f.report.bytes_copied,
+            start_ms: f.start_time.map(|t| t.as_secs_f64() * 1e3),
+        }
+    }
+}
+
+/// Forks sandbox `name` at `ckpt` into `new_name`, started if `start`.
+pub fn fork_with(
+    home: &Home,
+    name: &str,
+    ckpt: &str,
+    new_name: &str,
+    start: bool,
+) -> Result<ForkInfo, OpsError> {
     check_checkpoint_name(ckpt)?;
-    let f = crate::fork::fork(home, name, ckpt, new_name, true)?;
-    get(home, &f.record.name)
+    let f = crate::fork::fork(home, name, ckpt, new_name, start)?;
+    Ok(ForkInfo {
+        sandbox: get(home, &f.record.name)?,
+        fork: ForkFigures::of(&f),
+    })
 }
 
 /// How long the checkpoint endpoints report progress between beats.

@@ -117,9 +117,9 @@ struct AttachQuery {
 
 /// The first and (without `follow`) last lines of an attach stream; the others are
 /// [`ExecLine`]s.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub(super) enum AttachLine {
+pub(crate) enum AttachLine {
     /// Attached: `replay` bytes of kept output follow; `dropped` older ones are gone.
     Attached { dropped: u64, replay: u64 },
     /// The kept output has been sent and the stream ends; the session goes on.

@@ -6,9 +6,10 @@ cairn-vmm) and CAIRN_AGENT_BIN (from guest/build). Without /dev/kvm the guest te
 loudly, and fail under CAIRN_REQUIRE_KVM=1.
 
 On this project's emulated-KVM hosts a guest process now and then dies at start (SIGSEGV,
-or the agent connection drops; see docs/guest.md), and under 50 concurrent execs a vsock
-connect can pass the agent client's 10 s timeout: `run` retries those, as the Rust
-end-to-end tests do. A real failure fails every try.
+or the agent connection drops; see docs/guest.md): `run` retries those, as the Rust
+end-to-end tests do, and (unless `timeouts=False`) a timeout too. A real failure fails every
+try. The 50-concurrent-execs test does not retry timeouts: the server queues agent connects
+(per sandbox and host-wide), so none may time out.
 """
 
 from __future__ import annotations
@@ -95,21 +96,22 @@ class Server:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def flaky(e: Union[ExecResult, Exception]) -> bool:
+def flaky(e: Union[ExecResult, Exception], timeouts: bool = True) -> bool:
     if isinstance(e, ExecResult):
         return e.exit_code == 139
     text = str(e)
-    return any(s in text for s in ("closed the connection", "agent crashed", "does not answer", "timed out"))
+    signs = ("closed the connection", "agent crashed", "does not answer")
+    return any(s in text for s in signs) or (timeouts and "timed out" in text)
 
 
-def run(sb: Sandbox, cmd: Union[str, List[str]], **kw) -> ExecResult:
+def run(sb: Sandbox, cmd: Union[str, List[str]], timeouts: bool = True, **kw) -> ExecResult:
     """`sb.exec`, tried again when this host's guest lost the process (see the module doc)."""
     last: Union[ExecResult, Exception, None] = None
     for _ in range(8):
         try:
             r = sb.exec(cmd, **kw)
         except CairnError as e:
-            if not flaky(e):
+            if not flaky(e, timeouts):
                 raise
             last = e
         else:
