@@ -8,7 +8,7 @@
 //! get is ever filled with zeros.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -256,43 +256,57 @@ fn peer_pid(stream: &UnixStream) -> Option<i32> {
 
 /// One `recvmsg` into `body`, with the descriptor of an `SCM_RIGHTS` message if one came.
 fn recv_with_fd(stream: &UnixStream, body: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    // SAFETY: CMSG_SPACE is a pure computation on a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: body.as_mut_ptr() as *mut libc::c_void,
-        iov_len: body.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: `msg` points at our live buffers.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        stream,
+        &mut [io::IoSliceMut::new(body)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
     let mut fd = None;
-    // SAFETY: the kernel filled `control` (msg_controllen says how much); CMSG_FIRSTHDR and
-    // CMSG_DATA stay inside it, and an SCM_RIGHTS header of one i32 carries one descriptor.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null()
-            && (*cmsg).cmsg_level == libc::SOL_SOCKET
-            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-        {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32);
-            fd = Some(OwnedFd::from_raw_fd(raw));
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            fd = fd.or_else(|| fds.next());
         }
     }
-    Ok((n as usize, fd))
+    Ok((got.bytes, fd))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_descriptor_comes_with_the_handshake() {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::os::fd::AsFd;
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [file.as_fd()];
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        sendmsg(
+            &a,
+            &[io::IoSlice::new(b"hello")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let mut body = [0u8; 16];
+        let (n, fd) = recv_with_fd(&b, &mut body).unwrap();
+        assert_eq!(&body[..n], b"hello");
+        let fd = fd.expect("the descriptor");
+        std::fs::File::from(fd).set_len(7).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 7, "the same open file");
+        // No descriptor: none reported.
+        use std::io::Write as _;
+        (&a).write_all(b"again").unwrap();
+        let (n, fd) = recv_with_fd(&b, &mut body).unwrap();
+        assert_eq!((&body[..n], fd.is_none()), (&b"again"[..], true));
+    }
 
     #[test]
     fn the_abi_sizes_match_the_kernel() {

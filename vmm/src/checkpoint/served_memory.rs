@@ -14,8 +14,7 @@
 //! whole life (closing them would let untouched pages read as zeros).
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,7 +138,7 @@ pub fn map_served(
 fn handshake(socket: &Path, uffd: &OwnedFd, hello: &ServedMemory) -> Result<UnixStream, VmmError> {
     let mut stream = UnixStream::connect(socket).map_err(|e| err(socket, e))?;
     let body = serde_json::to_vec(hello).map_err(|e| err(socket, e))?;
-    send_with_fd(&stream, &body, uffd.as_raw_fd()).map_err(|e| err(socket, e))?;
+    send_with_fd(&stream, &body, uffd.as_fd()).map_err(|e| err(socket, e))?;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|e| err(socket, e))?;
@@ -152,35 +151,21 @@ fn handshake(socket: &Path, uffd: &OwnedFd, hello: &ServedMemory) -> Result<Unix
 }
 
 /// One `sendmsg` of `body` with `fd` in an `SCM_RIGHTS` message.
-fn send_with_fd(stream: &UnixStream, body: &[u8], fd: i32) -> io::Result<()> {
-    // SAFETY: CMSG_SPACE is a pure computation on a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: body.as_ptr() as *mut libc::c_void,
-        iov_len: body.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: `control` has room for one header and one i32 (CMSG_SPACE above), so the first
-    // header and its data pointer lie inside it.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+fn send_with_fd(stream: &UnixStream, body: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the descriptor"));
     }
-    // SAFETY: `msg` points at live buffers (above); the socket is ours.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != body.len() {
+    let n = sendmsg(
+        stream,
+        &[io::IoSlice::new(body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if n != body.len() {
         return Err(io::Error::other("short handshake write"));
     }
     Ok(())
