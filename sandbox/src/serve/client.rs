@@ -268,33 +268,22 @@ impl Daemon {
     ) -> Result<Option<i32>, DaemonError> {
         let path = format!("/v1/sandboxes/{name}/sessions/{id}/attach?follow={follow}");
         self.rt.block_on(async {
-            let mut body_in = self.send(Method::GET, &path, None).await?.into_body();
-            let mut buf = Vec::new();
-            while let Some(frame) = body_in.frame().await {
-                let frame = frame.map_err(|e| self.transport(e))?;
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                buf.extend_from_slice(data);
-                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=end).collect();
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
+            let body_in = self.send(Method::GET, &path, None).await?.into_body();
+            self.each_line(body_in, "attach", |line| {
+                match serde_json::from_slice::<AttachLine>(line) {
+                    Ok(AttachLine::Attached { dropped: n, .. }) => {
+                        dropped(n);
+                        Ok(None)
                     }
-                    match serde_json::from_slice::<AttachLine>(&line) {
-                        Ok(AttachLine::Attached { dropped: n, .. }) => dropped(n),
-                        Ok(AttachLine::Detached) => return Ok(None),
-                        Err(_) => {
-                            let ev: ExecLine = serde_json::from_slice(&line)
-                                .map_err(|e| self.transport(format!("its answer: {e}")))?;
-                            if let Some(code) = self.exec_line(ev, out, err)? {
-                                return Ok(Some(code));
-                            }
-                        }
+                    Ok(AttachLine::Detached) => Ok(Some(None)),
+                    Err(_) => {
+                        let ev: ExecLine = serde_json::from_slice(line)
+                            .map_err(|e| self.transport(format!("its answer: {e}")))?;
+                        Ok(self.exec_line(ev, out, err)?.map(Some))
                     }
                 }
-            }
-            Err(self.transport("the attach's answer ended without an exit"))
+            })
+            .await
         })
     }
 
@@ -392,31 +381,45 @@ impl Daemon {
             .map_err(|e| self.transport(e))?;
         let path = format!("/v1/sandboxes/{name}/exec");
         self.rt.block_on(async {
-            let mut body_in = self
+            let body_in = self
                 .send(Method::POST, &path, Some(body))
                 .await?
                 .into_body();
-            let mut buf = Vec::new();
-            while let Some(frame) = body_in.frame().await {
-                let frame = frame.map_err(|e| self.transport(e))?;
-                let Some(data) = frame.data_ref() else {
+            self.each_line(body_in, "exec", |line| {
+                let ev: ExecLine = serde_json::from_slice(line)
+                    .map_err(|e| self.transport(format!("its answer: {e}")))?;
+                self.exec_line(ev, out, err)
+            })
+            .await
+        })
+    }
+
+    /// Reads an NDJSON answer line by line (blank lines skipped) until `on_line` returns a
+    /// result; an answer that ends first is an error naming `what`.
+    async fn each_line<R>(
+        &self,
+        mut body_in: Incoming,
+        what: &str,
+        mut on_line: impl FnMut(&[u8]) -> Result<Option<R>, DaemonError>,
+    ) -> Result<R, DaemonError> {
+        let mut buf = Vec::new();
+        while let Some(frame) = body_in.frame().await {
+            let frame = frame.map_err(|e| self.transport(e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buf.extend_from_slice(data);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
-                };
-                buf.extend_from_slice(data);
-                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=end).collect();
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let ev: ExecLine = serde_json::from_slice(&line)
-                        .map_err(|e| self.transport(format!("its answer: {e}")))?;
-                    if let Some(code) = self.exec_line(ev, out, err)? {
-                        return Ok(code);
-                    }
+                }
+                if let Some(result) = on_line(&line)? {
+                    return Ok(result);
                 }
             }
-            Err(self.transport("the exec's answer ended without an exit"))
-        })
+        }
+        Err(self.transport(format!("the {what}'s answer ended without an exit")))
     }
 
     /// Handles one exec line: output written, the exit code at the end.
