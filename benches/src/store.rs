@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use cairn_tests::s3::S3Server;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 use cairn_tests::sandbox::CairnHome;
 
 use crate::util::{figure, Figure, Options, Outcome};
@@ -33,9 +33,8 @@ fn u(v: &serde_json::Value, k: &str) -> f64 {
 }
 
 fn home(s3: &S3Server) -> CairnHome {
-    let mut h = CairnHome::new();
+    let mut h = s3.home();
     h.verbose = false;
-    h.env = s3.env.clone();
     h
 }
 
@@ -54,19 +53,7 @@ pub fn store(opts: &Options) -> Outcome {
 
 fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, String> {
     let mut figs = Vec::new();
-    a.create(
-        "img",
-        &[
-            "--mem",
-            "256",
-            "--disk",
-            "1",
-            "--idle-timeout",
-            "0",
-            "--no-network",
-            "--cold",
-        ],
-    );
+    a.create("img", SMALL_COLD_SANDBOX);
     let stop = a.ok(&["stop", "img"]);
     let ckpt = stop.trim().rsplit(' ').next().unwrap().to_string();
 

@@ -6,6 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A running server; killed (its whole process group) on drop.
+/// `cairn create` arguments of the store tests' sandbox: 256 MiB, a 1 GiB disk, never idle,
+/// no network, booted cold (so nothing but the sandbox itself is in its checkpoints).
+pub const SMALL_COLD_SANDBOX: &[&str] = &[
+    "--mem",
+    "256",
+    "--disk",
+    "1",
+    "--idle-timeout",
+    "0",
+    "--no-network",
+    "--cold",
+];
+
 pub struct S3Server {
     /// `AWS_*` and `CAIRN_STORE` variables that reach it.
     pub env: Vec<(String, String)>,
@@ -22,6 +35,13 @@ fn script() -> PathBuf {
 }
 
 impl S3Server {
+    /// A fresh `CAIRN_HOME` (one "host") whose `cairn` uses this bucket.
+    pub fn home(&self) -> crate::sandbox::CairnHome {
+        let mut h = crate::sandbox::CairnHome::new();
+        h.env = self.env.clone();
+        h
+    }
+
     /// Build (once) and start the server `CAIRN_TEST_S3` names.
     pub fn start() -> S3Server {
         let kind = std::env::var("CAIRN_TEST_S3").unwrap_or_else(|_| "s3s-fs".into());

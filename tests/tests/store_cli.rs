@@ -4,7 +4,7 @@
 
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
-use cairn_tests::s3::S3Server;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 use cairn_tests::sandbox::CairnHome;
 
 fn df(h: &CairnHome) -> serde_json::Value {
@@ -19,23 +19,9 @@ fn store_a_sandbox_moves_between_homes_through_the_bucket() {
     }
     let s3 = S3Server::start();
     retry_on_guest_flake(name, || {
-        let mut a = CairnHome::new();
-        a.env = s3.env.clone();
-        let mut b = CairnHome::new();
-        b.env = s3.env.clone();
-        a.create(
-            "sb",
-            &[
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--no-network",
-                "--cold",
-            ],
-        );
+        let a = s3.home();
+        let b = s3.home();
+        a.create("sb", SMALL_COLD_SANDBOX);
         a.sh("sb", "echo moved > /root/f; sync");
         let stop = a.ok(&["stop", "sb"]);
         let ckpt = stop.trim().rsplit(' ').next().unwrap().to_string();

@@ -17,8 +17,7 @@ use cairn_store::{Remote, StoreUrl};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
 use cairn_tests::process::Guest;
-use cairn_tests::s3::S3Server;
-use cairn_tests::sandbox::CairnHome;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
@@ -141,23 +140,10 @@ fn store_a_push_killed_anywhere_leaves_the_previous_version_restorable() {
         .unwrap();
     retry_on_guest_flake(name, || {
         let sb = "kp";
-        let mut a = CairnHome::new();
-        a.env = s3.env.clone();
+        let mut a = s3.home();
         // A killed push keeps the lease it took: make it lapse soon for the second home.
         a.env.push(("CAIRN_LEASE_SECS".into(), "2".into()));
-        a.create(
-            sb,
-            &[
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--no-network",
-                "--cold",
-            ],
-        );
+        a.create(sb, SMALL_COLD_SANDBOX);
         a.sh(sb, "echo v1 > /root/f; sync");
         a.ok(&["stop", sb]);
         a.ok(&["push", sb]);
@@ -223,8 +209,7 @@ fn store_a_push_killed_anywhere_leaves_the_previous_version_restorable() {
 
         // The previous version pulls and restores on another home.
         std::thread::sleep(Duration::from_secs(3));
-        let mut b = CairnHome::new();
-        b.env = s3.env.clone();
+        let b = s3.home();
         b.ok(&["pull", sb]);
         b.restore_like(&["start", sb], &["start", sb]);
         assert_eq!(b.sh(sb, "cat /root/f"), "v1\n");

@@ -8,8 +8,7 @@ use std::time::Duration;
 use cairn_store::{LocalStore, Remote, StoreUrl};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
-use cairn_tests::s3::S3Server;
-use cairn_tests::sandbox::CairnHome;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 
 fn remote(s: &S3Server) -> Remote {
     let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
@@ -25,20 +24,11 @@ fn store_create_takes_the_lease_and_is_refused_while_another_host_holds_it() {
         return;
     }
     let remote = remote(&s3);
-    let mut a = CairnHome::new();
-    a.env = s3.env.clone();
-    let args = [
-        "create",
-        "sb",
-        "--mem",
-        "256",
-        "--disk",
-        "1",
-        "--idle-timeout",
-        "0",
-        "--no-network",
-        "--cold",
-    ];
+    let a = s3.home();
+    let args: Vec<&str> = ["create", "sb"]
+        .into_iter()
+        .chain(SMALL_COLD_SANDBOX.iter().copied())
+        .collect();
 
     // Another host runs a sandbox of that name: the create is refused and makes nothing.
     remote
@@ -58,8 +48,7 @@ fn store_create_takes_the_lease_and_is_refused_while_another_host_holds_it() {
         return;
     }
     retry_on_guest_flake(name, || {
-        let mut a = CairnHome::new();
-        a.env = s3.env.clone();
+        let mut a = s3.home();
         a.env.push(("CAIRN_LEASE_SECS".into(), "4".into()));
         a.create("sb", &args[2..]);
         let host_a = LocalStore::in_home(a.home.path()).host_id().unwrap();

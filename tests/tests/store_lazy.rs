@@ -19,7 +19,7 @@ use cairn_store::page_server::{PageSource, BLOCK};
 use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreUrl};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
-use cairn_tests::s3::S3Server;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 use cairn_tests::sandbox::CairnHome;
 
 const MIB: usize = CHUNK_SIZE as usize;
@@ -209,28 +209,14 @@ fn store_lazy_a_pulled_sandbox_starts_with_memory_fetched_on_first_touch() {
     }
     let s3 = S3Server::start();
     retry_on_guest_flake(name, || {
-        let mut a = CairnHome::new();
-        a.env = s3.env.clone();
-        a.create(
-            "sb",
-            &[
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--no-network",
-                "--cold",
-            ],
-        );
+        let a = s3.home();
+        a.create("sb", SMALL_COLD_SANDBOX);
         a.sh("sb", "echo lazy > /root/f; sync");
         a.ok(&["stop", "sb"]);
         a.ok(&["push", "sb"]);
 
         // Another home pulls it lazily: the memory layers stay in the bucket.
-        let mut b = CairnHome::new();
-        b.env = s3.env.clone();
+        let mut b = s3.home();
         b.env
             .push(("CAIRN_STORE_LAZY_BACKGROUND".into(), "0".into()));
         let pull: serde_json::Value =
@@ -278,8 +264,7 @@ fn store_lazy_a_pulled_sandbox_starts_with_memory_fetched_on_first_touch() {
             }
         }
         b.ok(&["rm", "sb"]);
-        let mut c = CairnHome::new();
-        c.env = s3.env.clone();
+        let c = s3.home();
         c.ok(&["pull", "sb", "--lazy"]);
         let out = c.run(&["start", "sb"]);
         let err = String::from_utf8_lossy(&out.stderr);

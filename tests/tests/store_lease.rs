@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_store::{LocalStore, Remote, StoreError, StoreUrl};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
-use cairn_tests::s3::S3Server;
-use cairn_tests::sandbox::CairnHome;
+use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 
 const TTL_SECS: u64 = 3;
 
@@ -37,24 +36,11 @@ fn store_lease_is_renewed_while_running_lost_stops_it_and_stop_releases_it() {
     let remote = Remote::open_with(&url, &s3.env).unwrap();
     let ttl = Duration::from_secs(TTL_SECS);
     retry_on_guest_flake(name, || {
-        let mut a = CairnHome::new();
-        a.env = s3.env.clone();
+        let mut a = s3.home();
         a.env
             .push(("CAIRN_LEASE_SECS".into(), TTL_SECS.to_string()));
         let sb = "ls";
-        a.create(
-            sb,
-            &[
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--no-network",
-                "--cold",
-            ],
-        );
+        a.create(sb, SMALL_COLD_SANDBOX);
         a.ok(&["stop", sb]);
         a.restore_like(&["start", sb], &["start", sb]);
         let host_a = LocalStore::in_home(a.home.path()).host_id().unwrap();
