@@ -43,11 +43,7 @@ impl std::fmt::Debug for UringDisk {
 impl UringDisk {
     /// Open the image at `path`, read-only or read-write, and set up its ring.
     pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let file = cairn_snapshot::safe_path::open_input(
-            path,
-            !read_only,
-            cairn_snapshot::safe_path::InputKind::RegularOrBlockDevice,
-        )?;
+        let file = RawFile::open_image(path, read_only)?;
         let raw = RawFile::from_file(file.try_clone()?)?;
         let ring = IoUring::new(RING_ENTRIES).map_err(|e| {
             io::Error::new(

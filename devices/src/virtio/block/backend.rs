@@ -42,12 +42,17 @@ pub struct RawFile {
 impl RawFile {
     /// Open the image at `path`, read-only or read-write.
     pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let file = cairn_snapshot::safe_path::open_input(
+        Self::from_file(Self::open_image(path, read_only)?)
+    }
+
+    /// The image file at `path`, opened as a drive's image is: a regular file or a block
+    /// device, read-only or read-write (for backends that do their own I/O on it).
+    pub fn open_image(path: &Path, read_only: bool) -> io::Result<File> {
+        cairn_snapshot::safe_path::open_input(
             path,
             !read_only,
             cairn_snapshot::safe_path::InputKind::RegularOrBlockDevice,
-        )?;
-        Self::from_file(file)
+        )
     }
 
     /// Use an already open image.
