@@ -194,7 +194,17 @@ fn sandbox_network_policy_forks_and_cleanup() {
     ]);
     let (code, page) = fetch("n1", "169.254.169.254");
     assert!(code == 0 && page.contains("hello"), "{page}");
+    // And the host's own services, by a rule for the gateway address.
+    let gw_rule = format!("{gw}/32");
+    h.ok(&["policy", "set", "n1", "--allow", &gw_rule]);
+    let (code, page) = fetch("n1", &gw);
+    assert_eq!(
+        code, 0,
+        "the host's web server with {gw_rule} allowed: {page}"
+    );
     h.ok(&["policy", "set", "n1"]);
+    let (code, out) = fetch("n1", &gw);
+    assert_ne!(code, 0, "the host's web server after the rule went: {out}");
 
     // Two forks of one checkpoint: own address and MAC, both reach the server.
     h.ok(&["checkpoint", "create", "n1", "c1"]);

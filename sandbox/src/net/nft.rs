@@ -36,7 +36,9 @@ fn net_elements(nets: &[(Ipv4Addr, u8)]) -> String {
 /// The table's text for `policy`: `allowed` lists addresses resolved for allowed names with
 /// the seconds each has left; a policy with rules limits egress to them. The policy's denied
 /// networks are rejected first, then its allowed networks accepted (before the always-denied
-/// ranges, so a rule can re-allow one of those).
+/// ranges, so a rule can re-allow one of those). The same two sets decide what the sandbox
+/// reaches on the host itself (the input chain): only its DNS forwarder, unless an address rule
+/// allows a host address (`--allow GATEWAY/32` opens the host's services at the gateway).
 pub fn table(spec: &NetSpec, pool: &str, policy: &Policy, allowed: &[(Ipv4Addr, u64)]) -> String {
     let restrict = policy.restricts();
     let deny_nets = net_elements(&policy.nets(Action::Deny));
@@ -86,6 +88,8 @@ pub fn table(spec: &NetSpec, pool: &str, policy: &Policy, allowed: &[(Ipv4Addr, 
          \t\tct state established,related accept\n\
          \t\tip daddr {gw} udp dport 53 accept\n\
          \t\tip daddr {gw} tcp dport 53 accept\n\
+         \t\tip daddr @deny_nets drop\n\
+         \t\tip daddr @allow_nets accept\n\
          \t\tdrop\n\
          \t}}\n\
          \tchain postrouting {{\n\
@@ -187,6 +191,12 @@ mod tests {
         assert!(shut.contains("elements = { 203.0.113.0/24 }"));
         let order = |rule: &str| shut.find(rule).unwrap();
         assert!(order("@deny_nets reject") < order("@allow_nets accept"));
+        // The host itself: DNS, then the address rules, then nothing else.
+        let input = &open[open.find("chain input").unwrap()..];
+        let at = |needle: &str| input.find(needle).unwrap();
+        assert!(at("dport 53 accept") < at("@deny_nets drop"));
+        assert!(at("@deny_nets drop") < at("@allow_nets accept"));
+        assert!(at("@allow_nets accept") < at("\t\tdrop\n"));
         assert!(order("@allow_nets accept") < order("@denied reject"));
     }
 }
