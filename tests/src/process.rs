@@ -195,6 +195,14 @@ pub fn api(sock: &Path) -> cairn_vmm_api::Client {
     cairn_vmm_api::Client::new(sock).with_timeout(Duration::from_secs(120))
 }
 
+/// `GET /vm/config` through `c`, as raw JSON (to check the reply key by key, as Firecracker
+/// writes it, rather than through the typed client's reading of it).
+pub fn vm_config_json(c: &cairn_vmm_api::Client) -> serde_json::Value {
+    let raw = c.send("GET", "/vm/config", None).unwrap();
+    assert_eq!(raw.status, 200, "{}", String::from_utf8_lossy(&raw.body));
+    serde_json::from_slice(&raw.body).unwrap()
+}
+
 /// Configures the tiny ticker guest through `c`: 1 vCPU, 32 MiB, [`crate::guests::TICKER64`]
 /// with a serial console. Nothing is started.
 pub fn configure_ticker(c: &cairn_vmm_api::Client) {

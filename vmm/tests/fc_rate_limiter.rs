@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::process::{api, configure_ticker, Guest};
+use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
     CreateSnapshotParams, DriveConfig, DriveUpdate, EntropyConfig, LoadSnapshotParams,
@@ -140,8 +140,7 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
 
     c.instance_start().unwrap();
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    let raw = c.send("GET", "/vm/config", None).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    let v = vm_config_json(&c);
     assert_eq!(
         v["drives"][0]["rate_limiter"],
         serde_json::json!({
@@ -263,8 +262,7 @@ fn rate_limited_entropy_device_boots_and_survives_a_snapshot() {
         "bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 100},
         "ops": {"size": 100, "one_time_burst": null, "refill_time": 1000},
     });
-    let raw = c.send("GET", "/vm/config", None).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    let v = vm_config_json(&c);
     assert_eq!(v["entropy"]["rate_limiter"], expected);
 
     let sock2 = dir.path().join("api2.sock");
@@ -272,8 +270,7 @@ fn rate_limited_entropy_device_boots_and_survives_a_snapshot() {
     let c2 = api(&sock2);
     snapshot_into(&c, &mut g, &c2, dir.path());
     g2.wait_for(".", Duration::from_secs(30)).unwrap();
-    let raw = c2.send("GET", "/vm/config", None).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    let v = vm_config_json(&c2);
     assert_eq!(v["entropy"]["rate_limiter"], expected, "after the load");
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
@@ -526,8 +523,7 @@ fn patch_statuses(program: &std::path::Path, extra: &[&str]) -> Vec<u16> {
     ] {
         out.push(send("PATCH", path, body));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&c.send("GET", "/vm/config", None).unwrap().body).unwrap();
+    let v = vm_config_json(&c);
     assert_eq!(
         v["drives"][0]["path_on_host"],
         b.display().to_string(),
@@ -594,8 +590,7 @@ fn config_file_rate_limiters_are_taken() {
         .arg(&cfg);
     let mut g = Guest::spawn(cmd);
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_slice(&api(&sock).send("GET", "/vm/config", None).unwrap().body).unwrap();
+    let v = vm_config_json(&api(&sock));
     assert_eq!(
         v["drives"][0]["rate_limiter"],
         serde_json::json!({"bandwidth": {"size": 4096, "one_time_burst": null, "refill_time": 10}, "ops": null})

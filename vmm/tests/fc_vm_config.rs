@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::kvm_available;
-use cairn_tests::process::{api, configure_ticker, Guest};
+use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
 use cairn_vmm_api::config::{
     CreateSnapshotParams, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig,
     MemBackendType, SnapshotType, VsockConfig,
@@ -101,8 +101,7 @@ fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
     assert_eq!(after.boot_source.kernel_image_path.as_os_str(), "");
 
     // Every key of Firecracker's reply, as raw JSON.
-    let raw = c2.send("GET", "/vm/config", None).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    let v = vm_config_json(&c2);
     for key in [
         "balloon",
         "drives",
