@@ -60,14 +60,6 @@ pub struct LinuxGuest {
 }
 
 impl LinuxGuest {
-    /// `config` with this host's `"cpu-config"` added when it needs one.
-    pub fn with_cpu_config(&self, mut config: serde_json::Value) -> serde_json::Value {
-        if let Some(path) = &self.cpu_config {
-            config["cpu-config"] = path.as_str().into();
-        }
-        config
-    }
-
     /// A config that boots this guest from its initramfs with `mem_mib` MiB, one vCPU and this
     /// host's `"cpu-config"`; add devices to it.
     pub fn vm_config(&self, mem_mib: usize) -> cairn_vmm_api::config::VmConfig {

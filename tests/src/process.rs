@@ -158,7 +158,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 /// Write a Firecracker-style JSON config for `kernel` into `dir` and return its path.
-pub fn write_config(dir: &Path, config: &serde_json::Value) -> PathBuf {
+pub fn write_config(dir: &Path, config: &cairn_vmm_api::config::VmConfig) -> PathBuf {
     let p = dir.join("vm.json");
     std::fs::write(&p, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     p

@@ -15,17 +15,7 @@ fn linux_boots_to_a_shell_answers_and_reboots_cleanly() {
     }
     let guest = linux_guest();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &serde_json::json!({
-            "boot-source": {
-                "kernel_image_path": guest.kernel,
-                "initrd_path": guest.initrd,
-                "boot_args": guest.boot_args,
-            },
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-        }),
-    );
+    let cfg = write_config(dir.path(), &guest.vm_config(256));
     // Retried: on this project's emulated-KVM hosts a guest process (even init) occasionally
     // dies at start of an FS-base emulation bug (docs/guest.md). A clean run is required.
     for attempt in 1..=cairn_tests::linux::ATTEMPTS {

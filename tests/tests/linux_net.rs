@@ -12,7 +12,8 @@ use cairn_tests::kvm_available;
 use cairn_tests::linux::{
     agent_answers, guest_with_agent, retry_on_guest_flake, AGENT_PORT, ATTEMPTS,
 };
-use cairn_tests::process::{workspace_bin, Guest};
+use cairn_tests::process::{workspace_bin, write_config, Guest};
+use cairn_vmm_api::config::{NetConfig, VmConfig, VsockConfig};
 
 struct Netns(String);
 
@@ -86,14 +87,23 @@ fn guest_and_host_reach_each_other_over_a_tap() {
         let guest = guest_with_agent();
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
-        let cfg = serde_json::json!({
-            "boot-source": {"kernel_image_path": guest.kernel, "initrd_path": guest.initrd, "boot_args": guest.boot_args},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "cairn0", "guest_mac": "06:00:0a:00:02:02"}],
-            "vsock": {"guest_cid": 3, "uds_path": uds},
-        });
-        let cfg_path = dir.path().join("vm.json");
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let cfg = VmConfig {
+            network_interfaces: vec![NetConfig {
+                iface_id: "eth0".into(),
+                host_dev_name: "cairn0".into(),
+                guest_mac: Some("06:00:0a:00:02:02".into()),
+                rx_rate_limiter: None,
+                tx_rate_limiter: None,
+                mtu: None,
+            }],
+            vsock: Some(VsockConfig {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: uds.clone(),
+            }),
+            ..guest.vm_config(256)
+        };
+        let cfg_path = write_config(dir.path(), &cfg);
         let mut booted = None;
         for _ in 0..ATTEMPTS {
             let mut cmd = Command::new("ip");

@@ -19,10 +19,11 @@ use cairn_tests::linux::{
 };
 use cairn_tests::process::{workspace_bin, write_config, Guest};
 use cairn_tests::{kvm_available, linux_guest, LinuxGuest};
+use cairn_vmm_api::config::{DriveConfig, IoEngine, VmConfig, VsockConfig};
 
 /// Boot `config` (written into `dir`) until the guest's agent answers on `vsock` (retried, see
 /// [`ATTEMPTS`]); returns the running VMM.
-fn boot_until_agent_answers(dir: &Path, config: &serde_json::Value, vsock: &Path) -> Guest {
+fn boot_until_agent_answers(dir: &Path, config: &VmConfig, vsock: &Path) -> Guest {
     let cfg = write_config(dir, config);
     for attempt in 1..=ATTEMPTS {
         let _ = std::fs::remove_file(vsock);
@@ -107,12 +108,20 @@ fn kill_agent_and_wait_for_its_restart(vm: &Guest, vsock: &Path) {
     eprintln!("agent killed -> answering again: {:?}", killed.elapsed());
 }
 
-fn base_config(guest: &LinuxGuest, vsock: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "boot-source": {"kernel_image_path": guest.kernel, "boot_args": guest.boot_args},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-        "vsock": {"guest_cid": 3, "uds_path": vsock},
-    })
+/// One vCPU, 256 MiB, a vsock at `vsock`; no initrd (each test says what it boots from).
+fn base_config(guest: &LinuxGuest, vsock: &Path) -> VmConfig {
+    let mut config = VmConfig {
+        vsock: Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: vsock.to_path_buf(),
+        }),
+        ..guest.vm_config(256)
+    };
+    if let Some(boot) = config.boot_source.as_mut() {
+        boot.initrd_path = None;
+    }
+    config
 }
 
 #[test]
@@ -145,14 +154,22 @@ fn rootfs_boots_debian_with_an_agent_that_works_and_is_restarted() {
         let vsock = dir.path().join("v.sock");
         let mut config = base_config(&guest, &vsock);
         // is_root_device adds `root=/dev/vda rw`, as in Firecracker.
-        config["boot-source"]["boot_args"] =
-            format!("{} init=/sbin/cairn-init", guest.boot_args).into();
+        if let Some(boot) = config.boot_source.as_mut() {
+            boot.boot_args = Some(format!("{} init=/sbin/cairn-init", guest.boot_args));
+        }
         // Firecracker's io_uring engine (bandsox's default): the root disk is read and written
         // through io_uring (vmm/src/uring_disk.rs); other tests boot Sync drives.
-        config["drives"] = serde_json::json!([{
-            "drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false,
-            "io_engine": "Async",
-        }]);
+        config.drives = vec![DriveConfig {
+            drive_id: "rootfs".into(),
+            path_on_host: disk.clone(),
+            is_root_device: true,
+            is_read_only: Some(false),
+            partuuid: None,
+            cache_type: None,
+            io_engine: Some(IoEngine::Async),
+            rate_limiter: None,
+            socket: None,
+        }];
         let vm = boot_until_agent_answers(dir.path(), &config, &vsock);
 
         let (status, out) = run(&vsock, &["cat", "/etc/debian_version"]);
@@ -196,7 +213,9 @@ fn initramfs_agent_answers_and_init_restarts_it_when_killed() {
         let dir = tempfile::tempdir().unwrap();
         let vsock = dir.path().join("v.sock");
         let mut config = base_config(&guest, &vsock);
-        config["boot-source"]["initrd_path"] = guest.initrd.clone().into();
+        if let Some(boot) = config.boot_source.as_mut() {
+            boot.initrd_path = Some(guest.initrd.clone().into());
+        }
         let vm = boot_until_agent_answers(dir.path(), &config, &vsock);
 
         let (status, out) = run(&vsock, &["echo", "agent-in-initramfs"]);

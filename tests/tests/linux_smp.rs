@@ -9,6 +9,7 @@ use cairn_tests::linux::{guest_crashed, ATTEMPTS};
 use cairn_tests::process::http::{request, wait_for_socket};
 use cairn_tests::process::{workspace_bin, write_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
+use cairn_vmm_api::config::{CairnConfig, MachineConfig, VmConfig};
 
 /// Sends `cmd` to the shell on the serial console and waits for `expect`.
 fn ask(vm: &mut Guest, cmd: &str, expect: &str) -> bool {
@@ -27,15 +28,17 @@ fn two_vcpu_linux_guest_boots_checkpoints_and_restores() {
     let api = dir.path().join("api.sock");
     let cfg = write_config(
         dir.path(),
-        &guest.with_cpu_config(serde_json::json!({
-            "boot-source": {
-                "kernel_image_path": guest.kernel,
-                "initrd_path": guest.initrd,
-                "boot_args": guest.boot_args,
+        &VmConfig {
+            machine_config: MachineConfig {
+                vcpu_count: 2,
+                mem_size_mib: 256,
+                ..MachineConfig::default()
             },
-            "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
-            "cairn": {"checkpoint_dir": store},
-        })),
+            cairn: CairnConfig {
+                checkpoint_dir: Some(store.clone()),
+            },
+            ..guest.vm_config(256)
+        },
     );
     let mut booted = None;
     for attempt in 1..=ATTEMPTS {
