@@ -157,11 +157,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     p
 }
 
-/// Write a Firecracker-style JSON config for `kernel` into `dir` and return its path.
-pub fn write_config(dir: &Path, config: &cairn_vmm_api::config::VmConfig) -> PathBuf {
+/// Write a Firecracker-style JSON config `vm.json` into `dir` and return its path.
+pub fn write_config(dir: &Path, config: &serde_json::Value) -> PathBuf {
     let p = dir.join("vm.json");
     std::fs::write(&p, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     p
+}
+
+/// Write `config` as a Firecracker-style config file `vm.json` in `dir` and return its path
+/// (the typed form; [`write_config`] takes raw JSON, for configs meant to be refused).
+pub fn write_vm_config(dir: &Path, config: &cairn_vmm_api::config::VmConfig) -> PathBuf {
+    write_config(dir, &serde_json::to_value(config).unwrap())
 }
 
 /// Raw API calls for tests of the API itself (bad bodies, refusals, statuses), over

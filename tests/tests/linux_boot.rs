@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cairn_tests::process::{workspace_bin, write_config, Guest};
+use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
 
 #[test]
@@ -15,7 +15,7 @@ fn linux_boots_to_a_shell_answers_and_reboots_cleanly() {
     }
     let guest = linux_guest();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &guest.vm_config(256));
+    let cfg = write_vm_config(dir.path(), &guest.vm_config(256));
     // Retried: on this project's emulated-KVM hosts a guest process (even init) occasionally
     // dies at start of an FS-base emulation bug (docs/guest.md). A clean run is required.
     for attempt in 1..=cairn_tests::linux::ATTEMPTS {

@@ -12,7 +12,7 @@ use cairn_tests::kvm_available;
 use cairn_tests::linux::{
     agent_answers, guest_with_agent, retry_on_guest_flake, AGENT_PORT, ATTEMPTS,
 };
-use cairn_tests::process::{workspace_bin, write_config, Guest};
+use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_vmm_api::config::{NetConfig, VmConfig, VsockConfig};
 
 struct Netns(String);
@@ -103,7 +103,7 @@ fn guest_and_host_reach_each_other_over_a_tap() {
             }),
             ..guest.vm_config(256)
         };
-        let cfg_path = write_config(dir.path(), &cfg);
+        let cfg_path = write_vm_config(dir.path(), &cfg);
         let mut booted = None;
         for _ in 0..ATTEMPTS {
             let mut cmd = Command::new("ip");

@@ -17,14 +17,14 @@ use cairn_agent::proto::ExecRequest;
 use cairn_tests::linux::{
     agent_answers, agent_answers_unless_crashed, retry_on_guest_flake, AGENT_PORT, ATTEMPTS,
 };
-use cairn_tests::process::{workspace_bin, write_config, Guest};
+use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest, LinuxGuest};
 use cairn_vmm_api::config::{DriveConfig, IoEngine, VmConfig, VsockConfig};
 
 /// Boot `config` (written into `dir`) until the guest's agent answers on `vsock` (retried, see
 /// [`ATTEMPTS`]); returns the running VMM.
 fn boot_until_agent_answers(dir: &Path, config: &VmConfig, vsock: &Path) -> Guest {
-    let cfg = write_config(dir, config);
+    let cfg = write_vm_config(dir, config);
     for attempt in 1..=ATTEMPTS {
         let _ = std::fs::remove_file(vsock);
         let mut cmd = Command::new(workspace_bin("cairn-vmm"));

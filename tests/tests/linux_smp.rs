@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn_tests::linux::{guest_crashed, ATTEMPTS};
 use cairn_tests::process::http::{request, wait_for_socket};
-use cairn_tests::process::{workspace_bin, write_config, Guest};
+use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
 use cairn_vmm_api::config::{CairnConfig, MachineConfig, VmConfig};
 
@@ -26,7 +26,7 @@ fn two_vcpu_linux_guest_boots_checkpoints_and_restores() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let api = dir.path().join("api.sock");
-    let cfg = write_config(
+    let cfg = write_vm_config(
         dir.path(),
         &VmConfig {
             machine_config: MachineConfig {
