@@ -385,6 +385,15 @@ pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
     if r.state == State::Stopped {
         return Ok(None);
     }
+    // A guest still owed its identity settles first, so the checkpoint carries it (a push of
+    // the sandbox does not carry `identity-pending`). If that fails, the sandbox is stopped.
+    if let Err(e) = settle_locked(home, &mut reg, &r) {
+        eprintln!(
+            "cairn: note: {name}: its guest did not settle ({e}); stopped at its last checkpoint"
+        );
+        return Ok(None);
+    }
+    let r = reg.get(name)?;
     let stopped = stop_locked(&mut reg, &r)?;
     crate::store_sync::release_lease(home, name);
     Ok(stopped)
