@@ -202,11 +202,9 @@ pub const CASES: &[Case] = &[
             patch("/machine-config", r#"{"cpu_template": "C3"}"#, 204),
             patch("/machine-config", r#"{"cpu_template": "T2S"}"#, 204),
             patch("/machine-config", r#"{"cpu_template": "T2CL"}"#, 204),
-            differs(
-                patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
-                400,
-                "huge pages not implemented",
-            ),
+            patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
+            // With 2 MiB pages the memory must be a whole number of them.
+            patch("/machine-config", r#"{"mem_size_mib": 129}"#, 400),
             patch("/machine-config", r#"{"huge_pages": "None"}"#, 204),
             get(
                 "/machine-config",
