@@ -205,6 +205,16 @@ pub const CASES: &[Case] = &[
             patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
             // With 2 MiB pages the memory must be a whole number of them.
             patch("/machine-config", r#"{"mem_size_mib": 129}"#, 400),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}"#,
+                400,
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 130, "huge_pages": "2M"}"#,
+                204,
+            ),
             patch("/machine-config", r#"{"huge_pages": "None"}"#, 204),
             get(
                 "/machine-config",
