@@ -55,10 +55,11 @@ impl PoolSize {
             eprintln!("SKIP {name}: cannot write {NR_HUGEPAGES} (needs root)");
             return None;
         }
-        // The kernel may find fewer free 2 MiB blocks than asked for.
+        // The kernel may find fewer free 2 MiB blocks than asked for (fragmented memory).
+        let got = pool("free_hugepages");
         assert!(
-            pool("free_hugepages") >= free.min(1),
-            "the host could not allocate huge pages"
+            got >= free,
+            "{name}: asked the host for {free} free huge pages, it made {got}"
         );
         Some(guard)
     }
