@@ -2,9 +2,10 @@
 //! hugetlbfs pages (the process's smaps say so and the host's free pool shrinks by the guest's
 //! size once the ticker guest has touched all of it), `GET /vm/config` reports it, a snapshot is
 //! refused with the reason, and a host pool too small for the guest is a one-line error at
-//! start, never a guest on small pages.
+//! start, never a guest on small pages. Huge pages with a checkpoint directory are refused at
+//! configuration (checkpoints restore onto small pages).
 //!
-//! Each test sets `/proc/sys/vm/nr_hugepages` (root only) and puts the old value back, even when
+//! The tests that boot set `/proc/sys/vm/nr_hugepages` (root only) and puts the old value back, even when
 //! it fails; the tests take turns, since they share the host's pool.
 
 use std::path::Path;
@@ -227,4 +228,26 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
         "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB, "huge_pages": "2M"},
     });
     cairn_tests::process::write_config(dir, &cfg)
+}
+
+#[test]
+fn huge_pages_with_a_checkpoint_dir_are_refused_naming_the_field() {
+    // Refused while the configuration is checked, before any memory is mapped: no pool needed.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"))
+        .args(["--no-api", "--config-file"])
+        .arg(&cfg)
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("checkpoints"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("machine-config.huge_pages") && err.contains("checkpoint"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
 }
