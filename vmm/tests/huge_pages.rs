@@ -5,8 +5,8 @@
 //! start, never a guest on small pages. Huge pages with a checkpoint directory are refused at
 //! configuration (checkpoints restore onto small pages).
 //!
-//! The tests that boot set `/proc/sys/vm/nr_hugepages` (root only) and puts the old value back, even when
-//! it fails; the tests take turns, since they share the host's pool.
+//! The tests that need a pool set `/proc/sys/vm/nr_hugepages` (root only) and put the old value
+//! back, even when they fail; they take turns, since they share the host's pool.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
