@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::GuestMemoryMmap;
 
 pub mod activation;
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -38,6 +39,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
 }
