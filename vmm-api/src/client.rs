@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{
-    ActionType, BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
-    DriveConfig, DriveUpdate, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
+    ActionType, BalloonConfig, BalloonStatsReply, BalloonStatsUpdate, BalloonUpdate,
+    BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams, DriveConfig,
+    DriveUpdate, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, NetworkInterfaceUpdate,
     SerialConfig, VmState, VmStateUpdate, VsockConfig,
 };
@@ -344,6 +345,31 @@ impl Client {
     /// `PUT /entropy` (before boot).
     pub fn put_entropy(&self, entropy: &EntropyConfig) -> Result<(), ClientError> {
         self.call_empty("PUT", "/entropy", entropy)
+    }
+
+    /// `PUT /balloon` (before boot).
+    pub fn put_balloon(&self, balloon: &BalloonConfig) -> Result<(), ClientError> {
+        self.call_empty("PUT", "/balloon", balloon)
+    }
+
+    /// `GET /balloon`: the balloon's configuration, with its current target.
+    pub fn balloon(&self) -> Result<BalloonConfig, ClientError> {
+        self.call_typed::<(), _>("GET", "/balloon", None)
+    }
+
+    /// `PATCH /balloon` (after boot): a new target size.
+    pub fn patch_balloon(&self, update: &BalloonUpdate) -> Result<(), ClientError> {
+        self.call_empty("PATCH", "/balloon", update)
+    }
+
+    /// `GET /balloon/statistics` (after boot, statistics on).
+    pub fn balloon_statistics(&self) -> Result<BalloonStatsReply, ClientError> {
+        self.call_typed::<(), _>("GET", "/balloon/statistics", None)
+    }
+
+    /// `PATCH /balloon/statistics` (after boot): a new polling interval.
+    pub fn patch_balloon_statistics(&self, update: &BalloonStatsUpdate) -> Result<(), ClientError> {
+        self.call_empty("PATCH", "/balloon/statistics", update)
     }
 
     /// `PUT /serial` (before boot): the guest console's output file.

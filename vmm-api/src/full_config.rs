@@ -3,7 +3,7 @@
 //!
 //! A request body leaves unset fields out; this reply spells every one out, so a client that
 //! reads Firecracker's reply key by key reads cairn's the same way. Devices cairn does not have
-//! (`balloon`, `pmem`, `memory-hotplug`, `mmds-config`) are shown as Firecracker shows them when
+//! (`pmem`, `memory-hotplug`, `mmds-config`) are shown as Firecracker shows them when
 //! none is configured. One key is cairn's own: `cairn` (the checkpoint directory).
 
 use std::path::PathBuf;
@@ -11,16 +11,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    BootSourceConfig, CacheType, CairnConfig, DriveConfig, EntropyConfig, IoEngine, LoggerConfig,
-    MachineConfig, MetricsConfig, NetConfig, RateLimiterConfig, TokenBucketConfig, VmConfig,
-    VsockConfig,
+    BalloonConfig, BootSourceConfig, CacheType, CairnConfig, DriveConfig, EntropyConfig, IoEngine,
+    LoggerConfig, MachineConfig, MetricsConfig, NetConfig, RateLimiterConfig, TokenBucketConfig,
+    VmConfig, VsockConfig,
 };
 
 /// `GET /vm/config`, key for key as Firecracker v1.16 answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FullVmConfig {
-    /// Firecracker's balloon device; cairn has none: always `null`.
-    pub balloon: Option<serde_json::Value>,
+    /// The balloon device, every key written out.
+    pub balloon: Option<BalloonConfig>,
     /// Block devices, in attach order.
     pub drives: Vec<DriveReply>,
     /// Kernel and command line; `kernel_image_path` is `""` when unset (as after a snapshot
@@ -170,7 +170,7 @@ impl From<&NetConfig> for NetReply {
 impl From<&VmConfig> for FullVmConfig {
     fn from(c: &VmConfig) -> Self {
         FullVmConfig {
-            balloon: None,
+            balloon: c.balloon,
             drives: c.drives.iter().map(DriveReply::from).collect(),
             boot_source: c
                 .boot_source

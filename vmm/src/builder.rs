@@ -141,6 +141,8 @@ pub enum DeviceSpec {
     Vsock(cairn_devices::virtio::vsock::VsockConfig),
     /// virtio-rng, with its rate limiter.
     Rng(cairn_devices::rate_limiter::LimiterConfig),
+    /// virtio-balloon.
+    Balloon(cairn_devices::virtio::balloon::BalloonConfig),
 }
 
 impl BuildSpec {
@@ -434,6 +436,12 @@ fn attach_virtio_devices(
                 }
                 (id, VirtioHandle::Rng(Arc::new(Mutex::new(dev))))
             }
+            DeviceSpec::Balloon(cfg) => {
+                let id = "balloon".to_string();
+                let dev = cairn_devices::virtio::balloon::Balloon::new(*cfg)
+                    .map_err(|e| dev_err(&id, &e))?;
+                (id, VirtioHandle::Balloon(Arc::new(Mutex::new(dev))))
+            }
         };
         let subscriber = handle.as_subscriber();
         let attachment = attach_virtio_device(vm, mmio, mem, &mut slots, id, handle)?;
@@ -633,6 +641,15 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
         out.push(DeviceSpec::Rng(crate::rate_limit::limiter_config(
             e.rate_limiter.as_ref(),
         )));
+    }
+    if let Some(b) = &cfg.balloon {
+        out.push(DeviceSpec::Balloon(
+            cairn_devices::virtio::balloon::BalloonConfig {
+                amount_mib: b.amount_mib,
+                deflate_on_oom: b.deflate_on_oom,
+                stats_polling_interval_s: b.stats_polling_interval_s,
+            },
+        ));
     }
     Ok(out)
 }

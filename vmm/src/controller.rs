@@ -343,6 +343,34 @@ impl Controller {
                 self.pre_boot(|c| c.vsock = Some(v))
             }
             ApiRequest::PutEntropy(e) => self.pre_boot(|c| c.entropy = Some(e)),
+            ApiRequest::PutBalloon(b) => self.pre_boot(|c| c.balloon = Some(b)),
+            ApiRequest::GetBalloon => {
+                match crate::balloon::config(self.runtime.machine(), &self.config) {
+                    Ok(b) => ApiResponse::json(&b),
+                    Err(e) => refused(e),
+                }
+            }
+            ApiRequest::PatchBalloon(u) => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::patch(m, &mut self.config, u) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                },
+            },
+            ApiRequest::GetBalloonStats => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::statistics(m) {
+                    Ok(s) => ApiResponse::json(&s),
+                    Err(e) => refused(e),
+                },
+            },
+            ApiRequest::PatchBalloonStats(u) => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::patch_stats(m, &mut self.config, u) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                },
+            },
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
             ApiRequest::PutSerial(serial) => {
                 if self.started() {

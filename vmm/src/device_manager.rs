@@ -229,6 +229,8 @@ pub enum VirtioHandle {
     Vsock(Arc<Mutex<cairn_devices::virtio::vsock::Vsock>>),
     /// virtio-rng.
     Rng(Arc<Mutex<cairn_devices::virtio::rng::Rng>>),
+    /// virtio-balloon.
+    Balloon(Arc<Mutex<cairn_devices::virtio::balloon::Balloon>>),
 }
 
 impl VirtioHandle {
@@ -239,6 +241,7 @@ impl VirtioHandle {
             Self::Net(d) => d.clone(),
             Self::Vsock(d) => d.clone(),
             Self::Rng(d) => d.clone(),
+            Self::Balloon(d) => d.clone(),
         }
     }
 
@@ -249,6 +252,7 @@ impl VirtioHandle {
             Self::Net(d) => d.clone(),
             Self::Vsock(d) => d.clone(),
             Self::Rng(d) => d.clone(),
+            Self::Balloon(d) => d.clone(),
         }
     }
 }

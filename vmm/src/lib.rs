@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod balloon;
 pub mod boot;
 pub mod builder;
 pub mod checkpoint;

@@ -4,7 +4,7 @@
 //! Firecracker has defaults, and a separate [`Validate::validate`] that checks the rules serde
 //! cannot express. The JSON names and meanings are Firecracker's, so a Firecracker
 //! `--config-file` document or API call works unchanged. Sections Firecracker has but cairn does not
-//! implement (`balloon`, `mmds-config`, `pmem`, `memory-hotplug`, vhost-user drives) are
+//! implement (`mmds-config`, `pmem`, `memory-hotplug`, vhost-user drives) are
 //! accepted when absent, `null` or empty (as `GET /vm/config` writes them); anything else in them
 //! is rejected by `validate()` with a message that says so.
 //!
@@ -25,6 +25,7 @@
 //! ```
 
 mod actions;
+mod balloon;
 mod cpu_config;
 mod devices;
 mod logging;
@@ -45,6 +46,7 @@ pub use actions::{
     CreateSnapshotParams, InstanceActionInfo, LoadSnapshotParams, MemBackendConfig, MemBackendType,
     NetworkOverride, SnapshotType, VmState, VmStateUpdate, VsockOverride,
 };
+pub use balloon::{BalloonConfig, BalloonStatsReply, BalloonStatsUpdate, BalloonUpdate};
 pub use cpu_config::{
     BitFilter, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier, CustomCpuTemplate,
     KvmCapabilityModifier, MsrModifier,
@@ -231,9 +233,9 @@ pub struct VmConfig {
     /// Metrics settings (Firecracker's; accepted and validated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
-    /// Firecracker's balloon device: not implemented, must be absent or `null`.
+    /// The balloon device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balloon: Option<serde_json::Value>,
+    pub balloon: Option<BalloonConfig>,
     /// Firecracker's custom CPU template: the path of its JSON file ([`CustomCpuTemplate`]),
     /// read when the VM is built.
     #[serde(
@@ -381,6 +383,27 @@ impl VmConfig {
         if let Some(entropy) = &self.entropy {
             entropy.validate().map_err(|e| e.within("entropy"))?;
         }
+        if let Some(balloon) = &self.balloon {
+            balloon.validate().map_err(|e| e.within("balloon"))?;
+            // Firecracker's rules: the balloon fits in guest memory, and not on huge pages.
+            if balloon.amount_mib as usize > self.machine_config.mem_size_mib {
+                return Err(ConfigError::invalid(
+                    "balloon.amount_mib",
+                    format!(
+                        "Amount of pages requested is too large: {} MiB is more than \
+                         machine-config.mem_size_mib ({} MiB)",
+                        balloon.amount_mib, self.machine_config.mem_size_mib
+                    ),
+                ));
+            }
+            if self.machine_config.huge_pages.is_huge() {
+                return Err(ConfigError::invalid(
+                    "balloon",
+                    "huge pages support is incompatible with memory ballooning \
+                     (machine-config.huge_pages)",
+                ));
+            }
+        }
         if let Some(logger) = &self.logger {
             logger.validate().map_err(|e| e.within("logger"))?;
         }
@@ -394,7 +417,6 @@ impl VmConfig {
             ));
         }
         for (name, value) in [
-            ("balloon", &self.balloon),
             ("mmds-config", &self.mmds_config),
             ("memory-hotplug", &self.memory_hotplug),
         ] {

@@ -652,7 +652,6 @@ fn entropy_logger_metrics_rules() {
 #[test]
 fn unsupported_firecracker_sections_are_refused_by_validate() {
     for (key, value) in [
-        ("balloon", r#"{"x": 1}"#),
         ("mmds-config", r#"{"x": 1}"#),
         ("memory-hotplug", r#"{"total_size_mib": 1024}"#),
         ("pmem", r#"[{"id": "p0", "path_on_host": "/tmp/p"}]"#),
@@ -832,4 +831,32 @@ fn error_within_joins_paths() {
     assert_eq!(e.field(), "drives[2]");
     let e = ConfigError::invalid("", "bad").within("vsock");
     assert_eq!(e.to_string(), "vsock: bad");
+}
+
+#[test]
+fn balloon_key_rules() {
+    let cfg = parse_vm_config(
+        r#"{"boot-source": {"kernel_image_path": "k"},
+            "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.balloon.unwrap().stats_polling_interval_s, 1);
+    let mut big = valid_base();
+    big.balloon = Some(BalloonConfig {
+        amount_mib: 129,
+        ..Default::default()
+    });
+    assert_eq!(validate_err(&big).field(), "balloon.amount_mib");
+    let mut huge = valid_base();
+    huge.balloon = Some(BalloonConfig::default());
+    huge.machine_config.huge_pages = HugePages::Hugetlbfs2M;
+    assert_eq!(validate_err(&huge).field(), "balloon");
+    let mut hinting = valid_base();
+    hinting.balloon = Some(BalloonConfig {
+        free_page_hinting: true,
+        ..Default::default()
+    });
+    assert_eq!(validate_err(&hinting).field(), "balloon.free_page_hinting");
+    assert!(parse_vm_config(r#"{"balloon": {"x": 1}}"#).is_err());
 }

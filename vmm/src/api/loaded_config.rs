@@ -88,6 +88,15 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     rate_limiter: crate::rate_limit::api_config(&lock(d).rate_limiter().config()),
                 })
             }
+            VirtioHandle::Balloon(d) => {
+                let c = lock(d).config();
+                config.balloon = Some(crate::config::BalloonConfig {
+                    amount_mib: c.amount_mib,
+                    deflate_on_oom: c.deflate_on_oom,
+                    stats_polling_interval_s: c.stats_polling_interval_s,
+                    ..Default::default()
+                });
+            }
         }
     }
     config

@@ -86,6 +86,16 @@ pub enum ApiRequest {
     PutVsock(VsockConfig),
     /// `PUT /entropy` (before boot).
     PutEntropy(EntropyConfig),
+    /// `PUT /balloon` (before boot).
+    PutBalloon(crate::config::BalloonConfig),
+    /// `GET /balloon`: the balloon's configuration.
+    GetBalloon,
+    /// `PATCH /balloon` (after boot): a new target.
+    PatchBalloon(crate::config::BalloonUpdate),
+    /// `GET /balloon/statistics` (after boot).
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics` (after boot): a new polling interval.
+    PatchBalloonStats(crate::config::BalloonStatsUpdate),
     /// `PUT /cpu-config` (before boot): a custom CPU template.
     PutCpuConfig(crate::config::CustomCpuTemplate),
     /// `PUT /serial` (before boot): console output to a file.
@@ -130,6 +140,11 @@ impl ApiRequest {
             ApiRequest::PatchNetworkInterface(_) => "PatchNetworkInterface",
             ApiRequest::PutVsock(_) => "PutVsock",
             ApiRequest::PutEntropy(_) => "PutEntropy",
+            ApiRequest::PutBalloon(_) => "PutBalloon",
+            ApiRequest::GetBalloon => "GetBalloon",
+            ApiRequest::PatchBalloon(_) => "PatchBalloon",
+            ApiRequest::GetBalloonStats => "GetBalloonStats",
+            ApiRequest::PatchBalloonStats(_) => "PatchBalloonStats",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
             ApiRequest::PutSerial(_) => "PutSerial",
             ApiRequest::PutLogger(_) => "PutLogger",

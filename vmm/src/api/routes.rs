@@ -59,6 +59,11 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         }
         ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
         ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
+        ("PUT", ["balloon"]) => ApiRequest::PutBalloon(parse_body(body)?),
+        ("GET", ["balloon"]) => ApiRequest::GetBalloon,
+        ("PATCH", ["balloon"]) => ApiRequest::PatchBalloon(parse_body(body)?),
+        ("GET", ["balloon", "statistics"]) => ApiRequest::GetBalloonStats,
+        ("PATCH", ["balloon", "statistics"]) => ApiRequest::PatchBalloonStats(parse_body(body)?),
         ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
         ("PUT", ["serial"]) => ApiRequest::PutSerial(parse_body(body)?),
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),

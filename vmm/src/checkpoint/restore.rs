@@ -162,6 +162,11 @@ pub fn restore_machine(
                 }
                 VirtioHandle::Rng(Arc::new(Mutex::new(dev)))
             }
+            VirtioDeviceState::Balloon(s) => {
+                let dev = cairn_devices::virtio::balloon::Balloon::restore((), s)
+                    .map_err(|e| dev_err(id, e))?;
+                VirtioHandle::Balloon(Arc::new(Mutex::new(dev)))
+            }
         };
         let args = MmioTransportConstructorArgs {
             mem: mem.clone(),

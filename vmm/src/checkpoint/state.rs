@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use cairn_devices::rate_limiter::RateLimiterState;
+use cairn_devices::virtio::balloon::BalloonState;
 use cairn_devices::virtio::block::BlockState;
 use cairn_devices::virtio::mmio::MmioTransportState;
 use cairn_devices::virtio::net::persist::NetState;
@@ -43,6 +44,9 @@ pub enum VirtioDeviceState {
     NetLimited(NetState, RateLimiterState, RateLimiterState),
     /// virtio-rng with a rate limiter, appended for the same reason.
     RngLimited(RngState, RateLimiterState),
+    /// virtio-balloon, appended: a machine without a balloon saves exactly what it saved
+    /// before, so the layout (and [`MACHINE_STATE_VERSION`]) did not change.
+    Balloon(BalloonState),
 }
 
 /// One virtio device: where it sits, its transport and its model.
@@ -155,6 +159,10 @@ fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
             .map(VirtioDeviceState::Vsock)
             .map_err(|e| err(&e)),
         VirtioHandle::Rng(d) => crate::rate_limit::save_rng(&lock(d)).map_err(|e| err(&e)),
+        VirtioHandle::Balloon(d) => lock(d)
+            .save()
+            .map(VirtioDeviceState::Balloon)
+            .map_err(|e| err(&e)),
     }?;
     Ok(VirtioSlotState {
         id: a.id.clone(),
