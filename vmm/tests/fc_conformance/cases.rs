@@ -424,23 +424,36 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "balloon",
-        from: "swagger: PUT/GET/PATCH /balloon",
+        from: "swagger: PUT/GET/PATCH /balloon, GET/PATCH /balloon/statistics (before start)",
         needs_root: false,
         steps: &[
             s("GET", "/balloon", None, 400),
-            differs(
-                put(
-                    "/balloon",
-                    r#"{"amount_mib": 0, "deflate_on_oom": false}"#,
-                    204,
-                ),
-                400,
-                "no balloon device",
+            put(
+                "/balloon",
+                r#"{"amount_mib": 0, "deflate_on_oom": false}"#,
+                204,
             ),
-            differs(
-                get("/balloon", &["amount_mib", "deflate_on_oom"]),
+            get(
+                "/balloon",
+                &[
+                    "amount_mib",
+                    "deflate_on_oom",
+                    "stats_polling_interval_s",
+                    "free_page_hinting",
+                    "free_page_reporting",
+                ],
+            ),
+            put(
+                "/balloon",
+                r#"{"amount_mib": 100000, "deflate_on_oom": false}"#,
                 400,
-                "no balloon device",
+            ),
+            put("/balloon", r#"{"amount_mib": 1}"#, 400),
+            s("GET", "/balloon/statistics", None, 400),
+            patch(
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s": 1}"#,
+                400,
             ),
             patch("/balloon", r#"{"amount_mib": 1}"#, 400),
         ],

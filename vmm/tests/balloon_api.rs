@@ -1,0 +1,156 @@
+//! The balloon API through the real binary (seccomp on), with a guest that has no balloon
+//! driver (the ticker): Firecracker's rules before and after InstanceStart, the statistics
+//! endpoints, and the balloon surviving a snapshot (its configuration read back from the loaded
+//! VM). The Linux guest test (tests/tests/linux_balloon.rs) covers inflation itself.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_tests::kvm_available;
+use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
+use cairn_vmm_api::config::{
+    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, CreateSnapshotParams, LoadSnapshotParams,
+    MemBackendConfig, MemBackendType, SnapshotType,
+};
+use cairn_vmm_api::Client;
+
+fn vmm(sock: &std::path::Path) -> Guest {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock").arg(sock);
+    Guest::spawn(cmd)
+}
+
+/// Status and fault message of a request.
+fn call(c: &Client, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let r = c.send(method, path, body.map(str::as_bytes)).unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+#[test]
+fn balloon_api_before_and_after_start_and_through_a_snapshot() {
+    if !kvm_available("balloon_api_before_and_after_start_and_through_a_snapshot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c); // 32 MiB
+
+    // Before start.
+    let (status, body) = call(&c, "GET", "/balloon", None);
+    assert_eq!(status, 400);
+    assert!(body.contains("No balloon device found"), "{body}");
+    let (status, body) = call(
+        &c,
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 33, "deflate_on_oom": true}"#),
+    );
+    assert_eq!(status, 400, "larger than guest memory");
+    assert!(body.contains("balloon.amount_mib"), "{body}");
+    let cfg = BalloonConfig {
+        amount_mib: 8,
+        deflate_on_oom: true,
+        stats_polling_interval_s: 1,
+        ..Default::default()
+    };
+    c.put_balloon(&cfg).unwrap();
+    assert_eq!(c.balloon().unwrap(), cfg);
+    assert_eq!(c.vm_config().unwrap().balloon, Some(cfg));
+    for (method, path, body) in [
+        ("PATCH", "/balloon", Some(r#"{"amount_mib": 1}"#)),
+        ("GET", "/balloon/statistics", None),
+        (
+            "PATCH",
+            "/balloon/statistics",
+            Some(r#"{"stats_polling_interval_s": 2}"#),
+        ),
+    ] {
+        let (status, body) = call(&c, method, path, body);
+        assert_eq!(status, 400, "{method} {path}");
+        assert!(body.contains("not supported before starting"), "{body}");
+    }
+
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+
+    // After start: no driver in this guest, so the target cannot change yet.
+    let (status, body) = call(
+        &c,
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 1, "deflate_on_oom": true}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("not supported after starting"), "{body}");
+    let (status, body) = call(&c, "PATCH", "/balloon", Some(r#"{"amount_mib": 4}"#));
+    assert_eq!(status, 400);
+    assert!(body.contains("Device not activated yet"), "{body}");
+    assert!(c.patch_balloon(&BalloonUpdate { amount_mib: 4 }).is_err());
+    let stats = c.balloon_statistics().unwrap();
+    assert_eq!((stats.target_mib, stats.target_pages), (8, 2048));
+    assert_eq!((stats.actual_mib, stats.actual_pages), (0, 0));
+    assert_eq!(stats.free_memory, None, "no driver, no statistics");
+    // Statistics stay on: only the interval changes.
+    let (status, body) = call(
+        &c,
+        "PATCH",
+        "/balloon/statistics",
+        Some(r#"{"stats_polling_interval_s": 0}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("Statistics cannot be enabled/disabled"),
+        "{body}"
+    );
+    c.patch_balloon_statistics(&BalloonStatsUpdate {
+        stats_polling_interval_s: 2,
+    })
+    .unwrap();
+    let now = BalloonConfig {
+        stats_polling_interval_s: 2,
+        ..cfg
+    };
+    assert_eq!(c.balloon().unwrap(), now);
+    assert_eq!(c.vm_config().unwrap().balloon, Some(now));
+
+    // Through a snapshot.
+    c.pause().unwrap();
+    let snap = CreateSnapshotParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: dir.path().join("vm.snap"),
+        mem_file_path: dir.path().join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm(&sock2);
+    let c2 = api(&sock2);
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    c2.snapshot_load(&LoadSnapshotParams {
+        snapshot_path: snap.snapshot_path.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: snap.mem_file_path.clone(),
+        }),
+        resume_vm: Some(true),
+        ..LoadSnapshotParams::default()
+    })
+    .unwrap();
+    assert_eq!(c2.balloon().unwrap(), now);
+    let v = vm_config_json(&c2);
+    assert_eq!(
+        v["balloon"],
+        serde_json::json!({"amount_mib": 8, "deflate_on_oom": true,
+            "stats_polling_interval_s": 2, "free_page_hinting": false,
+            "free_page_reporting": false})
+    );
+    assert_eq!(c2.balloon_statistics().unwrap().target_pages, 2048);
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
