@@ -157,6 +157,8 @@ mod tests {
             ("GET", "/machine-config/", ApiRequest::GetMachineConfig),
             ("GET", "/vm/config", ApiRequest::GetVmConfig),
             ("GET", "/checkpoints", ApiRequest::ListCheckpoints),
+            ("GET", "/balloon", ApiRequest::GetBalloon),
+            ("GET", "/balloon/statistics", ApiRequest::GetBalloonStats),
             (
                 "DELETE",
                 "/checkpoints/base-1",
@@ -219,6 +221,31 @@ mod tests {
                 "/entropy",
                 "{}",
                 ApiRequest::PutEntropy(EntropyConfig::default()),
+            ),
+            (
+                "PUT",
+                "/balloon",
+                r#"{"amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 2}"#,
+                ApiRequest::PutBalloon(BalloonConfig {
+                    amount_mib: 8,
+                    deflate_on_oom: true,
+                    stats_polling_interval_s: 2,
+                    ..BalloonConfig::default()
+                }),
+            ),
+            (
+                "PATCH",
+                "/balloon",
+                r#"{"amount_mib": 4}"#,
+                ApiRequest::PatchBalloon(BalloonUpdate { amount_mib: 4 }),
+            ),
+            (
+                "PATCH",
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s": 3}"#,
+                ApiRequest::PatchBalloonStats(BalloonStatsUpdate {
+                    stats_polling_interval_s: 3,
+                }),
             ),
             (
                 "PUT",
