@@ -18,7 +18,7 @@ fn mem_total_kib(vm: &mut Guest) -> u64 {
     // `MEM$((6*7))` keeps the echoed command from matching the answer.
     vm.send("echo MEM$((6*7))=$(sed -n 's/^MemTotal: *\\([0-9]*\\).*/\\1/p' /proc/meminfo)=\n");
     vm.wait_for("MEM42=", Duration::from_secs(90)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let out = vm.stdout();
         let tail = &out[before.min(out.len())..];

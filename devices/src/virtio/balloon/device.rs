@@ -202,11 +202,13 @@ impl Balloon {
         Ok(self.latest_stats)
     }
 
+    /// Arm the statistics timer for the current interval while active with statistics on;
+    /// stop it otherwise. Called from the event loop's thread.
     pub(super) fn arm_stats_timer(&mut self) {
-        if self.stats_polling_interval_s == 0 || self.active.is_none() {
-            return;
-        }
-        let every = std::time::Duration::from_secs(u64::from(self.stats_polling_interval_s));
+        let every = match (self.stats_polling_interval_s, &self.active) {
+            (0, _) | (_, None) => std::time::Duration::ZERO,
+            (s, Some(_)) => std::time::Duration::from_secs(u64::from(s)),
+        };
         if let Err(e) = set_timer(&self.stats_timer, every) {
             tracing::error!("virtio-balloon: cannot arm the statistics timer: {e}");
         }
@@ -432,7 +434,8 @@ impl VirtioDevice for Balloon {
             queue_evts: ctx.queue_evts,
             interrupt: ctx.interrupt,
         });
-        self.arm_stats_timer();
+        // The event handler arms the statistics timer: this runs on a vCPU thread, whose
+        // seccomp filter has no timerfd calls.
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 
@@ -449,9 +452,7 @@ impl VirtioDevice for Balloon {
         self.queues.clear();
         self.acked_features = 0;
         self.stats_desc_index = None;
-        if let Err(e) = set_timer(&self.stats_timer, std::time::Duration::ZERO) {
-            tracing::warn!("virtio-balloon: cannot stop the statistics timer: {e}");
-        }
+        // The event handler stops the statistics timer (see `activate`).
         if let Err(e) = self.activate_evt.write(1) {
             tracing::warn!("virtio-balloon: cannot signal reset: {e}");
         }

@@ -26,6 +26,7 @@ impl MutEventSubscriber for Balloon {
             let mut registered = std::mem::take(&mut self.registered);
             registered.sync(ops, self.queue_evts());
             self.registered = registered;
+            self.arm_stats_timer();
             self.process_inflate();
             self.process_deflate();
             self.process_stats();
