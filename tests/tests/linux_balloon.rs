@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::linux::ATTEMPTS;
+use cairn_tests::linux::{retry_on_guest_flake, ATTEMPTS};
 use cairn_tests::process::http::request;
 use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
@@ -62,6 +62,10 @@ fn linux_guest_inflates_reports_and_deflates_the_balloon() {
     if !kvm_available("linux_guest_inflates_reports_and_deflates_the_balloon") {
         return;
     }
+    retry_on_guest_flake("linux_balloon", inflate_report_deflate);
+}
+
+fn inflate_report_deflate() {
     let guest = linux_guest();
     let dir = tempfile::tempdir().unwrap();
     let api = dir.path().join("api.sock");
@@ -126,6 +130,7 @@ fn linux_guest_inflates_reports_and_deflates_the_balloon() {
     assert_eq!(status, 200);
     assert!(body.contains(r#""amount_mib":64"#), "{body}");
     let total_inflated = mem_total_kib(&mut vm);
+    eprintln!("MemTotal: {total_before} KiB -> {total_inflated} KiB inflated");
     assert!(
         total_before - total_inflated >= 64 * 1024 - 64,
         "MemTotal {total_before} KiB -> {total_inflated} KiB after a 64 MiB inflate"
