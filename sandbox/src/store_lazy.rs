@@ -445,3 +445,47 @@ fn within(listener: &UnixListener, timeout: Duration) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::manifest::FileEntry;
+
+    fn entry(path: &str, checkpoint: Option<&str>) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            checkpoint: checkpoint.map(Into::into),
+            mode: 0o644,
+            content: Default::default(),
+        }
+    }
+
+    #[test]
+    fn memory_disk_layers_and_the_base_image_are_lazy_the_rest_is_fetched() {
+        let lazy = [
+            entry("checkpoints/c1/mem.layer", Some("c1")),
+            entry("checkpoints/c1/disk.rootfs.layer", Some("c1")),
+            entry("disk.img", None),
+        ];
+        let eager = [
+            entry("checkpoints/c1/mem.layer.index", Some("c1")),
+            entry("checkpoints/c1/disk.rootfs.layer.index", Some("c1")),
+            entry("checkpoints/c1/state", Some("c1")),
+            entry("checkpoints/c1/meta.json", Some("c1")),
+            entry("vm.json", None),
+            entry("net.json", None),
+        ];
+        assert!(lazy.iter().all(is_lazy_entry));
+        assert!(!eager.iter().any(is_lazy_entry));
+        let kinds = |files: &[FileEntry]| {
+            lazy_kinds(&LazyFiles {
+                sandbox: "s".into(),
+                files: files.to_vec(),
+            })
+        };
+        assert_eq!(kinds(&lazy), (true, true));
+        // A lazy.json from before disks were lazy: memory alone, no block server.
+        assert_eq!(kinds(&lazy[..1]), (true, false));
+        assert_eq!(kinds(&lazy[1..]), (false, true));
+    }
+}
