@@ -318,14 +318,9 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
             s.spawn(move || serve_disks(&listener, set, context, paths, connected))
         });
         let r = match memory_listener {
-            Some(listener) => serve_memory(
-                &listener,
-                &source,
-                &faults,
-                &context,
-                &paths,
-                &connected,
-            ),
+            Some(listener) => {
+                serve_memory(&listener, &source, &faults, &context, &paths, &connected)
+            }
             None => Ok(()),
         };
         let disk_result = disks.map(|d| {

@@ -227,7 +227,9 @@ impl<'a> LazySet<'a> {
 
     /// Make `len` bytes of file `i` at `offset` present (every chunk they touch).
     pub fn ensure(&self, i: usize, offset: u64, len: u64, why: Why) -> Result<()> {
-        let end = offset.saturating_add(len).min(self.files[i].entry.content.size);
+        let end = offset
+            .saturating_add(len)
+            .min(self.files[i].entry.content.size);
         let mut c = offset / CHUNK_SIZE * CHUNK_SIZE;
         while c < end {
             self.ensure_chunk(i, c, why)?;

@@ -78,7 +78,10 @@ fn is_data(e: &cairn_store::manifest::FileEntry) -> bool {
 /// Pull sandbox "d" lazily into `out`; its lazy list.
 fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> LazyFiles {
     let (m, report) = r.pull_with(local, "d", out, &is_data).unwrap();
-    assert!(report.bytes_fetched < 64 << 10, "only the index: {report:?}");
+    assert!(
+        report.bytes_fetched < 64 << 10,
+        "only the index: {report:?}"
+    );
     assert_eq!(std::fs::metadata(out.join("disk.img")).unwrap().blocks(), 0);
     LazyFiles {
         sandbox: "d".into(),

@@ -248,7 +248,8 @@ fn a_fetcher_fills_the_base_and_layers_before_reads_and_its_errors_fail_them() {
         bad: u64::MAX,
         asked: Default::default(),
     });
-    let mut d = LayeredDisk::open(&bp, &[layer.clone()], dir.path().join("a2")).unwrap();
+    let mut d =
+        LayeredDisk::open(&bp, std::slice::from_ref(&layer), dir.path().join("a2")).unwrap();
     let mut v = vec![0u8; expect.len()];
     let e = d.read_at(0, &mut v).unwrap_err();
     assert!(
