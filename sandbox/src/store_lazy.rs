@@ -136,6 +136,10 @@ pub fn page_server_args(
 /// A failed start of a lazy sandbox: the page server's reason, when it stopped the VMM, or the
 /// first disk range it could not have.
 pub fn explain(paths: &Paths, e: SandboxError) -> SandboxError {
+    // A sandbox whose files are all here has no server: an error file left is an old one.
+    if !is_lazy(paths) {
+        return e;
+    }
     let reason = |file| {
         fs::read_to_string(paths.dir.join(file))
             .ok()
