@@ -77,6 +77,11 @@ pub struct CliArgs {
     /// virtio-mmio only (kept as a flag so the refusal names it instead of "unknown argument").
     #[arg(long)]
     pub enable_pci: bool,
+    /// cairn: fill the disk files of the first restore (base images, disk layers) on first
+    /// read from the block server on this Unix socket (a lazily pulled sandbox;
+    /// checkpoint/served_disk.rs).
+    #[arg(long)]
+    pub block_server: Option<PathBuf>,
     /// Maximum API request body size in bytes.
     #[arg(long, default_value_t = 51200)]
     pub http_api_max_payload_size: usize,
@@ -220,6 +225,7 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     let mut controller = Controller::new(args.id.clone(), stdin_fd)?;
     controller.set_checkpoint_dir(args.checkpoint_dir.clone());
     crate::checkpoint::served_memory::serve_next_restore_from(args.page_server.clone());
+    crate::checkpoint::served_disk::serve_next_restore_from(args.block_server.clone());
     if !args.no_api {
         controller.serve_api(&args.api_sock, args.http_api_max_payload_size)?;
     }
