@@ -273,7 +273,9 @@ mod tests {
     fn token(m: &Mutex<Mmds>, ttl: &str) -> String {
         let r = ask(
             m,
-            &format!("PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: {ttl}\r\n\r\n"),
+            &format!(
+                "PUT /latest/api/token HTTP/1.1\r\nX-metadata-token-ttl-seconds: {ttl}\r\n\r\n"
+            ),
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(
@@ -289,10 +291,16 @@ mod tests {
         let r = ask(&m, "GET /latest/meta-data/ami-id HTTP/1.1\r\n\r\n");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ami-1"[..]));
         assert_eq!(r.content_type, "text/plain");
-        let r = ask(&m, "GET http://169.254.169.254//latest//meta-data HTTP/1.0\n\n");
+        let r = ask(
+            &m,
+            "GET http://169.254.169.254//latest//meta-data HTTP/1.0\n\n",
+        );
         assert_eq!(r.version, "HTTP/1.0");
         assert_eq!(r.body, b"ami-id\nn");
-        let r = ask(&m, "GET /latest HTTP/1.1\r\nAccept: application/json\r\n\r\n");
+        let r = ask(
+            &m,
+            "GET /latest HTTP/1.1\r\nAccept: application/json\r\n\r\n",
+        );
         assert_eq!(r.content_type, "application/json");
         assert_eq!(r.body, br#"{"meta-data":{"ami-id":"ami-1","n":3}}"#);
         let r = ask(&m, "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n");
@@ -314,11 +322,16 @@ mod tests {
         assert_eq!(r.status, 401);
         assert!(String::from_utf8_lossy(&r.body).starts_with("No MMDS token provided."));
         let r = ask(&m, "GET /latest HTTP/1.1\r\nX-metadata-token: nope\r\n\r\n");
-        assert_eq!((r.status, r.body.as_slice()), (401, &b"MMDS token not valid."[..]));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (401, &b"MMDS token not valid."[..])
+        );
         let t = token(&m, "21600");
         let r = ask(
             &m,
-            &format!("GET /latest/meta-data/ami-id HTTP/1.1\r\nx-aws-ec2-metadata-token: {t}\r\n\r\n"),
+            &format!(
+                "GET /latest/meta-data/ami-id HTTP/1.1\r\nx-aws-ec2-metadata-token: {t}\r\n\r\n"
+            ),
         );
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ami-1"[..]));
     }

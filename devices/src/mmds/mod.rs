@@ -13,6 +13,9 @@
 pub mod data_store;
 pub mod http;
 pub mod pdu;
+pub mod stack;
+pub mod tcp;
 pub mod token;
 
 pub use data_store::{Mmds, MmdsError, MmdsVersion, OutputFormat, DEFAULT_MMDS_SIZE_LIMIT};
+pub use stack::{is_valid_mmds_ipv4, MmdsStack, DEFAULT_MMDS_IPV4};

@@ -74,7 +74,12 @@ impl<'a> Ethernet<'a> {
 }
 
 /// Write an Ethernet header into `buf`; returns the payload's slice.
-pub fn write_ethernet(buf: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Option<&mut [u8]> {
+pub fn write_ethernet(
+    buf: &mut [u8],
+    dst: [u8; 6],
+    src: [u8; 6],
+    ethertype: u16,
+) -> Option<&mut [u8]> {
     let hdr = buf.get_mut(..ETH_HDR_LEN)?;
     hdr[..6].copy_from_slice(&dst);
     hdr[6..12].copy_from_slice(&src);
@@ -201,7 +206,12 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u32 {
 
 /// Write a 20-byte IPv4 header for `payload_len` bytes of TCP into `buf`; returns the payload's
 /// slice.
-pub fn write_ipv4(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) -> Option<&mut [u8]> {
+pub fn write_ipv4(
+    buf: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    payload_len: usize,
+) -> Option<&mut [u8]> {
     let total = u16::try_from(IPV4_HDR_LEN + payload_len).ok()?;
     let h = buf.get_mut(..IPV4_HDR_LEN)?;
     h[0] = 0x45;
@@ -372,12 +382,18 @@ mod tests {
         let eth = Ethernet::parse(&buf[..n]).unwrap();
         assert_eq!((eth.src, eth.ethertype), ([2; 6], ETHERTYPE_IPV4));
         let ip = Ipv4::parse(eth.payload).unwrap();
-        assert_eq!((ip.src, ip.dst, ip.protocol, ip.fragment), (B, A, PROTO_TCP, false));
+        assert_eq!(
+            (ip.src, ip.dst, ip.protocol, ip.fragment),
+            (B, A, PROTO_TCP, false)
+        );
         // The header checksum verifies.
         assert_eq!(checksum_fold(checksum_add(0, &eth.payload[..20])), 0);
         let t = Tcp::parse(ip.payload, B, A).unwrap();
         assert_eq!((t.src_port, t.dst_port, t.seq, t.ack), (80, 4000, 7, 9));
-        assert_eq!((t.flags, t.window, t.mss, t.payload), (h.flags, 2500, Some(1460), &b"odd"[..]));
+        assert_eq!(
+            (t.flags, t.window, t.mss, t.payload),
+            (h.flags, 2500, Some(1460), &b"odd"[..])
+        );
         assert_eq!(t.seq_len(), 4);
         // A flipped bit breaks the checksum; a wrong pseudo header too.
         let mut bad = ip.payload.to_vec();
@@ -390,7 +406,10 @@ mod tests {
     fn arp_round_trip_and_junk() {
         let mut buf = [0u8; 28];
         write_arp_reply(&mut buf, [1; 6], B, [2; 6], A).unwrap();
-        assert!(ArpRequest::parse(&buf).is_none(), "a reply is not a request");
+        assert!(
+            ArpRequest::parse(&buf).is_none(),
+            "a reply is not a request"
+        );
         buf[7] = 1;
         let r = ArpRequest::parse(&buf).unwrap();
         assert_eq!((r.sha, r.spa, r.tpa), ([1; 6], B, A));
@@ -424,9 +443,24 @@ mod tests {
         assert_eq!(find_mss(&[1, 1, 2, 4, 5, 0xb4]), Some(1460));
         assert_eq!(find_mss(&[2, 4, 5]), None);
         for len in 0..40 {
-            assert!(write_tcp_frame(&mut vec![0u8; len], [0; 6], [0; 6], A, B, &TcpHeader {
-                src_port: 1, dst_port: 2, seq: 0, ack: 0, flags: 0, window: 0, mss: None,
-            }, b"x").is_none());
+            assert!(write_tcp_frame(
+                &mut vec![0u8; len],
+                [0; 6],
+                [0; 6],
+                A,
+                B,
+                &TcpHeader {
+                    src_port: 1,
+                    dst_port: 2,
+                    seq: 0,
+                    ack: 0,
+                    flags: 0,
+                    window: 0,
+                    mss: None,
+                },
+                b"x"
+            )
+            .is_none());
         }
     }
 }

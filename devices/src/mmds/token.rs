@@ -57,8 +57,7 @@ fn random<const N: usize>() -> Result<[u8; N], TokenError> {
     let mut buf = [0u8; N];
     let mut filled = 0;
     while filled < N {
-        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
-        {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
             Ok(n) => filled += n,
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => return Err(TokenError::KeyGeneration),
@@ -101,7 +100,10 @@ impl TokenAuthority {
             .chain_update(nonce)
             .chain_update(self.instance_id.as_bytes())
             .finalize();
-        let outer = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+        let outer = Sha256::new()
+            .chain_update(opad)
+            .chain_update(inner)
+            .finalize();
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&outer[..MAC_LEN]);
         out
