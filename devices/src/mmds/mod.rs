@@ -9,13 +9,16 @@
 //! - [`pdu`]: Ethernet, ARP, IPv4 and TCP headers.
 //! - [`tcp`]: a small TCP server endpoint (one port, bounded connections and buffers).
 //! - [`stack`]: the per-interface stack the virtio-net device hands MMDS frames to.
+//! - [`persist`]: what a snapshot keeps of MMDS (its settings, not the data).
 
 pub mod data_store;
 pub mod http;
 pub mod pdu;
+pub mod persist;
 pub mod stack;
 pub mod tcp;
 pub mod token;
 
 pub use data_store::{Mmds, MmdsError, MmdsVersion, OutputFormat, DEFAULT_MMDS_SIZE_LIMIT};
 pub use stack::{is_valid_mmds_ipv4, MmdsStack, DEFAULT_MMDS_IPV4};
+pub use persist::MmdsState;
