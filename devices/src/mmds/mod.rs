@@ -20,5 +20,5 @@ pub mod tcp;
 pub mod token;
 
 pub use data_store::{Mmds, MmdsError, MmdsVersion, OutputFormat, DEFAULT_MMDS_SIZE_LIMIT};
-pub use stack::{is_valid_mmds_ipv4, MmdsStack, DEFAULT_MMDS_IPV4};
 pub use persist::MmdsState;
+pub use stack::{is_valid_mmds_ipv4, MmdsStack, DEFAULT_MMDS_IPV4};
