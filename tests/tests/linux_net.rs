@@ -275,8 +275,7 @@ fn the_guest_reads_mmds_v1_and_v2() {
         assert_eq!(lines[0], "ami-12345678", "{out}");
         assert_eq!(&lines[1..3], ["ami-id", "hostname"], "{out}");
         assert_eq!(
-            lines[3],
-            r#"{"meta-data":{"ami-id":"ami-12345678","hostname":"cairn-mmds"}}"#,
+            lines[3], r#"{"meta-data":{"ami-id":"ami-12345678","hostname":"cairn-mmds"}}"#,
             "{out}"
         );
         drop(vm);
