@@ -244,4 +244,64 @@ mod tests {
         assert_eq!(back.ipv4_address, Some(Ipv4Addr::new(169, 254, 169, 254)));
         assert_eq!((back.version, back.imds_compat), (MmdsVersion::V2, true));
     }
+
+    /// Through the controller, before boot: `PUT /mmds/config` checks the interfaces, `GET
+    /// /vm/config` shows it, and re-`PUT`ting an interface takes MMDS off it (as Firecracker,
+    /// which builds a new device).
+    #[test]
+    fn mmds_config_follows_the_interfaces() {
+        use crate::api::ApiRequest;
+        use crate::config::NetConfig;
+        let mut c = crate::controller::Controller::new("t".into(), 0).unwrap();
+        let net = |id: &str| NetConfig {
+            iface_id: id.into(),
+            host_dev_name: format!("tap{id}"),
+            guest_mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+            mtu: None,
+        };
+        let cfg = |ids: &[&str]| MmdsConfig {
+            version: MmdsVersion::V2,
+            network_interfaces: ids.iter().map(|s| s.to_string()).collect(),
+            ipv4_address: None,
+            imds_compat: false,
+        };
+        let shown = |c: &mut crate::controller::Controller| match c.handle(ApiRequest::GetVmConfig)
+        {
+            ApiResponse::Json(v) => v["mmds-config"].clone(),
+            other => panic!("{other:?}"),
+        };
+        let refused = c.handle(ApiRequest::PutMmdsConfig(cfg(&["eth0"])));
+        assert_eq!(refused.status(), 400);
+        assert!(format!("{refused:?}")
+            .contains("does not correspond to any existing network interface"));
+        for id in ["eth0", "eth1"] {
+            assert_eq!(
+                c.handle(ApiRequest::PutNetworkInterface(net(id))),
+                ApiResponse::Empty
+            );
+        }
+        assert_eq!(
+            c.handle(ApiRequest::PutMmdsConfig(cfg(&["eth0", "eth1"]))),
+            ApiResponse::Empty
+        );
+        assert_eq!(
+            shown(&mut c),
+            json!({"version": "V2", "network_interfaces": ["eth0", "eth1"],
+                   "ipv4_address": "169.254.169.254", "imds_compat": false})
+        );
+        assert_eq!(
+            c.handle(ApiRequest::PutNetworkInterface(net("eth0"))),
+            ApiResponse::Empty
+        );
+        assert_eq!(shown(&mut c)["network_interfaces"], json!(["eth1"]));
+        assert_eq!(
+            c.handle(ApiRequest::PutNetworkInterface(net("eth1"))),
+            ApiResponse::Empty
+        );
+        assert_eq!(shown(&mut c), serde_json::Value::Null);
+        // The store was made by PUT /mmds/config and answers GET.
+        assert_eq!(c.handle(ApiRequest::GetMmds), ApiResponse::Json(json!({})));
+    }
 }

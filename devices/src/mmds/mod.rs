@@ -21,4 +21,4 @@ pub mod token;
 
 pub use data_store::{Mmds, MmdsError, MmdsVersion, OutputFormat, DEFAULT_MMDS_SIZE_LIMIT};
 pub use persist::MmdsState;
-pub use stack::{is_valid_mmds_ipv4, MmdsStack, DEFAULT_MMDS_IPV4};
+pub use stack::{MmdsStack, DEFAULT_MMDS_IPV4};

@@ -17,12 +17,6 @@ pub const DEFAULT_MMDS_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The TCP port MMDS serves.
 pub const MMDS_TCP_PORT: u16 = 80;
 
-/// Firecracker's rule for `ipv4_address`: link-local (169.254.0.0/16), but not in the first or
-/// last /24, which RFC 3927 reserves.
-pub fn is_valid_mmds_ipv4(addr: Ipv4Addr) -> bool {
-    matches!(addr.octets(), [169, 254, third, _] if third != 0 && third != 255)
-}
-
 /// Counters, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MmdsStats {

@@ -436,18 +436,3 @@ fn hostile_frames_never_panic() {
     let st = g.stack.stats();
     assert!(st.rx_dropped > 0 && st.rx_frames > st.rx_dropped, "{st:?}");
 }
-
-#[test]
-fn link_local_rule() {
-    for (addr, ok) in [
-        ([169, 254, 169, 254], true),
-        ([169, 254, 1, 0], true),
-        ([169, 254, 254, 255], true),
-        ([169, 254, 0, 1], false),
-        ([169, 254, 255, 1], false),
-        ([169, 253, 1, 1], false),
-        ([10, 0, 0, 1], false),
-    ] {
-        assert_eq!(is_valid_mmds_ipv4(Ipv4Addr::from(addr)), ok, "{addr:?}");
-    }
-}

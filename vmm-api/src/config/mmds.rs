@@ -84,6 +84,21 @@ mod tests {
     }
 
     #[test]
+    fn link_local_rule() {
+        for (addr, ok) in [
+            ([169, 254, 169, 254], true),
+            ([169, 254, 1, 0], true),
+            ([169, 254, 254, 255], true),
+            ([169, 254, 0, 1], false),
+            ([169, 254, 255, 1], false),
+            ([169, 253, 1, 1], false),
+            ([10, 0, 0, 1], false),
+        ] {
+            assert_eq!(is_valid_mmds_ipv4(Ipv4Addr::from(addr)), ok, "{addr:?}");
+        }
+    }
+
+    #[test]
     fn parse_defaults_and_rules() {
         let c: MmdsConfig = parse_and_validate(br#"{"network_interfaces": ["eth0"]}"#).unwrap();
         assert_eq!(c.version, MmdsVersion::V1);
