@@ -70,6 +70,8 @@ pub struct Mmds {
     initialized: bool,
     limit: usize,
     tokens: TokenAuthority,
+    rx_no_token: u64,
+    rx_invalid_token: u64,
 }
 
 impl Mmds {
@@ -82,6 +84,8 @@ impl Mmds {
             initialized: false,
             limit,
             tokens: TokenAuthority::new()?,
+            rx_no_token: 0,
+            rx_invalid_token: 0,
         })
     }
 
@@ -154,6 +158,27 @@ impl Mmds {
     /// Whether `token` was made by this store and has not expired.
     pub fn is_valid_token(&self, token: &str) -> bool {
         self.tokens.is_valid(token)
+    }
+
+    /// Check the token of a guest GET (`None`: it had none) and count what was wrong with it,
+    /// for Firecracker's `rx_no_token` and `rx_invalid_token` metrics. Returns whether it is valid.
+    pub fn check_request_token(&mut self, token: Option<&str>) -> bool {
+        match token {
+            None => {
+                self.rx_no_token += 1;
+                false
+            }
+            Some(t) if !self.tokens.is_valid(t) => {
+                self.rx_invalid_token += 1;
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Guest GETs without a token and with an invalid one, so far.
+    pub fn token_counts(&self) -> (u64, u64) {
+        (self.rx_no_token, self.rx_invalid_token)
     }
 
     /// The value at `path` (a JSON pointer such as `/latest/meta-data`; one trailing `/` is

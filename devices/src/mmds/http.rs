@@ -167,21 +167,17 @@ pub fn respond(mmds: &Mutex<Mmds>, request: &[u8]) -> Response {
     match method {
         "GET" => {
             let token = header(&TOKEN_HEADERS).map(|(_, v)| v);
-            if mmds.version() == MmdsVersion::V2 {
-                match token {
-                    None => {
-                        return Response::new(
-                            version,
-                            401,
-                            "No MMDS token provided. Use `X-metadata-token` or \
-                             `X-aws-ec2-metadata-token` header to specify the session token.",
-                        )
-                    }
-                    Some(t) if !mmds.is_valid_token(&t) => {
-                        return Response::new(version, 401, "MMDS token not valid.")
-                    }
-                    Some(_) => {}
-                }
+            let valid = mmds.check_request_token(token.as_deref());
+            if mmds.version() == MmdsVersion::V2 && !valid {
+                return match token {
+                    None => Response::new(
+                        version,
+                        401,
+                        "No MMDS token provided. Use `X-metadata-token` or \
+                         `X-aws-ec2-metadata-token` header to specify the session token.",
+                    ),
+                    Some(_) => Response::new(version, 401, "MMDS token not valid."),
+                };
             }
             let json = header(&["accept"])
                 .is_some_and(|(_, v)| v.eq_ignore_ascii_case("application/json"));
@@ -310,6 +306,8 @@ mod tests {
         assert_eq!(r.status, 501);
         let r = ask(&m, "GET /nope HTTP/1.1\r\n\r\n");
         assert_eq!(r.status, 404);
+        // Counted as Firecracker counts them, also in V1.
+        assert_eq!(m.lock().unwrap().token_counts(), (5, 1));
         assert_eq!(r.body, b"Resource not found: /nope.");
         // V1 also hands out tokens.
         assert!(!token(&m, "60").is_empty());

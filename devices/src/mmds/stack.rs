@@ -24,8 +24,16 @@ pub struct MmdsStats {
     pub rx_frames: u64,
     /// Of those, frames MMDS could not use (not ARP or TCP, malformed, bad checksum).
     pub rx_dropped: u64,
+    /// Of the dropped frames, those that are not even Ethernet frames.
+    pub rx_bad_eth: u64,
     /// Frames MMDS sent to the guest.
     pub tx_frames: u64,
+    /// Bytes in them.
+    pub tx_bytes: u64,
+    /// TCP connections opened.
+    pub connections_created: u64,
+    /// TCP connections closed or reset.
+    pub connections_destroyed: u64,
 }
 
 /// One interface's MMDS stack.
@@ -66,7 +74,12 @@ impl MmdsStack {
 
     /// Counters.
     pub fn stats(&self) -> MmdsStats {
-        self.stats
+        let (created, destroyed) = self.tcp.connections_created_destroyed();
+        MmdsStats {
+            connections_created: created,
+            connections_destroyed: destroyed,
+            ..self.stats
+        }
     }
 
     /// Whether `frame` (an Ethernet frame, no vnet header) is for MMDS: ARP asking about the
@@ -93,6 +106,7 @@ impl MmdsStack {
 
     fn take(&mut self, frame: &[u8], now: Instant) -> bool {
         let Some(eth) = Ethernet::parse(frame) else {
+            self.stats.rx_bad_eth += 1;
             return false;
         };
         match eth.ethertype {
@@ -134,6 +148,7 @@ impl MmdsStack {
             let payload = pdu::write_ethernet(buf, mac, MMDS_MAC, ETHERTYPE_ARP)?;
             let n = pdu::write_arp_reply(payload, MMDS_MAC, self.ipv4, mac, ip)?;
             self.stats.tx_frames += 1;
+            self.stats.tx_bytes += (pdu::ETH_HDR_LEN + n) as u64;
             return Some(pdu::ETH_HDR_LEN + n);
         }
         let (remote_mac, local) = (self.remote_mac, self.ipv4);
@@ -141,6 +156,7 @@ impl MmdsStack {
             pdu::write_tcp_frame(buf, remote_mac, MMDS_MAC, local, remote, h, payload)
         })?;
         self.stats.tx_frames += 1;
+        self.stats.tx_bytes += n as u64;
         Some(n)
     }
 

@@ -239,6 +239,10 @@ fn a_v1_get_over_tcp_and_an_orderly_close() {
     g.send(40000, seq + 1, next + 1, flags::ACK, &[]);
     assert_eq!(g.stack.connection_count(), 0);
     assert!(g.recv().is_empty());
+    let st = g.stack.stats();
+    assert_eq!((st.connections_created, st.connections_destroyed), (1, 1));
+    assert!(st.tx_frames >= 4 && st.tx_bytes > 100, "{st:?}");
+    assert_eq!(st.rx_dropped, 0);
 }
 
 #[test]

@@ -276,6 +276,8 @@ pub struct TcpServer {
     connections: HashMap<Key, Connection>,
     resets: VecDeque<(Ipv4Addr, TcpHeader)>,
     next_iss: u32,
+    created: u64,
+    destroyed: u64,
 }
 
 impl TcpServer {
@@ -289,6 +291,8 @@ impl TcpServer {
             connections: HashMap::new(),
             resets: VecDeque::new(),
             next_iss: u32::from_ne_bytes(seed),
+            created: 0,
+            destroyed: 0,
         }
     }
 
@@ -300,6 +304,19 @@ impl TcpServer {
     /// Open connections.
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Connections opened and closed (or reset) so far.
+    pub fn connections_created_destroyed(&self) -> (u64, u64) {
+        (self.created, self.destroyed)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Connection> {
+        let c = self.connections.remove(key);
+        if c.is_some() {
+            self.destroyed += 1;
+        }
+        c
     }
 
     fn queue_reset(&mut self, remote: Ipv4Addr, seg: &Tcp) {
@@ -330,7 +347,7 @@ impl TcpServer {
     }
 
     fn reset_connection(&mut self, key: Key) {
-        if let Some(c) = self.connections.remove(&key) {
+        if let Some(c) = self.remove(&key) {
             self.resets.push_back((
                 key.0,
                 TcpHeader {
@@ -358,19 +375,20 @@ impl TcpServer {
             if seg.flags & flags::RST != 0 {
                 let in_window = seg.seq.wrapping_sub(c.rcv_nxt) <= u32::from(c.window());
                 if in_window {
-                    self.connections.remove(&key);
+                    self.remove(&key);
                 }
                 return;
             }
             if is_syn && !(c.state == State::SynReceived && seg.seq == c.irs) {
                 // The guest reuses the port for a new connection.
-                self.connections.remove(&key);
+                self.remove(&key);
             } else {
                 let ok = c.receive(seg, now) && c.serve(mmds);
+                let done = c.done();
                 if !ok {
                     self.reset_connection(key);
-                } else if c.done() {
-                    self.connections.remove(&key);
+                } else if done {
+                    self.remove(&key);
                 }
                 return;
             }
@@ -395,6 +413,7 @@ impl TcpServer {
         let iss = self.next_iss;
         self.next_iss = self.next_iss.wrapping_add(64_000);
         self.connections.insert(key, Connection::new(seg, iss, now));
+        self.created += 1;
     }
 
     /// Whether a segment may be ready (an RST or a connection with something to say).
