@@ -138,6 +138,7 @@ impl<B: NetBackend> std::fmt::Debug for Net<B> {
             .field("acked_features", &self.acked_features)
             .field("activated", &self.active.is_some())
             .field("stats", &self.stats)
+            .field("mmds", &self.mmds.as_ref().map(|m| m.ipv4_addr()))
             .finish()
     }
 }
