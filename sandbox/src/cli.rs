@@ -235,6 +235,13 @@ enum Command {
         /// Sandbox name.
         name: String,
     },
+    /// Gives a created or forked guest its clock, network and identity (started by cairn
+    /// itself once `create` or `fork` has returned).
+    #[command(name = "__settle", hide = true)]
+    Settle {
+        /// Sandbox name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -468,6 +475,10 @@ fn run_with_home(home: &Home, command: Command) -> Result<u8, CliError> {
         }
         Command::LeaseRenew { name } => {
             Ok(cairn_sandbox::lease_renew::run(home, &name).map(|()| 0)?)
+        }
+        Command::Settle { name } => {
+            cairn_sandbox::sandbox::settle(home, &name)?;
+            Ok(0)
         }
         Command::Agent(_) | Command::Completions { .. } => Ok(0),
     }

@@ -43,6 +43,9 @@ pub fn spawn_cairn(
             Ok(())
         });
     }
-    cmd.spawn().map_err(io_err(format!("start {what}")))?;
+    let mut child = cmd.spawn().map_err(io_err(format!("start {what}")))?;
+    // Reaped when it ends, so a long-running caller (`cairn serve`) keeps no zombies; a CLI
+    // that exits first leaves it to init.
+    std::thread::spawn(move || child.wait());
     Ok(())
 }

@@ -107,6 +107,8 @@ pub fn fork(
         reg.insert(&record)?;
         let report = make_files(&src_paths, &src_store, ckpt, &paths)?;
         crate::net::fork_for(home, &mut reg, &src_paths, &paths, new)?;
+        // Whenever it first starts, now or later, the guest takes its own name.
+        crate::identity::set_pending(&paths, new)?;
         Ok(report)
     })();
     drop(src_lock);
@@ -124,13 +126,16 @@ pub fn fork(
     let fork_time = t0.elapsed();
     let start_time = if start {
         let t = Instant::now();
-        // Restored with its own hostname and machine-id, in the request that sets its clock
-        // and network.
+        // Restored and running; its own hostname and machine-id, in the request that sets its
+        // clock and network, come in `cairn __settle` before anything runs in it.
         let paths = home.paths(new);
         let started = sandbox::lock(&paths).and_then(|_l| {
             let r = reg.get(new)?;
-            sandbox::start_locked_as(home, &mut reg, &r, None, Some(new))
+            sandbox::start_locked_as(home, &mut reg, &r, None, sandbox::Settle::Later)
         });
+        if started.is_ok() {
+            sandbox::spawn_settler(home, new);
+        }
         started.inspect_err(|_| {
             eprintln!(
                 "{new}: forked, but its start failed (hint: `cairn start {new}` tries again, `cairn rm {new}` removes it)"

@@ -32,7 +32,7 @@ use crate::image::GuestImage;
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, RegistryError, State};
 use crate::rootdisk;
-use crate::sandbox::{self, io_err, CreateOptions, Home, Paths, SandboxError};
+use crate::sandbox::{self, io_err, CreateOptions, Home, Paths, SandboxError, Settle};
 
 /// The checkpoint every golden entry holds, and the head of every sandbox created from one.
 pub const GOLDEN_CKPT: &str = "golden";
@@ -318,15 +318,17 @@ pub fn create_from(
         if with_network(opts) {
             crate::net::attach_new(home, &mut reg, &paths, name)?;
         }
+        crate::identity::set_pending(&paths, name)?;
         times.mark("network");
         times.report(&format!("{name}: before the start"));
         let files = t.elapsed();
         let r = reg.get(name)?;
-        // Restored, reseeded and named in one agent request.
-        sandbox::start_locked_as(home, &mut reg, &r, None, Some(name))?;
+        // Restored and running; its clock, network and name (with a reseeded RNG, in one agent
+        // request) come in `cairn __settle`, before anything runs in it.
+        sandbox::start_locked_as(home, &mut reg, &r, None, Settle::Later)?;
         if std::env::var_os("CAIRN_TIMES").is_some() {
             eprintln!(
-                "{name}: from the golden checkpoint: files {:.0} ms, restore + identity {:.0} ms",
+                "{name}: from the golden checkpoint: files {:.0} ms, restore {:.0} ms",
                 files.as_secs_f64() * 1e3,
                 (t.elapsed() - files).as_secs_f64() * 1e3
             );
@@ -345,6 +347,10 @@ pub fn create_from(
         crate::net::remove(&paths);
         let _ = fs::remove_dir_all(sandbox::jail::jail_dir(&paths));
         let _ = fs::remove_dir_all(&paths.dir);
+    }
+    drop(_lock);
+    if made.is_ok() {
+        sandbox::spawn_settler(home, name);
     }
     made
 }

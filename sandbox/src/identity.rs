@@ -11,7 +11,7 @@
 use crate::sandbox::{Paths, SandboxError};
 use cairn_agent::client::{Client, ClientError};
 use cairn_agent::proto::{IdentityRequest, RestoredRequest};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read};
 
 /// Bytes of host entropy sent per restore (512 bits: twice the kernel pool's size).
@@ -74,6 +74,33 @@ pub fn apply_to(home: &crate::sandbox::Home, sandbox: &str) {
     }
 }
 
+/// Records that the sandbox at `paths` must take the hostname `name` (and a new machine-id) at
+/// its next restore: a create from a golden checkpoint and a fork write it before their VMM
+/// starts, and [`after_restore`] removes it once the guest has its identity. Until then, the
+/// guest still has the identity of the checkpoint it came from, so nothing may run in it: see
+/// [`crate::sandbox::settle_locked`].
+pub fn set_pending(paths: &Paths, name: &str) -> Result<(), SandboxError> {
+    let tmp = paths.identity_pending.with_extension("tmp");
+    fs::write(&tmp, name)
+        .and_then(|()| fs::rename(&tmp, &paths.identity_pending))
+        .map_err(crate::sandbox::io_err(format!(
+            "write {}",
+            paths.identity_pending.display()
+        )))
+}
+
+/// The hostname a restore must still give the guest at `paths`, if [`set_pending`] recorded one
+/// that no restore has applied yet.
+pub fn pending(paths: &Paths) -> Option<String> {
+    let name = fs::read_to_string(&paths.identity_pending).ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn clear_pending(paths: &Paths) {
+    let _ = fs::remove_file(&paths.identity_pending);
+}
+
 /// The host's wall clock, nanoseconds since the Unix epoch.
 fn now_unix_nanos() -> u64 {
     std::time::SystemTime::now()
@@ -88,13 +115,16 @@ fn now_unix_nanos() -> u64 {
 /// one `Restored` request on that same connection, the one round trip a restore needs. An
 /// agent older than the request gets `SetClock`, `NetConfigure` and `Identity` as before, each
 /// on its own connection; so does any agent after a failed `Restored`. As before, only the
-/// network failing fails; the clock and the identity failing are notes.
+/// network failing fails; the clock and the identity failing are notes. Without `name`, a
+/// hostname still [`pending`] is given, and is no longer pending once the guest has it.
 pub fn after_restore(
     paths: &Paths,
     agent: &mut Client,
     sandbox: &str,
     name: Option<&str>,
 ) -> Result<(), SandboxError> {
+    let pending_name = pending(paths);
+    let name = name.or(pending_name.as_deref());
     let net = crate::net::guest::pending(paths);
     let identity = match request(name) {
         Ok(r) => r,
@@ -119,6 +149,7 @@ pub fn after_restore(
             }
             crate::net::guest::after_agent(paths, true)?;
             apply(agent, sandbox, name);
+            clear_pending(paths);
             return Ok(());
         }
     };
@@ -142,6 +173,7 @@ pub fn after_restore(
     if let Some((_, marker)) = &net {
         crate::net::guest::mark_applied(paths, marker);
     }
+    clear_pending(paths);
     Ok(())
 }
 

@@ -27,6 +27,11 @@ fn all_differ(a: &[String], b: &[String], what: &str) {
     }
 }
 
+/// Whether `name` still waits for its hostname (`identity-pending` in its directory).
+fn pending(h: &CairnHome, name: &str) -> bool {
+    h.dir(name).join("identity-pending").exists()
+}
+
 fn golden_entries(h: &CairnHome) -> usize {
     std::fs::read_dir(h.home.path().join("golden"))
         .map(|rd| {
@@ -70,6 +75,28 @@ fn creates_restore_the_golden_checkpoint_and_each_sandbox_is_its_own_machine() {
     assert_eq!((pb[2].as_str(), pc[2].as_str()), ("b", "c"));
     all_differ(&pb, &pc, "golden creates b and c");
     assert_eq!(pb[1].len(), 32, "{pb:?}");
+    assert!(!pending(&h, "b"), "b's identity is applied");
+
+    // `create` returns once the VMM runs; `cairn __settle` then gives the guest its name. When
+    // no settler runs, the first exec does it before its command runs.
+    let mut argv = vec!["create", "e", "--boot-timeout", "400"];
+    argv.extend_from_slice(&shape);
+    let out = h
+        .command(&argv)
+        .env("CAIRN_TEST_NO_SETTLER", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pending(&h, "e"), "e's identity waits for its first exec");
+    let pe = probe(&h, "e");
+    assert_eq!(pe[2], "e");
+    all_differ(&pb, &pe, "golden creates b and e (e settled by its exec)");
+    assert!(!pending(&h, "e"));
+    h.ok(&["rm", "e"]);
 
     // Two forks of one checkpoint, likewise.
     h.ok(&["checkpoint", "create", "b", "k"]);
@@ -79,6 +106,16 @@ fn creates_restore_the_golden_checkpoint_and_each_sandbox_is_its_own_machine() {
     let p2 = probe(&h, "f2");
     assert_eq!((p1[2].as_str(), p2[2].as_str()), ("f1", "f2"));
     all_differ(&p1, &p2, "forks f1 and f2");
+    // A fork left stopped takes its own name at its first start.
+    h.ok(&["fork", "--no-start", "b", "k", "f3"]);
+    assert!(pending(&h, "f3"));
+    h.restore_like(&["start", "f3"], &["start", "f3"]);
+    let p3 = probe(&h, "f3");
+    assert_eq!(p3[2], "f3");
+    all_differ(&p1, &p3, "forks f1 and f3 (f3 started later)");
+    for n in ["f1", "f2", "f3"] {
+        h.ok(&["rm", n]);
+    }
 
     // A terminal: /dev/pts is mounted.
     let (code, out) = h.exec("c", &["sh", "-c", "mountpoint -q /dev/pts && echo pts"]);

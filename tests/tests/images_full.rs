@@ -1,7 +1,9 @@
-//! Real images end to end (opt-in: `CAIRN_TEST_FULL_IMAGES=1`; needs root, KVM and a Debian
-//! mirror). Each image is built once with `cairn image build` (debootstrap, minutes) and cached in
-//! `~/.cache/cairn/test-images/`, keyed by the content of what goes into it: the package list,
-//! the static agent, the recipe's init and fstab, and the image builder's source.
+//! Real images end to end (root, KVM, and a Debian mirror to build the images from; skipped with
+//! `CAIRN_TEST_FULL_IMAGES=0`). Each image is built once with `cairn image build` (debootstrap,
+//! minutes) and cached in `~/.cache/cairn/test-images/`, keyed by the content of what goes into
+//! it: the package list, the static agent, the recipe's init and fstab, and the image builder's
+//! source. Building is the only step that reaches outside this machine (the mirror, as
+//! `guest/build` does); the sandboxes in these tests send nothing out.
 //!
 //! - The default development image: git, python3 (pip, venv), node and npm, a C compiler,
 //!   curl, ssh, ip, ps, less, and `sudo -u dev`.
@@ -18,11 +20,11 @@ use cairn_tests::process::workspace_bin;
 use cairn_tests::sandbox::CairnHome;
 use sha2::{Digest, Sha256};
 
-const OPT_IN: &str = "CAIRN_TEST_FULL_IMAGES";
+const OPT_OUT: &str = "CAIRN_TEST_FULL_IMAGES";
 
 fn wanted(name: &str) -> bool {
-    if std::env::var_os(OPT_IN).is_none_or(|v| v != "1") {
-        eprintln!("SKIP {name}: set {OPT_IN}=1 (builds Debian images with debootstrap: minutes)");
+    if std::env::var_os(OPT_OUT).is_some_and(|v| v == "0") {
+        eprintln!("SKIP {name}: {OPT_OUT}=0");
         return false;
     }
     // SAFETY: geteuid has no preconditions.

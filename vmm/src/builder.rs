@@ -18,6 +18,7 @@ use crate::arch::x86_64::regs::EntryMode;
 use crate::boot::{
     build_cmdline, load_initrd, load_kernel, write_boot_info, LoadedKernel, DEFAULT_BOOT_ARGS,
 };
+use crate::config::HugePages;
 use crate::device_manager::{
     attach_legacy_devices, attach_virtio_device, LegacyDevices, SlotAllocator, VirtioAttachment,
     VirtioHandle,
@@ -68,6 +69,8 @@ pub struct BuildSpec {
     pub vcpu_count: u8,
     /// Guest RAM in MiB.
     pub mem_size_mib: usize,
+    /// The page size backing guest RAM (Firecracker's `huge_pages`).
+    pub huge_pages: HugePages,
     /// Two threads per core.
     pub smt: bool,
     /// KVM dirty logging for incremental checkpoints.
@@ -151,6 +154,7 @@ impl BuildSpec {
             },
             vcpu_count: 1,
             mem_size_mib: 128,
+            huge_pages: HugePages::None,
             smt: false,
             track_dirty_pages: false,
             cpu_template: CpuTemplate::None,
@@ -175,6 +179,14 @@ impl BuildSpec {
             )));
         }
         crate::host_limits::check_mem_size(self.mem_size_mib).map_err(VmmError::Config)?;
+        if self.huge_pages.is_huge() && self.checkpoint_dir.is_some() {
+            return Err(VmmError::Config(
+                "huge_pages \"2M\" cannot be combined with a checkpoint directory: named \
+                 checkpoints restore guest memory by mapping their layer files, which cannot be \
+                 huge pages"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -292,7 +304,7 @@ pub fn build_machine(
     install_kick_handler()?;
     // Memory and the kernel do not need the VM: load them while a prewarm (if one was started)
     // finishes making it.
-    let mem = create_guest_memory(spec.mem_size_mib)?;
+    let mem = create_guest_memory(spec.mem_size_mib, spec.huge_pages)?;
     let (kernel, initrd) = load_image(&mem, &spec.image)?;
     let PreparedVm { kvm, mut vm } = prewarm::take()?;
     check_template_capabilities(&kvm, spec)?;
@@ -522,6 +534,7 @@ impl BuildSpec {
             },
             vcpu_count: mc.vcpu_count,
             mem_size_mib: mc.mem_size_mib,
+            huge_pages: mc.huge_pages,
             smt: mc.smt,
             track_dirty_pages: mc.track_dirty_pages || cfg.cairn.checkpoint_dir.is_some(),
             cpu_template: template,

@@ -73,6 +73,10 @@ pub struct CliArgs {
     /// this Unix socket (a lazily pulled sandbox; checkpoint/served_memory.rs).
     #[arg(long)]
     pub page_server: Option<PathBuf>,
+    /// Firecracker's PCI transport for virtio devices: refused, since cairn's devices are
+    /// virtio-mmio only (kept as a flag so the refusal names it instead of "unknown argument").
+    #[arg(long)]
+    pub enable_pci: bool,
     /// Maximum API request body size in bytes.
     #[arg(long, default_value_t = 51200)]
     pub http_api_max_payload_size: usize,
@@ -183,10 +187,17 @@ impl Write for StdoutConsole {
     }
 }
 
+/// Why `--enable-pci` is refused.
+pub const ENABLE_PCI_REFUSED: &str = "--enable-pci is not supported: cairn's devices are \
+     virtio-mmio (announced on the kernel command line), cairn has no PCI bus; run without it";
+
 /// Run `cairn-vmm` with `args`. Returns the process exit code.
 pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     init_logging(&args)?;
     report_panics_in_one_line();
+    if args.enable_pci {
+        return Err(VmmError::Args(ENABLE_PCI_REFUSED.into()));
+    }
     if args.no_api && args.config_file.is_none() {
         return Err(VmmError::Args("--no-api needs --config-file".into()));
     }

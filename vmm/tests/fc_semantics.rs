@@ -1,6 +1,7 @@
 //! Firecracker semantics clients depend on, checked on a `cairn-vmm` child process: exit codes
-//! of command-line errors, a refused PUT keeping the last valid configuration, the API payload
-//! limit, and a failed `/snapshot/load` ending the process. None of them boots a VM.
+//! of command-line errors (`--enable-pci` among them), a refused PUT keeping the last valid
+//! configuration, the API payload limit, and a failed `/snapshot/load` ending the process. None
+//! of them boots a VM.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +62,30 @@ fn command_line_errors_exit_with_firecrackers_codes() {
         ]),
         Some(153)
     );
+}
+
+#[test]
+fn enable_pci_is_refused_with_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let out = vmm()
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--enable-pci")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Firecracker's exit code for a bad argument (ArgParsing).
+    assert_eq!(out.status.code(), Some(153));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("--enable-pci") && lines[0].contains("virtio-mmio"),
+        "{err}"
+    );
+    // Refused before anything starts: no API socket was made.
+    assert!(!sock.exists());
 }
 
 #[test]

@@ -29,11 +29,96 @@ pub(crate) fn ensure_running_locked(
 ) -> Result<(Record, Option<Client>), SandboxError> {
     let r = reg.get(name)?;
     match liveness(&r) {
-        Liveness::Running => Ok((r, None)),
+        // Started by a create or fork that left the guest's identity to `cairn __settle`,
+        // which has not got to it yet (or died): do it here, before anything runs in it.
+        Liveness::Running => {
+            let agent = settle_locked(home, reg, &r)?;
+            Ok((r, agent))
+        }
         _ => {
             let agent = start_locked(home, reg, &r, None)?;
             Ok((reg.get(name)?, agent))
         }
+    }
+}
+
+/// When [`start_locked_as`] hands the guest's side of a start over to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// The start waits for the agent and sends it the clock, network and identity.
+    Now,
+    /// The start returns once the VMM has restored the checkpoint and runs. The guest takes its
+    /// clock, network and pending identity in [`settle_locked`]: `cairn __settle` (spawned by
+    /// [`spawn_settler`]) or the first exec, cp, console or checkpoint, whichever takes the
+    /// lifecycle lock first. Nothing runs in the guest before that.
+    Later,
+}
+
+/// Finishes a [`Settle::Later`] start, with the lifecycle lock held: waits for the agent, then
+/// sends it the clock, the network and the pending identity ([`crate::identity::after_restore`])
+/// and returns its connection. Does nothing when no identity is pending or no VMM runs. If that
+/// fails, the VMM is ended and the sandbox is left stopped at its head checkpoint with the
+/// identity still pending, so its next start sends it.
+pub(crate) fn settle_locked(
+    home: &Home,
+    reg: &mut Registry,
+    r: &Record,
+) -> Result<Option<Client>, SandboxError> {
+    let paths = home.paths(&r.name);
+    let Some(pid) = r.pid else {
+        return Ok(None);
+    };
+    if crate::identity::pending(&paths).is_none() || liveness(r) != Liveness::Running {
+        return Ok(None);
+    }
+    let mut times = crate::phase_times::PhaseTimes::start();
+    let from = console_len(&paths);
+    let settled = wait_agent(
+        &paths,
+        pid,
+        Duration::from_secs(60),
+        &format!("starting {}", r.name),
+        from,
+    )
+    .and_then(|(_, mut agent)| {
+        times.mark("agent");
+        crate::identity::after_restore(&paths, &mut agent, &r.name, None)?;
+        times.mark("clock+net+identity");
+        Ok(agent)
+    });
+    times.report(&format!("{}: settle", r.name));
+    settled.map(Some).inspect_err(|_| {
+        kill_vmm(pid);
+        let _ = reg.set_state(&r.name, State::Stopped, None);
+    })
+}
+
+/// `cairn __settle NAME`: [`settle_locked`] under the lifecycle lock (nothing to do when an
+/// exec got there first).
+pub fn settle(home: &Home, name: &str) -> Result<(), SandboxError> {
+    let mut reg = home.registry()?;
+    let paths = home.paths(&reg.get(name)?.name);
+    let _l = lock(&paths)?;
+    let r = reg.get(name)?;
+    settle_locked(home, &mut reg, &r).map(drop)
+}
+
+/// Starts `cairn __settle NAME` in the background, after a [`Settle::Later`] start whose
+/// caller has released the lifecycle lock. If it cannot be started, the first exec settles.
+pub(crate) fn spawn_settler(home: &Home, name: &str) {
+    // For the test that the first exec settles when no settler ran.
+    if std::env::var_os("CAIRN_TEST_NO_SETTLER").is_some() {
+        return;
+    }
+    let paths = home.paths(name);
+    if let Err(e) = crate::detached::spawn_cairn(
+        home,
+        "__settle",
+        name,
+        &paths.settle_log,
+        "the guest's settling",
+    ) {
+        eprintln!("cairn: note: {name}: {e} (its first exec finishes its start)");
     }
 }
 
@@ -71,17 +156,18 @@ pub(crate) fn start_locked(
     r: &Record,
     ckpt: Option<&str>,
 ) -> Result<Option<Client>, SandboxError> {
-    start_locked_as(home, reg, r, ckpt, None)
+    start_locked_as(home, reg, r, ckpt, Settle::Now)
 }
 
-/// [`start_locked`]; with `new_identity`, the restored guest also gets that hostname and a new
-/// machine-id in the same agent request that reseeds its RNG (see [`crate::identity`]).
+/// [`start_locked`], the guest's side done now or left to [`settle_locked`] (`settle`). A
+/// hostname [`crate::identity::set_pending`] recorded is given to the guest, with a new
+/// machine-id, in the agent request that reseeds its RNG (see [`crate::identity`]).
 pub(crate) fn start_locked_as(
     home: &Home,
     reg: &mut Registry,
     r: &Record,
     ckpt: Option<&str>,
-    new_identity: Option<&str>,
+    settle: Settle,
 ) -> Result<Option<Client>, SandboxError> {
     let mut times = crate::phase_times::PhaseTimes::start();
     crate::store_sync::take_lease(home, &r.name)?;
@@ -117,6 +203,9 @@ pub(crate) fn start_locked_as(
             },
         )?;
         times.mark("restore");
+        if settle == Settle::Later {
+            return Ok(None);
+        }
         wait_agent(
             &paths,
             pid,
@@ -128,8 +217,8 @@ pub(crate) fn start_locked_as(
             times.mark("agent");
             // Clock, network and identity (every restore of one checkpoint starts with the same
             // RNG state: reseed it) in one request on the connection that found the agent.
-            crate::identity::after_restore(&paths, &mut agent, &r.name, new_identity)?;
-            Ok(agent)
+            crate::identity::after_restore(&paths, &mut agent, &r.name, None)?;
+            Ok(Some(agent))
         })
     })();
     times.mark("clock+net+identity");
@@ -142,9 +231,14 @@ pub(crate) fn start_locked_as(
     };
     reg.set_running_from(&r.name, pid, &head)?;
     times.mark("registry");
+    let settled = if agent.is_some() {
+        ""
+    } else {
+        ", the guest settling"
+    };
     // Into the console log, not stderr: a wake by `exec` must keep the command's streams its own.
     let notice = format!(
-        "cairn: {}: started from checkpoint {head} in {:.2} s\n",
+        "cairn: {}: started from checkpoint {head} in {:.2} s{settled}\n",
         r.name,
         start.elapsed().as_secs_f64()
     );
@@ -159,7 +253,7 @@ pub(crate) fn start_locked_as(
     }
     times.mark("log+idle");
     times.report(&format!("{}: start from {head}", r.name));
-    Ok(Some(agent))
+    Ok(agent)
 }
 
 /// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one
@@ -291,6 +385,15 @@ pub fn stop(home: &Home, name: &str) -> Result<Option<String>, SandboxError> {
     if r.state == State::Stopped {
         return Ok(None);
     }
+    // A guest still owed its identity settles first, so the checkpoint carries it (a push of
+    // the sandbox does not carry `identity-pending`). If that fails, the sandbox is stopped.
+    if let Err(e) = settle_locked(home, &mut reg, &r) {
+        eprintln!(
+            "cairn: note: {name}: its guest did not settle ({e}); stopped at its last checkpoint"
+        );
+        return Ok(None);
+    }
+    let r = reg.get(name)?;
     let stopped = stop_locked(&mut reg, &r)?;
     crate::store_sync::release_lease(home, name);
     Ok(stopped)

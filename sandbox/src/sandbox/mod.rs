@@ -16,8 +16,12 @@ pub(crate) use boot::{boot_error, cold_boot, console_len};
 pub use boot::{console_tail, create, vm_config, wait_agent};
 pub(crate) use checkpoint::create_checkpoint_at;
 pub use checkpoint::{checkpoint_create, checkpoint_list, checkpoint_remove, checkpoint_restore};
-pub use lifecycle::{agent_answers, enter, lock, remove, start, start_with, stop, touch, Started};
-pub(crate) use lifecycle::{ensure_running_locked, start_locked, start_locked_as, stop_locked};
+pub use lifecycle::{
+    agent_answers, enter, lock, remove, settle, start, start_with, stop, touch, Started,
+};
+pub(crate) use lifecycle::{
+    ensure_running_locked, spawn_settler, start_locked, start_locked_as, stop_locked, Settle,
+};
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
 
@@ -187,6 +191,11 @@ pub struct Paths {
     pub console_in: PathBuf,
     /// The custom CPU template the VMM boots with (a copy of the image's `cpu_config`), if any.
     pub cpu_config: PathBuf,
+    /// The hostname the guest must still take at its next restore ([`crate::identity::pending`]).
+    pub identity_pending: PathBuf,
+    /// The log of `cairn __settle` (the guest's identity, clock and network after a create or
+    /// fork returned).
+    pub settle_log: PathBuf,
 }
 
 impl Paths {
@@ -208,6 +217,8 @@ impl Paths {
             idle_log: dir.join("idle.log"),
             console_in: dir.join("console.in"),
             cpu_config: dir.join("cpu-config.json"),
+            identity_pending: dir.join("identity-pending"),
+            settle_log: dir.join("settle.log"),
             dir,
         }
     }

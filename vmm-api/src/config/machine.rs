@@ -112,15 +112,31 @@ impl fmt::Display for CpuTemplate {
     }
 }
 
-/// Firecracker's `machine-config.huge_pages`.
+/// Firecracker's `machine-config.huge_pages`: the page size backing guest memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HugePages {
     /// Ordinary 4 KiB pages.
     #[default]
     None,
-    /// 2 MiB hugetlbfs pages: accepted by the parser, rejected by `validate()` (not implemented).
+    /// 2 MiB hugetlbfs pages, from the host's pool (`/proc/sys/vm/nr_hugepages`); guest memory
+    /// must be a multiple of 2 MiB.
     #[serde(rename = "2M")]
     Hugetlbfs2M,
+}
+
+impl HugePages {
+    /// The page size in bytes.
+    pub fn page_size(self) -> u64 {
+        match self {
+            HugePages::None => 4096,
+            HugePages::Hugetlbfs2M => 2 << 20,
+        }
+    }
+
+    /// Whether guest memory is on hugetlbfs pages.
+    pub fn is_huge(self) -> bool {
+        self != HugePages::None
+    }
 }
 
 /// Firecracker's `machine-config` / `PUT /machine-config`.
@@ -199,11 +215,13 @@ fn validate_mem_size(mib: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_huge_pages(pages: HugePages) -> Result<(), ConfigError> {
-    if pages != HugePages::None {
+/// Firecracker's rule: with huge pages, guest memory is a whole number of them.
+fn validate_mem_size_for_pages(mib: usize, pages: HugePages) -> Result<(), ConfigError> {
+    let page_mib = (pages.page_size() >> 20).max(1) as usize;
+    if mib % page_mib != 0 {
         return Err(ConfigError::invalid(
-            "huge_pages",
-            "huge pages are not implemented by cairn (supported: \"None\")",
+            "mem_size_mib",
+            format!("must be a multiple of {page_mib} with huge_pages \"2M\", got {mib}"),
         ));
     }
     Ok(())
@@ -225,7 +243,7 @@ impl Validate for MachineConfig {
         if let Some(template) = self.cpu_template {
             template.validate("cpu_template")?;
         }
-        validate_huge_pages(self.huge_pages)
+        validate_mem_size_for_pages(self.mem_size_mib, self.huge_pages)
     }
 }
 
@@ -254,8 +272,8 @@ pub struct MachineConfigUpdate {
 }
 
 impl Validate for MachineConfigUpdate {
-    /// Checks each field on its own; rules that combine fields (SMT and an odd vCPU count) need
-    /// the merged result: validate `current.apply(&update)` too.
+    /// Checks each field on its own; rules that combine fields (SMT and an odd vCPU count, the
+    /// memory size and huge pages) need the merged result: validate `current.apply(&update)` too.
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(count) = self.vcpu_count {
             validate_vcpu_count(count)?;
@@ -266,8 +284,8 @@ impl Validate for MachineConfigUpdate {
         if let Some(template) = self.cpu_template {
             template.validate("cpu_template")?;
         }
-        if let Some(pages) = self.huge_pages {
-            validate_huge_pages(pages)?;
+        if let (Some(mib), Some(pages)) = (self.mem_size_mib, self.huge_pages) {
+            validate_mem_size_for_pages(mib, pages)?;
         }
         Ok(())
     }

@@ -320,6 +320,14 @@ impl VmConfig {
         self.machine_config
             .validate()
             .map_err(|e| e.within("machine-config"))?;
+        if self.machine_config.huge_pages.is_huge() && self.cairn.checkpoint_dir.is_some() {
+            return Err(ConfigError::invalid(
+                "machine-config.huge_pages",
+                "\"2M\" cannot be combined with a checkpoint directory (cairn.checkpoint_dir, \
+                 --checkpoint-dir): named checkpoints restore guest memory by mapping their layer \
+                 files, which cannot be huge pages",
+            ));
+        }
 
         let mut drive_ids = HashSet::new();
         let mut root_drive: Option<&str> = None;

@@ -351,10 +351,50 @@ fn cpu_templates() {
 fn huge_pages() {
     let mc: MachineConfig =
         parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#).unwrap();
-    assert_eq!(mc.validate().unwrap_err().field(), "huge_pages");
-    let mc: MachineConfig =
-        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "None"}"#).unwrap();
     mc.validate().unwrap();
+    assert_eq!(mc.huge_pages.page_size(), 2 << 20);
+    let mc: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 65, "huge_pages": "None"}"#).unwrap();
+    mc.validate().unwrap();
+    // Firecracker's rule: a whole number of 2 MiB pages.
+    let mc: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 65, "huge_pages": "2M"}"#).unwrap();
+    let err = mc.validate().unwrap_err();
+    assert_eq!(err.field(), "mem_size_mib");
+    assert!(err.to_string().contains("multiple of 2"), "{err}");
+    // PATCH: each field alone is fine, the merged result is not.
+    let update: MachineConfigUpdate = parse_json(br#"{"huge_pages": "2M"}"#).unwrap();
+    update.validate().unwrap();
+    let odd = MachineConfig {
+        mem_size_mib: 129,
+        ..MachineConfig::default()
+    };
+    assert_eq!(
+        odd.apply(&update).validate().unwrap_err().field(),
+        "mem_size_mib"
+    );
+    let both: MachineConfigUpdate =
+        parse_json(br#"{"mem_size_mib": 3, "huge_pages": "2M"}"#).unwrap();
+    assert_eq!(both.validate().unwrap_err().field(), "mem_size_mib");
+    // Unknown page sizes are refused by the parser, naming the field.
+    let err = parse_json::<MachineConfig>(
+        br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "1G"}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("huge_pages:"), "{err}");
+}
+
+#[test]
+fn huge_pages_and_a_checkpoint_dir_are_refused_together() {
+    let cfg: VmConfig = parse_json(
+        br#"{"boot-source": {"kernel_image_path": "k"},
+             "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"},
+             "cairn": {"checkpoint_dir": "/tmp/ck"}}"#,
+    )
+    .unwrap();
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.field(), "machine-config.huge_pages");
+    assert!(err.to_string().contains("checkpoint_dir"), "{err}");
 }
 
 #[test]

@@ -38,7 +38,7 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
             smt: spec.smt,
             cpu_template,
             track_dirty_pages: spec.track_dirty_pages,
-            ..MachineConfig::default()
+            huge_pages: spec.huge_pages,
         },
         logger: previous.logger.clone(),
         metrics: previous.metrics.clone(),

@@ -418,7 +418,8 @@ mod tests {
             eprintln!("SKIP copy_keeps_the_content_at_arming: no userfaultfd here");
             return;
         }
-        let mem = crate::vstate::memory::create_guest_memory(16).unwrap();
+        let mem =
+            crate::vstate::memory::create_guest_memory(16, crate::config::HugePages::None).unwrap();
         let pages = 16 * 256u64;
         for p in 0..pages {
             mem.write_obj(p * 7 + 1, GuestAddress(p * PAGE_SIZE))

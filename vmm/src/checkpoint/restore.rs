@@ -226,6 +226,8 @@ pub fn restore_machine(
         },
         vcpu_count: state.vcpus.len() as u8,
         mem_size_mib: (state.regions.iter().map(|r| r.1).sum::<u64>() >> 20) as usize,
+        // Snapshots of VMs on huge pages are refused when taken, so none is restored.
+        huge_pages: crate::config::HugePages::None,
         smt: false,
         track_dirty_pages: opts.track_dirty_pages,
         cpu_template: template,

@@ -11,6 +11,12 @@ use crate::checkpoint::state::{capture, write_state};
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
 
+/// Why a VM on huge pages is not snapshotted.
+pub const HUGE_PAGES_SNAPSHOT: &str =
+    "snapshots of a VM on huge pages (huge_pages \"2M\") are not supported: Firecracker loads \
+     them only through a UFFD page handler, which cairn does not implement, and cairn never \
+     restores them onto small pages";
+
 /// Which pages a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotKind {
@@ -70,6 +76,9 @@ pub fn create_snapshot(
     for p in [state_path, mem_path] {
         cairn_snapshot::safe_path::check_output_target(p)
             .map_err(|e| VmmError::Config(format!("{}: {e}", p.display())))?;
+    }
+    if machine.spec().huge_pages.is_huge() {
+        return Err(VmmError::InvalidState(HUGE_PAGES_SNAPSHOT.into()));
     }
     if state_path == mem_path {
         return Err(VmmError::Config(

@@ -156,7 +156,8 @@ mod tests {
         let PreparedVm { vm, .. } = take().unwrap();
         assert!(vm.slots().is_empty());
         // The scratch slot is gone: slot 0 can be registered again, with a different size.
-        let mem = crate::vstate::memory::create_guest_memory(2).unwrap();
+        let mem =
+            crate::vstate::memory::create_guest_memory(2, crate::config::HugePages::None).unwrap();
         let mut vm = vm;
         vm.register_memory(&mem, true).unwrap();
         assert_eq!(vm.slots().len(), 1);

@@ -202,10 +202,18 @@ pub const CASES: &[Case] = &[
             patch("/machine-config", r#"{"cpu_template": "C3"}"#, 204),
             patch("/machine-config", r#"{"cpu_template": "T2S"}"#, 204),
             patch("/machine-config", r#"{"cpu_template": "T2CL"}"#, 204),
-            differs(
-                patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
+            patch("/machine-config", r#"{"huge_pages": "2M"}"#, 204),
+            // With 2 MiB pages the memory must be a whole number of them.
+            patch("/machine-config", r#"{"mem_size_mib": 129}"#, 400),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}"#,
                 400,
-                "huge pages not implemented",
+            ),
+            put(
+                "/machine-config",
+                r#"{"vcpu_count": 1, "mem_size_mib": 130, "huge_pages": "2M"}"#,
+                204,
             ),
             patch("/machine-config", r#"{"huge_pages": "None"}"#, 204),
             get(
