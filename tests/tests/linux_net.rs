@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use cairn_agent::client::ExitStatus;
 use cairn_agent::proto::ExecRequest;
-use cairn_tests::kvm_available;
 use cairn_tests::linux::{
     agent_answers, guest_with_agent, retry_on_guest_flake, AGENT_PORT, ATTEMPTS,
 };
 use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
+use cairn_tests::{kvm_available, LinuxGuest};
 use cairn_vmm_api::config::{MmdsConfig, MmdsVersion, NetConfig, VmConfig, VsockConfig};
 
 struct Netns(String);
@@ -37,6 +37,26 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The guest at 256 MiB with `eth0` on the tap `cairn0` and its agent on vsock at `uds`.
+fn tap_guest_config(guest: &LinuxGuest, uds: &Path) -> VmConfig {
+    VmConfig {
+        network_interfaces: vec![NetConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "cairn0".into(),
+            guest_mac: Some("06:00:0a:00:02:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+            mtu: None,
+        }],
+        vsock: Some(VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: uds.to_path_buf(),
+        }),
+        ..guest.vm_config(256)
     }
 }
 
@@ -89,22 +109,7 @@ fn guest_and_host_reach_each_other_over_a_tap() {
         let guest = guest_with_agent();
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
-        let cfg = VmConfig {
-            network_interfaces: vec![NetConfig {
-                iface_id: "eth0".into(),
-                host_dev_name: "cairn0".into(),
-                guest_mac: Some("06:00:0a:00:02:02".into()),
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
-                mtu: None,
-            }],
-            vsock: Some(VsockConfig {
-                vsock_id: None,
-                guest_cid: 3,
-                uds_path: uds.clone(),
-            }),
-            ..guest.vm_config(256)
-        };
+        let cfg = tap_guest_config(&guest, &uds);
         let cfg_path = write_vm_config(dir.path(), &cfg);
         let mut booted = None;
         for _ in 0..ATTEMPTS {
@@ -194,26 +199,13 @@ fn boot_with_mmds(ns: &Netns, dir: &Path, version: MmdsVersion) -> (Guest, std::
     )
     .unwrap();
     let cfg = VmConfig {
-        network_interfaces: vec![NetConfig {
-            iface_id: "eth0".into(),
-            host_dev_name: "cairn0".into(),
-            guest_mac: Some("06:00:0a:00:02:02".into()),
-            rx_rate_limiter: None,
-            tx_rate_limiter: None,
-            mtu: None,
-        }],
-        vsock: Some(VsockConfig {
-            vsock_id: None,
-            guest_cid: 3,
-            uds_path: uds.clone(),
-        }),
         mmds_config: Some(MmdsConfig {
             version,
             network_interfaces: vec!["eth0".into()],
             ipv4_address: None,
             imds_compat: false,
         }),
-        ..guest.vm_config(256)
+        ..tap_guest_config(&guest, &uds)
     };
     let cfg_path = write_vm_config(dir, &cfg);
     for _ in 0..ATTEMPTS {

@@ -16,7 +16,7 @@ use cairn_store::chunk::CHUNK_SIZE;
 use cairn_store::lazy::{ChainSource, LazyFiles, LazySet};
 use cairn_store::manifest::MANIFEST_FORMAT;
 use cairn_store::page_server::{PageSource, BLOCK};
-use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreUrl};
+use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
 use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
@@ -24,11 +24,6 @@ use cairn_tests::sandbox::CairnHome;
 
 const MIB: usize = CHUNK_SIZE as usize;
 const PAGE: usize = 4096;
-
-fn remote(s: &S3Server) -> Remote {
-    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
-    Remote::open_with(&url, &s.env).unwrap()
-}
 
 /// Page `p` of layer `layer`: a pattern no other page has.
 fn page_bytes(layer: u8, p: usize) -> Vec<u8> {
@@ -124,7 +119,7 @@ fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> (Vec<PathBuf>, Laz
 fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_named() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let src = tmp.path().join("src");
     let expect = make_chain(&src);
     r.push(

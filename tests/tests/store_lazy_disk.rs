@@ -22,17 +22,12 @@ use cairn_snapshot::disk::{LayeredDisk, ServedDisk};
 use cairn_store::chunk::CHUNK_SIZE;
 use cairn_store::lazy::{LazyFiles, LazySet};
 use cairn_store::manifest::MANIFEST_FORMAT;
-use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreUrl};
+use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
 use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
 
 const MIB: u64 = CHUNK_SIZE;
-
-fn remote(s: &S3Server) -> Remote {
-    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
-    Remote::open_with(&url, &s.env).unwrap()
-}
 
 /// A 16 MiB base image with data in MiB 0..6 and 12, and checkpoint c1's layer over it (blocks
 /// written in MiB 2 and 14). Returns the disk as it reads.
@@ -126,7 +121,7 @@ fn through_block_server(
 fn store_lazy_disk_blocks_come_from_the_bucket_on_first_read_and_damage_is_named() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let src = tmp.path().join("src");
     let expect = make_disk(&src);
     let manifest = Manifest {
