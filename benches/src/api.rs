@@ -364,6 +364,10 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
     let runs = opts.runs.max(5);
     let (mut direct, mut api, mut diff) = (vec![], vec![], vec![]);
     let (mut exec, mut get, mut read) = (Paired::default(), Paired::default(), Paired::default());
+    // The part of the added latency that is the library's, not HTTP's: `sandbox::enter`, which
+    // the server runs before the agent call (registry read, the sandbox's locks, the activity
+    // write), timed here in the bench's own process once per run.
+    let mut enter = Vec::new();
     let get_uri = format!("/v1/sandboxes/{a}");
     let read_uri = format!("/v1/sandboxes/{a}/files?path=/root/me");
     for run in 0..runs {
@@ -381,6 +385,8 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
             || retried(|| lib_true(&home, a)),
             || retried(|| api_true(&sock, a, &mut timed)),
         )?);
+        let (took, _) = lib(|| cairn_sandbox::sandbox::enter(&home, a))?;
+        enter.push(ms(took));
         get.push(pair(
             flip,
             || lib(|| ops::get(&home, a)).map(|(t, _)| t),
@@ -393,6 +399,10 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         )?);
     }
     let mut figs = timed.figures();
+    figs.extend(with_p95(
+        "of which sandbox::enter (library, timed in the bench)",
+        enter,
+    ));
     figs.extend(with_p95("exec `true` through the agent", direct.clone()));
     figs.extend(with_p95("exec `true` through cairn serve", api.clone()));
     figs.extend(with_p95("API added latency (paired api - agent)", diff));
