@@ -368,6 +368,12 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
     // the server runs before the agent call (registry read, the sandbox's locks, the activity
     // write), timed here in the bench's own process once per run.
     let mut enter = Vec::new();
+    // And, inside it, the liveness check (`/proc` reads and a `GET` on the VMM's API socket).
+    let mut live = Vec::new();
+    let record = home
+        .registry()
+        .and_then(|reg| Ok(reg.get(a)?))
+        .map_err(|e| cairn_agent::error_text(&e))?;
     let get_uri = format!("/v1/sandboxes/{a}");
     let read_uri = format!("/v1/sandboxes/{a}/files?path=/root/me");
     for run in 0..runs {
@@ -387,6 +393,15 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         )?);
         let (took, _) = lib(|| cairn_sandbox::sandbox::enter(&home, a))?;
         enter.push(ms(took));
+        let t = Instant::now();
+        let state = cairn_sandbox::sandbox::liveness(&record);
+        live.push(ms(t.elapsed()));
+        if state != cairn_sandbox::sandbox::Liveness::Running {
+            return Err(format!(
+                "{a} is {} in the middle of the bench",
+                state.as_str()
+            ));
+        }
         get.push(pair(
             flip,
             || lib(|| ops::get(&home, a)).map(|(t, _)| t),
@@ -402,6 +417,10 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
     figs.extend(with_p95(
         "of which sandbox::enter (library, timed in the bench)",
         enter,
+    ));
+    figs.extend(with_p95(
+        "of which sandbox::liveness (VMM API round trip, timed in the bench)",
+        live,
     ));
     figs.extend(with_p95("exec `true` through the agent", direct.clone()));
     figs.extend(with_p95("exec `true` through cairn serve", api.clone()));
