@@ -5,6 +5,16 @@
 //! paired difference (median and p95). Operations: exec `true` (also straight through the guest
 //! agent: the floor of vsock connect, hellos, spawn, exit), `GET /v1/sandboxes/NAME` (no guest:
 //! HTTP, auth, the blocking pool, a registry read) and a files read of a small guest file.
+//!
+//! On a loaded host one guest exec varies by seconds between two runs, which swamps a paired
+//! difference of milliseconds. So every exec through the API is also measured on its own: the
+//! server reports the time it spent in the agent round trip (`agent_ms` in the exec's answer:
+//! agent connect, hellos, spawn, output, exit), and the added latency of that one request is
+//! the client's time minus it. That figure holds everything cairn does around the agent call
+//! (HTTP, authentication, the access log, JSON, the blocking pool, `enter`: a registry read,
+//! the sandbox's locks and the activity write, the event channel, the answer) and the Unix
+//! socket both ways, and nothing of the guest's.
+//!
 //! Then 50 execs at once through the API, spread over 4 sandboxes, each checked for its own
 //! output.
 
@@ -41,6 +51,9 @@ struct ExecBody<'a> {
 struct ExecAnswer {
     stdout: String,
     exit_code: i32,
+    /// The server's time in the agent round trip.
+    #[serde(default)]
+    agent_ms: Option<f64>,
 }
 
 /// The body of an HTTP/1.1 answer, de-chunked; an error unless the status is 2xx.
@@ -106,8 +119,41 @@ fn api_exec(sock: &Path, name: &str, body: &ExecBody) -> Result<(Duration, ExecA
     Ok((took, a))
 }
 
-/// One exec of `true` through the API; exit code 0 required.
-fn api_true(sock: &Path, name: &str) -> Result<Duration, String> {
+/// Per-request figures of execs through the API: the client's time, the server's time in
+/// the agent round trip, and their difference (what cairn added to that request).
+#[derive(Default)]
+struct SelfTimed {
+    client: Vec<f64>,
+    agent: Vec<f64>,
+    added: Vec<f64>,
+}
+
+impl SelfTimed {
+    fn figures(self) -> Vec<Figure> {
+        let n = self.added.len();
+        let mut v = Vec::new();
+        if n == 0 {
+            return v;
+        }
+        v.extend(with_p95(
+            &format!("exec `true` through cairn serve, per request ({n}): client time"),
+            self.client,
+        ));
+        v.extend(with_p95(
+            &format!("exec `true` through cairn serve, per request ({n}): server's agent time"),
+            self.agent,
+        ));
+        v.extend(with_p95(
+            &format!("API added latency, per request ({n}): client - server's agent time"),
+            self.added,
+        ));
+        v
+    }
+}
+
+/// One exec of `true` through the API; exit code 0 required. Its per-request figures go to
+/// `timed` when the server reported its agent time.
+fn api_true(sock: &Path, name: &str, timed: &mut SelfTimed) -> Result<Duration, String> {
     let (took, a) = api_exec(
         sock,
         name,
@@ -118,6 +164,11 @@ fn api_true(sock: &Path, name: &str) -> Result<Duration, String> {
     )?;
     if a.exit_code != 0 {
         return Err(format!("true exited {} through the API", a.exit_code));
+    }
+    if let Some(agent) = a.agent_ms {
+        timed.client.push(ms(took));
+        timed.agent.push(agent);
+        timed.added.push(ms(took) - agent);
     }
     Ok(took)
 }
@@ -307,11 +358,22 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
     let vsock = h.dir(a).join("vsock.sock");
     // Warm every path once.
     retried(|| agent_exec(&vsock))?;
-    retried(|| api_true(&sock, a))?;
+    retried(|| api_true(&sock, a, &mut SelfTimed::default()))?;
     retried(|| lib_true(&home, a))?;
+    let mut timed = SelfTimed::default();
     let runs = opts.runs.max(5);
     let (mut direct, mut api, mut diff) = (vec![], vec![], vec![]);
     let (mut exec, mut get, mut read) = (Paired::default(), Paired::default(), Paired::default());
+    // The part of the added latency that is the library's, not HTTP's: `sandbox::enter`, which
+    // the server runs before the agent call (registry read, the sandbox's locks, the activity
+    // write), timed here in the bench's own process once per run.
+    let mut enter = Vec::new();
+    // And, inside it, the liveness check (`/proc` reads and a `GET` on the VMM's API socket).
+    let mut live = Vec::new();
+    let record = home
+        .registry()
+        .and_then(|reg| Ok(reg.get(a)?))
+        .map_err(|e| cairn_agent::error_text(&e))?;
     let get_uri = format!("/v1/sandboxes/{a}");
     let read_uri = format!("/v1/sandboxes/{a}/files?path=/root/me");
     for run in 0..runs {
@@ -319,7 +381,7 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         let (d, x) = pair(
             flip,
             || retried(|| agent_exec(&vsock)),
-            || retried(|| api_true(&sock, a)),
+            || retried(|| api_true(&sock, a, &mut timed)),
         )?;
         direct.push(d);
         api.push(x);
@@ -327,8 +389,19 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
         exec.push(pair(
             flip,
             || retried(|| lib_true(&home, a)),
-            || retried(|| api_true(&sock, a)),
+            || retried(|| api_true(&sock, a, &mut timed)),
         )?);
+        let (took, _) = lib(|| cairn_sandbox::sandbox::enter(&home, a))?;
+        enter.push(ms(took));
+        let t = Instant::now();
+        let state = cairn_sandbox::sandbox::liveness(&record);
+        live.push(ms(t.elapsed()));
+        if state != cairn_sandbox::sandbox::Liveness::Running {
+            return Err(format!(
+                "{a} is {} in the middle of the bench",
+                state.as_str()
+            ));
+        }
         get.push(pair(
             flip,
             || lib(|| ops::get(&home, a)).map(|(t, _)| t),
@@ -340,7 +413,15 @@ fn run(h: &CairnHome, opts: &Options) -> Result<Vec<Figure>, String> {
             || api_call(&sock, "GET", &read_uri, "").map(|(t, _)| t),
         )?);
     }
-    let mut figs = Vec::new();
+    let mut figs = timed.figures();
+    figs.extend(with_p95(
+        "of which sandbox::enter (library, timed in the bench)",
+        enter,
+    ));
+    figs.extend(with_p95(
+        "of which sandbox::liveness (VMM API round trip, timed in the bench)",
+        live,
+    ));
     figs.extend(with_p95("exec `true` through the agent", direct.clone()));
     figs.extend(with_p95("exec `true` through cairn serve", api.clone()));
     figs.extend(with_p95("API added latency (paired api - agent)", diff));

@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod bus;
 pub mod legacy;
+pub mod mmds;
 pub mod rate_limiter;
 pub mod virtio;
 

@@ -27,7 +27,7 @@ pub struct AgentArgs {
 }
 
 /// How to run a command in the guest (shared by `cairn agent exec` and `cairn exec`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
@@ -164,10 +164,11 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
 }
 
 impl ExecArgs {
-    /// The request of an exec that needs neither stdin, a terminal nor a timeout: what the
-    /// CLI hands a running daemon (`cairn serve`); `None` for the rest, run here.
+    /// The request of an exec that needs neither stdin nor a terminal: what the CLI hands a
+    /// running daemon (`cairn serve`; a `--timeout` is kept by the CLI, see [`Self::timeout`]);
+    /// `None` for the rest, run here.
     pub fn plain(&self) -> Option<ExecRequest> {
-        if self.interactive || self.tty || self.timeout.is_some() {
+        if self.interactive || self.tty {
             return None;
         }
         Some(ExecRequest {
@@ -177,6 +178,11 @@ impl ExecArgs {
             stdin: false,
             pty: None,
         })
+    }
+
+    /// `--timeout`, in seconds.
+    pub fn timeout(&self) -> Option<f64> {
+        self.timeout
     }
 }
 

@@ -1,10 +1,10 @@
 //! `cairn` when `cairn serve` runs on its home: the commands the API covers (ls; exec without
-//! stdin, tty or timeout; create without --no-jail, --no-network, --cold, --image or
-//! --boot-timeout; start; stop; rm; fork; cp of one regular file (up to 64 MiB); checkpoint
-//! create, list, restore, rm; policy set and show; sessions ls, kill and attach without -i)
-//! go to the daemon, so sandbox state has one owner, and print what they print without it.
-//! The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs here. See
-//! docs/api.md.
+//! stdin or tty, `--timeout` included; exec -d; create without --no-jail or --no-network;
+//! start; stop; rm; fork; cp of one regular file (up to
+//! 64 MiB); checkpoint create, list, restore, rm; policy set and show; sessions ls, kill and
+//! attach without -i) go to the daemon, so sandbox state has one owner, and print what they
+//! print without it. The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`,
+//! runs here; docs/api.md says why each stays.
 
 use super::{
     parse_cp_arg, print_checkpoint, print_checkpoints, print_created, print_forked, print_ls,
@@ -13,13 +13,13 @@ use super::{
 use crate::net_cmd::{self, PolicyCmd};
 use crate::sessions_cmd::{self, SessionsCmd};
 use cairn_sandbox::net::policy_ops::PolicyChange;
-use cairn_sandbox::sandbox::{CreateOptions, Home};
+use cairn_sandbox::sandbox::Home;
 use cairn_sandbox::serve::client::{Daemon, DaemonError};
 use cairn_sandbox::serve::ops::{CreateRequest, MAX_READ};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl From<DaemonError> for CliError {
     fn from(e: DaemonError) -> CliError {
@@ -39,21 +39,20 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
             boot_timeout,
             no_jail: false,
             no_network: false,
-            cold: false,
-            image: None,
+            cold,
+            image,
             json,
         } => {
-            // The API's create takes the library's defaults for the rest; other flags run here.
-            if *boot_timeout != CreateOptions::default().boot_timeout.as_secs() {
-                return None;
-            }
+            // The jail and the network are the daemon's settings: those flags run here.
             let req = CreateRequest {
                 name: name.clone(),
-                image: None,
+                image: image.clone(),
                 cpus: Some(*cpus),
                 mem_mib: Some(*mem),
                 disk_gib: Some(*disk),
                 idle_timeout: Some(*idle_timeout),
+                cold: *cold,
+                boot_timeout: Some(*boot_timeout),
             };
             let start = Instant::now();
             Some(
@@ -68,14 +67,35 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
             args,
         } => {
             let req = args.plain()?;
-            let env = req.env.into_iter().collect();
+            let secs = args.timeout();
+            let limit =
+                secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX));
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
             Some(
-                d.exec(name, req.argv, env, req.cwd, &mut out, &mut err)
-                    .map(|code| u8::try_from(code & 0xff).unwrap_or(u8::MAX))
+                d.exec(name, req, limit, &mut out, &mut err)
+                    .map(|code| match code {
+                        Some(code) => u8::try_from(code & 0xff).unwrap_or(u8::MAX),
+                        None => {
+                            eprintln!(
+                                "cairn: the command ran past --timeout {} s and was killed",
+                                secs.unwrap_or_default()
+                            );
+                            crate::exec_timeout::TIMED_OUT
+                        }
+                    })
                     .map_err(CliError::from),
             )
         }
+        Command::Exec {
+            name,
+            detach: true,
+            args,
+        } => Some(
+            crate::agent_cmd::session_request(args.clone())
+                .map_err(CliError::Usage)
+                .and_then(|req| Ok(d.session_start(name, &req)?))
+                .map(|s| sessions_cmd::print_started(name, s)),
+        ),
         Command::Stop { name, json, push } => {
             // A push is the store's work, done here after the stop: not through the daemon.
             if *push || cairn_sandbox::store_sync::push_on_stop() {

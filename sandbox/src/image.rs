@@ -204,7 +204,20 @@ pub fn guest_image() -> Result<GuestImage, ImageError> {
     }
 }
 
+/// `script`'s answer, remembered from an earlier run while nothing it depends on changed
+/// ([`crate::build_answer`]), else from running it.
 fn run_build(script: &Path, agent: &Path, rootfs: bool) -> Result<GuestImage, ImageError> {
+    let key = crate::build_answer::key(script, agent, &[if rootfs { "--rootfs" } else { "" }]);
+    let remembered = crate::build_answer::recall(&key)
+        .and_then(|text| parse_build_output(&text))
+        .filter(|img| {
+            let files = [Some(&img.kernel), Some(&img.initrd), img.rootfs.as_ref()];
+            let all = files.into_iter().flatten().chain(img.cpu_config.as_ref());
+            all.into_iter().all(|p| p.is_file())
+        });
+    if let Some(img) = remembered {
+        return Ok(img);
+    }
     let mut cmd = Command::new(script);
     cmd.arg("--quiet").arg("--agent").arg(agent);
     if rootfs {
@@ -224,10 +237,13 @@ fn run_build(script: &Path, agent: &Path, rootfs: bool) -> Result<GuestImage, Im
             reason: format!("{}", out.status),
         });
     }
-    parse_build_output(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| ImageError::Build {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let img = parse_build_output(&text).ok_or_else(|| ImageError::Build {
         script: script.to_path_buf(),
         reason: "no kernel=/initrd=/boot_args= lines on stdout".into(),
-    })
+    })?;
+    crate::build_answer::keep(&key, &text);
+    Ok(img)
 }
 
 /// The guest recipe directory (`guest/`, with `build` and `rootfs/`): the source tree's, else

@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
+pub mod build_answer;
 pub mod content_key;
 pub mod detached;
 pub mod doctor;

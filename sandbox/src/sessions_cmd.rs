@@ -52,12 +52,17 @@ pub enum SessionsCmd {
 pub fn start(home: &Home, name: &str, args: ExecArgs) -> Result<u8, CliError> {
     let req = agent_cmd::session_request(args).map_err(CliError::Usage)?;
     let s = sessions::start(home, name, &req)?;
+    Ok(print_started(name, s))
+}
+
+/// What `exec -d` prints (here or through the daemon): the id on stdout, a hint on stderr.
+pub fn print_started(name: &str, s: sessions::Started) -> u8 {
     println!("{}", s.id);
     eprintln!(
         "{name}: session {} started (pid {}); `cairn sessions attach {name} {}` follows it",
         s.id, s.pid, s.id
     );
-    Ok(0)
+    0
 }
 
 /// Runs a `cairn sessions` subcommand.

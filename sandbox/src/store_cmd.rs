@@ -28,14 +28,15 @@ pub enum StoreCmd {
     Pull {
         /// Sandbox name.
         name: String,
-        /// Fetch memory on first touch at `cairn start` instead of now (docs/storage.md).
+        /// Fetch memory on first touch and disk blocks on first read at `cairn start` instead
+        /// of now (docs/storage.md).
         #[arg(long)]
         lazy: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// The page server of a lazily pulled sandbox (started by `cairn start` itself).
+    /// The page and block server of a lazily pulled sandbox (started by `cairn start` itself).
     #[command(name = "__page-server", hide = true)]
     PageServer {
         /// Sandbox name.

@@ -1,14 +1,19 @@
-//! A lazily pulled sandbox (`cairn pull --lazy`): its memory layers arrive on first touch.
+//! A lazily pulled sandbox (`cairn pull --lazy`): its memory layers arrive on first touch,
+//! its disk blocks on first read.
 //!
-//! The pull fetches everything but the memory layers of the head's chain, which it leaves
-//! sparse and lists in `lazy.json` ([`cairn_store::lazy::LazyFiles`]). `cairn start` then runs
-//! `cairn __page-server NAME` beside the VMM ([`run`]), outside the jail and with the bucket's
-//! credentials, and starts the VMM with `--page-server`: guest memory is anonymous, and every
-//! first touch of a page is served from the layer files, whose missing chunks the server
-//! fetches (chunk cache, else bucket; each checked against its name) and writes in. In the
-//! background it fetches the rest; once every chunk is in it removes `lazy.json`, and later
-//! starts map the files as usual. A chunk that is missing or damaged stops the VMM (never a
-//! zero page), and the start fails naming the sandbox, the checkpoint and the chunk.
+//! The pull fetches everything but the memory layers, the disk layers and the base disk image
+//! of the head's chain, which it leaves sparse and lists in `lazy.json`
+//! ([`cairn_store::lazy::LazyFiles`]). `cairn start` then runs `cairn __page-server NAME` beside
+//! the VMM ([`run`]), outside the jail and with the bucket's credentials, and starts the VMM
+//! with `--page-server` and `--block-server`: guest memory is anonymous, and every first touch
+//! of a page is served from the layer files; every read of a disk range not fetched yet waits
+//! for the server to fill it. The server fetches missing chunks (chunk cache, else bucket; each
+//! checked against its name) and writes them in. In the background it fetches the rest; once
+//! every chunk is in it removes `lazy.json`, and later starts use the files as usual. A memory
+//! chunk that is missing or damaged stops the VMM (never a zero page), and the start fails
+//! naming the sandbox, the checkpoint and the chunk; a disk chunk fails the guest's read with
+//! an I/O error, and the reason, naming them, goes to `disk-fetch.err`, the server's log and
+//! the VMM's (`cairn logs`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_snapshot::checkpoint::CheckpointStore;
-use cairn_store::lazy::{ChainSource, LazyFiles, LAZY_FILE};
+use cairn_store::lazy::{ChainSource, LazyFiles, LazySet, LAZY_FILE};
 use cairn_store::page_server::{self, FaultStats};
 use cairn_store::LocalStore;
 
@@ -27,6 +32,10 @@ use crate::sandbox::{io_err, Home, Paths, SandboxError};
 
 /// The page server's socket in the sandbox's directory.
 pub const SOCKET: &str = "pages.sock";
+/// The block server's socket (the same process), for the disks.
+pub const BLOCK_SOCKET: &str = "blocks.sock";
+/// The disk ranges it could not have, one reason a line.
+pub const DISK_ERROR_FILE: &str = "disk-fetch.err";
 /// Its log.
 pub const LOG: &str = "page-server.log";
 /// Why it last stopped a VMM (a page it could not produce).
@@ -53,14 +62,25 @@ pub fn refuse_while_lazy(paths: &Paths, what: &str) -> Result<(), SandboxError> 
         return Ok(());
     }
     Err(io_err(format!(
-        "{} was pulled lazily and part of its memory is not here yet, so it cannot be {what} (hint: `cairn start` it and let its page server finish, see {}; or `cairn pull` it without --lazy)",
+        "{} was pulled lazily and part of its memory and disk is not here yet, so it cannot be {what} (hint: `cairn start` it and let its page server finish, see {}; or `cairn pull` it without --lazy)",
         paths.dir.display(),
         paths.dir.join(LOG).display()
     ))(std::io::Error::other("lazy")))
 }
 
+/// What of a lazy sandbox is lazy: (memory, disk).
+fn lazy_kinds(lazy: &LazyFiles) -> (bool, bool) {
+    let memory = lazy.files.iter().any(|f| is_memory_path(&f.path));
+    (memory, lazy.files.iter().any(|f| !is_memory_path(&f.path)))
+}
+
+fn is_memory_path(path: &str) -> bool {
+    path.rsplit('/').next() == Some(cairn_snapshot::checkpoint::MEM_LAYER_FILE)
+}
+
 /// Before the VMM of a start: for a lazy sandbox, start its page server and return the VMM
-/// arguments that use it (`--page-server SOCKET`, the socket as `vmm_dir` sees it); else none.
+/// arguments that use it (`--page-server SOCKET` when memory is lazy, `--block-server SOCKET`
+/// when disk files are; the sockets as `vmm_dir` sees them); else none.
 pub fn page_server_args(
     home: &Home,
     name: &str,
@@ -68,16 +88,26 @@ pub fn page_server_args(
     vmm_dir: &Path,
     checkpoint: &str,
 ) -> Result<Vec<std::ffi::OsString>, SandboxError> {
-    if !is_lazy(paths) {
+    let Some(lazy) = LazyFiles::load(&paths.dir)? else {
         return Ok(vec![]);
-    }
+    };
+    let (memory, disk) = lazy_kinds(&lazy);
     // Its memory is in the bucket: without one the server could not fetch a page.
     cairn_store::StoreUrl::from_env()?.ok_or(cairn_store::StoreError::NotConfigured)?;
     let head = paths.dir.join(HEAD_FILE);
     fs::write(&head, checkpoint).map_err(io_err(format!("write {}", head.display())))?;
-    let socket = paths.dir.join(SOCKET);
-    let _ = fs::remove_file(&socket);
+    let mut sockets = vec![];
+    if memory {
+        sockets.push(("--page-server", SOCKET));
+    }
+    if disk {
+        sockets.push(("--block-server", BLOCK_SOCKET));
+    }
+    for (_, s) in &sockets {
+        let _ = fs::remove_file(paths.dir.join(s));
+    }
     let _ = fs::remove_file(paths.dir.join(ERROR_FILE));
+    let _ = fs::remove_file(paths.dir.join(DISK_ERROR_FILE));
     crate::detached::spawn_cairn(
         home,
         "__page-server",
@@ -86,7 +116,7 @@ pub fn page_server_args(
         "the page server",
     )?;
     let t0 = Instant::now();
-    while !socket.exists() {
+    while !sockets.iter().all(|(_, s)| paths.dir.join(s).exists()) {
         if t0.elapsed() > SOCKET_TIMEOUT {
             return Err(io_err(format!(
                 "start the page server of {name} (see {})",
@@ -97,19 +127,33 @@ pub fn page_server_args(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(vec![
-        "--page-server".into(),
-        vmm_dir.join(SOCKET).into_os_string(),
-    ])
+    Ok(sockets
+        .iter()
+        .flat_map(|(flag, s)| [flag.into(), vmm_dir.join(s).into_os_string()])
+        .collect())
 }
 
-/// A failed start of a lazy sandbox: the page server's reason, when it stopped the VMM.
+/// A failed start of a lazy sandbox: the page server's reason, when it stopped the VMM, or the
+/// first disk range it could not have.
 pub fn explain(paths: &Paths, e: SandboxError) -> SandboxError {
-    match fs::read_to_string(paths.dir.join(ERROR_FILE)) {
-        Ok(why) if !why.trim().is_empty() => io_err(why.trim().to_string())(std::io::Error::other(
-            format!("the VM was stopped ({e})"),
-        )),
-        _ => e,
+    // A sandbox whose files are all here has no server: an error file left is an old one.
+    if !is_lazy(paths) {
+        return e;
+    }
+    let reason = |file| {
+        fs::read_to_string(paths.dir.join(file))
+            .ok()
+            .and_then(|why| why.lines().next().map(str::to_string))
+            .filter(|why| !why.trim().is_empty())
+    };
+    if let Some(why) = reason(ERROR_FILE) {
+        return io_err(why)(std::io::Error::other(format!("the VM was stopped ({e})")));
+    }
+    match reason(DISK_ERROR_FILE) {
+        Some(why) => io_err(why)(std::io::Error::other(format!(
+            "the guest's disk read failed ({e})"
+        ))),
+        None => e,
     }
 }
 
@@ -125,6 +169,14 @@ pub fn record(
     let mut out = Vec::with_capacity(files.len());
     for mut f in files {
         let (Some(ckpt), Some(file)) = (f.checkpoint.clone(), f.path.rsplit('/').next()) else {
+            // The base disk image: where the pull put it, under the sandbox's directory.
+            let path = f.path_under(&paths.dir)?;
+            if !path.is_file() {
+                return Err(io_err(format!("lazy file {}", path.display()))(
+                    std::io::Error::other("not made by the pull"),
+                ));
+            }
+            out.push(f);
             continue;
         };
         let path = store
@@ -149,15 +201,24 @@ pub fn record(
     Ok(())
 }
 
-/// Whether a pulled file is left for the page server: the memory layers.
+/// Whether a pulled file is left for the page server: the memory layers, the disk layers and
+/// the base disk image (the indexes, states and config files are fetched).
 pub fn is_lazy_entry(entry: &cairn_store::manifest::FileEntry) -> bool {
-    entry.checkpoint.is_some()
-        && entry.path.rsplit('/').next() == Some(cairn_snapshot::checkpoint::MEM_LAYER_FILE)
+    let file = entry.path.rsplit('/').next().unwrap_or_default();
+    match &entry.checkpoint {
+        Some(_) => {
+            file == cairn_snapshot::checkpoint::MEM_LAYER_FILE
+                || (file.starts_with("disk.") && file.ends_with(".layer"))
+        }
+        None => entry.path == crate::store_sync::DISK_IMAGE,
+    }
 }
 
 #[derive(serde::Serialize)]
 struct Stats<'a> {
     lazy_bytes: u64,
+    memory_lazy_bytes: u64,
+    disk_lazy_bytes: u64,
     faults: u64,
     bytes_copied: u64,
     fetch: &'a cairn_store::lazy::FetchStats,
@@ -168,14 +229,17 @@ fn write_stats(
     paths: &Paths,
     lazy: &LazyFiles,
     faults: &FaultStats,
-    source: &ChainSource<'_>,
+    set: &LazySet<'_>,
     complete: bool,
 ) {
+    let memory_lazy_bytes = set.data_bytes(|p| is_memory_path(&p.to_string_lossy()));
     let stats = Stats {
         lazy_bytes: lazy.data_bytes(),
+        memory_lazy_bytes,
+        disk_lazy_bytes: lazy.data_bytes() - memory_lazy_bytes,
         faults: faults.faults.load(Ordering::Relaxed),
         bytes_copied: faults.bytes_copied.load(Ordering::Relaxed),
-        fetch: &source.stats,
+        fetch: &set.stats,
         complete,
     };
     if let Ok(json) = serde_json::to_vec(&stats) {
@@ -186,8 +250,9 @@ fn write_stats(
     }
 }
 
-/// `cairn __page-server NAME`: serve the VMM of a start of lazy sandbox `name`, fetch the rest
-/// of its memory in the background, and remove `lazy.json` once all of it is in.
+/// `cairn __page-server NAME`: serve the VMM of a start of lazy sandbox `name` (its memory on
+/// `pages.sock`, its disks on `blocks.sock`), fetch the rest of its files in the background,
+/// and remove `lazy.json` once all of them are in.
 pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
     let paths = home.paths(name);
     let Some(lazy) = LazyFiles::load(&paths.dir)? else {
@@ -204,62 +269,149 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
         .map_err(snap_err(format!("checkpoint {head:?}")))?;
     let remote = crate::store_sync::remote()?;
     let local = LocalStore::in_home(home.root());
-    let source = ChainSource::open(&paths.dir, &layers, &lazy, &remote, &local)?;
-    let socket = paths.dir.join(SOCKET);
-    let listener = bind(&socket)?;
-    let accepted = accept_within(&listener, ACCEPT_TIMEOUT);
-    let _ = fs::remove_file(&socket);
-    let mut served = accepted.map_err(io_err(format!("{name}: no VMM connected")))?;
+    let set = LazySet::open(&paths.dir, &lazy, &remote, &local)?;
+    let source = ChainSource::open(&set, &layers)?;
+    let (memory, disk) = lazy_kinds(&lazy);
+    // Both sockets before either accepts: the start waits for every socket it passes.
+    let disk_listener = match disk {
+        true => Some(bind(&paths.dir.join(BLOCK_SOCKET))?),
+        false => None,
+    };
+    let memory_listener = match memory {
+        true => Some(bind(&paths.dir.join(SOCKET))?),
+        false => None,
+    };
+    let context = format!("sandbox {name:?}, checkpoint {head:?}");
     eprintln!(
-        "page server: serving {} MiB of {name}'s memory (checkpoint {head}, {} MiB to fetch)",
-        served.memory_bytes() >> 20,
-        lazy.data_bytes() >> 20
+        "page server: {context}: {} MiB of memory and {} MiB of disk to fetch",
+        set.data_bytes(|p| is_memory_path(&p.to_string_lossy())) >> 20,
+        set.data_bytes(|p| !is_memory_path(&p.to_string_lossy())) >> 20
     );
     let faults = FaultStats::default();
+    let connected = AtomicBool::new(false);
     let done = AtomicBool::new(false);
     let background = std::env::var("CAIRN_STORE_LAZY_BACKGROUND").as_deref() != Ok("0");
+    let cache_limit = cairn_store::local::cache_limit_from_env();
     let (served_result, completed) = std::thread::scope(|s| {
         let completion = s.spawn(|| {
-            if !background {
-                return None;
+            let t0 = Instant::now();
+            while !connected.load(Ordering::Relaxed) {
+                if !background || done.load(Ordering::Relaxed) || t0.elapsed() > ACCEPT_TIMEOUT {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
             // Let the restore and the guest's first steps have the bucket first.
             std::thread::sleep(Duration::from_secs(1));
-            Some(source.complete())
+            Some(set.complete())
         });
         s.spawn(|| {
+            let mut ticks = 0u32;
             while !done.load(Ordering::Relaxed) {
-                write_stats(&paths, &lazy, &faults, &source, false);
+                write_stats(&paths, &lazy, &faults, &set, false);
+                ticks += 1;
+                // The chunk cache keeps its limit while a large disk streams in.
+                if ticks % 20 == 0 {
+                    local.trim_cache(cache_limit);
+                }
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
-        let r = served.run(&source, &faults);
-        if let Err(why) = &r {
-            let why = format!("page server of sandbox {name:?}, checkpoint {head:?}: {why}");
-            eprintln!("{why}; stopping the VM");
-            let _ = fs::write(paths.dir.join(ERROR_FILE), format!("{why}\n"));
-            if let Some(pid) = served.peer_pid() {
-                // SAFETY: kill(2) with a pid and a signal; no memory is involved.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        let disks = disk_listener.map(|listener| {
+            let (set, context, paths, connected) = (&set, &context, &paths, &connected);
+            s.spawn(move || serve_disks(&listener, set, context, paths, connected))
+        });
+        let r = match memory_listener {
+            Some(listener) => {
+                serve_memory(&listener, &source, &faults, &context, &paths, &connected)
             }
-        }
-        let completed = completion.join().ok().flatten();
+            None => Ok(()),
+        };
+        let disk_result = disks.map(|d| {
+            d.join()
+                .unwrap_or_else(|_| Err("the block server panicked".to_string()))
+        });
+        let r = r.and(disk_result.unwrap_or(Ok(())));
         done.store(true, Ordering::Relaxed);
+        let completed = completion.join().ok().flatten();
         (r, completed)
     });
     let complete = matches!(completed, Some(Ok(()))) && served_result.is_ok();
-    write_stats(&paths, &lazy, &faults, &source, complete);
-    local.trim_cache(cairn_store::local::cache_limit_from_env());
+    write_stats(&paths, &lazy, &faults, &set, complete);
+    local.trim_cache(cache_limit);
+    if let Err(e) = &served_result {
+        eprintln!("page server: {name}: {e}");
+    }
     match completed {
         Some(Ok(())) if served_result.is_ok() => {
             fs::remove_file(paths.dir.join(LAZY_FILE))
                 .map_err(io_err(format!("remove {LAZY_FILE} of {name}")))?;
-            eprintln!("page server: {name}'s memory is all here");
+            eprintln!("page server: {name}'s memory and disk are all here");
         }
-        Some(Err(e)) => eprintln!("page server: fetching the rest of {name}'s memory: {e}"),
+        Some(Err(e)) => eprintln!("page server: fetching the rest of {name}'s files: {e}"),
         _ => {}
     }
     Ok(())
+}
+
+/// Serve the VMM's memory faults until it goes; a page that cannot be had stops it.
+fn serve_memory(
+    listener: &UnixListener,
+    source: &ChainSource<'_, '_>,
+    faults: &FaultStats,
+    context: &str,
+    paths: &Paths,
+    connected: &AtomicBool,
+) -> Result<(), String> {
+    let accepted = within(listener, ACCEPT_TIMEOUT).and_then(|()| page_server::accept(listener));
+    let _ = fs::remove_file(paths.dir.join(SOCKET));
+    let mut served = accepted.map_err(|e| format!("no VMM connected for memory: {e}"))?;
+    connected.store(true, Ordering::Relaxed);
+    eprintln!(
+        "page server: serving {} MiB of memory",
+        served.memory_bytes() >> 20
+    );
+    let r = served.run(source, faults);
+    if let Err(why) = &r {
+        let why = format!("page server of {context}: {why}");
+        eprintln!("{why}; stopping the VM");
+        let _ = fs::write(paths.dir.join(ERROR_FILE), format!("{why}\n"));
+        if let Some(pid) = served.peer_pid() {
+            // SAFETY: kill(2) with a pid and a signal; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    r
+}
+
+/// Serve the VMM's disk reads until it goes; a range that cannot be had is refused to it (the
+/// guest gets an I/O error) and recorded in [`DISK_ERROR_FILE`].
+fn serve_disks(
+    listener: &UnixListener,
+    set: &LazySet<'_>,
+    context: &str,
+    paths: &Paths,
+    connected: &AtomicBool,
+) -> Result<(), String> {
+    let accepted = within(listener, ACCEPT_TIMEOUT).and_then(|()| listener.accept());
+    let _ = fs::remove_file(paths.dir.join(BLOCK_SOCKET));
+    let (stream, _) = accepted.map_err(|e| format!("no VMM connected for disks: {e}"))?;
+    connected.store(true, Ordering::Relaxed);
+    eprintln!("page server: serving disk reads");
+    let on_error = |why: &str| {
+        eprintln!("block server: {why}");
+        let line = format!("{why}\n");
+        let appended = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.dir.join(DISK_ERROR_FILE))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("block server: record the error: {e}");
+        }
+    };
+    cairn_store::disk_server::serve(stream, set, &format!("disk of {context}"), &on_error)
+        .map_err(|e| format!("the disk connection: {e}"))
 }
 
 fn bind(socket: &Path) -> Result<UnixListener, SandboxError> {
@@ -275,10 +427,8 @@ fn bind(socket: &Path) -> Result<UnixListener, SandboxError> {
     Ok(listener)
 }
 
-fn accept_within(
-    listener: &UnixListener,
-    timeout: Duration,
-) -> std::io::Result<page_server::Served> {
+/// Wait until `listener` has a connection to accept.
+fn within(listener: &UnixListener, timeout: Duration) -> std::io::Result<()> {
     let mut fd = libc::pollfd {
         fd: std::os::fd::AsRawFd::as_raw_fd(listener),
         events: libc::POLLIN,
@@ -292,5 +442,49 @@ fn accept_within(
             format!("none within {} s", timeout.as_secs()),
         ));
     }
-    page_server::accept(listener)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::manifest::FileEntry;
+
+    fn entry(path: &str, checkpoint: Option<&str>) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            checkpoint: checkpoint.map(Into::into),
+            mode: 0o644,
+            content: Default::default(),
+        }
+    }
+
+    #[test]
+    fn memory_disk_layers_and_the_base_image_are_lazy_the_rest_is_fetched() {
+        let lazy = [
+            entry("checkpoints/c1/mem.layer", Some("c1")),
+            entry("checkpoints/c1/disk.rootfs.layer", Some("c1")),
+            entry("disk.img", None),
+        ];
+        let eager = [
+            entry("checkpoints/c1/mem.layer.index", Some("c1")),
+            entry("checkpoints/c1/disk.rootfs.layer.index", Some("c1")),
+            entry("checkpoints/c1/state", Some("c1")),
+            entry("checkpoints/c1/meta.json", Some("c1")),
+            entry("vm.json", None),
+            entry("net.json", None),
+        ];
+        assert!(lazy.iter().all(is_lazy_entry));
+        assert!(!eager.iter().any(is_lazy_entry));
+        let kinds = |files: &[FileEntry]| {
+            lazy_kinds(&LazyFiles {
+                sandbox: "s".into(),
+                files: files.to_vec(),
+            })
+        };
+        assert_eq!(kinds(&lazy), (true, true));
+        // A lazy.json from before disks were lazy: memory alone, no block server.
+        assert_eq!(kinds(&lazy[..1]), (true, false));
+        assert_eq!(kinds(&lazy[1..]), (false, true));
+    }
 }

@@ -25,6 +25,9 @@ use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, RegistryError, State};
 use crate::sandbox::{self, io_err, Home, Liveness, Paths, SandboxError};
 
+/// The name the base disk image travels under (and is pulled to, in the sandbox's directory).
+pub const DISK_IMAGE: &str = "disk.img";
+
 /// Small files of a sandbox's directory that travel with it (when present).
 const CONFIG_FILES: [&str; 4] = ["vm.json", "cpu-config.json", "jail.json", "net.json"];
 
@@ -68,7 +71,7 @@ fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError>
     let mut out: Vec<LocalFile> = CONFIG_FILES
         .iter()
         .map(|n| (paths.dir.join(n), n))
-        .chain(std::iter::once((paths.disk.clone(), &"disk.img")))
+        .chain(std::iter::once((paths.disk.clone(), &DISK_IMAGE)))
         .filter(|(p, _)| p.is_file())
         .map(|(path, n)| LocalFile {
             path,

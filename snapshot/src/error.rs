@@ -120,6 +120,14 @@ pub enum Error {
         /// Block number.
         block: u64,
     },
+    /// A range of a disk file could not be made present by its fetcher (a lazily pulled disk).
+    #[error("`{path}`: {detail}")]
+    Fetch {
+        /// The base image or layer.
+        path: PathBuf,
+        /// Why (the fetcher's words: the sandbox, checkpoint and chunk).
+        detail: String,
+    },
     /// A memory layer's data does not match the checksum its index holds for one chunk.
     #[error("chunk {chunk} of memory layer `{path}` fails its checksum (the file was changed or damaged)")]
     LayerChecksum {

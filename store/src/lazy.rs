@@ -1,5 +1,7 @@
-//! A lazily pulled sandbox's memory: layer files made sparse by the pull, filled chunk by chunk
-//! on demand ([`ChainSource`], a [`PageSource`]) and completed in the background.
+//! A lazily pulled sandbox's files: memory layers, disk layers and the base disk image made
+//! sparse by the pull, filled chunk by chunk on demand ([`LazySet`]) and completed in the
+//! background. Memory is read through [`ChainSource`] (a [`PageSource`] for the page server),
+//! disk files through the block server ([`crate::disk_server`]).
 //!
 //! A lazy pull leaves `lazy.json` ([`LazyFiles`]) in the sandbox's directory: the manifest's
 //! entries of the files it did not fill. Every chunk put into such a file comes from the chunk
@@ -8,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -67,61 +69,214 @@ impl LazyFiles {
     }
 }
 
-/// Bytes a source fetched, by why.
+/// Bytes fetched, by why.
 #[derive(Debug, Default, Serialize)]
 pub struct FetchStats {
-    /// Bytes fetched from the bucket for faults.
+    /// Bytes fetched from the bucket for memory faults.
     pub fault_bytes_fetched: AtomicU64,
+    /// Bytes fetched from the bucket for disk reads.
+    pub disk_bytes_fetched: AtomicU64,
     /// Bytes fetched from the bucket by the background completion.
     pub background_bytes_fetched: AtomicU64,
     /// Chunks taken from the local chunk cache.
     pub chunks_from_cache: AtomicU64,
 }
 
-struct Layer {
-    path: PathBuf,
-    file: File,
-    /// The manifest's entry while the file is lazy; its chunks by offset.
-    entry: Option<(FileEntry, HashMap<u64, ChunkRef>)>,
+/// Why a chunk is wanted (which counter it goes to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A memory fault.
+    Fault,
+    /// A disk read.
+    DiskRead,
+    /// The background completion.
+    Background,
 }
 
-/// The memory of a chain of layers (base first), some of them lazy.
-pub struct ChainSource<'a> {
+struct LazyFile {
+    path: PathBuf,
+    file: File,
+    /// `(st_dev, st_ino)`.
+    id: (u64, u64),
+    entry: FileEntry,
+    /// The manifest's chunks by offset.
+    chunks: HashMap<u64, ChunkRef>,
+    /// Chunk offsets written into the file.
+    present: Mutex<HashSet<u64>>,
+}
+
+/// Every lazy file of a sandbox, filled on demand from the chunk cache or the bucket.
+pub struct LazySet<'a> {
     sandbox: String,
     remote: &'a Remote,
     local: &'a LocalStore,
-    layers: Vec<Layer>,
-    /// The ranges each later layer supplies over the base (newest wins).
-    over_base: Vec<cairn_snapshot::memory::MappedRange>,
-    /// `(layer, chunk offset)` written into the layer files.
-    present: Mutex<HashSet<(usize, u64)>>,
+    files: Vec<LazyFile>,
     /// What was fetched.
     pub stats: FetchStats,
 }
 
-impl<'a> ChainSource<'a> {
-    /// The memory chain `layers` (paths, base first) of sandbox `lazy.sandbox` in `dir`; the
-    /// files `lazy` lists are filled from `local`'s cache or `remote`.
+impl<'a> LazySet<'a> {
+    /// The files `lazy` lists under `dir`, filled from `local`'s cache or `remote`.
     pub fn open(
         dir: &Path,
-        layers: &[PathBuf],
         lazy: &LazyFiles,
         remote: &'a Remote,
         local: &'a LocalStore,
-    ) -> Result<ChainSource<'a>> {
-        let mut by_path = HashMap::new();
-        for f in &lazy.files {
-            by_path.insert(f.path_under(dir)?, f.clone());
+    ) -> Result<LazySet<'a>> {
+        let mut files = Vec::with_capacity(lazy.files.len());
+        for entry in &lazy.files {
+            let path = entry.path_under(dir)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(StoreError::io("open", &path))?;
+            let m = file.metadata().map_err(StoreError::io("stat", &path))?;
+            let chunks = entry
+                .content
+                .chunks
+                .iter()
+                .map(|c| (c.offset, c.clone()))
+                .collect();
+            files.push(LazyFile {
+                path,
+                file,
+                id: (m.dev(), m.ino()),
+                entry: entry.clone(),
+                chunks,
+                present: Mutex::new(HashSet::new()),
+            });
         }
+        Ok(LazySet {
+            sandbox: lazy.sandbox.clone(),
+            remote,
+            local,
+            files,
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// The sandbox's name in the bucket.
+    pub fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
+
+    /// The lazy file at `path`, if it is one.
+    pub fn find(&self, path: &Path) -> Option<usize> {
+        self.files.iter().position(|f| f.path == path)
+    }
+
+    /// The lazy file with this `(st_dev, st_ino)`, if it is one.
+    pub fn find_id(&self, dev: u64, ino: u64) -> Option<usize> {
+        self.files.iter().position(|f| f.id == (dev, ino))
+    }
+
+    /// Every lazy file: its path, `(st_dev, st_ino)` and length.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, (u64, u64), u64)> {
+        self.files
+            .iter()
+            .map(|f| (f.path.as_path(), f.id, f.entry.content.size))
+    }
+
+    /// Bytes of data in the lazy files whose paths `pick` chooses.
+    pub fn data_bytes(&self, pick: impl Fn(&Path) -> bool) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| pick(&f.path))
+            .map(|f| f.entry.content.data_bytes())
+            .sum()
+    }
+
+    /// Make sure file `i`'s chunk at `chunk_offset` is in the file.
+    fn ensure_chunk(&self, i: usize, chunk_offset: u64, why: Why) -> Result<()> {
+        let f = &self.files[i];
+        let Some(c) = f.chunks.get(&chunk_offset) else {
+            // Not in the manifest: zeros, which the sparse file reads as.
+            return Ok(());
+        };
+        if self.is_present(i, chunk_offset) {
+            return Ok(());
+        }
+        let (bytes, fetched) = self
+            .remote
+            .fetch_chunk(self.local, &self.sandbox, &f.entry, c)?;
+        let counter = match (fetched, why) {
+            (false, _) => &self.stats.chunks_from_cache,
+            (true, Why::Fault) => &self.stats.fault_bytes_fetched,
+            (true, Why::DiskRead) => &self.stats.disk_bytes_fetched,
+            (true, Why::Background) => &self.stats.background_bytes_fetched,
+        };
+        counter.fetch_add(if fetched { c.len } else { 1 }, Ordering::Relaxed);
+        f.file
+            .write_all_at(&bytes, c.offset)
+            .map_err(StoreError::io("write", &f.path))?;
+        f.present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chunk_offset);
+        Ok(())
+    }
+
+    fn is_present(&self, i: usize, chunk_offset: u64) -> bool {
+        self.files[i]
+            .present
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&chunk_offset)
+    }
+
+    /// Make `len` bytes of file `i` at `offset` present (every chunk they touch).
+    pub fn ensure(&self, i: usize, offset: u64, len: u64, why: Why) -> Result<()> {
+        let end = offset
+            .saturating_add(len)
+            .min(self.files[i].entry.content.size);
+        let mut c = offset / CHUNK_SIZE * CHUNK_SIZE;
+        while c < end {
+            self.ensure_chunk(i, c, why)?;
+            c += CHUNK_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Fetch every chunk of every lazy file not in yet, then sync the files.
+    pub fn complete(&self) -> Result<()> {
+        for (i, f) in self.files.iter().enumerate() {
+            let mut offsets: Vec<u64> = f.chunks.keys().copied().collect();
+            offsets.sort_unstable();
+            for off in offsets {
+                self.ensure_chunk(i, off, Why::Background)?;
+            }
+            f.file
+                .sync_all()
+                .map_err(StoreError::io("fsync", &f.path))?;
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    path: PathBuf,
+    file: File,
+    /// Its place in the [`LazySet`] while it is lazy.
+    lazy: Option<usize>,
+}
+
+/// The memory of a chain of layers (base first), some of them lazy.
+pub struct ChainSource<'s, 'a> {
+    set: &'s LazySet<'a>,
+    layers: Vec<Layer>,
+    /// The ranges each later layer supplies over the base (newest wins).
+    over_base: Vec<cairn_snapshot::memory::MappedRange>,
+}
+
+impl<'s, 'a> ChainSource<'s, 'a> {
+    /// The memory chain `layers` (paths, base first); those in `set` are filled from it.
+    pub fn open(set: &'s LazySet<'a>, layers: &[PathBuf]) -> Result<ChainSource<'s, 'a>> {
         let mut out = Vec::with_capacity(layers.len());
         let mut total = 0;
         let mut chain_indexes = Vec::new();
         for path in layers {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(StoreError::io("open", path))?;
+            let file = File::open(path).map_err(StoreError::io("open", path))?;
             let index =
                 cairn_snapshot::memory::open_layer(path).map_err(|e| StoreError::Corrupt {
                     what: path.display().to_string(),
@@ -129,19 +284,10 @@ impl<'a> ChainSource<'a> {
                 })?;
             total = total.max(index.mem_size);
             chain_indexes.push((path.clone(), index));
-            let entry = by_path.get(path).map(|e| {
-                let chunks = e
-                    .content
-                    .chunks
-                    .iter()
-                    .map(|c| (c.offset, c.clone()))
-                    .collect();
-                (e.clone(), chunks)
-            });
             out.push(Layer {
                 path: path.clone(),
                 file,
-                entry,
+                lazy: set.find(path),
             });
         }
         let mut chain = cairn_snapshot::memory::LayerChain::new(total);
@@ -157,65 +303,23 @@ impl<'a> ChainSource<'a> {
             .filter(|r| r.layer > 0)
             .collect();
         Ok(ChainSource {
-            sandbox: lazy.sandbox.clone(),
-            remote,
-            local,
+            set,
             layers: out,
             over_base,
-            present: Mutex::new(HashSet::new()),
-            stats: FetchStats::default(),
         })
     }
 
-    /// Make sure layer `i`'s chunk at `chunk_offset` is in its file.
-    fn ensure(&self, i: usize, chunk_offset: u64, for_fault: bool) -> Result<()> {
-        let Some((entry, chunks)) = &self.layers[i].entry else {
-            return Ok(());
-        };
-        let Some(c) = chunks.get(&chunk_offset) else {
-            // Not in the manifest: zeros, which the sparse file reads as.
-            return Ok(());
-        };
-        if self.is_present(i, chunk_offset) {
-            return Ok(());
-        }
-        let (bytes, fetched) = self
-            .remote
-            .fetch_chunk(self.local, &self.sandbox, entry, c)?;
-        let counter = match (fetched, for_fault) {
-            (false, _) => &self.stats.chunks_from_cache,
-            (true, true) => &self.stats.fault_bytes_fetched,
-            (true, false) => &self.stats.background_bytes_fetched,
-        };
-        counter.fetch_add(if fetched { c.len } else { 1 }, Ordering::Relaxed);
-        let layer = &self.layers[i];
-        layer
-            .file
-            .write_all_at(&bytes, c.offset)
-            .map_err(StoreError::io("write", &layer.path))?;
-        self.present
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((i, chunk_offset));
-        Ok(())
-    }
-
-    fn is_present(&self, i: usize, chunk_offset: u64) -> bool {
-        self.present
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(i, chunk_offset))
+    /// Whether any layer of the chain is lazy.
+    pub fn is_lazy(&self) -> bool {
+        self.layers.iter().any(|l| l.lazy.is_some())
     }
 
     /// Read `len` bytes of layer `i` at `offset` into `buf`, fetching what is missing.
-    fn read(&self, i: usize, offset: u64, buf: &mut [u8], for_fault: bool) -> Result<()> {
-        let end = offset + buf.len() as u64;
-        let mut c = offset / CHUNK_SIZE * CHUNK_SIZE;
-        while c < end {
-            self.ensure(i, c, for_fault)?;
-            c += CHUNK_SIZE;
-        }
+    fn read(&self, i: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
         let layer = &self.layers[i];
+        if let Some(k) = layer.lazy {
+            self.set.ensure(k, offset, buf.len() as u64, Why::Fault)?;
+        }
         let mut done = 0;
         while done < buf.len() {
             let n = layer
@@ -230,32 +334,13 @@ impl<'a> ChainSource<'a> {
         }
         Ok(())
     }
-
-    /// Fetch every chunk of every lazy layer not in yet, then sync the files.
-    pub fn complete(&self) -> Result<()> {
-        for (i, layer) in self.layers.iter().enumerate() {
-            let Some((_, chunks)) = &layer.entry else {
-                continue;
-            };
-            let mut offsets: Vec<u64> = chunks.keys().copied().collect();
-            offsets.sort_unstable();
-            for off in offsets {
-                self.ensure(i, off, false)?;
-            }
-            layer
-                .file
-                .sync_all()
-                .map_err(StoreError::io("fsync", &layer.path))?;
-        }
-        Ok(())
-    }
 }
 
-impl PageSource for ChainSource<'_> {
+impl PageSource for ChainSource<'_, '_> {
     fn fill(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), String> {
         let end = offset + buf.len() as u64;
         // The base in full, then what later layers supply over it: as restore maps them.
-        self.read(0, offset, buf, true).map_err(|e| e.to_string())?;
+        self.read(0, offset, buf).map_err(|e| e.to_string())?;
         for r in &self.over_base {
             let (from, to) = (
                 r.guest_offset.max(offset),
@@ -268,7 +353,7 @@ impl PageSource for ChainSource<'_> {
             let part = &mut buf[at..at + (to - from) as usize];
             part.fill(0);
             let file_offset = r.file_offset + (from - r.guest_offset);
-            self.read(r.layer, file_offset, part, true)
+            self.read(r.layer, file_offset, part)
                 .map_err(|e| e.to_string())?;
         }
         Ok(())

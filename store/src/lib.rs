@@ -8,8 +8,9 @@
 //! - [`manifest`]: what one push of a sandbox holds; the only object that names chunks.
 //! - [`remote`]: the bucket (`CAIRN_STORE=s3://bucket/prefix`, `AWS_*` variables): push, pull.
 //! - [`gc`], [`lease`]: deleting unreferenced chunks; one host at a time per sandbox.
-//! - [`lazy`], [`page_server`]: a lazily pulled sandbox's memory, fetched on first touch
-//!   (userfaultfd) and completed in the background.
+//! - [`lazy`], [`page_server`], [`disk_server`]: a lazily pulled sandbox's memory, fetched on
+//!   first touch (userfaultfd), and its disk, fetched on first read (the VMM asks a block
+//!   server); both completed in the background.
 //!
 //! The checkpoint files that restore maps stay as they are (restore stays lazy and as fast):
 //! chunks are the form a sandbox takes in the bucket and in the cache, and the unit of `df`'s
@@ -18,6 +19,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chunk;
+pub mod disk_server;
 pub mod error;
 pub mod gc;
 pub mod lazy;

@@ -86,6 +86,12 @@ impl S3Server {
         self.kind != "garage"
     }
 
+    /// A client of the bucket, as `cairn` itself opens it.
+    pub fn remote(&self) -> cairn_store::Remote {
+        let url = cairn_store::StoreUrl::parse(&self.var("CAIRN_STORE")).unwrap();
+        cairn_store::Remote::open_with(&url, &self.env).unwrap()
+    }
+
     /// The value of one of [`S3Server::env`].
     pub fn var(&self, key: &str) -> String {
         self.env

@@ -5,15 +5,10 @@
 
 use std::time::Duration;
 
-use cairn_store::{LocalStore, Remote, StoreUrl};
+use cairn_store::LocalStore;
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
 use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
-
-fn remote(s: &S3Server) -> Remote {
-    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
-    Remote::open_with(&url, &s.env).unwrap()
-}
 
 #[test]
 fn store_create_takes_the_lease_and_is_refused_while_another_host_holds_it() {
@@ -23,7 +18,7 @@ fn store_create_takes_the_lease_and_is_refused_while_another_host_holds_it() {
         eprintln!("SKIP {name}: {} ignores conditional writes", s3.kind);
         return;
     }
-    let remote = remote(&s3);
+    let remote = s3.remote();
     let a = s3.home();
     let args: Vec<&str> = ["create", "sb"]
         .into_iter()

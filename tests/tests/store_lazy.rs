@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use cairn_snapshot::memory::{write_layer_from_slice_to, PageIndex};
 use cairn_store::chunk::CHUNK_SIZE;
-use cairn_store::lazy::{ChainSource, LazyFiles};
+use cairn_store::lazy::{ChainSource, LazyFiles, LazySet};
 use cairn_store::manifest::MANIFEST_FORMAT;
 use cairn_store::page_server::{PageSource, BLOCK};
-use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreUrl};
+use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec};
 use cairn_tests::kvm_available;
 use cairn_tests::linux::retry_on_guest_flake;
 use cairn_tests::s3::{S3Server, SMALL_COLD_SANDBOX};
@@ -24,11 +24,6 @@ use cairn_tests::sandbox::CairnHome;
 
 const MIB: usize = CHUNK_SIZE as usize;
 const PAGE: usize = 4096;
-
-fn remote(s: &S3Server) -> Remote {
-    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
-    Remote::open_with(&url, &s.env).unwrap()
-}
 
 /// Page `p` of layer `layer`: a pattern no other page has.
 fn page_bytes(layer: u8, p: usize) -> Vec<u8> {
@@ -124,7 +119,7 @@ fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> (Vec<PathBuf>, Laz
 fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_named() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let src = tmp.path().join("src");
     let expect = make_chain(&src);
     r.push(
@@ -137,12 +132,13 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
     let local = LocalStore::in_home(&tmp.path().join("h2"));
     let out = tmp.path().join("out");
     let (layers, lazy) = pull_lazily(&r, &local, &out);
-    let source = ChainSource::open(&out, &layers, &lazy, &r, &local).unwrap();
+    let set = LazySet::open(&out, &lazy, &r, &local).unwrap();
+    let source = ChainSource::open(&set, &layers).unwrap();
     // One block, then every block: each exactly the restored memory.
     let mut buf = vec![0u8; BLOCK as usize];
     source.fill(6 * BLOCK, &mut buf).unwrap();
     assert_eq!(buf[..], expect[6 * MIB..7 * MIB]);
-    let fetched = source
+    let fetched = set
         .stats
         .fault_bytes_fetched
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -159,7 +155,7 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
     let mut part = vec![0u8; 3 * PAGE];
     source.fill(5 * BLOCK + 2 * PAGE as u64, &mut part).unwrap();
     assert_eq!(part[..], expect[5 * MIB + 2 * PAGE..5 * MIB + 5 * PAGE]);
-    source.complete().unwrap();
+    set.complete().unwrap();
     for (c, l) in ["c1", "c2"].iter().zip(&layers) {
         let original = std::fs::read(src.join(format!("checkpoints/{c}/mem.layer"))).unwrap();
         assert!(std::fs::read(l).unwrap() == original, "{c} completed");
@@ -178,7 +174,8 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
     let local3 = LocalStore::in_home(&tmp.path().join("h3"));
     let out3 = tmp.path().join("out3");
     let (layers3, lazy3) = pull_lazily(&r, &local3, &out3);
-    let source = ChainSource::open(&out3, &layers3, &lazy3, &r, &local3).unwrap();
+    let set = LazySet::open(&out3, &lazy3, &r, &local3).unwrap();
+    let source = ChainSource::open(&set, &layers3).unwrap();
     let e = source.fill(0, &mut buf).unwrap_err();
     assert!(
         e.contains("sandbox \"a\"")

@@ -10,15 +10,10 @@ use std::time::Duration;
 
 use cairn_store::chunk::CHUNK_SIZE;
 use cairn_store::manifest::MANIFEST_FORMAT;
-use cairn_store::{LocalFile, LocalStore, Manifest, Remote, SandboxSpec, StoreError, StoreUrl};
+use cairn_store::{LocalFile, LocalStore, Manifest, SandboxSpec, StoreError};
 use cairn_tests::s3::S3Server;
 
 const MIB: u64 = CHUNK_SIZE;
-
-fn remote(s: &S3Server) -> Remote {
-    let url = StoreUrl::parse(&s.var("CAIRN_STORE")).unwrap();
-    Remote::open_with(&url, &s.env).unwrap()
-}
 
 /// A sparse file of `size_mib` with chunk `k` filled with byte `fill` for each `(k, fill)`.
 fn sparse(path: &Path, size_mib: u64, chunks: &[(u64, u8)]) {
@@ -78,7 +73,7 @@ fn manifest(name: &str, dir: &Path) -> Manifest {
 fn store_push_uploads_only_missing_chunks_and_pull_restores_sparse_files() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let local = LocalStore::in_home(&tmp.path().join("home1"));
     let (dir_a, files_a) = sandbox_dir(tmp.path(), 10);
     let (dir_b, files_b) = sandbox_dir(tmp.path(), 11);
@@ -141,7 +136,7 @@ fn store_a_damaged_or_missing_chunk_fails_the_pull_naming_sandbox_and_checkpoint
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let local = LocalStore::in_home(&tmp.path().join("home1"));
     let (dir, files) = sandbox_dir(tmp.path(), 10);
     r.push(&local, manifest("a", &dir), &files).unwrap();
@@ -185,7 +180,7 @@ fn store_a_damaged_or_missing_chunk_fails_the_pull_naming_sandbox_and_checkpoint
 fn store_gc_deletes_unreferenced_chunks_past_the_grace_period_only() {
     let s3 = S3Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let local = LocalStore::in_home(&tmp.path().join("home1"));
     let (dir_a, files_a) = sandbox_dir(tmp.path(), 10);
     let (dir_b, files_b) = sandbox_dir(tmp.path(), 11);
@@ -219,7 +214,7 @@ fn store_lease_is_held_by_one_host_until_it_expires() {
         eprintln!("SKIP: {} ignores conditional PutObject", s3.kind);
         return;
     }
-    let r = remote(&s3);
+    let r = s3.remote();
     let ttl = Duration::from_secs(2);
     r.acquire_lease("a", "host1", ttl).unwrap();
     let e = r.acquire_lease("a", "host2", ttl).unwrap_err();
@@ -249,7 +244,7 @@ fn store_a_manifest_write_over_a_changed_manifest_is_a_conflict() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let r = remote(&s3);
+    let r = s3.remote();
     let local = LocalStore::in_home(&tmp.path().join("home1"));
     let (dir, files) = sandbox_dir(tmp.path(), 10);
     r.push(&local, manifest("a", &dir), &files).unwrap();

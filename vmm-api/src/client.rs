@@ -377,6 +377,26 @@ impl Client {
         self.call_empty("PUT", "/serial", serial)
     }
 
+    /// `PUT /mmds/config` (before boot).
+    pub fn put_mmds_config(&self, config: &crate::config::MmdsConfig) -> Result<(), ClientError> {
+        self.call_empty("PUT", "/mmds/config", config)
+    }
+
+    /// `PUT /mmds`: replace the MMDS data store.
+    pub fn put_mmds(&self, data: &serde_json::Value) -> Result<(), ClientError> {
+        self.call_empty("PUT", "/mmds", data)
+    }
+
+    /// `PATCH /mmds`: merge `patch` into the data store (RFC 7396).
+    pub fn patch_mmds(&self, patch: &serde_json::Value) -> Result<(), ClientError> {
+        self.call_empty("PATCH", "/mmds", patch)
+    }
+
+    /// `GET /mmds`: the whole data store (`{}` while empty).
+    pub fn mmds(&self) -> Result<serde_json::Value, ClientError> {
+        self.call_typed::<(), _>("GET", "/mmds", None)
+    }
+
     /// `PUT /logger`.
     pub fn put_logger(&self, logger: &LoggerConfig) -> Result<(), ClientError> {
         self.call_empty("PUT", "/logger", logger)

@@ -3,7 +3,7 @@
 //!
 //! A request body leaves unset fields out; this reply spells every one out, so a client that
 //! reads Firecracker's reply key by key reads cairn's the same way. Devices cairn does not have
-//! (`pmem`, `memory-hotplug`, `mmds-config`) are shown as Firecracker shows them when
+//! (`pmem`, `memory-hotplug`) are shown as Firecracker shows them when
 //! none is configured. One key is cairn's own: `cairn` (the checkpoint directory).
 
 use std::path::PathBuf;
@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     BalloonConfig, BootSourceConfig, CacheType, CairnConfig, DriveConfig, EntropyConfig, IoEngine,
-    LoggerConfig, MachineConfig, MetricsConfig, NetConfig, RateLimiterConfig, TokenBucketConfig,
-    VmConfig, VsockConfig,
+    LoggerConfig, MachineConfig, MetricsConfig, MmdsConfig, NetConfig, RateLimiterConfig,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
 
 /// `GET /vm/config`, key for key as Firecracker v1.16 answers it.
@@ -37,9 +37,9 @@ pub struct FullVmConfig {
     pub machine_config: MachineConfig,
     /// The metrics settings last applied (Firecracker always answers `null`).
     pub metrics: Option<MetricsConfig>,
-    /// MMDS; cairn has none: always `null`.
+    /// MMDS settings, the default address filled in; `null` when MMDS is not configured.
     #[serde(rename = "mmds-config")]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     /// Network devices, in attach order.
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetReply>,
@@ -185,7 +185,14 @@ impl From<&VmConfig> for FullVmConfig {
             logger: c.logger.clone(),
             machine_config: c.machine_config.clone(),
             metrics: c.metrics.clone(),
-            mmds_config: None,
+            mmds_config: c
+                .mmds_config
+                .as_ref()
+                .filter(|m| !m.network_interfaces.is_empty())
+                .map(|m| MmdsConfig {
+                    ipv4_address: Some(m.ipv4()),
+                    ..m.clone()
+                }),
             network_interfaces: c.network_interfaces.iter().map(NetReply::from).collect(),
             vsock: c.vsock.as_ref().map(|v| VsockReply {
                 guest_cid: v.guest_cid,

@@ -380,6 +380,7 @@ pub fn build_machine(
         restored_pages: Default::default(),
         dirty: Default::default(),
         vmgenid: Some(vmgenid),
+        mmds: None,
     })
 }
 

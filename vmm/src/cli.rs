@@ -77,9 +77,21 @@ pub struct CliArgs {
     /// virtio-mmio only (kept as a flag so the refusal names it instead of "unknown argument").
     #[arg(long)]
     pub enable_pci: bool,
+    /// cairn: fill the disk files of the first restore (base images, disk layers) on first
+    /// read from the block server on this Unix socket (a lazily pulled sandbox;
+    /// checkpoint/served_disk.rs).
+    #[arg(long)]
+    pub block_server: Option<PathBuf>,
     /// Maximum API request body size in bytes.
     #[arg(long, default_value_t = 51200)]
     pub http_api_max_payload_size: usize,
+    /// Largest MMDS data store in bytes (serialized); by default the API's largest body
+    /// (`--http-api-max-payload-size`), as in Firecracker.
+    #[arg(long)]
+    pub mmds_size_limit: Option<usize>,
+    /// Fill the MMDS data store from this JSON file at start-up.
+    #[arg(long)]
+    pub metadata: Option<PathBuf>,
 }
 
 /// Firecracker's process exit codes (`FcExitCode`), which scripts and orchestrators test.
@@ -219,7 +231,17 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     let _terminal = RawTerminal::enter();
     let mut controller = Controller::new(args.id.clone(), stdin_fd)?;
     controller.set_checkpoint_dir(args.checkpoint_dir.clone());
+    controller.set_mmds_size_limit(
+        args.mmds_size_limit
+            .unwrap_or(args.http_api_max_payload_size),
+    );
+    if let Some(path) = &args.metadata {
+        let json = std::fs::read_to_string(path)
+            .map_err(VmmError::io(format!("--metadata {}", path.display())))?;
+        controller.put_mmds_metadata(&json)?;
+    }
     crate::checkpoint::served_memory::serve_next_restore_from(args.page_server.clone());
+    crate::checkpoint::served_disk::serve_next_restore_from(args.block_server.clone());
     if !args.no_api {
         controller.serve_api(&args.api_sock, args.http_api_max_payload_size)?;
     }

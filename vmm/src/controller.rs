@@ -40,6 +40,8 @@ pub struct Controller {
     /// Set when a request failed in a way that leaves the process unusable (a failed
     /// `/snapshot/load`, as in Firecracker): [`Controller::run`] ends after answering it.
     fatal: Option<String>,
+    /// MMDS: the data store and its stacks.
+    mmds: crate::mmds::MmdsService,
 }
 
 impl std::fmt::Debug for Controller {
@@ -63,7 +65,6 @@ impl Controller {
     /// A controller with an empty configuration; console input is read from `console_input`.
     pub fn new(id: String, console_input: RawFd) -> Result<Self, VmmError> {
         Ok(Self {
-            id,
             runtime: Runtime::new()?,
             config: VmConfig::default(),
             console_input: Some(console_input),
@@ -72,6 +73,8 @@ impl Controller {
             vsock_socket: Default::default(),
             serial: Default::default(),
             fatal: None,
+            mmds: crate::mmds::MmdsService::new(cairn_devices::mmds::DEFAULT_MMDS_SIZE_LIMIT, &id),
+            id,
         })
     }
 
@@ -92,6 +95,35 @@ impl Controller {
             .add_subscriber(Arc::new(Mutex::new(WakeFlag::new(wake, flag.clone()))));
         self.api = Some((rx, flag));
         Ok(())
+    }
+
+    /// The MMDS data store's size limit (`--mmds-size-limit`; by default the API's largest
+    /// body, as in Firecracker).
+    pub fn set_mmds_size_limit(&mut self, limit: usize) {
+        self.mmds.set_size_limit(limit);
+    }
+
+    /// Fill the MMDS data store from a JSON document (`--metadata`).
+    pub fn put_mmds_metadata(&mut self, json: &str) -> Result<(), VmmError> {
+        self.mmds.put_metadata(json)
+    }
+
+    /// Put MMDS on the interfaces the machine's settings name: the configuration's after a
+    /// boot, the snapshot's after a restore.
+    fn attach_mmds(
+        &mut self,
+        settings: Option<cairn_devices::mmds::MmdsState>,
+    ) -> Result<(), VmmError> {
+        let (Some(state), Some(machine)) = (settings, self.runtime.machine_mut()) else {
+            return Ok(());
+        };
+        self.mmds.attach(machine, &state)
+    }
+
+    /// After a restore: MMDS as the snapshot had it.
+    fn attach_restored_mmds(&mut self) -> Result<(), VmmError> {
+        let settings = self.runtime.machine().and_then(|m| m.mmds().cloned());
+        self.attach_mmds(settings)
     }
 
     /// Replace the whole configuration (from `--config-file`).
@@ -124,6 +156,8 @@ impl Controller {
         let console = self.console()?;
         self.vsock_socket.release();
         self.runtime.boot(&spec, console)?;
+        let settings = self.config.mmds_config.as_ref().map(crate::mmds::state_of);
+        self.attach_mmds(settings)?;
         // Firecracker writes a metrics line at boot.
         if let Err(e) = self.flush_metrics() {
             tracing::warn!("{e}");
@@ -248,6 +282,7 @@ impl Controller {
         };
         let console = self.console()?;
         self.runtime.restore(&p.snapshot_path, opts, console)?;
+        self.attach_restored_mmds()?;
         let machine = self
             .runtime
             .machine_mut()
@@ -308,7 +343,17 @@ impl Controller {
                     .iter_mut()
                     .find(|x| x.iface_id == n.iface_id)
                 {
-                    Some(slot) => *slot = n,
+                    Some(slot) => {
+                        // As Firecracker, which builds a new device: the replaced interface
+                        // no longer serves MMDS.
+                        if let Some(m) = &mut c.mmds_config {
+                            m.network_interfaces.retain(|id| *id != n.iface_id);
+                            if m.network_interfaces.is_empty() {
+                                c.mmds_config = None;
+                            }
+                        }
+                        *slot = n
+                    }
                     None => c.network_interfaces.push(n),
                 }
             }),
@@ -378,6 +423,28 @@ impl Controller {
                 }
                 self.serial = serial;
                 ApiResponse::Empty
+            }
+            ApiRequest::PutMmdsConfig(cfg) => {
+                let state = crate::mmds::state_of(&cfg);
+                let response = self.pre_boot(|c| c.mmds_config = Some(cfg));
+                if response == ApiResponse::Empty {
+                    if let Err(e) = self.mmds.configure(&state) {
+                        return refused(e);
+                    }
+                }
+                response
+            }
+            ApiRequest::PutMmds(data) => {
+                let started = self.started();
+                self.mmds.put(started, data)
+            }
+            ApiRequest::PatchMmds(patch) => {
+                let started = self.started();
+                self.mmds.patch(started, &patch)
+            }
+            ApiRequest::GetMmds => {
+                let started = self.started();
+                self.mmds.get(started)
             }
             ApiRequest::PutLogger(l) => match crate::logger::apply(&l) {
                 Ok(()) => {
@@ -542,6 +609,7 @@ impl Controller {
                 match self
                     .runtime
                     .restore_checkpoint(&c.name, dir.as_deref(), resume, uds, console)
+                    .and_then(|()| self.attach_restored_mmds())
                 {
                     Ok(()) => {
                         if let Some(m) = self.runtime.machine() {

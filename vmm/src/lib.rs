@@ -18,6 +18,7 @@ pub mod host_limits;
 pub mod logger;
 pub mod machine;
 pub mod metrics;
+pub mod mmds;
 pub mod preboot;
 pub mod rate_limit;
 pub mod runtime;

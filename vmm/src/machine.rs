@@ -46,6 +46,8 @@ pub struct Machine {
     pub(crate) dirty: DirtyLedger,
     /// The VM generation ID device (absent in VMs restored from state that had none).
     pub(crate) vmgenid: Option<cairn_devices::acpi::VmGenId>,
+    /// MMDS's settings, when it is enabled on some interface (kept in snapshots).
+    pub(crate) mmds: Option<cairn_devices::mmds::MmdsState>,
 }
 
 /// Who consumes dirty pages: Firecracker-style snapshots and named checkpoints each keep their
@@ -123,6 +125,11 @@ impl Machine {
     /// The virtio devices, in attach order.
     pub fn virtio_devices(&self) -> &[VirtioAttachment] {
         &self.virtio
+    }
+
+    /// MMDS's settings, when it is enabled on some interface.
+    pub fn mmds(&self) -> Option<&cairn_devices::mmds::MmdsState> {
+        self.mmds.as_ref()
     }
 
     /// The VM's exit signal.

@@ -4,9 +4,9 @@
 //! Like Firecracker, a counter shows how much it grew since the previous flush (the
 //! `latencies_us` values are the last measurement, in µs). A flush happens at `InstanceStart`,
 //! on `FlushMetrics`, and every [`FLUSH_PERIOD`] (see [`flush_period`]) while the VMM runs (the event loop wakes for
-//! it). The device groups (`block`, `net`) are all devices together, read from the devices'
+//! it). The device groups (`block`, `net`, `mmds`) are all devices together, read from the devices'
 //! own counters at each flush. Only what cairn counts is written: groups for devices cairn does not have (`balloon`,
-//! `mmds`, `pmem`, `memory_hotplug`, `i8042`...) and counters it has no source for are left
+//! `pmem`, `memory_hotplug`, `i8042`...) and counters it has no source for are left
 //! out; `seccomp.num_faults` is written and stays 0, as in every line a running Firecracker
 //! writes (a violation ends the process; Firecracker then writes one last line, cairn does
 //! not). docs/vmm.md lists the keys.
@@ -252,6 +252,38 @@ pub struct NetMetrics {
     pub tx_rate_limiter_throttled: Counter,
 }
 
+/// `mmds`: every interface's MMDS stack together, and the data store's token checks
+/// (Firecracker's keys).
+#[derive(Debug, Default, Serialize)]
+pub struct MmdsMetrics {
+    /// Guest frames taken by MMDS.
+    pub rx_accepted: Counter,
+    /// Of those, frames it could not use (malformed, bad checksum, not ARP or TCP).
+    pub rx_accepted_err: Counter,
+    /// Always 0: cairn counts unusual segments as errors.
+    pub rx_accepted_unusual: Counter,
+    /// Frames that were not even Ethernet.
+    pub rx_bad_eth: Counter,
+    /// Guest GETs with an invalid token.
+    pub rx_invalid_token: Counter,
+    /// Guest GETs with no token.
+    pub rx_no_token: Counter,
+    /// Frames MMDS used.
+    pub rx_count: Counter,
+    /// Bytes MMDS sent to the guest.
+    pub tx_bytes: Counter,
+    /// Frames MMDS sent.
+    pub tx_count: Counter,
+    /// Always 0: a frame that does not fit is not an error cairn meets (the buffer is 64 KiB).
+    pub tx_errors: Counter,
+    /// Frames MMDS sent.
+    pub tx_frames: Counter,
+    /// TCP connections opened.
+    pub connections_created: Counter,
+    /// TCP connections closed or reset.
+    pub connections_destroyed: Counter,
+}
+
 /// `seccomp`.
 #[derive(Debug, Default, Serialize)]
 pub struct SeccompMetrics {
@@ -281,6 +313,7 @@ pub struct Metrics {
     pub uart: UartMetrics,
     pub block: BlockMetrics,
     pub net: NetMetrics,
+    pub mmds: MmdsMetrics,
     pub seccomp: SeccompMetrics,
     pub vmm: VmmMetrics,
     /// Per-device groups, keyed `block_{drive_id}` / `net_{iface_id}`.
@@ -405,10 +438,24 @@ pub fn count_api_request(name: &str, ok: bool) {
 pub fn collect_device_counts(machine: &crate::machine::Machine) {
     let m = metrics();
     let mut per_device = m.devices.lock().unwrap_or_else(|p| p.into_inner());
+    let mut mmds = cairn_devices::mmds::stack::MmdsStats::default();
+    let mut tokens = None;
     for a in machine.virtio_devices() {
         match &a.device {
             crate::device_manager::VirtioHandle::Net(d) => {
                 let d = d.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(stack) = d.mmds() {
+                    let s = stack.stats();
+                    mmds.rx_frames += s.rx_frames;
+                    mmds.rx_dropped += s.rx_dropped;
+                    mmds.rx_bad_eth += s.rx_bad_eth;
+                    mmds.tx_frames += s.tx_frames;
+                    mmds.tx_bytes += s.tx_bytes;
+                    mmds.connections_created += s.connections_created;
+                    mmds.connections_destroyed += s.connections_destroyed;
+                    let store = stack.mmds().lock().unwrap_or_else(|p| p.into_inner());
+                    tokens = Some(store.token_counts());
+                }
                 let group = per_device
                     .entry(format!("net_{}", d.config().iface_id))
                     .or_insert_with(|| DeviceGroup::Net(NetMetrics::default()));
@@ -452,6 +499,20 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
             }
             _ => {}
         }
+    }
+    let g = &m.mmds;
+    g.rx_accepted.observe(mmds.rx_frames);
+    g.rx_accepted_err.observe(mmds.rx_dropped);
+    g.rx_bad_eth.observe(mmds.rx_bad_eth);
+    g.rx_count.observe(mmds.rx_frames - mmds.rx_dropped);
+    g.tx_frames.observe(mmds.tx_frames);
+    g.tx_count.observe(mmds.tx_frames);
+    g.tx_bytes.observe(mmds.tx_bytes);
+    g.connections_created.observe(mmds.connections_created);
+    g.connections_destroyed.observe(mmds.connections_destroyed);
+    if let Some((no_token, invalid)) = tokens {
+        g.rx_no_token.observe(no_token);
+        g.rx_invalid_token.observe(invalid);
     }
 }
 
@@ -632,6 +693,7 @@ mod tests {
             "uart",
             "block",
             "net",
+            "mmds",
             "seccomp",
             "vmm",
         ] {

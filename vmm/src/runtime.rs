@@ -245,6 +245,9 @@ impl Runtime {
             .as_mut()
             .ok_or_else(|| VmmError::InvalidState("no checkpoint store".into()))?;
         ck.release_drives();
+        if let Some(socket) = crate::checkpoint::served_disk::take_next() {
+            ck.fetch_disks_from(crate::checkpoint::served_disk::connect(&socket)?);
+        }
         let machine = restore_machine(state, &opts, console, &mut self.event_loop, &mut |cfg| {
             ck.open_disk(cfg, Some(name))
         })?;

@@ -11,7 +11,7 @@ use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::checkpoint::state::{read_state, MACHINE_STATE_VERSION};
-use cairn_vmm::checkpoint::state_versions::MachineStateV1;
+use cairn_vmm::checkpoint::state_versions::{MachineStateV1, MachineStateV2};
 use cairn_vmm::runtime::Runtime;
 use common::{console, page_hashes, vmgenid, wait_dots};
 
@@ -55,6 +55,15 @@ fn version_1_states_restore_without_a_vmgenid_and_unknown_versions_are_refused()
     cairn_snapshot::file::save(&v1_path, FileKind::State, &v1).unwrap();
     let back = read_state(&v1_path).unwrap();
     assert_eq!((back.version, back.vmgenid.is_none()), (1, true));
+
+    // And in the version-2 layout (before MMDS): it reads back with its VM generation ID and no
+    // MMDS settings.
+    let v2 = MachineStateV2::from_current(read_state(&state).unwrap());
+    let v2_path = dir.path().join("v2-layout.state");
+    cairn_snapshot::file::save(&v2_path, FileKind::State, &v2).unwrap();
+    let back = read_state(&v2_path).unwrap();
+    assert_eq!(back.version, 2);
+    assert!(back.vmgenid.is_some() && back.mmds.is_none());
 
     // It restores with no VM generation ID device: memory is exactly the snapshot's (nothing
     // rewrote the id's page), and the guest runs on.
@@ -102,7 +111,7 @@ fn version_1_states_restore_without_a_vmgenid_and_unknown_versions_are_refused()
     assert!(
         err.contains("incompatible")
             && err.contains("version 7")
-            && err.contains("versions 1 to 2"),
+            && err.contains("versions 1 to 3"),
         "{err}"
     );
     assert!(rt3.machine().is_none(), "half-restored VM");

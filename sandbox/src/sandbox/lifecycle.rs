@@ -275,8 +275,10 @@ pub(crate) fn cold_start_locked(
     reg: &mut Registry,
     r: &Record,
 ) -> Result<(), SandboxError> {
-    crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
+    // A boot reads the disk files directly: those still in the bucket would read as zeros.
+    crate::store_lazy::refuse_while_lazy(&paths, "cold-booted")?;
+    crate::store_sync::take_lease(home, &r.name)?;
     if !paths.config.is_file() {
         return Err(SandboxError::NoHead(r.name.clone()));
     }

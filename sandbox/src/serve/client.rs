@@ -5,15 +5,16 @@
 
 use super::http::{CheckpointBody, ExecBody, ForkBody, StartBody, StartedBody, Stopped};
 use super::ops::{CreateRequest, FileInfo, ForkInfo, SandboxInfo};
-use super::sessions::AttachLine;
+use super::sessions::{AttachLine, StartBody as SessionBody};
 use super::stream::ExecLine;
 use super::SOCKET_FILE;
 use crate::net::policy_ops::{PolicyChange, PolicyView};
 use crate::sandbox::Home;
 use crate::sandbox::Started;
-use crate::sessions::SessionView;
+use crate::sessions::{self, SessionView};
 use base64::Engine;
 use bytes::Bytes;
+use cairn_agent::proto::ExecRequest;
 use cairn_vmm_api::CheckpointInfo;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why a request to the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +249,16 @@ impl Daemon {
         self.call::<(), _>(Method::GET, &format!("/v1/sandboxes/{name}/sessions"), None)
     }
 
+    /// `POST /v1/sandboxes/{name}/sessions`: starts `req` as a detached session.
+    pub fn session_start(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+    ) -> Result<sessions::Started, DaemonError> {
+        let path = format!("/v1/sandboxes/{name}/sessions");
+        self.call(Method::POST, &path, Some(&SessionBody::of(req)))
+    }
+
     /// `DELETE /v1/sandboxes/{name}/sessions/{id}`.
     pub fn session_kill(&self, name: &str, id: u32) -> Result<(), DaemonError> {
         let path = format!("/v1/sandboxes/{name}/sessions/{id}");
@@ -366,31 +378,42 @@ impl Daemon {
         )
     }
 
-    /// `POST /v1/sandboxes/{name}/exec`, streamed: the command's output written to `out` and
-    /// `err` as it comes; returns its exit code (128 + N when killed by signal N).
+    /// `POST /v1/sandboxes/{name}/exec`, streamed (`req`'s argv, env and cwd: an exec without
+    /// stdin or a terminal): the command's output written to `out` and `err` as it comes; returns its exit code (128 + N when killed by signal N). With a
+    /// `limit`, a command still running once it is up is abandoned (`None`): the connection
+    /// closes, and the daemon kills the process (`SIGKILL`) as for any client that leaves.
     pub fn exec(
         &self,
         name: &str,
-        argv: Vec<String>,
-        env: BTreeMap<String, String>,
-        cwd: Option<String>,
+        req: ExecRequest,
+        limit: Option<Duration>,
         out: &mut dyn Write,
         err: &mut dyn Write,
-    ) -> Result<i32, DaemonError> {
-        let body = serde_json::to_vec(&ExecBody::streamed(argv, env, cwd))
+    ) -> Result<Option<i32>, DaemonError> {
+        let env: BTreeMap<String, String> = req.env.into_iter().collect();
+        let body = serde_json::to_vec(&ExecBody::streamed(req.argv, env, req.cwd))
             .map_err(|e| self.transport(e))?;
         let path = format!("/v1/sandboxes/{name}/exec");
         self.rt.block_on(async {
+            // The answer's head comes once the process has started (after a wake, if one was
+            // needed): the limit counts from there, as without a daemon.
             let body_in = self
                 .send(Method::POST, &path, Some(body))
                 .await?
                 .into_body();
-            self.each_line(body_in, "exec", |line| {
+            let run = self.each_line(body_in, "exec", |line| {
                 let ev: ExecLine = serde_json::from_slice(line)
                     .map_err(|e| self.transport(format!("its answer: {e}")))?;
                 self.exec_line(ev, out, err)
-            })
-            .await
+            });
+            match limit {
+                None => run.await.map(Some),
+                // On time-out the answer's body, and its connection, are dropped.
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(code) => code.map(Some),
+                    Err(_) => Ok(None),
+                },
+            }
         })
     }
 
@@ -528,12 +551,15 @@ mod tests {
         not_found(d.checkpoint_list("nope").unwrap_err());
         not_found(d.checkpoint_create("nope", Some("c1")).unwrap_err());
         let (mut out, mut err) = (Vec::new(), Vec::new());
+        let req = ExecRequest {
+            argv: vec!["true".into()],
+            ..ExecRequest::default()
+        };
         let e = d
             .exec(
                 "nope",
-                vec!["true".into()],
-                BTreeMap::new(),
-                None,
+                req.clone(),
+                Some(Duration::from_secs(5)),
                 &mut out,
                 &mut err,
             )
@@ -553,6 +579,7 @@ mod tests {
         ));
         not_found(d.fork("nope", "c1", "new", true).unwrap_err());
         not_found(d.sessions("nope").unwrap_err());
+        not_found(d.session_start("nope", &req).unwrap_err());
         not_found(d.stat("nope", "/a b&c").unwrap_err());
         assert!(matches!(
             d.stat("nope", "/a/../b").unwrap_err(),

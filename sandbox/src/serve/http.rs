@@ -400,9 +400,12 @@ async fn exec(
                 return Vec::new();
             }
             Ok(ops::ExecOutput::Started { .. }) => return Vec::new(),
-            Ok(ops::ExecOutput::Exit(status)) => {
-                let ExecLine::Exit { exit_code, signal } =
-                    ExecLine::of(ops::ExecOutput::Exit(status))
+            Ok(ops::ExecOutput::Exit(status, agent)) => {
+                let ExecLine::Exit {
+                    exit_code,
+                    signal,
+                    agent_ms,
+                } = ExecLine::of(ops::ExecOutput::Exit(status, agent))
                 else {
                     return Vec::new();
                 };
@@ -411,6 +414,7 @@ async fn exec(
                     stderr: String::from_utf8_lossy(&err).into_owned(),
                     exit_code,
                     signal,
+                    agent_ms,
                 })
             }
             Err(e) => serde_json::to_vec(&ErrorBody {
@@ -515,7 +519,7 @@ async fn tree_get(
             }
             Some(Ok(ops::ExecOutput::Stderr(d))) => err.extend_from_slice(&d),
             Some(Ok(ops::ExecOutput::Started { .. })) => {}
-            Some(Ok(ops::ExecOutput::Exit(st))) => {
+            Some(Ok(ops::ExecOutput::Exit(st, _))) => {
                 if st.success() {
                     break;
                 }

@@ -207,17 +207,17 @@ async fn bad_input_gets_a_json_4xx() {
         ),
         (
             Method::POST,
-            "/v1/sandboxes".into(),
-            r#"{"name":"ok","image":"ubuntu"}"#.into(),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            Method::POST,
             "/v1/sandboxes/a/checkpoints/..%2Fx/restore".into(),
             Body::empty(),
             StatusCode::BAD_REQUEST,
         ),
         // Missing things.
+        (
+            Method::POST,
+            "/v1/sandboxes".into(),
+            r#"{"name":"ok","image":"ubuntu","cold":true,"boot_timeout":60}"#.into(),
+            StatusCode::NOT_FOUND,
+        ),
         (
             Method::GET,
             "/v1/sandboxes/nope".into(),

@@ -10,7 +10,7 @@ use cairn_agent::proto::{ExecRequest, PtySize};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest file `read_file` returns whole (larger ones: the tar endpoints).
 pub const MAX_READ: u64 = 64 << 20;
@@ -128,7 +128,7 @@ impl SandboxInfo {
 pub struct CreateRequest {
     /// Sandbox name (1-40 of a-z A-Z 0-9 . _ -).
     pub name: String,
-    /// Guest image; only `default` exists today.
+    /// Guest image: `default` (or none), or an image of the image store (`cairn image ls`).
     #[serde(default)]
     pub image: Option<String>,
     /// vCPUs (default 1).
@@ -143,14 +143,21 @@ pub struct CreateRequest {
     /// Idle timeout in seconds (default 30; 0 = never).
     #[serde(default)]
     pub idle_timeout: Option<u64>,
+    /// Boot from scratch, neither using nor keeping a golden checkpoint (`cairn create --cold`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cold: bool,
+    /// Seconds to wait for the guest agent at boot (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_timeout: Option<u64>,
 }
 
 /// Creates and boots a sandbox.
 pub fn create(home: &Home, req: &CreateRequest) -> Result<SandboxInfo, OpsError> {
-    if let Some(img) = req.image.as_deref().filter(|i| *i != "default") {
-        return Err(OpsError::BadRequest(format!(
-            "unknown image {img:?} (hint: only \"default\" exists)"
-        )));
+    let image = req.image.clone().filter(|i| i != "default");
+    if let Some(img) = &image {
+        // An unknown image is the caller's mistake (404), found before anything is made.
+        crate::image_store::rootfs_of(home, img)
+            .map_err(|e| OpsError::NotFound(cairn_agent::error_text(&e)))?;
     }
     let d = CreateOptions::default();
     let opts = CreateOptions {
@@ -158,6 +165,9 @@ pub fn create(home: &Home, req: &CreateRequest) -> Result<SandboxInfo, OpsError>
         mem_mib: req.mem_mib.unwrap_or(d.mem_mib),
         disk_gib: req.disk_gib.unwrap_or(d.disk_gib),
         idle_timeout: req.idle_timeout.unwrap_or(d.idle_timeout),
+        boot_timeout: req.boot_timeout.map_or(d.boot_timeout, Duration::from_secs),
+        cold: req.cold,
+        image,
         ..d
     };
     let r = sandbox::create(home, &req.name, &opts)?;
@@ -218,8 +228,10 @@ pub enum ExecOutput {
     Stdout(Vec<u8>),
     /// Output on stderr.
     Stderr(Vec<u8>),
-    /// The end.
-    Exit(ExitStatus),
+    /// The end: the exit status, and the time spent in the agent round trip (connecting to
+    /// the agent, in its turn, through the exit: what the exec costs without cairn around it;
+    /// `None` for a session's end, or an exec whose agent a wake had connected already).
+    Exit(ExitStatus, Option<Duration>),
 }
 
 /// The agent client for a sandbox: the one a wake connected with, else a new connection,
@@ -250,6 +262,8 @@ pub fn exec_stream(
         return Err(OpsError::BadRequest("empty command".into()));
     }
     let (r, _active, woken) = sandbox::enter(home, name)?;
+    // The agent round trip starts here; a wake's connection was made inside `enter`.
+    let agent_start = woken.is_none().then(Instant::now);
     let (mut client, mut turn) = agent(&r, woken)?;
     let req = ExecRequest {
         argv: spec.argv,
@@ -279,7 +293,7 @@ pub fn exec_stream(
                 ExecEvent::Stdout(d) => ExecOutput::Stdout(d),
                 ExecEvent::Stderr(d) => ExecOutput::Stderr(d),
                 ExecEvent::Exited(s) => {
-                    sink(ExecOutput::Exit(s));
+                    sink(ExecOutput::Exit(s, agent_start.map(|t| t.elapsed())));
                     return Ok(Some(s));
                 }
             };
@@ -294,7 +308,7 @@ pub fn exec_stream(
 }
 
 /// An exec's collected result.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ExecResult {
     /// Standard output (UTF-8, invalid bytes replaced).
     pub stdout: String,
@@ -304,11 +318,21 @@ pub struct ExecResult {
     pub exit_code: i32,
     /// The signal that killed it, if one did.
     pub signal: Option<i32>,
+    /// Milliseconds the exec spent in the agent round trip, as the server measured it (see
+    /// [`ExecOutput::Exit`]); absent when not measured. A client's time minus this is what
+    /// cairn added (`cairn-bench api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ms: Option<f64>,
+}
+
+/// A duration in milliseconds, to the microsecond, as the API reports it.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Runs `spec` to its end and collects its output.
 pub fn exec_collect(home: &Home, name: &str, spec: ExecSpec) -> Result<ExecResult, OpsError> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err, mut agent) = (Vec::new(), Vec::new(), None);
     let status = exec_stream(
         home,
         name,
@@ -318,7 +342,8 @@ pub fn exec_collect(home: &Home, name: &str, spec: ExecSpec) -> Result<ExecResul
             match ev {
                 ExecOutput::Stdout(d) => out.extend_from_slice(&d),
                 ExecOutput::Stderr(d) => err.extend_from_slice(&d),
-                _ => {}
+                ExecOutput::Exit(_, t) => agent = t,
+                ExecOutput::Started { .. } => {}
             }
             true
         },
@@ -332,6 +357,7 @@ pub fn exec_collect(home: &Home, name: &str, spec: ExecSpec) -> Result<ExecResul
             ExitStatus::Signal(s) => Some(s),
             ExitStatus::Code(_) => None,
         },
+        agent_ms: agent.map(millis),
     })
 }
 

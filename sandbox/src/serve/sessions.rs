@@ -51,9 +51,9 @@ async fn run<T: Send + 'static>(
 }
 
 /// `POST …/sessions`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub(super) struct StartBody {
     /// A shell command line, run with `sh -c`.
     #[serde(default)]
     command: Option<String>,
@@ -69,6 +69,23 @@ struct StartBody {
     stdin: bool,
     #[serde(default)]
     tty: Option<TtyBody>,
+}
+
+impl StartBody {
+    /// The body that starts `req` (what `cairn exec -d` sends the daemon).
+    pub(super) fn of(req: &ExecRequest) -> StartBody {
+        StartBody {
+            command: None,
+            argv: Some(req.argv.clone()),
+            env: req.env.iter().cloned().collect(),
+            cwd: req.cwd.clone(),
+            stdin: req.stdin,
+            tty: req.pty.map(|p| TtyBody {
+                rows: p.rows,
+                cols: p.cols,
+            }),
+        }
+    }
 }
 
 async fn start(
@@ -177,7 +194,7 @@ async fn attach(
                     left = left.saturating_sub(d.len() as u64);
                     (ExecOutput::Stderr(d), false)
                 }
-                Ok(ExecEvent::Exited(st)) => (ExecOutput::Exit(st), true),
+                Ok(ExecEvent::Exited(st)) => (ExecOutput::Exit(st, None), true),
                 Err(e) => {
                     if !out.is_closed() {
                         let _ = out.blocking_send(ExecLine::error(&e.into()).to_ndjson());

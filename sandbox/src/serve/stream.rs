@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// One line of an NDJSON exec stream (`"type"` names the variant).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecLine {
     /// The process started.
@@ -34,6 +34,10 @@ pub enum ExecLine {
         exit_code: i32,
         /// The signal that killed it, if one did.
         signal: Option<i32>,
+        /// Milliseconds in the agent round trip, as the server measured it (an exec's; not a
+        /// session's): a client's time minus this is what cairn added.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_ms: Option<f64>,
     },
     /// The exec failed; last line.
     Error {
@@ -52,12 +56,13 @@ impl ExecLine {
             ExecOutput::Started { pid } => ExecLine::Started { pid },
             ExecOutput::Stdout(d) => ExecLine::Stdout { data: b64(&d) },
             ExecOutput::Stderr(d) => ExecLine::Stderr { data: b64(&d) },
-            ExecOutput::Exit(s) => ExecLine::Exit {
+            ExecOutput::Exit(s, agent) => ExecLine::Exit {
                 exit_code: s.shell_code(),
                 signal: match s {
                     cairn_agent::client::ExitStatus::Signal(n) => Some(n),
                     cairn_agent::client::ExitStatus::Code(_) => None,
                 },
+                agent_ms: agent.map(ops::millis),
             },
         }
     }
@@ -122,7 +127,7 @@ pub fn spawn_exec_controlled(
         // after it (`touch`, a registry write: an fsync, tens of ms on a busy disk).
         let (mut tx, mut done_tx) = (Some(tx), Some(done_tx));
         let res = ops::exec_stream(&home, &name, spec, on_start, |ev| {
-            let end = matches!(ev, ExecOutput::Exit(_));
+            let end = matches!(ev, ExecOutput::Exit(..));
             if end {
                 // First: the watcher must not take the receiver's going for a client leaving.
                 if let Some(d) = done_tx.take() {
@@ -153,15 +158,32 @@ mod tests {
     fn exec_lines_are_tagged_ndjson() {
         let l = ExecLine::of(ExecOutput::Stdout(b"hi\n".to_vec()));
         assert_eq!(l.to_ndjson(), b"{\"type\":\"stdout\",\"data\":\"aGkK\"}\n");
-        let e = ExecLine::of(ExecOutput::Exit(cairn_agent::client::ExitStatus::Signal(9)));
+        let e = ExecLine::of(ExecOutput::Exit(
+            cairn_agent::client::ExitStatus::Signal(9),
+            None,
+        ));
         assert_eq!(
             e,
             ExecLine::Exit {
                 exit_code: 137,
-                signal: Some(9)
+                signal: Some(9),
+                agent_ms: None
             }
+        );
+        assert_eq!(
+            e.to_ndjson(),
+            b"{\"type\":\"exit\",\"exit_code\":137,\"signal\":9}\n"
         );
         let back: ExecLine = serde_json::from_slice(&e.to_ndjson()).unwrap();
         assert_eq!(back, e);
+        // An exec's end says how long the agent round trip took, to the microsecond.
+        let t = ExecLine::of(ExecOutput::Exit(
+            cairn_agent::client::ExitStatus::Code(0),
+            Some(std::time::Duration::from_micros(12_345_678)),
+        ));
+        assert_eq!(
+            t.to_ndjson(),
+            b"{\"type\":\"exit\",\"exit_code\":0,\"signal\":null,\"agent_ms\":12345.678}\n"
+        );
     }
 }

@@ -266,7 +266,7 @@ async fn run_exec(mut ws: WebSocket, home: Home, name: String) {
                     // Sent before `Started`: input is read from here on.
                     pump = c.await.ok().map(input_pump);
                 }
-                let end = matches!(out, ExecOutput::Exit(_));
+                let end = matches!(out, ExecOutput::Exit(..));
                 let line = ExecLine::of(out);
                 if end {
                     // Let the exec thread finish first, so the end is not taken for a client
@@ -327,7 +327,7 @@ pub(super) async fn run_attach<K: Send + 'static>(
             let (ev, end) = match a.next_event() {
                 Ok(ExecEvent::Stdout(d)) => (Ok(ExecOutput::Stdout(d)), false),
                 Ok(ExecEvent::Stderr(d)) => (Ok(ExecOutput::Stderr(d)), false),
-                Ok(ExecEvent::Exited(st)) => (Ok(ExecOutput::Exit(st)), true),
+                Ok(ExecEvent::Exited(st)) => (Ok(ExecOutput::Exit(st, None)), true),
                 Err(e) => (Err(e.into()), true),
             };
             if tx.blocking_send(ev).is_err() || end {
@@ -346,7 +346,7 @@ pub(super) async fn run_attach<K: Send + 'static>(
         };
         match ev {
             Event::Out(Some(Ok(out))) => {
-                let end = matches!(out, ExecOutput::Exit(_));
+                let end = matches!(out, ExecOutput::Exit(..));
                 let line = ExecLine::of(out);
                 if end {
                     return finish(&mut ws, &line).await;

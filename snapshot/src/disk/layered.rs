@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::file::{crc64, replace_atomic_with, sync_parent_dir};
 
 use super::index::{check_block_size, index_path, BlockEntry, BlockIndex, ZERO_OFFSET};
+use super::served::{DiskFetch, FileId};
 use super::DEFAULT_BLOCK_SIZE;
 
 /// The cost of one checkpoint's disk layer.
@@ -27,6 +29,8 @@ pub struct DiskLayerStats {
 struct Frozen {
     path: PathBuf,
     file: File,
+    /// Its identity, for a [`DiskFetch`].
+    id: FileId,
     index: BlockIndex,
 }
 
@@ -63,19 +67,29 @@ enum Source {
 pub struct LayeredDisk {
     base_path: PathBuf,
     base: File,
+    base_id: FileId,
     base_len: u64,
     block_size: u32,
     layers: Vec<Frozen>,
     active: Active,
+    /// Fills absent ranges of the base and the frozen layers before they are read (a lazily
+    /// pulled sandbox's disk, see [`super::served`]); the active delta is always local.
+    fetch: Option<Arc<dyn DiskFetch>>,
 }
 
 fn open_frozen(path: &Path) -> Result<Frozen> {
     let index = BlockIndex::load(&index_path(path))?;
     let file = File::open(path).map_err(|e| Error::io("open disk layer", path, e))?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| Error::io("stat disk layer", path, e))?
-        .len();
+        .map_err(|e| Error::io("stat disk layer", path, e))?;
+    let (len, id) = (
+        meta.len(),
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    );
     if len < index.data_len {
         return Err(Error::LengthMismatch {
             declared: index.data_len,
@@ -86,6 +100,7 @@ fn open_frozen(path: &Path) -> Result<Frozen> {
     Ok(Frozen {
         path: path.to_path_buf(),
         file,
+        id,
         index,
     })
 }
@@ -108,10 +123,14 @@ impl LayeredDisk {
         block_size: Option<u32>,
     ) -> Result<Self> {
         let base_file = File::open(base).map_err(|e| Error::io("open base image", base, e))?;
-        let base_len = base_file
+        let base_meta = base_file
             .metadata()
-            .map_err(|e| Error::io("stat base image", base, e))?
-            .len();
+            .map_err(|e| Error::io("stat base image", base, e))?;
+        let base_len = base_meta.len();
+        let base_id = FileId {
+            dev: base_meta.dev(),
+            ino: base_meta.ino(),
+        };
         let frozen = layers
             .iter()
             .map(|p| open_frozen(p))
@@ -138,10 +157,12 @@ impl LayeredDisk {
         Ok(Self {
             base_path: base.to_path_buf(),
             base: base_file,
+            base_id,
             base_len,
             block_size,
             layers: frozen,
             active,
+            fetch: None,
         })
     }
 
@@ -234,6 +255,30 @@ impl LayeredDisk {
         })
     }
 
+    /// Read the base image and the frozen layers through `fetch`: every range is made present
+    /// by it before it is read, and one it cannot make present fails the read
+    /// ([`Error::Fetch`]).
+    pub fn set_fetcher(&mut self, fetch: Arc<dyn DiskFetch>) {
+        self.fetch = Some(fetch);
+    }
+
+    /// Make `len` bytes at `offset` of the base (`None`) or frozen layer `Some(i)` present.
+    fn fetch(&self, file: Option<usize>, offset: u64, len: u64) -> Result<()> {
+        let Some(fetch) = &self.fetch else {
+            return Ok(());
+        };
+        let (id, path) = match file {
+            None => (self.base_id, &self.base_path),
+            Some(i) => (self.layers[i].id, &self.layers[i].path),
+        };
+        fetch
+            .ensure(id, offset, len)
+            .map_err(|detail| Error::Fetch {
+                path: path.clone(),
+                detail,
+            })
+    }
+
     /// Size of the virtual disk in bytes (the base image's size).
     pub fn len(&self) -> u64 {
         self.base_len
@@ -307,6 +352,7 @@ impl LayeredDisk {
             Source::Base => {
                 let at = block * bs as u64 + within as u64;
                 let avail = self.base_len.saturating_sub(at).min(out.len() as u64) as usize;
+                self.fetch(None, at, avail as u64)?;
                 self.base
                     .read_exact_at(&mut out[..avail], at)
                     .map_err(|e| Error::io("read base image", &self.base_path, e))?;
@@ -314,7 +360,10 @@ impl LayeredDisk {
                 return Ok(());
             }
             Source::Active(e) => (&self.active.file, &self.active.path, e.offset, e.crc),
-            Source::Layer(i, e) => (&self.layers[i].file, &self.layers[i].path, e.offset, e.crc),
+            Source::Layer(i, e) => {
+                self.fetch(Some(i), e.offset, bs as u64)?;
+                (&self.layers[i].file, &self.layers[i].path, e.offset, e.crc)
+            }
         };
         scratch.resize(bs, 0);
         file.read_exact_at(scratch, offset)
@@ -365,6 +414,7 @@ impl LayeredDisk {
                     }
                     let out = &mut buf[done..done + count * ubs];
                     let avail = self.base_len.saturating_sub(pos).min(out.len() as u64) as usize;
+                    self.fetch(None, pos, avail as u64)?;
                     self.base
                         .read_exact_at(&mut out[..avail], pos)
                         .map_err(|e| Error::io("read base image", &self.base_path, e))?;
@@ -405,6 +455,7 @@ impl LayeredDisk {
                         count += 1;
                     }
                     let out = &mut buf[done..done + count * ubs];
+                    self.fetch(Some(i), e.offset, out.len() as u64)?;
                     let f = &self.layers[i];
                     self.read_run(&f.file, &f.path, e.offset, block, &crcs, out)?;
                 }
@@ -672,198 +723,5 @@ impl LayeredDisk {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-
-    fn base(dir: &Path, len: usize) -> (PathBuf, Vec<u8>) {
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
-        let p = dir.join("base.img");
-        std::fs::write(&p, &data).unwrap();
-        (p, data)
-    }
-
-    fn read_all(d: &LayeredDisk) -> Vec<u8> {
-        let mut v = vec![0u8; d.len() as usize];
-        d.read_at(0, &mut v).unwrap();
-        v
-    }
-
-    #[test]
-    fn reads_base_then_cow_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, mut model) = base(dir.path(), 3 * 4096 + 100);
-        let mut d = LayeredDisk::open(&bp, &[], dir.path().join("active")).unwrap();
-        assert_eq!(d.len(), model.len() as u64);
-        assert_eq!(read_all(&d), model);
-        d.write_at(4000, &[9u8; 200]).unwrap();
-        model[4000..4200].fill(9);
-        d.write_at(3 * 4096 + 50, &[7u8; 50]).unwrap();
-        model[3 * 4096 + 50..].fill(7);
-        assert_eq!(read_all(&d), model);
-        assert!(d.write_at(model.len() as u64 - 1, &[1, 2]).is_err());
-        assert!(d.read_at(u64::MAX, &mut [0u8; 2]).is_err());
-        // The base is never written.
-        assert_ne!(std::fs::read(&bp).unwrap(), model);
-    }
-
-    #[test]
-    fn checkpoint_restore_and_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, mut model) = base(dir.path(), 16 * 4096);
-        let active = dir.path().join("active");
-        let mut d = LayeredDisk::open(&bp, &[], active.clone()).unwrap();
-        d.write_at(0, &[1u8; 8192]).unwrap();
-        model[..8192].fill(1);
-        let snap1 = model.clone();
-        let st = d.checkpoint(&dir.path().join("l1")).unwrap();
-        assert_eq!(
-            st,
-            DiskLayerStats {
-                blocks: 2,
-                bytes: 8192,
-                file_bytes: 8192
-            }
-        );
-        assert_eq!(d.active_stats().blocks, 0);
-        d.write_at(4096, &[2u8; 10]).unwrap();
-        model[4096..4106].fill(2);
-        d.discard(8192, 3 * 4096 + 5).unwrap();
-        model[8192..8192 + 3 * 4096 + 5].fill(0);
-        assert_eq!(read_all(&d), model);
-        d.flush().unwrap();
-        drop(d);
-        // Resume the active delta after a restart.
-        let d = LayeredDisk::open(&bp, &[dir.path().join("l1")], active.clone()).unwrap();
-        assert_eq!(read_all(&d), model);
-        // Restore checkpoint 1 with a fresh active delta.
-        let r =
-            LayeredDisk::open(&bp, &[dir.path().join("l1")], dir.path().join("active2")).unwrap();
-        assert_eq!(read_all(&r), snap1);
-    }
-
-    #[test]
-    fn unflushed_writes_never_corrupt_the_flushed_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, mut model) = base(dir.path(), 8 * 4096);
-        let active = dir.path().join("active");
-        let mut d = LayeredDisk::open(&bp, &[], active.clone()).unwrap();
-        d.write_at(0, &[1u8; 4096 * 4]).unwrap();
-        model[..4096 * 4].fill(1);
-        d.flush().unwrap();
-        let flushed = model.clone();
-        // Rewrites of durable blocks go to new slots; the old index still reads the flushed data.
-        d.write_at(0, &[3u8; 4096 * 4]).unwrap();
-        d.discard(4096, 4096).unwrap();
-        let crashed = LayeredDisk::open(&bp, &[], active.clone());
-        // (the "crashed" reader sees the on-disk index and data: exactly the flushed state)
-        assert_eq!(read_all(&crashed.unwrap()), flushed);
-        model[..4096 * 4].fill(3);
-        model[4096..8192].fill(0);
-        assert_eq!(read_all(&d), model);
-        // After a flush, freed slots are reused: the file does not grow without bound.
-        d.flush().unwrap();
-        for _ in 0..20 {
-            d.write_at(0, &[5u8; 4096 * 4]).unwrap();
-            d.flush().unwrap();
-        }
-        assert!(
-            d.active_stats().file_bytes <= 12 * 4096,
-            "{:?}",
-            d.active_stats()
-        );
-    }
-
-    #[test]
-    fn random_ops_match_a_model_across_checkpoints() {
-        for bs in [512u32, 4096] {
-            random_ops(bs, 11 + u64::from(bs));
-        }
-    }
-
-    fn random_ops(bs: u32, seed: u64) {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, mut model) = base(dir.path(), 40 * 4096 + 1234);
-        let mut d =
-            LayeredDisk::open_with_block_size(&bp, &[], dir.path().join("active"), Some(bs))
-                .unwrap();
-        let mut snaps = Vec::new();
-        for round in 0..6 {
-            for _ in 0..60 {
-                let mut off = rng.gen_range(0..model.len() as u64);
-                if rng.gen_bool(0.3) {
-                    off -= off % u64::from(bs);
-                }
-                let len =
-                    rng.gen_range(1..=(model.len() as u64 - off).min(24 * u64::from(bs))) as usize;
-                match rng.gen_range(0..5) {
-                    0 => {
-                        d.discard(off, len as u64).unwrap();
-                        model[off as usize..off as usize + len].fill(0);
-                    }
-                    1 => d.flush().unwrap(),
-                    _ => {
-                        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                        d.write_at(off, &data).unwrap();
-                        model[off as usize..off as usize + len].copy_from_slice(&data);
-                    }
-                }
-                let off = rng.gen_range(0..model.len());
-                let len = rng.gen_range(0..=(model.len() - off).min(10000));
-                let mut got = vec![0u8; len];
-                d.read_at(off as u64, &mut got).unwrap();
-                assert_eq!(got, model[off..off + len]);
-            }
-            let p = dir.path().join(format!("l{round}"));
-            d.checkpoint(&p).unwrap();
-            snaps.push(model.clone());
-        }
-        let layers = d.layer_paths();
-        for (i, snap) in snaps.iter().enumerate() {
-            let r =
-                LayeredDisk::open(&bp, &layers[..=i], dir.path().join(format!("a{i}"))).unwrap();
-            assert!(read_all(&r) == *snap, "checkpoint {i}");
-        }
-        // Delete middle layers in the live disk: contents are unchanged.
-        d.delete_layer(2).unwrap();
-        d.delete_layer(0).unwrap();
-        assert!(read_all(&d) == model);
-        assert!(d.delete_layer(d.layer_paths().len() - 1).is_err());
-    }
-
-    #[test]
-    fn corrupt_block_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, _) = base(dir.path(), 4 * 4096);
-        let mut d = LayeredDisk::open(&bp, &[], dir.path().join("active")).unwrap();
-        d.write_at(4096, &[4u8; 4096]).unwrap();
-        d.checkpoint(&dir.path().join("l")).unwrap();
-        let f = OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("l"))
-            .unwrap();
-        f.write_all_at(&[5], 10).unwrap();
-        let r = LayeredDisk::open(&bp, &[dir.path().join("l")], dir.path().join("a2")).unwrap();
-        assert!(matches!(
-            r.read_at(4096, &mut [0u8; 16]),
-            Err(Error::BlockChecksum { block: 1, .. })
-        ));
-        assert!(r.read_at(0, &mut [0u8; 16]).is_ok());
-    }
-
-    #[test]
-    fn geometry_mismatch_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bp, _) = base(dir.path(), 4 * 4096);
-        let mut d = LayeredDisk::open(&bp, &[], dir.path().join("active")).unwrap();
-        d.write_at(0, &[1u8; 10]).unwrap();
-        d.checkpoint(&dir.path().join("l")).unwrap();
-        let bp2 = dir.path().join("other.img");
-        std::fs::write(&bp2, vec![0u8; 5 * 4096]).unwrap();
-        assert!(matches!(
-            LayeredDisk::open(&bp2, &[dir.path().join("l")], dir.path().join("a")),
-            Err(Error::Geometry(_))
-        ));
-    }
-}
+#[path = "layered_tests.rs"]
+mod tests;

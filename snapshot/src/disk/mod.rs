@@ -17,10 +17,12 @@
 pub mod index;
 pub mod layered;
 pub mod merge;
+pub mod served;
 
 pub use index::{BlockEntry, BlockIndex};
 pub use layered::{DiskLayerStats, LayeredDisk};
 pub use merge::{merge_disk_layer_into_child, DiskMergeStats};
+pub use served::{DiskFetch, FileId, ServedDisk};
 
 /// Default block size of a new disk chain.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;

@@ -4,7 +4,7 @@
 //! Firecracker has defaults, and a separate [`Validate::validate`] that checks the rules serde
 //! cannot express. The JSON names and meanings are Firecracker's, so a Firecracker
 //! `--config-file` document or API call works unchanged. Sections Firecracker has but cairn does not
-//! implement (`mmds-config`, `pmem`, `memory-hotplug`, vhost-user drives) are
+//! implement (`pmem`, `memory-hotplug`, vhost-user drives) are
 //! accepted when absent, `null` or empty (as `GET /vm/config` writes them); anything else in them
 //! is rejected by `validate()` with a message that says so.
 //!
@@ -30,6 +30,7 @@ mod cpu_config;
 mod devices;
 mod logging;
 mod machine;
+mod mmds;
 #[cfg(test)]
 mod no_null_tests;
 #[cfg(test)]
@@ -59,6 +60,9 @@ pub use logging::{LogLevel, LoggerConfig, MetricsConfig};
 pub use machine::{
     BootSourceConfig, CpuTemplate, HugePages, MachineConfig, MachineConfigUpdate,
     IMPLEMENTED_CPU_TEMPLATES, MAX_VCPUS,
+};
+pub use mmds::{
+    is_valid_mmds_ipv4, MmdsConfig, MmdsVersion, DEFAULT_MMDS_IPV4, UNKNOWN_MMDS_INTERFACE,
 };
 
 /// Why a configuration document or API body was refused. The message always starts with the
@@ -248,13 +252,13 @@ pub struct VmConfig {
     /// `cpu_config`'s file.
     #[serde(skip)]
     pub custom_cpu_template: Option<CustomCpuTemplate>,
-    /// Firecracker's MMDS: not implemented, must be absent or `null`.
+    /// MMDS: its version, address and the interfaces the guest reaches it on.
     #[serde(
         rename = "mmds-config",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     /// Firecracker's pmem devices: not implemented, must be absent, `null` or `[]` (as
     /// `GET /vm/config` writes it).
     #[serde(
@@ -416,10 +420,20 @@ impl VmConfig {
                 "pmem devices are not supported by cairn; remove them or set it to []",
             ));
         }
-        for (name, value) in [
-            ("mmds-config", &self.mmds_config),
-            ("memory-hotplug", &self.memory_hotplug),
-        ] {
+        if let Some(mmds) = &self.mmds_config {
+            mmds.validate().map_err(|e| e.within("mmds-config"))?;
+            if !mmds
+                .network_interfaces
+                .iter()
+                .all(|id| iface_ids.contains(id.as_str()))
+            {
+                return Err(ConfigError::invalid(
+                    "mmds-config.network_interfaces",
+                    UNKNOWN_MMDS_INTERFACE,
+                ));
+            }
+        }
+        for (name, value) in [("memory-hotplug", &self.memory_hotplug)] {
             if value.is_some() {
                 return Err(ConfigError::invalid(
                     name,

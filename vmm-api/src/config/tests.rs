@@ -652,7 +652,6 @@ fn entropy_logger_metrics_rules() {
 #[test]
 fn unsupported_firecracker_sections_are_refused_by_validate() {
     for (key, value) in [
-        ("mmds-config", r#"{"x": 1}"#),
         ("memory-hotplug", r#"{"total_size_mib": 1024}"#),
         ("pmem", r#"[{"id": "p0", "path_on_host": "/tmp/p"}]"#),
     ] {
@@ -859,4 +858,25 @@ fn balloon_key_rules() {
     });
     assert_eq!(validate_err(&hinting).field(), "balloon.free_page_hinting");
     assert!(parse_vm_config(r#"{"balloon": {"x": 1}}"#).is_err());
+}
+
+#[test]
+fn mmds_config_names_attached_interfaces() {
+    let base = r#"{"boot-source": {"kernel_image_path": "k"},
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}], "mmds-config": "#;
+    let cfg = parse_vm_config(&format!(
+        r#"{base}{{"network_interfaces": ["eth0"], "version": "V2"}}}}"#
+    ))
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.mmds_config.unwrap().version, MmdsVersion::V2);
+    let cfg = parse_vm_config(&format!(r#"{base}{{"network_interfaces": ["eth1"]}}}}"#)).unwrap();
+    let err = validate_err(&cfg);
+    assert_eq!(err.field(), "mmds-config.network_interfaces");
+    assert!(err
+        .to_string()
+        .contains("does not correspond to any existing network interface"));
+    let cfg = parse_vm_config(&format!(r#"{base}{{"network_interfaces": []}}}}"#)).unwrap();
+    assert_eq!(validate_err(&cfg).field(), "mmds-config.network_interfaces");
+    assert!(parse_vm_config(&format!(r#"{base}{{"x": 1}}}}"#)).is_err());
 }

@@ -43,6 +43,7 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
         logger: previous.logger.clone(),
         metrics: previous.metrics.clone(),
         cairn: previous.cairn.clone(),
+        mmds_config: machine.mmds().map(crate::mmds::config_of),
         ..VmConfig::default()
     };
     for attachment in machine.virtio_devices() {

@@ -100,6 +100,14 @@ pub enum ApiRequest {
     PutCpuConfig(crate::config::CustomCpuTemplate),
     /// `PUT /serial` (before boot): console output to a file.
     PutSerial(crate::config::SerialConfig),
+    /// `PUT /mmds/config` (before boot).
+    PutMmdsConfig(crate::config::MmdsConfig),
+    /// `PUT /mmds`: replace the MMDS data store (any JSON value).
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: merge into the data store (RFC 7396).
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`: the data store.
+    GetMmds,
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
@@ -147,6 +155,10 @@ impl ApiRequest {
             ApiRequest::PatchBalloonStats(_) => "PatchBalloonStats",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
             ApiRequest::PutSerial(_) => "PutSerial",
+            ApiRequest::PutMmdsConfig(_) => "PutMmdsConfig",
+            ApiRequest::PutMmds(_) => "PutMmds",
+            ApiRequest::PatchMmds(_) => "PatchMmds",
+            ApiRequest::GetMmds => "GetMmds",
             ApiRequest::PutLogger(_) => "PutLogger",
             ApiRequest::PutMetrics(_) => "PutMetrics",
             ApiRequest::Action(_) => "Action",

@@ -66,6 +66,15 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PATCH", ["balloon", "statistics"]) => ApiRequest::PatchBalloonStats(parse_body(body)?),
         ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
         ("PUT", ["serial"]) => ApiRequest::PutSerial(parse_body(body)?),
+        ("GET", ["mmds"]) => ApiRequest::GetMmds,
+        ("PUT", ["mmds"]) => ApiRequest::PutMmds(parse_any_json(body)?),
+        ("PATCH", ["mmds"]) => ApiRequest::PatchMmds(parse_any_json(body)?),
+        ("PUT", ["mmds", "config"]) => ApiRequest::PutMmdsConfig(parse_body(body)?),
+        ("PUT", ["mmds", other]) => {
+            return Err(ApiResponse::bad_request(format!(
+                "Unrecognized PUT request path `{other}`."
+            )))
+        }
         ("PUT", ["logger"]) => ApiRequest::PutLogger(parse_body(body)?),
         ("PUT", ["metrics"]) => ApiRequest::PutMetrics(parse_body(body)?),
         ("PUT", ["actions"]) => ApiRequest::Action(parse_body(body)?),
@@ -110,6 +119,15 @@ fn parse_body<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiRespo
         ));
     }
     parse_and_validate(body).map_err(to_response)
+}
+
+/// An MMDS body: any JSON value, as Firecracker takes it.
+fn parse_any_json(body: &[u8]) -> Result<serde_json::Value, ApiResponse> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiResponse::bad_request(format!(
+            "An error occurred when deserializing the json body of a request: {e}."
+        ))
+    })
 }
 
 fn check_path_id(field: &str, in_path: &str, in_body: &str) -> Result<(), ApiResponse> {
@@ -393,6 +411,32 @@ mod tests {
                 format!("Invalid request method and/or path: {method} {path}.")
             );
         }
+    }
+
+    #[test]
+    fn mmds_routes() {
+        assert_eq!(ok("GET", "/mmds", ""), ApiRequest::GetMmds);
+        assert_eq!(
+            ok("PUT", "/mmds", r#"{"latest": {"a": "b"}}"#),
+            ApiRequest::PutMmds(serde_json::json!({"latest": {"a": "b"}}))
+        );
+        assert_eq!(
+            ok("PATCH", "/mmds", r#"{"a": null}"#),
+            ApiRequest::PatchMmds(serde_json::json!({"a": null}))
+        );
+        assert!(matches!(
+            ok("PUT", "/mmds/config", r#"{"network_interfaces": ["eth0"]}"#),
+            ApiRequest::PutMmdsConfig(_)
+        ));
+        assert!(fault("PUT", "/mmds", "{").starts_with("An error occurred when deserializing"));
+        assert!(fault("PUT", "/mmds", "").contains("EOF"));
+        assert_eq!(
+            fault("PUT", "/mmds/nope", "{}"),
+            "Unrecognized PUT request path `nope`."
+        );
+        assert!(fault("PUT", "/mmds/config", r#"{"network_interfaces": []}"#).contains("is empty"));
+        assert!(fault("PATCH", "/mmds/config", "{}").starts_with("Invalid request method"));
+        assert!(fault("GET", "/mmds/config", "").starts_with("Invalid request method"));
     }
 
     #[test]

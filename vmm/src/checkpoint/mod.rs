@@ -11,6 +11,7 @@ pub mod holes;
 pub mod memory;
 pub mod named;
 pub mod restore;
+pub mod served_disk;
 pub mod served_memory;
 pub mod snapshot;
 pub mod state;

@@ -15,10 +15,10 @@ use cairn_snapshot::checkpoint::store::disk_layer_file;
 use cairn_snapshot::checkpoint::{
     CheckpointMeta, CheckpointStore, DiskMeta, MemoryMeta, MEM_LAYER_FILE, STATE_FILE,
 };
-use cairn_snapshot::disk::LayeredDisk;
+use cairn_snapshot::disk::{DiskFetch, LayeredDisk};
 
 use crate::checkpoint::background;
-use crate::checkpoint::disk::{LayeredBackend, LayeredDrive};
+use crate::checkpoint::disk::{FetchedRaw, LayeredBackend, LayeredDrive};
 use crate::checkpoint::memory::{copy_pages, mem_size, LayerFile, PAGE_SIZE};
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
 use crate::checkpoint::state::{capture, write_state};
@@ -43,6 +43,9 @@ pub struct CheckpointManager {
     drives: Vec<LayeredDrive>,
     /// Page hashes of `memory_head`, when `CAIRN_VERIFY_MEMORY=1` (checkpoint/verify.rs).
     verified_hashes: Option<Vec<u64>>,
+    /// Fills absent ranges of disk files (`--block-server`, checkpoint/served_disk.rs): kept
+    /// for the process's life, so every disk opened after the first restore uses it.
+    fetch: Option<Arc<dyn DiskFetch>>,
 }
 
 impl CheckpointManager {
@@ -67,6 +70,7 @@ impl CheckpointManager {
             memory_head: None,
             drives: vec![],
             verified_hashes: None,
+            fetch: None,
         })
     }
 
@@ -105,7 +109,13 @@ impl CheckpointManager {
         if cfg.read_only {
             let raw = RawFile::open(&cfg.path, true)
                 .map_err(VmmError::io(format!("{}", cfg.path.display())))?;
-            return Ok(Box::new(raw));
+            return match &self.fetch {
+                Some(fetch) => Ok(Box::new(
+                    FetchedRaw::new(raw, &cfg.path, fetch.clone())
+                        .map_err(VmmError::io(format!("{}", cfg.path.display())))?,
+                )),
+                None => Ok(Box::new(raw)),
+            };
         }
         let active = self.active_path(&cfg.drive_id);
         let from = match restoring {
@@ -129,7 +139,10 @@ impl CheckpointManager {
             None => None,
         }
         .unwrap_or_else(|| cfg.path.clone());
-        let disk = LayeredDisk::open(&base, &layers, active).map_err(snap_err)?;
+        let mut disk = LayeredDisk::open(&base, &layers, active).map_err(snap_err)?;
+        if let Some(fetch) = &self.fetch {
+            disk.set_fetcher(fetch.clone());
+        }
         let disk = Arc::new(Mutex::new(disk));
         self.drives.retain(|d| d.drive_id != cfg.drive_id);
         self.drives.push(LayeredDrive {
@@ -138,6 +151,11 @@ impl CheckpointManager {
             disk: disk.clone(),
         });
         Ok(Box::new(LayeredBackend::new(disk)))
+    }
+
+    /// Read the disk files of every disk opened from now on through `fetch`.
+    pub fn fetch_disks_from(&mut self, fetch: Arc<dyn DiskFetch>) {
+        self.fetch = Some(fetch);
     }
 
     /// Forget the drives of a machine that is gone.

@@ -260,5 +260,6 @@ pub fn restore_machine(
         restored_pages,
         dirty: Default::default(),
         vmgenid,
+        mmds: state.mmds.clone(),
     })
 }

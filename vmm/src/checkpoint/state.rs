@@ -22,7 +22,7 @@ use crate::vstate::vm::VmState;
 
 /// Version of the machine state layout. Bump on any incompatible change, and keep the old
 /// layout readable in [`super::state_versions`].
-pub const MACHINE_STATE_VERSION: u32 = 2;
+pub const MACHINE_STATE_VERSION: u32 = 3;
 /// Largest state file cairn reads (vCPU XSAVE areas dominate: 4 KiB each).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
@@ -94,6 +94,8 @@ pub struct MachineState {
     pub virtio: Vec<VirtioSlotState>,
     /// The VM generation ID device (version 2 on).
     pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
+    /// MMDS's settings, when it is enabled on some interface (version 3 on).
+    pub mmds: Option<cairn_devices::mmds::MmdsState>,
 }
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +144,7 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
                 device: "vmgenid".into(),
                 reason: e.to_string(),
             })?,
+        mmds: machine.mmds.clone(),
     })
 }
 

@@ -5,7 +5,9 @@
 //!
 //! - 1: the state before the VM generation ID device. It loads with no device (`vmgenid: None`):
 //!   the guest was booted without one, so there is nothing in its ACPI tables to notify.
-//! - 2: [`MachineState`], with the VM generation ID device (`vmgenid`, last field).
+//! - 2: with the VM generation ID device (`vmgenid`). It loads with no MMDS settings: the
+//!   cairn that wrote it had no MMDS.
+//! - 3: [`MachineState`], with MMDS's settings (`mmds`, last field).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,65 @@ impl From<MachineStateV1> for MachineState {
             legacy: v1.legacy,
             virtio: v1.virtio,
             vmgenid: None,
+            mmds: None,
+        }
+    }
+}
+
+/// Version 2 of the machine state, frozen: [`MachineState`] without `mmds`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MachineStateV2 {
+    /// Always 2.
+    pub version: u32,
+    /// Host and CPU model requirements.
+    pub host: HostRequirements,
+    /// Guest RAM regions `(guest address, length)`, in memory-file order.
+    pub regions: Vec<(u64, u64)>,
+    /// Whether the VM tracked dirty pages.
+    pub track_dirty_pages: bool,
+    /// VM-wide KVM state.
+    pub vm: VmState,
+    /// Each vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// COM1 and the i8042.
+    pub legacy: LegacyState,
+    /// Virtio devices in attach order.
+    pub virtio: Vec<VirtioSlotState>,
+    /// The VM generation ID device.
+    pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
+}
+
+impl From<MachineStateV2> for MachineState {
+    fn from(v2: MachineStateV2) -> Self {
+        MachineState {
+            version: v2.version,
+            host: v2.host,
+            regions: v2.regions,
+            track_dirty_pages: v2.track_dirty_pages,
+            vm: v2.vm,
+            vcpus: v2.vcpus,
+            legacy: v2.legacy,
+            virtio: v2.virtio,
+            vmgenid: v2.vmgenid,
+            mmds: None,
+        }
+    }
+}
+
+impl MachineStateV2 {
+    /// `state` in the version-2 layout (its MMDS settings, if any, are dropped): what a cairn
+    /// before version 3 wrote. For tests of loading old checkpoints.
+    pub fn from_current(state: MachineState) -> Self {
+        MachineStateV2 {
+            version: 2,
+            host: state.host,
+            regions: state.regions,
+            track_dirty_pages: state.track_dirty_pages,
+            vm: state.vm,
+            vcpus: state.vcpus,
+            legacy: state.legacy,
+            virtio: state.virtio,
+            vmgenid: state.vmgenid,
         }
     }
 }
@@ -101,6 +162,9 @@ pub fn decode(payload: &[u8]) -> Result<MachineState, DecodeError> {
         1 => cairn_snapshot::file::decode_payload::<MachineStateV1>(payload)
             .map(MachineState::from)
             .map_err(|e| corrupt(&e)),
+        2 => cairn_snapshot::file::decode_payload::<MachineStateV2>(payload)
+            .map(MachineState::from)
+            .map_err(|e| corrupt(&e)),
         MACHINE_STATE_VERSION => {
             cairn_snapshot::file::decode_payload::<MachineState>(payload).map_err(|e| corrupt(&e))
         }
@@ -114,21 +178,21 @@ mod tests {
 
     #[test]
     fn unknown_versions_are_named() {
-        for v in [0u32, 3, 99, u32::MAX] {
+        for v in [0u32, 4, 99, u32::MAX] {
             let mut payload = postcard::to_stdvec(&v).unwrap();
             payload.extend_from_slice(&[0u8; 64]);
             let err = decode(&payload).unwrap_err();
             assert_eq!(err, DecodeError::Unknown(v));
             let text = err.to_string();
             assert!(text.contains(&format!("version {v}")), "{text}");
-            assert!(text.contains("versions 1 to 2"), "{text}");
+            assert!(text.contains("versions 1 to 3"), "{text}");
         }
     }
 
     #[test]
     fn known_versions_with_garbage_are_corrupt_not_panics() {
         assert!(matches!(decode(&[]), Err(DecodeError::Corrupt(_))));
-        for v in [1u32, MACHINE_STATE_VERSION] {
+        for v in [1u32, 2, MACHINE_STATE_VERSION] {
             let mut payload = postcard::to_stdvec(&v).unwrap();
             for tail in [
                 &[][..],

@@ -396,30 +396,28 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "mmds",
-        from: "swagger: PUT/PATCH/GET /mmds, PUT /mmds/config; test_api.py: test_api_mmds_config",
+        from: "swagger: PUT/PATCH/GET /mmds, PUT /mmds/config; test_api.py: test_api_mmds_config, test_map_private_seccomp_regression; rpc_interface.rs: mmds_patch_data",
         needs_root: false,
         steps: &[
-            differs(
-                put(
-                    "/mmds",
-                    r#"{"latest": {"meta-data": {"ami-id": "ami-12345678"}}}"#,
-                    204,
-                ),
-                400,
-                "MMDS not implemented",
+            get("/mmds", &[]),
+            patch("/mmds", r#"{"latest": {"meta-data": {"ami-id": "x"}}}"#, 400),
+            put(
+                "/mmds",
+                r#"{"latest": {"meta-data": {"ami-id": "ami-12345678"}}}"#,
+                204,
             ),
-            differs(get("/mmds", &["latest"]), 400, "MMDS not implemented"),
-            differs(
-                patch(
-                    "/mmds",
-                    r#"{"latest": {"meta-data": {"ami-id": "ami-87654321"}}}"#,
-                    204,
-                ),
-                400,
-                "MMDS not implemented",
+            get("/mmds", &["latest"]),
+            patch(
+                "/mmds",
+                r#"{"latest": {"meta-data": {"ami-id": "ami-87654321"}}}"#,
+                204,
             ),
+            put("/mmds", "{", 400),
+            put("/mmds/nope", "{}", 400),
+            put("/mmds", "{big:52000}", 400),
             put("/mmds/config", r#"{"network_interfaces": []}"#, 400),
             put("/mmds/config", r#"{"network_interfaces": ["foo"]}"#, 400),
+            put("/mmds/config", r#"{"version": "V3", "network_interfaces": ["foo"]}"#, 400),
         ],
     },
     Case {
@@ -548,9 +546,12 @@ pub const CASES: &[Case] = &[
                 400,
                 "by design: a refused PUT keeps the last valid configuration; Firecracker drops interface 1 when its update fails, which frees its MAC",
             ),
-            // Firecracker has dropped interface 1 (above), so it refuses these two as well;
-            // cairn refuses them because it has no MMDS.
-            put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 400),
+            // Firecracker has dropped interface 1 (above), so it refuses MMDS on it.
+            differs(
+                put("/mmds/config", r#"{"network_interfaces": ["1"]}"#, 400),
+                204,
+                "interface 1 is still attached in cairn (see the refused PUT above)",
+            ),
             put(
                 "/mmds/config",
                 r#"{"network_interfaces": ["1", "foo"]}"#,
@@ -561,11 +562,21 @@ pub const CASES: &[Case] = &[
                 r#"{"version": "foo", "network_interfaces": ["1"]}"#,
                 400,
             ),
+            differs(
+                put(
+                    "/mmds/config",
+                    r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
+                    400,
+                ),
+                204,
+                "interface 1 is still attached in cairn (see the refused PUT above)",
+            ),
             put(
                 "/mmds/config",
-                r#"{"version": "V2", "ipv4_address": "169.254.169.250", "network_interfaces": ["1"]}"#,
+                r#"{"ipv4_address": "169.254.0.1", "network_interfaces": ["2"]}"#,
                 400,
             ),
+            put("/mmds/config", r#"{"network_interfaces": ["2"], "imds_compat": true}"#, 204),
             get("/vm/config", VM_CONFIG_KEYS),
             put(
                 "/network-interfaces/4",

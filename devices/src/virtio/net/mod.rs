@@ -11,6 +11,10 @@
 //! size as the guest's `virtio_net_hdr_v1`, so a frame read from the tap is copied as is into an
 //! rx buffer (with `num_buffers` set to 1), and a tx chain is written as is to the tap. No offloads
 //! are offered, so the header carries no checksum or GSO work.
+//!
+//! With MMDS enabled on the interface ([`Net::set_mmds`]), guest frames for the MMDS address go
+//! to its stack ([`crate::mmds::MmdsStack`]) instead of the tap, and its answers are delivered
+//! before the tap's frames.
 
 pub mod device;
 pub mod event_handler;
