@@ -25,7 +25,9 @@ fn mem_total_kib(vm: &mut Guest) -> u64 {
         if let Some(v) = tail
             .split("MEM42=")
             .nth(1)
-            .and_then(|rest| rest.split('=').next())
+            // Only a complete answer: the closing `=` has arrived (the console may deliver
+            // the number in pieces).
+            .and_then(|rest| rest.find('=').map(|end| &rest[..end]))
             .and_then(|n| n.trim().parse().ok())
         {
             return v;
