@@ -136,7 +136,16 @@ pub struct BalloonStatsReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_json;
+    use crate::config::{parse_json, parse_vm_config, HugePages, VmConfig};
+
+    fn valid_base() -> VmConfig {
+        parse_vm_config(r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#).unwrap()
+    }
+
+    fn validate_err(cfg: &VmConfig) -> ConfigError {
+        cfg.validate()
+            .expect_err("validate() accepted an invalid config")
+    }
 
     #[test]
     fn bodies_parse_as_firecracker_s() {
@@ -179,5 +188,33 @@ mod tests {
             serde_json::json!({"target_pages": 0, "actual_pages": 0, "target_mib": 0,
                 "actual_mib": 0, "free_memory": 5})
         );
+    }
+
+    #[test]
+    fn balloon_key_rules() {
+        let cfg = parse_vm_config(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.balloon.unwrap().stats_polling_interval_s, 1);
+        let mut big = valid_base();
+        big.balloon = Some(BalloonConfig {
+            amount_mib: 129,
+            ..Default::default()
+        });
+        assert_eq!(validate_err(&big).field(), "balloon.amount_mib");
+        let mut huge = valid_base();
+        huge.balloon = Some(BalloonConfig::default());
+        huge.machine_config.huge_pages = HugePages::Hugetlbfs2M;
+        assert_eq!(validate_err(&huge).field(), "balloon");
+        let mut hinting = valid_base();
+        hinting.balloon = Some(BalloonConfig {
+            free_page_hinting: true,
+            ..Default::default()
+        });
+        assert_eq!(validate_err(&hinting).field(), "balloon.free_page_hinting");
+        assert!(parse_vm_config(r#"{"balloon": {"x": 1}}"#).is_err());
     }
 }

@@ -833,34 +833,6 @@ fn error_within_joins_paths() {
 }
 
 #[test]
-fn balloon_key_rules() {
-    let cfg = parse_vm_config(
-        r#"{"boot-source": {"kernel_image_path": "k"},
-            "balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}}"#,
-    )
-    .unwrap();
-    cfg.validate().unwrap();
-    assert_eq!(cfg.balloon.unwrap().stats_polling_interval_s, 1);
-    let mut big = valid_base();
-    big.balloon = Some(BalloonConfig {
-        amount_mib: 129,
-        ..Default::default()
-    });
-    assert_eq!(validate_err(&big).field(), "balloon.amount_mib");
-    let mut huge = valid_base();
-    huge.balloon = Some(BalloonConfig::default());
-    huge.machine_config.huge_pages = HugePages::Hugetlbfs2M;
-    assert_eq!(validate_err(&huge).field(), "balloon");
-    let mut hinting = valid_base();
-    hinting.balloon = Some(BalloonConfig {
-        free_page_hinting: true,
-        ..Default::default()
-    });
-    assert_eq!(validate_err(&hinting).field(), "balloon.free_page_hinting");
-    assert!(parse_vm_config(r#"{"balloon": {"x": 1}}"#).is_err());
-}
-
-#[test]
 fn mmds_config_names_attached_interfaces() {
     let base = r#"{"boot-source": {"kernel_image_path": "k"},
         "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}], "mmds-config": "#;
