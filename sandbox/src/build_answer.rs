@@ -15,7 +15,6 @@
 
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The environment variables `guest/build` reads.
@@ -38,19 +37,7 @@ fn answers_dir() -> Option<PathBuf> {
 fn add_version(h: &mut Sha256, path: &Path) {
     h.update(path.as_os_str().as_encoded_bytes());
     match fs::symlink_metadata(path) {
-        Ok(m) => h.update(
-            format!(
-                "\0{} {} {} {}.{} {}.{}\n",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            )
-            .as_bytes(),
-        ),
+        Ok(m) => h.update(format!("\0{}\n", crate::content_key::version_tag(&m)).as_bytes()),
         Err(_) => h.update(b"\0missing\n"),
     }
 }

@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 /// user's images are not a concern at that size).
 pub const SHORT: usize = 16;
 
-/// Where the remembered key for the current version of a file with metadata `m` lives.
-fn memo_path(memo_dir: &Path, m: &fs::Metadata) -> PathBuf {
-    memo_dir.join(format!(
+/// Names one version of a file: `<dev>-<ino>-<size>-<mtime>.<ns>-<ctime>.<ns>`. Any write
+/// changes the times, and a replaced file has a new inode.
+pub fn version_tag(m: &fs::Metadata) -> String {
+    format!(
         "{}-{}-{}-{}.{}-{}.{}",
         m.dev(),
         m.ino(),
@@ -27,7 +28,12 @@ fn memo_path(memo_dir: &Path, m: &fs::Metadata) -> PathBuf {
         m.mtime_nsec(),
         m.ctime(),
         m.ctime_nsec()
-    ))
+    )
+}
+
+/// Where the remembered key for the current version of a file with metadata `m` lives.
+fn memo_path(memo_dir: &Path, m: &fs::Metadata) -> PathBuf {
+    memo_dir.join(version_tag(m))
 }
 
 /// The full hex SHA-256 of `file`'s content, from the memo in `memo_dir` when the file has not

@@ -111,7 +111,7 @@ fn check_row(d: &mut Doctor, reg: &mut Registry, r: &Record) -> Result<(), Sandb
         }
         return Ok(());
     }
-    let Ok(Some(_lock)) = FileLock::try_acquire(&paths.lock, Mode::Exclusive) else {
+    let Ok(Some(_lock)) = FileLock::try_acquire_patiently(&paths.lock, Mode::Exclusive) else {
         d.note(
             Some(name),
             "another cairn command holds its lock",
@@ -378,7 +378,7 @@ fn orphan_dirs(d: &mut Doctor, names: &[String]) {
         }
         let paths = d.home.paths(&dir_name);
         // A create in progress holds the lock before it writes the row.
-        let Ok(Some(_lock)) = FileLock::try_acquire(&paths.lock, Mode::Exclusive) else {
+        let Ok(Some(_lock)) = FileLock::try_acquire_patiently(&paths.lock, Mode::Exclusive) else {
             d.note(
                 Some(&dir_name),
                 "a directory without a registry row is locked (a create in progress?)",

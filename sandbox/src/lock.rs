@@ -38,6 +38,21 @@ impl FileLock {
         Self::take(path, mode, false)
     }
 
+    /// [`FileLock::try_acquire`], tried a few more times over about 100 ms before concluding
+    /// that someone holds the lock: a child that another thread of this process (or of any
+    /// holder) is forking shares the holder's open lock file until its `exec` closes it, so a
+    /// lock just released can look held for an instant. For `cairn doctor`, which must not
+    /// call a free sandbox busy.
+    pub fn try_acquire_patiently(path: &Path, mode: Mode) -> io::Result<Option<FileLock>> {
+        for _ in 0..4 {
+            if let Some(l) = Self::take(path, mode, false)? {
+                return Ok(Some(l));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        Self::take(path, mode, false)
+    }
+
     fn take(path: &Path, mode: Mode, wait: bool) -> io::Result<Option<FileLock>> {
         let file = OpenOptions::new()
             .read(true)
