@@ -52,6 +52,7 @@ fn sh(cmd: &str) -> String {
 struct World {
     ns: String,
     made_user: bool,
+    made_group: bool,
     server: Option<Child>,
     dir: tempfile::TempDir,
     uid: u32,
@@ -60,6 +61,15 @@ struct World {
 
 impl World {
     fn up() -> World {
+        // Debian's udev makes group `kvm`; a host without udev (a container, a fresh VM image)
+        // may have none: make it for the test, and remove it afterwards.
+        let made_group = Command::new("getent")
+            .args(["group", "kvm"])
+            .output()
+            .is_ok_and(|o| !o.status.success());
+        if made_group {
+            sh("groupadd --system kvm");
+        }
         let made_user = Command::new("id")
             .arg(USER)
             .output()
@@ -78,6 +88,7 @@ impl World {
         let mut me = World {
             ns: format!("rl-t{}", std::process::id()),
             made_user,
+            made_group,
             server: None,
             dir,
             uid,
@@ -175,6 +186,9 @@ impl Drop for World {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         if self.made_user {
             let _ = Command::new("userdel").arg(USER).status();
+        }
+        if self.made_group {
+            let _ = Command::new("groupdel").arg("kvm").status();
         }
     }
 }
