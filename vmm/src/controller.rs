@@ -324,7 +324,9 @@ impl Controller {
             ApiRequest::GetVmConfig => {
                 ApiResponse::json(&cairn_vmm_api::reply::FullVmConfig::from(&self.config))
             }
-            ApiRequest::PutMachineConfig(mc) => self.pre_boot(|c| c.machine_config = mc),
+            ApiRequest::PutMachineConfig(mc) => {
+                self.pre_boot(|c| c.machine_config = mc.put_over(&c.machine_config))
+            }
             ApiRequest::PatchMachineConfig(update) => {
                 self.pre_boot(|c| c.machine_config = c.machine_config.apply(&update))
             }

@@ -181,6 +181,17 @@ impl MachineConfig {
         self.cpu_template.filter(|t| *t != CpuTemplate::None)
     }
 
+    /// This configuration as a `PUT /machine-config` leaves it over `current`: every field as
+    /// given (absent ones at their defaults), except that a PUT naming no CPU template keeps
+    /// the current one, as Firecracker's does (its PUT becomes an update whose template is
+    /// "unchanged" when the body has none).
+    pub fn put_over(self, current: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            cpu_template: self.cpu_template.or(current.cpu_template),
+            ..self
+        }
+    }
+
     /// This configuration with the fields set in `update` replaced (`PATCH /machine-config`).
     /// Validate the result.
     pub fn apply(&self, update: &MachineConfigUpdate) -> MachineConfig {

@@ -348,6 +348,26 @@ fn cpu_templates() {
 }
 
 #[test]
+fn a_put_without_a_cpu_template_keeps_the_current_one() {
+    let current: MachineConfig = parse_json(
+        br#"{"vcpu_count": 2, "mem_size_mib": 64, "smt": true, "cpu_template": "T2CL"}"#,
+    )
+    .unwrap();
+    let put: MachineConfig = parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 128}"#).unwrap();
+    let now = put.put_over(&current);
+    assert_eq!(now.cpu_template.map(|t| t.name()), Some("T2CL"));
+    // Every other field is the PUT's own, absent ones at their defaults (Firecracker's rule).
+    assert_eq!((now.vcpu_count, now.mem_size_mib, now.smt), (1, 128, false));
+    let put: MachineConfig =
+        parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"}"#).unwrap();
+    assert_eq!(
+        put.put_over(&current).cpu_template(),
+        None,
+        "naming None clears it"
+    );
+}
+
+#[test]
 fn huge_pages() {
     let mc: MachineConfig =
         parse_json(br#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#).unwrap();
