@@ -197,6 +197,42 @@ pub mod http {
 
 /// A typed client of the VMM API on `sock`, with a deadline generous enough for checkpoints
 /// of test guests on a slow host.
+/// Pauses the VM behind `c`, takes a Full snapshot of it into `dir` (`vm.snap`, `vm.mem`), then
+/// ends its VMM `g` with SIGTERM; returns the snapshot's parameters (for [`load_resumed`]).
+pub fn full_snapshot_and_exit(
+    c: &cairn_vmm_api::Client,
+    g: &mut Guest,
+    dir: &Path,
+) -> cairn_vmm_api::config::CreateSnapshotParams {
+    c.pause().unwrap();
+    let snap = cairn_vmm_api::config::CreateSnapshotParams {
+        snapshot_type: cairn_vmm_api::config::SnapshotType::Full,
+        snapshot_path: dir.join("vm.snap"),
+        mem_file_path: dir.join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    snap
+}
+
+/// Loading `snap` from its memory file (file backend), resumed.
+pub fn load_resumed(
+    snap: &cairn_vmm_api::config::CreateSnapshotParams,
+) -> cairn_vmm_api::config::LoadSnapshotParams {
+    use cairn_vmm_api::config::{LoadSnapshotParams, MemBackendConfig, MemBackendType};
+    LoadSnapshotParams {
+        snapshot_path: snap.snapshot_path.clone(),
+        mem_backend: Some(MemBackendConfig {
+            backend_type: MemBackendType::File,
+            backend_path: snap.mem_file_path.clone(),
+        }),
+        resume_vm: Some(true),
+        ..LoadSnapshotParams::default()
+    }
+}
+
 pub fn api(sock: &Path) -> cairn_vmm_api::Client {
     cairn_vmm_api::Client::new(sock).with_timeout(Duration::from_secs(120))
 }

@@ -6,11 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::process::{api, Guest};
+use cairn_tests::process::{full_snapshot_and_exit, load_resumed};
 use cairn_tests::{guests, kvm_available};
-use cairn_vmm_api::config::{
-    BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams,
-    LoadSnapshotParams, MachineConfig, MemBackendConfig, MemBackendType, SnapshotType,
-};
+use cairn_vmm_api::config::{BootSourceConfig, CheckpointCreate, CheckpointRestore, MachineConfig};
 use cairn_vmm_api::{ClientError, InstanceState};
 
 fn vmm(sock: &std::path::Path, checkpoints: &std::path::Path) -> Guest {
@@ -106,31 +104,13 @@ fn typed_client_drives_a_real_vmm() {
     );
 
     // Firecracker's snapshots: save paused, load into a fresh VMM, which runs on.
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
 
     let sock2 = dir.path().join("api2.sock");
     let mut g2 = vmm(&sock2, &dir.path().join("ckpts2"));
     let c2 = api(&sock2);
     c2.wait_ready(Duration::from_secs(10)).unwrap();
-    c2.snapshot_load(&LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    })
-    .unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
     assert_eq!(c2.describe().unwrap().state, InstanceState::Running);
     g2.wait_for(".", Duration::from_secs(30)).unwrap();
     g2.signal(libc::SIGTERM);

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use cairn_tests::kvm_available;
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
-use cairn_vmm_api::config::{
-    BalloonConfig, BalloonStatsUpdate, BalloonUpdate, CreateSnapshotParams, LoadSnapshotParams,
-    MemBackendConfig, MemBackendType, SnapshotType,
-};
+use cairn_tests::process::{full_snapshot_and_exit, load_resumed};
+use cairn_vmm_api::config::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
 use cairn_vmm_api::Client;
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -117,31 +115,13 @@ fn balloon_api_before_and_after_start_and_through_a_snapshot() {
     assert_eq!(c.vm_config().unwrap().balloon, Some(now));
 
     // Through a snapshot.
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
 
     let sock2 = dir.path().join("api2.sock");
     let mut g2 = vmm(&sock2);
     let c2 = api(&sock2);
     c2.wait_ready(Duration::from_secs(10)).unwrap();
-    c2.snapshot_load(&LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    })
-    .unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
     assert_eq!(c2.balloon().unwrap(), now);
     let v = vm_config_json(&c2);
     assert_eq!(

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use cairn_tests::kvm_available;
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
-use cairn_vmm_api::config::{
-    CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType, MmdsConfig,
-    MmdsVersion, NetConfig, SnapshotType,
-};
+use cairn_tests::process::{full_snapshot_and_exit, load_resumed};
+use cairn_vmm_api::config::{MmdsConfig, MmdsVersion, NetConfig};
 use serde_json::json;
 
 fn vmm_in_netns(sock: &std::path::Path, extra: &[&str]) -> Guest {
@@ -110,30 +108,12 @@ fn mmds_api_before_and_after_boot_and_across_a_snapshot() {
     );
 
     // A snapshot keeps the settings, not the data.
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
     let sock2 = dir.path().join("api2.sock");
     let mut g2 = vmm_in_netns(&sock2, &[]);
     let c2 = api(&sock2);
     c2.wait_ready(Duration::from_secs(10)).unwrap();
-    c2.snapshot_load(&LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    })
-    .unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
     g2.wait_for(".", Duration::from_secs(30)).unwrap();
     let v = vm_config_json(&c2);
     assert_eq!(

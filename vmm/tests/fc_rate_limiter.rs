@@ -12,11 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
+use cairn_tests::process::{full_snapshot_and_exit, load_resumed};
 use cairn_tests::{guests, kvm_available};
 use cairn_vmm_api::config::{
-    CreateSnapshotParams, DriveConfig, DriveUpdate, EntropyConfig, LoadSnapshotParams,
-    MemBackendConfig, MemBackendType, NetConfig, NetworkInterfaceUpdate, RateLimiterConfig,
-    SnapshotType, TokenBucketConfig,
+    DriveConfig, DriveUpdate, EntropyConfig, NetConfig, NetworkInterfaceUpdate, RateLimiterConfig,
+    TokenBucketConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -42,27 +42,9 @@ fn snapshot_into(
     c2: &cairn_vmm_api::Client,
     dir: &std::path::Path,
 ) {
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.join("vm.snap"),
-        mem_file_path: dir.join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(c, g, dir);
     c2.wait_ready(Duration::from_secs(10)).unwrap();
-    c2.snapshot_load(&LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    })
-    .unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
 }
 
 fn limiter() -> RateLimiterConfig {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use cairn_tests::kvm_available;
 use cairn_tests::process::{api, configure_ticker, wait_until, Guest};
+use cairn_tests::process::{full_snapshot_and_exit, load_resumed};
 use cairn_vmm_api::config::{
-    ActionType, CreateSnapshotParams, LoadSnapshotParams, MemBackendConfig, MemBackendType,
-    MetricsConfig, SerialConfig, SnapshotType, TokenBucketConfig, VsockConfig, VsockOverride,
+    ActionType, CreateSnapshotParams, LoadSnapshotParams, MetricsConfig, SerialConfig,
+    TokenBucketConfig, VsockConfig, VsockOverride,
 };
 use cairn_vmm_api::{Client, InstanceState};
 
@@ -116,29 +117,7 @@ fn snapshot_with_vsock(dir: &Path, uds: &Path) -> CreateSnapshotParams {
     .unwrap();
     boot_ticker(&c);
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.join("vm.snap"),
-        mem_file_path: dir.join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
-    snap
-}
-
-fn load(snap: &CreateSnapshotParams) -> LoadSnapshotParams {
-    LoadSnapshotParams {
-        snapshot_path: snap.snapshot_path.clone(),
-        mem_backend: Some(MemBackendConfig {
-            backend_type: MemBackendType::File,
-            backend_path: snap.mem_file_path.clone(),
-        }),
-        resume_vm: Some(true),
-        ..LoadSnapshotParams::default()
-    }
+    full_snapshot_and_exit(&c, &mut g, dir)
 }
 
 #[test]
@@ -157,7 +136,7 @@ fn snapshot_load_takes_vsock_override_and_clock_realtime() {
         vsock_override: Some(VsockOverride {
             uds_path: new_uds.clone(),
         }),
-        ..load(&snap)
+        ..load_resumed(&snap)
     })
     .unwrap();
     assert!(new_uds.exists(), "no socket at {}", new_uds.display());
@@ -176,7 +155,7 @@ fn snapshot_load_takes_vsock_override_and_clock_realtime() {
     let (mut g, c) = vmm(&dir.path().join("api2.sock"));
     match c.snapshot_load(&LoadSnapshotParams {
         clock_realtime: Some(true),
-        ..load(&snap)
+        ..load_resumed(&snap)
     }) {
         Ok(()) => {
             assert_eq!(c.describe().unwrap().state, InstanceState::Running);
@@ -202,16 +181,7 @@ fn a_vsock_override_without_a_vsock_ends_the_load() {
     let (mut g, c) = vmm(&dir.path().join("api0.sock"));
     boot_ticker(&c);
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
 
     let (mut g, c) = vmm(&dir.path().join("api1.sock"));
     let err = c
@@ -219,7 +189,7 @@ fn a_vsock_override_without_a_vsock_ends_the_load() {
             vsock_override: Some(VsockOverride {
                 uds_path: dir.path().join("v.sock"),
             }),
-            ..load(&snap)
+            ..load_resumed(&snap)
         })
         .unwrap_err();
     assert!(err.to_string().contains("no vsock device"), "{err}");

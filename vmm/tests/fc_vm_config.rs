@@ -6,10 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::kvm_available;
+use cairn_tests::process::full_snapshot_and_exit;
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
 use cairn_vmm_api::config::{
-    CreateSnapshotParams, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig,
-    MemBackendType, SnapshotType, VsockConfig,
+    DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig, MemBackendType, VsockConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -58,16 +58,7 @@ fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
     let before = c.vm_config().unwrap();
     c.instance_start().unwrap();
     g.wait_for(".", Duration::from_secs(30)).unwrap();
-    c.pause().unwrap();
-    let snap = CreateSnapshotParams {
-        snapshot_type: SnapshotType::Full,
-        snapshot_path: dir.path().join("vm.snap"),
-        mem_file_path: dir.path().join("vm.mem"),
-        version: None,
-    };
-    c.snapshot_create(&snap).unwrap();
-    g.signal(libc::SIGTERM);
-    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
     let _ = std::fs::remove_file(&vsock_path);
 
     let sock2 = dir.path().join("api2.sock");
