@@ -1,7 +1,8 @@
 //! End to end: the Linux guest's virtio-balloon driver inflates the balloon to the target set by
 //! `PATCH /balloon`, `actual` reaches it (`GET /balloon/statistics`), the guest's MemTotal drops
 //! by as much (no deflate_on_oom: the driver takes the pages off the guest's managed memory),
-//! the guest's memory statistics come back every polling interval, and the balloon deflates.
+//! the guest's memory statistics come back every polling interval, and the balloon deflates;
+//! the metrics file's `balloon` group counts the buffers served and read.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use cairn_tests::linux::{retry_on_guest_flake, ATTEMPTS};
 use cairn_tests::process::http::request;
 use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
-use cairn_vmm_api::config::{BalloonConfig, BalloonStatsReply, MachineConfig, VmConfig};
+use cairn_vmm_api::config::{
+    BalloonConfig, BalloonStatsReply, MachineConfig, MetricsConfig, VmConfig,
+};
 
 /// The guest's MemTotal in KiB, read through the serial console's shell.
 fn mem_total_kib(vm: &mut Guest) -> u64 {
@@ -85,6 +88,9 @@ fn inflate_report_deflate() {
                 stats_polling_interval_s: 1,
                 ..Default::default()
             }),
+            metrics: Some(MetricsConfig {
+                metrics_path: dir.path().join("metrics.json"),
+            }),
             ..guest.vm_config(256)
         },
     );
@@ -149,4 +155,32 @@ fn inflate_report_deflate() {
     eprintln!("deflate to 0: {:?}", began.elapsed());
     let total_after = mem_total_kib(&mut vm);
     assert_eq!(total_after, total_before, "MemTotal after deflating");
+
+    // Firecracker's `balloon` metrics group: each line holds the growth since the one before.
+    let (status, body) = request(
+        &api,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    let lines = std::fs::read_to_string(dir.path().join("metrics.json")).unwrap();
+    let sum = |key: &str| -> u64 {
+        lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["balloon"][key].as_u64())
+            .sum()
+    };
+    eprintln!(
+        "balloon metrics: inflate {} deflate {} stats {} fails {}",
+        sum("inflate_count"),
+        sum("deflate_count"),
+        sum("stats_updates_count"),
+        sum("stats_update_fails")
+    );
+    assert!(sum("inflate_count") >= 1, "{lines}");
+    assert!(sum("deflate_count") >= 1, "{lines}");
+    assert!(sum("stats_updates_count") >= 2, "{lines}");
+    assert_eq!(sum("stats_update_fails"), 0, "{lines}");
 }

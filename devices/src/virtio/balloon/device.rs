@@ -96,6 +96,21 @@ pub struct Balloon {
     pub(super) active: Option<Active>,
     queue_sizes: Vec<u16>,
     pub(super) queues: Vec<Queue>,
+    pub(super) counts: BalloonCounts,
+}
+
+/// What the balloon has done since the VMM started (Firecracker's `balloon` metrics group).
+/// Not part of the device's state: each process counts its own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonCounts {
+    /// Inflate buffers served.
+    pub inflate_count: u64,
+    /// Deflate buffers served.
+    pub deflate_count: u64,
+    /// Statistics buffers read.
+    pub stats_updates_count: u64,
+    /// Statistics buffers that could not be read (outside guest RAM, or a broken ring).
+    pub stats_update_fails: u64,
 }
 
 impl std::fmt::Debug for Balloon {
@@ -134,7 +149,13 @@ impl Balloon {
             active: None,
             queue_sizes: vec![QUEUE_SIZE; queues],
             queues: Vec::new(),
+            counts: BalloonCounts::default(),
         })
+    }
+
+    /// What the balloon has done since the VMM started.
+    pub fn counts(&self) -> BalloonCounts {
+        self.counts
     }
 
     /// The configuration as `GET /balloon` shows it.
@@ -227,7 +248,7 @@ impl Balloon {
             return;
         };
         let mem = &active.mem;
-        serve_queue(queue, mem, &active.interrupt, |chain| {
+        let served = serve_queue(queue, mem, &active.interrupt, |chain| {
             for desc in chain {
                 if desc.is_write_only() || desc.len() % 4 != 0 {
                     continue;
@@ -245,6 +266,7 @@ impl Balloon {
             }
             0
         });
+        self.counts.inflate_count += served as u64;
     }
 
     /// Deflate: the pages come back to the guest on its next touch; nothing to do but return
@@ -255,7 +277,8 @@ impl Balloon {
         else {
             return;
         };
-        serve_queue(queue, &active.mem, &active.interrupt, |_| 0);
+        let served = serve_queue(queue, &active.mem, &active.interrupt, |_| 0);
+        self.counts.deflate_count += served as u64;
     }
 
     /// Statistics: read the buffer the driver filled and keep it until the next poll.
@@ -270,6 +293,7 @@ impl Balloon {
                 Ok(mut it) => it.next(),
                 Err(e) => {
                     tracing::warn!("virtio-balloon: bad statistics ring: {e}");
+                    self.counts.stats_update_fails += 1;
                     None
                 }
             };
@@ -286,8 +310,10 @@ impl Balloon {
                 let mut buf = vec![0u8; len];
                 if mem.read_slice(&mut buf, desc.addr()).is_ok() {
                     self.latest_stats.update_from(&buf);
+                    self.counts.stats_updates_count += 1;
                 } else {
                     tracing::debug!("virtio-balloon: statistics buffer outside guest RAM");
+                    self.counts.stats_update_fails += 1;
                 }
             }
             self.stats_desc_index = Some(head);

@@ -116,6 +116,11 @@ fn inflate_discards_pages_and_ignores_hostile_pfns() {
     assert!(page_is(&mem, 0x10_2000, 0), "pfn 0x102 discarded");
     assert!(page_is(&mem, u64::from(last) << 12, 0));
     assert_eq!(irq.eventfd().read().unwrap(), 1);
+    assert_eq!(
+        dev.counts().inflate_count,
+        4,
+        "every buffer served is counted"
+    );
 }
 
 #[test]
@@ -132,6 +137,7 @@ fn deflate_returns_buffers_and_update_size_interrupts() {
         .unwrap();
     dev.process_deflate();
     assert_eq!(used_idx(&vqs[DEFLATE_INDEX]), 1);
+    assert_eq!(dev.counts().deflate_count, 1);
     irq.eventfd().read().unwrap();
     dev.update_size(2).unwrap();
     assert_eq!(dev.num_pages(), 512);
@@ -190,6 +196,12 @@ fn statistics_are_read_held_and_handed_back() {
     dev.process_stats();
     assert_eq!(used_idx(&vqs[STATS_INDEX]), 2, "the first was returned");
     assert_eq!(dev.stats_desc_index, Some(2));
+    let counts = dev.counts();
+    assert_eq!(
+        (counts.stats_updates_count, counts.stats_update_fails),
+        (2, 1),
+        "two buffers read, the one outside RAM not"
+    );
     // Interval changes: on stays on; on/off switches are refused.
     assert!(matches!(
         dev.update_stats_polling_interval(0),

@@ -17,7 +17,7 @@ pub mod event_handler;
 pub mod persist;
 pub mod stats;
 
-pub use device::{Balloon, BalloonConfig, BalloonError};
+pub use device::{Balloon, BalloonConfig, BalloonCounts, BalloonError};
 pub use persist::BalloonState;
 pub use stats::BalloonStats;
 
