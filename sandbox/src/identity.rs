@@ -111,20 +111,15 @@ fn now_unix_nanos() -> u64 {
 
 /// After a restore, once the agent answered on `agent`'s connection: the guest's clock, its
 /// network (when it does not have this sandbox's yet: a fork's or a golden create's first
-/// start) and its identity (reseeded RNG; with `name`, that hostname and a new machine-id) in
-/// one `Restored` request on that same connection, the one round trip a restore needs. An
-/// agent older than the request gets `SetClock`, `NetConfigure` and `Identity` as before, each
-/// on its own connection; so does any agent after a failed `Restored`. As before, only the
-/// network failing fails; the clock and the identity failing are notes. Without `name`, a
-/// hostname still [`pending`] is given, and is no longer pending once the guest has it.
-pub fn after_restore(
-    paths: &Paths,
-    agent: &mut Client,
-    sandbox: &str,
-    name: Option<&str>,
-) -> Result<(), SandboxError> {
+/// start) and its identity (reseeded RNG; with a hostname still [`pending`], that hostname and
+/// a new machine-id, after which it is no longer pending) in one `Restored` request on that
+/// same connection, the one round trip a restore needs. An agent older than the request gets
+/// `SetClock`, `NetConfigure` and `Identity` as before, each on its own connection; so does any
+/// agent after a failed `Restored`. As before, only the network failing fails; the clock and
+/// the identity failing are notes.
+pub fn after_restore(paths: &Paths, agent: &mut Client, sandbox: &str) -> Result<(), SandboxError> {
     let pending_name = pending(paths);
-    let name = name.or(pending_name.as_deref());
+    let name = pending_name.as_deref();
     let net = crate::net::guest::pending(paths);
     let identity = match request(name) {
         Ok(r) => r,
@@ -240,14 +235,18 @@ mod tests {
         // An agent that knows `Restored`: one connection, one request.
         let paths = home.paths("new");
         let seen = fake_agent(&paths, &[20]);
-        after_restore(&paths, &mut connect(&paths), "new", Some("new")).unwrap();
+        set_pending(&paths, "new").unwrap();
+        after_restore(&paths, &mut connect(&paths), "new").unwrap();
         assert_eq!(*seen.lock().unwrap(), [20]);
+        assert_eq!(pending(&paths), None, "the guest has its name");
         // One from before it (SetClock 14, Identity 15): `Restored` is dropped, and the clock
         // and the identity follow on connections of their own. (No network: no `net.json`.)
         let paths = home.paths("old");
         let seen = fake_agent(&paths, &[14, 15]);
-        after_restore(&paths, &mut connect(&paths), "old", Some("old")).unwrap();
+        set_pending(&paths, "old").unwrap();
+        after_restore(&paths, &mut connect(&paths), "old").unwrap();
         assert_eq!(*seen.lock().unwrap(), [20, 14, 15]);
+        assert_eq!(pending(&paths), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Named checkpoints of a sandbox, through its VMM's REST API.
 
 use super::{
-    console_len, ensure_running_locked, jail, liveness, lock, start_locked, wait_agent, Home,
+    console_len, ensure_running_locked, greet_restored, jail, liveness, lock, start_locked, Home,
     Liveness, SandboxError,
 };
 use crate::vmm_api;
@@ -72,16 +72,10 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     )?;
     reg.set_head(name, Some(ckpt))?;
     let pid = r.pid.unwrap_or(0);
-    let (_, mut agent) = wait_agent(
-        &paths,
-        pid,
-        Duration::from_secs(60),
-        &format!("restoring {name}"),
-        from,
-    )?;
     // A second restore of one checkpoint would repeat the first's RNG output: reseed (with the
     // clock and, when needed, the network, in one request).
-    crate::identity::after_restore(&paths, &mut agent, name, None)?;
+    let mut times = crate::phase_times::PhaseTimes::start();
+    greet_restored(&paths, pid, name, "restoring", from, &mut times)?;
     reg.touch(name)?;
     eprintln!(
         "{name}: restored {ckpt} in {:.2} s",

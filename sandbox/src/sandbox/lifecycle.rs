@@ -73,24 +73,38 @@ pub(crate) fn settle_locked(
     }
     let mut times = crate::phase_times::PhaseTimes::start();
     let from = console_len(&paths);
-    let settled = wait_agent(
-        &paths,
-        pid,
-        Duration::from_secs(60),
-        &format!("starting {}", r.name),
-        from,
-    )
-    .and_then(|(_, mut agent)| {
-        times.mark("agent");
-        crate::identity::after_restore(&paths, &mut agent, &r.name, None)?;
-        times.mark("clock+net+identity");
-        Ok(agent)
-    });
+    let settled = greet_restored(&paths, pid, &r.name, "starting", from, &mut times);
     times.report(&format!("{}: settle", r.name));
     settled.map(Some).inspect_err(|_| {
         kill_vmm(pid);
         let _ = reg.set_state(&r.name, State::Stopped, None);
     })
+}
+
+/// After a restore of sandbox `name`'s VMM `pid`: waits for the guest's agent (its console
+/// read from `console_from` for a crash), then sends it the clock, network and identity
+/// ([`crate::identity::after_restore`]) on the connection that found it, and returns that
+/// connection. `doing` names the wait ("waking", "restoring"); `times` marks both steps.
+pub(crate) fn greet_restored(
+    paths: &Paths,
+    pid: u32,
+    name: &str,
+    doing: &str,
+    console_from: u64,
+    times: &mut crate::phase_times::PhaseTimes,
+) -> Result<Client, SandboxError> {
+    let (_, mut agent) = wait_agent(
+        paths,
+        pid,
+        Duration::from_secs(60),
+        &format!("{doing} {name}"),
+        console_from,
+    )?;
+    times.mark("agent");
+    // Every restore of one checkpoint starts with the same RNG state: reseed it.
+    crate::identity::after_restore(paths, &mut agent, name)?;
+    times.mark("clock+net+identity");
+    Ok(agent)
 }
 
 /// `cairn __settle NAME`: [`settle_locked`] under the lifecycle lock (nothing to do when an
@@ -206,22 +220,8 @@ pub(crate) fn start_locked_as(
         if settle == Settle::Later {
             return Ok(None);
         }
-        wait_agent(
-            &paths,
-            pid,
-            Duration::from_secs(60),
-            &format!("waking {}", r.name),
-            from,
-        )
-        .and_then(|(_, mut agent)| {
-            times.mark("agent");
-            // Clock, network and identity (every restore of one checkpoint starts with the same
-            // RNG state: reseed it) in one request on the connection that found the agent.
-            crate::identity::after_restore(&paths, &mut agent, &r.name, None)?;
-            Ok(Some(agent))
-        })
+        greet_restored(&paths, pid, &r.name, "waking", from, &mut times).map(Some)
     })();
-    times.mark("clock+net+identity");
     let agent = match result {
         Ok(agent) => agent,
         Err(e) => {

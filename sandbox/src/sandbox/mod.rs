@@ -20,7 +20,8 @@ pub use lifecycle::{
     agent_answers, enter, lock, remove, settle, start, start_with, stop, touch, Started,
 };
 pub(crate) use lifecycle::{
-    ensure_running_locked, spawn_settler, start_locked, start_locked_as, stop_locked, Settle,
+    ensure_running_locked, greet_restored, spawn_settler, start_locked, start_locked_as,
+    stop_locked, Settle,
 };
 pub(crate) use process::{check_socket_path, reap, spawn_vmm, wait_api};
 pub use process::{kill_vmm, liveness, ls_json, vmm_alive, vmms_in, Liveness};
