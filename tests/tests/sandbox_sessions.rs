@@ -55,6 +55,29 @@ fn sessions(h: &CairnHome) -> serde_json::Value {
     serde_json::from_str(&h.ok(&["sessions", "ls", "sb", "--json"])).unwrap()
 }
 
+/// Creates sandbox `sb` (idle timeout `idle_timeout` s) and starts [`COUNTER`] in it as a
+/// session, which must be listed as running; returns its id and pid.
+fn counting_session(h: &CairnHome, idle_timeout: &str) -> (String, serde_json::Value) {
+    h.create(
+        "sb",
+        &[
+            "--mem",
+            "256",
+            "--disk",
+            "1",
+            "--idle-timeout",
+            idle_timeout,
+        ],
+    );
+    let id = h.ok(&["exec", "-d", "sb", "--", "sh", "-c", COUNTER]);
+    let id = id.trim().to_string();
+    assert!(id.parse::<u32>().is_ok(), "{id:?}");
+    let list = sessions(h);
+    let s = session(&list, &id).unwrap();
+    assert_eq!(s["state"], "running");
+    (id, s["pid"].clone())
+}
+
 #[test]
 fn sandbox_session_survives_stop_and_start_and_replays_its_output() {
     let name = "sandbox_session_survives_stop_and_start_and_replays_its_output";
@@ -63,16 +86,7 @@ fn sandbox_session_survives_stop_and_start_and_replays_its_output() {
     }
     retry_on_guest_flake(name, || {
         let h = CairnHome::new();
-        h.create(
-            "sb",
-            &["--mem", "256", "--disk", "1", "--idle-timeout", "0"],
-        );
-        let id = h.ok(&["exec", "-d", "sb", "--", "sh", "-c", COUNTER]);
-        let id = id.trim().to_string();
-        assert!(id.parse::<u32>().is_ok(), "{id:?}");
-        let list = sessions(&h);
-        let pid = session(&list, &id).unwrap()["pid"].clone();
-        assert_eq!(session(&list, &id).unwrap()["state"], "running");
+        let (id, pid) = counting_session(&h, "0");
 
         // Output while nobody is attached is kept: ticks 0..=2 at least.
         let before = wait_tick_above(&h, &id, Some(1));
@@ -216,14 +230,7 @@ fn sandbox_session_keeps_running_across_idle_sleep_and_wake() {
     }
     retry_on_guest_flake(name, || {
         let h = CairnHome::new();
-        h.create(
-            "sb",
-            &["--mem", "256", "--disk", "1", "--idle-timeout", "10"],
-        );
-        let id = h.ok(&["exec", "-d", "sb", "--", "sh", "-c", COUNTER]);
-        let id = id.trim().to_string();
-        let list = sessions(&h);
-        let pid = session(&list, &id).unwrap()["pid"].clone();
+        let (id, pid) = counting_session(&h, "10");
 
         // Without a daemon: the sandbox's idle watcher stops it.
         assert_eq!(idle_watchers(&h, "sb").len(), 1, "no idle watcher");
