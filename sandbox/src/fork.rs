@@ -63,9 +63,10 @@ pub fn fork(
         return Err(RegistryError::NameTaken(new.to_string()).into());
     }
     let src_paths = home.paths(&from.name);
-    crate::store_lazy::refuse_while_lazy(&src_paths, "forked")?;
     // The source's lock keeps its checkpoints where they are (no rm, no restore) meanwhile.
     let src_lock = sandbox::lock(&src_paths)?;
+    // A lazily pulled source: its files are made whole first (the fork links them).
+    crate::store_lazy::fetch_rest(home, &src_paths, "forked")?;
     let src_store = CheckpointStore::open(&src_paths.checkpoints).map_err(snap_err(format!(
         "open {}",
         src_paths.checkpoints.display()

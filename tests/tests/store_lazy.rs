@@ -112,6 +112,8 @@ fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> (Vec<PathBuf>, Laz
         sandbox: "a".into(),
         files: m.files.iter().filter(|f| is_layer(f)).cloned().collect(),
     };
+    // As a lazy pull leaves it: the set fills the files while this is there.
+    lazy.save(out).unwrap();
     (layers.to_vec(), lazy)
 }
 
@@ -143,6 +145,38 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
         .fault_bytes_fetched
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(fetched, 2 * BLOCK, "block 6 needs one chunk of each layer");
+
+    // Presence is remembered across runs once recorded (after the files are synced): a new
+    // set over the same files (a restarted page server) neither fetches block 6's chunks nor
+    // reads them from the cache.
+    let count = |s: &LazySet<'_>| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            s.stats.chunks_recorded_present.load(Relaxed),
+            s.stats.fault_bytes_fetched.load(Relaxed),
+            s.stats.chunks_from_cache.load(Relaxed),
+        )
+    };
+    let again = LazySet::open(&out, &lazy, &r, &local).unwrap();
+    assert_eq!(count(&again).0, 0, "nothing recorded before the flush");
+    drop(again);
+    set.flush_presence().unwrap();
+    let again = LazySet::open(&out, &lazy, &r, &local).unwrap();
+    let source2 = ChainSource::open(&again, &layers).unwrap();
+    source2.fill(6 * BLOCK, &mut buf).unwrap();
+    assert_eq!(buf[..], expect[6 * MIB..7 * MIB]);
+    assert_eq!(count(&again), (2, 0, 0), "block 6 was here already");
+    drop(source2);
+    drop(again);
+    // A record names a file by device and inode: a file since replaced (or another pull's)
+    // is not taken as present.
+    let c1 = &layers[0];
+    let copy = c1.with_extension("copy");
+    std::fs::copy(c1, &copy).unwrap();
+    std::fs::rename(&copy, c1).unwrap();
+    let again = LazySet::open(&out, &lazy, &r, &local).unwrap();
+    assert_eq!(count(&again).0, 1, "only c2's chunk still counts");
+    drop(again);
     for b in 0..8 {
         buf.fill(0xee);
         source.fill(b * BLOCK, &mut buf).unwrap();
@@ -155,11 +189,37 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
     let mut part = vec![0u8; 3 * PAGE];
     source.fill(5 * BLOCK + 2 * PAGE as u64, &mut part).unwrap();
     assert_eq!(part[..], expect[5 * MIB + 2 * PAGE..5 * MIB + 5 * PAGE]);
+    // (The set's own c1 is the replaced file's old inode: open c1 again to complete it.)
+    let set = LazySet::open(&out, &lazy, &r, &local).unwrap();
     set.complete().unwrap();
     for (c, l) in ["c1", "c2"].iter().zip(&layers) {
         let original = std::fs::read(src.join(format!("checkpoints/{c}/mem.layer"))).unwrap();
         assert!(std::fs::read(l).unwrap() == original, "{c} completed");
     }
+    // Ending the lazy state removes the list and the record; a set still open (another
+    // process's) writes nothing into the files after that, though it never saw the chunks.
+    let late = LazySet::open(&out, &lazy, &r, &local).unwrap();
+    set.finish().unwrap();
+    assert!(!out.join("lazy.json").exists() && !out.join("lazy.present").exists());
+    // (As a checkpoint delete may, merging into it.)
+    let changed = vec![0xabu8; MIB];
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options()
+            .write(true)
+            .open(&layers[0])
+            .unwrap(),
+        &changed,
+        0,
+    )
+    .unwrap();
+    let source3 = ChainSource::open(&late, &layers[..1]).unwrap();
+    source3.fill(0, &mut buf).unwrap();
+    assert!(
+        buf == changed,
+        "the late set read the file as it is now, and wrote nothing"
+    );
+    drop(source3);
+    drop(late);
 
     // Damage every chunk of c2's layer in the bucket: a fresh home's fault is refused, named.
     let Some(data) = s3.data.clone() else {
