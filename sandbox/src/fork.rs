@@ -396,7 +396,11 @@ mod tests {
         assert_eq!(ino(&paths.disk), ino(&src.disk), "the disk base is shared");
         let store = CheckpointStore::open(&paths.checkpoints).unwrap();
         assert_eq!(store.drive_base("disk").unwrap(), Some(paths.disk.clone()));
-        assert_eq!(store.head().as_deref(), Some("c1"), "a cold boot boots c1's disk");
+        assert_eq!(
+            store.head().as_deref(),
+            Some("c1"),
+            "a cold boot boots c1's disk"
+        );
         // The original goes; the fork's chain and disk still read back whole.
         crate::sandbox::remove(&home, "src").unwrap();
         assert!(!src.dir.exists());

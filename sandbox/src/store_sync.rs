@@ -87,6 +87,19 @@ fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError>
     Ok(out)
 }
 
+/// A lazily pulled sandbox's files that are not all here, by path, with the chunks its pull
+/// recorded (`lazy.json`); none for any other sandbox.
+fn lazy_chunks(paths: &Paths) -> Result<HashMap<PathBuf, FileEntry>, SandboxError> {
+    let Some(lazy) = LazyFiles::load(&paths.dir)? else {
+        return Ok(HashMap::new());
+    };
+    Ok(lazy
+        .files
+        .into_iter()
+        .map(|f| Ok((f.path_under(&paths.dir)?, f)))
+        .collect::<Result<_, StoreError>>()?)
+}
+
 /// `cairn df`: every sandbox's checkpoints (all of them) and base disk image, as chunks.
 pub fn df(home: &Home) -> Result<DfReport, SandboxError> {
     let reg = home.registry()?;
@@ -109,6 +122,10 @@ pub fn df(home: &Home) -> Result<DfReport, SandboxError> {
         sandboxes.push(SandboxFiles {
             name: r.name,
             files,
+            known: lazy_chunks(&paths)?
+                .into_iter()
+                .map(|(p, e)| (p, e.content))
+                .collect(),
         });
     }
     Ok(cairn_store::df(
@@ -168,14 +185,7 @@ pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
     };
     // A lazily pulled sandbox's files that are not all here are named by the chunks its pull
     // recorded (they are in the bucket already), not read: nothing is downloaded to push it.
-    let lazy: HashMap<PathBuf, FileEntry> = match LazyFiles::load(&paths.dir)? {
-        Some(l) => l
-            .files
-            .into_iter()
-            .map(|f| Ok((f.path_under(&paths.dir)?, f)))
-            .collect::<Result<_, StoreError>>()?,
-        None => HashMap::new(),
-    };
+    let lazy = lazy_chunks(&paths)?;
     let report = remote.push_with(&local, manifest, &push_files(&paths, &head)?, &lazy)?;
     remote.release_lease(name, &host)?;
     Ok(report)

@@ -3,7 +3,7 @@
 //! by default; each home below stands for a host, with its background fetch off so that what
 //! is here is only what the guest touched or the operation fetched:
 //!
-//! - `push` of a lazy sandbox names its chunks without downloading them;
+//! - `push` of a lazy sandbox names its chunks without downloading them, and `df` counts them;
 //! - `stop --push` of a lazy sandbox that ran: the new version pulls and restores elsewhere;
 //! - a restarted page server remembers what earlier starts fetched (`lazy.present`);
 //! - `fork` of a lazy (running) sandbox fetches the rest first, and the fork runs;
@@ -76,6 +76,13 @@ fn store_lazy_ops_push_fork_merge_and_cold_boot_of_a_lazily_pulled_sandbox() {
             "only its rebased config is new: {push}"
         );
         assert!(dir.join("lazy.json").is_file(), "still lazy after the push");
+        // `df` counts the lazy files as their pull named them, not as the sparse files hold.
+        let df = json(&b, &["df", "--json"]);
+        let logical = df["total"]["logical_bytes"].as_u64().unwrap();
+        assert!(
+            logical * 2 > push["logical_bytes"].as_u64().unwrap(),
+            "df of a lazy sandbox: {df}"
+        );
         assert_eq!(
             std::fs::metadata(dir.join("disk.img")).unwrap().blocks(),
             0,
@@ -108,10 +115,7 @@ fn store_lazy_ops_push_fork_merge_and_cold_boot_of_a_lazily_pulled_sandbox() {
         pull_lazily(&c);
         c.restore_like(&["start", "sb"], &["start", "sb"]);
         assert_eq!(c.sh("sb", "cat /root/f"), "two\n");
-        let head = c.row("sb")["head_checkpoint"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let head = c.row("sb")["head_checkpoint"].as_str().unwrap().to_string();
         c.restore_like(&["fork", "sb", &head, "f1"], &["start", "f1"]);
         assert!(
             !c.dir("sb").join("lazy.json").exists(),
@@ -141,7 +145,10 @@ fn store_lazy_ops_push_fork_merge_and_cold_boot_of_a_lazily_pulled_sandbox() {
             !names.iter().any(|l| l.contains(first.as_str())),
             "{first} deleted: {names:?}"
         );
-        assert!(names.iter().any(|l| l.contains(second.as_str())), "{names:?}");
+        assert!(
+            names.iter().any(|l| l.contains(second.as_str())),
+            "{names:?}"
+        );
         d.ok(&["rm", "sb"]);
 
         // e: a cold boot of a lazy sandbox fetches its disk first and boots it.
