@@ -248,6 +248,98 @@ fn store_lazy_pages_come_from_the_bucket_as_restore_maps_them_and_damage_is_name
     assert_eq!(buf[..], expect[3 * MIB..4 * MIB]);
 }
 
+#[test]
+fn store_lazy_a_lazy_push_names_chunks_without_reading_them_and_says_which_it_cannot_have() {
+    use std::collections::HashMap;
+    let s3 = S3Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = s3.remote();
+    let src = tmp.path().join("src");
+    make_chain(&src);
+    r.push(
+        &LocalStore::in_home(&tmp.path().join("h1")),
+        manifest(&src),
+        &chain_files(&src),
+    )
+    .unwrap();
+    let local = LocalStore::in_home(&tmp.path().join("h2"));
+    let out = tmp.path().join("out");
+    let (layers, lazy) = pull_lazily(&r, &local, &out);
+    let known: HashMap<PathBuf, _> = lazy
+        .files
+        .iter()
+        .map(|f| (f.path_under(&out).unwrap(), f.clone()))
+        .collect();
+    let as_b = |name: &str| Manifest {
+        sandbox: name.into(),
+        ..manifest(&out)
+    };
+    // Pushed under another name from the sparse files: every chunk is named as the pull
+    // recorded it, none read, none uploaded (the bucket has them all).
+    let push = r
+        .push_with(&local, as_b("b"), &chain_files(&out), &known)
+        .unwrap();
+    assert_eq!(push.chunks_uploaded, 0, "{push:?}");
+    let (first, _) = r.manifest("a").unwrap().unwrap();
+    let (second, _) = r.manifest("b").unwrap().unwrap();
+    assert_eq!(
+        first.files, second.files,
+        "the same manifest as the eager original's"
+    );
+    for l in &layers {
+        assert_eq!(std::fs::metadata(l).unwrap().blocks(), 0, "nothing fetched");
+    }
+
+    // A chunk the bucket lost (a gc after another push): neither here nor in the cache, so
+    // the push fails naming it; once fetched into the file, the push uploads it from there.
+    let Some(data) = s3.data.clone() else {
+        eprintln!("SKIP lost chunk: {} keeps no objects as files", s3.kind);
+        return;
+    };
+    let c2 = lazy.files.iter().find(|f| f.path.contains("c2")).unwrap();
+    let lost = &c2.content.chunks[0];
+    let object = data.join(format!("t/chunks/{}/{}", &lost.id.as_str()[..2], lost.id));
+    std::fs::remove_file(&object).unwrap();
+    let e = r
+        .push_with(&local, as_b("c"), &chain_files(&out), &known)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sandbox \"c\"")
+            && e.contains("checkpoint \"c2\" (mem.layer)")
+            && e.contains(lost.id.as_str())
+            && e.contains("never fetched here"),
+        "{e}"
+    );
+    assert!(r.manifest("c").unwrap().is_none(), "no manifest written");
+    let other = LocalStore::in_home(&tmp.path().join("h3"));
+    let src_entry = c2.clone();
+    let mut bytes = vec![0u8; lost.len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(src.join("checkpoints/c2/mem.layer")).unwrap(),
+        &mut bytes,
+        lost.offset,
+    )
+    .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options()
+            .write(true)
+            .open(src_entry.path_under(&out).unwrap())
+            .unwrap(),
+        &bytes,
+        lost.offset,
+    )
+    .unwrap();
+    let push = r
+        .push_with(&other, as_b("c"), &chain_files(&out), &known)
+        .unwrap();
+    assert_eq!(
+        push.chunks_uploaded, 1,
+        "the lost chunk, from the file: {push:?}"
+    );
+    assert!(std::fs::read(&object).unwrap() == bytes);
+}
+
 fn stats(h: &CairnHome, name: &str) -> serde_json::Value {
     let p = h
         .home
