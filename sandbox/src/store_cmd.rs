@@ -130,8 +130,13 @@ pub fn run(home: &Home, cmd: StoreCmd) -> Result<u8, CliError> {
                 print_json(&r)?;
                 return Ok(0);
             }
+            let served = if eager {
+                ""
+            } else {
+                ", its memory and disk fetched as the guest needs them"
+            };
             println!(
-                "{name}: pulled {} files, {:.1} MiB fetched ({} chunks, {} from the cache) in {:.2} s; stopped (`cairn start {name}` restores it)",
+                "{name}: pulled {} files, {:.1} MiB fetched ({} chunks, {} from the cache) in {:.2} s; stopped (`cairn start {name}` restores it{served})",
                 r.files,
                 mib(r.bytes_fetched),
                 r.chunks_fetched,
