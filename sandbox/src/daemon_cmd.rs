@@ -10,13 +10,17 @@ use super::{
     parse_cp_arg, print_checkpoint, print_checkpoints, print_created, print_forked, print_ls,
     print_row, print_started, CheckpointCmd, CliError, Command, CpArg,
 };
+use crate::agent_cmd::ExecArgs;
+use crate::console::DETACH;
 use crate::net_cmd::{self, PolicyCmd};
 use crate::sessions_cmd::{self, SessionsCmd};
+use cairn_agent::client::tty;
 use cairn_sandbox::net::policy_ops::PolicyChange;
 use cairn_sandbox::sandbox::Home;
-use cairn_sandbox::serve::client::{Daemon, DaemonError};
+use cairn_sandbox::serve::client::{Daemon, DaemonError, SocketEnd, Terminal};
 use cairn_sandbox::serve::ops::{CreateRequest, MAX_READ};
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,16 +69,20 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
             name,
             detach: false,
             args,
+        } if args.interactive() => Some(exec_interactive(d, name, args)),
+        Command::Exec {
+            name,
+            detach: false,
+            args,
         } => {
             let req = args.plain()?;
             let secs = args.timeout();
-            let limit =
-                secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX));
+            let limit = limit(secs);
             let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
             Some(
                 d.exec(name, req, limit, &mut out, &mut err)
                     .map(|code| match code {
-                        Some(code) => u8::try_from(code & 0xff).unwrap_or(u8::MAX),
+                        Some(code) => status(code),
                         None => {
                             eprintln!(
                                 "cairn: the command ran past --timeout {} s and was killed",
@@ -280,8 +288,15 @@ fn sessions(d: &Daemon, c: &SessionsCmd) -> Option<Result<u8, CliError>> {
         SessionsCmd::Attach {
             name,
             id,
-            interactive: false,
+            interactive: true,
+            no_follow: false,
+        } => Some(attach_interactive(d, name, *id)),
+        // Without -i, or with --no-follow (the kept output only; nothing to type into).
+        SessionsCmd::Attach {
+            name,
+            id,
             no_follow,
+            ..
         } => {
             let (mut out, mut err) = (io::stdout(), io::stderr());
             let code = d.session_attach(
@@ -297,6 +312,79 @@ fn sessions(d: &Daemon, c: &SessionsCmd) -> Option<Result<u8, CliError>> {
                     .map_err(CliError::from),
             )
         }
-        SessionsCmd::Attach { .. } => None,
     }
+}
+
+/// `--timeout SECS` as a duration.
+fn limit(secs: Option<f64>) -> Option<Duration> {
+    secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
+}
+
+/// The exit status of a command's exit code.
+fn status(code: i32) -> u8 {
+    u8::try_from(code & 0xff).unwrap_or(u8::MAX)
+}
+
+/// `exec -i` / `exec -t` over the exec WebSocket: stdin sent, the terminal's size (and its
+/// changes) with `-t`, raw keys with `-i -t` on a terminal, as without a daemon.
+fn exec_interactive(d: &Daemon, name: &str, args: &ExecArgs) -> Result<u8, CliError> {
+    let req = args.request();
+    let secs = args.timeout();
+    let raw = args.raw_mode()?;
+    let (mut out, mut err) = (io::stdout(), io::stderr());
+    let term = Terminal {
+        input: req
+            .stdin
+            .then(|| Box::new(io::stdin()) as Box<dyn Read + Send>),
+        detach_key: None,
+        follow_size: req.pty.is_some() && tty::is_terminal(io::stdout().as_fd()),
+        out: &mut out,
+        err: &mut err,
+        dropped: &mut |_| {},
+    };
+    let end = d.exec_interactive(name, &req, limit(secs), term);
+    drop(raw);
+    match end? {
+        SocketEnd::Exited(code) => Ok(status(code)),
+        SocketEnd::Detached => Ok(0),
+        SocketEnd::TimedOut => {
+            eprintln!(
+                "cairn: the command ran past --timeout {} s and was killed",
+                secs.unwrap_or_default()
+            );
+            Ok(crate::exec_timeout::TIMED_OUT)
+        }
+    }
+}
+
+/// `sessions attach -i` over the attach WebSocket: typed keys go to the session; on a
+/// terminal, raw, and Ctrl-] detaches (the session goes on).
+fn attach_interactive(d: &Daemon, name: &str, id: u32) -> Result<u8, CliError> {
+    let stdin = io::stdin();
+    let raw_tty = tty::is_terminal(stdin.as_fd());
+    let raw = raw_tty
+        .then(|| tty::RawMode::enable(stdin.as_fd()))
+        .transpose()?;
+    if raw_tty {
+        eprint!("[attached to session {id} of {name}; Ctrl-] detaches]\r\n");
+    }
+    let (mut out, mut err) = (io::stdout(), io::stderr());
+    let term = Terminal {
+        input: Some(Box::new(stdin)),
+        detach_key: raw_tty.then_some(DETACH),
+        follow_size: raw_tty,
+        out: &mut out,
+        err: &mut err,
+        dropped: &mut sessions_cmd::print_dropped,
+    };
+    let end = d.session_attach_interactive(name, id, term);
+    let code = match end? {
+        SocketEnd::Exited(code) => status(code),
+        SocketEnd::Detached | SocketEnd::TimedOut => {
+            eprint!("\r\n[detached; session {id} goes on]\r\n");
+            0
+        }
+    };
+    drop(raw);
+    Ok(code)
 }

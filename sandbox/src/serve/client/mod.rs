@@ -2,6 +2,12 @@
 //! uses, over the daemon's Unix socket (hyper), with the server's own request and reply types.
 //! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
+//! Interactive execs and attaches are WebSockets ([`ws`]); trees move as tar ([`tree`]).
+
+mod tree;
+mod ws;
+
+pub use ws::{SocketEnd, Terminal};
 
 use super::http::{CheckpointBody, ExecBody, ForkBody, StartBody, StartedBody, Stopped};
 use super::ops::{CreateRequest, FileInfo, ForkInfo, SandboxInfo};
@@ -480,6 +486,11 @@ impl Daemon {
         }
         Ok(None)
     }
+}
+
+/// `text` as one path segment: everything but unreserved characters percent-encoded.
+fn segment(text: &str) -> String {
+    query(text).replace('/', "%2F")
 }
 
 /// `text` for a query string: everything but unreserved characters and `/` percent-encoded.
