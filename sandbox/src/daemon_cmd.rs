@@ -1,10 +1,10 @@
-//! `cairn` when `cairn serve` runs on its home: the commands the API covers (ls; exec without
-//! stdin or tty, `--timeout` included; exec -d; create without --no-jail or --no-network;
-//! start; stop; rm; fork; cp of one regular file (up to
-//! 64 MiB); checkpoint create, list, restore, rm; policy set and show; sessions ls, kill and
-//! attach without -i) go to the daemon, so sandbox state has one owner, and print what they
-//! print without it. The rest, and everything under `CAIRN_NO_DAEMON=1` or `--no-daemon`,
-//! runs here; docs/api.md says why each stays.
+//! `cairn` when `cairn serve` runs on its home: the commands the API covers go to the daemon
+//! (the table in docs/api.md, "The CLI and the daemon": exec in every form, create without
+//! --no-jail or --no-network, start, stop (a `--push` then done here), rm, fork, cp,
+//! checkpoints, policy, sessions), so sandbox state has one owner, and print what they print
+//! without it. Interactive execs and attaches are the API's WebSockets. The rest (console,
+//! logs, proxy, router, create --no-jail/--no-network), and everything under
+//! `CAIRN_NO_DAEMON=1` or `--no-daemon`, runs here; docs/api.md says why each stays.
 
 use super::{
     parse_cp_arg, print_checkpoint, print_checkpoints, print_created, print_forked, print_ls,
@@ -105,11 +105,16 @@ pub(super) fn run(d: &Daemon, home: &Home, command: &Command) -> Option<Result<u
                 .map(|s| sessions_cmd::print_started(name, s)),
         ),
         Command::Stop { name, json, push } => {
-            // A push is the store's work, done here after the stop: not through the daemon.
-            if *push || cairn_sandbox::store_sync::push_on_stop() {
-                return None;
-            }
             Some(d.stop(name).map_err(CliError::from).and_then(|stopped| {
+                // The push is the store's work, with the store's credentials in this
+                // environment: done here, after the daemon's stop, as without a daemon.
+                if *push || cairn_sandbox::store_sync::push_on_stop() {
+                    let r = cairn_sandbox::store_sync::push(home, name)?;
+                    eprintln!(
+                        "{name}: pushed, {} of {} chunks uploaded",
+                        r.chunks_uploaded, r.chunks
+                    );
+                }
                 if *json {
                     return print_row(home, name);
                 }
@@ -213,8 +218,9 @@ fn checkpoint(d: &Daemon, home: &Home, c: &CheckpointCmd) -> Result<u8, CliError
     Ok(0)
 }
 
-/// `cp` of one regular file through the files routes; `None` (run here) for a directory, a
-/// file larger than the API takes whole, or arguments `cp` itself refuses.
+/// `cp` through the daemon: one regular file up to [`MAX_READ`] through the files routes,
+/// a directory or a larger file through the tar routes, streamed (the same counts printed as
+/// without a daemon). `None` (run here) for arguments `cp` itself refuses.
 fn cp(d: &Daemon, src: &str, dst: &str) -> Option<Result<u8, CliError>> {
     let start = Instant::now();
     let stats = |bytes: u64| cairn_agent::tree::TransferStats {
@@ -224,19 +230,21 @@ fn cp(d: &Daemon, src: &str, dst: &str) -> Option<Result<u8, CliError>> {
     };
     match (parse_cp_arg(src), parse_cp_arg(dst)) {
         (CpArg::Local(local), CpArg::Remote(name, remote)) => {
-            let meta = std::fs::metadata(&local).ok()?;
-            if !meta.is_file() || meta.len() > MAX_READ {
-                return None;
-            }
-            let put = std::fs::read(&local)
-                .map_err(CliError::from)
-                .and_then(|data| {
-                    let n = data.len() as u64;
-                    d.write_file(&name, &remote, data, meta.permissions().mode())?;
-                    Ok(n)
-                });
-            Some(put.map(|n| {
-                crate::agent_cmd::report("put", &stats(n), start);
+            let small = std::fs::metadata(&local)
+                .ok()
+                .filter(|m| m.is_file() && m.len() <= MAX_READ);
+            let put = match small {
+                Some(meta) => std::fs::read(&local)
+                    .map_err(CliError::from)
+                    .and_then(|data| {
+                        let n = data.len() as u64;
+                        d.write_file(&name, &remote, data, meta.permissions().mode())?;
+                        Ok(stats(n))
+                    }),
+                None => d.put_tree(&name, &local, &remote).map_err(CliError::from),
+            };
+            Some(put.map(|s| {
+                crate::agent_cmd::report("put", &s, start);
                 0
             }))
         }
@@ -245,25 +253,13 @@ fn cp(d: &Daemon, src: &str, dst: &str) -> Option<Result<u8, CliError>> {
                 Ok(i) => i,
                 Err(e) => return Some(Err(e.into())),
             };
-            if info.kind != "file" || info.size > MAX_READ {
-                return None;
-            }
-            // Into an existing directory, as cp does; without privilege bits, as cp does.
-            let target = match Path::new(&remote).file_name() {
-                Some(base) if local.is_dir() => local.join(base),
-                _ => local,
+            let got = if info.kind == "file" && info.size <= MAX_READ {
+                get_file(d, &name, &remote, &local, &info.mode).map(stats)
+            } else {
+                d.get_tree(&name, &remote, &local).map_err(CliError::from)
             };
-            let mode = u32::from_str_radix(&info.mode, 8).unwrap_or(0o644) & 0o777;
-            let got = d
-                .read_file(&name, &remote)
-                .map_err(CliError::from)
-                .and_then(|data| {
-                    std::fs::write(&target, &data)?;
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-                    Ok(data.len() as u64)
-                });
-            Some(got.map(|n| {
-                crate::agent_cmd::report("get", &stats(n), start);
+            Some(got.map(|s| {
+                crate::agent_cmd::report("get", &s, start);
                 0
             }))
         }
@@ -271,7 +267,28 @@ fn cp(d: &Daemon, src: &str, dst: &str) -> Option<Result<u8, CliError>> {
     }
 }
 
-/// `sessions ls|kill|attach` (attach without `-i`: typing into a session stays here).
+/// One guest file, read whole, written at `local` (into it when it is a directory, as cp
+/// does) with its permission bits less privilege bits, as cp does. Returns its size.
+fn get_file(
+    d: &Daemon,
+    name: &str,
+    remote: &str,
+    local: &Path,
+    mode: &str,
+) -> Result<u64, CliError> {
+    let target = match Path::new(remote).file_name() {
+        Some(base) if local.is_dir() => local.join(base),
+        _ => local.to_path_buf(),
+    };
+    let mode = u32::from_str_radix(mode, 8).unwrap_or(0o644) & 0o777;
+    let data = d.read_file(name, remote)?;
+    std::fs::write(&target, &data)?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+    Ok(data.len() as u64)
+}
+
+/// `sessions ls|kill|attach`: attach -i as a WebSocket, without it (or with --no-follow) the
+/// NDJSON attach.
 fn sessions(d: &Daemon, c: &SessionsCmd) -> Option<Result<u8, CliError>> {
     match c {
         SessionsCmd::Ls { name, json } => Some(
