@@ -1,7 +1,8 @@
 //! The CLI's interactive commands and tree copies through a real `cairn serve`, with a real
 //! Linux guest: `exec -i` (stdin piped in, output and exit code back), `exec -t` and `exec -it`
 //! on a terminal (`script(1)` gives the CLI one of a set size: the guest's terminal has that
-//! size, and typed keys reach its shell), a client killed mid-exec leaves no process behind,
+//! size, a resize of it reaches the guest's, and typed keys reach its shell), a client killed
+//! mid-exec leaves no process behind, `exec -i --timeout` gives up and the daemon kills it,
 //! `sessions attach -i` (typed lines reach the session; on a terminal Ctrl-] detaches and the
 //! session goes on), and `cp` of a directory tree both ways. The daemon's request log proves
 //! each went through it (one `101` WebSocket upgrade, or one tar request, per command); the
@@ -10,12 +11,12 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_tests::kvm_available;
-use cairn_tests::linux::retry_on_guest_flake;
+use cairn_tests::linux::{agent_binary, retry_on_guest_flake};
 use cairn_tests::process::{workspace_bin, Guest};
 use cairn_tests::sandbox::CairnHome;
 use cairn_tests::serve::Serve;
@@ -41,21 +42,27 @@ fn with_input(h: &CairnHome, args: &[&str], input: &str) -> Output {
 }
 
 /// `cairn ARGS` on a terminal of 33 rows and 111 columns (`script -e`, which exits with its
-/// exit code), with each of `keys` typed after `delay` (then its stdin ends). Its output, raw.
-fn on_terminal(h: &CairnHome, args: &[&str], keys: &[&str], delay: Duration) -> Output {
+/// exit code), after the shell line `prelude`, with each of `keys` typed after `delay` (then
+/// its stdin ends). Its output, raw.
+fn on_terminal(
+    h: &CairnHome,
+    prelude: &str,
+    args: &[&str],
+    keys: &[&str],
+    delay: Duration,
+) -> Output {
     let cairn = workspace_bin("cairn");
     let line = format!(
-        "stty rows 33 cols 111; exec {} {}",
+        "stty rows 33 cols 111; {prelude}exec {} {}",
         cairn.display(),
         args.join(" ")
     );
     let mut cmd = Command::new("script");
     cmd.args(["-qec", &line, "/dev/null"])
         .env("CAIRN_HOME", h.home.path())
-        .envs(
-            std::env::var_os("CAIRN_AGENT_BIN")
-                .map(|a| ("CAIRN_AGENT_BIN", a))
-                .into_iter(),
+        .env(
+            "CAIRN_AGENT_BIN",
+            std::env::var_os("CAIRN_AGENT_BIN").map_or_else(agent_binary, PathBuf::from),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -139,10 +146,12 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
         assert_eq!(upgrades(), 1, "{}", serve.log_text());
 
-        // exec -t: a terminal in the guest, of this terminal's size.
-        let check = "'test -t 0 && test -t 1 && tty && stty size; exit 4'";
+        // exec -t: a terminal in the guest, of this terminal's size; resizing this terminal
+        // (10 s in: the kernel sends cairn SIGWINCH) resizes the guest's.
+        let check = "'test -t 0 && test -t 1 && tty && stty size; sleep 20; stty size; exit 4'";
         let out = on_terminal(
             &h,
+            "(sleep 10; stty rows 20 cols 60 </dev/tty) & ",
             &["exec", "-t", "sb", "--", "sh", "-c", check],
             &[],
             Duration::ZERO,
@@ -150,13 +159,19 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(4), "{text}");
         assert!(text.contains("/dev/pts/"), "{text}");
-        assert!(text.contains("33 111"), "{text}");
+        let sizes: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with(" 111") || l.ends_with(" 60"))
+            .collect();
+        assert_eq!(sizes, ["33 111", "20 60"], "{text}");
         assert_eq!(upgrades(), 2);
 
         // exec -it: keys typed on this (raw) terminal reach the guest's shell.
         let keys = "stty size; echo $((6*7)); exit 5\n";
         let out = on_terminal(
             &h,
+            "",
             &["exec", "-it", "sb", "--", "sh"],
             &[keys],
             Duration::from_secs(3),
@@ -186,6 +201,28 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
         assert!(serve.log_text().contains("client left mid-exec"));
         assert_eq!(upgrades(), 4);
 
+        // exec -i --timeout: given up once it is up that long; the daemon kills it.
+        let args = [
+            "exec",
+            "-i",
+            "--timeout",
+            "8",
+            "sb",
+            "--",
+            "sh",
+            "-c",
+            "cat; exec sleep 4322",
+        ];
+        let out = with_input(&h, &args, "in\n");
+        assert_eq!(out.status.code(), Some(124), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ran past --timeout 8 s"));
+        assert_eq!(upgrades(), 5);
+        wait_until(60, "the timed-out command to be killed", || {
+            !h.sh("sb", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
+                .contains("sleep 4322")
+        });
+
         // sessions attach -i: typed lines reach the session, its exit code comes back.
         let reader = "while read l; do echo \"got $l\"; [ \"$l\" = bye ] && exit 6; done";
         let id = h.ok(&["exec", "-d", "-i", "sb", "--", "sh", "-c", reader]);
@@ -202,6 +239,7 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
         let id = id.trim();
         let out = on_terminal(
             &h,
+            "",
             &["sessions", "attach", "-i", "sb", id],
             &["hi\n", "\x1d"],
             Duration::from_secs(3),
