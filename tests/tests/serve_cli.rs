@@ -6,7 +6,8 @@
 //! `sessions attach -i` (typed lines reach the session; on a terminal Ctrl-] detaches and the
 //! session goes on), and `cp` of a directory tree both ways. The daemon's request log proves
 //! each went through it (one `101` WebSocket upgrade, or one tar request, per command); the
-//! same commands with `--no-daemon` still work, and add nothing to the log. Needs
+//! same commands with `--no-daemon` still work, and add nothing to the log. A second test:
+//! `stop --push` stops through the daemon and pushes here. Needs
 //! `cargo build --workspace --bins` and the static agent (`CAIRN_AGENT_BIN`, else built here).
 
 use std::io::Write;
@@ -337,6 +338,39 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
             "{}",
             serve.log_text()
         );
+        serve.stop();
+    });
+}
+
+/// `stop --push` with a daemon: the stop goes through it (one `POST …/stop`), the push is
+/// done here with this environment's store settings, and a push afterwards has nothing left
+/// to upload. A real S3 server on 127.0.0.1 (scripts/s3-server).
+#[test]
+fn serve_cli_stop_push_stops_through_the_daemon_and_pushes_here() {
+    let name = "serve_cli_stop_push_stops_through_the_daemon_and_pushes_here";
+    if !kvm_available(name) {
+        return;
+    }
+    let s3 = cairn_tests::s3::S3Server::start();
+    retry_on_guest_flake(name, || {
+        let h = s3.home();
+        let serve = Serve::start(&h, &[]);
+        h.create("sb", cairn_tests::s3::SMALL_COLD_SANDBOX);
+        h.sh("sb", "echo pushed > /root/f; sync");
+        let out = h.run(&["stop", "sb", "--push"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("sb: stopped at checkpoint"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sb: pushed, "), "{err}");
+        let log = serve.log_text();
+        assert_eq!(
+            log.matches("POST /v1/sandboxes/sb/stop 200").count(),
+            1,
+            "{log}"
+        );
+        let again: serde_json::Value =
+            serde_json::from_str(&h.ok(&["push", "sb", "--json"])).unwrap();
+        assert_eq!(again["chunks_uploaded"], 0, "{again}");
         serve.stop();
     });
 }
