@@ -121,36 +121,10 @@ pub fn run(args: AgentArgs) -> Result<u8, ClientError> {
 
 /// Runs `args` through `client`, streaming output; returns the command's shell exit code.
 pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
-    let ExecArgs {
-        env,
-        workdir,
-        interactive,
-        tty,
-        timeout,
-        argv,
-    } = args;
-    let stdin_fd = io::stdin();
-    let pty =
-        tty.then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 }));
-    let mut env = env;
-    if tty && !env.iter().any(|(k, _)| k == "TERM") {
-        if let Ok(term) = std::env::var("TERM") {
-            env.push(("TERM".into(), term));
-        }
-    }
-    let req = ExecRequest {
-        argv,
-        env,
-        cwd: workdir,
-        stdin: interactive,
-        pty,
-    };
+    let req = args.request();
     // Raw mode only when typing into a remote terminal; restored on drop.
-    let _raw = (tty && interactive && tty::is_terminal(stdin_fd.as_fd()))
-        .then(|| tty::RawMode::enable(stdin_fd.as_fd()))
-        .transpose()
-        .map_err(ClientError::Stdio)?;
-    let status = match timeout {
+    let _raw = args.raw_mode().map_err(ClientError::Stdio)?;
+    let status = match args.timeout {
         None => client.exec(&req, io::stdin(), io::stdout(), io::stderr())?,
         Some(secs) => match crate::exec_timeout::exec_with_timeout(client, &req, secs)? {
             Some(status) => status,
@@ -164,6 +138,41 @@ pub fn exec(client: &mut Client, args: ExecArgs) -> Result<u8, ClientError> {
 }
 
 impl ExecArgs {
+    /// The request `args` make, here or through the daemon: stdin forwarded with `-i`; with
+    /// `-t` a terminal of this terminal's size (24x80 without one) and this `TERM`.
+    pub fn request(&self) -> ExecRequest {
+        let pty = self
+            .tty
+            .then(|| tty::size(io::stdout().as_fd()).unwrap_or(PtySize { rows: 24, cols: 80 }));
+        let mut env = self.env.clone();
+        if self.tty && !env.iter().any(|(k, _)| k == "TERM") {
+            if let Ok(term) = std::env::var("TERM") {
+                env.push(("TERM".into(), term));
+            }
+        }
+        ExecRequest {
+            argv: self.argv.clone(),
+            env,
+            cwd: self.workdir.clone(),
+            stdin: self.interactive,
+            pty,
+        }
+    }
+
+    /// This terminal in raw mode (restored on drop) when typing into a remote terminal
+    /// (`-i -t` with a terminal on stdin), so keys, Ctrl-C included, go to the guest.
+    pub fn raw_mode(&self) -> io::Result<Option<tty::RawMode>> {
+        let stdin = io::stdin();
+        (self.tty && self.interactive && tty::is_terminal(stdin.as_fd()))
+            .then(|| tty::RawMode::enable(stdin.as_fd()))
+            .transpose()
+    }
+
+    /// Whether this exec needs stdin or a terminal (a WebSocket through the daemon).
+    pub fn interactive(&self) -> bool {
+        self.interactive || self.tty
+    }
+
     /// The request of an exec that needs neither stdin nor a terminal: what the CLI hands a
     /// running daemon (`cairn serve`; a `--timeout` is kept by the CLI, see [`Self::timeout`]);
     /// `None` for the rest, run here.

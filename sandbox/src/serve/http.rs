@@ -119,9 +119,7 @@ pub fn router(state: AppState, listener: Listener) -> Router {
         .route(&format!("{sandbox}/files/stat"), get(stat_file))
         .route(
             &format!("{sandbox}/tree"),
-            get(tree_get)
-                .put(tree_put)
-                .layer(DefaultBodyLimit::max(MAX_BODY)),
+            get(super::tree::tree_get).put(super::tree::tree_put),
         )
         .route(
             &format!("{sandbox}/checkpoints"),
@@ -430,14 +428,14 @@ async fn exec(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PathQuery {
-    path: String,
+pub(super) struct PathQuery {
+    pub(super) path: String,
     /// Octal permission bits for a written file (default 644).
     #[serde(default)]
     mode: Option<String>,
 }
 
-fn checked(q: &PathQuery) -> Result<String, ApiError> {
+pub(super) fn checked(q: &PathQuery) -> Result<String, ApiError> {
     ops::check_path(&q.path)?;
     Ok(q.path.clone())
 }
@@ -498,75 +496,6 @@ async fn stat_file(
     let path = checked(&q)?;
     let v = blocking(move || ops::stat(&s.home, &name, &path)).await?;
     Ok(axum::Json(v).into_response())
-}
-
-async fn tree_get(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    Q(q): Q<PathQuery>,
-) -> Result<Response, ApiError> {
-    let spec = ops::tar_out_spec(&checked(&q)?)?;
-    let mut rx = spawn_exec(s.home.clone(), name, spec);
-    // Collect stderr until the end to report a failure properly; stream stdout as it comes
-    // only after tar has started cleanly (the first chunk or the exit).
-    let mut head = Vec::new();
-    let mut err = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Ok(ops::ExecOutput::Stdout(d))) => {
-                head = d;
-                break;
-            }
-            Some(Ok(ops::ExecOutput::Stderr(d))) => err.extend_from_slice(&d),
-            Some(Ok(ops::ExecOutput::Started { .. })) => {}
-            Some(Ok(ops::ExecOutput::Exit(st, _))) => {
-                if st.success() {
-                    break;
-                }
-                let msg = String::from_utf8_lossy(&err).trim().to_string();
-                let status = if msg.contains("No such file")
-                    || msg.contains("Cannot open")
-                    || msg.contains("can't cd")
-                {
-                    StatusCode::NOT_FOUND
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return Err(ApiError::new(
-                    status,
-                    if status == StatusCode::NOT_FOUND {
-                        "not_found"
-                    } else {
-                        "bad_request"
-                    },
-                    format!("{}: {msg}", q.path),
-                ));
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => break,
-        }
-    }
-    let rest = ReceiverStream::new(rx).filter_map(|r| match r {
-        Ok(ops::ExecOutput::Stdout(d)) => Some(d),
-        _ => None,
-    });
-    let body = Body::from_stream(
-        tokio_stream::once(head)
-            .chain(rest)
-            .map(Ok::<_, std::convert::Infallible>),
-    );
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
-}
-
-async fn tree_put(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    Q(q): Q<PathQuery>,
-    RawBody(data): RawBody,
-) -> Result<StatusCode, ApiError> {
-    let path = checked(&q)?;
-    blocking(move || ops::tar_in(&s.home, &name, &path, data.to_vec())).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn checkpoints(

@@ -18,6 +18,7 @@ pub mod ops;
 mod policy;
 mod sessions;
 mod stream;
+mod tree;
 mod ws;
 
 pub use auth::{load_or_make_token, TOKEN_FILE};

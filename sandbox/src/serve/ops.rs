@@ -464,7 +464,12 @@ fn parse_stat_line(line: &str) -> Option<FileInfo> {
 }
 
 fn guest_failure(path: &str, res: &ExecResult) -> OpsError {
-    let msg = res.stderr.trim();
+    guest_failure_text(path, &res.stderr)
+}
+
+/// A guest command's failure on `path` from its stderr: a missing path is not found.
+pub(super) fn guest_failure_text(path: &str, stderr: &str) -> OpsError {
+    let msg = stderr.trim();
     if msg.contains("No such file") {
         OpsError::NotFound(format!("{path}: no such file or directory"))
     } else if msg.contains("Not a directory") {
@@ -542,41 +547,40 @@ pub fn remove_path(home: &Home, name: &str, path: &str) -> Result<(), OpsError> 
     Ok(())
 }
 
-/// The exec that streams the tree at `path` as a tar archive on stdout.
+/// The exec that streams the tree at `path` as a tar archive on stdout: a directory's
+/// contents (`./`, `./a`, ...; the path followed if a symlink), or anything else as one entry
+/// named after it (followed if a symlink), read from its parent directory.
 pub fn tar_out_spec(path: &str) -> Result<ExecSpec, OpsError> {
     check_path(path)?;
     Ok(ExecSpec {
         argv: vec![
-            "tar".into(),
-            "-C".into(),
+            "sh".into(),
+            "-c".into(),
+            "if [ -d \"$1\" ]; then exec tar -C \"$1\" -cf - .; fi; \
+             d=${1%/*}; exec tar -C \"${d:-/}\" -hcf - -- \"${1##*/}\""
+                .into(),
+            "sh".into(),
             path.into(),
-            "-cf".into(),
-            "-".into(),
-            ".".into(),
         ],
         ..Default::default()
     })
 }
 
-/// Unpacks a tar archive into the guest directory `path` (made if missing).
-pub fn tar_in(home: &Home, name: &str, path: &str, tar: Vec<u8>) -> Result<(), OpsError> {
+/// The exec that unpacks a tar archive on its stdin (fed by the caller) into the guest
+/// directory `path`, made if missing.
+pub fn tar_in_spec(path: &str) -> Result<ExecSpec, OpsError> {
     check_path(path)?;
-    let spec = ExecSpec {
+    Ok(ExecSpec {
         argv: vec![
             "sh".into(),
             "-c".into(),
-            "mkdir -p -- \"$1\" && tar -C \"$1\" -xf -".into(),
+            "mkdir -p -- \"$1\" && exec tar -C \"$1\" -xf -".into(),
             "sh".into(),
             path.into(),
         ],
-        stdin: Some(tar),
+        stdin_open: true,
         ..Default::default()
-    };
-    let res = exec_collect(home, name, spec)?;
-    if res.exit_code != 0 {
-        return Err(guest_failure(path, &res));
-    }
-    Ok(())
+    })
 }
 
 /// `sandbox::checkpoint_create`, its answer as JSON.

@@ -18,7 +18,7 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::response::Response;
 use base64::Engine;
 use cairn_agent::client::{AttachedSession, ExecControl, ExecEvent};
-use cairn_agent::proto::PtySize;
+use cairn_agent::proto::{ExecRequest, PtySize};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,24 +31,41 @@ const START_WAIT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The first frame of an exec socket (text, JSON): what to run.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StartFrame {
     /// A shell command line, run with `sh -c`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     command: Option<String>,
     /// Or a program and its arguments.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     argv: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
     /// Keep stdin open for the client's frames (default true); false: /dev/null.
     #[serde(default = "yes")]
     stdin: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     tty: Option<TtyBody>,
+}
+
+impl StartFrame {
+    /// The frame that runs `req` (what `cairn exec -i/-t` sends the daemon).
+    pub(super) fn of(req: &ExecRequest) -> StartFrame {
+        StartFrame {
+            command: None,
+            argv: Some(req.argv.clone()),
+            env: req.env.iter().cloned().collect(),
+            cwd: req.cwd.clone(),
+            stdin: req.stdin,
+            tty: req.pty.map(|p| TtyBody {
+                rows: p.rows,
+                cols: p.cols,
+            }),
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -2,6 +2,12 @@
 //! uses, over the daemon's Unix socket (hyper), with the server's own request and reply types.
 //! With a daemon, sandbox state has one owner: the CLI asks it instead of changing the
 //! registry and the VMMs itself. `CAIRN_NO_DAEMON=1` (or `cairn --no-daemon`) works locally.
+//! Interactive execs and attaches are WebSockets ([`ws`]); trees move as tar ([`tree`]).
+
+mod tree;
+mod ws;
+
+pub use ws::{SocketEnd, Terminal};
 
 use super::http::{CheckpointBody, ExecBody, ForkBody, StartBody, StartedBody, Stopped};
 use super::ops::{CreateRequest, FileInfo, ForkInfo, SandboxInfo};
@@ -51,6 +57,9 @@ pub enum DaemonError {
     /// Writing the command's output here failed.
     #[error("write the output: {0}")]
     Output(#[source] std::io::Error),
+    /// The local side of a tree copy failed (reading the tree, or writing it).
+    #[error("cp")]
+    Tree(#[source] cairn_agent::tree::TreeError),
 }
 
 /// A running daemon on a home's socket.
@@ -106,6 +115,24 @@ impl Daemon {
         body: Option<Vec<u8>>,
         content_type: &'static str,
     ) -> Result<Response<Incoming>, DaemonError> {
+        let content_type = body.is_some().then_some(content_type);
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        self.send_body(method, path, body, content_type).await
+    }
+
+    /// One request with `body` (of `content_type`, if any); an error answer is the daemon's
+    /// error.
+    async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: B,
+        content_type: Option<&'static str>,
+    ) -> Result<Response<Incoming>, DaemonError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.transport(format!("connect: {e}")))?;
@@ -117,12 +144,10 @@ impl Daemon {
             .method(method)
             .uri(path)
             .header(header::HOST, "cairn");
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, content_type);
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| self.transport(e))?;
+        let req = req.body(body).map_err(|e| self.transport(e))?;
         let resp = sender
             .send_request(req)
             .await
@@ -480,6 +505,11 @@ impl Daemon {
         }
         Ok(None)
     }
+}
+
+/// `text` as one path segment: everything but unreserved characters percent-encoded.
+fn segment(text: &str) -> String {
+    query(text).replace('/', "%2F")
 }
 
 /// `text` for a query string: everything but unreserved characters and `/` percent-encoded.
