@@ -55,10 +55,7 @@ pub fn patch(
     config: &mut VmConfig,
     update: BalloonUpdate,
 ) -> Result<(), String> {
-    let dev = find(machine).ok_or_else(|| NO_BALLOON.to_string())?;
-    lock(dev)
-        .update_size(update.amount_mib)
-        .map_err(|e| format!("Balloon update error: {e}"))?;
+    with_balloon(machine, |b| b.update_size(update.amount_mib))?;
     if let Some(b) = &mut config.balloon {
         b.amount_mib = update.amount_mib;
     }
@@ -71,21 +68,22 @@ pub fn patch_stats(
     config: &mut VmConfig,
     update: BalloonStatsUpdate,
 ) -> Result<(), String> {
-    let dev = find(machine).ok_or_else(|| NO_BALLOON.to_string())?;
-    lock(dev)
-        .update_stats_polling_interval(update.stats_polling_interval_s)
-        .map_err(|e| format!("Balloon update error: {e}"))?;
+    with_balloon(machine, |b| {
+        b.update_stats_polling_interval(update.stats_polling_interval_s)
+    })?;
     if let Some(b) = &mut config.balloon {
         b.stats_polling_interval_s = update.stats_polling_interval_s;
     }
     Ok(())
 }
 
-/// Firecracker's answer to a hinting call on a machine without a balloon.
+/// Firecracker's answer to a `PATCH /balloon...` or hinting call on a running machine without a
+/// balloon.
 pub const NO_BALLOON_DEVICE: &str =
     "Balloon update error: Failed perform action on device: Device not found";
 
-/// Run `f` on the balloon; errors worded as Firecracker words them for the hinting calls.
+/// Run `f` on the running balloon, with Firecracker's wording for the calls it answers with
+/// `BalloonUpdate` errors (`PATCH /balloon`, `PATCH /balloon/statistics`, the hinting calls).
 fn with_balloon<T>(
     machine: &Machine,
     f: impl FnOnce(&mut Balloon) -> Result<T, cairn_devices::virtio::balloon::BalloonError>,

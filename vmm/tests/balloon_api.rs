@@ -171,6 +171,12 @@ fn balloon_hinting_api_and_free_page_flags_through_a_snapshot() {
             assert_eq!(status, 400, "{method} {path}: {body}");
             assert!(body.contains(expected), "{method} {path}: {body}");
         }
+        if balloon.is_none() {
+            // PATCH /balloon answers the same way (Firecracker's `BalloonUpdate` wording).
+            let (status, body) = call(&c, "PATCH", "/balloon", Some(r#"{"amount_mib": 1}"#));
+            assert_eq!(status, 400);
+            assert!(body.contains(expected), "{body}");
+        }
         g.signal(libc::SIGTERM);
         assert!(g.wait_exit(Duration::from_secs(10)).is_some());
     }
