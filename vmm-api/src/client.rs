@@ -14,11 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{
-    ActionType, BalloonConfig, BalloonStatsReply, BalloonStatsUpdate, BalloonUpdate,
-    BootSourceConfig, CheckpointCreate, CheckpointRestore, CreateSnapshotParams, DriveConfig,
-    DriveUpdate, EntropyConfig, InstanceActionInfo, LoadSnapshotParams, LoggerConfig,
-    MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig, NetworkInterfaceUpdate,
-    SerialConfig, VmState, VmStateUpdate, VsockConfig,
+    ActionType, BalloonConfig, BalloonHintingStart, BalloonHintingStatus, BalloonStatsReply,
+    BalloonStatsUpdate, BalloonUpdate, BootSourceConfig, CheckpointCreate, CheckpointRestore,
+    CreateSnapshotParams, DriveConfig, DriveUpdate, EntropyConfig, InstanceActionInfo,
+    LoadSnapshotParams, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, NetConfig,
+    NetworkInterfaceUpdate, SerialConfig, VmState, VmStateUpdate, VsockConfig,
 };
 use crate::reply::{CheckpointInfo, Fault, FullVmConfig, InstanceInfo};
 
@@ -370,6 +370,23 @@ impl Client {
     /// `PATCH /balloon/statistics` (after boot): a new polling interval.
     pub fn patch_balloon_statistics(&self, update: &BalloonStatsUpdate) -> Result<(), ClientError> {
         self.call_empty("PATCH", "/balloon/statistics", update)
+    }
+
+    /// `PATCH /balloon/hinting/start` (after boot, hinting on): start a free page hinting run.
+    pub fn start_balloon_hinting(&self, start: &BalloonHintingStart) -> Result<(), ClientError> {
+        self.call_empty("PATCH", "/balloon/hinting/start", start)
+    }
+
+    /// `GET /balloon/hinting/status` (after boot, hinting on).
+    pub fn balloon_hinting_status(&self) -> Result<BalloonHintingStatus, ClientError> {
+        self.call_typed::<(), _>("GET", "/balloon/hinting/status", None)
+    }
+
+    /// `PATCH /balloon/hinting/stop` (after boot, hinting on): end the run; the guest takes its
+    /// hinted pages back.
+    pub fn stop_balloon_hinting(&self) -> Result<(), ClientError> {
+        self.call::<()>("PATCH", "/balloon/hinting/stop", None)
+            .map(drop)
     }
 
     /// `PUT /serial` (before boot): the guest console's output file.

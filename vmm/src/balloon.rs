@@ -1,13 +1,15 @@
 //! The balloon device's API after boot: `GET /balloon`, `PATCH /balloon`, `GET` and `PATCH
-//! /balloon/statistics`, answered from the running device (before boot, `GET /balloon` answers
-//! from the configuration and the rest are refused by the controller, as in Firecracker).
+//! /balloon/statistics`, `PATCH /balloon/hinting/start|stop` and `GET /balloon/hinting/status`,
+//! answered from the running device (before boot, `GET /balloon` answers from the configuration
+//! and the rest are refused by the controller, as in Firecracker).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_devices::virtio::balloon::{Balloon, BalloonStats};
 
 use crate::config::{
-    BalloonConfig, BalloonStatsReply, BalloonStatsUpdate, BalloonUpdate, VmConfig,
+    BalloonConfig, BalloonHintingStart, BalloonHintingStatus, BalloonStatsReply,
+    BalloonStatsUpdate, BalloonUpdate, VmConfig,
 };
 use crate::device_manager::VirtioHandle;
 use crate::machine::Machine;
@@ -42,7 +44,8 @@ pub fn config(machine: Option<&Machine>, config: &VmConfig) -> Result<BalloonCon
         amount_mib: c.amount_mib,
         deflate_on_oom: c.deflate_on_oom,
         stats_polling_interval_s: c.stats_polling_interval_s,
-        ..configured
+        free_page_hinting: c.free_page_hinting,
+        free_page_reporting: c.free_page_reporting,
     })
 }
 
@@ -52,10 +55,7 @@ pub fn patch(
     config: &mut VmConfig,
     update: BalloonUpdate,
 ) -> Result<(), String> {
-    let dev = find(machine).ok_or_else(|| NO_BALLOON.to_string())?;
-    lock(dev)
-        .update_size(update.amount_mib)
-        .map_err(|e| format!("Balloon update error: {e}"))?;
+    with_balloon(machine, |b| b.update_size(update.amount_mib))?;
     if let Some(b) = &mut config.balloon {
         b.amount_mib = update.amount_mib;
     }
@@ -68,14 +68,48 @@ pub fn patch_stats(
     config: &mut VmConfig,
     update: BalloonStatsUpdate,
 ) -> Result<(), String> {
-    let dev = find(machine).ok_or_else(|| NO_BALLOON.to_string())?;
-    lock(dev)
-        .update_stats_polling_interval(update.stats_polling_interval_s)
-        .map_err(|e| format!("Balloon update error: {e}"))?;
+    with_balloon(machine, |b| {
+        b.update_stats_polling_interval(update.stats_polling_interval_s)
+    })?;
     if let Some(b) = &mut config.balloon {
         b.stats_polling_interval_s = update.stats_polling_interval_s;
     }
     Ok(())
+}
+
+/// Firecracker's answer to a `PATCH /balloon...` or hinting call on a running machine without a
+/// balloon.
+pub const NO_BALLOON_DEVICE: &str =
+    "Balloon update error: Failed perform action on device: Device not found";
+
+/// Run `f` on the running balloon, with Firecracker's wording for the calls it answers with
+/// `BalloonUpdate` errors (`PATCH /balloon`, `PATCH /balloon/statistics`, the hinting calls).
+fn with_balloon<T>(
+    machine: &Machine,
+    f: impl FnOnce(&mut Balloon) -> Result<T, cairn_devices::virtio::balloon::BalloonError>,
+) -> Result<T, String> {
+    let dev = find(machine).ok_or_else(|| NO_BALLOON_DEVICE.to_string())?;
+    let mut dev = lock(dev);
+    f(&mut dev).map_err(|e| format!("Balloon update error: Balloon: {e}"))
+}
+
+/// `PATCH /balloon/hinting/start`.
+pub fn start_hinting(machine: &Machine, start: BalloonHintingStart) -> Result<(), String> {
+    with_balloon(machine, |b| b.start_hinting(start.acknowledge_on_stop))
+}
+
+/// `GET /balloon/hinting/status`.
+pub fn hinting_status(machine: &Machine) -> Result<BalloonHintingStatus, String> {
+    let s = with_balloon(machine, |b| b.hinting_status())?;
+    Ok(BalloonHintingStatus {
+        host_cmd: s.host_cmd,
+        guest_cmd: s.guest_cmd,
+    })
+}
+
+/// `PATCH /balloon/hinting/stop`.
+pub fn stop_hinting(machine: &Machine) -> Result<(), String> {
+    with_balloon(machine, Balloon::stop_hinting)
 }
 
 /// `GET /balloon/statistics`.

@@ -649,6 +649,8 @@ fn device_specs(cfg: &crate::config::VmConfig) -> Result<Vec<DeviceSpec>, VmmErr
                 amount_mib: b.amount_mib,
                 deflate_on_oom: b.deflate_on_oom,
                 stats_polling_interval_s: b.stats_polling_interval_s,
+                free_page_hinting: b.free_page_hinting,
+                free_page_reporting: b.free_page_reporting,
             },
         ));
     }

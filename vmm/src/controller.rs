@@ -418,6 +418,27 @@ impl Controller {
                     Err(e) => refused(e),
                 },
             },
+            ApiRequest::StartBalloonHinting(start) => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::start_hinting(m, start) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                },
+            },
+            ApiRequest::GetBalloonHintingStatus => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::hinting_status(m) {
+                    Ok(s) => ApiResponse::json(&s),
+                    Err(e) => refused(e),
+                },
+            },
+            ApiRequest::StopBalloonHinting => match self.runtime.machine() {
+                None => refused(NOT_SUPPORTED_BEFORE_START),
+                Some(m) => match crate::balloon::stop_hinting(m) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => refused(e),
+                },
+            },
             ApiRequest::PutCpuConfig(t) => self.pre_boot(|c| c.custom_cpu_template = Some(t)),
             ApiRequest::PutSerial(serial) => {
                 if self.started() {

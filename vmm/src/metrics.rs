@@ -285,7 +285,8 @@ pub struct MmdsMetrics {
 }
 
 /// `balloon`: the balloon device's own counts (Firecracker's keys; `activate_fails` and
-/// `event_fails` have no source in cairn and are left out).
+/// `event_fails` have no source in cairn and are left out). The free page counts are of ranges;
+/// `*_freed` are bytes.
 #[derive(Debug, Default, Serialize)]
 pub struct BalloonMetrics {
     /// Inflate buffers served.
@@ -296,6 +297,18 @@ pub struct BalloonMetrics {
     pub stats_updates_count: Counter,
     /// Statistics buffers that could not be read.
     pub stats_update_fails: Counter,
+    /// Ranges the guest reported free.
+    pub free_page_report_count: Counter,
+    /// Bytes of reported ranges given back to the host.
+    pub free_page_report_freed: Counter,
+    /// Reported ranges that could not be given back.
+    pub free_page_report_fails: Counter,
+    /// Hinted ranges taken.
+    pub free_page_hint_count: Counter,
+    /// Bytes of hinted ranges given back to the host.
+    pub free_page_hint_freed: Counter,
+    /// Hinted ranges that could not be given back.
+    pub free_page_hint_fails: Counter,
 }
 
 /// `seccomp`.
@@ -519,6 +532,12 @@ pub fn collect_device_counts(machine: &crate::machine::Machine) {
                 b.deflate_count.observe(c.deflate_count);
                 b.stats_updates_count.observe(c.stats_updates_count);
                 b.stats_update_fails.observe(c.stats_update_fails);
+                b.free_page_report_count.observe(c.free_page_report_count);
+                b.free_page_report_freed.observe(c.free_page_report_freed);
+                b.free_page_report_fails.observe(c.free_page_report_fails);
+                b.free_page_hint_count.observe(c.free_page_hint_count);
+                b.free_page_hint_freed.observe(c.free_page_hint_freed);
+                b.free_page_hint_fails.observe(c.free_page_hint_fails);
             }
             _ => {}
         }

@@ -1,5 +1,6 @@
 //! Firecracker's balloon device: `PUT`/`GET`/`PATCH /balloon`, `GET`/`PATCH
-//! /balloon/statistics` and the configuration file's `balloon` key.
+//! /balloon/statistics`, `PATCH /balloon/hinting/start|stop`, `GET /balloon/hinting/status` and
+//! the configuration file's `balloon` key.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,29 +18,57 @@ pub struct BalloonConfig {
     /// Seconds between statistics refreshes; 0 (the default) turns statistics off.
     #[serde(default)]
     pub stats_polling_interval_s: u16,
-    /// Free page hinting: not implemented by cairn, must be `false`.
+    /// Free page hinting: the host can ask the guest for its free memory
+    /// (`/balloon/hinting/*`).
     #[serde(default)]
     pub free_page_hinting: bool,
-    /// Free page reporting: not implemented by cairn, must be `false`.
+    /// Free page reporting: the guest gives its free memory back on its own.
     #[serde(default)]
     pub free_page_reporting: bool,
 }
 
 impl Validate for BalloonConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (field, on) in [
-            ("free_page_hinting", self.free_page_hinting),
-            ("free_page_reporting", self.free_page_reporting),
-        ] {
-            if on {
-                return Err(ConfigError::invalid(
-                    field,
-                    "not supported by cairn; leave it out or set it to false",
-                ));
-            }
-        }
         Ok(())
     }
+}
+
+/// `PATCH /balloon/hinting/start` (after boot): the body is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonHintingStart {
+    /// Have the VMM acknowledge the end of the run itself as soon as the guest has sent every
+    /// hint (default `true`); otherwise the run lasts until `PATCH /balloon/hinting/stop`.
+    #[serde(default = "default_true")]
+    pub acknowledge_on_stop: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for BalloonHintingStart {
+    fn default() -> Self {
+        Self {
+            acknowledge_on_stop: true,
+        }
+    }
+}
+
+impl Validate for BalloonHintingStart {
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// `GET /balloon/hinting/status`: the command id the host last sent (0 before any run, 1 once a
+/// run is done, else the running run's id) and the one the guest last sent (`null` until it
+/// sends one), as Firecracker writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonHintingStatus {
+    /// The host's last command id.
+    pub host_cmd: u32,
+    /// The guest's last command id.
+    pub guest_cmd: Option<u32>,
 }
 
 /// `PATCH /balloon` (after boot): a new target.
@@ -169,14 +198,25 @@ mod tests {
         ] {
             assert!(parse_json::<BalloonConfig>(bad).is_err());
         }
-        let hinting: BalloonConfig =
-            parse_json(br#"{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}"#)
-                .unwrap();
-        assert!(hinting
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("free_page_hinting: not supported"));
+        let hinting: BalloonConfig = parse_json(
+            br#"{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true,
+                "free_page_reporting": true}"#,
+        )
+        .unwrap();
+        hinting.validate().unwrap();
+        assert!(hinting.free_page_hinting && hinting.free_page_reporting);
+        // Hinting bodies: the flag defaults to true; unknown keys are ignored, as Firecracker
+        // ignores them.
+        let start: BalloonHintingStart = parse_json(br#"{}"#).unwrap();
+        assert!(start.acknowledge_on_stop);
+        let start: BalloonHintingStart =
+            parse_json(br#"{"acknowledge_on_stop": false, "x": 1}"#).unwrap();
+        assert!(!start.acknowledge_on_stop);
+        assert!(parse_json::<BalloonHintingStart>(br#"{"acknowledge_on_stop": 3}"#).is_err());
+        assert_eq!(
+            serde_json::to_value(BalloonHintingStatus::default()).unwrap(),
+            serde_json::json!({"host_cmd": 0, "guest_cmd": null})
+        );
         assert!(parse_json::<BalloonUpdate>(br#"{"amount_mib": 1, "x": 2}"#).is_err());
         assert!(parse_json::<BalloonStatsUpdate>(br#"{}"#).is_err());
         let r = BalloonStatsReply {
@@ -212,9 +252,10 @@ mod tests {
         let mut hinting = valid_base();
         hinting.balloon = Some(BalloonConfig {
             free_page_hinting: true,
+            free_page_reporting: true,
             ..Default::default()
         });
-        assert_eq!(validate_err(&hinting).field(), "balloon.free_page_hinting");
+        hinting.validate().unwrap();
         assert!(parse_vm_config(r#"{"balloon": {"x": 1}}"#).is_err());
     }
 }

@@ -47,7 +47,10 @@ pub use actions::{
     CreateSnapshotParams, InstanceActionInfo, LoadSnapshotParams, MemBackendConfig, MemBackendType,
     NetworkOverride, SnapshotType, VmState, VmStateUpdate, VsockOverride,
 };
-pub use balloon::{BalloonConfig, BalloonStatsReply, BalloonStatsUpdate, BalloonUpdate};
+pub use balloon::{
+    BalloonConfig, BalloonHintingStart, BalloonHintingStatus, BalloonStatsReply,
+    BalloonStatsUpdate, BalloonUpdate,
+};
 pub use cpu_config::{
     BitFilter, CpuidLeafModifier, CpuidRegister, CpuidRegisterModifier, CustomCpuTemplate,
     KvmCapabilityModifier, MsrModifier,

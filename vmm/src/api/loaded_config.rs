@@ -95,7 +95,8 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     amount_mib: c.amount_mib,
                     deflate_on_oom: c.deflate_on_oom,
                     stats_polling_interval_s: c.stats_polling_interval_s,
-                    ..Default::default()
+                    free_page_hinting: c.free_page_hinting,
+                    free_page_reporting: c.free_page_reporting,
                 });
             }
         }

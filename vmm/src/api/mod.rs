@@ -96,6 +96,12 @@ pub enum ApiRequest {
     GetBalloonStats,
     /// `PATCH /balloon/statistics` (after boot): a new polling interval.
     PatchBalloonStats(crate::config::BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start` (after boot): start a free page hinting run.
+    StartBalloonHinting(crate::config::BalloonHintingStart),
+    /// `GET /balloon/hinting/status` (after boot).
+    GetBalloonHintingStatus,
+    /// `PATCH /balloon/hinting/stop` (after boot): end the hinting run.
+    StopBalloonHinting,
     /// `PUT /cpu-config` (before boot): a custom CPU template.
     PutCpuConfig(crate::config::CustomCpuTemplate),
     /// `PUT /serial` (before boot): console output to a file.
@@ -153,6 +159,9 @@ impl ApiRequest {
             ApiRequest::PatchBalloon(_) => "PatchBalloon",
             ApiRequest::GetBalloonStats => "GetBalloonStats",
             ApiRequest::PatchBalloonStats(_) => "PatchBalloonStats",
+            ApiRequest::StartBalloonHinting(_) => "StartBalloonHinting",
+            ApiRequest::GetBalloonHintingStatus => "GetBalloonHintingStatus",
+            ApiRequest::StopBalloonHinting => "StopBalloonHinting",
             ApiRequest::PutCpuConfig(_) => "PutCpuConfig",
             ApiRequest::PutSerial(_) => "PutSerial",
             ApiRequest::PutMmdsConfig(_) => "PutMmdsConfig",

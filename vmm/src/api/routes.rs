@@ -64,6 +64,22 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PATCH", ["balloon"]) => ApiRequest::PatchBalloon(parse_body(body)?),
         ("GET", ["balloon", "statistics"]) => ApiRequest::GetBalloonStats,
         ("PATCH", ["balloon", "statistics"]) => ApiRequest::PatchBalloonStats(parse_body(body)?),
+        ("GET", ["balloon", "hinting", "status"]) => ApiRequest::GetBalloonHintingStatus,
+        // Firecracker takes the start body as optional, and ignores a stop body.
+        ("PATCH", ["balloon", "hinting", "start"]) => {
+            ApiRequest::StartBalloonHinting(if is_blank(body) {
+                crate::config::BalloonHintingStart::default()
+            } else {
+                parse_body(body)?
+            })
+        }
+        ("PATCH", ["balloon", "hinting", "stop"]) => ApiRequest::StopBalloonHinting,
+        ("GET" | "PATCH", ["balloon", "hinting", rest @ ..]) => {
+            return Err(ApiResponse::bad_request(format!(
+                "Unrecognized {method} request path `/hinting/{}`.",
+                rest.join("/")
+            )))
+        }
         ("PUT", ["cpu-config"]) => ApiRequest::PutCpuConfig(parse_body(body)?),
         ("PUT", ["serial"]) => ApiRequest::PutSerial(parse_body(body)?),
         ("GET", ["mmds"]) => ApiRequest::GetMmds,
@@ -178,6 +194,11 @@ mod tests {
             ("GET", "/balloon", ApiRequest::GetBalloon),
             ("GET", "/balloon/statistics", ApiRequest::GetBalloonStats),
             (
+                "GET",
+                "/balloon/hinting/status",
+                ApiRequest::GetBalloonHintingStatus,
+            ),
+            (
                 "DELETE",
                 "/checkpoints/base-1",
                 ApiRequest::DeleteCheckpoint("base-1".into()),
@@ -256,6 +277,20 @@ mod tests {
                 "/balloon",
                 r#"{"amount_mib": 4}"#,
                 ApiRequest::PatchBalloon(BalloonUpdate { amount_mib: 4 }),
+            ),
+            (
+                "PATCH",
+                "/balloon/hinting/start",
+                r#"{"acknowledge_on_stop": false}"#,
+                ApiRequest::StartBalloonHinting(BalloonHintingStart {
+                    acknowledge_on_stop: false,
+                }),
+            ),
+            (
+                "PATCH",
+                "/balloon/hinting/stop",
+                "{}",
+                ApiRequest::StopBalloonHinting,
             ),
             (
                 "PATCH",
@@ -504,5 +539,56 @@ mod tests {
         assert!(fault("PUT", "/checkpoints/restore", "{}").contains("missing field `name`"));
         assert!(fault("DELETE", "/checkpoints/..", "").starts_with("name: "));
         assert!(fault("DELETE", "/checkpoints/.hidden", "").starts_with("name: "));
+    }
+
+    #[test]
+    fn balloon_hinting_paths_as_firecracker_s() {
+        // The start body is optional and defaults to acknowledging; the stop body is ignored.
+        for body in ["", " "] {
+            assert_eq!(
+                ok("PATCH", "/balloon/hinting/start", body),
+                ApiRequest::StartBalloonHinting(BalloonHintingStart::default())
+            );
+        }
+        assert_eq!(
+            ok("PATCH", "/balloon/hinting/stop", ""),
+            ApiRequest::StopBalloonHinting
+        );
+        for (method, path, body, message) in [
+            (
+                "GET",
+                "/balloon/hinting",
+                "",
+                "Unrecognized GET request path `/hinting/`.",
+            ),
+            (
+                "GET",
+                "/balloon/hinting/x",
+                "",
+                "Unrecognized GET request path `/hinting/x`.",
+            ),
+            (
+                "PATCH",
+                "/balloon/hinting",
+                "{}",
+                "Unrecognized PATCH request path `/hinting/`.",
+            ),
+            (
+                "PATCH",
+                "/balloon/hinting/x",
+                "{}",
+                "Unrecognized PATCH request path `/hinting/x`.",
+            ),
+        ] {
+            assert_eq!(fault(method, path, body), message);
+        }
+        // A body that is not JSON, or a wrong type, is refused.
+        fault("PATCH", "/balloon/hinting/start", "xx");
+        fault(
+            "PATCH",
+            "/balloon/hinting/start",
+            r#"{"acknowledge_on_stop": 3}"#,
+        );
+        assert!(fault("PUT", "/balloon/hinting/start", "{}").starts_with("Invalid request method"));
     }
 }

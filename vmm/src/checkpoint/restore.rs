@@ -57,6 +57,21 @@ fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
     }
 }
 
+/// A balloon from its saved state (and its free page state, when it had hinting or reporting).
+fn restore_balloon(
+    id: &str,
+    base: &cairn_devices::virtio::balloon::BalloonState,
+    free_page: Option<cairn_devices::virtio::balloon::FreePageState>,
+) -> Result<VirtioHandle, VmmError> {
+    let full = cairn_devices::virtio::balloon::BalloonFullState {
+        base: base.clone(),
+        free_page,
+    };
+    let dev =
+        cairn_devices::virtio::balloon::Balloon::restore((), &full).map_err(|e| dev_err(id, e))?;
+    Ok(VirtioHandle::Balloon(Arc::new(Mutex::new(dev))))
+}
+
 /// Rebuild a machine from `state`. Its event sources join `event_loop`.
 pub fn restore_machine(
     state: &MachineState,
@@ -162,10 +177,9 @@ pub fn restore_machine(
                 }
                 VirtioHandle::Rng(Arc::new(Mutex::new(dev)))
             }
-            VirtioDeviceState::Balloon(s) => {
-                let dev = cairn_devices::virtio::balloon::Balloon::restore((), s)
-                    .map_err(|e| dev_err(id, e))?;
-                VirtioHandle::Balloon(Arc::new(Mutex::new(dev)))
+            VirtioDeviceState::Balloon(base) => restore_balloon(id, base, None)?,
+            VirtioDeviceState::BalloonFreePage(base, free_page) => {
+                restore_balloon(id, base, Some(*free_page))?
             }
         };
         let args = MmioTransportConstructorArgs {

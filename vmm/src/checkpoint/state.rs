@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use cairn_devices::rate_limiter::RateLimiterState;
-use cairn_devices::virtio::balloon::BalloonState;
+use cairn_devices::virtio::balloon::{BalloonFullState, BalloonState, FreePageState};
 use cairn_devices::virtio::block::BlockState;
 use cairn_devices::virtio::mmio::MmioTransportState;
 use cairn_devices::virtio::net::persist::NetState;
@@ -47,6 +47,20 @@ pub enum VirtioDeviceState {
     /// virtio-balloon, appended: a machine without a balloon saves exactly what it saved
     /// before, so the layout (and [`MACHINE_STATE_VERSION`]) did not change.
     Balloon(BalloonState),
+    /// virtio-balloon with free page hinting or reporting, appended for the same reason: a
+    /// balloon without them still saves `Balloon`.
+    BalloonFreePage(BalloonState, FreePageState),
+}
+
+impl VirtioDeviceState {
+    /// A balloon's state, in the variant that keeps a balloon without free page hinting or
+    /// reporting saving what it saved before they existed.
+    pub fn balloon(state: BalloonFullState) -> Self {
+        match state.free_page {
+            None => Self::Balloon(state.base),
+            Some(free_page) => Self::BalloonFreePage(state.base, free_page),
+        }
+    }
 }
 
 /// One virtio device: where it sits, its transport and its model.
@@ -164,7 +178,7 @@ fn save_virtio(a: &VirtioAttachment) -> Result<VirtioSlotState, VmmError> {
         VirtioHandle::Rng(d) => crate::rate_limit::save_rng(&lock(d)).map_err(|e| err(&e)),
         VirtioHandle::Balloon(d) => lock(d)
             .save()
-            .map(VirtioDeviceState::Balloon)
+            .map(VirtioDeviceState::balloon)
             .map_err(|e| err(&e)),
     }?;
     Ok(VirtioSlotState {

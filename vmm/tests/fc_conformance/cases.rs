@@ -457,6 +457,52 @@ pub const CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "balloon_free_page_hinting_and_reporting",
+        from: "swagger: free_page_hinting, free_page_reporting, /balloon/hinting/start|status|stop \
+               (before start); request/balloon.rs: parse_get_hinting, parse_patch_hinting",
+        needs_root: false,
+        steps: &[
+            s("GET", "/balloon/hinting/status", None, 400),
+            s("PATCH", "/balloon/hinting/start", None, 400),
+            s("PATCH", "/balloon/hinting/stop", None, 400),
+            put(
+                "/balloon",
+                r#"{"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1,
+                    "free_page_hinting": true, "free_page_reporting": true}"#,
+                204,
+            ),
+            get(
+                "/balloon",
+                &[
+                    "amount_mib",
+                    "deflate_on_oom",
+                    "stats_polling_interval_s",
+                    "free_page_hinting",
+                    "free_page_reporting",
+                ],
+            ),
+            get("/vm/config", VM_CONFIG_KEYS),
+            put(
+                "/balloon",
+                r#"{"amount_mib": 0, "deflate_on_oom": false, "free_page_reporting": 1}"#,
+                400,
+            ),
+            // Still before start: every hinting call is refused, whatever its body.
+            s("GET", "/balloon/hinting/status", None, 400),
+            patch("/balloon/hinting/start", "{}", 400),
+            patch("/balloon/hinting/start", r#"{"acknowledge_on_stop": false}"#, 400),
+            patch("/balloon/hinting/start", r#"{"acknowledge_on_stop": 3}"#, 400),
+            patch("/balloon/hinting/start", "xx", 400),
+            patch("/balloon/hinting/stop", "{}", 400),
+            // Paths Firecracker does not know under /balloon/hinting.
+            s("GET", "/balloon/hinting", None, 400),
+            s("GET", "/balloon/hinting/x", None, 400),
+            patch("/balloon/hinting", "{}", 400),
+            patch("/balloon/hinting/x", "{}", 400),
+            s("DELETE", "/balloon/hinting/status", None, 400),
+        ],
+    },
+    Case {
         name: "patch_devices_before_start",
         from: "swagger: PATCH /drives/{id}, PATCH /network-interfaces/{id}",
         needs_root: false,

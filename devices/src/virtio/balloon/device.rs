@@ -8,10 +8,12 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::free_page::HintingState;
 use super::stats::{BalloonStats, MAX_STATS, STAT_SIZE};
 use super::{
     DEFLATE_INDEX, INFLATE_INDEX, PAGES_PER_MIB, PFN_SHIFT, QUEUE_SIZE, STATS_INDEX,
-    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_FREE_PAGE_HINT, VIRTIO_BALLOON_F_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
 use crate::virtio::activation::QueueEvents;
 use crate::virtio::serve::serve_queue;
@@ -21,8 +23,9 @@ use crate::virtio::{
 };
 use crate::GuestMemoryMmap;
 
-/// Size of the configuration space: `num_pages` and `actual`, both little-endian `u32`.
-const CONFIG_SPACE_SIZE: usize = 8;
+/// Size of the configuration space: `num_pages`, `actual` and `free_page_hint_cmd_id`, each a
+/// little-endian `u32` (as Firecracker's; `poison_val` is not offered).
+const CONFIG_SPACE_SIZE: usize = 12;
 /// Most page frame numbers read from one inflate descriptor.
 const MAX_PFNS_PER_DESC: u32 = 256;
 
@@ -47,10 +50,12 @@ pub enum BalloonError {
     /// Raising the configuration-change interrupt failed.
     #[error("cannot raise the configuration interrupt: {0}")]
     Interrupt(std::io::Error),
+    /// A free page hinting call on a balloon configured without it.
+    #[error("Attempting to use hinting when not enabled")]
+    HintingNotEnabled,
 }
 
-/// How the balloon is configured (Firecracker's `PUT /balloon` body, less what cairn does not
-/// implement).
+/// How the balloon is configured (Firecracker's `PUT /balloon` body).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BalloonConfig {
     /// Target size in MiB.
@@ -59,6 +64,10 @@ pub struct BalloonConfig {
     pub deflate_on_oom: bool,
     /// Statistics polling interval in seconds; 0: no statistics queue.
     pub stats_polling_interval_s: u16,
+    /// Offer VIRTIO_BALLOON_F_FREE_PAGE_HINT (a hinting queue).
+    pub free_page_hinting: bool,
+    /// Offer VIRTIO_BALLOON_F_REPORTING (a reporting queue).
+    pub free_page_reporting: bool,
 }
 
 /// MiB to 4 KiB pages, refusing what does not fit in a `u32`.
@@ -97,6 +106,11 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     pub(super) queues: Vec<Queue>,
     pub(super) counts: BalloonCounts,
+    /// Free page hinting: the run the host asked for and what the driver last said.
+    pub(super) hinting: HintingState,
+    /// Restored from a checkpoint and not yet re-activated: the first activation ends any
+    /// hinting run (the client that started it is gone), so the driver frees what it holds.
+    pub(super) end_hinting_on_activate: bool,
 }
 
 /// What the balloon has done since the VMM started (Firecracker's `balloon` metrics group).
@@ -111,6 +125,18 @@ pub struct BalloonCounts {
     pub stats_updates_count: u64,
     /// Statistics buffers that could not be read (outside guest RAM, or a broken ring).
     pub stats_update_fails: u64,
+    /// Ranges the driver reported free.
+    pub free_page_report_count: u64,
+    /// Bytes of reported ranges given back to the host.
+    pub free_page_report_freed: u64,
+    /// Reported ranges that could not be given back (outside guest RAM, or madvise failed).
+    pub free_page_report_fails: u64,
+    /// Hinted ranges taken (those of the current run).
+    pub free_page_hint_count: u64,
+    /// Bytes of hinted ranges given back to the host.
+    pub free_page_hint_freed: u64,
+    /// Hinted ranges that could not be given back.
+    pub free_page_hint_fails: u64,
 }
 
 impl std::fmt::Debug for Balloon {
@@ -135,6 +161,15 @@ impl Balloon {
         if cfg.deflate_on_oom {
             avail_features |= 1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM;
         }
+        // The optional queues come in feature-bit order: statistics, hinting, reporting.
+        if cfg.free_page_hinting {
+            avail_features |= 1 << VIRTIO_BALLOON_F_FREE_PAGE_HINT;
+            queues += 1;
+        }
+        if cfg.free_page_reporting {
+            avail_features |= 1 << VIRTIO_BALLOON_F_REPORTING;
+            queues += 1;
+        }
         Ok(Self {
             acked_features: 0,
             avail_features,
@@ -150,6 +185,8 @@ impl Balloon {
             queue_sizes: vec![QUEUE_SIZE; queues],
             queues: Vec::new(),
             counts: BalloonCounts::default(),
+            hinting: HintingState::default(),
+            end_hinting_on_activate: false,
         })
     }
 
@@ -164,7 +201,31 @@ impl Balloon {
             amount_mib: self.num_pages / PAGES_PER_MIB,
             deflate_on_oom: self.avail_features & (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM) != 0,
             stats_polling_interval_s: self.stats_polling_interval_s,
+            free_page_hinting: self.free_page_hinting(),
+            free_page_reporting: self.free_page_reporting(),
         }
+    }
+
+    /// Whether the hinting queue is offered.
+    pub fn free_page_hinting(&self) -> bool {
+        self.avail_features & (1 << VIRTIO_BALLOON_F_FREE_PAGE_HINT) != 0
+    }
+
+    /// Whether the reporting queue is offered.
+    pub fn free_page_reporting(&self) -> bool {
+        self.avail_features & (1 << VIRTIO_BALLOON_F_REPORTING) != 0
+    }
+
+    /// Index of the hinting queue: after inflate, deflate and statistics (when on).
+    pub(super) fn hinting_index(&self) -> Option<usize> {
+        self.free_page_hinting()
+            .then(|| STATS_INDEX + usize::from(self.stats_polling_interval_s > 0))
+    }
+
+    /// Index of the reporting queue: the last one.
+    pub(super) fn reporting_index(&self) -> Option<usize> {
+        self.free_page_reporting()
+            .then(|| self.queue_sizes.len().saturating_sub(1))
     }
 
     /// Target in 4 KiB pages.
@@ -283,6 +344,10 @@ impl Balloon {
 
     /// Statistics: read the buffer the driver filled and keep it until the next poll.
     pub fn process_stats(&mut self) {
+        // With statistics off, index 2 is the hinting or reporting queue.
+        if self.stats_polling_interval_s == 0 {
+            return;
+        }
         let (Some(active), Some(queue)) = (self.active.as_ref(), self.queues.get_mut(STATS_INDEX))
         else {
             return;
@@ -322,6 +387,10 @@ impl Balloon {
 
     /// Hand the held statistics buffer back, so the driver refills it.
     pub fn trigger_stats_update(&mut self) {
+        // With statistics off, index 2 is the hinting or reporting queue.
+        if self.stats_polling_interval_s == 0 {
+            return;
+        }
         let (Some(active), Some(queue)) = (self.active.as_ref(), self.queues.get_mut(STATS_INDEX))
         else {
             return;
@@ -374,21 +443,49 @@ fn return_used(queue: &mut Queue, mem: &GuestMemoryMmap, irq: &IrqTrigger, head:
 /// Give one 4 KiB guest page back to the host. A page number outside guest RAM is ignored.
 fn discard_page(mem: &GuestMemoryMmap, pfn: u32) {
     let addr = GuestAddress(u64::from(pfn) << PFN_SHIFT);
-    let len = 1u64 << PFN_SHIFT;
-    let Some(region) = mem.find_region(addr) else {
-        tracing::debug!("virtio-balloon: page {pfn:#x} is outside guest RAM");
-        return;
-    };
+    if let Err(e) = discard_range(mem, addr, 1 << PFN_SHIFT) {
+        tracing::debug!("virtio-balloon: page {pfn:#x} not discarded: {e}");
+    }
+}
+
+/// Why a range was not given back to the host.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DiscardError {
+    /// Part of the range is not guest RAM (or it spans two regions).
+    #[error("range {0:#x}+{1:#x} is not inside one guest RAM region")]
+    OutsideRam(u64, u64),
+    /// madvise refused.
+    #[error("madvise failed: {0}")]
+    Madvise(std::io::Error),
+}
+
+/// Give the whole 4 KiB pages inside `addr..addr + len` back to the host (they read back as
+/// zero). Partial pages at either end are kept: their other bytes may be in use. Returns the
+/// bytes given back. The range must lie inside one guest RAM region.
+pub(super) fn discard_range(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: u64,
+) -> Result<u64, DiscardError> {
+    let outside = || DiscardError::OutsideRam(addr.0, len);
+    let region = mem.find_region(addr).ok_or_else(outside)?;
     let offset = addr.unchecked_offset_from(region.start_addr());
-    if offset.checked_add(len).is_none_or(|end| end > region.len()) {
-        return;
+    let end = offset
+        .checked_add(len)
+        .filter(|&end| end <= region.len())
+        .ok_or_else(outside)?;
+    let page = 1u64 << PFN_SHIFT;
+    let first = offset.next_multiple_of(page);
+    let last = end - end % page;
+    if first >= last {
+        return Ok(0);
     }
-    let Ok(host) = region.get_host_address(MemoryRegionAddress(offset)) else {
-        return;
-    };
-    if let Err(e) = madvise_dontneed(host, len as usize) {
-        tracing::warn!("virtio-balloon: madvise of page {pfn:#x} failed: {e}");
-    }
+    let host = region
+        .get_host_address(MemoryRegionAddress(first))
+        .map_err(|_| outside())?;
+    let bytes = usize::try_from(last - first).map_err(|_| outside())?;
+    madvise_dontneed(host, bytes).map_err(DiscardError::Madvise)?;
+    Ok(last - first)
 }
 
 /// `madvise(MADV_DONTNEED)` over `len` bytes at `host`.
@@ -430,7 +527,8 @@ impl VirtioDevice for Balloon {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut space = [0u8; CONFIG_SPACE_SIZE];
         space[..4].copy_from_slice(&self.num_pages.to_le_bytes());
-        space[4..].copy_from_slice(&self.actual_pages.to_le_bytes());
+        space[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
+        space[8..].copy_from_slice(&self.hinting.host_cmd.to_le_bytes());
         read_config_bytes(&space, offset, data);
     }
 
@@ -443,7 +541,7 @@ impl VirtioDevice for Balloon {
             return;
         };
         let (start, end) = end;
-        if start < 4 || end > CONFIG_SPACE_SIZE {
+        if start < 4 || end > 8 {
             tracing::debug!("virtio-balloon: ignoring config write at {offset:#x}");
             return;
         }

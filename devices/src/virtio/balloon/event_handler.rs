@@ -1,6 +1,7 @@
 //! The event-loop side of virtio-balloon: the activation eventfd (re)registers the queue
-//! eventfds; each queue event serves its queue; the statistics timer hands the held statistics
-//! buffer back to the driver.
+//! eventfds; each queue event serves its queue (inflate, deflate, statistics, hinting,
+//! reporting, as far as present); the statistics timer hands the held statistics buffer back to
+//! the driver.
 
 use std::os::fd::AsRawFd;
 
@@ -27,9 +28,12 @@ impl MutEventSubscriber for Balloon {
             registered.sync(ops, self.queue_evts());
             self.registered = registered;
             self.arm_stats_timer();
+            self.end_restored_hinting();
             self.process_inflate();
             self.process_deflate();
             self.process_stats();
+            self.process_hinting();
+            self.process_reporting();
         } else if fd == self.stats_timer.as_raw_fd() {
             // Nonblocking read of the expiry count; a spurious wake-up is fine.
             let _ = rustix::io::read(&self.stats_timer, &mut [0u8; 8]);
@@ -38,7 +42,11 @@ impl MutEventSubscriber for Balloon {
             match self.registered.take_event(fd) {
                 Some(INFLATE_INDEX) => self.process_inflate(),
                 Some(DEFLATE_INDEX) => self.process_deflate(),
-                Some(STATS_INDEX) => self.process_stats(),
+                Some(i) if i == STATS_INDEX && self.stats_polling_interval_s > 0 => {
+                    self.process_stats()
+                }
+                Some(i) if Some(i) == self.hinting_index() => self.process_hinting(),
+                Some(i) if Some(i) == self.reporting_index() => self.process_reporting(),
                 _ => tracing::warn!("virtio-balloon: event on unknown fd {fd}"),
             }
         }

@@ -5,11 +5,14 @@ use cairn_snapshot::Persist;
 use serde::{Deserialize, Serialize};
 
 use super::device::{Balloon, BalloonConfig, BalloonError};
+use super::free_page::HintingState;
 use super::stats::BalloonStats;
 use super::PAGES_PER_MIB;
 use crate::virtio::VirtioDevice;
 
-/// Plain-data virtio-balloon state.
+/// Plain-data virtio-balloon state: what every balloon saves. Its encoding is that of
+/// checkpoints taken before free page hinting and reporting existed, so do not change it; new
+/// state goes into [`FreePageState`] (or a further struct beside it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonState {
     /// Features the driver accepted.
@@ -28,35 +31,72 @@ pub struct BalloonState {
     pub latest_stats: BalloonStats,
 }
 
+/// The state of a balloon with free page hinting or reporting on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreePageState {
+    /// The hinting queue is offered.
+    pub free_page_hinting: bool,
+    /// The reporting queue is offered.
+    pub free_page_reporting: bool,
+    /// Where hinting stands.
+    pub hinting: HintingState,
+}
+
+/// Everything a balloon saves: [`BalloonState`], plus [`FreePageState`] when hinting or
+/// reporting is on (`None` otherwise, so such a balloon saves what it saved before they
+/// existed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonFullState {
+    /// What every balloon saves.
+    pub base: BalloonState,
+    /// Free page hinting and reporting.
+    pub free_page: Option<FreePageState>,
+}
+
 impl Persist<'_> for Balloon {
-    type State = BalloonState;
+    type State = BalloonFullState;
     type ConstructorArgs = ();
     type Error = BalloonError;
 
-    fn save(&self) -> Result<BalloonState, BalloonError> {
+    fn save(&self) -> Result<BalloonFullState, BalloonError> {
         let cfg = self.config();
-        Ok(BalloonState {
-            acked_features: self.acked_features,
-            deflate_on_oom: cfg.deflate_on_oom,
-            stats_polling_interval_s: cfg.stats_polling_interval_s,
-            num_pages: self.num_pages,
-            actual_pages: self.actual_pages,
-            stats_desc_index: self.stats_desc_index,
-            latest_stats: self.latest_stats,
+        let free_page =
+            (cfg.free_page_hinting || cfg.free_page_reporting).then_some(FreePageState {
+                free_page_hinting: cfg.free_page_hinting,
+                free_page_reporting: cfg.free_page_reporting,
+                hinting: self.hinting,
+            });
+        Ok(BalloonFullState {
+            base: BalloonState {
+                acked_features: self.acked_features,
+                deflate_on_oom: cfg.deflate_on_oom,
+                stats_polling_interval_s: cfg.stats_polling_interval_s,
+                num_pages: self.num_pages,
+                actual_pages: self.actual_pages,
+                stats_desc_index: self.stats_desc_index,
+                latest_stats: self.latest_stats,
+            },
+            free_page,
         })
     }
 
-    fn restore(_args: (), state: &BalloonState) -> Result<Self, BalloonError> {
+    fn restore(_args: (), full: &BalloonFullState) -> Result<Self, BalloonError> {
+        let state = &full.base;
+        let free_page = full.free_page.unwrap_or_default();
         let mut dev = Balloon::new(BalloonConfig {
             amount_mib: state.num_pages / PAGES_PER_MIB,
             deflate_on_oom: state.deflate_on_oom,
             stats_polling_interval_s: state.stats_polling_interval_s,
+            free_page_hinting: free_page.free_page_hinting,
+            free_page_reporting: free_page.free_page_reporting,
         })?;
         dev.set_acked_features(state.acked_features);
         dev.num_pages = state.num_pages;
         dev.actual_pages = state.actual_pages;
         dev.stats_desc_index = state.stats_desc_index;
         dev.latest_stats = state.latest_stats;
+        dev.hinting = free_page.hinting;
+        dev.end_hinting_on_activate = true;
         Ok(dev)
     }
 }
@@ -71,6 +111,7 @@ mod tests {
             amount_mib: 3,
             deflate_on_oom: true,
             stats_polling_interval_s: 5,
+            ..Default::default()
         })
         .unwrap();
         dev.set_acked_features(u64::MAX);
@@ -78,9 +119,13 @@ mod tests {
         dev.stats_desc_index = Some(9);
         dev.latest_stats.update(4, 1234);
         let state = dev.save().unwrap();
-        assert_eq!(state.acked_features, dev.avail_features());
-        assert_eq!(state.num_pages, 3 * 256);
-        assert_eq!(state.actual_pages, 700);
+        assert_eq!(state.base.acked_features, dev.avail_features());
+        assert_eq!(state.base.num_pages, 3 * 256);
+        assert_eq!(state.base.actual_pages, 700);
+        assert_eq!(
+            state.free_page, None,
+            "no hinting or reporting: nothing new"
+        );
         let restored = Balloon::restore((), &state).unwrap();
         assert_eq!(restored.save().unwrap(), state);
         assert_eq!(restored.queue_max_sizes().len(), 3);
@@ -88,8 +133,64 @@ mod tests {
         // The encoded form decodes back to the same state.
         let bytes = serde_json::to_vec(&state).unwrap();
         assert_eq!(
-            serde_json::from_slice::<BalloonState>(&bytes).unwrap(),
+            serde_json::from_slice::<BalloonFullState>(&bytes).unwrap(),
             state
         );
+    }
+
+    #[test]
+    fn persist_round_trip_with_hinting_and_reporting() {
+        let mut dev = Balloon::new(BalloonConfig {
+            amount_mib: 1,
+            free_page_hinting: true,
+            free_page_reporting: true,
+            ..Default::default()
+        })
+        .unwrap();
+        dev.set_acked_features(u64::MAX);
+        dev.hinting = HintingState {
+            host_cmd: 7,
+            last_cmd_id: 7,
+            guest_cmd: Some(0),
+            acknowledge_on_stop: true,
+        };
+        let state = dev.save().unwrap();
+        assert_eq!(
+            state.free_page,
+            Some(FreePageState {
+                free_page_hinting: true,
+                free_page_reporting: true,
+                hinting: dev.hinting,
+            })
+        );
+        let restored = Balloon::restore((), &state).unwrap();
+        assert_eq!(restored.save().unwrap(), state);
+        assert_eq!(restored.queue_max_sizes().len(), 4);
+        assert_eq!(restored.config(), dev.config());
+        let bytes = postcard::to_allocvec(&state).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<BalloonFullState>(&bytes).unwrap(),
+            state
+        );
+    }
+
+    #[test]
+    fn base_state_encoding_is_unchanged() {
+        // The bytes a balloon without hinting or reporting writes inside a checkpoint (the
+        // machine state encodes `BalloonState` alone for it) are those of the layout before
+        // free page hinting and reporting: 7 fields, the last the 16 optional statistics.
+        let state = BalloonState {
+            acked_features: 1 << 32,
+            deflate_on_oom: true,
+            stats_polling_interval_s: 1,
+            num_pages: 256,
+            actual_pages: 2,
+            stats_desc_index: None,
+            latest_stats: BalloonStats::default(),
+        };
+        let bytes = postcard::to_allocvec(&state).unwrap();
+        let mut expected = vec![0x80, 0x80, 0x80, 0x80, 0x10, 1, 1, 0x80, 0x02, 2, 0];
+        expected.extend([0u8; 16]);
+        assert_eq!(bytes, expected);
     }
 }
