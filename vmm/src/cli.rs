@@ -52,8 +52,9 @@ pub struct CliArgs {
     /// Disable seccomp filtering (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Custom seccomp filters in Firecracker's (seccompiler's) JSON format, one per thread kind
-    /// (`vmm`, `api`, `vcpu`), used instead of the built-in ones.
+    /// Custom seccomp filters, one per thread kind (`vmm`, `api`, `vcpu`), used instead of the
+    /// built-in ones: Firecracker's compiled file (`seccompiler-bin` output) or the seccompiler
+    /// JSON it is compiled from.
     #[arg(long)]
     pub seccomp_filter: Option<PathBuf>,
     /// Process start time from the jailer, in microseconds (accepted for compatibility).

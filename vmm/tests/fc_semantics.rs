@@ -262,7 +262,7 @@ fn a_seccomp_filter_file_is_applied_or_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--seccomp-filter") && err.contains("not a seccompiler JSON"),
+        err.contains("--seccomp-filter") && err.contains("nor seccompiler JSON"),
         "{err}"
     );
     let out = vmm()
@@ -288,18 +288,54 @@ fn a_seccomp_filter_file_is_applied_or_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no filter for the vcpu thread"));
 
-    // cairn's own filters, given as a file, work.
-    std::fs::write(&file, filter_document(None).to_string()).unwrap();
-    let mut child = serve(&sock, &["--seccomp-filter", file_arg]);
-    assert_eq!(request(&sock, "GET", "/", None).0, 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    // cairn's own filters, given as a file in either of Firecracker's formats, work; without
+    // accept4 on the API thread, the first connection kills the process: the file's filter is
+    // the one in force.
+    for compiled in [false, true] {
+        std::fs::write(&file, filter_file(None, compiled)).unwrap();
+        let _ = std::fs::remove_file(&sock);
+        let mut child = serve(&sock, &["--seccomp-filter", file_arg]);
+        assert_eq!(request(&sock, "GET", "/", None).0, 200);
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::write(&file, filter_file(Some("accept4"), compiled)).unwrap();
+        // The killed VMM before left its socket file: wait for this one's, not that.
+        let _ = std::fs::remove_file(&sock);
+        assert_killed_on_connect(&sock, &file);
+    }
+}
 
-    // Without accept4 on the API thread, the first connection kills the process: the file's
-    // filter is the one in force.
-    std::fs::write(&file, filter_document(Some("accept4")).to_string()).unwrap();
-    // The killed VMM before left its socket file: wait for this one's, not that.
-    let _ = std::fs::remove_file(&sock);
+/// The filter document as a file: JSON, or compiled as Firecracker's `seccompiler-bin` writes it
+/// (bitcode of thread kind to instructions, each a `struct sock_filter` as a `u64`).
+fn filter_file(drop: Option<&str>, compiled: bool) -> Vec<u8> {
+    let doc = filter_document(drop).to_string();
+    if !compiled {
+        return doc.into_bytes();
+    }
+    let arch = seccompiler::TargetArch::try_from(std::env::consts::ARCH).unwrap();
+    let map: std::collections::HashMap<String, Vec<u64>> =
+        seccompiler::compile_from_json(doc.as_bytes(), arch)
+            .unwrap()
+            .into_iter()
+            .map(|(kind, insns)| {
+                let words = insns.iter().map(|i| {
+                    let mut b = [0u8; 8];
+                    b[..2].copy_from_slice(&i.code.to_ne_bytes());
+                    b[2] = i.jt;
+                    b[3] = i.jf;
+                    b[4..].copy_from_slice(&i.k.to_ne_bytes());
+                    u64::from_ne_bytes(b)
+                });
+                (kind, words.collect())
+            })
+            .collect();
+    bitcode::serialize(&map).unwrap()
+}
+
+/// Starts `cairn-vmm --seccomp-filter file`, connects, and asserts SIGSYS ended it.
+fn assert_killed_on_connect(sock: &std::path::Path, file: &std::path::Path) {
+    use std::os::unix::process::ExitStatusExt;
+    let (sock_arg, file_arg) = (sock.to_str().unwrap(), file.to_str().unwrap());
     let mut child = vmm()
         .args(["--api-sock", sock_arg, "--seccomp-filter", file_arg])
         .stdin(Stdio::null())
