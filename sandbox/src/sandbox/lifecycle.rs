@@ -187,7 +187,7 @@ pub(crate) fn start_locked_as(
     crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
     // Its standby (if any) is spared here: the wake may take it over below.
-    end_vmms(&paths, r, standby::pid(&paths));
+    end_vmms(&paths, r, true);
     let synced = crate::reconcile::follow_store(reg, r, &paths)?;
     times.mark("prepare");
     let Some(head) = ckpt.or(synced.as_deref()).or(r.head_checkpoint.as_deref()) else {
@@ -315,11 +315,15 @@ fn take_standby(paths: &Paths, args: &[std::ffi::OsString]) -> Option<u32> {
 
 /// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one
 /// left by a CLI that crashed before recording it): two VMMs must never share a disk. The
-/// standby VMM `spare` is left (a start may take it over); any other standby is ended.
-fn end_vmms(paths: &Paths, r: &Record, spare: Option<u32>) {
-    if spare.is_none() {
+/// standby VMM is ended too, unless `keep_standby` (a start may take it over: its record is
+/// left for [`standby::take`] to judge).
+fn end_vmms(paths: &Paths, r: &Record, keep_standby: bool) {
+    let spare = if keep_standby {
+        standby::pid(paths)
+    } else {
         standby::discard(paths);
-    }
+        None
+    };
     if let Some(pid) = r.pid.filter(|&p| Some(p) != spare) {
         kill_vmm(pid);
     }
@@ -346,7 +350,7 @@ pub(crate) fn cold_start_locked(
     if !paths.config.is_file() {
         return Err(SandboxError::NoHead(r.name.clone()));
     }
-    end_vmms(&paths, r, None);
+    end_vmms(&paths, r, false);
     let start = Instant::now();
     let booted = cold_boot(
         reg,
@@ -474,7 +478,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     let _l = lock(&paths)?;
     // Every VMM working there, not just the recorded one: a wake cut short (its CLI killed
     // before it recorded the new VMM) leaves one behind.
-    end_vmms(&paths, &r, None);
+    end_vmms(&paths, &r, false);
     reg.remove(name)?;
     crate::net::remove(&paths);
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));

@@ -113,7 +113,9 @@ pub(crate) fn key(paths: &Paths, args: &[OsString]) -> Result<String, SandboxErr
     }
     parts.push(format!("jail={spec:?}"));
     parts.push(format!("net={:?}", crate::net::load(paths)?));
-    parts.push(format!("dir={}", file_id(&paths.dir)));
+    // The directory by identity only: its mtime moves with every file made in it.
+    let dir = fs::metadata(&paths.dir).map_err(io_err(format!("stat {}", paths.dir.display())))?;
+    parts.push(format!("dir={}:{}", dir.dev(), dir.ino()));
     Ok(parts.join(";"))
 }
 
@@ -373,6 +375,9 @@ mod tests {
             // No cairn-vmm binary found on this machine: nothing to compare.
             return;
         };
+        assert_eq!(key(&paths, &args).unwrap(), k);
+        // Files made in the directory (the record itself, sockets, logs) do not change it.
+        fs::write(paths.dir.join(FILE), "{}").unwrap();
         assert_eq!(key(&paths, &args).unwrap(), k);
         let mut lazy = args.clone();
         lazy.push("--page-server".into());
