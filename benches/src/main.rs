@@ -41,8 +41,8 @@ mod network;
 mod paired;
 mod ports;
 mod sandbox;
-mod standby;
 mod snapshot;
+mod standby;
 mod store;
 mod util;
 

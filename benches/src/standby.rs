@@ -22,6 +22,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// How long after a stop the wake comes.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// One figure of a wake.
+type Measure = dyn Fn(&Wake) -> f64;
+
 /// One wake: first byte (ms), and the start's phases (name, ms) from its `CAIRN_TIMES` line.
 struct Wake {
     first_byte: f64,
@@ -94,6 +97,9 @@ fn wake(h: &CairnHome) -> Result<Wake, String> {
         return Err(format!("wake exec: {status}: {}", err.trim()));
     }
     let phases = phases(&err).ok_or_else(|| format!("no phase times in: {err}"))?;
+    if let Some(line) = err.lines().find(|l| l.contains(": start from ")) {
+        eprintln!("{line}");
+    }
     Ok(Wake {
         first_byte: first,
         phases,
@@ -208,10 +214,13 @@ pub fn standby(opts: &Options) -> Outcome {
     if with.is_empty() {
         return out;
     }
-    let ratio = |f: &dyn Fn(&Wake) -> f64| -> Vec<f64> {
-        with.iter().zip(&without).map(|(a, b)| f(a) / f(b)).collect()
+    let ratio = |f: &Measure| -> Vec<f64> {
+        with.iter()
+            .zip(&without)
+            .map(|(a, b)| f(a) / f(b))
+            .collect()
     };
-    let series: [(&str, &dyn Fn(&Wake) -> f64); 3] = [
+    let series: [(&str, &Measure); 3] = [
         (
             "wake, `cairn exec b -- echo x` -> first byte",
             &|w: &Wake| w.first_byte,
