@@ -35,6 +35,16 @@ fn standby_of(h: &CairnHome, name: &str) -> u64 {
     let pid = row["standby_pid"]
         .as_u64()
         .unwrap_or_else(|| panic!("no standby after the stop: {row}"));
+    // Jailed like every VMM of a sandbox made by root: its own uid, not root.
+    if row["jailed"] == true {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        assert!(uid >= 900_000, "standby {pid} runs as uid {uid}");
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("cairn-vmm"),
