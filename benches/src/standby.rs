@@ -6,7 +6,7 @@
 //! output byte. The start's own phase times (stderr) give the restore part alone: from the
 //! decision to start (after the lease and store checks) to `PUT /checkpoints/restore` returning
 //! (standby check, spawn, API socket, restore), and the restore request alone. Also the
-//! standby's RSS.
+//! stop's time (it starts the standby) and the standby's RSS.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -27,6 +27,8 @@ type Measure = dyn Fn(&Wake) -> f64;
 
 /// One wake: first byte (ms), and the start's phases (name, ms) from its `CAIRN_TIMES` line.
 struct Wake {
+    /// The `cairn stop` before it (checkpoint, end the VMM, start the standby if any), ms.
+    stop: f64,
     first_byte: f64,
     phases: Vec<(String, f64)>,
 }
@@ -101,6 +103,7 @@ fn wake(h: &CairnHome) -> Result<Wake, String> {
         eprintln!("{line}");
     }
     Ok(Wake {
+        stop: 0.0,
         first_byte: first,
         phases,
     })
@@ -133,7 +136,9 @@ fn rss_kib(pid: u64) -> Option<f64> {
 fn one(h: &CairnHome, standby: bool, rss: &mut Vec<f64>) -> Result<Wake, String> {
     let mut last = String::new();
     for _ in 0..3 {
+        let t = Instant::now();
         stop(h, standby)?;
+        let stopped = ms(t.elapsed());
         let row = h.row("b");
         let pid = row["standby_pid"].as_u64();
         if standby != pid.is_some() {
@@ -144,7 +149,7 @@ fn one(h: &CairnHome, standby: bool, rss: &mut Vec<f64>) -> Result<Wake, String>
         }
         std::thread::sleep(SETTLE);
         match wake(h) {
-            Ok(w) => return Ok(w),
+            Ok(w) => return Ok(Wake { stop: stopped, ..w }),
             Err(e) => {
                 eprintln!("retrying after: {e}");
                 last = e;
@@ -220,7 +225,11 @@ pub fn standby(opts: &Options) -> Outcome {
             .map(|(a, b)| f(a) / f(b))
             .collect()
     };
-    let series: [(&str, &Measure); 3] = [
+    let series: [(&str, &Measure); 4] = [
+        (
+            "`cairn stop b` (checkpoint, end the VMM, start the standby)",
+            &|w: &Wake| w.stop,
+        ),
         (
             "wake, `cairn exec b -- echo x` -> first byte",
             &|w: &Wake| w.first_byte,
