@@ -10,9 +10,12 @@
 //!   sandbox (bytes fetched against the checkpoint's size) and runs its first exec (the wake);
 //!   time from the pull's start to that exec's output, `--runs` times;
 //! - push (upload) and pull (download) throughput of the first push and of the pulls;
-//! - the same second-host restore pulled lazily (`pull --lazy`): memory fetched on first touch,
-//!   disk blocks on first read; bytes fetched (pull + faults + disk reads, the background fetch
-//!   off) by the first exec.
+//! - the second-host restore pulled eagerly (`pull --eager`) and, as `cairn pull` does by
+//!   default, lazily: memory fetched on first touch, disk blocks on first read; bytes fetched
+//!   (pull + faults + disk reads, the background fetch off) by the first exec.
+//!
+//! `CAIRN_BENCH_STORE_COUNT=N` makes N forks and N checkpoints instead of 10 (a busy host; the
+//! figures' names say how many).
 
 use std::time::Instant;
 
@@ -21,8 +24,15 @@ use cairn_tests::sandbox::CairnHome;
 
 use crate::util::{figure, Figure, Options, Outcome};
 
-const FORKS: usize = 10;
-const CHECKPOINTS: usize = 10;
+/// Forks of one image and successive checkpoints of one sandbox: 10, or
+/// `CAIRN_BENCH_STORE_COUNT` (fewer, for a busy host; the figures' names say how many).
+fn count() -> usize {
+    std::env::var("CAIRN_BENCH_STORE_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(10)
+}
 const MIB: f64 = 1048576.0;
 
 fn json(h: &CairnHome, args: &[&str]) -> serde_json::Value {
@@ -53,13 +63,14 @@ pub fn store(opts: &Options) -> Outcome {
 }
 
 fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, String> {
+    let (forks, checkpoints) = (count(), count());
     let mut figs = Vec::new();
     a.create("img", SMALL_COLD_SANDBOX);
     let stop = a.ok(&["stop", "img"]);
     let ckpt = stop.trim().rsplit(' ').next().unwrap().to_string();
 
     // 10 forks of one image, each run and stopped.
-    for i in 0..FORKS {
+    for i in 0..forks {
         let f = format!("f{i}");
         a.ok(&["fork", "img", &ckpt, &f, "--no-start"]);
         a.sh(&f, &format!("echo fork {i} > /root/id; sync"));
@@ -71,16 +82,20 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
         u(&df["total"], "stored_bytes"),
     );
     figs.push(one(
-        "dedup: image + 10 forks (df logical/stored)",
+        &format!("dedup: image + {forks} forks (df logical/stored)"),
         logical / stored,
         "x",
     ));
     figs.push(one(
-        "dedup: image + 10 forks, logical",
+        &format!("dedup: image + {forks} forks, logical"),
         logical / MIB,
         "MiB",
     ));
-    figs.push(one("dedup: image + 10 forks, stored", stored / MIB, "MiB"));
+    figs.push(one(
+        &format!("dedup: image + {forks} forks, stored"),
+        stored / MIB,
+        "MiB",
+    ));
     let first = json(a, &["push", "img", "--json"]);
     let (mut up_logical, mut up_bytes) = (u(&first, "logical_bytes"), u(&first, "bytes_uploaded"));
     figs.push(one(
@@ -88,20 +103,20 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
         u(&first, "bytes_uploaded") / MIB / first["seconds"].as_f64().unwrap(),
         "MiB/s",
     ));
-    for i in 0..FORKS {
+    for i in 0..forks {
         let p = json(a, &["push", &format!("f{i}"), "--json"]);
         up_logical += u(&p, "logical_bytes");
         up_bytes += u(&p, "bytes_uploaded");
     }
     figs.push(one(
-        "dedup: image + 10 forks pushed (logical/uploaded)",
+        &format!("dedup: image + {forks} forks pushed (logical/uploaded)"),
         up_logical / up_bytes,
         "x",
     ));
 
     // 10 successive checkpoints of one sandbox, a little work between them.
     a.ok(&["fork", "img", &ckpt, "seq", "--no-start"]);
-    for i in 0..CHECKPOINTS {
+    for i in 0..checkpoints {
         a.sh(
             "seq",
             &format!(
@@ -121,17 +136,17 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
         .unwrap()
         .clone();
     figs.push(one(
-        "dedup: 10 successive checkpoints (df logical/stored)",
+        &format!("dedup: {checkpoints} successive checkpoints (df logical/stored)"),
         u(&seq, "logical_bytes") / u(&seq, "stored_bytes"),
         "x",
     ));
     figs.push(one(
-        "dedup: 10 successive checkpoints, logical",
+        &format!("dedup: {checkpoints} successive checkpoints, logical"),
         u(&seq, "logical_bytes") / MIB,
         "MiB",
     ));
     figs.push(one(
-        "dedup: 10 successive checkpoints, stored",
+        &format!("dedup: {checkpoints} successive checkpoints, stored"),
         u(&seq, "stored_bytes") / MIB,
         "MiB",
     ));
@@ -144,12 +159,12 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
     for _ in 0..opts.runs {
         let b = home(s3);
         let t0 = Instant::now();
-        let p = json(&b, &["pull", "seq", "--json"]);
+        let p = json(&b, &["pull", "seq", "--eager", "--json"]);
         let pulled = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let said = b.sh("seq", "tail -n 1 /root/log");
         let woke = t1.elapsed().as_secs_f64();
-        if said.trim() != format!("step {}", CHECKPOINTS - 1) {
+        if said.trim() != format!("step {}", checkpoints - 1) {
             return Err(format!("the pulled sandbox said {said:?}"));
         }
         first_exec.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -173,14 +188,18 @@ fn measure(opts: &Options, s3: &S3Server, a: &CairnHome) -> Result<Vec<Figure>, 
         "MiB",
     ));
     figs.push(figure("pull: download throughput".into(), down, "MiB/s"));
-    figs.extend(lazy_second_host(opts, s3)?);
+    figs.extend(lazy_second_host(opts, s3, checkpoints)?);
     Ok(figs)
 }
 
 /// Restore on a second host with an empty cache, pulled lazily: memory fetched on first touch,
 /// disk blocks on first read (the background fetch off, so the bytes are what the start and the
 /// first exec needed).
-fn lazy_second_host(opts: &Options, s3: &S3Server) -> Result<Vec<Figure>, String> {
+fn lazy_second_host(
+    opts: &Options,
+    s3: &S3Server,
+    checkpoints: usize,
+) -> Result<Vec<Figure>, String> {
     let (mut first_exec, mut pull_s, mut wake, mut fetched, mut faults) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut disk_fetched = vec![];
@@ -189,12 +208,12 @@ fn lazy_second_host(opts: &Options, s3: &S3Server) -> Result<Vec<Figure>, String
         b.env
             .push(("CAIRN_STORE_LAZY_BACKGROUND".into(), "0".into()));
         let t0 = Instant::now();
-        let p = json(&b, &["pull", "seq", "--lazy", "--json"]);
+        let p = json(&b, &["pull", "seq", "--json"]);
         let pulled = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let said = b.sh("seq", "tail -n 1 /root/log");
         let woke = t1.elapsed().as_secs_f64();
-        if said.trim() != format!("step {}", CHECKPOINTS - 1) {
+        if said.trim() != format!("step {}", checkpoints - 1) {
             return Err(format!("the lazily pulled sandbox said {said:?}"));
         }
         let stats_path = b.home.path().join("sandboxes/seq/page-server.json");

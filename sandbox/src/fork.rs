@@ -63,9 +63,10 @@ pub fn fork(
         return Err(RegistryError::NameTaken(new.to_string()).into());
     }
     let src_paths = home.paths(&from.name);
-    crate::store_lazy::refuse_while_lazy(&src_paths, "forked")?;
     // The source's lock keeps its checkpoints where they are (no rm, no restore) meanwhile.
     let src_lock = sandbox::lock(&src_paths)?;
+    // A lazily pulled source: its files are made whole first (the fork links them).
+    crate::store_lazy::fetch_rest(home, &src_paths, "forked")?;
     let src_store = CheckpointStore::open(&src_paths.checkpoints).map_err(snap_err(format!(
         "open {}",
         src_paths.checkpoints.display()
@@ -180,6 +181,11 @@ pub(crate) fn make_files(
     let mut report = src_store
         .fork_chain(ckpt, &store)
         .map_err(snap_err(format!("fork checkpoint {ckpt:?}")))?;
+    // Where its disk stands until it first runs: a cold boot before any start (a fork made
+    // with --no-start, a pulled sandbox) boots CKPT's disk, not the bare base image.
+    store
+        .set_head(Some(ckpt))
+        .map_err(snap_err(format!("record the head {ckpt:?}")))?;
     // Each drive image inside the original's directory: the fork's own link to the same base.
     for d in &config.drives {
         let (id, path) = (&d.drive_id, &d.path_on_host);
@@ -390,6 +396,11 @@ mod tests {
         assert_eq!(ino(&paths.disk), ino(&src.disk), "the disk base is shared");
         let store = CheckpointStore::open(&paths.checkpoints).unwrap();
         assert_eq!(store.drive_base("disk").unwrap(), Some(paths.disk.clone()));
+        assert_eq!(
+            store.head().as_deref(),
+            Some("c1"),
+            "a cold boot boots c1's disk"
+        );
         // The original goes; the fork's chain and disk still read back whole.
         crate::sandbox::remove(&home, "src").unwrap();
         assert!(!src.dir.exists());

@@ -28,8 +28,12 @@ pub enum StoreCmd {
     Pull {
         /// Sandbox name.
         name: String,
-        /// Fetch memory on first touch and disk blocks on first read at `cairn start` instead
-        /// of now (docs/storage.md).
+        /// Fetch everything now, instead of memory on first touch and disk blocks on first
+        /// read at `cairn start` (the default; docs/storage.md).
+        #[arg(long, conflicts_with = "lazy")]
+        eager: bool,
+        /// The default (accepted for compatibility): fetch memory and disk blocks as the
+        /// restored guest needs them.
         #[arg(long)]
         lazy: bool,
         /// Print the report as JSON.
@@ -118,14 +122,21 @@ pub fn run(home: &Home, cmd: StoreCmd) -> Result<u8, CliError> {
         StoreCmd::PageServer { name } => {
             cairn_sandbox::store_lazy::run(home, &name)?;
         }
-        StoreCmd::Pull { name, lazy, json } => {
-            let r = store_sync::pull_as(home, &name, lazy)?;
+        StoreCmd::Pull {
+            name, eager, json, ..
+        } => {
+            let r = store_sync::pull_as(home, &name, !eager)?;
             if json {
                 print_json(&r)?;
                 return Ok(0);
             }
+            let served = if eager {
+                ""
+            } else {
+                ", its memory and disk fetched as the guest needs them"
+            };
             println!(
-                "{name}: pulled {} files, {:.1} MiB fetched ({} chunks, {} from the cache) in {:.2} s; stopped (`cairn start {name}` restores it)",
+                "{name}: pulled {} files, {:.1} MiB fetched ({} chunks, {} from the cache) in {:.2} s; stopped (`cairn start {name}` restores it{served})",
                 r.files,
                 mib(r.bytes_fetched),
                 r.chunks_fetched,

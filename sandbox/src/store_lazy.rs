@@ -55,17 +55,31 @@ pub fn is_lazy(paths: &Paths) -> bool {
     paths.dir.join(LAZY_FILE).exists()
 }
 
-/// Refuse to copy the files of a sandbox whose memory is not all here (a push, a fork): they
-/// would carry zeros where chunks are still in the bucket.
-pub fn refuse_while_lazy(paths: &Paths, what: &str) -> Result<(), SandboxError> {
-    if !is_lazy(paths) {
-        return Ok(());
-    }
-    Err(io_err(format!(
-        "{} was pulled lazily and part of its memory and disk is not here yet, so it cannot be {what} (hint: `cairn start` it and let its page server finish, see {}; or `cairn pull` it without --lazy)",
-        paths.dir.display(),
-        paths.dir.join(LOG).display()
-    ))(std::io::Error::other("lazy")))
+/// Make every lazy file of the sandbox in `paths` whole now and end its lazy state, before an
+/// operation that reads the files directly or changes them: a fork (it links them), a cold boot
+/// (it reads the disk files), a checkpoint delete (it merges layers in place) or a restore of
+/// the running sandbox (it maps them). Each missing chunk comes from the chunk cache or the
+/// bucket and is checked against its name; chunks an earlier run recorded as here are not
+/// fetched again. A page server serving the sandbox meanwhile is not disturbed: it writes the
+/// same bytes, and nothing once the state has ended. Returns the bytes fetched from the bucket
+/// (none for a sandbox that is not lazy).
+pub fn fetch_rest(home: &Home, paths: &Paths, what: &str) -> Result<u64, SandboxError> {
+    let Some(lazy) = LazyFiles::load(&paths.dir)? else {
+        return Ok(0);
+    };
+    let context = |e: &dyn std::fmt::Display| {
+        io_err(format!(
+            "{} was pulled lazily; fetch the rest of its memory and disk before it is {what}",
+            paths.dir.display()
+        ))(std::io::Error::other(e.to_string()))
+    };
+    let remote = crate::store_sync::remote().map_err(|e| context(&e))?;
+    let local = LocalStore::in_home(home.root());
+    let set = LazySet::open(&paths.dir, &lazy, &remote, &local)?;
+    set.complete().map_err(|e| context(&e))?;
+    set.finish()?;
+    local.trim_cache(cairn_store::local::cache_limit_from_env());
+    Ok(set.stats.background_bytes_fetched.load(Ordering::Relaxed))
 }
 
 /// What of a lazy sandbox is lazy: (memory, disk).
@@ -193,6 +207,14 @@ pub fn record(
         f.path = rel.to_string_lossy().into_owned();
         out.push(f);
     }
+    // A record of what is present belongs to the files it was written for, never to these.
+    let stale = paths.dir.join(cairn_store::presence::PRESENT_FILE);
+    match fs::remove_file(&stale) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err(format!("remove {}", stale.display()))(e))
+        }
+        _ => {}
+    }
     LazyFiles {
         sandbox: sandbox.to_string(),
         files: out,
@@ -310,6 +332,12 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
             while !done.load(Ordering::Relaxed) {
                 write_stats(&paths, &lazy, &faults, &set, false);
                 ticks += 1;
+                // What is here is remembered for the next start (files synced first).
+                if ticks % 4 == 0 {
+                    if let Err(e) = set.flush_presence() {
+                        eprintln!("page server: record what is here: {e}");
+                    }
+                }
                 // The chunk cache keeps its limit while a large disk streams in.
                 if ticks % 20 == 0 {
                     local.trim_cache(cache_limit);
@@ -337,6 +365,9 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
         (r, completed)
     });
     let complete = matches!(completed, Some(Ok(()))) && served_result.is_ok();
+    if let Err(e) = set.flush_presence() {
+        eprintln!("page server: record what is here: {e}");
+    }
     write_stats(&paths, &lazy, &faults, &set, complete);
     local.trim_cache(cache_limit);
     if let Err(e) = &served_result {
@@ -344,8 +375,7 @@ pub fn run(home: &Home, name: &str) -> Result<(), SandboxError> {
     }
     match completed {
         Some(Ok(())) if served_result.is_ok() => {
-            fs::remove_file(paths.dir.join(LAZY_FILE))
-                .map_err(io_err(format!("remove {LAZY_FILE} of {name}")))?;
+            set.finish()?;
             eprintln!("page server: {name}'s memory and disk are all here");
         }
         Some(Err(e)) => eprintln!("page server: fetching the rest of {name}'s files: {e}"),

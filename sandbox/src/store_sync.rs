@@ -8,6 +8,7 @@
 //! base recorded, a network of its own when it had one), so a pulled sandbox restores exactly
 //! as a fork does.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use cairn_snapshot::checkpoint::{CheckpointStore, META_FILE, STATE_FILE};
 use cairn_store::gc::GcReport;
+use cairn_store::lazy::LazyFiles;
+use cairn_store::manifest::FileEntry;
 use cairn_store::{
     DfReport, LocalFile, LocalStore, Manifest, PullReport, PushReport, Remote, SandboxFiles,
     SandboxSpec, StoreError, StoreUrl,
@@ -67,7 +70,6 @@ fn chain_files(store: &CheckpointStore, head: &str) -> Result<Vec<LocalFile>, Sa
 
 /// The sandbox's files as pushed: config files, base disk image, the head's chain.
 fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError> {
-    crate::store_lazy::refuse_while_lazy(paths, "pushed")?;
     let mut out: Vec<LocalFile> = CONFIG_FILES
         .iter()
         .map(|n| (paths.dir.join(n), n))
@@ -83,6 +85,19 @@ fn push_files(paths: &Paths, head: &str) -> Result<Vec<LocalFile>, SandboxError>
         .map_err(snap_err(format!("open {}", paths.checkpoints.display())))?;
     out.extend(chain_files(&store, head)?);
     Ok(out)
+}
+
+/// A lazily pulled sandbox's files that are not all here, by path, with the chunks its pull
+/// recorded (`lazy.json`); none for any other sandbox.
+fn lazy_chunks(paths: &Paths) -> Result<HashMap<PathBuf, FileEntry>, SandboxError> {
+    let Some(lazy) = LazyFiles::load(&paths.dir)? else {
+        return Ok(HashMap::new());
+    };
+    Ok(lazy
+        .files
+        .into_iter()
+        .map(|f| Ok((f.path_under(&paths.dir)?, f)))
+        .collect::<Result<_, StoreError>>()?)
 }
 
 /// `cairn df`: every sandbox's checkpoints (all of them) and base disk image, as chunks.
@@ -107,6 +122,10 @@ pub fn df(home: &Home) -> Result<DfReport, SandboxError> {
         sandboxes.push(SandboxFiles {
             name: r.name,
             files,
+            known: lazy_chunks(&paths)?
+                .into_iter()
+                .map(|(p, e)| (p, e.content))
+                .collect(),
         });
     }
     Ok(cairn_store::df(
@@ -164,19 +183,24 @@ pub fn push(home: &Home, name: &str) -> Result<PushReport, SandboxError> {
         },
         files: Vec::new(),
     };
-    let report = remote.push(&local, manifest, &push_files(&paths, &head)?)?;
+    // A lazily pulled sandbox's files that are not all here are named by the chunks its pull
+    // recorded (they are in the bucket already), not read: nothing is downloaded to push it.
+    let lazy = lazy_chunks(&paths)?;
+    let report = remote.push_with(&local, manifest, &push_files(&paths, &head)?, &lazy)?;
     remote.release_lease(name, &host)?;
     Ok(report)
 }
 
 /// `cairn pull NAME`: the bucket's sandbox NAME made here, stopped at its pushed head; `cairn
-/// start` (or its first exec) restores it.
+/// start` (or its first exec) restores it, fetching its memory on first touch and its disk
+/// blocks on first read ([`crate::store_lazy`]).
 pub fn pull(home: &Home, name: &str) -> Result<PullReport, SandboxError> {
-    pull_as(home, name, false)
+    pull_as(home, name, true)
 }
 
-/// [`pull`]; `lazy`: leave the memory layers for `cairn start` to fetch on first touch
-/// ([`crate::store_lazy`]).
+/// [`pull`]; `lazy`: leave the memory layers, disk layers and base disk image for `cairn
+/// start` to fetch on first touch and first read ([`crate::store_lazy`]); otherwise fetch
+/// everything now (`cairn pull --eager`).
 pub fn pull_as(home: &Home, name: &str, lazy: bool) -> Result<PullReport, SandboxError> {
     sandbox::validate_name(name)?;
     let remote = remote()?;

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use crate::error::{Result, StoreError};
 use crate::local::LocalStore;
 use crate::manifest::FileEntry;
 use crate::page_server::PageSource;
+use crate::presence::{self, LazyLock, Present};
 use crate::remote::Remote;
 
 /// The file in a sandbox's directory that lists its files not fetched yet.
@@ -80,6 +81,9 @@ pub struct FetchStats {
     pub background_bytes_fetched: AtomicU64,
     /// Chunks taken from the local chunk cache.
     pub chunks_from_cache: AtomicU64,
+    /// Chunks found in the files at the start, as an earlier run recorded them
+    /// ([`crate::presence`]): neither fetched nor read from the cache again.
+    pub chunks_recorded_present: AtomicU64,
 }
 
 /// Why a chunk is wanted (which counter it goes to).
@@ -106,11 +110,22 @@ struct LazyFile {
 }
 
 /// Every lazy file of a sandbox, filled on demand from the chunk cache or the bucket.
+///
+/// What is present is remembered across starts in `lazy.present` ([`crate::presence`]):
+/// chunks written are recorded by [`LazySet::flush_presence`] once their files are synced.
+/// Several sets over one directory (the page server, a `cairn fork` filling the files) may
+/// fill it at once: they write the same bytes. Once one of them ends the lazy state
+/// ([`LazySet::finish`]), the others write nothing more.
 pub struct LazySet<'a> {
     sandbox: String,
+    dir: PathBuf,
     remote: &'a Remote,
     local: &'a LocalStore,
     files: Vec<LazyFile>,
+    /// Set once `lazy.json` is gone: every chunk is in, and the files are no longer ours.
+    finished: AtomicBool,
+    /// Chunks written but not yet recorded: (file, offset).
+    unrecorded: Mutex<Vec<(usize, u64)>>,
     /// What was fetched.
     pub stats: FetchStats,
 }
@@ -147,13 +162,103 @@ impl<'a> LazySet<'a> {
                 present: Mutex::new(HashSet::new()),
             });
         }
+        // What earlier runs recorded, where it still holds: the same file (device and inode),
+        // the chunk the list has at that offset.
+        for p in presence::load(dir)? {
+            let Some(f) = files
+                .iter_mut()
+                .find(|f| f.entry.path == p.rel && f.id == p.file_id)
+            else {
+                continue;
+            };
+            if f.chunks.get(&p.offset).is_some_and(|c| c.id == p.id) {
+                f.present
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p.offset);
+            }
+        }
+        let recorded: usize = files
+            .iter_mut()
+            .map(|f| f.present.get_mut().unwrap_or_else(|e| e.into_inner()).len())
+            .sum();
+        let stats = FetchStats::default();
+        stats
+            .chunks_recorded_present
+            .store(recorded as u64, Ordering::Relaxed);
         Ok(LazySet {
             sandbox: lazy.sandbox.clone(),
+            dir: dir.to_path_buf(),
             remote,
             local,
             files,
-            stats: FetchStats::default(),
+            finished: AtomicBool::new(false),
+            unrecorded: Mutex::new(Vec::new()),
+            stats,
         })
+    }
+
+    /// Chunks already in the lazy files (recorded by earlier runs, or written by this one).
+    pub fn chunks_present(&self) -> usize {
+        self.files
+            .iter()
+            .map(|f| f.present.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Chunks of the lazy files not in them yet (as far as this set knows).
+    pub fn chunks_missing(&self) -> usize {
+        self.files.iter().map(|f| f.chunks.len()).sum::<usize>() - self.chunks_present()
+    }
+
+    /// Whether the lazy state has ended (here or in another process).
+    fn still_lazy(&self) -> bool {
+        if self.finished.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.dir.join(LAZY_FILE).exists() {
+            return true;
+        }
+        self.finished.store(true, Ordering::Relaxed);
+        false
+    }
+
+    /// Record the chunks written since the last call as present (`lazy.present`), after
+    /// syncing their files: a crash never leaves a chunk recorded that is not on disk.
+    pub fn flush_presence(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() || !self.still_lazy() {
+            return Ok(());
+        }
+        let mut synced = HashSet::new();
+        let mut records = Vec::with_capacity(batch.len());
+        for (i, offset) in batch {
+            let f = &self.files[i];
+            if synced.insert(i) {
+                f.file
+                    .sync_data()
+                    .map_err(StoreError::io("fsync", &f.path))?;
+            }
+            let Some(c) = f.chunks.get(&offset) else {
+                continue;
+            };
+            records.push(Present {
+                rel: f.entry.path.clone(),
+                offset,
+                id: c.id.clone(),
+                file_id: f.id,
+            });
+        }
+        presence::append(&self.dir, &records)
+    }
+
+    /// End the lazy state: every chunk is in ([`LazySet::complete`] returned). Removes
+    /// `lazy.json` (and the record) under the exclusive lock, so no set writes into the files
+    /// after this returns.
+    pub fn finish(&self) -> Result<()> {
+        presence::finish(&self.dir)?;
+        self.finished.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The sandbox's name in the bucket.
@@ -194,7 +299,7 @@ impl<'a> LazySet<'a> {
             // Not in the manifest: zeros, which the sparse file reads as.
             return Ok(());
         };
-        if self.is_present(i, chunk_offset) {
+        if self.is_present(i, chunk_offset) || !self.still_lazy() {
             return Ok(());
         }
         let (bytes, fetched) = self
@@ -207,13 +312,25 @@ impl<'a> LazySet<'a> {
             (true, Why::Background) => &self.stats.background_bytes_fetched,
         };
         counter.fetch_add(if fetched { c.len } else { 1 }, Ordering::Relaxed);
-        f.file
-            .write_all_at(&bytes, c.offset)
-            .map_err(StoreError::io("write", &f.path))?;
+        {
+            // Written only while the files are still lazy: once another set ended that, they
+            // are whole and may be changing (a merge).
+            let _lock = LazyLock::take(&self.dir, false)?;
+            if !self.still_lazy() {
+                return Ok(());
+            }
+            f.file
+                .write_all_at(&bytes, c.offset)
+                .map_err(StoreError::io("write", &f.path))?;
+        }
         f.present
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(chunk_offset);
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((i, chunk_offset));
         Ok(())
     }
 
@@ -238,7 +355,8 @@ impl<'a> LazySet<'a> {
         Ok(())
     }
 
-    /// Fetch every chunk of every lazy file not in yet, then sync the files.
+    /// Fetch every chunk of every lazy file not in yet, then sync the files (and record them
+    /// present, file by file: a completion cut short keeps what it fetched).
     pub fn complete(&self) -> Result<()> {
         for (i, f) in self.files.iter().enumerate() {
             let mut offsets: Vec<u64> = f.chunks.keys().copied().collect();
@@ -249,6 +367,7 @@ impl<'a> LazySet<'a> {
             f.file
                 .sync_all()
                 .map_err(StoreError::io("fsync", &f.path))?;
+            self.flush_presence()?;
         }
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! - [`gc`], [`lease`]: deleting unreferenced chunks; one host at a time per sandbox.
 //! - [`lazy`], [`page_server`], [`disk_server`]: a lazily pulled sandbox's memory, fetched on
 //!   first touch (userfaultfd), and its disk, fetched on first read (the VMM asks a block
-//!   server); both completed in the background.
+//!   server); both completed in the background. [`presence`] remembers what is here across
+//!   starts.
 //!
 //! The checkpoint files that restore maps stay as they are (restore stays lazy and as fast):
 //! chunks are the form a sandbox takes in the bucket and in the cache, and the unit of `df`'s
@@ -27,6 +28,7 @@ pub mod lease;
 pub mod local;
 pub mod manifest;
 pub mod page_server;
+pub mod presence;
 pub mod remote;
 mod test_pause;
 pub mod usage;

@@ -122,6 +122,17 @@ pub struct PullReport {
     pub seconds: f64,
 }
 
+/// Where a chunk to push is read from.
+#[derive(Debug, Clone)]
+struct Source {
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    /// For a file pulled lazily (it may not be here): the sandbox and the file's place, for
+    /// the error when neither the file nor the cache has the chunk.
+    lazy: Option<(String, String)>,
+}
+
 /// An open bucket.
 #[derive(Debug)]
 pub struct Remote {
@@ -289,19 +300,40 @@ impl Remote {
     pub fn push(
         &self,
         local: &LocalStore,
-        mut manifest: Manifest,
+        manifest: Manifest,
         files: &[LocalFile],
     ) -> Result<PushReport> {
+        self.push_with(local, manifest, files, &HashMap::new())
+    }
+
+    /// [`Remote::push`], with the chunks of some files already known (`known`, by path): the
+    /// files of a lazily pulled sandbox that are not all here. They are named as `known` says,
+    /// not read; a chunk of theirs the bucket lacks is uploaded from the chunk cache or from
+    /// the file where it is there (checked against its name), and is an error otherwise.
+    pub fn push_with(
+        &self,
+        local: &LocalStore,
+        mut manifest: Manifest,
+        files: &[LocalFile],
+        known: &HashMap<PathBuf, FileEntry>,
+    ) -> Result<PushReport> {
         let t0 = Instant::now();
-        let mut sources: HashMap<ChunkId, (PathBuf, u64, u64)> = HashMap::new();
+        let mut sources: HashMap<ChunkId, Source> = HashMap::new();
         manifest.files.clear();
         for f in files {
-            let content = local.chunks_of(&f.path)?;
+            let lazy = known.get(&f.path);
+            let content = match lazy {
+                Some(e) => e.content.clone(),
+                None => local.chunks_of(&f.path)?,
+            };
             let meta = std::fs::metadata(&f.path).map_err(StoreError::io("stat", &f.path))?;
             for c in &content.chunks {
-                sources
-                    .entry(c.id.clone())
-                    .or_insert_with(|| (f.path.clone(), c.offset, c.len));
+                sources.entry(c.id.clone()).or_insert_with(|| Source {
+                    path: f.path.clone(),
+                    offset: c.offset,
+                    len: c.len,
+                    lazy: lazy.map(|e| (manifest.sandbox.clone(), e.place())),
+                });
             }
             manifest.files.push(FileEntry {
                 path: f.rel.clone(),
@@ -318,7 +350,7 @@ impl Remote {
                 .iter()
                 .filter(|(id, _)| !present.contains_key(*id))
                 .collect();
-            let (uploaded, bytes) = self.upload(&missing).await?;
+            let (uploaded, bytes) = self.upload(local, &missing).await?;
             crate::test_pause::at("manifest");
             self.write_manifest(&manifest, before.map(|(_, v)| v))
                 .await?;
@@ -327,7 +359,7 @@ impl Remote {
                 .iter()
                 .filter(|(id, _)| !now.contains_key(*id))
                 .collect();
-            let (again, again_bytes) = self.upload(&lost).await?;
+            let (again, again_bytes) = self.upload(local, &lost).await?;
             Ok(PushReport {
                 files: manifest.files.len(),
                 chunks: sources.len(),
@@ -369,16 +401,40 @@ impl Remote {
         }
     }
 
-    async fn upload(&self, chunks: &[(&ChunkId, &(PathBuf, u64, u64))]) -> Result<(usize, u64)> {
+    async fn upload(
+        &self,
+        local: &LocalStore,
+        chunks: &[(&ChunkId, &Source)],
+    ) -> Result<(usize, u64)> {
         let results: Vec<u64> =
-            futures::stream::iter(chunks.iter().map(|(id, (path, off, len))| {
-                let (id, path, off, len) = ((*id).clone(), path.clone(), *off, *len);
+            futures::stream::iter(chunks.iter().map(|(id, src)| {
+                let (id, path, off, len) = ((*id).clone(), src.path.clone(), src.offset, src.len);
+                let lazy = src.lazy.clone();
                 async move {
-                    let mut buf = vec![0u8; len as usize];
-                    File::open(&path)
-                        .and_then(|f| f.read_exact_at(&mut buf, off))
-                        .map_err(StoreError::io("read", &path))?;
+                    let cached = match lazy {
+                        Some(_) => local.cached(&id),
+                        None => None,
+                    };
+                    let buf = match cached {
+                        Some(b) => b,
+                        None => {
+                            let mut buf = vec![0u8; len as usize];
+                            File::open(&path)
+                                .and_then(|f| f.read_exact_at(&mut buf, off))
+                                .map_err(StoreError::io("read", &path))?;
+                            buf
+                        }
+                    };
                     if !id.matches(&buf) {
+                        if let Some((sandbox, place)) = lazy {
+                            // Pulled lazily and never fetched here: only the bucket had it.
+                            return Err(StoreError::BadChunk {
+                                sandbox,
+                                place,
+                                chunk: id.to_string(),
+                                problem: "is missing from the store and was never fetched here (the sandbox was pulled lazily)",
+                            });
+                        }
                         return Err(StoreError::Corrupt {
                             what: path.display().to_string(),
                             detail: format!("changed while being pushed (chunk at {off})"),

@@ -78,10 +78,13 @@ fn pull_lazily(r: &Remote, local: &LocalStore, out: &Path) -> LazyFiles {
         "only the index: {report:?}"
     );
     assert_eq!(std::fs::metadata(out.join("disk.img")).unwrap().blocks(), 0);
-    LazyFiles {
+    let lazy = LazyFiles {
         sandbox: "d".into(),
         files: m.files.iter().filter(|f| is_data(f)).cloned().collect(),
-    }
+    };
+    // As a lazy pull leaves it: the set fills the files while this is there.
+    lazy.save(out).unwrap();
+    lazy
 }
 
 /// The disk at `out` read through the store's block server on a Unix socket, as the VMM reads

@@ -58,7 +58,8 @@ pub fn checkpoint_restore(home: &Home, name: &str, ckpt: &str) -> Result<(), San
     if liveness(&r) != Liveness::Running {
         return start_locked(home, &mut reg, &r, Some(ckpt)).map(drop);
     }
-    crate::store_lazy::refuse_while_lazy(&paths, "restored while it runs")?;
+    // The restore maps the layer files (only a start's first restore is served).
+    crate::store_lazy::fetch_rest(home, &paths, "restored while it runs")?;
     let start = Instant::now();
     let from = console_len(&paths);
     // The socket path as the VMM sees it (in its jail for a jailed sandbox).
@@ -89,6 +90,9 @@ pub fn checkpoint_remove(home: &Home, name: &str, ckpt: &str) -> Result<(), Sand
     let mut reg = home.registry()?;
     let paths = home.paths(&reg.get(name)?.name);
     let _l = lock(&paths)?;
+    // The delete merges layers into their children in place: a lazily pulled sandbox's files
+    // are made whole first (a layer still in the bucket would merge as zeros).
+    crate::store_lazy::fetch_rest(home, &paths, "changed by a checkpoint delete")?;
     let (r, _) = ensure_running_locked(home, &mut reg, name)?;
     vmm_api::client(&r.api_sock, Duration::from_secs(120)).delete_checkpoint(ckpt)?;
     Ok(())

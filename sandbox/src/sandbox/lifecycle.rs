@@ -344,9 +344,9 @@ pub(crate) fn cold_start_locked(
     r: &Record,
 ) -> Result<(), SandboxError> {
     let paths = home.paths(&r.name);
-    // A boot reads the disk files directly: those still in the bucket would read as zeros.
-    crate::store_lazy::refuse_while_lazy(&paths, "cold-booted")?;
     crate::store_sync::take_lease(home, &r.name)?;
+    // A boot reads the disk files directly: those still in the bucket are fetched first.
+    crate::store_lazy::fetch_rest(home, &paths, "cold-booted")?;
     if !paths.config.is_file() {
         return Err(SandboxError::NoHead(r.name.clone()));
     }
@@ -439,7 +439,11 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
     };
     let ckpt = create_checkpoint_at(&r.api_sock, None)?.name;
     reg.set_head(&r.name, Some(&ckpt))?;
-    crate::prune::prune_automatic(&r.api_sock, Some(&ckpt));
+    // Pruning merges layers in place: a lazily pulled sandbox's wait until its files are all
+    // here (its page server finishes, or a fork or `checkpoint rm` fetches them).
+    if !crate::store_lazy::is_lazy(&Paths::at(r.dir.clone())) {
+        crate::prune::prune_automatic(&r.api_sock, Some(&ckpt));
+    }
     kill_vmm(pid);
     reg.set_state(&r.name, State::Stopped, None)?;
     super::standby::start_for(&Paths::at(r.dir.clone()), &r.name);
