@@ -138,6 +138,7 @@ pub fn ls_json(r: &Record) -> serde_json::Value {
         "dir": r.dir,
         "api_sock": r.api_sock,
         "vsock_sock": r.vsock_sock,
+        "standby_pid": super::standby::pid(&Paths::new(r.dir.clone())),
         "jailed": jail::load(&Paths::new(r.dir.clone())).is_ok_and(|s| s.is_some()),
         "net": crate::net::load(&Paths::new(r.dir.clone()))
             .ok()
