@@ -322,7 +322,11 @@ impl MemoryCopy {
             while page < end {
                 let (word, bit) = ((page / 64) as usize, page % 64);
                 let n = (64 - bit).min(end - page);
-                let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+                let mask = if n == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << n) - 1) << bit
+                };
                 done[word] &= !mask;
                 page += n;
             }

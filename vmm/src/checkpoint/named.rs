@@ -310,8 +310,7 @@ impl CheckpointManager {
                     None
                 }
             },
-            (None, true) => match background::arm(machine.memory(), &paused.pages, &mut phases)
-            {
+            (None, true) => match background::arm(machine.memory(), &paused.pages, &mut phases) {
                 Ok(copy) => Some(copy),
                 Err(e) => {
                     warn_once_no_background(&e);
@@ -320,7 +319,7 @@ impl CheckpointManager {
             },
             (None, false) => None,
         };
-        let copy_started = Instant::now();
+        let mut copy_started = Instant::now();
         let copied = match tracked {
             Some(copy) => {
                 let resume_sent = Instant::now();
@@ -330,7 +329,14 @@ impl CheckpointManager {
                     // The guest-visible pause ends when the (last) vCPU thread takes the resume.
                     let end = machine.resumed_at().unwrap_or(resume_sent);
                     let pause_ms = end.saturating_duration_since(paused_at).as_secs_f64() * 1e3;
-                    tracing::debug!("checkpoint {name}: paused {pause_ms:.3} ms: {phases}");
+                    // write_ms: the copy's time with the guest running.
+                    copy_started = copy_started.max(end);
+                    tracing::debug!(
+                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms",
+                        s.bytes / PAGE_SIZE,
+                        s.early_pages,
+                        s.copy_ms
+                    );
                     (s.bytes, pause_ms)
                 })
             }
@@ -352,7 +358,10 @@ impl CheckpointManager {
                 return Err(e);
             }
         };
-        let write_ms = copy_started.elapsed().as_secs_f64() * 1e3;
+        let write_ms = Instant::now()
+            .saturating_duration_since(copy_started)
+            .as_secs_f64()
+            * 1e3;
         layer.finish(&paused.index_pages, false)?;
         if let Some(hashes) = &paused.hashes {
             let differ =
