@@ -194,6 +194,19 @@ impl Machine {
         Ok(())
     }
 
+    /// Wait up to `timeout` for every vCPU thread to take the resume just sent; when the last
+    /// one did (`None`: one has not yet, see [`Machine::resumed_at`]). Waiting (asleep) lets a
+    /// vCPU thread have this thread's CPU at once on a busy host.
+    pub fn wait_resumed(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut latest: Option<Instant> = None;
+        for vcpu in &self.vcpus {
+            let at = vcpu.wait_resumed(deadline.saturating_duration_since(Instant::now()))?;
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        latest
+    }
+
     /// When the last vCPU took the latest resume request (`None`: one has not yet).
     pub fn resumed_at(&self) -> Option<Instant> {
         let mut latest = None;

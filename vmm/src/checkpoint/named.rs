@@ -31,6 +31,9 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::vcpu::{ExitReason, ExitSignal};
 use cairn_snapshot::memory::PageIndex;
 
+/// How long a background checkpoint waits for the vCPUs to take the resume before it copies.
+const RESUME_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(e.to_string())
 }
@@ -325,9 +328,17 @@ impl CheckpointManager {
                 let resume_sent = Instant::now();
                 let resumed = machine.resume();
                 phases.mark("resume");
+                // The guest-visible pause ends when the (last) vCPU thread takes the resume:
+                // wait for that briefly before copying, so the copy does not delay it.
+                let taken = resumed
+                    .is_ok()
+                    .then(|| machine.wait_resumed(RESUME_WAIT))
+                    .flatten();
+                phases.mark("vCPUs took the resume");
                 resumed.and_then(|_| copy.run(&layer)).map(|s| {
-                    // The guest-visible pause ends when the (last) vCPU thread takes the resume.
-                    let end = machine.resumed_at().unwrap_or(resume_sent);
+                    let end = taken
+                        .or_else(|| machine.resumed_at())
+                        .unwrap_or(resume_sent);
                     let pause_ms = end.saturating_duration_since(paused_at).as_secs_f64() * 1e3;
                     // write_ms: the copy's time with the guest running.
                     copy_started = copy_started.max(end);

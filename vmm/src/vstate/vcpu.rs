@@ -649,6 +649,19 @@ impl VcpuHandle {
         }
     }
 
+    /// Wait up to `timeout` for the thread to report that it took a resume request; when.
+    pub fn wait_resumed(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(VcpuEvent::Resumed(at)) => return Some(at),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// When the thread last took a resume request, among the events not read yet (which this
     /// reads; call it only while no pause is in flight).
     pub fn last_resumed(&self) -> Option<Instant> {
