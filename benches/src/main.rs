@@ -14,6 +14,8 @@
 //! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
 //! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU
 //! cairn-bench sandbox    [--runs N]                  the `cairn` CLI: create, warm exec, wake, fork
+//! cairn-bench standby    [--runs N]                  sandbox wake with and without its standby VMM,
+//!                                                    alternating pairs; the restore part alone; RSS
 //! cairn-bench api        [--runs N]                  `cairn serve`: added exec latency, concurrent execs
 //! cairn-bench ports      [--runs N]                  `cairn proxy` / `cairn router` requests, router wake
 //! cairn-bench network    [--runs N]                  guest -> host TCP MiB/s through the sandbox network (root)
@@ -40,6 +42,7 @@ mod paired;
 mod ports;
 mod sandbox;
 mod snapshot;
+mod standby;
 mod store;
 mod util;
 
@@ -49,7 +52,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprintln!(
-            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|api|ports|network|store|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
+            "usage: cairn-bench <boot|memory|pause|snapshot|restore|checkpoint|linux|agent|block|sandbox|standby|api|ports|network|store|all> [--runs N] [--mem MiB,...] [--dir PATH,...] [--no-cold] [--json]"
         );
         std::process::exit(2);
     };
@@ -71,6 +74,7 @@ fn main() {
         "agent" => agent::agent(&opts),
         "block" => block::block(&opts),
         "sandbox" => sandbox::sandbox(&opts),
+        "standby" => standby::standby(&opts),
         "api" => api::api(&opts),
         "ports" => ports::ports(&opts),
         "network" => network::network(&opts),

@@ -535,12 +535,25 @@ pub fn vm_config(
         cairn: CairnConfig {
             checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
         },
+        logger: vmm_debug_log(),
         ..VmConfig::default()
     };
     let p = dir.join(format!("vm-{mem_mib}-{}.json", std::process::id()));
     let text = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
     std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// `CAIRN_BENCH_VMM_LOG=FILE`: the VMMs the bench boots append their debug log to FILE (for
+/// example each checkpoint's pause, step by step). Off by default: logging costs time.
+fn vmm_debug_log() -> Option<cairn_vmm_api::config::LoggerConfig> {
+    let path = std::env::var_os("CAIRN_BENCH_VMM_LOG")?;
+    Some(cairn_vmm_api::config::LoggerConfig {
+        log_path: Some(path.into()),
+        level: Some(cairn_vmm_api::config::LogLevel::Debug),
+        module: Some("cairn_vmm::checkpoint".into()),
+        ..Default::default()
+    })
 }
 
 /// A Linux guest's config: `kernel`, `initrd`, `args`, 1 vCPU and 256 MiB.

@@ -157,7 +157,27 @@ fn check_row(d: &mut Doctor, reg: &mut Registry, r: &Record) -> Result<(), Sandb
         }
         _ => None,
     };
-    for &pid in vmms.iter().filter(|&&p| Some(p) != keep) {
+    // A stopped sandbox's standby VMM (docs/sandbox.md, "Standby VMMs") is kept; one of a
+    // sandbox in any other state, or whose process is not the one recorded, is dropped.
+    let kept_standby =
+        sandbox::standby::pid(&paths).filter(|_| keep.is_none() && r.state == State::Stopped);
+    let standby = match sandbox::standby::load(&paths) {
+        Some(_) if kept_standby.is_some() => kept_standby,
+        Some(rec) => {
+            d.note(
+                Some(name),
+                format!("a stale standby VMM record (pid {})", rec.pid),
+                "ended its VMM and removed the record",
+            );
+            d.act(|| sandbox::standby::discard(&paths));
+            None
+        }
+        None => None,
+    };
+    for &pid in vmms
+        .iter()
+        .filter(|&&p| Some(p) != keep && Some(p) != standby)
+    {
         d.note(
             Some(name),
             format!("an unrecorded cairn-vmm (pid {pid}) runs in its directory"),
@@ -173,7 +193,10 @@ fn check_row(d: &mut Doctor, reg: &mut Registry, r: &Record) -> Result<(), Sandb
         return Ok(());
     }
     checkpoint_leftovers(d, &paths);
-    for sock in socket_files(&paths) {
+    for sock in socket_files(&paths)
+        .into_iter()
+        .filter(|s| standby.is_none() || *s != paths.api)
+    {
         d.note(
             Some(name),
             format!("stale socket file {}", sock.display()),

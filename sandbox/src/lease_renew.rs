@@ -169,6 +169,8 @@ fn stop_lost(home: &Home, name: &str, followed: Option<u32>) -> Result<(), Sandb
     let r = reg.get(name)?;
     if r.state == State::Running && r.pid.is_some() && (followed.is_none() || r.pid == followed) {
         let ckpt = sandbox::stop_locked(&mut reg, &r)?;
+        // Another host wakes it next: no standby VMM here.
+        sandbox::standby::discard(&paths);
         eprintln!(
             "{name}: stopped at checkpoint {} (lease lost)",
             ckpt.as_deref().unwrap_or("-")

@@ -47,6 +47,32 @@ impl Serve {
         s
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The children of this daemon that have ended but were not reaped (zombies), as
+    /// `/proc/PID/stat` lines.
+    pub fn zombie_children(&self) -> Vec<String> {
+        let me = self.pid().to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                // The state and the parent's pid follow the parenthesised command name.
+                let mut rest = stat
+                    .rsplit_once(')')
+                    .map(|(_, r)| r.split_whitespace())
+                    .into_iter()
+                    .flatten();
+                rest.next() == Some("Z") && rest.next() == Some(me.as_str())
+            })
+            .collect()
+    }
+
     /// Its stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -338,6 +338,15 @@ fn serve_cli_interactive_exec_attach_and_cp_go_through_the_daemon() {
             "{}",
             serve.log_text()
         );
+
+        // The daemon started this VMM; a stop from another process ends it, and the daemon
+        // reaps it (no zombie left behind in a long-running daemon).
+        h.ok(&["--no-daemon", "stop", "sb"]);
+        wait_until(
+            30,
+            "the daemon reaps the VMM another process stopped",
+            || serve.zombie_children().is_empty(),
+        );
         serve.stop();
     });
 }

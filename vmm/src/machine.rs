@@ -153,6 +153,70 @@ impl Machine {
         Ok(start.elapsed())
     }
 
+    /// Ask every vCPU to park, without waiting ([`Machine::wait_paused_serving`] waits).
+    /// Requests sent after this one are served once the vCPU has parked.
+    pub fn request_pause(&mut self) -> Result<(), VmmError> {
+        if self.state == RunState::Paused {
+            return Ok(());
+        }
+        for vcpu in &self.vcpus {
+            vcpu.send(VcpuRequest::Pause)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for every vCPU to park after [`Machine::request_pause`], calling `serve` meanwhile
+    /// (a checkpoint's write tracking lets a vCPU blocked on a protected page go on, so that
+    /// it can park).
+    pub fn wait_paused_serving(
+        &mut self,
+        mut serve: impl FnMut() -> Result<(), VmmError>,
+    ) -> Result<(), VmmError> {
+        if self.state == RunState::Paused {
+            return Ok(());
+        }
+        let deadline = Instant::now() + VCPU_RESPONSE_TIMEOUT;
+        for vcpu in &self.vcpus {
+            loop {
+                serve()?;
+                if vcpu.poll_for(VcpuEvent::Paused, Duration::from_micros(200))? {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(VmmError::Vcpu {
+                        index: vcpu.index(),
+                        reason: format!("did not pause within {VCPU_RESPONSE_TIMEOUT:?}"),
+                    });
+                }
+            }
+        }
+        self.state = RunState::Paused;
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for every vCPU thread to take the resume just sent; when the last
+    /// one did (`None`: one has not yet, see [`Machine::resumed_at`]). Waiting (asleep) lets a
+    /// vCPU thread have this thread's CPU at once on a busy host.
+    pub fn wait_resumed(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut latest: Option<Instant> = None;
+        for vcpu in &self.vcpus {
+            let at = vcpu.wait_resumed(deadline.saturating_duration_since(Instant::now()))?;
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        latest
+    }
+
+    /// When the last vCPU took the latest resume request (`None`: one has not yet).
+    pub fn resumed_at(&self) -> Option<Instant> {
+        let mut latest = None;
+        for vcpu in &self.vcpus {
+            let at = vcpu.last_resumed()?;
+            latest = Some(latest.map_or(at, |l: Instant| l.max(at)));
+        }
+        latest
+    }
+
     /// Let every vCPU run again. Returns how long it took to tell them: the threads are not
     /// waited for (a parked thread may be scheduled late on a busy host, and nothing needs it to
     /// have re-entered the guest before the call returns).
@@ -174,14 +238,30 @@ impl Machine {
         &mut self,
         consumer: DirtyConsumer,
     ) -> Result<cairn_snapshot::memory::PageIndex, VmmError> {
-        let new = crate::checkpoint::memory::take_dirty_pages(&self.mem, &self.vm)?;
+        self.collect_dirty()?;
         let ledger = &mut self.dirty;
-        ledger.since_snapshot = ledger.since_snapshot.union(&new);
-        ledger.since_checkpoint = ledger.since_checkpoint.union(&new);
         Ok(match consumer {
             DirtyConsumer::Snapshot => std::mem::take(&mut ledger.since_snapshot),
             DirtyConsumer::Checkpoint => std::mem::take(&mut ledger.since_checkpoint),
         })
+    }
+
+    /// Fetch the pages dirtied since the last fetch into every consumer's ledger, without
+    /// consuming them; returns those new pages.
+    pub fn collect_dirty(&mut self) -> Result<cairn_snapshot::memory::PageIndex, VmmError> {
+        let new = crate::checkpoint::memory::take_dirty_pages(&self.mem, &self.vm)?;
+        let ledger = &mut self.dirty;
+        ledger.since_snapshot = ledger.since_snapshot.union(&new);
+        ledger.since_checkpoint = ledger.since_checkpoint.union(&new);
+        Ok(new)
+    }
+
+    /// The pages collected for `consumer` and not consumed yet.
+    pub fn dirty_so_far(&self, consumer: DirtyConsumer) -> &cairn_snapshot::memory::PageIndex {
+        match consumer {
+            DirtyConsumer::Snapshot => &self.dirty.since_snapshot,
+            DirtyConsumer::Checkpoint => &self.dirty.since_checkpoint,
+        }
     }
 
     /// The vCPU handles (for state save and restore while paused).

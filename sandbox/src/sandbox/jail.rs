@@ -228,6 +228,11 @@ pub fn vmm_binary(jailed: bool) -> Result<PathBuf, ImageError> {
     }
 }
 
+/// The `cairn-jailer` binary jailed sandboxes start through.
+pub fn jailer_binary() -> Result<PathBuf, ImageError> {
+    binary("CAIRN_JAILER", "cairn-jailer", STATIC_BUILD)
+}
+
 fn binary(env: &str, name: &str, hint: &str) -> Result<PathBuf, ImageError> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(p.into());
@@ -296,7 +301,7 @@ pub fn command(
     if unsafe { libc::geteuid() } != 0 {
         return Err(SandboxError::JailNeedsRoot(sandbox_name(paths)));
     }
-    let jailer = binary("CAIRN_JAILER", "cairn-jailer", STATIC_BUILD)?;
+    let jailer = jailer_binary()?;
     let vmm = binary("CAIRN_STATIC_VMM", "cairn-vmm", STATIC_BUILD)?;
     // The jailer wants an absolute base (CAIRN_HOME may be relative).
     let base = chroot_base(paths);

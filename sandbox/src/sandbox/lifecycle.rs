@@ -2,7 +2,7 @@
 
 use super::{
     cold_boot, console_len, create_checkpoint_at, io_err, jail, kill_vmm, liveness, spawn_vmm,
-    vmm_alive, vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
+    standby, vmm_alive, vmms_in, wait_agent, wait_api, Home, Liveness, Paths, SandboxError,
 };
 use crate::lock::{FileLock, Mode};
 use crate::registry::{Record, Registry, State};
@@ -186,7 +186,8 @@ pub(crate) fn start_locked_as(
     let mut times = crate::phase_times::PhaseTimes::start();
     crate::store_sync::take_lease(home, &r.name)?;
     let paths = home.paths(&r.name);
-    end_vmms(&paths, r);
+    // Its standby (if any) is spared here: the wake may take it over below.
+    end_vmms(&paths, r, true);
     let synced = crate::reconcile::follow_store(reg, r, &paths)?;
     times.mark("prepare");
     let Some(head) = ckpt.or(synced.as_deref()).or(r.head_checkpoint.as_deref()) else {
@@ -197,37 +198,60 @@ pub(crate) fn start_locked_as(
     let from = console_len(&paths);
     let vmm = jail::vmm_view(&paths, jail::load(&paths)?.is_some());
     let served = crate::store_lazy::page_server_args(home, &r.name, &paths, &vmm.dir, &head)?;
-    let mut args = vec![
-        "--api-sock".as_ref(),
-        vmm.api.as_os_str(),
-        "--checkpoint-dir".as_ref(),
-        vmm.checkpoints.as_os_str(),
-    ];
-    args.extend(served.iter().map(|a| a.as_os_str()));
-    let pid = spawn_vmm(&paths, &args)?;
-    times.mark("spawn");
-    let result = (|| {
-        wait_api(&paths, pid, Duration::from_secs(30))?;
-        times.mark("api");
-        vmm_api::client(&paths.api, Duration::from_secs(120)).restore_checkpoint(
-            &cairn_vmm_api::config::CheckpointRestore {
-                name: head.to_string(),
-                vsock_uds_path: Some(vmm.vsock.clone()),
-                paused: None,
-            },
-        )?;
-        times.mark("restore");
-        if settle == Settle::Later {
-            return Ok(None);
+    let mut args = standby::vmm_args(&vmm);
+    args.extend(served);
+    let mut standby_pid = take_standby(&paths, &args);
+    times.mark("standby");
+    let (pid, took_standby) = loop {
+        let (pid, took_standby) = match standby_pid.take() {
+            Some(pid) => (pid, true),
+            None => {
+                let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+                let pid = spawn_vmm(&paths, &argv)?;
+                times.mark("spawn");
+                (pid, false)
+            }
+        };
+        let restored = (|| {
+            if !took_standby {
+                wait_api(&paths, pid, Duration::from_secs(30))?;
+                times.mark("api");
+            }
+            vmm_api::client(&paths.api, Duration::from_secs(120)).restore_checkpoint(
+                &cairn_vmm_api::config::CheckpointRestore {
+                    name: head.to_string(),
+                    vsock_uds_path: Some(vmm.vsock.clone()),
+                    paused: None,
+                },
+            )?;
+            times.mark("restore");
+            Ok::<(), SandboxError>(())
+        })();
+        match restored {
+            Ok(()) => break (pid, took_standby),
+            // A standby that refused the restore gets no second chance: a fresh VMM does.
+            Err(e) if took_standby => {
+                kill_vmm(pid);
+                console_note(
+                    &paths,
+                    &format!("its standby VMM failed the restore ({e}); starting a fresh one"),
+                );
+            }
+            Err(e) => {
+                kill_vmm(pid);
+                return Err(crate::store_lazy::explain(&paths, e));
+            }
         }
-        greet_restored(&paths, pid, &r.name, "waking", from, &mut times).map(Some)
-    })();
-    let agent = match result {
-        Ok(agent) => agent,
-        Err(e) => {
-            kill_vmm(pid);
-            return Err(crate::store_lazy::explain(&paths, e));
-        }
+    };
+    let agent = match settle {
+        Settle::Later => None,
+        Settle::Now => match greet_restored(&paths, pid, &r.name, "waking", from, &mut times) {
+            Ok(agent) => Some(agent),
+            Err(e) => {
+                kill_vmm(pid);
+                return Err(crate::store_lazy::explain(&paths, e));
+            }
+        },
     };
     reg.set_running_from(&r.name, pid, &head)?;
     times.mark("registry");
@@ -236,18 +260,18 @@ pub(crate) fn start_locked_as(
     } else {
         ", the guest settling"
     };
-    // Into the console log, not stderr: a wake by `exec` must keep the command's streams its own.
-    let notice = format!(
-        "cairn: {}: started from checkpoint {head} in {:.2} s{settled}\n",
-        r.name,
-        start.elapsed().as_secs_f64()
+    let on = if took_standby {
+        format!(" on its standby VMM (pid {pid})")
+    } else {
+        String::new()
+    };
+    console_note(
+        &paths,
+        &format!(
+            "started from checkpoint {head}{on} in {:.2} s{settled}",
+            start.elapsed().as_secs_f64()
+        ),
     );
-    if let Ok(mut log) = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&paths.console)
-    {
-        let _ = std::io::Write::write_all(&mut log, notice.as_bytes());
-    }
     if r.idle_timeout > 0 {
         crate::idle::spawn_watcher(home, &r.name, &paths)?;
     }
@@ -256,13 +280,57 @@ pub(crate) fn start_locked_as(
     Ok(agent)
 }
 
+/// A line about sandbox `paths` in its console log, not on stderr: a wake by `exec` must keep
+/// the command's streams its own.
+fn console_note(paths: &Paths, text: &str) {
+    let name = paths.dir.file_name().unwrap_or_default().to_string_lossy();
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&paths.console)
+    {
+        let _ = std::io::Write::write_all(&mut log, format!("cairn: {name}: {text}\n").as_bytes());
+    }
+}
+
+/// The sandbox's standby VMM's pid if it fits a start with `args` ([`standby::take`]); when
+/// it does not, it is ended and the console log says why.
+fn take_standby(paths: &Paths, args: &[std::ffi::OsString]) -> Option<u32> {
+    let key = match standby::key(paths, args) {
+        Ok(k) => k,
+        Err(e) => {
+            standby::discard(paths);
+            console_note(paths, &format!("its standby VMM is not used ({e})"));
+            return None;
+        }
+    };
+    match standby::take(paths, &key) {
+        Ok(pid) => Some(pid),
+        Err(None) => None,
+        Err(Some(why)) => {
+            console_note(paths, &format!("its standby VMM is not used: {why}"));
+            None
+        }
+    }
+}
+
 /// Ends the recorded VMM and any other `cairn-vmm` working in the sandbox's directory (one
-/// left by a CLI that crashed before recording it): two VMMs must never share a disk.
-fn end_vmms(paths: &Paths, r: &Record) {
-    if let Some(pid) = r.pid {
+/// left by a CLI that crashed before recording it): two VMMs must never share a disk. The
+/// standby VMM is ended too, unless `keep_standby` (a start may take it over: its record is
+/// left for [`standby::take`] to judge).
+fn end_vmms(paths: &Paths, r: &Record, keep_standby: bool) {
+    let spare = if keep_standby {
+        standby::pid(paths)
+    } else {
+        standby::discard(paths);
+        None
+    };
+    if let Some(pid) = r.pid.filter(|&p| Some(p) != spare) {
         kill_vmm(pid);
     }
-    for pid in vmms_in(&paths.dir) {
+    for pid in vmms_in(&paths.dir)
+        .into_iter()
+        .filter(|&p| Some(p) != spare)
+    {
         kill_vmm(pid);
     }
 }
@@ -282,7 +350,7 @@ pub(crate) fn cold_start_locked(
     if !paths.config.is_file() {
         return Err(SandboxError::NoHead(r.name.clone()));
     }
-    end_vmms(&paths, r);
+    end_vmms(&paths, r, false);
     let start = Instant::now();
     let booted = cold_boot(
         reg,
@@ -378,6 +446,7 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
     }
     kill_vmm(pid);
     reg.set_state(&r.name, State::Stopped, None)?;
+    super::standby::start_for(&Paths::at(r.dir.clone()), &r.name);
     Ok(Some(ckpt))
 }
 
@@ -413,7 +482,7 @@ pub fn remove(home: &Home, name: &str) -> Result<(), SandboxError> {
     let _l = lock(&paths)?;
     // Every VMM working there, not just the recorded one: a wake cut short (its CLI killed
     // before it recorded the new VMM) leaves one behind.
-    end_vmms(&paths, &r);
+    end_vmms(&paths, &r, false);
     reg.remove(name)?;
     crate::net::remove(&paths);
     let _ = fs::remove_dir_all(jail::jail_dir(&paths));

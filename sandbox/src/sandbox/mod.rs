@@ -4,13 +4,15 @@
 //! - `boot`: the VMM config, creating a sandbox, waiting for the agent, the console log;
 //! - `lifecycle`: wake, stop, start, rm, and the locks around them;
 //! - `checkpoint`: named checkpoints through the VMM's API;
-//! - `jail`: running the VMM under `cairn-jailer` (sandboxes created by root).
+//! - `jail`: running the VMM under `cairn-jailer` (sandboxes created by root);
+//! - `standby`: a stopped sandbox's next VMM, started ahead for its wake.
 
 mod boot;
 mod checkpoint;
 pub mod jail;
 mod lifecycle;
 mod process;
+pub mod standby;
 
 pub(crate) use boot::{boot_error, cold_boot, console_len};
 pub use boot::{console_tail, create, vm_config, wait_agent};

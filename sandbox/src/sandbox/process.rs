@@ -138,6 +138,7 @@ pub fn ls_json(r: &Record) -> serde_json::Value {
         "dir": r.dir,
         "api_sock": r.api_sock,
         "vsock_sock": r.vsock_sock,
+        "standby_pid": super::standby::pid(&Paths::new(r.dir.clone())),
         "jailed": jail::load(&Paths::new(r.dir.clone())).is_ok_and(|s| s.is_some()),
         "net": crate::net::load(&Paths::new(r.dir.clone()))
             .ok()
@@ -202,15 +203,18 @@ pub(crate) fn spawn_vmm(paths: &Paths, args: &[&std::ffi::OsStr]) -> Result<u32,
             Ok(())
         });
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .map_err(io_err(format!("start {:?}", cmd.get_program())))?;
     if rootless.is_some() {
         // The child is pasta, which runs the VMM in the namespace it connects.
         return Ok(crate::net::rootless::vmm_pid(paths, child)?);
     }
-    // The child is not waited for here: it outlives this process (and is then reaped by init).
-    Ok(child.id())
+    let pid = child.id();
+    // The VMM outlives a CLI (init reaps it then), but a long-running caller (`cairn serve`)
+    // must reap it whoever ends it, or each VMM another process stopped stays a zombie here.
+    std::thread::spawn(move || child.wait());
+    Ok(pid)
 }
 
 /// The VMM's stdin: the sandbox's console FIFO (made if missing), opened read-write so that

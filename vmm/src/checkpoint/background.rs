@@ -28,6 +28,7 @@ use cairn_devices::GuestMemoryMmap;
 use cairn_snapshot::memory::PageIndex;
 
 use crate::checkpoint::memory::{region_layout, LayerFile, PAGE_SIZE};
+use crate::checkpoint::named::Phases;
 use crate::error::VmmError;
 
 // The userfaultfd ABI (linux/userfaultfd.h), which the libc crate does not carry.
@@ -189,13 +190,13 @@ impl WriteTracker {
         ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp)
     }
 
-    fn wake(&self, host: u64, len: u64) -> io::Result<()> {
+    pub(crate) fn wake(&self, host: u64, len: u64) -> io::Result<()> {
         let mut range = UffdioRange { start: host, len };
         ioctl(&self.uffd, UFFDIO_WAKE, &mut range)
     }
 
     /// The page addresses of the write faults queued now (none: an empty vector).
-    fn pending_faults(&self, out: &mut Vec<u64>) -> io::Result<()> {
+    pub(crate) fn pending_faults(&self, out: &mut Vec<u64>) -> io::Result<()> {
         out.clear();
         let mut msgs = [UffdMsg::default(); 64];
         loop {
@@ -265,39 +266,79 @@ pub struct MemoryCopy {
 
 /// Write-protect `pages` of `mem` (the vCPUs must be paused). An error means the kernel cannot
 /// track writes to this memory; nothing stays protected then.
-pub fn arm(mem: &GuestMemoryMmap, pages: &PageIndex) -> Result<MemoryCopy, VmmError> {
-    let err = |what: &str, e: io::Error| VmmError::Snapshot(format!("write tracking: {what}: {e}"));
+pub fn arm(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    phases: &mut Phases,
+) -> Result<MemoryCopy, VmmError> {
+    let tracker = open_registered(mem)?;
+    phases.mark("open and register userfaultfd");
     let layout = region_layout(mem);
-    let mut tracker = WriteTracker::open().map_err(|e| err("userfaultfd", e))?;
-    for &(host, len, _) in &layout {
-        tracker
-            .register(host, len)
-            .map_err(|e| err("register guest memory", e))?;
-    }
-    let mut chunks = Vec::new();
     for (offset, len) in pages.write_plan() {
         let host = crate::checkpoint::memory::host_range_for(&layout, offset, len)
             .ok_or_else(|| VmmError::Snapshot("page range outside guest RAM".into()))?;
         tracker
             .protect(host, len, true)
-            .map_err(|e| err("write-protect", e))?;
-        let step = CHUNK_PAGES * PAGE_SIZE;
-        let mut at = 0;
-        while at < len {
-            chunks.push((offset + at, step.min(len - at)));
-            at += step;
-        }
+            .map_err(|e| track_err("write-protect", e))?;
     }
-    let total_pages: u64 = layout.iter().map(|(_, len, _)| len / PAGE_SIZE).sum();
-    Ok(MemoryCopy {
-        tracker,
-        layout,
-        chunks,
-        done: vec![0; total_pages.div_ceil(64) as usize],
-    })
+    phases.mark("write-protect");
+    Ok(MemoryCopy::new(tracker, mem, pages))
+}
+
+pub(crate) fn track_err(what: &str, e: io::Error) -> VmmError {
+    VmmError::Snapshot(format!("write tracking: {what}: {e}"))
+}
+
+/// A userfaultfd with all of `mem` registered for write-protect faults (nothing protected yet).
+pub(crate) fn open_registered(mem: &GuestMemoryMmap) -> Result<WriteTracker, VmmError> {
+    let mut tracker = WriteTracker::open().map_err(|e| track_err("userfaultfd", e))?;
+    for (host, len, _) in region_layout(mem) {
+        tracker
+            .register(host, len)
+            .map_err(|e| track_err("register guest memory", e))?;
+    }
+    Ok(tracker)
 }
 
 impl MemoryCopy {
+    /// The copy of `pages` of `mem`, which `tracker` has write-protected (the vCPUs paused).
+    /// Other pages it protects are only let go when written, never copied.
+    pub(crate) fn new(tracker: WriteTracker, mem: &GuestMemoryMmap, pages: &PageIndex) -> Self {
+        let layout = region_layout(mem);
+        let step = CHUNK_PAGES * PAGE_SIZE;
+        let mut chunks = Vec::new();
+        for (offset, len) in pages.write_plan() {
+            let mut at = 0;
+            while at < len {
+                chunks.push((offset + at, step.min(len - at)));
+                at += step;
+            }
+        }
+        let total_pages: u64 = layout.iter().map(|(_, len, _)| len / PAGE_SIZE).sum();
+        // Pages outside the plan count as copied already.
+        let mut done = vec![u64::MAX; total_pages.div_ceil(64) as usize];
+        for r in pages.ranges() {
+            let (mut page, end) = (r.start, r.end().min(total_pages));
+            while page < end {
+                let (word, bit) = ((page / 64) as usize, page % 64);
+                let n = (64 - bit).min(end - page);
+                let mask = if n == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << n) - 1) << bit
+                };
+                done[word] &= !mask;
+                page += n;
+            }
+        }
+        Self {
+            tracker,
+            layout,
+            chunks,
+            done,
+        }
+    }
+
     fn host_of(&self, offset: u64) -> Option<u64> {
         self.layout
             .iter()
@@ -429,7 +470,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem.layer");
         let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
-        let copy = arm(&mem, &plan).unwrap();
+        let copy = arm(&mem, &plan, &mut Phases::new(Instant::now())).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let (mem, stop) = (mem.clone(), stop.clone());

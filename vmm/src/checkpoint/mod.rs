@@ -10,6 +10,7 @@ pub mod disk;
 pub mod holes;
 pub mod memory;
 pub mod named;
+pub mod prearm;
 pub mod restore;
 pub mod served_disk;
 pub mod served_memory;

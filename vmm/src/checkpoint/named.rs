@@ -20,13 +20,19 @@ use cairn_snapshot::disk::{DiskFetch, LayeredDisk};
 use crate::checkpoint::background;
 use crate::checkpoint::disk::{FetchedRaw, LayeredBackend, LayeredDrive};
 use crate::checkpoint::memory::{copy_pages, mem_size, LayerFile, PAGE_SIZE};
+use crate::checkpoint::prearm::PreArmed;
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
-use crate::checkpoint::state::{capture, write_state};
+use crate::checkpoint::state::{
+    capture_requested, request_vcpu_states, write_state, PendingVcpuStates,
+};
 use crate::checkpoint::verify;
 use crate::error::VmmError;
 use crate::machine::{Machine, RunState};
 use crate::vstate::vcpu::{ExitReason, ExitSignal};
 use cairn_snapshot::memory::PageIndex;
+
+/// How long a background checkpoint waits for the vCPUs to take the resume before it copies.
+const RESUME_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(e.to_string())
@@ -258,9 +264,37 @@ impl CheckpointManager {
     ) -> Result<CheckpointMeta, VmmError> {
         let layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
         let was_running = machine.state() == RunState::Running;
+        let mut phases = Phases::new(Instant::now());
+        // Write tracking armed while the guest runs, where KVM's dirty log says what it wrote
+        // meanwhile (checkpoint/prearm.rs); else armed at the pause.
+        let mut prearmed = None;
+        if was_running && background::enabled() && machine.vm().dirty_tracking() {
+            let full = self.kind_for(machine) == SnapshotKind::Full;
+            match PreArmed::start(machine, full, &mut phases) {
+                Ok(armed) => prearmed = Some(armed),
+                Err(e) => warn_once_no_background(&e),
+            }
+        }
         let paused_at = Instant::now();
-        machine.pause()?;
-        let paused = match self.collect_paused(machine, name, dir) {
+        phases.restart(paused_at);
+        // The vCPU states are asked for with the pause: each thread saves its own as it parks.
+        let parked = machine.request_pause().and_then(|_| {
+            let pending = request_vcpu_states(machine)?;
+            match prearmed.as_mut() {
+                Some(armed) => machine.wait_paused_serving(|| armed.serve()),
+                None => machine.wait_paused_serving(|| Ok(())),
+            }
+            .map(|_| pending)
+        });
+        let pending = match parked {
+            Ok(pending) => pending,
+            Err(e) => {
+                layer.discard();
+                return Err(e);
+            }
+        };
+        phases.mark("pause vCPUs");
+        let paused = match self.collect_paused(machine, name, dir, pending, &mut phases) {
             Ok(p) => p,
             Err(e) => {
                 layer.discard();
@@ -271,24 +305,51 @@ impl CheckpointManager {
             }
         };
         // Memory: copied while the guest runs where writes can be tracked, else now.
-        let tracked = match was_running && background::enabled() {
-            true => match background::arm(machine.memory(), &paused.pages) {
+        let tracked = match (prearmed, was_running && background::enabled()) {
+            (Some(armed), _) => match armed.seal(machine.memory(), &paused.pages, &mut phases) {
                 Ok(copy) => Some(copy),
                 Err(e) => {
                     warn_once_no_background(&e);
                     None
                 }
             },
-            false => None,
+            (None, true) => match background::arm(machine.memory(), &paused.pages, &mut phases) {
+                Ok(copy) => Some(copy),
+                Err(e) => {
+                    warn_once_no_background(&e);
+                    None
+                }
+            },
+            (None, false) => None,
         };
-        let copy_started = Instant::now();
+        let mut copy_started = Instant::now();
         let copied = match tracked {
             Some(copy) => {
+                let resume_sent = Instant::now();
                 let resumed = machine.resume();
-                let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
-                resumed
-                    .and_then(|_| copy.run(&layer))
-                    .map(|s| (s.bytes, pause_ms))
+                phases.mark("resume");
+                // The guest-visible pause ends when the (last) vCPU thread takes the resume:
+                // wait for that briefly before copying, so the copy does not delay it.
+                let taken = resumed
+                    .is_ok()
+                    .then(|| machine.wait_resumed(RESUME_WAIT))
+                    .flatten();
+                phases.mark("vCPUs took the resume");
+                resumed.and_then(|_| copy.run(&layer)).map(|s| {
+                    let end = taken
+                        .or_else(|| machine.resumed_at())
+                        .unwrap_or(resume_sent);
+                    let pause_ms = end.saturating_duration_since(paused_at).as_secs_f64() * 1e3;
+                    // write_ms: the copy's time with the guest running.
+                    copy_started = copy_started.max(end);
+                    tracing::debug!(
+                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms",
+                        s.bytes / PAGE_SIZE,
+                        s.early_pages,
+                        s.copy_ms
+                    );
+                    (s.bytes, pause_ms)
+                })
             }
             None => {
                 let bytes = copy_pages(machine.memory(), &paused.pages, &layer);
@@ -308,7 +369,10 @@ impl CheckpointManager {
                 return Err(e);
             }
         };
-        let write_ms = copy_started.elapsed().as_secs_f64() * 1e3;
+        let write_ms = Instant::now()
+            .saturating_duration_since(copy_started)
+            .as_secs_f64()
+            * 1e3;
         layer.finish(&paused.index_pages, false)?;
         if let Some(hashes) = &paused.hashes {
             let differ =
@@ -338,6 +402,15 @@ impl CheckpointManager {
         })
     }
 
+    /// Memory is a Diff only over the checkpoint it really descends from.
+    fn kind_for(&self, machine: &Machine) -> SnapshotKind {
+        if self.head.is_some() && self.memory_head == self.head && machine.vm().dirty_tracking() {
+            SnapshotKind::Diff
+        } else {
+            SnapshotKind::Full
+        }
+    }
+
     /// Everything a checkpoint takes while the vCPUs are paused: their and the devices' state,
     /// the pages to save, the disks' deltas frozen (new writes go to a new delta), and the page
     /// hashes when verifying.
@@ -346,18 +419,14 @@ impl CheckpointManager {
         machine: &mut Machine,
         name: &str,
         dir: &Path,
+        pending: PendingVcpuStates,
+        phases: &mut Phases,
     ) -> Result<Paused, VmmError> {
-        let state = capture(machine)?;
-        // Memory is a Diff only over the checkpoint it really descends from.
-        let kind = if self.head.is_some()
-            && self.memory_head == self.head
-            && machine.vm().dirty_tracking()
-        {
-            SnapshotKind::Diff
-        } else {
-            SnapshotKind::Full
-        };
+        let state = capture_requested(machine, pending)?;
+        phases.mark("capture state");
+        let kind = self.kind_for(machine);
         let pages = pages_for(machine, kind, crate::machine::DirtyConsumer::Checkpoint)?;
+        phases.mark("pages to save");
         // After a fresh boot over an existing chain (disks continue from `head`), the Full layer
         // must hide every older memory layer: its index claims all pages, unwritten ones are holes.
         let index_pages = match (kind, &self.head) {
@@ -390,6 +459,7 @@ impl CheckpointManager {
                 layer_file: file,
             });
         }
+        phases.mark("hashes and disks");
         Ok(Paused {
             state,
             pages,
@@ -432,6 +502,44 @@ fn warn_once_no_background(e: &VmmError) {
     WARNED.call_once(|| {
         tracing::warn!("checkpoints copy memory with the guest paused: {e}");
     });
+}
+
+/// How long each step of a checkpoint's pause took, for the debug log.
+pub struct Phases {
+    last: Instant,
+    steps: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    pub fn new(start: Instant) -> Self {
+        Self {
+            last: start,
+            steps: Vec::with_capacity(10),
+        }
+    }
+
+    /// Time the next step from `at`.
+    pub fn restart(&mut self, at: Instant) {
+        self.last = at;
+    }
+
+    /// The step that ends now.
+    pub fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.steps
+            .push((step, now.duration_since(self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.steps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{step} {ms:.3} ms")?;
+        }
+        Ok(())
+    }
 }
 
 fn mib(bytes: u64) -> f64 {

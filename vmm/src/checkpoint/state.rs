@@ -116,6 +116,19 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// vCPU states asked for and not yet answered ([`request_vcpu_states`]).
+pub type PendingVcpuStates = Vec<std::sync::mpsc::Receiver<Result<VcpuState, VmmError>>>;
+
+/// Ask every vCPU for its state, without waiting. Right after [`Machine::request_pause`], each
+/// vCPU thread saves its state as it parks, with no second round trip to it.
+pub fn request_vcpu_states(machine: &Machine) -> Result<PendingVcpuStates, VmmError> {
+    machine
+        .vcpus()
+        .iter()
+        .map(|handle| handle.request_with_vcpu(|vcpu| vcpu.save()))
+        .collect()
+}
+
 /// Collect the state of a paused machine.
 pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
     if machine.state() != RunState::Paused {
@@ -123,10 +136,23 @@ pub fn capture(machine: &Machine) -> Result<MachineState, VmmError> {
             "the VM must be paused to be snapshotted".into(),
         ));
     }
-    let mut vcpus = Vec::with_capacity(machine.vcpus().len());
-    for handle in machine.vcpus() {
-        let state = handle.with_vcpu(|vcpu| vcpu.save(), std::time::Duration::from_secs(2))??;
-        vcpus.push(state);
+    let pending = request_vcpu_states(machine)?;
+    capture_requested(machine, pending)
+}
+
+/// [`capture`], with the vCPU states already asked for (`pending`).
+pub fn capture_requested(
+    machine: &Machine,
+    pending: PendingVcpuStates,
+) -> Result<MachineState, VmmError> {
+    if machine.state() != RunState::Paused {
+        return Err(VmmError::InvalidState(
+            "the VM must be paused to be snapshotted".into(),
+        ));
+    }
+    let mut vcpus = Vec::with_capacity(pending.len());
+    for (handle, answer) in machine.vcpus().iter().zip(&pending) {
+        vcpus.push(handle.answer(answer, std::time::Duration::from_secs(2))??);
     }
     let virtio = machine
         .virtio_devices()

@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_run, CpuId, Msrs, KVM_EXIT_INTERNAL_ERROR, KVM_INTERNAL_ERROR_EMULATION,
@@ -162,8 +162,8 @@ impl std::fmt::Debug for VcpuRequest {
 pub enum VcpuEvent {
     /// Parked, out of the guest.
     Paused,
-    /// Running the guest again.
-    Resumed,
+    /// Running the guest again (from this instant: the thread took the request).
+    Resumed(Instant),
 }
 
 thread_local! {
@@ -477,7 +477,7 @@ impl Vcpu {
                     }
                     VcpuRequest::Resume => {
                         paused = false;
-                        let _ = events.send(VcpuEvent::Resumed);
+                        let _ = events.send(VcpuEvent::Resumed(Instant::now()));
                     }
                     VcpuRequest::Exit => break 'outer,
                     VcpuRequest::WithVcpu(f) => f(&mut self),
@@ -637,6 +637,43 @@ impl VcpuHandle {
         }
     }
 
+    /// Whether the thread reports `expected` within `timeout` (false: not yet).
+    pub fn poll_for(&self, expected: VcpuEvent, timeout: Duration) -> Result<bool, VmmError> {
+        match self.events.recv_timeout(timeout) {
+            Ok(e) => Ok(e == expected),
+            Err(RecvTimeoutError::Timeout) => Ok(false),
+            Err(RecvTimeoutError::Disconnected) => Err(VmmError::Vcpu {
+                index: self.index,
+                reason: "thread has ended".into(),
+            }),
+        }
+    }
+
+    /// Wait up to `timeout` for the thread to report that it took a resume request; when.
+    pub fn wait_resumed(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(VcpuEvent::Resumed(at)) => return Some(at),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// When the thread last took a resume request, among the events not read yet (which this
+    /// reads; call it only while no pause is in flight).
+    pub fn last_resumed(&self) -> Option<Instant> {
+        let mut last = None;
+        while let Ok(e) = self.events.try_recv() {
+            if let VcpuEvent::Resumed(at) = e {
+                last = Some(at);
+            }
+        }
+        last
+    }
+
     /// Wait for `expected` from the thread.
     pub fn wait_for(&self, expected: VcpuEvent, timeout: Duration) -> Result<(), VmmError> {
         let deadline = std::time::Instant::now() + timeout;
@@ -668,11 +705,26 @@ impl VcpuHandle {
         f: impl FnOnce(&mut Vcpu) -> T + Send + 'static,
         timeout: Duration,
     ) -> Result<T, VmmError> {
+        let answer = self.request_with_vcpu(f)?;
+        self.answer(&answer, timeout)
+    }
+
+    /// Queue `f` to run on the vCPU once it is parked (it may still be parking), without
+    /// waiting: [`VcpuHandle::answer`] waits for its result.
+    pub fn request_with_vcpu<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vcpu) -> T + Send + 'static,
+    ) -> Result<Receiver<T>, VmmError> {
         let (tx, rx) = mpsc::channel();
         self.send(VcpuRequest::WithVcpu(Box::new(move |vcpu| {
             let _ = tx.send(f(vcpu));
         })))?;
-        rx.recv_timeout(timeout).map_err(|_| VmmError::Vcpu {
+        Ok(rx)
+    }
+
+    /// The result of a [`VcpuHandle::request_with_vcpu`].
+    pub fn answer<T>(&self, answer: &Receiver<T>, timeout: Duration) -> Result<T, VmmError> {
+        answer.recv_timeout(timeout).map_err(|_| VmmError::Vcpu {
             index: self.index,
             reason: "did not answer a state request".into(),
         })
