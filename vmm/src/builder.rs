@@ -83,6 +83,9 @@ pub struct BuildSpec {
     pub extra_cmdline: Vec<String>,
     /// Virtio devices, in attach order.
     pub devices: Vec<DeviceSpec>,
+    /// What the API set for drives and interfaces that their devices do not hold
+    /// (`is_root_device`, `partuuid`, `cache_type`, `mtu`), kept in checkpoints.
+    pub device_settings: crate::device_settings::DeviceSettings,
     /// Where named checkpoints go (cairn's `"cairn": {"checkpoint_dir"}`). With it, writable
     /// drives sit on the layered block store and dirty pages are tracked.
     pub checkpoint_dir: Option<PathBuf>,
@@ -163,6 +166,7 @@ impl BuildSpec {
             custom_cpu_template: None,
             extra_cmdline: vec![],
             devices: vec![],
+            device_settings: Default::default(),
             checkpoint_dir: None,
         }
     }
@@ -549,6 +553,7 @@ impl BuildSpec {
             custom_cpu_template: custom_cpu_template(cfg)?,
             extra_cmdline: root_device_cmdline(cfg),
             devices: device_specs(cfg)?,
+            device_settings: crate::device_settings::DeviceSettings::from_config(cfg),
             checkpoint_dir: cfg.cairn.checkpoint_dir.clone(),
         })
     }

@@ -11,6 +11,7 @@ pub mod cli;
 pub use cairn_vmm_api::config;
 pub mod controller;
 pub mod device_manager;
+pub mod device_settings;
 pub mod device_update;
 pub mod error;
 pub mod event_loop;

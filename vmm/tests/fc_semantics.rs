@@ -247,7 +247,6 @@ fn filter_document(drop: Option<&str>) -> serde_json::Value {
 
 #[test]
 fn a_seccomp_filter_file_is_applied_or_refused() {
-    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("api.sock");
     let file = dir.path().join("filter.json");

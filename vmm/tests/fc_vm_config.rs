@@ -1,15 +1,18 @@
 //! `GET /vm/config` after `PUT /snapshot/load`: a fresh VMM that loaded a snapshot answers with
 //! the loaded VM's configuration (vCPUs, memory, drives, vsock, entropy), with every key
-//! Firecracker's reply has, through the real binary (seccomp on).
+//! Firecracker's reply has, through the real binary (seccomp on); drives' `is_root_device`,
+//! `partuuid`, `cache_type` and interfaces' `mtu` read back as configured.
 
 use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::kvm_available;
 use cairn_tests::process::full_snapshot_and_exit;
+use cairn_tests::process::load_resumed;
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
 use cairn_vmm_api::config::{
-    DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig, MemBackendType, VsockConfig,
+    CacheType, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig, MemBackendType,
+    NetConfig, VsockConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -145,4 +148,102 @@ fn a_vm_config_reply_boots_as_a_config_file() {
     g2.wait_for(".", Duration::from_secs(30)).unwrap();
     g2.signal(libc::SIGTERM);
     assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+/// `cairn-vmm` in a network namespace of its own (`unshare -n`), where it makes its tap.
+fn vmm_in_netns(sock: &std::path::Path) -> Guest {
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-n")
+        .arg(env!("CARGO_BIN_EXE_cairn-vmm"))
+        .arg("--api-sock")
+        .arg(sock);
+    Guest::spawn(cmd)
+}
+
+#[test]
+fn drive_and_interface_settings_survive_a_snapshot_load() {
+    if !kvm_available("drive_and_interface_settings_survive_a_snapshot_load") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP drive_and_interface_settings_survive_a_snapshot_load: needs root (a tap)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let drive = |id: &str, root: bool| {
+        let path = dir.path().join(format!("{id}.img"));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: path,
+            is_root_device: root,
+            is_read_only: Some(false),
+            partuuid: root.then(|| "0eaa91a0-01".into()),
+            cache_type: root.then_some(CacheType::Writeback),
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
+        }
+    };
+    let net = |id: &str, tap: &str, mtu: Option<u16>| NetConfig {
+        iface_id: id.into(),
+        host_dev_name: tap.into(),
+        guest_mac: None,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+        mtu,
+    };
+
+    let sock = dir.path().join("api.sock");
+    let mut g = vmm_in_netns(&sock);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c);
+    c.put_drive(&drive("rootfs", true)).unwrap();
+    c.put_drive(&drive("data", false)).unwrap();
+    c.put_network_interface(&net("eth0", "settap0", Some(1400)))
+        .unwrap();
+    c.put_network_interface(&net("eth1", "settap1", None))
+        .unwrap();
+    let before = c.vm_config().unwrap();
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    let snap = full_snapshot_and_exit(&c, &mut g, dir.path());
+
+    let sock2 = dir.path().join("api2.sock");
+    let mut g2 = vmm_in_netns(&sock2);
+    let c2 = api(&sock2);
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    let after = c2.vm_config().unwrap();
+    assert_eq!(after.drives, before.drives);
+    assert_eq!(after.network_interfaces, before.network_interfaces);
+    let v = vm_config_json(&c2);
+    assert_eq!(v["drives"][0]["drive_id"], "rootfs", "{v}");
+    assert_eq!(v["drives"][0]["is_root_device"], true, "{v}");
+    assert_eq!(v["drives"][0]["partuuid"], "0eaa91a0-01", "{v}");
+    assert_eq!(v["drives"][0]["cache_type"], "Writeback", "{v}");
+    assert_eq!(v["drives"][1]["is_root_device"], false, "{v}");
+    assert_eq!(v["network-interfaces"][0]["mtu"], 1400, "{v}");
+    assert!(v["network-interfaces"][1]["mtu"].is_null(), "{v}");
+
+    // A snapshot of the loaded VM keeps them too.
+    let dir2 = dir.path().join("second");
+    std::fs::create_dir(&dir2).unwrap();
+    let snap2 = full_snapshot_and_exit(&c2, &mut g2, &dir2);
+    let sock3 = dir.path().join("api3.sock");
+    let mut g3 = vmm_in_netns(&sock3);
+    let c3 = api(&sock3);
+    c3.wait_ready(Duration::from_secs(10)).unwrap();
+    c3.snapshot_load(&load_resumed(&snap2)).unwrap();
+    let again = c3.vm_config().unwrap();
+    assert_eq!(again.drives, before.drives);
+    assert_eq!(again.network_interfaces, before.network_interfaces);
+    g3.signal(libc::SIGTERM);
+    assert!(g3.wait_exit(Duration::from_secs(10)).is_some());
 }

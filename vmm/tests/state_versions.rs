@@ -11,7 +11,7 @@ use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::checkpoint::state::{read_state, MACHINE_STATE_VERSION};
-use cairn_vmm::checkpoint::state_versions::{MachineStateV1, MachineStateV2};
+use cairn_vmm::checkpoint::state_versions::{MachineStateV1, MachineStateV2, MachineStateV3};
 use cairn_vmm::runtime::Runtime;
 use common::{console, page_hashes, vmgenid, wait_dots};
 
@@ -65,6 +65,23 @@ fn version_1_states_restore_without_a_vmgenid_and_unknown_versions_are_refused()
     assert_eq!(back.version, 2);
     assert!(back.vmgenid.is_some() && back.mmds.is_none());
 
+    // And in the version-3 layout (before device settings): it reads back with none, and
+    // restores and runs.
+    let v3 = MachineStateV3::from_current(read_state(&state).unwrap());
+    let v3_path = dir.path().join("v3-layout.state");
+    cairn_snapshot::file::save(&v3_path, FileKind::State, &v3).unwrap();
+    let back = read_state(&v3_path).unwrap();
+    assert_eq!(back.version, 3);
+    assert!(back.vmgenid.is_some());
+    assert_eq!(back.device_settings, Default::default());
+    let out3 = Capture::default();
+    let mut rt3 = Runtime::new().unwrap();
+    rt3.restore(&v3_path, &opts(&mem), console(&out3)).unwrap();
+    rt3.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt3, &out3, out3.dots() + 1);
+    rt3.shutdown();
+    drop(rt3);
+
     // It restores with no VM generation ID device: memory is exactly the snapshot's (nothing
     // rewrote the id's page), and the guest runs on.
     let out1 = Capture::default();
@@ -111,7 +128,7 @@ fn version_1_states_restore_without_a_vmgenid_and_unknown_versions_are_refused()
     assert!(
         err.contains("incompatible")
             && err.contains("version 7")
-            && err.contains("versions 1 to 3"),
+            && err.contains("versions 1 to 4"),
         "{err}"
     );
     assert!(rt3.machine().is_none(), "half-restored VM");

@@ -3,10 +3,11 @@
 //!
 //! The snapshot holds each device's own configuration (drive id, backing file, read-only; tap,
 //! MAC; vsock CID and socket), the vCPU count, the memory size and the CPU template; those are
-//! read back from the restored devices. What the snapshot does not hold is shown as Firecracker
-//! shows it after a load (an empty boot source) or as the default: `is_root_device`,
-//! `partuuid` and `cache_type` are not part of cairn's device state, so drives read back as
-//! `false`, `null` and `Unsafe`.
+//! read back from the restored devices. A drive's `is_root_device`, `partuuid` and `cache_type`
+//! come from the machine's device settings (kept beside the device states since machine state
+//! version 4; a checkpoint older than that reads back `false`, `null` and `Unsafe`), an
+//! interface's `mtu` from the restored device. What the snapshot does not hold is shown as
+//! Firecracker shows it after a load (an empty boot source).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -51,13 +52,14 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
             VirtioHandle::Block(d) => {
                 let d = lock(d);
                 let c = d.config();
+                let settings = spec.device_settings.drive(&c.drive_id);
                 config.drives.push(DriveConfig {
                     drive_id: c.drive_id.clone(),
                     path_on_host: c.path.clone(),
-                    is_root_device: false,
+                    is_root_device: settings.is_some_and(|s| s.is_root_device),
                     is_read_only: Some(c.read_only),
-                    partuuid: None,
-                    cache_type: None,
+                    partuuid: settings.and_then(|s| s.partuuid.clone()),
+                    cache_type: settings.and_then(|s| s.cache_type),
                     io_engine: None,
                     rate_limiter: crate::rate_limit::api_config(&d.rate_limiter().config()),
                     socket: None,

@@ -152,6 +152,9 @@ pub fn restore_machine(
                 {
                     s.config.host_dev_name = tap.clone();
                 }
+                // The MTU is kept beside the device's state (its layout predates it): the
+                // restored device advertises it again.
+                s.config.mtu = state.device_settings.mtu(&s.config.iface_id);
                 let tap = Tap::open(&s.config.host_dev_name).map_err(|e| dev_err(id, e))?;
                 let mut dev = Net::restore(NetConstructorArgs { backend: tap }, &s)
                     .map_err(|e| dev_err(id, e))?;
@@ -253,6 +256,7 @@ pub fn restore_machine(
         custom_cpu_template: None,
         extra_cmdline: vec![],
         devices: vec![],
+        device_settings: state.device_settings.clone(),
         checkpoint_dir: None,
     };
     Ok(Machine {

@@ -22,7 +22,7 @@ use crate::vstate::vm::VmState;
 
 /// Version of the machine state layout. Bump on any incompatible change, and keep the old
 /// layout readable in [`super::state_versions`].
-pub const MACHINE_STATE_VERSION: u32 = 3;
+pub const MACHINE_STATE_VERSION: u32 = 4;
 /// Largest state file cairn reads (vCPU XSAVE areas dominate: 4 KiB each).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
 
@@ -110,6 +110,9 @@ pub struct MachineState {
     pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
     /// MMDS's settings, when it is enabled on some interface (version 3 on).
     pub mmds: Option<cairn_devices::mmds::MmdsState>,
+    /// What the API set for drives and interfaces that their devices' states do not hold:
+    /// `is_root_device`, `partuuid`, `cache_type`, `mtu` (version 4 on).
+    pub device_settings: crate::device_settings::DeviceSettings,
 }
 
 fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -185,6 +188,7 @@ pub fn capture_requested(
                 reason: e.to_string(),
             })?,
         mmds: machine.mmds.clone(),
+        device_settings: machine.spec().device_settings.clone(),
     })
 }
 

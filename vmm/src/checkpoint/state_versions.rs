@@ -7,7 +7,11 @@
 //!   the guest was booted without one, so there is nothing in its ACPI tables to notify.
 //! - 2: with the VM generation ID device (`vmgenid`). It loads with no MMDS settings: the
 //!   cairn that wrote it had no MMDS.
-//! - 3: [`MachineState`], with MMDS's settings (`mmds`, last field).
+//! - 3: with MMDS's settings (`mmds`). It loads with no device settings: drives read back
+//!   as not the root device, without `partuuid` or `cache_type`, interfaces without an MTU
+//!   (what that cairn reported after a load), and a restored interface advertises no MTU.
+//! - 4: [`MachineState`], with the drives' and interfaces' API settings their device states do
+//!   not hold (`device_settings`, last field).
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +57,7 @@ impl From<MachineStateV1> for MachineState {
             virtio: v1.virtio,
             vmgenid: None,
             mmds: None,
+            device_settings: Default::default(),
         }
     }
 }
@@ -93,6 +98,69 @@ impl From<MachineStateV2> for MachineState {
             virtio: v2.virtio,
             vmgenid: v2.vmgenid,
             mmds: None,
+            device_settings: Default::default(),
+        }
+    }
+}
+
+/// Version 3 of the machine state, frozen: [`MachineState`] without `device_settings`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MachineStateV3 {
+    /// Always 3.
+    pub version: u32,
+    /// Host and CPU model requirements.
+    pub host: HostRequirements,
+    /// Guest RAM regions `(guest address, length)`, in memory-file order.
+    pub regions: Vec<(u64, u64)>,
+    /// Whether the VM tracked dirty pages.
+    pub track_dirty_pages: bool,
+    /// VM-wide KVM state.
+    pub vm: VmState,
+    /// Each vCPU, in index order.
+    pub vcpus: Vec<VcpuState>,
+    /// COM1 and the i8042.
+    pub legacy: LegacyState,
+    /// Virtio devices in attach order.
+    pub virtio: Vec<VirtioSlotState>,
+    /// The VM generation ID device.
+    pub vmgenid: Option<cairn_devices::acpi::vmgenid::VmGenIdState>,
+    /// MMDS's settings.
+    pub mmds: Option<cairn_devices::mmds::MmdsState>,
+}
+
+impl From<MachineStateV3> for MachineState {
+    fn from(v3: MachineStateV3) -> Self {
+        MachineState {
+            version: v3.version,
+            host: v3.host,
+            regions: v3.regions,
+            track_dirty_pages: v3.track_dirty_pages,
+            vm: v3.vm,
+            vcpus: v3.vcpus,
+            legacy: v3.legacy,
+            virtio: v3.virtio,
+            vmgenid: v3.vmgenid,
+            mmds: v3.mmds,
+            device_settings: Default::default(),
+        }
+    }
+}
+
+impl MachineStateV3 {
+    /// `state` in the version-3 layout (its device settings are dropped): what a cairn before
+    /// version 4 wrote. For tests of loading old checkpoints.
+    pub fn from_current(state: MachineState) -> Self {
+        MachineStateV3 {
+            version: 3,
+            host: state.host,
+            regions: state.regions,
+            track_dirty_pages: state.track_dirty_pages,
+            vm: state.vm,
+            vcpus: state.vcpus,
+            legacy: state.legacy,
+            virtio: state.virtio,
+            vmgenid: state.vmgenid,
+            mmds: state.mmds,
         }
     }
 }
@@ -165,6 +233,9 @@ pub fn decode(payload: &[u8]) -> Result<MachineState, DecodeError> {
         2 => cairn_snapshot::file::decode_payload::<MachineStateV2>(payload)
             .map(MachineState::from)
             .map_err(|e| corrupt(&e)),
+        3 => cairn_snapshot::file::decode_payload::<MachineStateV3>(payload)
+            .map(MachineState::from)
+            .map_err(|e| corrupt(&e)),
         MACHINE_STATE_VERSION => {
             cairn_snapshot::file::decode_payload::<MachineState>(payload).map_err(|e| corrupt(&e))
         }
@@ -178,21 +249,21 @@ mod tests {
 
     #[test]
     fn unknown_versions_are_named() {
-        for v in [0u32, 4, 99, u32::MAX] {
+        for v in [0u32, 5, 99, u32::MAX] {
             let mut payload = postcard::to_stdvec(&v).unwrap();
             payload.extend_from_slice(&[0u8; 64]);
             let err = decode(&payload).unwrap_err();
             assert_eq!(err, DecodeError::Unknown(v));
             let text = err.to_string();
             assert!(text.contains(&format!("version {v}")), "{text}");
-            assert!(text.contains("versions 1 to 3"), "{text}");
+            assert!(text.contains("versions 1 to 4"), "{text}");
         }
     }
 
     #[test]
     fn known_versions_with_garbage_are_corrupt_not_panics() {
         assert!(matches!(decode(&[]), Err(DecodeError::Corrupt(_))));
-        for v in [1u32, 2, MACHINE_STATE_VERSION] {
+        for v in [1u32, 2, 3, MACHINE_STATE_VERSION] {
             let mut payload = postcard::to_stdvec(&v).unwrap();
             for tail in [
                 &[][..],

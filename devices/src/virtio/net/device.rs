@@ -31,8 +31,8 @@ pub struct NetConfig {
     #[serde(default)]
     pub guest_mac: Option<[u8; 6]>,
     /// MTU advertised to the guest (`VIRTIO_NET_F_MTU`). Not part of the saved device state
-    /// (its layout predates it): a restored device no longer advertises it, while the guest
-    /// keeps the MTU its driver took at boot.
+    /// (its layout predates it): the VMM keeps it beside that state and sets it here before
+    /// [`Net::restore`](crate::virtio::net::Net), so a restored device advertises it again.
     #[serde(skip)]
     pub mtu: Option<u16>,
 }

@@ -104,6 +104,36 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_device_advertises_the_mtu_it_is_given() {
+        let mut c = config();
+        c.mtu = Some(1400);
+        let mut net = Net::with_backend(c, MockBackend::default()).unwrap();
+        let mtu_bit = 1u64 << super::super::VIRTIO_NET_F_MTU;
+        net.set_acked_features(net.avail_features());
+        // The saved state does not carry the MTU (its layout predates it) ...
+        let bytes = serde_json::to_vec(&net.save().unwrap()).unwrap();
+        let mut state: NetState = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(state.config.mtu, None);
+        assert_ne!(state.acked_features & mtu_bit, 0);
+        // ... the VMM keeps it beside the state and sets it back before the restore.
+        state.config.mtu = Some(1400);
+        let restored = Net::restore(args(), &state).unwrap();
+        assert_ne!(restored.avail_features() & mtu_bit, 0);
+        assert_eq!(restored.acked_features(), net.acked_features());
+        let mut mtu = [0u8; 2];
+        restored.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1400);
+        let mut all = [0u8; 12];
+        let mut before = [0u8; 12];
+        restored.read_config(0, &mut all);
+        net.read_config(0, &mut before);
+        assert_eq!(
+            all, before,
+            "the same configuration space as before the snapshot"
+        );
+    }
+
+    #[test]
     fn restore_rejects_a_bad_config() {
         let mut state = Net::with_backend(config(), MockBackend::default())
             .unwrap()
