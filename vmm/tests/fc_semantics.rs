@@ -343,7 +343,7 @@ fn assert_killed_on_connect(sock: &std::path::Path, file: &std::path::Path) {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err()
+    while std::os::unix::net::UnixStream::connect(sock).is_err()
         && child.try_wait().unwrap().is_none()
     {
         assert!(start.elapsed() < Duration::from_secs(10), "no API socket");
