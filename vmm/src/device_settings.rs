@@ -1,12 +1,13 @@
 //! What the API configured for a device that the device's own saved state does not hold: a
-//! drive's `is_root_device`, `partuuid` and `cache_type`, an interface's `mtu`. The devices'
+//! drive's `is_root_device`, `partuuid`, `cache_type` and `io_engine`, an interface's `mtu`. The devices'
 //! state layouts predate these fields, so they travel beside them, in the machine state
 //! (version 4 on; older checkpoints load with none). After a load, `GET /vm/config` reports
-//! them as configured and a network device advertises its MTU again.
+//! them as configured, an `Async` drive runs on io_uring again and a network device advertises
+//! its MTU again.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CacheType, VmConfig};
+use crate::config::{CacheType, IoEngine, VmConfig};
 
 /// One drive's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +20,8 @@ pub struct DriveSettings {
     pub partuuid: Option<String>,
     /// Firecracker's `cache_type`, as given (absent stays absent).
     pub cache_type: Option<CacheType>,
+    /// Firecracker's `io_engine`, as given (absent stays absent).
+    pub io_engine: Option<IoEngine>,
 }
 
 /// One network interface's settings.
@@ -51,6 +54,7 @@ impl DeviceSettings {
                     is_root_device: d.is_root_device,
                     partuuid: d.partuuid.clone(),
                     cache_type: d.cache_type,
+                    io_engine: d.io_engine,
                 })
                 .collect(),
             interfaces: cfg
@@ -67,6 +71,12 @@ impl DeviceSettings {
     /// The settings of drive `drive_id`, if it has any.
     pub fn drive(&self, drive_id: &str) -> Option<&DriveSettings> {
         self.drives.iter().find(|d| d.drive_id == drive_id)
+    }
+
+    /// Whether drive `drive_id` was configured `io_engine: "Async"`.
+    pub fn is_async(&self, drive_id: &str) -> bool {
+        self.drive(drive_id)
+            .is_some_and(|d| d.io_engine == Some(IoEngine::Async))
     }
 
     /// The MTU of interface `iface_id`, if one was set.
@@ -88,7 +98,8 @@ mod tests {
             "drives": [
                 {"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
                  "partuuid": "0eaa91a0-01", "cache_type": "Writeback"},
-                {"drive_id": "data", "path_on_host": "/d", "is_root_device": false}
+                {"drive_id": "data", "path_on_host": "/d", "is_root_device": false,
+                 "io_engine": "Async"}
             ],
             "network-interfaces": [
                 {"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1400},
@@ -108,6 +119,8 @@ mod tests {
         assert_eq!(root.cache_type, Some(CacheType::Writeback));
         let data = s.drive("data").unwrap();
         assert!(!data.is_root_device && data.partuuid.is_none() && data.cache_type.is_none());
+        assert_eq!(root.io_engine, None);
+        assert!(s.is_async("data") && !s.is_async("rootfs") && !s.is_async("other"));
         assert!(s.drive("other").is_none());
         assert_eq!(s.mtu("eth0"), Some(1400));
         assert_eq!(s.mtu("eth1"), None);

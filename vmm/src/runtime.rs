@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cairn_snapshot::checkpoint::CheckpointMeta;
 
-use crate::builder::{build_machine, open_raw_disk, BuildSpec, ConsoleIo};
+use crate::builder::{build_machine, open_async_disk, open_raw_disk, BuildSpec, ConsoleIo};
 use crate::checkpoint::named::CheckpointManager;
 use crate::checkpoint::restore::{restore_machine, RestoreOptions};
 use crate::checkpoint::snapshot::{create_snapshot, SnapshotKind, SnapshotReport};
@@ -94,12 +94,21 @@ impl Runtime {
             ));
         }
         let state = read_state(state_path)?;
+        // A drive configured `io_engine: "Async"` runs on io_uring again, as Firecracker's does.
+        let settings = state.device_settings.clone();
+        let mut open = |cfg: &cairn_devices::virtio::block::BlockConfig| {
+            if settings.is_async(&cfg.drive_id) {
+                open_async_disk(cfg)
+            } else {
+                open_raw_disk(cfg)
+            }
+        };
         self.machine = Some(restore_machine(
             &state,
             opts,
             console,
             &mut self.event_loop,
-            &mut open_raw_disk,
+            &mut open,
         )?);
         Ok(())
     }

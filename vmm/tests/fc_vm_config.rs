@@ -11,8 +11,8 @@ use cairn_tests::process::full_snapshot_and_exit;
 use cairn_tests::process::load_resumed;
 use cairn_tests::process::{api, configure_ticker, vm_config_json, Guest};
 use cairn_vmm_api::config::{
-    CacheType, DriveConfig, EntropyConfig, LoadSnapshotParams, MemBackendConfig, MemBackendType,
-    NetConfig, VsockConfig,
+    CacheType, DriveConfig, EntropyConfig, IoEngine, LoadSnapshotParams, MemBackendConfig,
+    MemBackendType, NetConfig, VsockConfig,
 };
 
 fn vmm(sock: &std::path::Path) -> Guest {
@@ -184,7 +184,7 @@ fn drive_and_interface_settings_survive_a_snapshot_load() {
             is_read_only: Some(false),
             partuuid: root.then(|| "0eaa91a0-01".into()),
             cache_type: root.then_some(CacheType::Writeback),
-            io_engine: None,
+            io_engine: (!root).then_some(IoEngine::Async),
             rate_limiter: None,
             socket: None,
         }
@@ -229,6 +229,10 @@ fn drive_and_interface_settings_survive_a_snapshot_load() {
     assert_eq!(v["drives"][0]["partuuid"], "0eaa91a0-01", "{v}");
     assert_eq!(v["drives"][0]["cache_type"], "Writeback", "{v}");
     assert_eq!(v["drives"][1]["is_root_device"], false, "{v}");
+    assert_eq!(v["drives"][0]["io_engine"], "Sync", "{v}");
+    assert_eq!(v["drives"][1]["io_engine"], "Async", "{v}");
+    // The Async drive really runs on io_uring again after the load.
+    assert!(has_io_uring(g2.pid()), "no io_uring in the loaded VMM");
     assert_eq!(v["network-interfaces"][0]["mtu"], 1400, "{v}");
     assert!(v["network-interfaces"][1]["mtu"].is_null(), "{v}");
 
@@ -246,4 +250,13 @@ fn drive_and_interface_settings_survive_a_snapshot_load() {
     assert_eq!(again.network_interfaces, before.network_interfaces);
     g3.signal(libc::SIGTERM);
     assert!(g3.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+/// Whether process `pid` holds an io_uring (an `Async` drive's ring).
+fn has_io_uring(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| l.to_string_lossy().contains("io_uring"))
 }

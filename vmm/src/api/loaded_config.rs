@@ -60,7 +60,7 @@ pub fn config_of_loaded(machine: &Machine, previous: &VmConfig) -> VmConfig {
                     is_read_only: Some(c.read_only),
                     partuuid: settings.and_then(|s| s.partuuid.clone()),
                     cache_type: settings.and_then(|s| s.cache_type),
-                    io_engine: None,
+                    io_engine: settings.and_then(|s| s.io_engine),
                     rate_limiter: crate::rate_limit::api_config(&d.rate_limiter().config()),
                     socket: None,
                 });
