@@ -225,6 +225,26 @@ pub fn guest_crashed(console: &str) -> bool {
 /// On hardware KVM the first attempt always succeeds.
 pub const ATTEMPTS: usize = 8;
 
+/// Boot the VMM with `--api-sock api --config-file cfg` until the guest prints
+/// `cairn-guest-ready` (retried, see [`ATTEMPTS`]); returns the running VMM.
+pub fn boot_with_api(api: &Path, cfg: &Path) -> Guest {
+    for attempt in 1..=ATTEMPTS {
+        let _ = std::fs::remove_file(api);
+        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
+        cmd.arg("--api-sock").arg(api).arg("--config-file").arg(cfg);
+        let vm = Guest::spawn(cmd);
+        if vm
+            .wait_for("cairn-guest-ready", Duration::from_secs(240))
+            .is_ok()
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            return vm;
+        }
+        eprintln!("attempt {attempt}: no boot:\n{}", vm.stdout());
+    }
+    panic!("the guest never booted");
+}
+
 /// A VM restored from the `booted` checkpoint, in its own `cairn-vmm` and its own copy of the
 /// checkpoint store.
 pub struct RestoredVm {

@@ -4,12 +4,11 @@
 //! the guest's memory statistics come back every polling interval, and the balloon deflates;
 //! the metrics file's `balloon` group counts the buffers served and read.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::linux::{retry_on_guest_flake, ATTEMPTS};
+use cairn_tests::linux::{boot_with_api, retry_on_guest_flake};
 use cairn_tests::process::http::request;
-use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
+use cairn_tests::process::{write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
 use cairn_vmm_api::config::{
     BalloonConfig, BalloonStatsReply, MachineConfig, MetricsConfig, VmConfig,
@@ -94,26 +93,7 @@ fn inflate_report_deflate() {
             ..guest.vm_config(256)
         },
     );
-    let mut booted = None;
-    for attempt in 1..=ATTEMPTS {
-        let _ = std::fs::remove_file(&api);
-        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-        cmd.arg("--api-sock")
-            .arg(&api)
-            .arg("--config-file")
-            .arg(&cfg);
-        let vm = Guest::spawn(cmd);
-        if vm
-            .wait_for("cairn-guest-ready", Duration::from_secs(240))
-            .is_ok()
-        {
-            booted = Some(vm);
-            break;
-        }
-        eprintln!("attempt {attempt}: no boot:\n{}", vm.stdout());
-    }
-    let mut vm = booted.expect("the guest never booted");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut vm = boot_with_api(&api, &cfg);
     let total_before = mem_total_kib(&mut vm);
 
     // Statistics arrive every second once the driver is up.

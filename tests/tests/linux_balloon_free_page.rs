@@ -10,12 +10,11 @@
 //! reporting and hinting queues sit at index 3, after it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_tests::linux::{retry_on_guest_flake, ATTEMPTS};
+use cairn_tests::linux::{boot_with_api, retry_on_guest_flake};
 use cairn_tests::process::http::request;
-use cairn_tests::process::{workspace_bin, write_vm_config, Guest};
+use cairn_tests::process::{write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
 use cairn_vmm_api::config::{BalloonConfig, MachineConfig, MetricsConfig, VmConfig};
 
@@ -141,29 +140,12 @@ fn boot(balloon: BalloonConfig) -> Vm {
             ..guest.vm_config(MEM_MIB)
         },
     );
-    for attempt in 1..=ATTEMPTS {
-        let _ = std::fs::remove_file(&api);
-        let mut cmd = Command::new(workspace_bin("cairn-vmm"));
-        cmd.arg("--api-sock")
-            .arg(&api)
-            .arg("--config-file")
-            .arg(&cfg);
-        let vm = Guest::spawn(cmd);
-        if vm
-            .wait_for("cairn-guest-ready", Duration::from_secs(240))
-            .is_ok()
-        {
-            std::thread::sleep(Duration::from_millis(500));
-            return Vm {
-                guest: vm,
-                api,
-                metrics,
-                _dir: dir,
-            };
-        }
-        eprintln!("attempt {attempt}: no boot:\n{}", vm.stdout());
+    Vm {
+        guest: boot_with_api(&api, &cfg),
+        api,
+        metrics,
+        _dir: dir,
     }
-    panic!("the guest never booted");
 }
 
 /// Fill `FILL_MIB` of guest memory with a file and return the guest mapping's resident KiB
