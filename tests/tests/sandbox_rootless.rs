@@ -79,6 +79,9 @@ impl World {
                 "useradd --system --no-create-home --user-group --groups kvm --shell /usr/sbin/nologin {USER}"
             ));
         }
+        // A user left by an earlier run that was killed may have lost group `kvm` (the run
+        // removed the group it made): put it back in.
+        sh(&format!("usermod --append --groups kvm {USER}"));
         let uid = sh(&format!("id -u {USER}")).trim().parse().unwrap();
         let gid = sh(&format!("id -g {USER}")).trim().parse().unwrap();
         let dir = tempfile::Builder::new()
