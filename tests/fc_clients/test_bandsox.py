@@ -48,7 +48,11 @@ def sock_dir():
 def _new_vm(fc_bin, sock_dir):
     vm_id = str(uuid.uuid4())
     vm = MicroVM(vm_id, str(sock_dir / f"{vm_id}.sock"), firecracker_bin=str(fc_bin))
-    vm.start_process()
+    try:
+        vm.start_process()
+    except BaseException:
+        vm.stop()
+        raise
     return vm, Console(vm)
 
 
@@ -79,6 +83,13 @@ def test_lifecycle_vsock_pause_snapshot_load(fc_bin, guest, disk, tmp_path, sock
         vm.resume()
         wait_until(lambda: console.ticks() > before, 20, "ticks after resume")
 
+        # PATCH /drives/rootfs after boot (bandsox's update_drive(), used when it restores).
+        disk2 = tmp_path / "disk2.img"
+        with open(disk2, "wb") as f:
+            f.truncate(1 << 20)
+        vm.update_drive("rootfs", str(disk2))
+        assert api_get(vm.socket_path, "/vm/config")[1]["drives"][0]["path_on_host"] == str(disk2)
+
         vm.pause()
         snap, mem = tmp_path / "snap", tmp_path / "mem"
         vm.snapshot(str(snap), str(mem))
@@ -101,6 +112,10 @@ def test_lifecycle_vsock_pause_snapshot_load(fc_bin, guest, disk, tmp_path, sock
         assert status == 200
         assert cfg2["drives"][0]["io_engine"] == "Async"
         assert cfg2["machine-config"]["mem_size_mib"] == 64
+        assert cfg2["drives"][0]["path_on_host"] == str(disk2)
+        process = vm2.process
+        vm2.stop()
+        assert process.poll() is not None, "stop() left the VMM running"
     finally:
         for v in (vm2, vm):
             if v is not None:
