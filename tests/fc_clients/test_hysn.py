@@ -48,6 +48,7 @@ def test_lifecycle_mmds_vsock_pause(fc_bin, guest, disk, docker_version, tmp_pat
         assert vm.pause() == f"VMM {vm._microvm_id} paused successfully"
         assert api_get(sock, "/")[1]["state"] == "Paused"
         assert vm.inspect()["State"]["Paused"] == "true"
+        time.sleep(0.2)
         before = _ticks(vm)
 
         time.sleep(1.0)
