@@ -4,8 +4,9 @@ itself builds its root disk from a Docker image (this host has no Docker daemon)
 through bandsox's Go guest agent, so the test drives MicroVM the way BandSox does: start_process(),
 configure() (root drive with io_engine "Async", machine config, entropy, TAP device "tap<id>"
 as eth0, and the vsock bridge: PUT /vsock/vsock0, then it waits for the vsock socket and listens
-on <uds>_<port>), start(), pause(), resume(), snapshot(), stop(), and load_snapshot() + resume()
-in a new MicroVM. The guest's serial console is the VMM's stdout, which MicroVM reads line by line.
+on <uds>_<port>), start(), update_drive() (PATCH /drives/rootfs after boot), pause(), resume(),
+snapshot(), stop(), and load_snapshot() + resume() in a new MicroVM that takes over the old TAP
+name, as BandSox.restore_vm does. The guest's serial console is the VMM's stdout, which MicroVM reads line by line.
 """
 import os
 import shutil
