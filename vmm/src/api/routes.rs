@@ -57,7 +57,9 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
             check_path_id("iface_id", id, &update.iface_id)?;
             ApiRequest::PatchNetworkInterface(update)
         }
-        ("PUT", ["vsock"]) => ApiRequest::PutVsock(parse_body(body)?),
+        // Firecracker reads only the first path segment here, so `PUT /vsock/{id}` (the form the
+        // `bandsox` client sends, with the deprecated `vsock_id` in the body) is a PUT /vsock.
+        ("PUT", ["vsock", ..]) => ApiRequest::PutVsock(parse_body(body)?),
         ("PUT", ["entropy"]) => ApiRequest::PutEntropy(parse_body(body)?),
         ("PUT", ["balloon"]) => ApiRequest::PutBalloon(parse_body(body)?),
         ("GET", ["balloon"]) => ApiRequest::GetBalloon,
@@ -251,6 +253,16 @@ mod tests {
                 r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#,
                 ApiRequest::PutVsock(VsockConfig {
                     vsock_id: None,
+                    guest_cid: 3,
+                    uds_path: "/v.sock".into(),
+                }),
+            ),
+            (
+                "PUT",
+                "/vsock/vsock0",
+                r#"{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/v.sock"}"#,
+                ApiRequest::PutVsock(VsockConfig {
+                    vsock_id: Some("vsock0".into()),
                     guest_cid: 3,
                     uds_path: "/v.sock".into(),
                 }),

@@ -325,6 +325,14 @@ pub const CASES: &[Case] = &[
             ),
             s("EXISTS", "{dir}/v2.sock", None, 200),
             put("/vsock", r#"{"guest_cid": 3}"#, 400),
+            // bandsox's request: Firecracker reads only the path's first segment here, and
+            // takes the deprecated `vsock_id`.
+            put(
+                "/vsock/vsock0",
+                r#"{"vsock_id": "vsock0", "guest_cid": 5, "uds_path": "{dir}/v3.sock"}"#,
+                204,
+            ),
+            s("EXISTS", "{dir}/v3.sock", None, 200),
         ],
     },
     Case {
