@@ -271,3 +271,15 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `vmm --api-sock SOCK EXTRA...` in a network namespace of its own (`unshare -n`), where it may
+/// make its taps.
+pub fn vmm_in_netns(vmm: &str, sock: &Path, extra: &[&str]) -> Guest {
+    let mut cmd = Command::new("unshare");
+    cmd.arg("-n")
+        .arg(vmm)
+        .arg("--api-sock")
+        .arg(sock)
+        .args(extra);
+    Guest::spawn(cmd)
+}

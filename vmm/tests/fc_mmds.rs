@@ -14,13 +14,7 @@ use cairn_vmm_api::config::{MmdsConfig, MmdsVersion, NetConfig};
 use serde_json::json;
 
 fn vmm_in_netns(sock: &std::path::Path, extra: &[&str]) -> Guest {
-    let mut cmd = Command::new("unshare");
-    cmd.arg("-n")
-        .arg(env!("CARGO_BIN_EXE_cairn-vmm"))
-        .arg("--api-sock")
-        .arg(sock)
-        .args(extra);
-    Guest::spawn(cmd)
+    cairn_tests::process::vmm_in_netns(env!("CARGO_BIN_EXE_cairn-vmm"), sock, extra)
 }
 
 fn is_root() -> bool {

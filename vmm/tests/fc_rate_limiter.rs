@@ -27,12 +27,7 @@ fn vmm(sock: &std::path::Path) -> Guest {
 
 /// A VMM in a network namespace of its own.
 fn vmm_in_netns(sock: &std::path::Path) -> Guest {
-    let mut cmd = Command::new("unshare");
-    cmd.arg("-n")
-        .arg(env!("CARGO_BIN_EXE_cairn-vmm"))
-        .arg("--api-sock")
-        .arg(sock);
-    Guest::spawn(cmd)
+    cairn_tests::process::vmm_in_netns(env!("CARGO_BIN_EXE_cairn-vmm"), sock, &[])
 }
 
 /// Save a paused VM's snapshot in `dir`, stop `g`, and load the snapshot into `g2` (resumed).

@@ -152,12 +152,7 @@ fn a_vm_config_reply_boots_as_a_config_file() {
 
 /// `cairn-vmm` in a network namespace of its own (`unshare -n`), where it makes its tap.
 fn vmm_in_netns(sock: &std::path::Path) -> Guest {
-    let mut cmd = Command::new("unshare");
-    cmd.arg("-n")
-        .arg(env!("CARGO_BIN_EXE_cairn-vmm"))
-        .arg("--api-sock")
-        .arg(sock);
-    Guest::spawn(cmd)
+    cairn_tests::process::vmm_in_netns(env!("CARGO_BIN_EXE_cairn-vmm"), sock, &[])
 }
 
 #[test]
