@@ -31,7 +31,7 @@ use cairn_sandbox::serve::ops;
 use cairn_tests::sandbox::CairnHome;
 use serde::{Deserialize, Serialize};
 
-use crate::util::{figure, ms, Figure, Options, Outcome};
+use crate::util::{figure, ms, sandbox_create_args, Figure, Options, Outcome};
 
 /// How many execs run at once in the concurrency figure, and over how many sandboxes.
 const CONCURRENT: usize = 50;
@@ -295,18 +295,7 @@ impl Drop for Serve {
 
 fn create(h: &CairnHome, name: &str) -> Result<(), String> {
     let created = h
-        .command(&[
-            "create",
-            name,
-            "--mem",
-            "256",
-            "--disk",
-            "1",
-            "--idle-timeout",
-            "0",
-            "--boot-timeout",
-            "400",
-        ])
+        .command(&sandbox_create_args(name))
         .output()
         .map_err(|e| e.to_string())?;
     if !created.status.success() {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use cairn_tests::sandbox::CairnHome;
 
-use crate::util::{figure, ms, Options, Outcome};
+use crate::util::{figure, ms, sandbox_create_args, Options, Outcome};
 
 /// The longest one timed `cairn` command may take.
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -142,20 +142,7 @@ pub fn sandbox(opts: &Options) -> Outcome {
     let mut created = None;
     for _ in 0..3 {
         let t = Instant::now();
-        let o = h
-            .command(&[
-                "create",
-                "b",
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--boot-timeout",
-                "400",
-            ])
-            .output();
+        let o = h.command(&sandbox_create_args("b")).output();
         match o {
             Ok(o) if o.status.success() => {
                 created = Some(t.elapsed().as_secs_f64());

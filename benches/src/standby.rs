@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cairn_tests::sandbox::CairnHome;
 
-use crate::util::{figure, ms, Options, Outcome};
+use crate::util::{figure, ms, sandbox_create_args, Options, Outcome};
 
 /// The longest one timed `cairn exec` may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -166,20 +166,7 @@ pub fn standby(opts: &Options) -> Outcome {
     h.verbose = false;
     let mut created = false;
     for _ in 0..3 {
-        let o = h
-            .command(&[
-                "create",
-                "b",
-                "--mem",
-                "256",
-                "--disk",
-                "1",
-                "--idle-timeout",
-                "0",
-                "--boot-timeout",
-                "400",
-            ])
-            .output();
+        let o = h.command(&sandbox_create_args("b")).output();
         if o.as_ref().is_ok_and(|o| o.status.success()) {
             created = true;
             break;

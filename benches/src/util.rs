@@ -643,6 +643,23 @@ pub fn qemu_microvm(
     cmd
 }
 
+/// `cairn create NAME` as the sandbox benches make theirs: 256 MiB, a 1 GiB disk, no idle
+/// sleep, and a boot timeout for this host's slow emulated boots.
+pub fn sandbox_create_args(name: &str) -> [&str; 10] {
+    [
+        "create",
+        name,
+        "--mem",
+        "256",
+        "--disk",
+        "1",
+        "--idle-timeout",
+        "0",
+        "--boot-timeout",
+        "400",
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
