@@ -4,13 +4,11 @@
 //! with the disk each fork adds. Runs `cairn` from beside this binary, in a private
 //! `CAIRN_HOME` under `/tmp`.
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::Instant;
 
 use cairn_tests::sandbox::CairnHome;
 
-use crate::util::{figure, ms, sandbox_create_args, Options, Outcome};
+use crate::util::{figure, first_byte_of, ms, sandbox_create_args, Options, Outcome};
 
 /// The longest one timed `cairn` command may take.
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -18,42 +16,8 @@ const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Time from spawning `cairn ARGS` to its first stdout byte, and to its exit. Fails unless it
 /// exits 0.
 fn first_byte(h: &CairnHome, args: &[&str]) -> Result<(f64, f64), String> {
-    let start = Instant::now();
-    let mut child = h
-        .command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cairn {args:?}: {e}"))?;
-    let mut out = child.stdout.take().ok_or("no stdout")?;
-    // A guest that stops answering must not hang the bench: kill the CLI after a minute.
-    let (done, waiting) = std::sync::mpsc::channel::<()>();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        if waiting.recv_timeout(LIMIT).is_err() {
-            // SAFETY: kill(2) takes no pointers; `pid` is our child, not yet reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-    });
-    let mut b = [0u8; 1];
-    let first = match out.read(&mut b) {
-        Ok(1) => ms(start.elapsed()),
-        _ => f64::NAN,
-    };
-    let mut rest = Vec::new();
-    let _ = out.read_to_end(&mut rest);
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let _ = done.send(());
-    let _ = watchdog.join();
-    let total = ms(start.elapsed());
-    if !status.success() || first.is_nan() {
-        return Err(format!("cairn {args:?}: {status}: {}", err.trim()));
-    }
-    Ok((first, total))
+    let t = first_byte_of(h.command(args), &format!("cairn {args:?}"), LIMIT)?;
+    Ok((t.first_ms, t.total_ms))
 }
 
 /// [`first_byte`], tried again (up to 4 times) when the guest process or agent died at start,

@@ -8,13 +8,11 @@
 //! (standby check, spawn, API socket, restore), and the restore request alone. Also the
 //! stop's time (it starts the standby) and the standby's RSS.
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cairn_tests::sandbox::CairnHome;
 
-use crate::util::{figure, ms, sandbox_create_args, Options, Outcome};
+use crate::util::{figure, first_byte_of, ms, sandbox_create_args, Options, Outcome};
 
 /// The longest one timed `cairn exec` may take.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -65,39 +63,10 @@ fn phases(stderr: &str) -> Option<Vec<(String, f64)>> {
 }
 
 fn wake(h: &CairnHome) -> Result<Wake, String> {
-    let start = Instant::now();
-    let mut child = h
-        .command(&["exec", "b", "--", "echo", "x"])
-        .env("CAIRN_TIMES", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut out = child.stdout.take().ok_or("no stdout")?;
-    let pid = child.id();
-    let (done, waiting) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if waiting.recv_timeout(LIMIT).is_err() {
-            // SAFETY: kill(2) takes no pointers; `pid` is our child, not yet reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-    });
-    let mut b = [0u8; 1];
-    let first = match out.read(&mut b) {
-        Ok(1) => ms(start.elapsed()),
-        _ => f64::NAN,
-    };
-    let _ = out.read_to_end(&mut Vec::new());
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let _ = done.send(());
-    let _ = watchdog.join();
-    if !status.success() || first.is_nan() {
-        return Err(format!("wake exec: {status}: {}", err.trim()));
-    }
+    let mut cmd = h.command(&["exec", "b", "--", "echo", "x"]);
+    cmd.env("CAIRN_TIMES", "1");
+    let t = first_byte_of(cmd, "wake exec", LIMIT)?;
+    let (first, err) = (t.first_ms, t.stderr);
     let phases = phases(&err).ok_or_else(|| format!("no phase times in: {err}"))?;
     if let Some(line) = err.lines().find(|l| l.contains(": start from ")) {
         eprintln!("{line}");

@@ -660,6 +660,59 @@ pub fn sandbox_create_args(name: &str) -> [&str; 10] {
     ]
 }
 
+/// What [`first_byte_of`] measured: spawn → first stdout byte, spawn → exit, and stderr.
+pub struct FirstByte {
+    /// Milliseconds to the first byte on stdout.
+    pub first_ms: f64,
+    /// Milliseconds to the exit.
+    pub total_ms: f64,
+    /// Everything the command wrote to stderr.
+    pub stderr: String,
+}
+
+/// Spawns `cmd` and times its first stdout byte and its exit; a command that hangs is killed
+/// after `limit`. Fails, naming it `what`, unless it printed something and exited 0.
+pub fn first_byte_of(mut cmd: Command, what: &str, limit: Duration) -> Result<FirstByte, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    // A guest that stops answering must not hang the bench.
+    let (done, waiting) = std::sync::mpsc::channel::<()>();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        if waiting.recv_timeout(limit).is_err() {
+            // SAFETY: kill(2) takes no pointers; `pid` is our child, not yet reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let mut b = [0u8; 1];
+    let first_ms = match out.read(&mut b) {
+        Ok(1) => ms(start.elapsed()),
+        _ => f64::NAN,
+    };
+    let _ = out.read_to_end(&mut Vec::new());
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let total_ms = ms(start.elapsed());
+    if !status.success() || first_ms.is_nan() {
+        return Err(format!("{what}: {status}: {}", stderr.trim()));
+    }
+    Ok(FirstByte {
+        first_ms,
+        total_ms,
+        stderr,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
