@@ -119,18 +119,10 @@ pub(crate) fn key(paths: &Paths, args: &[OsString]) -> Result<String, SandboxErr
     Ok(parts.join(";"))
 }
 
-/// A file's path, device, inode, size and modification time, as one string.
+/// A file's path and version ([`crate::content_key::version_tag`]), as one string.
 fn file_id(p: &Path) -> String {
     match fs::metadata(p) {
-        Ok(m) => format!(
-            "{}:{}:{}:{}:{}.{}",
-            p.display(),
-            m.dev(),
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec()
-        ),
+        Ok(m) => format!("{}:{}", p.display(), crate::content_key::version_tag(&m)),
         Err(_) => format!("{}:missing", p.display()),
     }
 }
