@@ -385,6 +385,7 @@ pub fn build_machine(
         dirty: Default::default(),
         vmgenid: Some(vmgenid),
         mmds: None,
+        filled: None,
     })
 }
 

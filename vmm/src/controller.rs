@@ -577,6 +577,8 @@ impl Controller {
                         .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
                         .collect(),
                     vsock_uds_path: p.vsock_override.as_ref().map(|v| v.uds_path.clone()),
+                    // The runtime decides (it knows whether checkpoints are taken).
+                    fill_anonymous: false,
                 };
                 self.vsock_socket.release();
                 let began = std::time::Instant::now();

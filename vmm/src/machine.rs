@@ -48,6 +48,9 @@ pub struct Machine {
     pub(crate) vmgenid: Option<cairn_devices::acpi::VmGenId>,
     /// MMDS's settings, when it is enabled on some interface (kept in snapshots).
     pub(crate) mmds: Option<cairn_devices::mmds::MmdsState>,
+    /// Restored memory still being filled from its layer files (checkpoint/filled_memory.rs).
+    /// Last, so that it outlives the vCPUs, whose faults it answers.
+    pub(crate) filled: Option<crate::checkpoint::filled_memory::FilledMemory>,
 }
 
 /// Who consumes dirty pages: Firecracker-style snapshots and named checkpoints each keep their

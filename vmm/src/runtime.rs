@@ -94,6 +94,12 @@ impl Runtime {
             ));
         }
         let state = read_state(state_path)?;
+        // A VMM that takes checkpoints of the loaded VM gets memory it can write-protect.
+        let mut opts = opts.clone();
+        opts.fill_anonymous |= self.checkpoints.is_some()
+            && opts.track_dirty_pages
+            && crate::checkpoint::filled_memory::wanted(&opts.memory_layers);
+        let opts = &opts;
         // A drive configured `io_engine: "Async"` runs on io_uring again, as Firecracker's does.
         let settings = state.device_settings.clone();
         let mut open = |cfg: &cairn_devices::virtio::block::BlockConfig| {
@@ -243,6 +249,7 @@ impl Runtime {
         // Paused until the head is recorded: a head that cannot be written (full disk) fails the
         // restore before the guest has run at all.
         let opts = RestoreOptions {
+            fill_anonymous: crate::checkpoint::filled_memory::wanted(&layers),
             memory_layers: layers,
             track_dirty_pages: true,
             resume: false,

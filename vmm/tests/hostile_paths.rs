@@ -112,6 +112,7 @@ fn a_fifo_never_blocks_the_vmm() {
             let mut rt = Runtime::new().unwrap();
             let out = Capture::default();
             let opts = RestoreOptions {
+                fill_anonymous: false,
                 memory_layers: vec![m],
                 track_dirty_pages: false,
                 resume: false,

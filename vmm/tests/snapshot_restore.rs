@@ -81,6 +81,7 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
     let out2 = Capture::default();
     let mut rt2 = Runtime::new().unwrap();
     let opts = RestoreOptions {
+        fill_anonymous: false,
         memory_layers: vec![full_mem.clone()],
         track_dirty_pages: true,
         resume: false,
@@ -118,6 +119,25 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
     );
     rt3.machine_mut().unwrap().resume().unwrap();
     wait_dots(&mut rt3, &out3, 1);
+    rt3.shutdown();
+    drop(rt3);
+
+    // The same chain into anonymous memory filled by the VMM (checkpoint/filled_memory.rs):
+    // the same memory, whether a fault or the filler put each page in.
+    let out4 = Capture::default();
+    let mut rt4 = Runtime::new().unwrap();
+    let opts = RestoreOptions {
+        fill_anonymous: true,
+        ..opts
+    };
+    rt4.restore(&diff_state, &opts, console(&out4)).unwrap();
+    assert_eq!(regs(&rt4), regs_diff);
+    assert!(
+        page_hashes(&rt4) == hashes_diff,
+        "memory differs after restoring Full+Diff into filled memory"
+    );
+    rt4.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt4, &out4, 1);
 }
 
 #[test]
@@ -137,6 +157,7 @@ fn corrupt_and_truncated_state_files_are_refused() {
     rt.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
     let good = std::fs::read(&state).unwrap();
     let opts = RestoreOptions {
+        fill_anonymous: false,
         memory_layers: vec![mem.clone()],
         track_dirty_pages: false,
         resume: false,
@@ -174,6 +195,7 @@ fn corrupt_and_truncated_state_files_are_refused() {
     std::fs::write(&bad, b"short").unwrap();
     let mut rt = Runtime::new().unwrap();
     let opts = RestoreOptions {
+        fill_anonymous: false,
         memory_layers: vec![bad.clone()],
         ..opts
     };

@@ -17,6 +17,7 @@ use common::{console, page_hashes, vmgenid, wait_dots};
 
 fn opts(mem: &std::path::Path) -> RestoreOptions {
     RestoreOptions {
+        fill_anonymous: false,
         memory_layers: vec![mem.to_path_buf()],
         track_dirty_pages: false,
         resume: false,

@@ -35,7 +35,7 @@ use crate::error::VmmError;
 pub(crate) const UFFD_API: u64 = 0xAA;
 pub(crate) const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
 pub(crate) const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
-const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
+pub(crate) const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
 const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
 const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
@@ -191,42 +191,52 @@ impl WriteTracker {
     }
 
     pub(crate) fn wake(&self, host: u64, len: u64) -> io::Result<()> {
-        let mut range = UffdioRange { start: host, len };
-        ioctl(&self.uffd, UFFDIO_WAKE, &mut range)
+        wake(&self.uffd, host, len)
     }
 
     /// The page addresses of the write faults queued now (none: an empty vector).
     pub(crate) fn pending_faults(&self, out: &mut Vec<u64>) -> io::Result<()> {
-        out.clear();
-        let mut msgs = [UffdMsg::default(); 64];
-        loop {
-            let bytes = std::mem::size_of_val(&msgs);
-            // SAFETY: reading at most `bytes` into our own array of plain-data messages.
-            let n = unsafe {
-                libc::read(
-                    self.uffd.as_raw_fd(),
-                    msgs.as_mut_ptr() as *mut libc::c_void,
-                    bytes,
-                )
+        pending_faults(&self.uffd, out)
+    }
+}
+
+/// Wake the threads waiting on a fault in `[host, host + len)` of `uffd`.
+pub(crate) fn wake(uffd: &OwnedFd, host: u64, len: u64) -> io::Result<()> {
+    let mut range = UffdioRange { start: host, len };
+    ioctl(uffd, UFFDIO_WAKE, &mut range)
+}
+
+/// The page addresses of the faults queued on `uffd` (non-blocking) now: none, an empty vector.
+pub(crate) fn pending_faults(uffd: &OwnedFd, out: &mut Vec<u64>) -> io::Result<()> {
+    out.clear();
+    let mut msgs = [UffdMsg::default(); 64];
+    loop {
+        let bytes = std::mem::size_of_val(&msgs);
+        // SAFETY: reading at most `bytes` into our own array of plain-data messages.
+        let n = unsafe {
+            libc::read(
+                uffd.as_raw_fd(),
+                msgs.as_mut_ptr() as *mut libc::c_void,
+                bytes,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(()),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
-            let count = n as usize / std::mem::size_of::<UffdMsg>();
-            out.extend(
-                msgs[..count]
-                    .iter()
-                    .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
-                    .map(|m| m.address & !(PAGE_SIZE - 1)),
-            );
-            if count < msgs.len() {
-                return Ok(());
-            }
+        }
+        let count = n as usize / std::mem::size_of::<UffdMsg>();
+        out.extend(
+            msgs[..count]
+                .iter()
+                .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
+                .map(|m| m.address & !(PAGE_SIZE - 1)),
+        );
+        if count < msgs.len() {
+            return Ok(());
         }
     }
 }

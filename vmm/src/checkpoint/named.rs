@@ -265,6 +265,18 @@ impl CheckpointManager {
         let layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
         let was_running = machine.state() == RunState::Running;
         let mut phases = Phases::new(Instant::now());
+        // Restored memory still being filled from its layers (checkpoint/filled_memory.rs) can
+        // be write-protected only once every page is in: the rest is copied now, the guest
+        // running, and the missing-page registration ends.
+        if was_running && background::enabled() {
+            if let Some(filled) = machine.filled.take() {
+                if let Err(e) = filled.finish() {
+                    layer.discard();
+                    return Err(e);
+                }
+                phases.mark("finish the memory fill (guest running)");
+            }
+        }
         // Write tracking armed while the guest runs, where KVM's dirty log says what it wrote
         // meanwhile (checkpoint/prearm.rs); else armed at the pause.
         let mut prearmed = None;

@@ -2,7 +2,10 @@
 //!
 //! Memory is mapped, not copied: the base file MAP_PRIVATE over each RAM region, then every
 //! later layer's pages MAP_FIXED over it, newest last, so restore time does not grow with guest
-//! RAM and no layer is ever merged first.
+//! RAM and no layer is ever merged first. Where background checkpoints need write-protectable
+//! memory and the files lie on a disk file system, memory is anonymous instead, filled on first
+//! touch and in the background from the same layers (checkpoint/filled_memory.rs); restore is
+//! just as lazy.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use kvm_bindings::kvm_cpuid_entry2;
 use crate::arch::x86_64::cpuid::CpuTemplate;
 use crate::builder::{register_legacy_events, BuildSpec, ConsoleIo, DiskOpener, KernelImage};
 use crate::checkpoint::compat::{check_compatible, host_cpuid};
+use crate::checkpoint::filled_memory;
 use crate::checkpoint::memory::map_memory_chain;
 use crate::checkpoint::state::{MachineState, VirtioDeviceState};
 use crate::checkpoint::verify;
@@ -48,6 +52,10 @@ pub struct RestoreOptions {
     pub network_overrides: Vec<(String, String)>,
     /// A vsock Unix socket path to use instead of the saved one.
     pub vsock_uds_path: Option<PathBuf>,
+    /// Restore into anonymous memory filled from the layer files by the VMM
+    /// (checkpoint/filled_memory.rs) instead of mapping the files, so that the kernel can
+    /// write-protect it for background checkpoints. [`filled_memory::wanted`] decides.
+    pub fill_anonymous: bool,
 }
 
 fn dev_err(id: &str, e: impl std::fmt::Display) -> VmmError {
@@ -83,13 +91,30 @@ pub fn restore_machine(
     install_kick_handler()?;
     // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
     // fresh process gets its load request before that wait is over).
-    let (mem, restored_pages) = match crate::checkpoint::served_memory::take_next() {
-        Some(server) => crate::checkpoint::served_memory::map_served(
-            &state.regions,
-            &opts.memory_layers,
-            &server,
-        )?,
-        None => map_memory_chain(&state.regions, &opts.memory_layers)?,
+    let (mem, restored_pages, filled) = match crate::checkpoint::served_memory::take_next() {
+        Some(server) => {
+            let (mem, pages) = crate::checkpoint::served_memory::map_served(
+                &state.regions,
+                &opts.memory_layers,
+                &server,
+            )?;
+            (mem, pages, None)
+        }
+        None if opts.fill_anonymous => {
+            match filled_memory::map_filled(&state.regions, &opts.memory_layers) {
+                Ok((mem, pages, filled)) => (mem, pages, Some(filled)),
+                Err(e) => {
+                    // No userfaultfd here: the file mapping, whose checkpoints copy paused.
+                    tracing::warn!("{e}; mapping the memory files instead");
+                    let (mem, pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+                    (mem, pages, None)
+                }
+            }
+        }
+        None => {
+            let (mem, pages) = map_memory_chain(&state.regions, &opts.memory_layers)?;
+            (mem, pages, None)
+        }
     };
     let PreparedVm { kvm, vm } = prewarm::take()?;
     let supported = kvm
@@ -126,6 +151,9 @@ pub fn restore_machine(
         None => None,
     };
     let exit = Arc::new(ExitSignal::new()?);
+    if let Some(f) = &filled {
+        f.stop_on_error(exit.clone());
+    }
     register_legacy_events(event_loop, &legacy, &exit, console.input)?;
 
     let mut virtio = Vec::with_capacity(state.virtio.len());
@@ -279,5 +307,6 @@ pub fn restore_machine(
         dirty: Default::default(),
         vmgenid,
         mmds: state.mmds.clone(),
+        filled,
     })
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
 use cairn_snapshot::memory::served::{ServedMemory, ServedRegion, READY};
-use cairn_snapshot::memory::PageIndex;
+use cairn_snapshot::memory::{LayerChain, PageIndex};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::GuestAddress;
@@ -74,7 +74,26 @@ pub fn map_served(
     socket: &Path,
 ) -> Result<(GuestMemoryMmap, PageIndex), VmmError> {
     let total: u64 = regions.iter().map(|(_, len)| len).sum();
-    let mut chain = cairn_snapshot::memory::LayerChain::new(total);
+    let chain = open_chain(total, layers)?;
+    let pages = chain_pages(&chain);
+    let mem = map_anonymous(regions).map_err(|e| err(socket, e))?;
+    let layout: Vec<ServedRegion> = region_layout(&mem)
+        .into_iter()
+        .map(|(host, len, offset)| ServedRegion { host, len, offset })
+        .collect();
+    let uffd = register_missing(&mem).map_err(|e| err(socket, e))?;
+    let stream = handshake(socket, &uffd, &ServedMemory { regions: layout })?;
+    KEEP.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((uffd, stream));
+    SERVED.store(true, Ordering::Relaxed);
+    Ok((mem, pages))
+}
+
+/// The chain of memory layers `layers` (base first) over `total` bytes of guest RAM, from their
+/// indexes only.
+pub(crate) fn open_chain(total: u64, layers: &[PathBuf]) -> Result<LayerChain, VmmError> {
+    let mut chain = LayerChain::new(total);
     for layer in layers {
         let index = cairn_snapshot::memory::open_layer(layer)
             .map_err(|e| VmmError::Snapshot(format!("{}: {e}", layer.display())))?;
@@ -82,11 +101,19 @@ pub fn map_served(
             .push(layer, index)
             .map_err(|e| VmmError::Snapshot(e.to_string()))?;
     }
-    let pages = chain
+    Ok(chain)
+}
+
+/// Every page some layer of `chain` holds.
+pub(crate) fn chain_pages(chain: &LayerChain) -> PageIndex {
+    chain
         .layers()
         .iter()
-        .fold(PageIndex::new(), |acc, l| acc.union(&l.pages));
+        .fold(PageIndex::new(), |acc, l| acc.union(&l.pages))
+}
 
+/// Guest RAM for `regions` as anonymous memory: nothing is allocated until touched.
+pub(crate) fn map_anonymous(regions: &[(u64, u64)]) -> Result<GuestMemoryMmap, String> {
     let mut mapped = Vec::with_capacity(regions.len());
     for &(gpa, len) in regions {
         let region = MmapRegionBuilder::<AtomicBitmap>::new_with_bitmap(
@@ -96,42 +123,33 @@ pub fn map_served(
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
         .build()
-        .map_err(|e| err(socket, format!("mmap guest memory: {e}")))?;
+        .map_err(|e| format!("mmap guest memory: {e}"))?;
         let region = GuestRegionMmap::new(region, GuestAddress(gpa))
-            .ok_or_else(|| err(socket, "region overflows"))?;
+            .ok_or_else(|| "region overflows".to_string())?;
         mapped.push(region);
     }
-    let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| err(socket, e))?;
-    let layout: Vec<ServedRegion> = region_layout(&mem)
-        .into_iter()
-        .map(|(host, len, offset)| ServedRegion { host, len, offset })
-        .collect();
+    GuestMemoryMmap::from_regions(mapped).map_err(|e| e.to_string())
+}
 
-    let uffd = new_uffd().map_err(|e| err(socket, format!("userfaultfd: {e}")))?;
+/// A new userfaultfd with all of `mem` registered for missing-page faults: from now on every
+/// first touch of a page waits until the page is copied in through it.
+pub(crate) fn register_missing(mem: &GuestMemoryMmap) -> Result<OwnedFd, String> {
+    let uffd = new_uffd().map_err(|e| format!("userfaultfd: {e}"))?;
     let mut api = UffdioApi {
         api: UFFD_API,
         features: 0,
         ioctls: 0,
     };
-    ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| err(socket, format!("UFFDIO_API: {e}")))?;
-    for r in &layout {
+    ioctl(&uffd, UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API: {e}"))?;
+    for (host, len, _) in region_layout(mem) {
         let mut reg = UffdioRegister {
-            range: UffdioRange {
-                start: r.host,
-                len: r.len,
-            },
+            range: UffdioRange { start: host, len },
             mode: UFFDIO_REGISTER_MODE_MISSING,
             ioctls: 0,
         };
-        ioctl(&uffd, UFFDIO_REGISTER, &mut reg)
-            .map_err(|e| err(socket, format!("UFFDIO_REGISTER: {e}")))?;
+        ioctl(&uffd, UFFDIO_REGISTER, &mut reg).map_err(|e| format!("UFFDIO_REGISTER: {e}"))?;
     }
-    let stream = handshake(socket, &uffd, &ServedMemory { regions: layout })?;
-    KEEP.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((uffd, stream));
-    SERVED.store(true, Ordering::Relaxed);
-    Ok((mem, pages))
+    Ok(uffd)
 }
 
 /// Connect, send `hello` with the userfaultfd attached, wait for [`READY`].
