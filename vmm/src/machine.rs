@@ -163,6 +163,10 @@ impl Machine {
             return Ok(());
         }
         for vcpu in &self.vcpus {
+            // Events from before this request are stale: a vCPU restored paused and resumed
+            // since left its start-up `Paused` unread, which would pass for this pause's
+            // answer while the vCPU still runs.
+            let _ = vcpu.last_resumed();
             vcpu.send(VcpuRequest::Pause)?;
         }
         Ok(())

@@ -501,7 +501,13 @@ impl FilledMemory {
     /// anonymous memory, which write-protection can track.
     pub fn finish(mut self) -> Result<(), VmmError> {
         let filler = self.filler.take();
-        match filler.map(|f| f.join()) {
+        let t = Instant::now();
+        let r = filler.map(|f| f.join());
+        tracing::debug!(
+            "checkpoint: waited {:.1} ms for the restored memory's fill",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        match r {
             Some(Ok(Ok(()))) | None => Ok(()),
             Some(Ok(Err(e))) => Err(VmmError::Snapshot(format!("filling restored memory: {e}"))),
             Some(Err(_)) => Err(VmmError::Snapshot(

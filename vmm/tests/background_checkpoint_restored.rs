@@ -1,0 +1,174 @@
+//! Checkpoints that do not stop the guest, of a VM restored from checkpoint layers on a disk
+//! file system (checkpoint/filled_memory.rs). Such layers cannot be write-protected as a file
+//! mapping, so the restore fills anonymous memory from them; a checkpoint taken while that fill
+//! runs finishes it with the guest running, then copies in the background as for a booted VM.
+//! The `dirty256m` ticker rewrites a 256 MiB window all along: each checkpoint must hold the
+//! memory at its pause page by page (`CAIRN_VERIFY_MEMORY`), must not have copied inside the
+//! pause, and must restore to exactly that memory.
+
+use std::path::Path;
+use std::time::Instant;
+
+#[allow(dead_code)] // page_hashes is for the other tests
+mod common;
+
+use cairn_snapshot::memory::PageIndex;
+use cairn_tests::capture::Capture;
+use cairn_tests::{guests, kvm_available};
+use cairn_vmm::builder::BuildSpec;
+use cairn_vmm::checkpoint::{background, verify};
+use cairn_vmm::machine::RunState;
+use cairn_vmm::runtime::Runtime;
+use common::{console, wait_dots};
+
+const WINDOW_FIRST_PAGE: u64 = 0x20_0000 / 4096;
+const WINDOW_PAGES: u64 = 256 * 256;
+
+/// `statfs.f_type` of tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+fn on_tmpfs(dir: &Path) -> bool {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: statfs fills the struct we own from a NUL-terminated path.
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statfs returned 0.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    kind == TMPFS_MAGIC
+}
+
+/// The saved window reads N, ..., N, N-1, ..., N-1 (the ticker's passes, in page order).
+fn check_one_step(layer: &Path, pages: &PageIndex) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(layer).unwrap();
+    let mut values = vec![];
+    for page in WINDOW_FIRST_PAGE..WINDOW_FIRST_PAGE + WINDOW_PAGES {
+        if pages.contains(page) {
+            let mut b = [0u8; 4];
+            file.read_exact_at(&mut b, page * 4096).unwrap();
+            values.push((page, u32::from_le_bytes(b)));
+        }
+    }
+    assert!(!values.is_empty(), "no window page saved");
+    let top = values[0].1;
+    for pair in values.windows(2) {
+        let ((_, a), (page, b)) = (pair[0], pair[1]);
+        assert!(
+            b <= a && top - b <= 1,
+            "page {page:#x} holds pass {b} after {a} (first {top}): saved after the guest wrote it"
+        );
+    }
+}
+
+/// Take checkpoint `name` of the running machine and check it holds the memory at its pause
+/// and was copied with the guest running.
+fn checkpoint_in_background(rt: &mut Runtime, store: &Path, name: &str) {
+    let meta = rt.create_checkpoint(Some(name)).unwrap();
+    assert_eq!(rt.machine().unwrap().state(), RunState::Running);
+    eprintln!(
+        "{name}: {:.1} MiB, pause {:.2} ms, copy {:.2} ms, total {:.2} ms",
+        meta.memory.dirty_mib, meta.pause_ms, meta.write_ms, meta.total_ms
+    );
+    // A restored machine's vCPUs once reported a stale pause: the pause measured nothing.
+    assert!(meta.pause_ms > 0.0, "{name}: {meta:?}");
+    // A copy made paused counts in both pause_ms and write_ms.
+    assert!(
+        meta.total_ms + 1.0 >= meta.pause_ms + meta.write_ms,
+        "{name}: the copy ran inside the pause (no background checkpoint): {meta:?}"
+    );
+    let ck = store.join(name);
+    let hashes = verify::load(&ck).expect("hashes taken at the pause");
+    let layer = ck.join("mem.layer");
+    let index = cairn_snapshot::memory::open_layer(&layer).unwrap();
+    let differ = verify::layer_mismatches(&layer, &index.pages, &hashes).unwrap();
+    assert!(
+        differ.is_empty(),
+        "{name}: {} pages differ from the pause, first {:#x?}",
+        differ.len(),
+        &differ[..differ.len().min(8)]
+    );
+    check_one_step(&layer, &index.pages);
+}
+
+/// Restore `name` and check every page against the hashes taken at its pause.
+fn restore_exactly(rt: &mut Runtime, store: &Path, name: &str) -> Capture {
+    let out = Capture::default();
+    let began = Instant::now();
+    rt.restore_checkpoint(name, None, false, None, || console(&out))
+        .unwrap();
+    eprintln!(
+        "restore {name}: {:.1} ms",
+        began.elapsed().as_secs_f64() * 1e3
+    );
+    let restored = verify::page_hashes(rt.machine().unwrap().memory());
+    let saved = verify::load(&store.join(name)).unwrap();
+    // The VM generation id's page is rewritten by every restore, by design.
+    let vmgenid_page = cairn_vmm::arch::x86_64::layout::VMGENID_ADDR / 4096;
+    let expected = PageIndex::from_ranges([(vmgenid_page, 1)]);
+    let differ = verify::unexpected_changes(&saved, &restored, &expected);
+    assert!(differ.is_empty(), "{name}: {} pages differ", differ.len());
+    out
+}
+
+#[test]
+fn checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest() {
+    let test = "checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest";
+    if !kvm_available(test) {
+        return;
+    }
+    if let Err(e) = background::WriteTracker::open() {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
+            "no userfaultfd: {e}"
+        );
+        eprintln!("SKIP {test}: no userfaultfd ({e})");
+        return;
+    }
+    // This test binary runs only this test, so the variables reach no other.
+    std::env::set_var("CAIRN_VERIFY_MEMORY", "1");
+    // The build's own directory: on the disk that holds the workspace.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if on_tmpfs(dir.path()) {
+        // Here a file mapping could be write-protected: make the restore fill anyway.
+        eprintln!("{test}: the target directory is on tmpfs; CAIRN_RESTORE_FILL=1");
+        std::env::set_var("CAIRN_RESTORE_FILL", "1");
+    }
+    let store = dir.path().join("ckpts");
+    let mut spec = BuildSpec::linux(guests::DIRTY256M);
+    spec.mem_size_mib = 300;
+    spec.checkpoint_dir = Some(store.clone());
+    spec.track_dirty_pages = true;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    wait_dots(&mut rt, &out, out.dots());
+    checkpoint_in_background(&mut rt, &store, "booted");
+
+    // Restored from the disk, the guest rewrites its window at once; the first checkpoint
+    // finds the fill under way (it has 260 MiB to read), the second one a plain anonymous
+    // memory, and it is a Diff over the first.
+    let out = restore_exactly(&mut rt, &store, "booted");
+    rt.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt, &out, 0);
+    checkpoint_in_background(&mut rt, &store, "r1");
+    let seen = out.dots();
+    wait_dots(&mut rt, &out, seen);
+    checkpoint_in_background(&mut rt, &store, "r2");
+
+    for name in ["r1", "r2"] {
+        let out = restore_exactly(&mut rt, &store, name);
+        rt.machine_mut().unwrap().resume().unwrap();
+        wait_dots(&mut rt, &out, 0);
+    }
+    checkpoint_in_background(&mut rt, &store, "r3");
+    // A checkpoint at once after a restore and resume: the fill has most of memory still to
+    // read, and the checkpoint waits for it with the guest running.
+    let out = Capture::default();
+    rt.restore_checkpoint("r3", None, true, None, || console(&out))
+        .unwrap();
+    checkpoint_in_background(&mut rt, &store, "r4");
+    let out = restore_exactly(&mut rt, &store, "r4");
+    rt.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt, &out, 0);
+}
