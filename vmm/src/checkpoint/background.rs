@@ -18,7 +18,11 @@
 //!
 //! The kernel must allow write-protection on the memory's type: anonymous memory (a booted VM)
 //! always; a `MAP_PRIVATE` file mapping (a restored VM's layers) only on tmpfs/shmem or
-//! hugetlbfs. [`arm`] fails otherwise, and the caller copies with the vCPUs paused instead.
+//! hugetlbfs. A VM restored from layers on any other file system therefore gets anonymous memory
+//! filled from them by the VMM (checkpoint/filled_memory.rs); a checkpoint waits for that fill to
+//! end, with the guest running, and then arms as for a booted VM. [`arm`] fails where the memory
+//! still cannot be tracked (no userfaultfd, `CAIRN_RESTORE_FILL=0`), and the caller copies with
+//! the vCPUs paused instead.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
