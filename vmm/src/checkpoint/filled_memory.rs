@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_devices::GuestMemoryMmap;
 use cairn_snapshot::memory::{MappedRange, PageIndex};
@@ -126,6 +126,9 @@ pub struct FillStats {
 /// The layer files and where each page of guest memory comes from.
 struct Source {
     uffd: OwnedFd,
+    /// Guest memory, kept mapped while the threads fill it (a machine torn down mid-fill must
+    /// not unmap it under them).
+    _mem: GuestMemoryMmap,
     files: Vec<File>,
     /// The chain's resolution: ascending, non-overlapping; pages in none are zero.
     plan: Vec<MappedRange>,
@@ -283,6 +286,8 @@ struct Shared {
     /// The machine's exit, to stop it when a layer cannot be read.
     exit: OnceLock<Arc<ExitSignal>>,
     started: Instant,
+    /// How long the filler waits before it starts (tests: to let faults do all the work).
+    fill_delay: Duration,
 }
 
 impl Shared {
@@ -325,6 +330,15 @@ pub fn map_filled(
     regions: &[(u64, u64)],
     layers: &[PathBuf],
 ) -> Result<(GuestMemoryMmap, PageIndex, FilledMemory), VmmError> {
+    map_filled_after(regions, layers, Duration::ZERO)
+}
+
+/// [`map_filled`], its filler starting after `fill_delay`.
+fn map_filled_after(
+    regions: &[(u64, u64)],
+    layers: &[PathBuf],
+    fill_delay: Duration,
+) -> Result<(GuestMemoryMmap, PageIndex, FilledMemory), VmmError> {
     let err = |what: String| VmmError::Snapshot(format!("restore into anonymous memory: {what}"));
     let total: u64 = regions.iter().map(|(_, len)| len).sum();
     let chain = open_chain(total, layers)?;
@@ -353,6 +367,7 @@ pub fn map_filled(
     let shared = Arc::new(Shared {
         source: Source {
             uffd,
+            _mem: mem.clone(),
             files,
             plan: chain.resolve(),
             layout: region_layout(&mem),
@@ -362,6 +377,7 @@ pub fn map_filled(
         abort: AtomicBool::new(false),
         exit: OnceLock::new(),
         started: Instant::now(),
+        fill_delay,
     });
     let epoll = Epoll::new().map_err(|e| err(format!("epoll: {e}")))?;
     for (fd, token) in [
@@ -437,6 +453,9 @@ fn fault_loop(shared: &Shared, epoll: &Epoll) -> Result<(), String> {
 fn fill(shared: &Shared, faults: JoinHandle<Result<(), String>>) -> Result<(), String> {
     let mut buf = vec![0u8; FILL_STEP as usize];
     let mut result = Ok(());
+    while shared.started.elapsed() < shared.fill_delay && !shared.abort.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     'ranges: for r in &shared.source.plan {
         let end = r.guest_offset + r.len;
         let mut at = r.guest_offset;
@@ -536,6 +555,28 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
 
+    /// Two layers over 1024 pages (0..600, then 500..800 over it; the rest in none), each page's
+    /// first dword naming its layer: the files, the memory they make, the page count.
+    fn two_layers(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<u8>, u64) {
+        let pages = 1024u64;
+        let size = pages * PAGE_SIZE;
+        let mut expect = vec![0u8; size as usize];
+        let mut layers = vec![];
+        for (i, (first, count)) in [(0u64, 600u64), (500, 300)].into_iter().enumerate() {
+            let mut mem = vec![0u8; size as usize];
+            for p in first..first + count {
+                let v = (p as u32) * 3 + i as u32 + 1;
+                mem[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
+                expect[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
+            }
+            let path = dir.join(format!("l{i}"));
+            let index = PageIndex::from_ranges([(first, count)]);
+            cairn_snapshot::memory::layer::write_layer_from_slice_to(&path, &index, &mem).unwrap();
+            layers.push(path);
+        }
+        (layers, expect, pages)
+    }
+
     #[test]
     fn abi_sizes_match_the_kernel() {
         assert_eq!(std::mem::size_of::<UffdioCopy>(), 40);
@@ -551,22 +592,8 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let pages = 1024u64;
+        let (layers, expect, pages) = two_layers(dir.path());
         let size = pages * PAGE_SIZE;
-        let mut expect = vec![0u8; size as usize];
-        let mut layers = vec![];
-        for (i, (first, count)) in [(0u64, 600u64), (500, 300)].into_iter().enumerate() {
-            let mut mem = vec![0u8; size as usize];
-            for p in first..first + count {
-                let v = (p as u32) * 3 + i as u32 + 1;
-                mem[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
-                expect[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
-            }
-            let path = dir.path().join(format!("l{i}"));
-            let index = PageIndex::from_ranges([(first, count)]);
-            cairn_snapshot::memory::layer::write_layer_from_slice_to(&path, &index, &mem).unwrap();
-            layers.push(path);
-        }
         let regions = [(0u64, size / 2), (1 << 32, size / 2)];
         let (mem, claimed, filled) = map_filled(&regions, &layers).unwrap();
         assert_eq!(claimed.page_count(), 800);
@@ -585,5 +612,44 @@ mod tests {
         // Unregistered: pages no layer holds are plain zero-fill memory now.
         mem.write_obj(7u32, GuestAddress(900 * PAGE_SIZE + (1 << 32) - size / 2))
             .unwrap();
+    }
+
+    /// With the filler held back, every page comes through the fault thread: layer pages in
+    /// runs (across the two layers and the region boundary), holes as zero pages; a page written
+    /// after its fault keeps what was written. Dropping ends the fill early.
+    #[test]
+    fn faults_alone_read_as_the_chain() {
+        if crate::checkpoint::background::WriteTracker::open().is_err() {
+            eprintln!("SKIP faults_alone_read_as_the_chain: no userfaultfd here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (layers, expect, pages) = two_layers(dir.path());
+        let size = pages * PAGE_SIZE;
+        let regions = [(0u64, size / 2), (1 << 32, size / 2)];
+        let (mem, _, filled) =
+            map_filled_after(&regions, &layers, Duration::from_secs(600)).unwrap();
+        let gpa = |p: u64| {
+            if p < pages / 2 {
+                p * PAGE_SIZE
+            } else {
+                (1 << 32) + (p - pages / 2) * PAGE_SIZE
+            }
+        };
+        mem.write_obj(0xdead_beefu32, GuestAddress(gpa(501) + 8))
+            .unwrap();
+        let mut buf = [0u8; 12];
+        for p in 0..pages {
+            mem.read_slice(&mut buf, GuestAddress(gpa(p))).unwrap();
+            let want = &expect[(p * PAGE_SIZE) as usize..][..4];
+            assert_eq!(&buf[..4], want, "page {p}");
+            let tail = if p == 501 { 0xdead_beefu32 } else { 0 };
+            assert_eq!(buf[8..12], tail.to_le_bytes(), "page {p}");
+        }
+        let stats = filled.stats();
+        assert_eq!(stats.filled_bytes.load(Ordering::Relaxed), 0);
+        let faults = stats.faults.load(Ordering::Relaxed);
+        assert!(faults > 0 && faults < pages / 4, "{faults} faults");
+        drop(filled);
     }
 }
