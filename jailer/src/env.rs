@@ -4,7 +4,14 @@ use std::ffi::CString;
 use std::path::Path;
 
 /// Variables passed through from the jailer's environment, when set. Everything else is dropped.
-pub const PASSED_THROUGH: [&str; 3] = ["RUST_LOG", "RUST_BACKTRACE", "CAIRN_VERIFY_MEMORY"];
+/// The `CAIRN_` ones are the VMM's documented switches (docs/vmm.md, docs/checkpoints.md).
+pub const PASSED_THROUGH: [&str; 5] = [
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CAIRN_VERIFY_MEMORY",
+    "CAIRN_CHECKPOINT_BACKGROUND",
+    "CAIRN_RESTORE_FILL",
+];
 
 /// The VMM's environment: `PATH=/`, `HOME=/`, plus [`PASSED_THROUGH`] taken from `vars`.
 pub fn vmm_env(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
@@ -71,10 +78,14 @@ mod tests {
             ("RUST_LOG", "debug"),
             ("SECRET", "x"),
             ("PATH", "/usr/bin"),
+            ("CAIRN_RESTORE_FILL", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        assert_eq!(vmm_env(vars), ["PATH=/", "HOME=/", "RUST_LOG=debug"]);
+        assert_eq!(
+            vmm_env(vars),
+            ["PATH=/", "HOME=/", "CAIRN_RESTORE_FILL=0", "RUST_LOG=debug"]
+        );
     }
 
     #[test]
