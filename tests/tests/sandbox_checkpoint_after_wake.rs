@@ -42,7 +42,10 @@ fn a_woken_sandbox_checkpoints_without_stopping_its_guest() {
         h.ok(&["stop", "sb"]);
         h.sh("sb", "echo two > /root/f; sync");
         // The guest dirties 16 MiB of memory, then the checkpoint.
-        h.sh("sb", "head -c 16777216 /dev/zero | tr '\\0' x > /dev/shm/m; sync");
+        h.sh(
+            "sb",
+            "head -c 16777216 /dev/zero | tr '\\0' x > /dev/shm/m; sync",
+        );
         let (pause, write, total) = checkpoint(&h, "c2");
         // A copy made paused counts in both pause_ms and write_ms.
         assert!(
@@ -59,6 +62,15 @@ fn a_woken_sandbox_checkpoints_without_stopping_its_guest() {
             pause > 0.0 && total + 1.0 >= pause + write,
             "c3 was copied with the guest paused: pause {pause} write {write} total {total}"
         );
+        // The VMM says so (on its stderr, the console log) when it falls back to the paused
+        // copy, or when it could not restore into filled memory.
+        let log = h.console_tail("sb", 100_000);
+        for fallback in [
+            "copy memory with the guest paused",
+            "mapping the memory files instead",
+        ] {
+            assert!(!log.contains(fallback), "the VMM logged {fallback:?}");
+        }
         h.ok(&["rm", "sb"]);
     });
 }
