@@ -1,6 +1,7 @@
 //! cairn's named checkpoints: PUT /checkpoints (incremental, after a Full base) with the cost
 //! the VMM reports for each (`pause_ms`: the guest stopped; `total_ms`: request to files
-//! written), PUT /checkpoints/restore, and a checkpoint of each restored VM.
+//! written), PUT /checkpoints/restore (in the same VMM, and in a fresh one as a sandbox wake),
+//! and a checkpoint of each restored VM.
 //! `CAIRN_CHECKPOINT_BACKGROUND=0` in the bench's environment (the VMMs inherit it) measures
 //! checkpoints that copy with the guest paused; `CAIRN_RESTORE_FILL=0` restores from a disk
 //! file system by mapping the layer files, whose checkpoints copy paused (as before
@@ -115,6 +116,26 @@ fn checkpoint_one(
         after_write.push(figure_of(meta.write_ms));
         after_total.push(figure_of(meta.total_ms));
     }
+    drop(vm);
+    // A fresh VMM per restore, as a sandbox wake: spawn -> restore answered -> guest running,
+    // then a checkpoint of it.
+    let (mut w_loaded, mut w_running, mut w_pause, mut w_total) = (vec![], vec![], vec![], vec![]);
+    for i in 0..opts.runs {
+        let vm = Vmm::spawn(&["--checkpoint-dir".as_ref(), ckdir.as_os_str()])?;
+        vm.wait_socket()?;
+        let restore_to = CheckpointRestore {
+            name: format!("c{i}"),
+            vsock_uds_path: None,
+            paused: None,
+        };
+        vm.call(|c| c.restore_checkpoint(&restore_to))?;
+        w_loaded.push(ms(vm.started.elapsed()));
+        let t = vm.wait_dots(1, Duration::from_secs(30))?;
+        w_running.push(ms(t.saturating_duration_since(vm.started)));
+        let (meta, _) = vm.call(|c| c.create_checkpoint(&named(&format!("w{i}"))))?;
+        w_pause.push(figure_of(meta.pause_ms));
+        w_total.push(figure_of(meta.total_ms));
+    }
     let d = dir_label(dir);
     let w = format!("{window} MiB dirty of {mem} MiB");
     Ok(vec![
@@ -170,6 +191,26 @@ fn checkpoint_one(
         figure(
             format!("  after a restore: reported total_ms, {w} [{d}]"),
             after_total,
+            "ms",
+        ),
+        figure(
+            format!("fresh VMM: spawn -> PUT /checkpoints/restore answered, {w} [{d}]"),
+            w_loaded,
+            "ms",
+        ),
+        figure(
+            format!("fresh VMM: spawn -> first '.', {w} [{d}]"),
+            w_running,
+            "ms",
+        ),
+        figure(
+            format!("  fresh VMM, then a checkpoint: reported pause_ms, {w} [{d}]"),
+            w_pause,
+            "ms",
+        ),
+        figure(
+            format!("  fresh VMM, then a checkpoint: reported total_ms, {w} [{d}]"),
+            w_total,
             "ms",
         ),
     ])
