@@ -11,18 +11,21 @@
 //!
 //! - the fault thread answers every first touch (a vCPU through KVM, or a device) with
 //!   `UFFDIO_COPY` of the page and the next few of its layer range ([`FAULT_RUN`]), read with
-//!   `pread` from the layer that holds it (the chain's resolution, [`LayerChain::resolve`]), or
+//!   `pread` from the layer that holds it (the chain's resolution,
+//!   [`cairn_snapshot::memory::LayerChain::resolve`]), or
 //!   `UFFDIO_ZEROPAGE` where no layer holds the page;
-//! - the filler thread copies every range some layer holds, in large runs ([`FILL_STEP`]), in
-//!   address order. A page already present (the fault thread's, or one the guest wrote) is left
-//!   as it is: `UFFDIO_COPY` never replaces a page. When all are in, it stops the fault thread
-//!   and unregisters: pages no layer holds then read as zeros the ordinary anonymous way, which
-//!   is their content.
+//! - the filler thread, at the lowest priority (nice 19: it takes the CPU the guest and the VMM
+//!   leave), copies every range some layer holds, in steps of [`FILL_STEP`], in address order.
+//!   A page already present (the fault thread's, or one the guest wrote) is left as it is:
+//!   `UFFDIO_COPY` never replaces a page. When every step is done, it stops the fault thread and
+//!   unregisters: pages no layer holds then read as zeros the ordinary anonymous way, which is
+//!   their content.
 //!
 //! So `/snapshot/load` and `PUT /checkpoints/restore` still return without reading memory; only
 //! the first touch of a page waits, for a local read. A checkpoint taken while the fill runs
-//! first waits for it to end ([`FilledMemory::finish`], with the guest running; bounded by the
-//! local read speed), and then arms write-protection as for a booted VM.
+//! first ends it ([`FilledMemory::finish`]: the checkpoint's thread takes the steps left itself,
+//! at its own priority, with the guest running; bounded by the local read speed), and then arms
+//! write-protection as for a booted VM.
 //!
 //! No page ever reads as zeros unless that is its content: until the filler has put every
 //! layer page in, the registration stays and every missing page waits for the fault thread.
@@ -426,7 +429,8 @@ fn map_filled_after(
     let filler = match filler {
         Ok(f) => f,
         Err(e) => {
-            // The fault thread goes on answering: memory stays correct, only never unregistered.
+            // The caller maps the files instead: this memory is never used.
+            let _ = shared.stop_faults.write(1);
             return Err(err(format!("filler thread: {e}")));
         }
     };
