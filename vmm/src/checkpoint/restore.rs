@@ -81,8 +81,8 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
-    // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
-    // fresh process gets its load request before that wait is over).
+    // Memory first: mapping needs no VM, so it overlaps the prewarm making one (a fresh process
+    // gets its load request before the VM is made).
     let (mem, restored_pages) = match crate::checkpoint::served_memory::take_next() {
         Some(server) => crate::checkpoint::served_memory::map_served(
             &state.regions,
@@ -91,10 +91,11 @@ pub fn restore_machine(
         )?,
         None => map_memory_chain(&state.regions, &opts.memory_layers)?,
     };
-    let PreparedVm { kvm, vm } = prewarm::take()?;
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let PreparedVm {
+        kvm,
+        vm,
+        supported_cpuid: supported,
+    } = prewarm::take()?;
     let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
