@@ -235,7 +235,8 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
                 .open(&tmp)
                 .map_err(|e| Error::io("create temporary file", &tmp, e))?;
             temps.push((tmp.clone(), path));
-            f.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
+            f.write_all(bytes)
+                .map_err(|e| Error::io("write", path, e))?;
             f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         }
         for (tmp, path) in &temps {

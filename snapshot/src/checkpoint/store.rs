@@ -1,7 +1,8 @@
 //! [`CheckpointStore`]: named checkpoints in one directory, with parent links, chains and safe deletes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::disk::{merge_disk_layer_into_child, BlockIndex};
 use crate::error::{Error, Result};
@@ -65,6 +66,8 @@ pub struct DeleteReport {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     root: PathBuf,
+    /// Metadata already read in this operation, by name ([`CheckpointStore::memoized`]).
+    memo: Option<Arc<Mutex<HashMap<String, CheckpointMeta>>>>,
 }
 
 impl CheckpointStore {
@@ -73,7 +76,33 @@ impl CheckpointStore {
         let root = root.into();
         std::fs::create_dir_all(&root)
             .map_err(|e| Error::io("create checkpoint store", &root, e))?;
-        Ok(Self { root })
+        Ok(Self { root, memo: None })
+    }
+
+    /// This store, reading each checkpoint's `meta.json` at most once: for one operation that
+    /// walks a chain several times (a restore checks the chain, then maps its memory layers, then
+    /// opens its disk layers: with a 16-checkpoint chain that was 65 reads of `meta.json`). Use it
+    /// for that operation only, then go back to [`CheckpointStore::unmemoized`]: it does not see
+    /// later changes made by other processes (its own commits and deletes clear it).
+    pub fn memoized(&self) -> Self {
+        Self {
+            root: self.root.clone(),
+            memo: Some(Arc::default()),
+        }
+    }
+
+    /// This store, reading `meta.json` afresh every time (the default).
+    pub fn unmemoized(&self) -> Self {
+        Self {
+            root: self.root.clone(),
+            memo: None,
+        }
+    }
+
+    fn forget_memo(&self) {
+        if let Some(memo) = &self.memo {
+            memo.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
     }
 
     /// The store's directory.
@@ -163,6 +192,7 @@ impl CheckpointStore {
     /// [`CheckpointMeta::files`]), then write `meta.json` atomically. This is the commit point. Returns
     /// the metadata as committed.
     pub fn commit(&self, meta: &CheckpointMeta) -> Result<CheckpointMeta> {
+        self.forget_memo();
         meta.validate()?;
         let dir = self.dir_of(&meta.name)?;
         if dir.join(META_FILE).exists() {
@@ -249,6 +279,11 @@ impl CheckpointStore {
 
     /// The metadata of checkpoint `name`.
     pub fn get(&self, name: &str) -> Result<CheckpointMeta> {
+        if let Some(memo) = &self.memo {
+            if let Some(m) = memo.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+                return Ok(m.clone());
+            }
+        }
         let path = self.dir_of(name)?.join(META_FILE);
         if !path.exists() {
             return Err(Error::NoSuchCheckpoint(name.to_string()));
@@ -260,6 +295,11 @@ impl CheckpointStore {
                 m.name
             ))
             .in_file(path));
+        }
+        if let Some(memo) = &self.memo {
+            memo.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), m.clone());
         }
         Ok(m)
     }
@@ -375,6 +415,13 @@ impl CheckpointStore {
     /// A running VM whose active disk delta sits on top of `name` should checkpoint before `name` is
     /// deleted, or it loses the parent its next checkpoint would name.
     pub fn delete(&self, name: &str) -> Result<DeleteReport> {
+        self.forget_memo();
+        let report = self.delete_unmemoized(name);
+        self.forget_memo();
+        report
+    }
+
+    fn delete_unmemoized(&self, name: &str) -> Result<DeleteReport> {
         let meta = self.get(name)?;
         let dir = self.dir_of(name)?;
         // A child's files and its sealed checksums change one after the other: until the delete is
@@ -554,6 +601,30 @@ pub(crate) mod tests {
             layer_file: disk_layer_file("root"),
         }];
         store.commit(&m).unwrap();
+    }
+
+    #[test]
+    fn a_memoized_store_reads_each_meta_once_until_it_changes_the_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+        let base_img = tmp.path().join("root.img");
+        std::fs::write(&base_img, vec![0xaau8; 64 * 1024]).unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &[], tmp.path().join("active")).unwrap();
+        make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+        make(&store, "b", Some("a"), 2, &PageIndex::full(2), &mut disk);
+        let memo = store.memoized();
+        let chain = memo.chain_to("b").unwrap();
+        // Break a's meta.json on disk: the memo still has it, a plain store does not.
+        let a_meta = store.dir_of("a").unwrap().join(META_FILE);
+        std::fs::write(&a_meta, b"{").unwrap();
+        assert_eq!(memo.chain_to("b").unwrap(), chain);
+        assert!(memo.unmemoized().chain_to("b").is_err());
+        assert!(store.chain_to("b").is_err());
+        // A commit clears the memo: the broken file is read again.
+        chain[0].save(&a_meta).unwrap();
+        make(&memo, "c", Some("b"), 3, &PageIndex::full(1), &mut disk);
+        std::fs::write(&a_meta, b"{").unwrap();
+        assert!(memo.chain_to("c").is_err());
     }
 
     #[test]
