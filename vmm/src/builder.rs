@@ -29,6 +29,7 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, BootVcpuConfig, ExitSignal, Vcpu};
+use crate::vstate::vcpu_threads::VcpuThreads;
 use crate::vstate::vm::Vm;
 
 /// Most vCPUs a cairn VM may have.
@@ -308,6 +309,8 @@ pub fn build_machine(
 ) -> Result<Machine, VmmError> {
     spec.validate()?;
     install_kick_handler()?;
+    // The vCPU threads get scheduled while everything else is made (vstate/vcpu_threads.rs).
+    let mut threads = VcpuThreads::start(spec.vcpu_count);
     // Memory and the kernel do not need the VM: load them while a prewarm (if one was started)
     // finishes making it.
     let mem = create_guest_memory(spec.mem_size_mib, spec.huge_pages)?;
@@ -380,7 +383,7 @@ pub fn build_machine(
     )?;
     let handles = vcpus
         .into_iter()
-        .map(|v| v.start(false))
+        .map(|v| v.start_on(false, &mut threads))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Machine {
         kvm,

@@ -32,6 +32,7 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::VcpuConstructorArgs;
+use crate::vstate::vcpu_threads::VcpuThreads;
 use crate::vstate::vm::{Vm, VmConstructorArgs};
 use cairn_snapshot::memory::PageIndex;
 
@@ -81,6 +82,9 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
+    // The vCPU threads get scheduled while the machine is rebuilt (vstate/vcpu_threads.rs).
+    let count = u8::try_from(state.vcpus.len()).unwrap_or(0);
+    let mut threads = VcpuThreads::start(count.min(crate::builder::MAX_VCPUS));
     // Memory first: mapping needs no VM, so it overlaps the prewarm making one (a fresh process
     // gets its load request before the VM is made).
     let (mem, restored_pages) = match crate::checkpoint::served_memory::take_next() {
@@ -238,7 +242,7 @@ pub fn restore_machine(
     crate::vmgenid::notify_restored(vmgenid.as_ref());
     let handles = vcpus
         .into_iter()
-        .map(|v| v.start(!opts.resume))
+        .map(|v| v.start_on(!opts.resume, &mut threads))
         .collect::<Result<Vec<_>, _>>()?;
     let template = CpuTemplate::from_name(&state.host.cpu_template).unwrap_or_default();
     let spec = BuildSpec {
