@@ -662,6 +662,16 @@ impl VcpuHandle {
         Ok(())
     }
 
+    /// Send `request` to a vCPU that is parked (paused and acknowledged): its thread blocks
+    /// on its requests, so the channel wakes it and no kick is needed (a kick would only make
+    /// its next `KVM_RUN` return at once).
+    pub fn send_parked(&self, request: VcpuRequest) -> Result<(), VmmError> {
+        self.requests.send(request).map_err(|_| VmmError::Vcpu {
+            index: self.index,
+            reason: "thread has ended".into(),
+        })
+    }
+
     fn kick(&self) {
         if let Some(t) = &self.thread {
             let _ = t.kill(kick_signal());
