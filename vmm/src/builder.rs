@@ -29,6 +29,7 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, BootVcpuConfig, ExitSignal, Vcpu};
+use crate::vstate::vcpu_threads::VcpuThreads;
 use crate::vstate::vm::Vm;
 
 /// Most vCPUs a cairn VM may have.
@@ -308,13 +309,19 @@ pub fn build_machine(
 ) -> Result<Machine, VmmError> {
     spec.validate()?;
     install_kick_handler()?;
+    // The vCPU threads get scheduled while everything else is made (vstate/vcpu_threads.rs).
+    let mut threads = VcpuThreads::start(spec.vcpu_count);
     // Memory and the kernel do not need the VM: load them while a prewarm (if one was started)
     // finishes making it.
     let mem = create_guest_memory(spec.mem_size_mib, spec.huge_pages)?;
     let (kernel, initrd) = load_image(&mem, &spec.image)?;
-    let PreparedVm { kvm, mut vm } = prewarm::take()?;
+    let PreparedVm {
+        kvm,
+        mut vm,
+        supported_cpuid,
+    } = prewarm::take()?;
     check_template_capabilities(&kvm, spec)?;
-    vm.register_memory(&mem, spec.track_dirty_pages)?;
+    vm.set_up(&mem, spec.track_dirty_pages)?;
 
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -364,10 +371,19 @@ pub fn build_machine(
     }
 
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-    let vcpus = create_vcpus(&kvm, &vm, spec, &kernel, &pio, &mmio, &mem, &exit)?;
+    let vcpus = create_vcpus(
+        &supported_cpuid,
+        &vm,
+        spec,
+        &kernel,
+        &pio,
+        &mmio,
+        &mem,
+        &exit,
+    )?;
     let handles = vcpus
         .into_iter()
-        .map(|v| v.start(false))
+        .map(|v| v.start_on(false, &mut threads))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Machine {
         kvm,
@@ -487,7 +503,7 @@ pub(crate) fn register_legacy_events(
 /// Step: create and configure every vCPU for boot.
 #[allow(clippy::too_many_arguments)]
 fn create_vcpus(
-    kvm: &Kvm,
+    supported: &kvm_bindings::CpuId,
     vm: &Vm,
     spec: &BuildSpec,
     kernel: &LoadedKernel,
@@ -496,11 +512,8 @@ fn create_vcpus(
     mem: &GuestMemoryMmap,
     exit: &Arc<ExitSignal>,
 ) -> Result<Vec<Vcpu>, VmmError> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let cfg = BootVcpuConfig {
-        supported_cpuid: &supported,
+        supported_cpuid: supported,
         cpu_count: spec.vcpu_count,
         smt: spec.smt,
         template: spec.cpu_template,

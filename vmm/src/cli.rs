@@ -224,9 +224,12 @@ pub fn run(args: CliArgs) -> Result<u8, VmmError> {
     }
     crate::seccomp::set_enabled(!args.no_seccomp);
     crate::host_limits::init();
-    // Make the VM while the API comes up and the config is read (a boot or a /snapshot/load
-    // takes it): most of its cost is a kernel wait, not CPU. See vstate/prewarm.rs.
-    crate::vstate::prewarm::start();
+    // Make the VM while the API comes up and waits for a client (a /snapshot/load or an API
+    // boot takes it). A config-file boot takes its VM within a millisecond: a thread would only
+    // add its start-up, so that boot makes the VM inline. See vstate/prewarm.rs.
+    if args.config_file.is_none() {
+        crate::vstate::prewarm::start();
+    }
     let stdin_fd = std::io::stdin().as_raw_fd();
     set_nonblocking(stdin_fd);
     let _terminal = RawTerminal::enter();

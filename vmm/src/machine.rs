@@ -232,8 +232,9 @@ impl Machine {
             return Ok(Duration::ZERO);
         }
         let start = Instant::now();
+        // Paused means every vCPU acknowledged and parked: no kick needed.
         for vcpu in &self.vcpus {
-            vcpu.send(VcpuRequest::Resume)?;
+            vcpu.send_parked(VcpuRequest::Resume)?;
         }
         self.state = RunState::Running;
         Ok(start.elapsed())

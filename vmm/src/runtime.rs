@@ -194,11 +194,27 @@ impl Runtime {
         checkpoint_dir: Option<&Path>,
         resume: bool,
         vsock_uds_path: Option<std::path::PathBuf>,
-        mut console: impl FnMut() -> ConsoleIo,
+        console: impl FnMut() -> ConsoleIo,
     ) -> Result<(), VmmError> {
         if self.checkpoints.is_none() {
             self.open_checkpoints(checkpoint_dir)?;
         }
+        // The chain's metadata is read once for the whole restore, not once per walk.
+        self.checkpoints_mut()?.begin_memo();
+        let restored = self.restore_checkpoint_memoized(name, resume, vsock_uds_path, console);
+        if let Some(ck) = self.checkpoints.as_mut() {
+            ck.end_memo();
+        }
+        restored
+    }
+
+    fn restore_checkpoint_memoized(
+        &mut self,
+        name: &str,
+        resume: bool,
+        vsock_uds_path: Option<std::path::PathBuf>,
+        mut console: impl FnMut() -> ConsoleIo,
+    ) -> Result<(), VmmError> {
         let ck = self.checkpoints_mut()?;
         ck.get(name)?;
         ck.check_restorable(name)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::file::{crc64, replace_atomic_with, sync_parent_dir};
+use crate::file::{crc64, replace_atomic_with, sync_parent_dir, write_all_atomic, FileKind};
 
 use super::index::{check_block_size, index_path, BlockEntry, BlockIndex, ZERO_OFFSET};
 use super::served::{DiskFetch, FileId};
@@ -174,15 +174,16 @@ impl LayeredDisk {
             None
         };
         let Some(index) = index.filter(|ix| ix.data_len > 0 || !ix.entries.is_empty()) else {
-            // Fresh delta: a new empty data file (never reuse an inode a frozen layer may share).
-            replace_atomic_with(&path, |_| Ok(()))?;
+            // Fresh delta: a new empty data file (never reuse an inode a frozen layer may share)
+            // and its empty index, made durable together (a restore waits for this).
             let empty = BlockIndex {
                 block_size,
                 disk_len,
                 data_len: 0,
                 entries: Vec::new(),
             };
-            empty.save(&ipath)?;
+            let index_bytes = crate::file::encode(FileKind::DiskIndex, &empty.encode());
+            write_all_atomic(&[(path.as_path(), &[][..]), (ipath.as_path(), &index_bytes)])?;
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -80,6 +80,17 @@ impl CheckpointManager {
         })
     }
 
+    /// Read each checkpoint's metadata at most once until [`CheckpointManager::end_memo`]: a
+    /// restore walks the chain several times (checks, memory layers, each disk's layers).
+    pub fn begin_memo(&mut self) {
+        self.store = self.store.memoized();
+    }
+
+    /// Read metadata afresh again (after [`CheckpointManager::begin_memo`]).
+    pub fn end_memo(&mut self) {
+        self.store = self.store.unmemoized();
+    }
+
     /// Record the head, so that a later boot continues the disks from it.
     fn write_head(&self) -> Result<(), VmmError> {
         self.store.set_head(self.head.as_deref()).map_err(snap_err)
@@ -173,7 +184,7 @@ impl CheckpointManager {
     /// a second), so a restore is not slower; a layer that fails (twice: a delete may rewrite an index meanwhile)
     /// stops the machine through `exit` with [`ExitReason::CorruptMemory`].
     pub fn verify_in_background(&self, name: &str, exit: Arc<ExitSignal>) {
-        let (store, owned) = (self.store.clone(), name.to_string());
+        let (store, owned) = (self.store.unmemoized(), name.to_string());
         let spawned = std::thread::Builder::new()
             .name("cairn-verify".into())
             .spawn(move || {

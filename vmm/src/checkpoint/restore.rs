@@ -36,6 +36,7 @@ use crate::machine::{Machine, RunState};
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, ExitSignal, Vcpu};
 use crate::vstate::vcpu_state::VcpuConstructorArgs;
+use crate::vstate::vcpu_threads::VcpuThreads;
 use crate::vstate::vm::{Vm, VmConstructorArgs};
 use cairn_snapshot::memory::PageIndex;
 
@@ -89,8 +90,11 @@ pub fn restore_machine(
     disks: &mut DiskOpener<'_>,
 ) -> Result<Machine, VmmError> {
     install_kick_handler()?;
-    // Memory first: mapping needs no VM, so it overlaps the prewarm's first-memslot wait (a
-    // fresh process gets its load request before that wait is over).
+    // The vCPU threads get scheduled while the machine is rebuilt (vstate/vcpu_threads.rs).
+    let count = u8::try_from(state.vcpus.len()).unwrap_or(0);
+    let mut threads = VcpuThreads::start(count.min(crate::builder::MAX_VCPUS));
+    // Memory first: mapping needs no VM, so it overlaps the prewarm making one (a fresh process
+    // gets its load request before the VM is made).
     let (mem, restored_pages, filled) = match crate::checkpoint::served_memory::take_next() {
         Some(server) => {
             let (mem, pages) = crate::checkpoint::served_memory::map_served(
@@ -116,10 +120,11 @@ pub fn restore_machine(
             (mem, pages, None)
         }
     };
-    let PreparedVm { kvm, vm } = prewarm::take()?;
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let PreparedVm {
+        kvm,
+        vm,
+        supported_cpuid: supported,
+    } = prewarm::take()?;
     let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
@@ -265,7 +270,7 @@ pub fn restore_machine(
     crate::vmgenid::notify_restored(vmgenid.as_ref());
     let handles = vcpus
         .into_iter()
-        .map(|v| v.start(!opts.resume))
+        .map(|v| v.start_on(!opts.resume, &mut threads))
         .collect::<Result<Vec<_>, _>>()?;
     let template = CpuTemplate::from_name(&state.host.cpu_template).unwrap_or_default();
     let spec = BuildSpec {

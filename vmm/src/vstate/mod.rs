@@ -4,6 +4,7 @@ pub mod memory;
 pub mod prewarm;
 pub mod vcpu;
 pub mod vcpu_state;
+pub mod vcpu_threads;
 pub mod vm;
 
 #[cfg(test)]

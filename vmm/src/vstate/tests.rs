@@ -57,7 +57,7 @@ fn mem() -> GuestMemoryMmap {
 
 fn new_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Vm {
     let mut vm = Vm::new(kvm).unwrap();
-    vm.register_memory(mem, false).unwrap();
+    vm.set_up(mem, false).unwrap();
     vm
 }
 

@@ -32,6 +32,7 @@ use crate::arch::x86_64::msr::boot_msr_entries;
 use crate::arch::x86_64::regs::{boot_fpu, boot_regs, boot_sregs, set_lint, EntryMode};
 use crate::config::CustomCpuTemplate;
 use crate::error::VmmError;
+use crate::vstate::vcpu_threads::{VcpuJob, VcpuThreads};
 use crate::vstate::vm::Vm;
 
 /// Why the VM stopped.
@@ -436,13 +437,43 @@ impl Vcpu {
         })
     }
 
-    fn run(
+    /// [`Vcpu::start`] on the thread `threads` started ahead for this vCPU, when it has one.
+    pub fn start_on(self, paused: bool, threads: &mut VcpuThreads) -> Result<VcpuHandle, VmmError> {
+        let Some((jobs, thread)) = threads.take(self.index) else {
+            return self.start(paused);
+        };
+        let index = self.index;
+        let (req_tx, req_rx) = mpsc::channel();
+        let (evt_tx, evt_rx) = mpsc::channel();
+        let job: VcpuJob =
+            Box::new(move |filtered| self.run_filtered(filtered, req_rx, evt_tx, paused));
+        jobs.send(job).map_err(|_| VmmError::Vcpu {
+            index,
+            reason: "its thread ended before it was handed the vCPU".into(),
+        })?;
+        Ok(VcpuHandle {
+            index,
+            requests: req_tx,
+            events: evt_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(self, requests: Receiver<VcpuRequest>, events: Sender<VcpuEvent>, start_paused: bool) {
+        let filtered = crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Vcpu)
+            .map_err(|e| e.to_string());
+        self.run_filtered(filtered, requests, events, start_paused)
+    }
+
+    /// The vCPU loop, on a thread whose seccomp filter install went as `filtered` says.
+    fn run_filtered(
         mut self,
+        filtered: Result<(), String>,
         requests: Receiver<VcpuRequest>,
         events: Sender<VcpuEvent>,
         start_paused: bool,
     ) {
-        if let Err(e) = crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Vcpu) {
+        if let Err(e) = filtered {
             self.exit.signal(ExitReason::KvmError(format!(
                 "vCPU {}: cannot install seccomp filter: {e}",
                 self.index
@@ -629,6 +660,16 @@ impl VcpuHandle {
         })?;
         self.kick();
         Ok(())
+    }
+
+    /// Send `request` to a vCPU that is parked (paused and acknowledged): its thread blocks
+    /// on its requests, so the channel wakes it and no kick is needed (a kick would only make
+    /// its next `KVM_RUN` return at once).
+    pub fn send_parked(&self, request: VcpuRequest) -> Result<(), VmmError> {
+        self.requests.send(request).map_err(|_| VmmError::Vcpu {
+            index: self.index,
+            reason: "thread has ended".into(),
+        })
     }
 
     fn kick(&self) {

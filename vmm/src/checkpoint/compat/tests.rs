@@ -184,7 +184,8 @@ fn this_hosts_own_vcpus_pass_the_check_with_every_template() {
         ) else {
             continue; // T2 and C3 need an Intel host.
         };
-        let vm = Vm::new(&kvm).unwrap();
+        let mut vm = Vm::new(&kvm).unwrap();
+        vm.set_up(&mem, false).unwrap();
         let vcpu = Vcpu::new(
             &vm,
             0,
