@@ -10,6 +10,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
@@ -122,7 +124,29 @@ pub fn write_memory_file(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
-    write_memory_layer(mem, pages, pages, path, sync)
+    write_layer(mem, pages, pages, path, sync, ZeroPages::Write)
+}
+
+/// [`write_memory_file`] for a Full snapshot: pages of `pages` that are all zeros are left as
+/// holes too (they read as zeros), so they cost neither a copy nor a page of the file system.
+/// Only for a file that holds all of memory: a Diff's zero pages must be data, or a merge that
+/// copies a Diff's data ranges onto its base (Firecracker's `rebase-snap`) would miss them.
+pub fn write_full_memory_file(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    path: &Path,
+    sync: bool,
+) -> Result<u64, VmmError> {
+    write_layer(mem, pages, pages, path, sync, ZeroPages::Holes)
+}
+
+/// How [`copy_pages_with`] treats guest pages that are all zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroPages {
+    /// Written like any other page.
+    Write,
+    /// Left as holes of the new file, which read as zeros.
+    Holes,
 }
 
 /// [`write_memory_file`] with an index that claims `index_pages` (a superset of `pages`): pages
@@ -135,8 +159,22 @@ pub fn write_memory_layer(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
-    let layer = LayerFile::create(path, mem_size(mem))?;
-    match copy_pages(mem, pages, &layer) {
+    write_layer(mem, pages, index_pages, path, sync, ZeroPages::Write)
+}
+
+fn write_layer(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    index_pages: &PageIndex,
+    path: &Path,
+    sync: bool,
+    zeros: ZeroPages,
+) -> Result<u64, VmmError> {
+    let mut layer = LayerFile::create(path, mem_size(mem))?;
+    if sync {
+        layer.start_writeback_early()?;
+    }
+    match copy_pages_with(mem, pages, &layer, zeros) {
         Ok(written) => layer.finish(index_pages, sync).map(|()| written),
         Err(e) => {
             layer.discard();
@@ -154,7 +192,20 @@ pub struct LayerFile {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
     size: u64,
+    /// Set where the layer will be fsynced and its file system writes back to a disk: the
+    /// writes not yet handed to writeback, `(first byte, bytes)`.
+    writeback: Option<Writeback>,
 }
+
+/// Written bytes not yet handed to the disk's writeback (see [`LayerFile::start_writeback_early`]).
+#[derive(Debug, Default)]
+struct Writeback {
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+/// Bytes written before [`LayerFile::write_from`] starts their writeback.
+const WRITEBACK_CHUNK: u64 = 4 << 20;
 
 impl LayerFile {
     /// Create the temporary file for the layer at `path`, `size` bytes long (all holes).
@@ -174,6 +225,7 @@ impl LayerFile {
             tmp,
             path: path.to_path_buf(),
             size,
+            writeback: None,
         };
         if let Err(e) = layer.file.set_len(size) {
             let msg = format!("{}: {e}", layer.tmp.display());
@@ -183,8 +235,73 @@ impl LayerFile {
         Ok(layer)
     }
 
+    /// Start the disk's writeback of each 4 MiB written as soon as it is written, so that the
+    /// copy and the disk work side by side and [`LayerFile::finish`]'s fsync finds little left
+    /// (an fsync after the whole copy waited for all of it: 256 MiB on this host's ext4 took
+    /// 100 ms to write and 145 ms more to fsync). For layers that will be fsynced; nothing
+    /// changes on tmpfs, which has no disk.
+    pub fn start_writeback_early(&mut self) -> Result<(), VmmError> {
+        if !crate::checkpoint::holes::on_tmpfs(&self.file)? {
+            self.writeback = Some(Writeback::default());
+        }
+        Ok(())
+    }
+
+    /// Hand `[offset, offset + len)`, just written, to writeback once 4 MiB have gathered.
+    fn written(&self, offset: u64, len: u64) -> Result<(), VmmError> {
+        let Some(wb) = &self.writeback else {
+            return Ok(());
+        };
+        let end = offset + len;
+        let (mut start, mut last) = (wb.start.load(Relaxed), wb.end.load(Relaxed));
+        if last == 0 {
+            start = offset;
+        }
+        start = start.min(offset);
+        last = last.max(end);
+        if last - start < WRITEBACK_CHUNK {
+            wb.start.store(start, Relaxed);
+            wb.end.store(last, Relaxed);
+            return Ok(());
+        }
+        wb.start.store(0, Relaxed);
+        wb.end.store(0, Relaxed);
+        // SAFETY: sync_file_range only starts writeback of this open file's dirty pages.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                start as libc::off64_t,
+                (last - start) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(snap_err(format!(
+                "starting writeback of {}: {}",
+                self.tmp.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// Copy `len` bytes of guest memory at host address `host` to file offset `offset`.
     pub fn write_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
+        if self.writeback.is_some() {
+            // In 4 MiB pieces, each handed to writeback once written.
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(WRITEBACK_CHUNK);
+                self.write_all_from(host + done, n, offset + done)?;
+                self.written(offset + done, n)?;
+                done += n;
+            }
+            return Ok(());
+        }
+        self.write_all_from(host, len, offset)
+    }
+
+    fn write_all_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
         let mut done = 0u64;
         while done < len {
             // SAFETY: callers pass a range inside a live guest mapping (checked by
@@ -246,6 +363,16 @@ pub fn copy_pages(
     pages: &PageIndex,
     layer: &LayerFile,
 ) -> Result<u64, VmmError> {
+    copy_pages_with(mem, pages, layer, ZeroPages::Write)
+}
+
+/// [`copy_pages`], with zero pages written or left as holes. Returns the bytes written.
+pub fn copy_pages_with(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    layer: &LayerFile,
+    zeros: ZeroPages,
+) -> Result<u64, VmmError> {
     let layout = region_layout(mem);
     let mut written = 0;
     for (offset, len) in pages.write_plan() {
@@ -254,10 +381,45 @@ pub fn copy_pages(
                 "page range {offset:#x}+{len:#x} is outside guest RAM"
             ))
         })?;
-        layer.write_from(host, len, offset)?;
-        written += len;
+        let runs = match zeros {
+            ZeroPages::Write => vec![(0, len)],
+            ZeroPages::Holes => nonzero_runs(host, len),
+        };
+        for (at, n) in runs {
+            layer.write_from(host + at, n, offset + at)?;
+            written += n;
+        }
     }
     Ok(written)
+}
+
+/// The runs of pages of `[host, host + len)` (a page-aligned range of guest memory) that hold
+/// a byte other than zero, as `(offset from host, length)`.
+fn nonzero_runs(host: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < len {
+        if !page_is_zero(host + at) {
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == at => *n += PAGE_SIZE,
+                _ => runs.push((at, PAGE_SIZE)),
+            }
+        }
+        at += PAGE_SIZE;
+    }
+    runs
+}
+
+/// Whether the page at `host` (inside guest memory, page-aligned) is all zeros. Reads stop at
+/// the first word that is not, which for most pages that hold data is the first.
+fn page_is_zero(host: u64) -> bool {
+    let words = host as *const u64;
+    (0..(PAGE_SIZE / 8) as usize).all(|i| {
+        // SAFETY: `host` is a page inside a live guest mapping (from host_range_for), so each of
+        // its 512 words is readable; a volatile read, as guest memory may be shared with
+        // devices.
+        unsafe { words.add(i).read_volatile() == 0 }
+    })
 }
 
 /// Guest memory mapped MAP_PRIVATE from a chain of memory files (base first). Pages are read

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cairn_snapshot::memory::PageIndex;
 
-use crate::checkpoint::memory::{resident_pages, write_memory_file};
+use crate::checkpoint::memory::{resident_pages, write_full_memory_file, write_memory_file};
 use crate::checkpoint::state::{capture, write_state};
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
@@ -20,7 +20,7 @@ pub const HUGE_PAGES_SNAPSHOT: &str =
 /// Which pages a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotKind {
-    /// Every page the guest has (sparse: untouched pages are holes).
+    /// Every page the guest has (sparse: untouched pages, and pages of zeros, are holes).
     Full,
     /// Pages dirtied since the previous snapshot (needs dirty tracking).
     Diff,
@@ -65,7 +65,8 @@ pub fn pages_for(
     }
 }
 
-/// Snapshot a paused `machine`: state to `state_path`, memory to `mem_path`.
+/// Snapshot a paused `machine`: state to `state_path`, memory to `mem_path`. Both files are
+/// fsynced before this returns.
 pub fn create_snapshot(
     machine: &mut Machine,
     kind: SnapshotKind,
@@ -90,7 +91,13 @@ pub fn create_snapshot(
     let state_ms = start.elapsed().as_secs_f64() * 1e3;
     let pages = pages_for(machine, kind, DirtyConsumer::Snapshot)?;
     let mem_start = Instant::now();
-    let memory_bytes = write_memory_file(machine.memory(), &pages, mem_path, false)?;
+    // Durable, as Firecracker's are (it fsyncs both files before it replies): the state file
+    // and the page index are fsynced, so the memory file they describe must be too. Its
+    // writeback starts while it is written, so the fsync adds little (see LayerFile).
+    let memory_bytes = match kind {
+        SnapshotKind::Full => write_full_memory_file(machine.memory(), &pages, mem_path, true)?,
+        SnapshotKind::Diff => write_memory_file(machine.memory(), &pages, mem_path, true)?,
+    };
     let memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
     if let Err(e) = write_state(state_path, &state) {
         // A snapshot without its state is no snapshot: leave nothing behind.
