@@ -14,11 +14,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
+use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::checkpoint::durable::PendingFile;
 use crate::checkpoint::holes::{anonymize_tmpfs_holes, MappedRange};
 use crate::error::VmmError;
 use crate::vstate::vm::Vm;
@@ -127,25 +129,15 @@ pub fn write_memory_file(
     write_layer(mem, pages, pages, path, sync, ZeroPages::Write)
 }
 
-/// [`write_memory_file`] for a Full snapshot: pages of `pages` that are all zeros are left as
-/// holes too (they read as zeros), so they cost neither a copy nor a page of the file system.
-/// Only for a file that holds all of memory: a Diff's zero pages must be data, or a merge that
-/// copies a Diff's data ranges onto its base (Firecracker's `rebase-snap`) would miss them.
-pub fn write_full_memory_file(
-    mem: &GuestMemoryMmap,
-    pages: &PageIndex,
-    path: &Path,
-    sync: bool,
-) -> Result<u64, VmmError> {
-    write_layer(mem, pages, pages, path, sync, ZeroPages::Holes)
-}
-
 /// How [`copy_pages_with`] treats guest pages that are all zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroPages {
     /// Written like any other page.
     Write,
-    /// Left as holes of the new file, which read as zeros.
+    /// Left as holes of the new file, which read as zeros: they cost neither a copy nor a page
+    /// of the file system. Only for a file that holds all of memory (a Full snapshot): a
+    /// Diff's zero pages must be data, or a merge that copies a Diff's data ranges onto its
+    /// base (Firecracker's `rebase-snap`) would miss them.
     Holes,
 }
 
@@ -170,12 +162,29 @@ fn write_layer(
     sync: bool,
     zeros: ZeroPages,
 ) -> Result<u64, VmmError> {
+    let (layer, written) = write_unfinished(mem, pages, path, sync, zeros)?;
+    layer.finish(index_pages, sync).map(|()| written)
+}
+
+/// Copy `pages` into a new layer file for `path`, left under its temporary name for the caller
+/// to finish or commit; with `early_writeback` (a layer that will be fsynced), the disk's
+/// writeback starts during the copy. Returns the layer and the bytes written.
+pub fn write_unfinished(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    path: &Path,
+    early_writeback: bool,
+    zeros: ZeroPages,
+) -> Result<(LayerFile, u64), VmmError> {
     let mut layer = LayerFile::create(path, mem_size(mem))?;
-    if sync {
-        layer.start_writeback_early()?;
+    if early_writeback {
+        if let Err(e) = layer.start_writeback_early() {
+            layer.discard();
+            return Err(e);
+        }
     }
     match copy_pages_with(mem, pages, &layer, zeros) {
-        Ok(written) => layer.finish(index_pages, sync).map(|()| written),
+        Ok(written) => Ok((layer, written)),
         Err(e) => {
             layer.discard();
             Err(e)
@@ -349,6 +358,31 @@ impl LayerFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
         result
+    }
+
+    /// The layer as files for [`crate::checkpoint::durable::commit`]: its page index claiming
+    /// `index_pages` (written to a temporary file), then the layer itself.
+    pub fn into_pending(self, index_pages: &PageIndex) -> Result<[PendingFile; 2], VmmError> {
+        let index = LayerIndex::new(self.size, index_pages.clone())
+            .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
+            .map_err(snap_err)
+            .and_then(|bytes| {
+                PendingFile::write_new(&cairn_snapshot::memory::index_path(&self.path), &bytes)
+            });
+        match index {
+            Ok(index) => Ok([
+                index,
+                PendingFile {
+                    file: self.file,
+                    tmp: self.tmp,
+                    path: self.path,
+                },
+            ]),
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
     }
 
     /// Remove the temporary file.
@@ -533,4 +567,67 @@ pub fn map_memory_chain(
         .iter()
         .fold(PageIndex::new(), |acc, l| acc.union(&l.pages));
     Ok((mem, all_pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::Bytes;
+
+    /// 64 pages of guest memory: pages 1, 2, 40 hold data (page 40 only in its last byte), the
+    /// rest are zeros.
+    fn memory() -> GuestMemoryMmap {
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * PAGE_SIZE as usize)]).unwrap();
+        mem.write_slice(&[7u8; 2 * PAGE_SIZE as usize], GuestAddress(PAGE_SIZE))
+            .unwrap();
+        mem.write_slice(&[9u8], GuestAddress(41 * PAGE_SIZE - 1))
+            .unwrap();
+        mem
+    }
+
+    fn written(zeros: ZeroPages) -> (Vec<u8>, u64, u64) {
+        let mem = memory();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let all = PageIndex::from_ranges([(0, 64)]);
+        let (layer, bytes) = write_unfinished(&mem, &all, &path, true, zeros).unwrap();
+        layer.finish(&all, true).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        // The index claims every page either way: holes read as zeros.
+        let index = cairn_snapshot::memory::open_layer(&path).unwrap();
+        assert_eq!(index.pages.page_count(), 64);
+        (data, bytes, allocated)
+    }
+
+    #[test]
+    fn zero_pages_become_holes_and_the_file_reads_the_same() {
+        let mem = memory();
+        let mut expected = vec![0u8; 64 * PAGE_SIZE as usize];
+        mem.read_slice(&mut expected, GuestAddress(0)).unwrap();
+        let (holes, holes_bytes, holes_alloc) = written(ZeroPages::Holes);
+        let (full, full_bytes, _) = written(ZeroPages::Write);
+        assert_eq!(holes, expected);
+        assert_eq!(full, expected);
+        assert_eq!(holes_bytes, 3 * PAGE_SIZE);
+        assert_eq!(full_bytes, 64 * PAGE_SIZE);
+        // File systems may round allocations up; the zero pages must not all be allocated.
+        assert!(
+            holes_alloc < 16 * PAGE_SIZE,
+            "{holes_alloc} bytes allocated"
+        );
+    }
+
+    #[test]
+    fn runs_of_pages_with_data_are_found() {
+        let mem = memory();
+        let host = mem.iter().next().unwrap().as_ptr() as u64;
+        assert_eq!(
+            nonzero_runs(host, 64 * PAGE_SIZE),
+            vec![(PAGE_SIZE, 2 * PAGE_SIZE), (40 * PAGE_SIZE, PAGE_SIZE)]
+        );
+        assert!(nonzero_runs(host + 3 * PAGE_SIZE, 37 * PAGE_SIZE).is_empty());
+    }
 }
