@@ -1,6 +1,8 @@
 //! `cairn-bench vs`: cairn-vmm and Firecracker side by side, in alternating pairs on the same
 //! tiny guest, files and directory: boot, Full and Diff snapshot create, restore (from a fresh
-//! process, and from one started 100 ms ahead, as a standby a sandbox host keeps). Each run measures one sample of each VMM back to back (the
+//! process, and from one started 100 ms ahead, as a standby a sandbox host keeps); in a `--dir`
+//! off tmpfs, also each create followed by the bench's `fsync` of both files (both VMMs sync
+//! their files before replying, so this adds little). Each run measures one sample of each VMM back to back (the
 //! order alternates), so both see the same host load; a figure reports each VMM's median and
 //! the median of the pair-by-pair ratios cairn / Firecracker (below 1: cairn is faster).
 //!
