@@ -201,12 +201,13 @@ pub struct LayerFile {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
     size: u64,
-    /// Set where the layer will be fsynced and its file system writes back to a disk: the
-    /// writes not yet handed to writeback, `(first byte, bytes)`.
+    /// Set where the layer will be fsynced and its file system writes back to a disk: the span
+    /// written and not yet handed to writeback.
     writeback: Option<Writeback>,
 }
 
-/// Written bytes not yet handed to the disk's writeback (see [`LayerFile::start_writeback_early`]).
+/// The span `[start, end)` written and not yet handed to the disk's writeback (`end` 0: none);
+/// see [`LayerFile::start_writeback_early`].
 #[derive(Debug, Default)]
 struct Writeback {
     start: AtomicU64,
