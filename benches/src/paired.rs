@@ -1,6 +1,8 @@
 //! `cairn-bench vs`: cairn-vmm and Firecracker side by side, in alternating pairs on the same
 //! tiny guest, files and directory: boot, Full and Diff snapshot create, restore (from a fresh
-//! process, and from one started 100 ms ahead, as a standby a sandbox host keeps). Each run measures one sample of each VMM back to back (the
+//! process, and from one started 100 ms ahead, as a standby a sandbox host keeps); in a `--dir`
+//! off tmpfs, also each create followed by the bench's `fsync` of both files (both VMMs sync
+//! their files before replying, so this adds little). Each run measures one sample of each VMM back to back (the
 //! order alternates), so both see the same host load; a figure reports each VMM's median and
 //! the median of the pair-by-pair ratios cairn / Firecracker (below 1: cairn is faster).
 //!
@@ -22,8 +24,8 @@ use cairn_vmm_api::config::{
 };
 
 use crate::util::{
-    dir_label, figure, ms, remove_files, scratch_dir, touch_timeout, vm_config, vmm_bin, Figure,
-    Options, Outcome, Vmm,
+    dir_label, figure, fsync_all, is_tmpfs, ms, remove_files, scratch_dir, touch_timeout,
+    vm_config, vmm_bin, Figure, Options, Outcome, Vmm,
 };
 
 /// How long before its `/snapshot/load` a standby process is started (both VMMs alike).
@@ -172,7 +174,10 @@ fn create(kind: SnapshotType, state: &Path, mem: &Path) -> CreateSnapshotParams 
 
 /// One VM per sample and VMM: Full snapshot (all pages touched, paused), a Diff with the
 /// ticker's 16 MiB window dirty, then a fresh process restoring the Full one (spawn ->
-/// `/snapshot/load` returns).
+/// `/snapshot/load` returns). Off tmpfs, each create is also reported with an `fsync` of its
+/// state and memory files by the bench right after the reply, inside the figure, for both VMMs
+/// alike (Firecracker fsyncs both files itself before it replies, so its fsync here finds
+/// nothing left to write).
 fn snapshots(
     opts: &Options,
     c: &Bin,
@@ -183,8 +188,10 @@ fn snapshots(
     let work = scratch_dir(dir, "vs")?;
     let cfg = vm_config(work.path(), guests::TICKER64, mem, true, None)?;
     let (mut full, mut diff, mut restore) = (Pairs::default(), Pairs::default(), Pairs::default());
-    let mut standby = Pairs::default();
-    let one = |bin: &Bin| -> Result<(f64, f64, f64, f64), String> {
+    let (mut standby, mut full_sync, mut diff_sync) =
+        (Pairs::default(), Pairs::default(), Pairs::default());
+    let on_disk = !is_tmpfs(dir);
+    let one = |bin: &Bin| -> Result<[f64; 6], String> {
         let (state, memf) = (work.path().join("full.state"), work.path().join("full.mem"));
         let (dstate, dmem) = (work.path().join("diff.state"), work.path().join("diff.mem"));
         remove_files(&[&state, &memf, &dstate, &dmem]);
@@ -197,12 +204,14 @@ fn snapshots(
         vm.set_state(VmState::Paused)?;
         let (_, full_took) =
             vm.call(|a| a.snapshot_create(&create(SnapshotType::Full, &state, &memf)))?;
+        let full_synced = full_took + fsync_all(&[&state, &memf])?;
         vm.set_state(VmState::Resumed)?;
         let n = vm.dots();
         vm.wait_dots(n + 3, Duration::from_secs(30))?;
         vm.set_state(VmState::Paused)?;
         let (_, diff_took) =
             vm.call(|a| a.snapshot_create(&create(SnapshotType::Diff, &dstate, &dmem)))?;
+        let diff_synced = diff_took + fsync_all(&[&dstate, &dmem])?;
         drop(vm);
         let load = LoadSnapshotParams {
             snapshot_path: state.clone(),
@@ -225,18 +234,28 @@ fn snapshots(
         let (_, standby) = vm.call(|a| a.snapshot_load(&load))?;
         drop(vm);
         remove_files(&[&state, &memf, &dstate, &dmem]);
-        Ok((ms(full_took), ms(diff_took), loaded, ms(standby)))
+        Ok([
+            ms(full_took),
+            ms(diff_took),
+            loaded,
+            ms(standby),
+            ms(full_synced),
+            ms(diff_synced),
+        ])
     };
     for run in 0..opts.runs {
         let order: [&Bin; 2] = if run % 2 == 0 { [c, f] } else { [f, c] };
         for bin in order {
-            let (fu, di, re, sb) = one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
+            let [fu, di, re, sb, fs, ds] =
+                one(bin).map_err(|e| format!("{}: {e}", bin.path.display()))?;
             let is_cairn = std::ptr::eq(bin, c);
             for (p, v) in [
                 (&mut full, fu),
                 (&mut diff, di),
                 (&mut restore, re),
                 (&mut standby, sb),
+                (&mut full_sync, fs),
+                (&mut diff_sync, ds),
             ] {
                 if is_cairn {
                     p.cairn.push(v)
@@ -253,6 +272,14 @@ fn snapshots(
     figs.extend(diff.figures(&format!(
         "snapshot create Diff, 16 MiB dirty of {mem} MiB [{d}]"
     )));
+    if on_disk {
+        figs.extend(full_sync.figures(&format!(
+            "snapshot create Full + fsync of both files, {mem} MiB all touched [{d}]"
+        )));
+        figs.extend(diff_sync.figures(&format!(
+            "snapshot create Diff + fsync of both files, 16 MiB dirty of {mem} MiB [{d}]"
+        )));
+    }
     figs.extend(restore.figures(&format!(
         "restore: spawn -> /snapshot/load returns, {mem} MiB [{d}]"
     )));

@@ -64,6 +64,11 @@ fn tmpfs_free(file: &File) -> Result<Option<u64>, VmmError> {
     Ok(Some((st.f_bavail as u64).saturating_mul(st.f_bsize as u64)))
 }
 
+/// Whether `file` lives on tmpfs (whose pages never go to a disk).
+pub(crate) fn on_tmpfs(file: &File) -> Result<bool, VmmError> {
+    Ok(tmpfs_free(file)?.is_some())
+}
+
 /// Bytes of `file` that are holes: its length less what it has allocated (an upper bound on the
 /// holes of any range of it).
 // `stat` field types differ between architectures and libcs; the casts are no-ops on x86_64.

@@ -10,13 +10,17 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
+use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::checkpoint::durable::PendingFile;
 use crate::checkpoint::holes::{anonymize_tmpfs_holes, MappedRange};
 use crate::error::VmmError;
 use crate::vstate::vm::Vm;
@@ -122,7 +126,19 @@ pub fn write_memory_file(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
-    write_memory_layer(mem, pages, pages, path, sync)
+    write_layer(mem, pages, pages, path, sync, ZeroPages::Write)
+}
+
+/// How [`copy_pages_with`] treats guest pages that are all zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroPages {
+    /// Written like any other page.
+    Write,
+    /// Left as holes of the new file, which read as zeros: they cost neither a copy nor a page
+    /// of the file system. Only for a file that holds all of memory (a Full snapshot): a
+    /// Diff's zero pages must be data, or a merge that copies a Diff's data ranges onto its
+    /// base (Firecracker's `rebase-snap`) would miss them.
+    Holes,
 }
 
 /// [`write_memory_file`] with an index that claims `index_pages` (a superset of `pages`): pages
@@ -135,9 +151,40 @@ pub fn write_memory_layer(
     path: &Path,
     sync: bool,
 ) -> Result<u64, VmmError> {
-    let layer = LayerFile::create(path, mem_size(mem))?;
-    match copy_pages(mem, pages, &layer) {
-        Ok(written) => layer.finish(index_pages, sync).map(|()| written),
+    write_layer(mem, pages, index_pages, path, sync, ZeroPages::Write)
+}
+
+fn write_layer(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    index_pages: &PageIndex,
+    path: &Path,
+    sync: bool,
+    zeros: ZeroPages,
+) -> Result<u64, VmmError> {
+    let (layer, written) = write_unfinished(mem, pages, path, sync, zeros)?;
+    layer.finish(index_pages, sync).map(|()| written)
+}
+
+/// Copy `pages` into a new layer file for `path`, left under its temporary name for the caller
+/// to finish or commit; with `early_writeback` (a layer that will be fsynced), the disk's
+/// writeback starts during the copy. Returns the layer and the bytes written.
+pub fn write_unfinished(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    path: &Path,
+    early_writeback: bool,
+    zeros: ZeroPages,
+) -> Result<(LayerFile, u64), VmmError> {
+    let mut layer = LayerFile::create(path, mem_size(mem))?;
+    if early_writeback {
+        if let Err(e) = layer.start_writeback_early() {
+            layer.discard();
+            return Err(e);
+        }
+    }
+    match copy_pages_with(mem, pages, &layer, zeros) {
+        Ok(written) => Ok((layer, written)),
         Err(e) => {
             layer.discard();
             Err(e)
@@ -154,7 +201,21 @@ pub struct LayerFile {
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
     size: u64,
+    /// Set where the layer will be fsynced and its file system writes back to a disk: the span
+    /// written and not yet handed to writeback.
+    writeback: Option<Writeback>,
 }
+
+/// The span `[start, end)` written and not yet handed to the disk's writeback (`end` 0: none);
+/// see [`LayerFile::start_writeback_early`].
+#[derive(Debug, Default)]
+struct Writeback {
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+/// Bytes written before [`LayerFile::write_from`] starts their writeback.
+const WRITEBACK_CHUNK: u64 = 4 << 20;
 
 impl LayerFile {
     /// Create the temporary file for the layer at `path`, `size` bytes long (all holes).
@@ -174,6 +235,7 @@ impl LayerFile {
             tmp,
             path: path.to_path_buf(),
             size,
+            writeback: None,
         };
         if let Err(e) = layer.file.set_len(size) {
             let msg = format!("{}: {e}", layer.tmp.display());
@@ -183,8 +245,73 @@ impl LayerFile {
         Ok(layer)
     }
 
+    /// Start the disk's writeback of each 4 MiB written as soon as it is written, so that the
+    /// copy and the disk work side by side and [`LayerFile::finish`]'s fsync finds little left
+    /// (an fsync after the whole copy waited for all of it: 256 MiB on this host's ext4 took
+    /// 100 ms to write and 145 ms more to fsync). For layers that will be fsynced; nothing
+    /// changes on tmpfs, which has no disk.
+    pub fn start_writeback_early(&mut self) -> Result<(), VmmError> {
+        if !crate::checkpoint::holes::on_tmpfs(&self.file)? {
+            self.writeback = Some(Writeback::default());
+        }
+        Ok(())
+    }
+
+    /// Hand `[offset, offset + len)`, just written, to writeback once 4 MiB have gathered.
+    fn written(&self, offset: u64, len: u64) -> Result<(), VmmError> {
+        let Some(wb) = &self.writeback else {
+            return Ok(());
+        };
+        let end = offset + len;
+        let (mut start, mut last) = (wb.start.load(Relaxed), wb.end.load(Relaxed));
+        if last == 0 {
+            start = offset;
+        }
+        start = start.min(offset);
+        last = last.max(end);
+        if last - start < WRITEBACK_CHUNK {
+            wb.start.store(start, Relaxed);
+            wb.end.store(last, Relaxed);
+            return Ok(());
+        }
+        wb.start.store(0, Relaxed);
+        wb.end.store(0, Relaxed);
+        // SAFETY: sync_file_range only starts writeback of this open file's dirty pages.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                start as libc::off64_t,
+                (last - start) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(snap_err(format!(
+                "starting writeback of {}: {}",
+                self.tmp.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// Copy `len` bytes of guest memory at host address `host` to file offset `offset`.
     pub fn write_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
+        if self.writeback.is_some() {
+            // In 4 MiB pieces, each handed to writeback once written.
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(WRITEBACK_CHUNK);
+                self.write_all_from(host + done, n, offset + done)?;
+                self.written(offset + done, n)?;
+                done += n;
+            }
+            return Ok(());
+        }
+        self.write_all_from(host, len, offset)
+    }
+
+    fn write_all_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
         let mut done = 0u64;
         while done < len {
             // SAFETY: callers pass a range inside a live guest mapping (checked by
@@ -234,6 +361,31 @@ impl LayerFile {
         result
     }
 
+    /// The layer as files for [`crate::checkpoint::durable::commit`]: its page index claiming
+    /// `index_pages` (written to a temporary file), then the layer itself.
+    pub fn into_pending(self, index_pages: &PageIndex) -> Result<[PendingFile; 2], VmmError> {
+        let index = LayerIndex::new(self.size, index_pages.clone())
+            .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
+            .map_err(snap_err)
+            .and_then(|bytes| {
+                PendingFile::write_new(&cairn_snapshot::memory::index_path(&self.path), &bytes)
+            });
+        match index {
+            Ok(index) => Ok([
+                index,
+                PendingFile {
+                    file: self.file,
+                    tmp: self.tmp,
+                    path: self.path,
+                },
+            ]),
+            Err(e) => {
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+
     /// Remove the temporary file.
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
@@ -246,6 +398,16 @@ pub fn copy_pages(
     pages: &PageIndex,
     layer: &LayerFile,
 ) -> Result<u64, VmmError> {
+    copy_pages_with(mem, pages, layer, ZeroPages::Write)
+}
+
+/// [`copy_pages`], with zero pages written or left as holes. Returns the bytes written.
+pub fn copy_pages_with(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    layer: &LayerFile,
+    zeros: ZeroPages,
+) -> Result<u64, VmmError> {
     let layout = region_layout(mem);
     let mut written = 0;
     for (offset, len) in pages.write_plan() {
@@ -254,10 +416,45 @@ pub fn copy_pages(
                 "page range {offset:#x}+{len:#x} is outside guest RAM"
             ))
         })?;
-        layer.write_from(host, len, offset)?;
-        written += len;
+        let runs = match zeros {
+            ZeroPages::Write => vec![(0, len)],
+            ZeroPages::Holes => nonzero_runs(host, len),
+        };
+        for (at, n) in runs {
+            layer.write_from(host + at, n, offset + at)?;
+            written += n;
+        }
     }
     Ok(written)
+}
+
+/// The runs of pages of `[host, host + len)` (a page-aligned range of guest memory) that hold
+/// a byte other than zero, as `(offset from host, length)`.
+fn nonzero_runs(host: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut at = 0;
+    while at < len {
+        if !page_is_zero(host + at) {
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == at => *n += PAGE_SIZE,
+                _ => runs.push((at, PAGE_SIZE)),
+            }
+        }
+        at += PAGE_SIZE;
+    }
+    runs
+}
+
+/// Whether the page at `host` (inside guest memory, page-aligned) is all zeros. Reads stop at
+/// the first word that is not, which for most pages that hold data is the first.
+fn page_is_zero(host: u64) -> bool {
+    let words = host as *const u64;
+    (0..(PAGE_SIZE / 8) as usize).all(|i| {
+        // SAFETY: `host` is a page inside a live guest mapping (from host_range_for), so each of
+        // its 512 words is readable; a volatile read, as guest memory may be shared with
+        // devices.
+        unsafe { words.add(i).read_volatile() == 0 }
+    })
 }
 
 /// Guest memory mapped MAP_PRIVATE from a chain of memory files (base first). Pages are read
@@ -371,4 +568,67 @@ pub fn map_memory_chain(
         .iter()
         .fold(PageIndex::new(), |acc, l| acc.union(&l.pages));
     Ok((mem, all_pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::Bytes;
+
+    /// 64 pages of guest memory: pages 1, 2, 40 hold data (page 40 only in its last byte), the
+    /// rest are zeros.
+    fn memory() -> GuestMemoryMmap {
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * PAGE_SIZE as usize)]).unwrap();
+        mem.write_slice(&[7u8; 2 * PAGE_SIZE as usize], GuestAddress(PAGE_SIZE))
+            .unwrap();
+        mem.write_slice(&[9u8], GuestAddress(41 * PAGE_SIZE - 1))
+            .unwrap();
+        mem
+    }
+
+    fn written(zeros: ZeroPages) -> (Vec<u8>, u64, u64) {
+        let mem = memory();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let all = PageIndex::from_ranges([(0, 64)]);
+        let (layer, bytes) = write_unfinished(&mem, &all, &path, true, zeros).unwrap();
+        layer.finish(&all, true).unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        // The index claims every page either way: holes read as zeros.
+        let index = cairn_snapshot::memory::open_layer(&path).unwrap();
+        assert_eq!(index.pages.page_count(), 64);
+        (data, bytes, allocated)
+    }
+
+    #[test]
+    fn zero_pages_become_holes_and_the_file_reads_the_same() {
+        let mem = memory();
+        let mut expected = vec![0u8; 64 * PAGE_SIZE as usize];
+        mem.read_slice(&mut expected, GuestAddress(0)).unwrap();
+        let (holes, holes_bytes, holes_alloc) = written(ZeroPages::Holes);
+        let (full, full_bytes, _) = written(ZeroPages::Write);
+        assert_eq!(holes, expected);
+        assert_eq!(full, expected);
+        assert_eq!(holes_bytes, 3 * PAGE_SIZE);
+        assert_eq!(full_bytes, 64 * PAGE_SIZE);
+        // File systems may round allocations up; the zero pages must not all be allocated.
+        assert!(
+            holes_alloc < 16 * PAGE_SIZE,
+            "{holes_alloc} bytes allocated"
+        );
+    }
+
+    #[test]
+    fn runs_of_pages_with_data_are_found() {
+        let mem = memory();
+        let host = mem.iter().next().unwrap().as_ptr() as u64;
+        assert_eq!(
+            nonzero_runs(host, 64 * PAGE_SIZE),
+            vec![(PAGE_SIZE, 2 * PAGE_SIZE), (40 * PAGE_SIZE, PAGE_SIZE)]
+        );
+        assert!(nonzero_runs(host + 3 * PAGE_SIZE, 37 * PAGE_SIZE).is_empty());
+    }
 }

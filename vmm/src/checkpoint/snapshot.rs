@@ -4,10 +4,12 @@
 use std::path::Path;
 use std::time::Instant;
 
+use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::PageIndex;
 
-use crate::checkpoint::memory::{resident_pages, write_memory_file};
-use crate::checkpoint::state::{capture, write_state};
+use crate::checkpoint::durable::{commit, PendingFile};
+use crate::checkpoint::memory::{resident_pages, write_unfinished, ZeroPages};
+use crate::checkpoint::state::capture;
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
 
@@ -20,7 +22,7 @@ pub const HUGE_PAGES_SNAPSHOT: &str =
 /// Which pages a snapshot holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotKind {
-    /// Every page the guest has (sparse: untouched pages are holes).
+    /// Every page the guest has (sparse: untouched pages, and pages of zeros, are holes).
     Full,
     /// Pages dirtied since the previous snapshot (needs dirty tracking).
     Diff,
@@ -65,7 +67,8 @@ pub fn pages_for(
     }
 }
 
-/// Snapshot a paused `machine`: state to `state_path`, memory to `mem_path`.
+/// Snapshot a paused `machine`: state to `state_path`, memory to `mem_path`. Both files are
+/// fsynced before this returns.
 pub fn create_snapshot(
     machine: &mut Machine,
     kind: SnapshotKind,
@@ -90,14 +93,30 @@ pub fn create_snapshot(
     let state_ms = start.elapsed().as_secs_f64() * 1e3;
     let pages = pages_for(machine, kind, DirtyConsumer::Snapshot)?;
     let mem_start = Instant::now();
-    let memory_bytes = write_memory_file(machine.memory(), &pages, mem_path, false)?;
+    // A Full file holds all of memory, so its zero pages can stay holes; a Diff's cannot.
+    let zeros = match kind {
+        SnapshotKind::Full => ZeroPages::Holes,
+        SnapshotKind::Diff => ZeroPages::Write,
+    };
+    // Durable, as Firecracker's are (it fsyncs both files before it replies); the memory
+    // file's writeback starts while it is written, and the three files are synced and renamed
+    // together (checkpoint/durable.rs).
+    let (layer, memory_bytes) = write_unfinished(machine.memory(), &pages, mem_path, true, zeros)?;
     let memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
-    if let Err(e) = write_state(state_path, &state) {
-        // A snapshot without its state is no snapshot: leave nothing behind.
-        let _ = std::fs::remove_file(cairn_snapshot::memory::index_path(mem_path));
-        let _ = std::fs::remove_file(mem_path);
-        return Err(e);
-    }
+    let [index, memory] = layer.into_pending(&pages)?;
+    let state = cairn_snapshot::file::encode_value(FileKind::State, &state)
+        .map_err(|e| VmmError::Snapshot(format!("{}: {e}", state_path.display())))
+        .and_then(|bytes| PendingFile::write_new(state_path, &bytes));
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => {
+            // A snapshot without its state is no snapshot: leave nothing behind.
+            index.discard();
+            memory.discard();
+            return Err(e);
+        }
+    };
+    commit(vec![index, memory, state])?;
     Ok(SnapshotReport {
         pages: pages.page_count(),
         memory_bytes,
