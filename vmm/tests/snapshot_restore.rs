@@ -203,3 +203,66 @@ fn corrupt_and_truncated_state_files_are_refused() {
         .restore(&state, &opts, console(&Capture::default()))
         .is_err());
 }
+
+/// Firecracker merges a Diff into the memory file it names when that file is a snapshot of
+/// the right size: after a Full and a Diff into the same file, that file alone restores the
+/// state at the Diff.
+#[test]
+fn a_diff_into_the_full_snapshots_file_merges_in_place() {
+    if !kvm_available("a_diff_into_the_full_snapshots_file_merges_in_place") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = BuildSpec::linux(guests::TICKER64);
+    spec.mem_size_mib = 32;
+    spec.track_dirty_pages = true;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    wait_dots(&mut rt, &out, 2);
+    rt.machine_mut().unwrap().pause().unwrap();
+    let (state, mem) = (dir.path().join("vm.state"), dir.path().join("vm.mem"));
+    let full = rt.snapshot(SnapshotKind::Full, &state, &mem).unwrap();
+    let full_bytes = std::fs::read(&mem).unwrap();
+    rt.machine_mut().unwrap().resume().unwrap();
+    let seen = out.dots();
+    wait_dots(&mut rt, &out, seen + 2);
+    rt.machine_mut().unwrap().pause().unwrap();
+    let diff = rt.snapshot(SnapshotKind::Diff, &state, &mem).unwrap();
+    assert!(diff.pages > 0 && diff.pages < full.pages);
+    let (hashes_diff, regs_diff) = (page_hashes(&rt), regs(&rt));
+    rt.shutdown();
+    drop(rt);
+
+    // Pages the Diff did not write kept the Full's bytes (a new Diff-only file would be holes).
+    let merged = std::fs::read(&mem).unwrap();
+    assert_eq!(merged.len(), full_bytes.len());
+    let kept = merged
+        .chunks(4096)
+        .zip(full_bytes.chunks(4096))
+        .filter(|(m, f)| m == f && f.iter().any(|&b| b != 0))
+        .count() as u64;
+    assert!(
+        kept >= full.pages - diff.pages - 1,
+        "only {kept} non-zero pages of the Full kept"
+    );
+
+    let out2 = Capture::default();
+    let mut rt2 = Runtime::new().unwrap();
+    let opts = RestoreOptions {
+        fill_anonymous: false,
+        memory_layers: vec![mem],
+        track_dirty_pages: true,
+        resume: false,
+        network_overrides: vec![],
+        vsock_uds_path: None,
+    };
+    rt2.restore(&state, &opts, console(&out2)).unwrap();
+    assert_eq!(regs(&rt2), regs_diff);
+    assert!(
+        page_hashes(&rt2) == hashes_diff,
+        "memory differs after restoring the merged file"
+    );
+    rt2.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt2, &out2, 1);
+}

@@ -312,28 +312,7 @@ impl LayerFile {
     }
 
     fn write_all_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
-        let mut done = 0u64;
-        while done < len {
-            // SAFETY: callers pass a range inside a live guest mapping (checked by
-            // host_range_for or taken from region_layout); pwrite only reads from it.
-            let n = unsafe {
-                libc::pwrite(
-                    self.file.as_raw_fd(),
-                    (host + done) as *const libc::c_void,
-                    (len - done) as usize,
-                    (offset + done) as libc::off_t,
-                )
-            };
-            if n <= 0 {
-                return Err(snap_err(format!(
-                    "writing {}: {}",
-                    self.tmp.display(),
-                    std::io::Error::last_os_error()
-                )));
-            }
-            done += n as u64;
-        }
-        Ok(())
+        pwrite_guest(&self.file, &self.tmp, host, len, offset)
     }
 
     /// Write the page index claiming `index_pages` and rename the layer into place.
@@ -390,6 +369,64 @@ impl LayerFile {
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// Write `len` bytes of guest memory at host address `host` (a range inside a live guest
+/// mapping: from [`host_range_for`] or [`region_layout`]) to `file` at `offset`.
+fn pwrite_guest(
+    file: &File,
+    name: &Path,
+    host: u64,
+    len: u64,
+    offset: u64,
+) -> Result<(), VmmError> {
+    let mut done = 0u64;
+    while done < len {
+        // SAFETY: callers pass a range inside a live guest mapping (checked by host_range_for
+        // or taken from region_layout); pwrite only reads from it.
+        let n = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                (host + done) as *const libc::c_void,
+                (len - done) as usize,
+                (offset + done) as libc::off_t,
+            )
+        };
+        if n <= 0 {
+            return Err(snap_err(format!(
+                "writing {}: {}",
+                name.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Write `pages` of guest memory into `file`, an existing memory file as large as guest memory,
+/// at their own offsets (Firecracker's merge of a Diff into the file it names), and fsync it.
+/// Returns the bytes written.
+pub fn merge_pages_into(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    file: &File,
+    name: &Path,
+) -> Result<u64, VmmError> {
+    let layout = region_layout(mem);
+    let mut written = 0;
+    for (offset, len) in pages.write_plan() {
+        let host = host_range_for(&layout, offset, len).ok_or_else(|| {
+            snap_err(format!(
+                "page range {offset:#x}+{len:#x} is outside guest RAM"
+            ))
+        })?;
+        pwrite_guest(file, name, host, len, offset)?;
+        written += len;
+    }
+    file.sync_all()
+        .map_err(|e| snap_err(format!("fsync {}: {e}", name.display())))?;
+    Ok(written)
 }
 
 /// Copy `pages` of guest memory into `layer` (the vCPUs paused). Returns the bytes written.

@@ -1,15 +1,18 @@
 //! Taking a snapshot of a paused machine: which pages, the memory file, the state file, and
 //! what it cost.
 
+use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
 use cairn_snapshot::file::FileKind;
-use cairn_snapshot::memory::PageIndex;
+use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
 use crate::checkpoint::durable::{commit, PendingFile};
-use crate::checkpoint::memory::{resident_pages, write_unfinished, ZeroPages};
-use crate::checkpoint::state::capture;
+use crate::checkpoint::memory::{
+    mem_size, merge_pages_into, resident_pages, write_unfinished, ZeroPages, PAGE_SIZE,
+};
+use crate::checkpoint::state::{capture, MachineState};
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
 
@@ -93,6 +96,18 @@ pub fn create_snapshot(
     let state_ms = start.elapsed().as_secs_f64() * 1e3;
     let pages = pages_for(machine, kind, DirtyConsumer::Snapshot)?;
     let mem_start = Instant::now();
+    if kind == SnapshotKind::Diff {
+        if let Some(base) = merge_base(mem_path, mem_size(machine.memory()))? {
+            let memory_bytes = merge_diff(machine, &pages, &base, state_path, mem_path, &state)?;
+            return Ok(SnapshotReport {
+                pages: pages.page_count(),
+                memory_bytes,
+                state_ms,
+                memory_ms: mem_start.elapsed().as_secs_f64() * 1e3,
+                total_ms: start.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+    }
     // A Full file holds all of memory, so its zero pages can stay holes; a Diff's cannot.
     let zeros = match kind {
         SnapshotKind::Full => ZeroPages::Holes,
@@ -124,4 +139,58 @@ pub fn create_snapshot(
         memory_ms,
         total_ms: start.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The memory file a Diff is merged into, as Firecracker does: `mem_path` when it already is a
+/// regular file exactly as large as guest memory (a Full snapshot's, or the file this VM was
+/// loaded from). Anything else is replaced by a new file, as Firecracker truncates it.
+fn merge_base(mem_path: &Path, size: u64) -> Result<Option<File>, VmmError> {
+    match std::fs::symlink_metadata(mem_path) {
+        Ok(m) if m.is_file() && m.len() == size => {}
+        _ => return Ok(None),
+    }
+    cairn_snapshot::safe_path::open_input(
+        mem_path,
+        true,
+        cairn_snapshot::safe_path::InputKind::Regular,
+    )
+    .map(Some)
+    .map_err(|e| VmmError::Snapshot(format!("{}: {e}", mem_path.display())))
+}
+
+/// Merge a Diff's `pages` into the existing memory file `base` in place (only the dirty pages
+/// are written: a VM mapping this file privately has its own copy of each of them), then make
+/// its page index (the old one's pages and these; all of memory for a file without one) and the
+/// state file durable together. Returns the bytes written.
+fn merge_diff(
+    machine: &Machine,
+    pages: &PageIndex,
+    base: &File,
+    state_path: &Path,
+    mem_path: &Path,
+    state: &MachineState,
+) -> Result<u64, VmmError> {
+    let snap_err = |e: String| VmmError::Snapshot(e);
+    let size = mem_size(machine.memory());
+    let written = merge_pages_into(machine.memory(), pages, base, mem_path)?;
+    let index_path = cairn_snapshot::memory::index_path(mem_path);
+    let held = match LayerIndex::load(&index_path) {
+        Ok(old) if old.mem_size == size => old.pages.union(pages),
+        _ => PageIndex::full(size / PAGE_SIZE),
+    };
+    let index = LayerIndex::new(size, held)
+        .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
+        .map_err(|e| snap_err(format!("{}: {e}", index_path.display())))
+        .and_then(|bytes| PendingFile::write_new(&index_path, &bytes))?;
+    let state = cairn_snapshot::file::encode_value(FileKind::State, state)
+        .map_err(|e| snap_err(format!("{}: {e}", state_path.display())))
+        .and_then(|bytes| PendingFile::write_new(state_path, &bytes));
+    match state {
+        Ok(state) => commit(vec![index, state])?,
+        Err(e) => {
+            index.discard();
+            return Err(e);
+        }
+    }
+    Ok(written)
 }
