@@ -437,7 +437,19 @@ pub(crate) fn stop_locked(reg: &mut Registry, r: &Record) -> Result<Option<Strin
         reg.set_state(&r.name, state, None)?;
         return Ok(None);
     };
-    let ckpt = create_checkpoint_at(&r.api_sock, None)?.name;
+    // The guest is going away, so it is paused first: the checkpoint then copies its dirty
+    // pages at once, where a running guest's would be copied beside it (after, for a VM woken
+    // from a disk file system, the rest of its memory is filled in: docs/checkpoints.md).
+    let api = vmm_api::client(&r.api_sock, Duration::from_secs(30));
+    api.pause()?;
+    let ckpt = match create_checkpoint_at(&r.api_sock, None) {
+        Ok(info) => info.name,
+        Err(e) => {
+            // Not stopped: the guest runs on as before.
+            let _ = api.resume();
+            return Err(e);
+        }
+    };
     reg.set_head(&r.name, Some(&ckpt))?;
     // Pruning merges layers in place: a lazily pulled sandbox's wait until its files are all
     // here (its page server finishes, or a fork or `checkpoint rm` fetches them).
