@@ -32,20 +32,26 @@ fn regs(rt: &Runtime) -> Vec<(u64, u64, u64, u64)> {
         .collect()
 }
 
+/// The ticker guest booted with `vcpus` vCPUs and 32 MiB, dirty pages tracked, two dots in.
+fn ticking(vcpus: u8) -> (Runtime, Capture) {
+    let mut spec = BuildSpec::linux(guests::TICKER64);
+    spec.mem_size_mib = 32;
+    spec.vcpu_count = vcpus;
+    spec.track_dirty_pages = true;
+    let out = Capture::default();
+    let mut rt = Runtime::new().unwrap();
+    rt.boot(&spec, console(&out)).unwrap();
+    wait_dots(&mut rt, &out, 2);
+    (rt, out)
+}
+
 #[test]
 fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
     if !kvm_available("full_and_diff_snapshots_restore_exactly_and_keep_running") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = BuildSpec::linux(guests::TICKER64);
-    spec.mem_size_mib = 32;
-    spec.vcpu_count = 2;
-    spec.track_dirty_pages = true;
-    let out = Capture::default();
-    let mut rt = Runtime::new().unwrap();
-    rt.boot(&spec, console(&out)).unwrap();
-    wait_dots(&mut rt, &out, 2);
+    let (mut rt, out) = ticking(2);
 
     // Full snapshot.
     rt.machine_mut().unwrap().pause().unwrap();
@@ -213,13 +219,7 @@ fn a_diff_into_the_full_snapshots_file_merges_in_place() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = BuildSpec::linux(guests::TICKER64);
-    spec.mem_size_mib = 32;
-    spec.track_dirty_pages = true;
-    let out = Capture::default();
-    let mut rt = Runtime::new().unwrap();
-    rt.boot(&spec, console(&out)).unwrap();
-    wait_dots(&mut rt, &out, 2);
+    let (mut rt, out) = ticking(1);
     rt.machine_mut().unwrap().pause().unwrap();
     let (state, mem) = (dir.path().join("vm.state"), dir.path().join("vm.mem"));
     let full = rt.snapshot(SnapshotKind::Full, &state, &mem).unwrap();

@@ -413,20 +413,33 @@ pub fn merge_pages_into(
     file: &File,
     name: &Path,
 ) -> Result<u64, VmmError> {
-    let layout = region_layout(mem);
     let mut written = 0;
+    for_each_host_range(mem, pages, |host, offset, len| {
+        written += len;
+        pwrite_guest(file, name, host, len, offset)
+    })?;
+    file.sync_all()
+        .map_err(|e| snap_err(format!("fsync {}: {e}", name.display())))?;
+    Ok(written)
+}
+
+/// Call `f(host, file_offset, len)` for each run of `pages`, with the run's host address in
+/// guest memory's mapping.
+fn for_each_host_range(
+    mem: &GuestMemoryMmap,
+    pages: &PageIndex,
+    mut f: impl FnMut(u64, u64, u64) -> Result<(), VmmError>,
+) -> Result<(), VmmError> {
+    let layout = region_layout(mem);
     for (offset, len) in pages.write_plan() {
         let host = host_range_for(&layout, offset, len).ok_or_else(|| {
             snap_err(format!(
                 "page range {offset:#x}+{len:#x} is outside guest RAM"
             ))
         })?;
-        pwrite_guest(file, name, host, len, offset)?;
-        written += len;
+        f(host, offset, len)?;
     }
-    file.sync_all()
-        .map_err(|e| snap_err(format!("fsync {}: {e}", name.display())))?;
-    Ok(written)
+    Ok(())
 }
 
 /// Copy `pages` of guest memory into `layer` (the vCPUs paused). Returns the bytes written.
@@ -445,14 +458,8 @@ pub fn copy_pages_with(
     layer: &LayerFile,
     zeros: ZeroPages,
 ) -> Result<u64, VmmError> {
-    let layout = region_layout(mem);
     let mut written = 0;
-    for (offset, len) in pages.write_plan() {
-        let host = host_range_for(&layout, offset, len).ok_or_else(|| {
-            snap_err(format!(
-                "page range {offset:#x}+{len:#x} is outside guest RAM"
-            ))
-        })?;
+    for_each_host_range(mem, pages, |host, offset, len| {
         let runs = match zeros {
             ZeroPages::Write => vec![(0, len)],
             ZeroPages::Holes => nonzero_runs(host, len),
@@ -461,7 +468,8 @@ pub fn copy_pages_with(
             layer.write_from(host + at, n, offset + at)?;
             written += n;
         }
-    }
+        Ok(())
+    })?;
     Ok(written)
 }
 
