@@ -343,13 +343,7 @@ impl LayerFile {
     /// The layer as files for [`crate::checkpoint::durable::commit`]: its page index claiming
     /// `index_pages` (written to a temporary file), then the layer itself.
     pub fn into_pending(self, index_pages: &PageIndex) -> Result<[PendingFile; 2], VmmError> {
-        let index = LayerIndex::new(self.size, index_pages.clone())
-            .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
-            .map_err(snap_err)
-            .and_then(|bytes| {
-                PendingFile::write_new(&cairn_snapshot::memory::index_path(&self.path), &bytes)
-            });
-        match index {
+        match pending_index(&self.path, self.size, index_pages.clone()) {
             Ok(index) => Ok([
                 index,
                 PendingFile {
@@ -369,6 +363,15 @@ impl LayerFile {
     pub fn discard(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// The page index of the memory file `path` (of guest memory `size` bytes) claiming `pages`,
+/// written to a temporary file for [`crate::checkpoint::durable::commit`].
+pub fn pending_index(path: &Path, size: u64, pages: PageIndex) -> Result<PendingFile, VmmError> {
+    LayerIndex::new(size, pages)
+        .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
+        .map_err(snap_err)
+        .and_then(|bytes| PendingFile::write_new(&cairn_snapshot::memory::index_path(path), &bytes))
 }
 
 /// Write `len` bytes of guest memory at host address `host` (a range inside a live guest

@@ -10,9 +10,10 @@ use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
 use crate::checkpoint::durable::{commit, PendingFile};
 use crate::checkpoint::memory::{
-    mem_size, merge_pages_into, resident_pages, write_unfinished, ZeroPages, PAGE_SIZE,
+    mem_size, merge_pages_into, pending_index, resident_pages, write_unfinished, ZeroPages,
+    PAGE_SIZE,
 };
-use crate::checkpoint::state::{capture, MachineState};
+use crate::checkpoint::state::capture;
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
 
@@ -96,42 +97,51 @@ pub fn create_snapshot(
     let state_ms = start.elapsed().as_secs_f64() * 1e3;
     let pages = pages_for(machine, kind, DirtyConsumer::Snapshot)?;
     let mem_start = Instant::now();
-    if kind == SnapshotKind::Diff {
-        if let Some(base) = merge_base(mem_path, mem_size(machine.memory()))? {
-            let memory_bytes = merge_diff(machine, &pages, &base, state_path, mem_path, &state)?;
-            return Ok(SnapshotReport {
-                pages: pages.page_count(),
-                memory_bytes,
-                state_ms,
-                memory_ms: mem_start.elapsed().as_secs_f64() * 1e3,
-                total_ms: start.elapsed().as_secs_f64() * 1e3,
-            });
-        }
-    }
-    // A Full file holds all of memory, so its zero pages can stay holes; a Diff's cannot.
-    let zeros = match kind {
-        SnapshotKind::Full => ZeroPages::Holes,
-        SnapshotKind::Diff => ZeroPages::Write,
+    let size = mem_size(machine.memory());
+    let merge_into = match kind {
+        SnapshotKind::Diff => merge_base(mem_path, size)?,
+        SnapshotKind::Full => None,
     };
-    // Durable, as Firecracker's are (it fsyncs both files before it replies); the memory
-    // file's writeback starts while it is written, and the three files are synced and renamed
+    let memory_ms;
+    // Durable, as Firecracker's are (it fsyncs both files before it replies): the memory
+    // file's writeback starts while it is written, and the new files are synced and renamed
     // together (checkpoint/durable.rs).
-    let (layer, memory_bytes) = write_unfinished(machine.memory(), &pages, mem_path, true, zeros)?;
-    let memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
-    let [index, memory] = layer.into_pending(&pages)?;
+    let (memory_bytes, mut files) = match merge_into {
+        Some(base) => {
+            // Merged in place (only the dirty pages: a VM mapping this file privately has its
+            // own copy of each of them); its index then claims the old one's pages and these.
+            let written = merge_pages_into(machine.memory(), &pages, &base, mem_path)?;
+            memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
+            let held = held_after_merge(mem_path, size, &pages);
+            (written, vec![pending_index(mem_path, size, held)?])
+        }
+        None => {
+            // A Full file holds all of memory, so its zero pages can stay holes; a Diff's
+            // cannot.
+            let zeros = match kind {
+                SnapshotKind::Full => ZeroPages::Holes,
+                SnapshotKind::Diff => ZeroPages::Write,
+            };
+            let (layer, written) =
+                write_unfinished(machine.memory(), &pages, mem_path, true, zeros)?;
+            memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
+            (written, Vec::from(layer.into_pending(&pages)?))
+        }
+    };
     let state = cairn_snapshot::file::encode_value(FileKind::State, &state)
         .map_err(|e| VmmError::Snapshot(format!("{}: {e}", state_path.display())))
         .and_then(|bytes| PendingFile::write_new(state_path, &bytes));
-    let state = match state {
-        Ok(s) => s,
+    match state {
+        Ok(state) => files.push(state),
         Err(e) => {
-            // A snapshot without its state is no snapshot: leave nothing behind.
-            index.discard();
-            memory.discard();
+            // A snapshot without its state is no snapshot: leave no new file behind.
+            for f in files {
+                f.discard();
+            }
             return Err(e);
         }
-    };
-    commit(vec![index, memory, state])?;
+    }
+    commit(files)?;
     Ok(SnapshotReport {
         pages: pages.page_count(),
         memory_bytes,
@@ -158,39 +168,12 @@ fn merge_base(mem_path: &Path, size: u64) -> Result<Option<File>, VmmError> {
     .map_err(|e| VmmError::Snapshot(format!("{}: {e}", mem_path.display())))
 }
 
-/// Merge a Diff's `pages` into the existing memory file `base` in place (only the dirty pages
-/// are written: a VM mapping this file privately has its own copy of each of them), then make
-/// its page index (the old one's pages and these; all of memory for a file without one) and the
-/// state file durable together. Returns the bytes written.
-fn merge_diff(
-    machine: &Machine,
-    pages: &PageIndex,
-    base: &File,
-    state_path: &Path,
-    mem_path: &Path,
-    state: &MachineState,
-) -> Result<u64, VmmError> {
-    let snap_err = |e: String| VmmError::Snapshot(e);
-    let size = mem_size(machine.memory());
-    let written = merge_pages_into(machine.memory(), pages, base, mem_path)?;
-    let index_path = cairn_snapshot::memory::index_path(mem_path);
-    let held = match LayerIndex::load(&index_path) {
+/// The pages the memory file `mem_path` holds once a Diff's `pages` are merged into it: its
+/// index's and these, or all of memory for a file without an index of this size (a Full file
+/// made elsewhere).
+fn held_after_merge(mem_path: &Path, size: u64, pages: &PageIndex) -> PageIndex {
+    match LayerIndex::load(&cairn_snapshot::memory::index_path(mem_path)) {
         Ok(old) if old.mem_size == size => old.pages.union(pages),
         _ => PageIndex::full(size / PAGE_SIZE),
-    };
-    let index = LayerIndex::new(size, held)
-        .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
-        .map_err(|e| snap_err(format!("{}: {e}", index_path.display())))
-        .and_then(|bytes| PendingFile::write_new(&index_path, &bytes))?;
-    let state = cairn_snapshot::file::encode_value(FileKind::State, state)
-        .map_err(|e| snap_err(format!("{}: {e}", state_path.display())))
-        .and_then(|bytes| PendingFile::write_new(state_path, &bytes));
-    match state {
-        Ok(state) => commit(vec![index, state])?,
-        Err(e) => {
-            index.discard();
-            return Err(e);
-        }
     }
-    Ok(written)
 }
