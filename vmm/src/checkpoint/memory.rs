@@ -20,6 +20,7 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::checkpoint::direct_io::DirectFile;
 use crate::checkpoint::durable::PendingFile;
 use crate::checkpoint::holes::{anonymize_tmpfs_holes, MappedRange};
 use crate::error::VmmError;
@@ -162,26 +163,52 @@ fn write_layer(
     sync: bool,
     zeros: ZeroPages,
 ) -> Result<u64, VmmError> {
-    let (layer, written) = write_unfinished(mem, pages, path, sync, zeros)?;
+    let writes = if sync {
+        LayerWrites::EarlyWriteback
+    } else {
+        LayerWrites::Cached
+    };
+    let (layer, written) = write_unfinished(mem, pages, path, writes, zeros)?;
     layer.finish(index_pages, sync).map(|()| written)
 }
 
+/// How a new layer file's pages reach its file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerWrites {
+    /// Through the page cache, written back whenever the kernel likes.
+    Cached,
+    /// Through the page cache, each 4 MiB handed to the disk's writeback as soon as it is
+    /// written: for a layer that will be fsynced.
+    EarlyWriteback,
+    /// Past the page cache where the file system has a disk and takes `O_DIRECT`
+    /// (checkpoint/direct_io.rs), else as `EarlyWriteback`: for a paused snapshot that will be
+    /// fsynced, never for a copy the guest may wait on page by page.
+    Direct,
+}
+
 /// Copy `pages` into a new layer file for `path`, left under its temporary name for the caller
-/// to finish or commit; with `early_writeback` (a layer that will be fsynced), the disk's
-/// writeback starts during the copy. Returns the layer and the bytes written.
+/// to finish or commit, its pages written as `writes` says. Returns the layer and the bytes
+/// written.
 pub fn write_unfinished(
     mem: &GuestMemoryMmap,
     pages: &PageIndex,
     path: &Path,
-    early_writeback: bool,
+    writes: LayerWrites,
     zeros: ZeroPages,
 ) -> Result<(LayerFile, u64), VmmError> {
     let mut layer = LayerFile::create(path, mem_size(mem))?;
-    if early_writeback {
-        if let Err(e) = layer.start_writeback_early() {
-            layer.discard();
-            return Err(e);
-        }
+    let direct = match writes {
+        LayerWrites::Direct => layer.start_direct(),
+        _ => Ok(false),
+    };
+    let prepared = match direct {
+        Ok(false) if writes != LayerWrites::Cached => layer.start_writeback_early(),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = prepared {
+        layer.discard();
+        return Err(e);
     }
     match copy_pages_with(mem, pages, &layer, zeros) {
         Ok(written) => Ok((layer, written)),
@@ -204,6 +231,8 @@ pub struct LayerFile {
     /// Set where the layer will be fsynced and its file system writes back to a disk: the span
     /// written and not yet handed to writeback.
     writeback: Option<Writeback>,
+    /// Set where pages go to the disk past the page cache ([`LayerWrites::Direct`]).
+    direct: Option<DirectFile>,
 }
 
 /// The span `[start, end)` written and not yet handed to the disk's writeback (`end` 0: none);
@@ -236,6 +265,7 @@ impl LayerFile {
             path: path.to_path_buf(),
             size,
             writeback: None,
+            direct: None,
         };
         if let Err(e) = layer.file.set_len(size) {
             let msg = format!("{}: {e}", layer.tmp.display());
@@ -255,6 +285,20 @@ impl LayerFile {
             self.writeback = Some(Writeback::default());
         }
         Ok(())
+    }
+
+    /// Write the layer's pages past the page cache from now on, where its file system has a
+    /// disk and takes `O_DIRECT` and `CAIRN_SNAPSHOT_DIRECT_IO` is not `0`. Returns whether it
+    /// will.
+    pub fn start_direct(&mut self) -> Result<bool, VmmError> {
+        if !crate::checkpoint::direct_io::enabled()
+            || crate::checkpoint::holes::on_tmpfs(&self.file)?
+        {
+            return Ok(false);
+        }
+        self.direct = DirectFile::open(&self.tmp)
+            .map_err(|e| snap_err(format!("{}: O_DIRECT: {e}", self.tmp.display())))?;
+        Ok(self.direct.is_some())
     }
 
     /// Hand `[offset, offset + len)`, just written, to writeback once 4 MiB have gathered.
@@ -312,7 +356,22 @@ impl LayerFile {
     }
 
     fn write_all_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {
-        pwrite_guest(&self.file, &self.tmp, host, len, offset)
+        let direct = match &self.direct {
+            Some(d) => d
+                .write(host, len, offset)
+                .map_err(|e| snap_err(format!("writing {}: {e}", self.tmp.display())))?,
+            None => 0,
+        };
+        if direct == len {
+            return Ok(());
+        }
+        pwrite_guest(
+            &self.file,
+            &self.tmp,
+            host + direct,
+            len - direct,
+            offset + direct,
+        )
     }
 
     /// Write the page index claiming `index_pages` and rename the layer into place.
@@ -641,7 +700,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
         let all = PageIndex::from_ranges([(0, 64)]);
-        let (layer, bytes) = write_unfinished(&mem, &all, &path, true, zeros).unwrap();
+        let (layer, bytes) =
+            write_unfinished(&mem, &all, &path, LayerWrites::EarlyWriteback, zeros).unwrap();
         layer.finish(&all, true).unwrap();
         let data = std::fs::read(&path).unwrap();
         let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;

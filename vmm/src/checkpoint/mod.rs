@@ -6,6 +6,7 @@
 
 pub mod background;
 pub mod compat;
+pub mod direct_io;
 pub mod disk;
 pub mod durable;
 pub mod filled_memory;

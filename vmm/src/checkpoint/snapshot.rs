@@ -10,8 +10,8 @@ use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
 use crate::checkpoint::durable::{commit, PendingFile};
 use crate::checkpoint::memory::{
-    mem_size, merge_pages_into, pending_index, resident_pages, write_unfinished, ZeroPages,
-    PAGE_SIZE,
+    mem_size, merge_pages_into, pending_index, resident_pages, write_unfinished, LayerWrites,
+    ZeroPages, PAGE_SIZE,
 };
 use crate::checkpoint::state::capture;
 use crate::error::VmmError;
@@ -103,9 +103,9 @@ pub fn create_snapshot(
         SnapshotKind::Full => None,
     };
     let memory_ms;
-    // Durable, as Firecracker's are (it fsyncs both files before it replies): the memory
-    // file's writeback starts while it is written, and the new files are synced and renamed
-    // together (checkpoint/durable.rs).
+    // Durable, as Firecracker's are (it fsyncs both files before it replies): a new memory
+    // file goes to a disk past the page cache (checkpoint/direct_io.rs; on tmpfs through it),
+    // and the new files are synced and renamed together (checkpoint/durable.rs).
     let (memory_bytes, mut files) = match merge_into {
         Some(base) => {
             // Merged in place (only the dirty pages: a VM mapping this file privately has its
@@ -122,8 +122,13 @@ pub fn create_snapshot(
                 SnapshotKind::Full => ZeroPages::Holes,
                 SnapshotKind::Diff => ZeroPages::Write,
             };
-            let (layer, written) =
-                write_unfinished(machine.memory(), &pages, mem_path, true, zeros)?;
+            let (layer, written) = write_unfinished(
+                machine.memory(),
+                &pages,
+                mem_path,
+                LayerWrites::Direct,
+                zeros,
+            )?;
             memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
             (written, Vec::from(layer.into_pending(&pages)?))
         }
