@@ -7,7 +7,6 @@
 pub mod background;
 pub mod compat;
 pub mod disk;
-pub mod durable;
 pub mod filled_memory;
 pub mod holes;
 pub mod memory;
