@@ -12,9 +12,10 @@
 //! ```
 //!
 //! Reads are bounded: the declared length is checked against the caller's limit and the file size before
-//! anything is allocated. Writes are atomic: temporary name, fsync, rename, fsync of the directory.
+//! anything is allocated. Writes are atomic: temporary name, fsync, rename, fsync of the directory
+//! ([`crate::durable`], which also makes several new files durable together).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,78 +182,13 @@ pub fn sync_parent_dir(path: &Path) -> Result<()> {
 }
 
 /// Atomically replace `path` with a file `fill` writes: write `<path>.tmp-<pid>-<n>`, fsync it, rename it
-/// over `path`, fsync the directory. On failure the temporary file is removed and `path` is untouched.
+/// over `path`, fsync the directory ([`crate::durable::replace_with`]). On a failure before the rename
+/// the temporary file is removed and `path` is untouched.
 ///
 /// `path` must be a regular file or absent, in a directory this process may write
 /// ([`crate::safe_path::check_output_target`]): nothing else is ever replaced.
 pub fn replace_atomic_with(path: &Path, fill: impl FnOnce(&File) -> Result<()>) -> Result<()> {
-    crate::safe_path::check_output_target(path).map_err(|e| Error::io("check target", path, e))?;
-    let tmp = temp_path(path);
-    let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create temporary file", &tmp, e))?;
-        fill(&f)?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        sync_parent_dir(path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Atomically replace several files of one directory with the given bytes, as one step: every
-/// `<path>.tmp-<pid>-<n>` is written and fsynced, then each is renamed over its path (in order) and
-/// the directory is fsynced once. On a journalling file system that is two journal commits
-/// instead of two per file with [`write_bytes_atomic`]. A crash leaves each path either old or new
-/// (the earlier ones may be new while later ones are old). On failure the temporary files are
-/// removed.
-///
-/// Each path must be a regular file or absent, and all must share one directory.
-pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
-    let dirs: Vec<Option<&Path>> = files.iter().map(|(p, _)| p.parent()).collect();
-    if dirs.windows(2).any(|w| w[0] != w[1]) {
-        return Err(Error::io(
-            "replace files together",
-            files.first().map_or(Path::new("."), |(p, _)| p),
-            std::io::Error::other("the files are not in one directory"),
-        ));
-    }
-    let mut temps: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
-    let result = (|| {
-        for (path, bytes) in files {
-            crate::safe_path::check_output_target(path)
-                .map_err(|e| Error::io("check target", path, e))?;
-            let tmp = temp_path(path);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| Error::io("create temporary file", &tmp, e))?;
-            temps.push((tmp.clone(), path));
-            f.write_all(bytes)
-                .map_err(|e| Error::io("write", path, e))?;
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        }
-        for (tmp, path) in &temps {
-            std::fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        }
-        match files.first() {
-            Some((path, _)) => sync_parent_dir(path),
-            None => Ok(()),
-        }
-    })();
-    if result.is_err() {
-        for (tmp, _) in &temps {
-            let _ = std::fs::remove_file(tmp);
-        }
-    }
-    result
+    crate::durable::replace_with(path, fill)
 }
 
 /// Atomically replace `path` with `bytes` (no container). Used for `meta.json`.
@@ -366,33 +302,6 @@ mod tests {
             b: vec![1, 2, 3],
             c: Some("x".into()),
         }
-    }
-
-    #[test]
-    fn write_all_atomic_replaces_files_of_one_directory_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&a, b"old a").unwrap();
-        write_all_atomic(&[(a.as_path(), &b"new a"[..]), (b.as_path(), &b"b"[..])]).unwrap();
-        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
-        assert_eq!(std::fs::read(&b).unwrap(), b"b");
-        // Only the two files: no temporary left behind.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-
-        // Files in two directories are refused before anything is written.
-        let sub = dir.path().join("sub");
-        std::fs::create_dir(&sub).unwrap();
-        let c = sub.join("c");
-        let err = write_all_atomic(&[(a.as_path(), &b"x"[..]), (c.as_path(), &b"y"[..])]);
-        assert!(format!("{:?}", err.unwrap_err()).contains("not in one directory"));
-        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
-        assert!(!c.exists());
-
-        // A target that is a directory fails, and leaves no temporary file.
-        let err = write_all_atomic(&[(b.as_path(), &b"x"[..]), (sub.as_path(), &b"y"[..])]);
-        assert!(err.is_err());
-        assert_eq!(std::fs::read(&b).unwrap(), b"b");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

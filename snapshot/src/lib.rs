@@ -3,6 +3,7 @@
 //! This crate knows nothing of KVM or of devices. It defines:
 //! - [`Persist`], the one trait every stateful component implements;
 //! - [`file`]: the checksummed, versioned container for state files and indexes;
+//! - [`durable`]: making new files durable, one or several together;
 //! - [`memory`]: memory layers (a Full base plus Diff layers) and the page index;
 //! - [`disk`]: the layered block store for disks (a base image plus per-checkpoint deltas);
 //! - [`checkpoint`]: checkpoint metadata and the store of named checkpoints.
@@ -71,6 +72,7 @@
 
 pub mod checkpoint;
 pub mod disk;
+pub mod durable;
 pub mod error;
 pub mod file;
 pub mod memory;

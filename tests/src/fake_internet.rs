@@ -30,20 +30,27 @@ for my $n (@ARGV) {
 
 /// The ticker server: per connection, a line every 0.2 s; prints `LOCAL open`, `LOCAL echo N`
 /// (N lines echoed so far, when it grows) and `LOCAL closed WHY` (LOCAL: the address the
-/// client reached).
-const TICKER: &str = r#"import select, socket, threading, time
+/// client reached). Each report is one write under a lock: `print(a, b)` writes its pieces one
+/// by one, and two connections' threads interleaved them (`198.18.77.80198.18.77.81 echo 7`,
+/// ` closed ConnectionResetError`), which once hid a cut connection's report from the test.
+const TICKER: &str = r#"import select, socket, sys, threading, time
+out = threading.Lock()
+def report(*words):
+    line = " ".join(str(w) for w in words) + "\n"
+    with out:
+        sys.stdout.write(line); sys.stdout.flush()
 def serve(c):
     local = c.getsockname()[0]; n = 0; i = 0
-    print(local, "open", flush=True)
+    report(local, "open")
     try:
         while True:
             i += 1; c.sendall(b"tick %d\n" % i)
             if select.select([c], [], [], 0.2)[0]:
                 b = c.recv(4096)
                 if not b: raise EOFError("end of stream")
-                n += b.count(b"\n"); print(local, "echo", n, flush=True)
+                n += b.count(b"\n"); report(local, "echo", n)
     except Exception as e:
-        print(local, "closed", type(e).__name__, flush=True)
+        report(local, "closed", type(e).__name__)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7000)); s.listen()
 while True:

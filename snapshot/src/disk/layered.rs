@@ -6,8 +6,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::durable::{commit, PendingFile};
 use crate::error::{Error, Result};
-use crate::file::{crc64, replace_atomic_with, sync_parent_dir, write_all_atomic, FileKind};
+use crate::file::{crc64, replace_atomic_with, sync_parent_dir, FileKind};
 
 use super::index::{check_block_size, index_path, BlockEntry, BlockIndex, ZERO_OFFSET};
 use super::served::{DiskFetch, FileId};
@@ -175,7 +176,8 @@ impl LayeredDisk {
         };
         let Some(index) = index.filter(|ix| ix.data_len > 0 || !ix.entries.is_empty()) else {
             // Fresh delta: a new empty data file (never reuse an inode a frozen layer may share)
-            // and its empty index, made durable together (a restore waits for this).
+            // and its empty index, made durable together, the index last (a restore waits for
+            // this; an active delta without its index is a fresh one).
             let empty = BlockIndex {
                 block_size,
                 disk_len,
@@ -183,7 +185,14 @@ impl LayeredDisk {
                 entries: Vec::new(),
             };
             let index_bytes = crate::file::encode(FileKind::DiskIndex, &empty.encode());
-            write_all_atomic(&[(path.as_path(), &[][..]), (ipath.as_path(), &index_bytes)])?;
+            let data = PendingFile::write_new(&path, &[])?;
+            match PendingFile::write_new(&ipath, &index_bytes) {
+                Ok(index) => commit(vec![data, index])?,
+                Err(e) => {
+                    data.discard();
+                    return Err(e);
+                }
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)

@@ -15,6 +15,7 @@
 //! - [`checksum`]: per-chunk CRC-64s of a layer's data, sealed into its index and verified after restore.
 //! - [`merge`]: folding a deleted checkpoint's layer into its child.
 //! - [`served`]: the handshake of memory served on first touch by a page server.
+//! - [`uffd`]: the userfaultfd ABI that the VMM and the page server share.
 
 pub mod chain;
 pub mod checksum;
@@ -22,6 +23,7 @@ pub mod index;
 pub mod layer;
 pub mod merge;
 pub mod served;
+pub mod uffd;
 
 pub use chain::{LayerChain, MappedRange, MemoryLayer};
 pub use checksum::{seal_layer, verify_layer, CHUNK_PAGES};

@@ -29,71 +29,23 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 use cairn_devices::GuestMemoryMmap;
+use cairn_snapshot::memory::uffd::{
+    UffdMsg, UffdioApi, UffdioRange, UffdioRegister, UffdioWriteprotect, UFFDIO_API,
+    UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT,
+    UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+    USERFAULTFD_IOC_NEW,
+};
 use cairn_snapshot::memory::PageIndex;
 
 use crate::checkpoint::memory::{region_layout, LayerFile, PAGE_SIZE};
 use crate::checkpoint::named::Phases;
 use crate::error::VmmError;
 
-// The userfaultfd ABI (linux/userfaultfd.h), which the libc crate does not carry.
-pub(crate) const UFFD_API: u64 = 0xAA;
-pub(crate) const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
-pub(crate) const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
-pub(crate) const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
-const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
-const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
-const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// Bit of `_UFFDIO_WRITEPROTECT` in the `ioctls` a registration reports.
 const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
 
 /// Pages copied per step between two looks at the fault queue (1 MiB).
 const CHUNK_PAGES: u64 = 256;
-
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct UffdioApi {
-    pub(crate) api: u64,
-    pub(crate) features: u64,
-    pub(crate) ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-pub(crate) struct UffdioRange {
-    pub(crate) start: u64,
-    pub(crate) len: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct UffdioRegister {
-    pub(crate) range: UffdioRange,
-    pub(crate) mode: u64,
-    pub(crate) ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
-
-/// `struct uffd_msg` as a page fault reads it (32 bytes).
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct UffdMsg {
-    event: u8,
-    _reserved1: u8,
-    _reserved2: u16,
-    _reserved3: u32,
-    flags: u64,
-    address: u64,
-    _feat: u64,
-}
 
 /// Whether checkpoints copy memory in the background (the default). `CAIRN_CHECKPOINT_BACKGROUND=0`
 /// in the VMM's environment makes them copy with the guest paused, as before.
@@ -451,15 +403,6 @@ impl MemoryCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn abi_sizes_match_the_kernel() {
-        assert_eq!(std::mem::size_of::<UffdMsg>(), 32);
-        assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
-        assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
-        assert_eq!(std::mem::size_of::<UffdioWriteprotect>(), 24);
-        assert_eq!(std::mem::size_of::<UffdioRange>(), 16);
-    }
 
     /// A writer thread rewrites every page as fast as it can while the copy runs; the layer
     /// must hold each page as it was when armed.

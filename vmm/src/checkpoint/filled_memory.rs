@@ -50,11 +50,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_devices::GuestMemoryMmap;
+use cairn_snapshot::memory::uffd::{
+    UffdioCopy, UffdioRange, UffdioZeropage, UFFDIO_COPY, UFFDIO_UNREGISTER, UFFDIO_ZEROPAGE,
+};
 use cairn_snapshot::memory::{MappedRange, PageIndex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::checkpoint::background::{self, ioctl, UffdioRange, UFFDIO_UNREGISTER};
+use crate::checkpoint::background::{self, ioctl};
 use crate::checkpoint::memory::{region_layout, PAGE_SIZE};
 use crate::checkpoint::served_memory::{chain_pages, map_anonymous, open_chain, register_missing};
 use crate::error::VmmError;
@@ -67,27 +70,9 @@ pub const FILL_STEP: u64 = 256 * PAGE_SIZE;
 /// The filler thread's nice value: it runs on what CPU the guest and the VMM leave.
 const FILLER_NICE: libc::c_int = 19;
 
-const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
-const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
 /// `statfs.f_type` of tmpfs/shmem and of hugetlbfs: file mappings the kernel write-protects.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
-
-#[repr(C)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-#[repr(C)]
-struct UffdioZeropage {
-    range: UffdioRange,
-    mode: u64,
-    zeropage: i64,
-}
 
 /// Whether a restore from `layers` should fill anonymous memory (see the module doc).
 /// `CAIRN_RESTORE_FILL=0` keeps the file mapping; `=1` fills wherever the layers lie.
@@ -642,12 +627,6 @@ mod tests {
             layers.push(path);
         }
         (layers, expect, pages)
-    }
-
-    #[test]
-    fn abi_sizes_match_the_kernel() {
-        assert_eq!(std::mem::size_of::<UffdioCopy>(), 40);
-        assert_eq!(std::mem::size_of::<UffdioZeropage>(), 32);
     }
 
     /// Two layers on this host's file system: every page reads as the chain says, whether the

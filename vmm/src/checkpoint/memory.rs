@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
+use cairn_snapshot::durable::PendingFile;
 use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 use vm_memory::bitmap::AtomicBitmap;
@@ -21,7 +22,6 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::checkpoint::direct_io::DirectFile;
-use crate::checkpoint::durable::PendingFile;
 use crate::checkpoint::holes::{anonymize_tmpfs_holes, MappedRange};
 use crate::error::VmmError;
 use crate::vstate::vm::Vm;
@@ -31,6 +31,17 @@ pub const PAGE_SIZE: u64 = 4096;
 
 fn snap_err(what: impl std::fmt::Display) -> VmmError {
     VmmError::Snapshot(what.to_string())
+}
+
+/// `e` as a [`VmmError::Snapshot`], with its causes (the OS error of a failed fsync or rename).
+pub fn snapshot_error(e: cairn_snapshot::Error) -> VmmError {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    VmmError::Snapshot(msg)
 }
 
 /// `(host address, length, file offset)` of each region.
@@ -320,23 +331,8 @@ impl LayerFile {
         }
         wb.start.store(0, Relaxed);
         wb.end.store(0, Relaxed);
-        // SAFETY: sync_file_range only starts writeback of this open file's dirty pages.
-        let rc = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                start as libc::off64_t,
-                (last - start) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if rc != 0 {
-            return Err(snap_err(format!(
-                "starting writeback of {}: {}",
-                self.tmp.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok(())
+        start_writeback(&self.file, start, last - start)
+            .map_err(|e| snap_err(format!("starting writeback of {}: {e}", self.tmp.display())))
     }
 
     /// Copy `len` bytes of guest memory at host address `host` to file offset `offset`.
@@ -399,17 +395,13 @@ impl LayerFile {
         result
     }
 
-    /// The layer as files for [`crate::checkpoint::durable::commit`]: its page index claiming
+    /// The layer as files for [`cairn_snapshot::durable::commit`]: its page index claiming
     /// `index_pages` (written to a temporary file), then the layer itself.
     pub fn into_pending(self, index_pages: &PageIndex) -> Result<[PendingFile; 2], VmmError> {
         match pending_index(&self.path, self.size, index_pages.clone()) {
             Ok(index) => Ok([
                 index,
-                PendingFile {
-                    file: self.file,
-                    tmp: self.tmp,
-                    path: self.path,
-                },
+                PendingFile::from_parts(self.file, self.tmp, self.path),
             ]),
             Err(e) => {
                 self.discard();
@@ -425,12 +417,32 @@ impl LayerFile {
 }
 
 /// The page index of the memory file `path` (of guest memory `size` bytes) claiming `pages`,
-/// written to a temporary file for [`crate::checkpoint::durable::commit`].
+/// written to a temporary file for [`cairn_snapshot::durable::commit`].
 pub fn pending_index(path: &Path, size: u64, pages: PageIndex) -> Result<PendingFile, VmmError> {
     LayerIndex::new(size, pages)
         .map(|i| cairn_snapshot::file::encode(FileKind::PageIndex, &i.encode()))
-        .map_err(snap_err)
         .and_then(|bytes| PendingFile::write_new(&cairn_snapshot::memory::index_path(path), &bytes))
+        .map_err(snapshot_error)
+}
+
+/// Start the disk's writeback of `len` bytes of `file` from `offset` (`len` 0: to the end),
+/// without waiting for it: the hook [`cairn_snapshot::durable::commit_with`] calls before its
+/// fsyncs, and the early writeback of a layer being copied.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: sync_file_range only starts writeback of this open file's dirty pages; it reads
+    // no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Write `len` bytes of guest memory at host address `host` (a range inside a live guest

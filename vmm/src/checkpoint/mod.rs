@@ -8,7 +8,6 @@ pub mod background;
 pub mod compat;
 pub mod direct_io;
 pub mod disk;
-pub mod durable;
 pub mod filled_memory;
 pub mod holes;
 pub mod memory;

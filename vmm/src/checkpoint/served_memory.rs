@@ -28,13 +28,14 @@ use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::GuestAddress;
 
-use crate::checkpoint::background::{
-    ioctl, new_uffd, UffdioApi, UffdioRange, UffdioRegister, UFFDIO_API, UFFDIO_REGISTER, UFFD_API,
+use cairn_snapshot::memory::uffd::{
+    UffdioApi, UffdioRange, UffdioRegister, UFFDIO_API, UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_MISSING, UFFD_API,
 };
+
+use crate::checkpoint::background::{ioctl, new_uffd};
 use crate::checkpoint::memory::region_layout;
 use crate::error::VmmError;
-
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 
 /// How long the server may take to answer the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

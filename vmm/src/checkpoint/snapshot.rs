@@ -5,13 +5,13 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
+use cairn_snapshot::durable::{commit_with, PendingFile};
 use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
-use crate::checkpoint::durable::{commit, PendingFile};
 use crate::checkpoint::memory::{
-    mem_size, merge_pages_into, pending_index, resident_pages, write_unfinished, LayerWrites,
-    ZeroPages, PAGE_SIZE,
+    mem_size, merge_pages_into, pending_index, resident_pages, snapshot_error, start_writeback,
+    write_unfinished, LayerWrites, ZeroPages, PAGE_SIZE,
 };
 use crate::checkpoint::state::capture;
 use crate::error::VmmError;
@@ -105,7 +105,8 @@ pub fn create_snapshot(
     let memory_ms;
     // Durable, as Firecracker's are (it fsyncs both files before it replies): a new memory
     // file goes to a disk past the page cache (checkpoint/direct_io.rs; on tmpfs through it),
-    // and the new files are synced and renamed together (checkpoint/durable.rs).
+    // and the new files are synced and renamed together, the state file last
+    // (cairn_snapshot::durable).
     let (memory_bytes, mut files) = match merge_into {
         Some(base) => {
             // Merged in place (only the dirty pages: a VM mapping this file privately has its
@@ -134,8 +135,8 @@ pub fn create_snapshot(
         }
     };
     let state = cairn_snapshot::file::encode_value(FileKind::State, &state)
-        .map_err(|e| VmmError::Snapshot(format!("{}: {e}", state_path.display())))
-        .and_then(|bytes| PendingFile::write_new(state_path, &bytes));
+        .and_then(|bytes| PendingFile::write_new(state_path, &bytes))
+        .map_err(snapshot_error);
     match state {
         Ok(state) => files.push(state),
         Err(e) => {
@@ -146,7 +147,7 @@ pub fn create_snapshot(
             return Err(e);
         }
     }
-    commit(files)?;
+    commit_with(files, |f| start_writeback(f, 0, 0)).map_err(snapshot_error)?;
     Ok(SnapshotReport {
         pages: pages.page_count(),
         memory_bytes,

@@ -420,20 +420,14 @@ impl Vcpu {
     /// Start the vCPU thread. With `paused`, it parks before entering the guest.
     pub fn start(self, paused: bool) -> Result<VcpuHandle, VmmError> {
         let index = self.index;
-        let (req_tx, req_rx) = mpsc::channel();
-        let (evt_tx, evt_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("cairn_vcpu{index}"))
-            .spawn(move || self.run(req_rx, evt_tx, paused))
-            .map_err(|e| VmmError::Vcpu {
-                index,
-                reason: format!("cannot spawn thread: {e}"),
-            })?;
-        Ok(VcpuHandle {
-            index,
-            requests: req_tx,
-            events: evt_rx,
-            thread: Some(thread),
+        VcpuHandle::launch(index, |requests, events| {
+            std::thread::Builder::new()
+                .name(format!("cairn_vcpu{index}"))
+                .spawn(move || self.run(requests, events, paused))
+                .map_err(|e| VmmError::Vcpu {
+                    index,
+                    reason: format!("cannot spawn thread: {e}"),
+                })
         })
     }
 
@@ -443,19 +437,14 @@ impl Vcpu {
             return self.start(paused);
         };
         let index = self.index;
-        let (req_tx, req_rx) = mpsc::channel();
-        let (evt_tx, evt_rx) = mpsc::channel();
-        let job: VcpuJob =
-            Box::new(move |filtered| self.run_filtered(filtered, req_rx, evt_tx, paused));
-        jobs.send(job).map_err(|_| VmmError::Vcpu {
-            index,
-            reason: "its thread ended before it was handed the vCPU".into(),
-        })?;
-        Ok(VcpuHandle {
-            index,
-            requests: req_tx,
-            events: evt_rx,
-            thread: Some(thread),
+        VcpuHandle::launch(index, |requests, events| {
+            let job: VcpuJob =
+                Box::new(move |filtered| self.run_filtered(filtered, requests, events, paused));
+            jobs.send(job).map_err(|_| VmmError::Vcpu {
+                index,
+                reason: "its thread ended before it was handed the vCPU".into(),
+            })?;
+            Ok(thread)
         })
     }
 
@@ -647,6 +636,23 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// The handle on vCPU `index`: its two channels are made here, and `start` sets the vCPU
+    /// running on a thread with their far ends, returning that thread.
+    fn launch(
+        index: u8,
+        start: impl FnOnce(Receiver<VcpuRequest>, Sender<VcpuEvent>) -> Result<JoinHandle<()>, VmmError>,
+    ) -> Result<Self, VmmError> {
+        let (requests, request_rx) = mpsc::channel();
+        let (event_tx, events) = mpsc::channel();
+        let thread = start(request_rx, event_tx)?;
+        Ok(Self {
+            index,
+            requests,
+            events,
+            thread: Some(thread),
+        })
+    }
+
     /// vCPU index.
     pub fn index(&self) -> u8 {
         self.index
