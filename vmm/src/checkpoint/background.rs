@@ -579,4 +579,78 @@ mod tests {
         // Nothing stays protected: the VMM and the guest write freely afterwards.
         mem.write_obj(5u64, GuestAddress(0)).unwrap();
     }
+
+    /// Write one u64 at the start of every page of `mem` on another thread; panics if that does
+    /// not finish in 10 s (a page left protected, with nobody reading the faults, blocks it).
+    fn write_every_page_within(mem: &GuestMemoryMmap, pages: u64, value: u64) {
+        use vm_memory::{Bytes, GuestAddress};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mem = mem.clone();
+        std::thread::spawn(move || {
+            for p in 0..pages {
+                mem.write_obj(value + p, GuestAddress(p * PAGE_SIZE)).unwrap();
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a write blocked: some page stayed write-protected");
+    }
+
+    /// A copy hands back its tracker with nothing protected, pages armed outside its plan
+    /// included; the next checkpoint arms that tracker again and saves the content at its own
+    /// arming.
+    #[test]
+    fn a_kept_tracker_arms_again_and_leaves_nothing_protected() {
+        use vm_memory::{Bytes, GuestAddress};
+
+        if WriteTracker::open().is_err() {
+            eprintln!("SKIP a_kept_tracker_arms_again: no userfaultfd here");
+            return;
+        }
+        let mem =
+            crate::vstate::memory::create_guest_memory(4, crate::config::HugePages::None).unwrap();
+        let pages = 4 * 256u64;
+        write_every_page_within(&mem, pages, 1);
+        // First checkpoint: all of memory protected (as a Full armed before the pause), two
+        // ranges saved; the rest is lifted at the end.
+        let mut tracker = open_registered(&mem).unwrap();
+        for (host, len, _) in region_layout(&mem) {
+            tracker.protect(host, len, true).unwrap();
+        }
+        let plan = PageIndex::from_ranges([(0, 100), (500, 100)]);
+        let leftover = PageIndex::full(pages).subtract(&plan);
+        let dir = tempfile::tempdir().unwrap();
+        let layer = LayerFile::create(&dir.path().join("a"), pages * PAGE_SIZE).unwrap();
+        let (stats, tracker) = MemoryCopy::new(tracker, &mem, &plan, leftover)
+            .run(&layer)
+            .unwrap();
+        assert_eq!(stats.bytes, 200 * PAGE_SIZE);
+        assert!(!tracker.protecting);
+        write_every_page_within(&mem, pages, 1000);
+
+        // Second checkpoint on the kept tracker, a writer running meanwhile.
+        let plan = PageIndex::from_ranges([(200, 300)]);
+        let path = dir.path().join("b");
+        let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
+        let copy = arm(Some(tracker), &mem, &plan, &mut Phases::new(Instant::now())).unwrap();
+        let writer = {
+            let mem = mem.clone();
+            std::thread::spawn(move || {
+                for p in (0..pages).rev() {
+                    mem.write_obj(7u64, GuestAddress(p * PAGE_SIZE)).unwrap();
+                }
+            })
+        };
+        let (_, tracker) = copy.run(&layer).unwrap();
+        writer.join().unwrap();
+        layer.finish(&plan, false).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for p in 200..500usize {
+            let first = u64::from_le_bytes(bytes[p * 4096..p * 4096 + 8].try_into().unwrap());
+            assert_eq!(first, 1000 + p as u64, "page {p}");
+        }
+        write_every_page_within(&mem, pages, 5);
+        drop(tracker);
+        write_every_page_within(&mem, pages, 9);
+    }
 }
