@@ -588,7 +588,8 @@ mod tests {
         let mem = mem.clone();
         std::thread::spawn(move || {
             for p in 0..pages {
-                mem.write_obj(value + p, GuestAddress(p * PAGE_SIZE)).unwrap();
+                mem.write_obj(value + p, GuestAddress(p * PAGE_SIZE))
+                    .unwrap();
             }
             let _ = tx.send(());
         });
