@@ -282,7 +282,10 @@ impl Machine {
     }
 
     /// Stop every vCPU thread.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        if let Some(tracker) = self.write_tracker.take() {
+            tracker.close_aside();
+        }
         for vcpu in self.vcpus {
             vcpu.join();
         }

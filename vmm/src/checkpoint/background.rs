@@ -205,6 +205,25 @@ impl WriteTracker {
         ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp)
     }
 
+    /// Close a tracker that protects nothing on a thread of its own, for a machine that goes
+    /// away: while its memory is still mapped (devices still hold it) the kernel walks every
+    /// page table entry of it as it unregisters (3–10 ms for 256 MiB on the development host),
+    /// which a restore replacing the machine need not wait for. Closing is safe whenever it
+    /// happens: it touches only the ranges registered on this userfaultfd, and a range unmapped
+    /// meanwhile is no longer registered. A tracker that protects something is dropped here, at
+    /// once, so that no writer waits on it.
+    pub(crate) fn close_aside(self) {
+        if self.protecting {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("uffd-close".into())
+            .spawn(move || drop(self));
+        if let Err(e) = spawned {
+            tracing::debug!("closing the write tracker in place: {e}");
+        }
+    }
+
     pub(crate) fn wake(&self, host: u64, len: u64) -> io::Result<()> {
         wake(&self.uffd, host, len)
     }
