@@ -401,6 +401,7 @@ pub fn build_machine(
         dirty: Default::default(),
         vmgenid: Some(vmgenid),
         mmds: None,
+        write_tracker: None,
         filled: None,
     })
 }

@@ -48,6 +48,10 @@ pub struct Machine {
     pub(crate) vmgenid: Option<cairn_devices::acpi::VmGenId>,
     /// MMDS's settings, when it is enabled on some interface (kept in snapshots).
     pub(crate) mmds: Option<cairn_devices::mmds::MmdsState>,
+    /// The userfaultfd of the last checkpoint copied in the background, guest memory still
+    /// registered on it and nothing protected (checkpoint/background.rs): the next checkpoint
+    /// arms it again instead of registering afresh, and nobody pays for unregistering.
+    pub(crate) write_tracker: Option<crate::checkpoint::background::WriteTracker>,
     /// Restored memory still being filled from its layer files (checkpoint/filled_memory.rs).
     /// Last, so that it outlives the vCPUs, whose faults it answers.
     pub(crate) filled: Option<crate::checkpoint::filled_memory::FilledMemory>,
@@ -278,7 +282,10 @@ impl Machine {
     }
 
     /// Stop every vCPU thread.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        if let Some(tracker) = self.write_tracker.take() {
+            tracker.close_aside();
+        }
         for vcpu in self.vcpus {
             vcpu.join();
         }

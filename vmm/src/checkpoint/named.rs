@@ -273,7 +273,9 @@ impl CheckpointManager {
         name: &str,
         dir: &Path,
     ) -> Result<CheckpointMeta, VmmError> {
+        let begun = Instant::now();
         let layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
+        let created_ms = begun.elapsed().as_secs_f64() * 1e3;
         let was_running = machine.state() == RunState::Running;
         let mut phases = Phases::new(Instant::now());
         // Restored memory still being filled from its layers (checkpoint/filled_memory.rs) can
@@ -336,13 +338,16 @@ impl CheckpointManager {
                     None
                 }
             },
-            (None, true) => match background::arm(machine.memory(), &paused.pages, &mut phases) {
-                Ok(copy) => Some(copy),
-                Err(e) => {
-                    warn_once_no_background(&e);
-                    None
+            (None, true) => {
+                let kept = machine.write_tracker.take();
+                match background::arm(kept, machine.memory(), &paused.pages, &mut phases) {
+                    Ok(copy) => Some(copy),
+                    Err(e) => {
+                        warn_once_no_background(&e);
+                        None
+                    }
                 }
-            },
+            }
             (None, false) => None,
         };
         let mut copy_started = Instant::now();
@@ -358,7 +363,9 @@ impl CheckpointManager {
                     .then(|| machine.wait_resumed(RESUME_WAIT))
                     .flatten();
                 phases.mark("vCPUs took the resume");
-                resumed.and_then(|_| copy.run(&layer)).map(|s| {
+                resumed.and_then(|_| copy.run(&layer)).map(|(s, tracker)| {
+                    // Still registered, nothing protected: the next checkpoint arms it again.
+                    machine.write_tracker = Some(tracker);
                     let end = taken
                         .or_else(|| machine.resumed_at())
                         .unwrap_or(resume_sent);
@@ -366,10 +373,14 @@ impl CheckpointManager {
                     // write_ms: the copy's time with the guest running.
                     copy_started = copy_started.max(end);
                     tracing::debug!(
-                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms",
+                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms (faults {:.1}, chunks {:.1}, unprotect {:.1}), release {:.1} ms",
                         s.bytes / PAGE_SIZE,
                         s.early_pages,
-                        s.copy_ms
+                        s.copy_ms,
+                        s.fault_ms,
+                        s.chunk_write_ms,
+                        s.unprotect_ms,
+                        s.release_ms
                     );
                     (s.bytes, pause_ms)
                 })
@@ -396,7 +407,9 @@ impl CheckpointManager {
             .saturating_duration_since(copy_started)
             .as_secs_f64()
             * 1e3;
+        let finish_from = Instant::now();
         layer.finish(&paused.index_pages, false)?;
+        let finish_ms = finish_from.elapsed().as_secs_f64() * 1e3;
         if let Some(hashes) = &paused.hashes {
             let differ =
                 verify::layer_mismatches(&dir.join(MEM_LAYER_FILE), &paused.pages, hashes)?;
@@ -406,6 +419,11 @@ impl CheckpointManager {
             );
         }
         write_state(&dir.join(STATE_FILE), &paused.state)?;
+        tracing::debug!(
+            "checkpoint {name}: {bytes} bytes, create the layer {created_ms:.2} ms, before the pause {:.2} ms, pause {pause_ms:.2} ms, copy {write_ms:.2} ms, index and rename {finish_ms:.2} ms, all {:.2} ms",
+            paused_at.saturating_duration_since(begun).as_secs_f64() * 1e3,
+            begun.elapsed().as_secs_f64() * 1e3
+        );
         Ok(CheckpointMeta {
             name: name.to_string(),
             // The disks always continue from the head; memory too when it is a Diff.

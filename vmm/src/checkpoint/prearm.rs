@@ -21,7 +21,7 @@ use cairn_devices::GuestMemoryMmap;
 use cairn_snapshot::memory::PageIndex;
 
 use crate::checkpoint::background::{open_registered, track_err, MemoryCopy, WriteTracker};
-use crate::checkpoint::memory::{region_layout, resident_pages, PAGE_SIZE};
+use crate::checkpoint::memory::{mem_size, region_layout, resident_pages, PAGE_SIZE};
 use crate::checkpoint::named::Phases;
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
@@ -41,6 +41,9 @@ pub struct PreArmed {
     layout: Vec<(u64, u64, u64)>,
     /// Pages protected (less those in `released`).
     protected: PageIndex,
+    /// Every page protection was asked for (a Full's: all of memory), released or not: what
+    /// the copy must lift at its end if it does not save it.
+    armed: PageIndex,
     /// Pages a fault let go since they were last protected.
     released: Vec<u64>,
     faults: Vec<u64>,
@@ -48,15 +51,20 @@ pub struct PreArmed {
 
 impl PreArmed {
     /// Protect what a checkpoint of `machine` (running, dirty tracking on) will save: every page
-    /// for a `full` one, else the dirty pages collected so far. An error means the kernel cannot
-    /// track writes to this memory; nothing stays protected then.
+    /// for a `full` one, else the dirty pages collected so far. The machine's tracker, kept
+    /// registered by its last checkpoint, is used where there is one. An error means the kernel
+    /// cannot track writes to this memory; nothing stays protected then.
     pub fn start(machine: &mut Machine, full: bool, phases: &mut Phases) -> Result<Self, VmmError> {
-        let tracker = open_registered(machine.memory())?;
+        let tracker = match machine.write_tracker.take() {
+            Some(kept) => kept,
+            None => open_registered(machine.memory())?,
+        };
         let layout = region_layout(machine.memory());
         let mut armed = Self {
             tracker,
             layout,
             protected: PageIndex::new(),
+            armed: PageIndex::new(),
             released: Vec::new(),
             faults: Vec::with_capacity(64),
         };
@@ -68,6 +76,7 @@ impl PreArmed {
             for (host, len, _) in armed.layout.clone() {
                 armed.protect_range(host, len)?;
             }
+            armed.armed = PageIndex::full(mem_size(machine.memory()) / PAGE_SIZE);
             armed.protected = resident.union(machine.dirty_so_far(DirtyConsumer::Checkpoint));
         } else {
             let pages = machine.dirty_so_far(DirtyConsumer::Checkpoint).clone();
@@ -94,6 +103,7 @@ impl PreArmed {
             self.protect_range(host, len)?;
         }
         self.protected = self.protected.union(pages);
+        self.armed = self.armed.union(pages);
         Ok(())
     }
 
@@ -160,7 +170,8 @@ impl PreArmed {
                 .map_err(|e| track_err("write-protect", e))?;
         }
         phases.mark("write-protect the rest");
-        let copy = MemoryCopy::new(self.tracker, mem, plan);
+        let leftover = self.armed.subtract(plan);
+        let copy = MemoryCopy::new(self.tracker, mem, plan, leftover);
         phases.mark("copy plan");
         Ok(copy)
     }

@@ -312,6 +312,7 @@ pub fn restore_machine(
         dirty: Default::default(),
         vmgenid,
         mmds: state.mmds.clone(),
+        write_tracker: None,
         filled,
     })
 }
