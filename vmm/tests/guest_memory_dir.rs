@@ -146,7 +146,11 @@ fn a_full_snapshot_hands_ram_over_and_the_guest_runs_on_a_private_copy() {
         differing_pages(&file_at_snapshot, &at_pause).is_empty(),
         "the snapshot file is not the memory at the pause"
     );
-    assert_eq!(memory_bytes(&rt), at_pause, "the remap changed guest memory");
+    assert_eq!(
+        memory_bytes(&rt),
+        at_pause,
+        "the remap changed guest memory"
+    );
     let mut names: Vec<String> = std::fs::read_dir(&snaps)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -176,10 +180,7 @@ fn a_full_snapshot_hands_ram_over_and_the_guest_runs_on_a_private_copy() {
     let hashes_at_diff = page_hashes(&rt);
     let (state2, mem2) = (snaps.join("full2.state"), snaps.join("full2.mem"));
     let second = rt.snapshot(SnapshotKind::Full, &state2, &mem2).unwrap();
-    assert!(
-        !second.handed_over && second.memory_bytes > 0,
-        "{second:?}"
-    );
+    assert!(!second.handed_over && second.memory_bytes > 0, "{second:?}");
     assert!(std::fs::read(&mem).unwrap() == file_at_snapshot);
     rt.shutdown();
     drop(rt);
@@ -192,7 +193,10 @@ fn a_full_snapshot_hands_ram_over_and_the_guest_runs_on_a_private_copy() {
     rt2.shutdown();
     drop(rt2);
     let (mut rt3, out3) = restore(&dstate, vec![mem.clone(), dmem]);
-    assert!(page_hashes(&rt3) == hashes_at_diff, "Full+Diff restore differs");
+    assert!(
+        page_hashes(&rt3) == hashes_at_diff,
+        "Full+Diff restore differs"
+    );
     rt3.machine_mut().unwrap().resume().unwrap();
     wait_dots(&mut rt3, &out3, 1);
     rt3.shutdown();
@@ -231,7 +235,10 @@ fn another_file_system_or_a_hostile_target_copies_or_refuses_as_before() {
         assert!(!state.exists());
     }
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let mut names: Vec<String> = std::fs::read_dir(&tmpfs.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -287,7 +294,10 @@ fn guest_memory_dir_refuses_what_it_cannot_back() {
     // A tmpfs without room for the guest.
     spec.huge_pages = HugePages::None;
     let e = boot(&spec);
-    assert!(e.contains("16 MiB free") && e.contains("needs 32 MiB"), "{e}");
+    assert!(
+        e.contains("16 MiB free") && e.contains("needs 32 MiB"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_dir(&small.0).unwrap().count(), 0);
 }
 

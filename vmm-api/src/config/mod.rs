@@ -305,7 +305,10 @@ impl Validate for CairnConfig {
         }
         if let Some(dir) = &self.guest_memory_dir {
             if dir.as_os_str().is_empty() {
-                return Err(ConfigError::invalid("guest_memory_dir", "must not be empty"));
+                return Err(ConfigError::invalid(
+                    "guest_memory_dir",
+                    "must not be empty",
+                ));
             }
         }
         Ok(())

@@ -9,11 +9,11 @@ use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
 use crate::checkpoint::durable::{commit, PendingFile};
+use crate::checkpoint::handover;
 use crate::checkpoint::memory::{
     mem_size, merge_pages_into, pending_index, resident_pages, write_unfinished, ZeroPages,
     PAGE_SIZE,
 };
-use crate::checkpoint::handover;
 use crate::checkpoint::state::capture;
 use crate::checkpoint::verify;
 use crate::error::VmmError;

@@ -156,8 +156,7 @@ mod tests {
     #[test]
     fn ram_is_the_files_pages_and_other_file_systems_are_refused() {
         let ranges = [(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 1 << 20)];
-        let (mem, ram) = match create_shared_guest_memory(&ranges, 2 << 20, Path::new("/dev/shm"))
-        {
+        let (mem, ram) = match create_shared_guest_memory(&ranges, 2 << 20, Path::new("/dev/shm")) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("SKIP: no usable /dev/shm: {e}");
@@ -169,11 +168,18 @@ mod tests {
             .unwrap();
         let mut b = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&ram.file, &mut b, (1 << 20) + 8).unwrap();
-        assert_eq!(u32::from_le_bytes(b), 0x1234_5678, "the second region is at 1 MiB");
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0x1234_5678,
+            "the second region is at 1 MiB"
+        );
 
         // A directory on a disk file system, where the host's temporary directory is one.
         let disk = tempfile::tempdir().unwrap();
-        if tmpfs_free(&File::open(disk.path()).unwrap()).unwrap().is_none() {
+        if tmpfs_free(&File::open(disk.path()).unwrap())
+            .unwrap()
+            .is_none()
+        {
             let err = create_shared_guest_memory(&ranges, 2 << 20, disk.path()).unwrap_err();
             assert!(err.to_string().contains("not on tmpfs"), "{err}");
         }

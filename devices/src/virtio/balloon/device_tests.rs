@@ -564,16 +564,25 @@ fn discards_punch_holes_in_shared_tmpfs_memory() {
             .with_mmap_flags(libc::MAP_SHARED)
             .build()
             .unwrap();
-    let mem = GuestMemoryMmap::from_regions(vec![
-        crate::GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
-    ])
-    .unwrap();
+    let mem =
+        GuestMemoryMmap::from_regions(vec![
+            crate::GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+        ])
+        .unwrap();
     fill(&mem, 0, len, 0x5a);
     let blocks = || file.metadata().unwrap().blocks();
     let before = blocks();
-    assert_eq!(discard_range(&mem, GuestAddress(0x4_0000), 0x4_0000).unwrap(), 0x4_0000);
+    assert_eq!(
+        discard_range(&mem, GuestAddress(0x4_0000), 0x4_0000).unwrap(),
+        0x4_0000
+    );
     assert!(page_is(&mem, 0x4_0000, 0) && page_is(&mem, 0x7_f000, 0));
     assert!(page_is(&mem, 0x3_f000, 0x5a) && page_is(&mem, 0x8_0000, 0x5a));
     // The file gave the 256 KiB back (MADV_DONTNEED would have left them allocated).
-    assert_eq!(before - blocks(), 0x4_0000 / 512, "blocks {before} -> {}", blocks());
+    assert_eq!(
+        before - blocks(),
+        0x4_0000 / 512,
+        "blocks {before} -> {}",
+        blocks()
+    );
 }
