@@ -350,3 +350,88 @@ fn named_checkpoints_work_on_shared_guest_ram() {
         wait_dots(&mut rt, &out, 0);
     }
 }
+
+/// Guest RAM mappings of `pid` from files in `ram_dir`: (shared, private) counts.
+fn ram_mappings(pid: u32, ram_dir: &Path) -> (usize, usize) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let prefix = format!("{}/", ram_dir.display());
+    let ram: Vec<&str> = maps.lines().filter(|l| l.contains(&prefix)).collect();
+    let shared = ram.iter().filter(|l| l.contains(" rw-s ")).count();
+    let private = ram.iter().filter(|l| l.contains(" rw-p ")).count();
+    (shared, private)
+}
+
+#[test]
+fn the_environment_variable_turns_it_on_for_an_unchanged_firecracker_client() {
+    use cairn_tests::process::{api, configure_ticker, load_resumed, Guest};
+    use cairn_vmm_api::config::{CreateSnapshotParams, SnapshotType};
+    use std::time::Duration;
+
+    let name = "the_environment_variable_turns_it_on_for_an_unchanged_firecracker_client";
+    if !can_run(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&dir.path().join("t"), "100m");
+    let (ram, snaps) = (tmpfs.0.join("ram"), tmpfs.0.join("snaps"));
+    std::fs::create_dir_all(&ram).unwrap();
+    std::fs::create_dir_all(&snaps).unwrap();
+    // The real binary, seccomp on, driven as a Firecracker client would drive `firecracker`.
+    let sock = dir.path().join("api.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .env("CAIRN_GUEST_MEMORY_DIR", &ram);
+    let mut g = Guest::spawn(cmd);
+    let c = api(&sock);
+    c.wait_ready(Duration::from_secs(10)).unwrap();
+    configure_ticker(&c);
+    c.instance_start().unwrap();
+    g.wait_for(".", Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        ram_mappings(g.pid(), &ram),
+        (1, 0),
+        "guest RAM is one shared mapping of a file in {}",
+        ram.display()
+    );
+
+    c.pause().unwrap();
+    let snap = CreateSnapshotParams {
+        snapshot_type: SnapshotType::Full,
+        snapshot_path: snaps.join("vm.snap"),
+        mem_file_path: snaps.join("vm.mem"),
+        version: None,
+    };
+    c.snapshot_create(&snap).unwrap();
+    assert_eq!(
+        ram_mappings(g.pid(), &ram),
+        (0, 1),
+        "after the handover guest RAM is a private mapping of the same file"
+    );
+    let at_snapshot = std::fs::read(&snap.mem_file_path).unwrap();
+    c.resume().unwrap();
+    let seen = g.stdout().matches('.').count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while g.stdout().matches('.').count() < seen + 2 {
+        assert!(std::time::Instant::now() < deadline, "the guest stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.signal(libc::SIGTERM);
+    assert!(g.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        std::fs::read(&snap.mem_file_path).unwrap() == at_snapshot,
+        "the guest's writes after the snapshot reached the memory file"
+    );
+
+    // A fresh VMM without the setting loads it and the guest runs on.
+    let sock2 = dir.path().join("api2.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
+    cmd.arg("--api-sock").arg(&sock2);
+    let mut g2 = Guest::spawn(cmd);
+    let c2 = api(&sock2);
+    c2.wait_ready(Duration::from_secs(10)).unwrap();
+    c2.snapshot_load(&load_resumed(&snap)).unwrap();
+    g2.wait_for(".", Duration::from_secs(30)).unwrap();
+    g2.signal(libc::SIGTERM);
+    assert!(g2.wait_exit(Duration::from_secs(10)).is_some());
+}
