@@ -198,7 +198,16 @@ fn hand_over(
         }
     };
     let before = verify::enabled().then(|| verify::page_hashes(machine.memory()));
-    if let Err(e) = handover::map_private(machine.memory(), ram) {
+    // Once the remap is tried the RAM may be private already, whatever comes of it: never try
+    // again (a second remap would throw away the guest's private copies), and treat the file's
+    // pages as the VM's restored pages, as after a restore from it.
+    let Some(ram) = machine.ram_file.take() else {
+        index.discard();
+        mem_file.discard();
+        return Ok(None);
+    };
+    machine.restored_pages = machine.restored_pages.union(pages);
+    if let Err(e) = handover::map_private(machine.memory(), &ram) {
         index.discard();
         mem_file.discard();
         return Err(e);
@@ -221,8 +230,6 @@ fn hand_over(
     }
     // From here the VM is as if restored from this file: its pages are the file's, and a
     // later Full copies.
-    machine.ram_file = None;
-    machine.restored_pages = pages.clone();
     Ok(Some(vec![index, mem_file]))
 }
 
