@@ -187,4 +187,30 @@ mod tests {
             create_shared_guest_memory(&ranges, 2 << 20, Path::new("/nonexistent")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent"), "{err}");
     }
+
+    #[test]
+    fn shared_ram_can_be_write_protected_for_background_checkpoints() {
+        use crate::checkpoint::background::{open_registered, WriteTracker};
+        if let Err(e) = WriteTracker::open() {
+            assert!(
+                std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
+                "no userfaultfd: {e}"
+            );
+            eprintln!("SKIP: no userfaultfd ({e})");
+            return;
+        }
+        let ranges = [(GuestAddress(0), 1 << 20)];
+        let Ok((mem, _ram)) = create_shared_guest_memory(&ranges, 1 << 20, Path::new("/dev/shm"))
+        else {
+            eprintln!("SKIP: no usable /dev/shm");
+            return;
+        };
+        mem.write_obj(1u64, GuestAddress(0x1000)).unwrap();
+        // Registered and protected like anonymous memory: a background checkpoint arms here
+        // instead of falling back to the paused copy.
+        let tracker = open_registered(&mem).unwrap();
+        let host = crate::checkpoint::memory::region_layout(&mem)[0].0;
+        tracker.protect(host, 1 << 20, true).unwrap();
+        tracker.protect(host, 1 << 20, false).unwrap();
+    }
 }
