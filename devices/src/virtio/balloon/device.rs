@@ -487,8 +487,11 @@ pub(super) fn discard_range(
     // Guest RAM in a shared tmpfs file (cairn's `guest_memory_dir`): MADV_DONTNEED would only
     // unmap the pages, leaving them allocated in the file with their old content; MADV_REMOVE
     // punches them out of the file. The kernel refuses it for private mappings (anonymous
-    // memory, or a restored VM's memory file), which MADV_DONTNEED serves as before.
-    if region.file_offset().is_some() && madvise(host, bytes, libc::MADV_REMOVE).is_ok() {
+    // memory, or a restored VM's memory file), which MADV_DONTNEED serves as before (as it
+    // does after cairn maps shared RAM privately for a snapshot, when the flags recorded here
+    // still say shared and MADV_REMOVE is refused).
+    let shared_file = region.file_offset().is_some() && region.flags() & libc::MAP_SHARED != 0;
+    if shared_file && madvise(host, bytes, libc::MADV_REMOVE).is_ok() {
         return Ok(last - first);
     }
     madvise(host, bytes, libc::MADV_DONTNEED).map_err(DiscardError::Madvise)?;
