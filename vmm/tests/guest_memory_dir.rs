@@ -206,6 +206,52 @@ fn a_full_snapshot_hands_ram_over_and_the_guest_runs_on_a_private_copy() {
 }
 
 #[test]
+fn a_diff_merged_into_the_handed_over_file_leaves_the_running_guest_alone() {
+    let name = "a_diff_merged_into_the_handed_over_file_leaves_the_running_guest_alone";
+    if !can_run(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&dir.path().join("t"), "100m");
+    let ram = tmpfs.0.join("ram");
+    std::fs::create_dir_all(&ram).unwrap();
+    let (mut rt, out) = ticking(&ram);
+    rt.machine_mut().unwrap().pause().unwrap();
+    let (state, mem) = (tmpfs.0.join("vm.state"), tmpfs.0.join("vm.mem"));
+    assert!(
+        rt.snapshot(SnapshotKind::Full, &state, &mem)
+            .unwrap()
+            .handed_over
+    );
+    rt.machine_mut().unwrap().resume().unwrap();
+    let seen = out.dots();
+    wait_dots(&mut rt, &out, seen + 2);
+    rt.machine_mut().unwrap().pause().unwrap();
+    // Firecracker's pattern: Diffs into the Full's memory file. The file is the one this VM maps
+    // privately; the merge writes only pages the guest dirtied, of which it has its own copies.
+    let at_diff = memory_bytes(&rt);
+    let (dstate, dmem) = (tmpfs.0.join("d.state"), mem.clone());
+    let diff = rt.snapshot(SnapshotKind::Diff, &dstate, &dmem).unwrap();
+    assert!(diff.pages > 0 && diff.memory_bytes > 0, "{diff:?}");
+    assert_eq!(
+        memory_bytes(&rt),
+        at_diff,
+        "the merge changed the running guest"
+    );
+    assert!(
+        differing_pages(&std::fs::read(&mem).unwrap(), &at_diff).is_empty(),
+        "the merged file is not the memory at the Diff"
+    );
+    rt.machine_mut().unwrap().resume().unwrap();
+    let seen = out.dots();
+    wait_dots(&mut rt, &out, seen + 1);
+    rt.shutdown();
+    drop(rt);
+    let (rt2, _) = restore(&dstate, vec![mem]);
+    assert!(differing_pages(&memory_bytes(&rt2), &at_diff).is_empty());
+}
+
+#[test]
 fn another_file_system_or_a_hostile_target_copies_or_refuses_as_before() {
     let name = "another_file_system_or_a_hostile_target_copies_or_refuses_as_before";
     if !can_run(name) {
