@@ -534,6 +534,7 @@ pub fn vm_config(
         },
         cairn: CairnConfig {
             checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
+            ..Default::default()
         },
         logger: vmm_debug_log(),
         ..VmConfig::default()

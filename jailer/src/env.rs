@@ -5,13 +5,14 @@ use std::path::Path;
 
 /// Variables passed through from the jailer's environment, when set. Everything else is dropped.
 /// The `CAIRN_` ones are the VMM's documented switches (docs/vmm.md, docs/checkpoints.md).
-pub const PASSED_THROUGH: [&str; 6] = [
+pub const PASSED_THROUGH: [&str; 7] = [
     "RUST_LOG",
     "RUST_BACKTRACE",
     "CAIRN_VERIFY_MEMORY",
     "CAIRN_CHECKPOINT_BACKGROUND",
     "CAIRN_RESTORE_FILL",
     "CAIRN_SNAPSHOT_DIRECT_IO",
+    "CAIRN_GUEST_MEMORY_DIR",
 ];
 
 /// The VMM's environment: `PATH=/`, `HOME=/`, plus [`PASSED_THROUGH`] taken from `vars`.

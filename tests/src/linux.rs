@@ -105,6 +105,7 @@ pub fn booted() -> BootedFixture {
         entropy: Some(EntropyConfig::default()),
         cairn: CairnConfig {
             checkpoint_dir: Some(store.clone()),
+            ..Default::default()
         },
         ..guest.vm_config(256)
     };

@@ -16,7 +16,7 @@ use cairn_tests::linux::{boot_with_api, retry_on_guest_flake};
 use cairn_tests::process::http::request;
 use cairn_tests::process::{write_vm_config, Guest};
 use cairn_tests::{kvm_available, linux_guest};
-use cairn_vmm_api::config::{BalloonConfig, MachineConfig, MetricsConfig, VmConfig};
+use cairn_vmm_api::config::{BalloonConfig, CairnConfig, MachineConfig, MetricsConfig, VmConfig};
 
 const MEM_MIB: usize = 512;
 /// What the guest writes, then deletes (the emulated guest writes about 0.6 MiB/s here).
@@ -121,6 +121,10 @@ struct Vm {
 }
 
 fn boot(balloon: BalloonConfig) -> Vm {
+    boot_with(balloon, CairnConfig::default())
+}
+
+fn boot_with(balloon: BalloonConfig, cairn: CairnConfig) -> Vm {
     let guest = linux_guest();
     let dir = tempfile::tempdir().unwrap();
     let api = dir.path().join("api.sock");
@@ -137,6 +141,7 @@ fn boot(balloon: BalloonConfig) -> Vm {
             metrics: Some(MetricsConfig {
                 metrics_path: metrics.clone(),
             }),
+            cairn,
             ..guest.vm_config(MEM_MIB)
         },
     );
@@ -229,6 +234,106 @@ fn reporting() {
         balloon_metric(&vm.api, &vm.metrics, "free_page_report_fails"),
     );
     assert!(freed >= DROP_MIB << 20, "only {freed} bytes reported");
+    assert_eq!(
+        balloon_metric(&vm.api, &vm.metrics, "free_page_report_fails"),
+        0
+    );
+    guest_memory_still_works(&mut vm);
+}
+
+/// Bytes in use on the file system holding `path`.
+fn used_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: statvfs writes one struct into the buffer we own; `c` is NUL-terminated.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    (st.f_blocks - st.f_bfree) * st.f_frsize
+}
+
+/// With guest RAM in a tmpfs file (cairn's opt-in `guest_memory_dir`), the pages the guest
+/// reports free must leave the file (`MADV_REMOVE`), not only the VMM's page tables
+/// (`MADV_DONTNEED` would leave them allocated in the tmpfs with their old content).
+#[test]
+fn linux_guest_reports_free_pages_with_guest_ram_in_tmpfs() {
+    if !kvm_available("linux_guest_reports_free_pages_with_guest_ram_in_tmpfs") {
+        return;
+    }
+    // SAFETY: trivial getter.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP linux_guest_reports_free_pages_with_guest_ram_in_tmpfs: needs root");
+        return;
+    }
+    retry_on_guest_flake(
+        "linux_balloon_free_page_reporting_tmpfs_ram",
+        reporting_tmpfs_ram,
+    );
+}
+
+fn reporting_tmpfs_ram() {
+    let dir = tempfile::tempdir().unwrap();
+    let ram = dir.path().join("ram");
+    std::fs::create_dir(&ram).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={}m", MEM_MIB + 64),
+            "tmpfs",
+        ])
+        .arg(&ram)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount a tmpfs at {}", ram.display());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(ram.clone());
+    let mut vm = boot_with(
+        BalloonConfig {
+            stats_polling_interval_s: 1,
+            free_page_reporting: true,
+            ..Default::default()
+        },
+        CairnConfig {
+            guest_memory_dir: Some(ram.clone()),
+            ..Default::default()
+        },
+    );
+    let features = balloon_features(&mut vm.guest);
+    assert_eq!(&features[5..6], "1", "REPORTING negotiated: {features}");
+    let before = used_bytes(&ram);
+    fill(&mut vm);
+    let filled = used_bytes(&ram);
+    eprintln!(
+        "tmpfs holding guest RAM: {} -> {} MiB used after the fill",
+        before >> 20,
+        filled >> 20
+    );
+    assert!(
+        filled >= before + ((FILL_MIB - 8) << 20),
+        "the fill did not land in the tmpfs"
+    );
+    shell(&mut vm.guest, "rm /root/fill", Duration::from_secs(300));
+    let took = wait_until(
+        "the guest's report to free pages of the tmpfs",
+        Duration::from_secs(180),
+        || used_bytes(&ram) + (DROP_MIB << 20) <= filled,
+    );
+    eprintln!(
+        "reporting: tmpfs used {} -> {} MiB {took:?} after the rm",
+        filled >> 20,
+        used_bytes(&ram) >> 20
+    );
     assert_eq!(
         balloon_metric(&vm.api, &vm.metrics, "free_page_report_fails"),
         0

@@ -36,6 +36,7 @@ fn two_vcpu_linux_guest_boots_checkpoints_and_restores() {
             },
             cairn: CairnConfig {
                 checkpoint_dir: Some(store.clone()),
+                ..Default::default()
             },
             ..guest.vm_config(256)
         },

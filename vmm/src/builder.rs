@@ -26,7 +26,7 @@ use crate::device_manager::{
 use crate::error::VmmError;
 use crate::event_loop::{EventLoop, ExitWatcher, SerialInput};
 use crate::machine::{Machine, RunState};
-use crate::vstate::memory::create_guest_memory;
+use crate::vstate::memory::create_guest_memory_in;
 use crate::vstate::prewarm::{self, PreparedVm};
 use crate::vstate::vcpu::{install_kick_handler, BootVcpuConfig, ExitSignal, Vcpu};
 use crate::vstate::vcpu_threads::VcpuThreads;
@@ -90,6 +90,10 @@ pub struct BuildSpec {
     /// Where named checkpoints go (cairn's `"cairn": {"checkpoint_dir"}`). With it, writable
     /// drives sit on the layered block store and dirty pages are tracked.
     pub checkpoint_dir: Option<PathBuf>,
+    /// cairn-only, opt-in: guest RAM in an unlinked file in this tmpfs directory, mapped shared,
+    /// so that a Full snapshot into the same tmpfs hands it over instead of copying it
+    /// (vstate/shared_memory.rs). Restores make their own memory and do not use it.
+    pub guest_memory_dir: Option<PathBuf>,
 }
 
 /// Opens the backend of each block device (a raw file, or the layered store for checkpointable
@@ -169,6 +173,7 @@ impl BuildSpec {
             devices: vec![],
             device_settings: Default::default(),
             checkpoint_dir: None,
+            guest_memory_dir: None,
         }
     }
 
@@ -186,6 +191,13 @@ impl BuildSpec {
             )));
         }
         crate::host_limits::check_mem_size(self.mem_size_mib).map_err(VmmError::Config)?;
+        if self.huge_pages.is_huge() && self.guest_memory_dir.is_some() {
+            return Err(VmmError::Config(
+                "huge_pages \"2M\" cannot be combined with guest_memory_dir: guest RAM in a \
+                 tmpfs file is on 4 KiB pages"
+                    .into(),
+            ));
+        }
         if self.huge_pages.is_huge() && self.checkpoint_dir.is_some() {
             return Err(VmmError::Config(
                 "huge_pages \"2M\" cannot be combined with a checkpoint directory: named \
@@ -313,7 +325,11 @@ pub fn build_machine(
     let mut threads = VcpuThreads::start(spec.vcpu_count);
     // Memory and the kernel do not need the VM: load them while a prewarm (if one was started)
     // finishes making it.
-    let mem = create_guest_memory(spec.mem_size_mib, spec.huge_pages)?;
+    let (mem, ram_file) = create_guest_memory_in(
+        spec.mem_size_mib,
+        spec.huge_pages,
+        spec.guest_memory_dir.as_deref(),
+    )?;
     let (kernel, initrd) = load_image(&mem, &spec.image)?;
     let PreparedVm {
         kvm,
@@ -402,6 +418,7 @@ pub fn build_machine(
         vmgenid: Some(vmgenid),
         mmds: None,
         write_tracker: None,
+        ram_file,
         filled: None,
     })
 }
@@ -570,6 +587,9 @@ impl BuildSpec {
             devices: device_specs(cfg)?,
             device_settings: crate::device_settings::DeviceSettings::from_config(cfg),
             checkpoint_dir: cfg.cairn.checkpoint_dir.clone(),
+            guest_memory_dir: crate::vstate::shared_memory::configured_dir(
+                cfg.cairn.guest_memory_dir.as_deref(),
+            ),
         })
     }
 }

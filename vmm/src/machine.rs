@@ -52,6 +52,10 @@ pub struct Machine {
     /// registered on it and nothing protected (checkpoint/background.rs): the next checkpoint
     /// arms it again instead of registering afresh, and nobody pays for unregistering.
     pub(crate) write_tracker: Option<crate::checkpoint::background::WriteTracker>,
+    /// Guest RAM's tmpfs file while the guest writes it through a shared mapping
+    /// (`guest_memory_dir`); taken by the first Full snapshot that hands it over
+    /// (checkpoint/handover.rs), after which the RAM is a private mapping of the snapshot file.
+    pub(crate) ram_file: Option<crate::vstate::shared_memory::RamFile>,
     /// Restored memory still being filled from its layer files (checkpoint/filled_memory.rs).
     /// Last, so that it outlives the vCPUs, whose faults it answers.
     pub(crate) filled: Option<crate::checkpoint::filled_memory::FilledMemory>,

@@ -61,6 +61,7 @@ pub fn vm_config(paths: &Paths, img: &image::GuestImage, opts: &CreateOptions) -
         cpu_config: img.cpu_config.is_some().then(|| paths.cpu_config.clone()),
         cairn: CairnConfig {
             checkpoint_dir: Some(paths.checkpoints.clone()),
+            ..Default::default()
         },
         ..VmConfig::default()
     }

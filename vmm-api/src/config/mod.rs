@@ -289,6 +289,11 @@ pub struct CairnConfig {
     /// Where checkpoints are written; each checkpoint is a sub-directory named after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Put guest RAM in an unlinked file in this tmpfs directory, mapped shared, so that a Full
+    /// snapshot into the same tmpfs hands the RAM file over instead of copying it (docs/vmm.md,
+    /// "Guest RAM in a tmpfs directory"). Off by default; also `CAIRN_GUEST_MEMORY_DIR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_memory_dir: Option<PathBuf>,
 }
 
 impl Validate for CairnConfig {
@@ -296,6 +301,14 @@ impl Validate for CairnConfig {
         if let Some(dir) = &self.checkpoint_dir {
             if dir.as_os_str().is_empty() {
                 return Err(ConfigError::invalid("checkpoint_dir", "must not be empty"));
+            }
+        }
+        if let Some(dir) = &self.guest_memory_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    "guest_memory_dir",
+                    "must not be empty",
+                ));
             }
         }
         Ok(())
@@ -331,6 +344,13 @@ impl VmConfig {
                 "\"2M\" cannot be combined with a checkpoint directory (cairn.checkpoint_dir, \
                  --checkpoint-dir): named checkpoints restore guest memory by mapping their layer \
                  files, which cannot be huge pages",
+            ));
+        }
+        if self.machine_config.huge_pages.is_huge() && self.cairn.guest_memory_dir.is_some() {
+            return Err(ConfigError::invalid(
+                "machine-config.huge_pages",
+                "\"2M\" cannot be combined with cairn.guest_memory_dir: guest RAM in a tmpfs \
+                 file is on 4 KiB pages",
             ));
         }
 

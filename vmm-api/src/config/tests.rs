@@ -418,6 +418,35 @@ fn huge_pages_and_a_checkpoint_dir_are_refused_together() {
 }
 
 #[test]
+fn guest_memory_dir_is_parsed_and_refused_with_huge_pages() {
+    let cfg: VmConfig = parse_json(
+        br#"{"boot-source": {"kernel_image_path": "k"},
+             "cairn": {"guest_memory_dir": "/dev/shm"}}"#,
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.cairn.guest_memory_dir, Some(PathBuf::from("/dev/shm")));
+    let cfg: VmConfig = parse_json(
+        br#"{"boot-source": {"kernel_image_path": "k"},
+             "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"},
+             "cairn": {"guest_memory_dir": "/dev/shm"}}"#,
+    )
+    .unwrap();
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.field(), "machine-config.huge_pages");
+    assert!(err.to_string().contains("guest_memory_dir"), "{err}");
+    let cfg: VmConfig = parse_json(
+        br#"{"boot-source": {"kernel_image_path": "k"}, "cairn": {"guest_memory_dir": ""}}"#,
+    )
+    .unwrap();
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("cairn.guest_memory_dir: must not be empty"));
+}
+
+#[test]
 fn machine_config_update() {
     let update: MachineConfigUpdate = parse_json(br#"{"vcpu_count": 4, "smt": true}"#).unwrap();
     update.validate().unwrap();

@@ -9,6 +9,7 @@ pub mod compat;
 pub mod direct_io;
 pub mod disk;
 pub mod filled_memory;
+pub mod handover;
 pub mod holes;
 pub mod memory;
 pub mod named;

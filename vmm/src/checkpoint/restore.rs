@@ -291,6 +291,9 @@ pub fn restore_machine(
         devices: vec![],
         device_settings: state.device_settings.clone(),
         checkpoint_dir: None,
+        // A restored VM's memory is the memory files' private mapping (or anonymous memory
+        // filled from them), never a shared tmpfs file: a later Full snapshot copies.
+        guest_memory_dir: None,
     };
     Ok(Machine {
         kvm,
@@ -313,6 +316,7 @@ pub fn restore_machine(
         vmgenid,
         mmds: state.mmds.clone(),
         write_tracker: None,
+        ram_file: None,
         filled,
     })
 }

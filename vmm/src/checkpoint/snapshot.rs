@@ -9,11 +9,13 @@ use cairn_snapshot::durable::{commit_with, PendingFile};
 use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex};
 
+use crate::checkpoint::handover;
 use crate::checkpoint::memory::{
     mem_size, merge_pages_into, pending_index, resident_pages, snapshot_error, start_writeback,
     write_unfinished, LayerWrites, ZeroPages, PAGE_SIZE,
 };
 use crate::checkpoint::state::capture;
+use crate::checkpoint::verify;
 use crate::error::VmmError;
 use crate::machine::{DirtyConsumer, Machine};
 
@@ -45,6 +47,10 @@ pub struct SnapshotReport {
     pub memory_ms: f64,
     /// Everything, in ms.
     pub total_ms: f64,
+    /// The memory file is guest RAM's tmpfs file, handed over instead of copied
+    /// (`guest_memory_dir`, checkpoint/handover.rs); `memory_bytes` is then 0.
+    #[serde(default)]
+    pub handed_over: bool,
 }
 
 /// The pages a snapshot of `kind` must write. Resets `consumer`'s dirty baseline, so its next
@@ -102,13 +108,23 @@ pub fn create_snapshot(
         SnapshotKind::Diff => merge_base(mem_path, size)?,
         SnapshotKind::Full => None,
     };
+    let handed = match kind {
+        SnapshotKind::Full => hand_over(machine, mem_path, size, &pages)?,
+        SnapshotKind::Diff => None,
+    };
+    let handed_over = handed.is_some();
     let memory_ms;
-    // Durable, as Firecracker's are (it fsyncs both files before it replies): a new memory
-    // file goes to a disk past the page cache (checkpoint/direct_io.rs; on tmpfs through it),
+    // Durable, as Firecracker's are (it fsyncs both files before it replies): a memory file
+    // handed over from guest RAM on tmpfs is linked, not copied (checkpoint/handover.rs); a new
+    // one goes to a disk past the page cache (checkpoint/direct_io.rs; on tmpfs through it);
     // and the new files are synced and renamed together, the state file last
     // (cairn_snapshot::durable).
-    let (memory_bytes, mut files) = match merge_into {
-        Some(base) => {
+    let (memory_bytes, mut files) = match (handed, merge_into) {
+        (Some(files), _) => {
+            memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
+            (0, files)
+        }
+        (None, Some(base)) => {
             // Merged in place (only the dirty pages: a VM mapping this file privately has its
             // own copy of each of them); its index then claims the old one's pages and these.
             let written = merge_pages_into(machine.memory(), &pages, &base, mem_path)?;
@@ -116,7 +132,7 @@ pub fn create_snapshot(
             let held = held_after_merge(mem_path, size, &pages);
             (written, vec![pending_index(mem_path, size, held)?])
         }
-        None => {
+        (None, None) => {
             // A Full file holds all of memory, so its zero pages can stay holes; a Diff's
             // cannot.
             let zeros = match kind {
@@ -154,7 +170,79 @@ pub fn create_snapshot(
         state_ms,
         memory_ms,
         total_ms: start.elapsed().as_secs_f64() * 1e3,
+        handed_over,
     })
+}
+
+/// A Full snapshot of a VM whose RAM is still its shared tmpfs file, with `mem_path` on the
+/// same tmpfs: link the file in place of the copy and map the RAM privately from it
+/// (checkpoint/handover.rs). Returns the pending index and memory file, or `None` where the
+/// snapshot must copy (no such file, another file system, a link that cannot be made).
+fn hand_over(
+    machine: &mut Machine,
+    mem_path: &Path,
+    size: u64,
+    pages: &PageIndex,
+) -> Result<Option<Vec<PendingFile>>, VmmError> {
+    let Some(ram) = machine.ram_file.as_ref() else {
+        return Ok(None);
+    };
+    if !handover::same_file_system(ram, mem_path) {
+        return Ok(None);
+    }
+    let mem_file = match handover::link_ram(ram, mem_path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!("snapshot: guest RAM not handed over, copying instead: {e}");
+            return Ok(None);
+        }
+    };
+    let index = match pending_index(mem_path, size, pages.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            mem_file.discard();
+            return Err(e);
+        }
+    };
+    let before = verify::enabled().then(|| verify::page_hashes(machine.memory()));
+    // Once the remap is tried the RAM may be private already, whatever comes of it: never try
+    // again (a second remap would throw away the guest's private copies), and treat the file's
+    // pages as the VM's restored pages, as after a restore from it.
+    let Some(ram) = machine.ram_file.take() else {
+        index.discard();
+        mem_file.discard();
+        return Ok(None);
+    };
+    machine.restored_pages = machine.restored_pages.union(pages);
+    // A userfaultfd kept from the last background checkpoint is registered on the mappings
+    // about to be replaced: the next checkpoint registers the new ones afresh.
+    if let Some(tracker) = machine.write_tracker.take() {
+        tracker.close_aside();
+    }
+    if let Err(e) = handover::map_private(machine.memory(), &ram) {
+        index.discard();
+        mem_file.discard();
+        return Err(e);
+    }
+    if let Some(before) = before {
+        let differ = verify::unexpected_changes(
+            &before,
+            &verify::page_hashes(machine.memory()),
+            &PageIndex::new(),
+        );
+        verify::report("Full snapshot handing guest RAM over", &differ);
+        if !differ.is_empty() {
+            index.discard();
+            mem_file.discard();
+            return Err(VmmError::Snapshot(format!(
+                "guest RAM changed when it was mapped from the snapshot file ({} pages)",
+                differ.len()
+            )));
+        }
+    }
+    // From here the VM is as if restored from this file: its pages are the file's, and a
+    // later Full copies.
+    Ok(Some(vec![index, mem_file]))
 }
 
 /// The memory file a Diff is merged into, as Firecracker does: `mem_path` when it already is a

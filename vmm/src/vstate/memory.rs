@@ -6,6 +6,8 @@
 //! reserves the whole guest at mmap time: a pool too small for the guest is a clear error at
 //! start, and the guest never runs on small pages instead.
 
+use std::path::Path;
+
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
 use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -14,6 +16,7 @@ use vm_memory::GuestAddress;
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::config::HugePages;
 use crate::error::VmmError;
+use crate::vstate::shared_memory::{create_shared_guest_memory, RamFile};
 
 /// Where the host keeps its 2 MiB huge page pool counters.
 const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -23,6 +26,16 @@ pub fn create_guest_memory(
     mem_size_mib: usize,
     pages: HugePages,
 ) -> Result<GuestMemoryMmap, VmmError> {
+    create_guest_memory_in(mem_size_mib, pages, None).map(|(mem, _)| mem)
+}
+
+/// Guest RAM as [`create_guest_memory`] makes it, or, with `shared_dir`, in an unlinked file in
+/// that tmpfs directory mapped shared (vstate/shared_memory.rs), returned with it.
+pub fn create_guest_memory_in(
+    mem_size_mib: usize,
+    pages: HugePages,
+    shared_dir: Option<&Path>,
+) -> Result<(GuestMemoryMmap, Option<RamFile>), VmmError> {
     let size = (mem_size_mib as u64)
         .checked_mul(1 << 20)
         .ok_or(VmmError::MemorySize(mem_size_mib))?;
@@ -30,8 +43,20 @@ pub fn create_guest_memory(
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
+    if let Some(dir) = shared_dir {
+        if pages.is_huge() {
+            return Err(VmmError::GuestMemory(
+                "huge_pages \"2M\" cannot be combined with guest_memory_dir: guest RAM in a \
+                 tmpfs file is on 4 KiB pages"
+                    .into(),
+            ));
+        }
+        let (mem, ram) = create_shared_guest_memory(&ranges, size, dir)?;
+        return Ok((mem, Some(ram)));
+    }
     if !pages.is_huge() {
         return GuestMemoryMmap::from_ranges(&ranges)
+            .map(|mem| (mem, None))
             .map_err(|e| VmmError::GuestMemory(e.to_string()));
     }
     if size % pages.page_size() != 0 {
@@ -43,7 +68,9 @@ pub fn create_guest_memory(
         .iter()
         .map(|&(start, len)| huge_region(start, len, size))
         .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_regions(regions).map_err(|e| VmmError::GuestMemory(e.to_string()))
+    GuestMemoryMmap::from_regions(regions)
+        .map(|mem| (mem, None))
+        .map_err(|e| VmmError::GuestMemory(e.to_string()))
 }
 
 /// One region of private anonymous memory on 2 MiB hugetlbfs pages, reserved in full now.

@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod prewarm;
+pub mod shared_memory;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vcpu_threads;

@@ -484,18 +484,29 @@ pub(super) fn discard_range(
         .get_host_address(MemoryRegionAddress(first))
         .map_err(|_| outside())?;
     let bytes = usize::try_from(last - first).map_err(|_| outside())?;
-    madvise_dontneed(host, bytes).map_err(DiscardError::Madvise)?;
+    // Guest RAM in a shared tmpfs file (cairn's `guest_memory_dir`): MADV_DONTNEED would only
+    // unmap the pages, leaving them allocated in the file with their old content; MADV_REMOVE
+    // punches them out of the file. The kernel refuses it for private mappings (anonymous
+    // memory, or a restored VM's memory file), which MADV_DONTNEED serves as before (as it
+    // does after cairn maps shared RAM privately for a snapshot, when the flags recorded here
+    // still say shared and MADV_REMOVE is refused).
+    let shared_file = region.file_offset().is_some() && region.flags() & libc::MAP_SHARED != 0;
+    if shared_file && madvise(host, bytes, libc::MADV_REMOVE).is_ok() {
+        return Ok(last - first);
+    }
+    madvise(host, bytes, libc::MADV_DONTNEED).map_err(DiscardError::Madvise)?;
     Ok(last - first)
 }
 
-/// `madvise(MADV_DONTNEED)` over `len` bytes at `host`.
+/// `madvise(advice)` over `len` bytes at `host`: `MADV_DONTNEED` or `MADV_REMOVE`.
 #[allow(unsafe_code)]
-fn madvise_dontneed(host: *mut u8, len: usize) -> std::io::Result<()> {
+fn madvise(host: *mut u8, len: usize, advice: libc::c_int) -> std::io::Result<()> {
     // SAFETY: `host..host + len` lies inside one mapped guest memory region (checked by the
-    // caller against the region's length). MADV_DONTNEED on private anonymous memory only makes
-    // the pages read back as zero; no Rust reference into guest memory is held across it, as
-    // guest memory is only ever accessed through volatile copies.
-    let rc = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
+    // caller against the region's length). MADV_DONTNEED on private memory and MADV_REMOVE on a
+    // shared file mapping only make the pages read back as zero (a private file mapping reads
+    // the file's page again); no Rust reference into guest memory is held across it, as guest
+    // memory is only ever accessed through volatile copies.
+    let rc = unsafe { libc::madvise(host.cast(), len, advice) };
     if rc == 0 {
         Ok(())
     } else {

@@ -542,3 +542,43 @@ fn restored_balloon_ends_a_saved_hinting_run_on_activation() {
     );
     assert_eq!(irq.status() & crate::virtio::VIRTIO_MMIO_INT_CONFIG, 2);
 }
+
+#[test]
+fn discards_punch_holes_in_shared_tmpfs_memory() {
+    use std::os::unix::fs::MetadataExt;
+    use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::FileOffset;
+
+    // Guest RAM as cairn's guest_memory_dir makes it: a tmpfs file mapped shared.
+    let Ok(file) = tempfile::tempfile_in("/dev/shm") else {
+        eprintln!("SKIP: no /dev/shm");
+        return;
+    };
+    let len = 1usize << 20;
+    file.set_len(len as u64).unwrap();
+    let region =
+        MmapRegionBuilder::<AtomicBitmap>::new_with_bitmap(len, AtomicBitmap::with_len(len))
+            .with_file_offset(FileOffset::new(file.try_clone().unwrap(), 0))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED)
+            .build()
+            .unwrap();
+    let mem =
+        GuestMemoryMmap::from_regions(vec![
+            crate::GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+        ])
+        .unwrap();
+    fill(&mem, 0, len, 0x5a);
+    let blocks = || file.metadata().unwrap().blocks();
+    let before = blocks();
+    assert_eq!(
+        discard_range(&mem, GuestAddress(0x4_0000), 0x4_0000).unwrap(),
+        0x4_0000
+    );
+    // The file gave the 256 KiB back (MADV_DONTNEED would have left them allocated).
+    let after = blocks();
+    assert_eq!(before - after, 0x4_0000 / 512, "blocks {before} -> {after}");
+    assert!(page_is(&mem, 0x4_0000, 0) && page_is(&mem, 0x7_f000, 0));
+    assert!(page_is(&mem, 0x3_f000, 0x5a) && page_is(&mem, 0x8_0000, 0x5a));
+}
