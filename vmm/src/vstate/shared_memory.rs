@@ -208,7 +208,7 @@ mod tests {
         mem.write_obj(1u64, GuestAddress(0x1000)).unwrap();
         // Registered and protected like anonymous memory: a background checkpoint arms here
         // instead of falling back to the paused copy.
-        let tracker = open_registered(&mem).unwrap();
+        let mut tracker = open_registered(&mem).unwrap();
         let host = crate::checkpoint::memory::region_layout(&mem)[0].0;
         tracker.protect(host, 1 << 20, true).unwrap();
         tracker.protect(host, 1 << 20, false).unwrap();
