@@ -16,8 +16,9 @@ use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::runtime::Runtime;
 use common::{console, page_hashes, wait_dots};
 
-/// Pages of `path` with data (not holes), and how many of them are in the page cache.
-fn cached_pages(path: &Path) -> (usize, usize) {
+/// Pages of `path` with data (not holes), how many of them are in the page cache, and whether
+/// the VM generation ID's page (which every restore writes) is.
+fn cached_pages(path: &Path) -> (usize, usize, bool) {
     let file = std::fs::File::open(path).unwrap();
     let len = file.metadata().unwrap().len() as usize;
     // SAFETY: a fresh read-only shared mapping of a file we opened; only mincore looks at it.
@@ -43,7 +44,8 @@ fn cached_pages(path: &Path) -> (usize, usize) {
         .iter()
         .filter(|&&p| resident[p as usize] & 1 != 0)
         .count();
-    (data.len(), cached)
+    let vmgenid_page = (cairn_vmm::arch::x86_64::layout::VMGENID_ADDR / 4096) as usize;
+    (data.len(), cached, resident[vmgenid_page] & 1 != 0)
 }
 
 /// The pages of `file` (`len` bytes) that hold data, by `SEEK_DATA` / `SEEK_HOLE`.
@@ -75,8 +77,8 @@ fn on_tmpfs(path: &Path) -> bool {
 }
 
 /// Snapshot the ticker (Full, then Diff) into `dir`, restore both chains and compare every
-/// page. Returns the Full file's data pages and how many of them were cached right after.
-fn snapshot_and_restore(dir: &Path) -> (usize, usize) {
+/// page. Returns [`cached_pages`] of the Full file right after it was written.
+fn snapshot_and_restore(dir: &Path) -> (usize, usize, bool) {
     let mut spec = BuildSpec::linux(guests::TICKER64);
     spec.mem_size_mib = 32;
     spec.track_dirty_pages = true;
@@ -145,17 +147,21 @@ fn snapshots_on_disk_skip_the_page_cache_and_restore_exactly() {
         return;
     }
 
-    let (pages, cached) = snapshot_and_restore(dir.path());
+    let (pages, cached, vmgenid_cached) = snapshot_and_restore(dir.path());
     assert!(pages > 64, "the Full file holds {pages} pages of data");
     assert!(
         cached * 10 < pages,
         "O_DIRECT: {cached} of the Full file's {pages} pages were left in the page cache"
     );
+    assert!(
+        vmgenid_cached,
+        "the VM generation ID's page, which every restore writes, is not cached"
+    );
 
     std::env::set_var("CAIRN_SNAPSHOT_DIRECT_IO", "0");
     let cached_dir = dir.path().join("cached");
     std::fs::create_dir(&cached_dir).unwrap();
-    let (pages, cached) = snapshot_and_restore(&cached_dir);
+    let (pages, cached, _) = snapshot_and_restore(&cached_dir);
     assert!(
         cached * 10 > pages * 9,
         "CAIRN_SNAPSHOT_DIRECT_IO=0: only {cached} of {pages} pages cached after the write"

@@ -193,8 +193,10 @@ pub enum LayerWrites {
     EarlyWriteback,
     /// Past the page cache where the file system has a disk and takes `O_DIRECT`
     /// (checkpoint/direct_io.rs), else as `EarlyWriteback`: for a paused snapshot that will be
-    /// fsynced, never for a copy the guest may wait on page by page.
-    Direct,
+    /// fsynced, never for a copy the guest may wait on page by page. The page at file offset
+    /// `keep_cached` (one the VMM itself writes on every restore) is then written through the
+    /// cache as well, so a restore soon after does not wait on the disk for it.
+    Direct { keep_cached: u64 },
 }
 
 /// Copy `pages` into a new layer file for `path`, left under its temporary name for the caller
@@ -209,19 +211,27 @@ pub fn write_unfinished(
 ) -> Result<(LayerFile, u64), VmmError> {
     let mut layer = LayerFile::create(path, mem_size(mem))?;
     let direct = match writes {
-        LayerWrites::Direct => layer.start_direct(),
+        LayerWrites::Direct { .. } => layer.start_direct(),
         _ => Ok(false),
     };
     let prepared = match direct {
-        Ok(false) if writes != LayerWrites::Cached => layer.start_writeback_early(),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
+        Ok(false) if writes != LayerWrites::Cached => layer.start_writeback_early().map(|()| false),
+        other => other,
     };
-    if let Err(e) = prepared {
-        layer.discard();
-        return Err(e);
-    }
-    match copy_pages_with(mem, pages, &layer, zeros) {
+    let direct = match prepared {
+        Ok(direct) => direct,
+        Err(e) => {
+            layer.discard();
+            return Err(e);
+        }
+    };
+    let copied = copy_pages_with(mem, pages, &layer, zeros).and_then(|written| {
+        if let (true, LayerWrites::Direct { keep_cached }) = (direct, writes) {
+            layer.write_cached(mem, pages, keep_cached / PAGE_SIZE)?;
+        }
+        Ok(written)
+    });
+    match copied {
         Ok(written) => Ok((layer, written)),
         Err(e) => {
             layer.discard();
@@ -349,6 +359,31 @@ impl LayerFile {
             return Ok(());
         }
         self.write_all_from(host, len, offset)
+    }
+
+    /// Write `page` of `mem` again through the page cache (a layer written past it), if it is
+    /// one of `pages` and not a hole of a Full file: the cache then holds it for the next reader.
+    fn write_cached(
+        &self,
+        mem: &GuestMemoryMmap,
+        pages: &PageIndex,
+        page: u64,
+    ) -> Result<(), VmmError> {
+        let offset = page * PAGE_SIZE;
+        if !pages.contains(page) || !self.holds_data(offset)? {
+            return Ok(());
+        }
+        let Some(host) = host_range_for(&region_layout(mem), offset, PAGE_SIZE) else {
+            return Ok(());
+        };
+        pwrite_guest(&self.file, &self.tmp, host, PAGE_SIZE, offset)
+    }
+
+    /// Whether the page at `offset` of the layer was written (is not a hole).
+    fn holds_data(&self, offset: u64) -> Result<bool, VmmError> {
+        // SAFETY: lseek on the layer's own open descriptor only moves its file offset.
+        let data = unsafe { libc::lseek(self.file.as_raw_fd(), offset as i64, libc::SEEK_DATA) };
+        Ok(data >= 0 && data as u64 == offset)
     }
 
     fn write_all_from(&self, host: u64, len: u64, offset: u64) -> Result<(), VmmError> {

@@ -139,11 +139,14 @@ pub fn create_snapshot(
                 SnapshotKind::Full => ZeroPages::Holes,
                 SnapshotKind::Diff => ZeroPages::Write,
             };
+            // Every restore writes a new VM generation ID (vmgenid.rs): its page stays cached.
+            // Below the MMIO gap a page's file offset is its guest address.
+            let keep_cached = crate::arch::x86_64::layout::VMGENID_ADDR;
             let (layer, written) = write_unfinished(
                 machine.memory(),
                 &pages,
                 mem_path,
-                LayerWrites::Direct,
+                LayerWrites::Direct { keep_cached },
                 zeros,
             )?;
             memory_ms = mem_start.elapsed().as_secs_f64() * 1e3;
