@@ -3,8 +3,7 @@
 //! get is refused with the running VM left alone.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 #[allow(dead_code)]
 mod common;
@@ -14,30 +13,7 @@ use cairn_tests::{guests, kvm_available};
 use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::verify;
 use cairn_vmm::runtime::Runtime;
-use common::{console, wait_dots};
-
-/// A private tmpfs, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use common::{console, wait_dots, Tmpfs};
 
 /// Fill the file system holding `path` until it is full; returns the bytes written.
 fn fill(path: &Path) -> u64 {

@@ -18,31 +18,8 @@ use cairn_vmm::checkpoint::snapshot::SnapshotKind;
 use cairn_vmm::checkpoint::verify;
 use cairn_vmm::config::HugePages;
 use cairn_vmm::runtime::Runtime;
-use common::{console, page_hashes, wait_dots};
+use common::{console, page_hashes, wait_dots, Tmpfs};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
-
-/// A private tmpfs, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs at {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Whether this test can run: KVM, and root (it mounts tmpfs).
 fn can_run(name: &str) -> bool {

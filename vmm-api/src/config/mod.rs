@@ -27,6 +27,8 @@
 mod actions;
 mod balloon;
 mod cpu_config;
+#[cfg(test)]
+mod device_tests;
 mod devices;
 mod logging;
 mod machine;

@@ -1,5 +1,7 @@
 //! Helpers shared by the library-level tiny-guest tests (snapshots and checkpoints).
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_tests::capture::{fnv1a, Capture};
@@ -61,4 +63,29 @@ pub fn vmgenid(rt: &Runtime) -> [u8; 16] {
         )
         .unwrap();
     id
+}
+
+/// A private tmpfs, unmounted on drop.
+#[allow(dead_code)] // for the tmpfs tests only
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    #[allow(dead_code)] // for the tmpfs tests only
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
