@@ -336,6 +336,7 @@ pub fn build_machine(
         mut vm,
         supported_cpuid,
     } = prewarm::take()?;
+    let cpu_vendor = crate::arch::x86_64::cpuid::vendor(&supported_cpuid);
     check_template_capabilities(&kvm, spec)?;
     vm.set_up(&mem, spec.track_dirty_pages)?;
 
@@ -413,6 +414,7 @@ pub fn build_machine(
         exit,
         state: RunState::Running,
         spec: spec.clone(),
+        cpu_vendor,
         restored_pages: Default::default(),
         dirty: Default::default(),
         vmgenid: Some(vmgenid),

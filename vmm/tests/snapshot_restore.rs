@@ -10,6 +10,7 @@ use cairn_tests::{guests, kvm_available};
 use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
+use cairn_vmm::checkpoint::state::read_state;
 use cairn_vmm::runtime::Runtime;
 use common::{console, page_hashes, vmgenid, wait_dots};
 
@@ -30,6 +31,15 @@ fn regs(rt: &Runtime) -> Vec<(u64, u64, u64, u64)> {
             .unwrap()
         })
         .collect()
+}
+
+/// The host CPU's vendor as KVM reports it, which every snapshot records.
+fn kvm_vendor() -> String {
+    let supported = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    cairn_vmm::arch::x86_64::cpuid::vendor(&supported)
 }
 
 /// The ticker guest booted with `vcpus` vCPUs and 32 MiB, dirty pages tracked, two dots in.
@@ -63,6 +73,9 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
     let (hashes_full, regs_full) = (page_hashes(&rt), regs(&rt));
     let booted_id = vmgenid(&rt);
     assert_ne!(booted_id, [0; 16], "boot writes a VM generation id");
+    let vendor = kvm_vendor();
+    assert!(!vendor.is_empty());
+    assert_eq!(read_state(&full_state).unwrap().host.cpu_vendor, vendor);
 
     // The guest goes on; then a Diff snapshot holds only what it changed.
     rt.machine_mut().unwrap().resume().unwrap();
@@ -105,6 +118,15 @@ fn full_and_diff_snapshots_restore_exactly_and_keep_running() {
         page_hashes(&rt2) == hashes_full,
         "memory differs after restoring the Full snapshot"
     );
+    // A snapshot of the restored VM records the host's vendor too (asked at the restore).
+    let again_state = dir.path().join("again.state");
+    rt2.snapshot(
+        SnapshotKind::Full,
+        &again_state,
+        &dir.path().join("again.mem"),
+    )
+    .unwrap();
+    assert_eq!(read_state(&again_state).unwrap().host.cpu_vendor, vendor);
     rt2.machine_mut().unwrap().resume().unwrap();
     wait_dots(&mut rt2, &out2, 1);
     rt2.shutdown();

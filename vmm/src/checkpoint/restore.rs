@@ -128,6 +128,7 @@ pub fn restore_machine(
     let saved_cpuids: Vec<&[kvm_cpuid_entry2]> =
         state.vcpus.iter().map(|v| v.cpuid.as_slice()).collect();
     check_compatible(&state.host, &saved_cpuids, &supported, &host_cpuid())?;
+    let cpu_vendor = crate::arch::x86_64::cpuid::vendor(&supported);
     if verify::enabled() {
         let saved = opts
             .memory_layers
@@ -311,6 +312,7 @@ pub fn restore_machine(
             RunState::Paused
         },
         spec,
+        cpu_vendor,
         restored_pages,
         dirty: Default::default(),
         vmgenid,

@@ -162,14 +162,10 @@ pub fn capture_requested(
         .iter()
         .map(save_virtio)
         .collect::<Result<_, _>>()?;
-    let supported = machine
-        .kvm()
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     Ok(MachineState {
         version: MACHINE_STATE_VERSION,
         host: HostRequirements {
-            cpu_vendor: crate::arch::x86_64::cpuid::vendor(&supported),
+            cpu_vendor: machine.cpu_vendor.clone(),
             cpu_template: machine.spec().cpu_template.name().to_string(),
         },
         regions: machine_regions(machine),
