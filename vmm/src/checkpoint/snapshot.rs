@@ -167,14 +167,24 @@ pub fn create_snapshot(
         }
     }
     commit_with(files, |f| start_writeback(f, 0, 0)).map_err(snapshot_error)?;
-    Ok(SnapshotReport {
+    let report = SnapshotReport {
         pages: pages.page_count(),
         memory_bytes,
         state_ms,
         memory_ms,
         total_ms: start.elapsed().as_secs_f64() * 1e3,
         handed_over,
-    })
+    };
+    tracing::debug!(
+        "snapshot {kind:?}: state {:.3} ms, memory {:.3} ms ({} pages, {} bytes written{}), total {:.3} ms",
+        report.state_ms,
+        report.memory_ms,
+        report.pages,
+        report.memory_bytes,
+        if handed_over { ", handed over" } else { "" },
+        report.total_ms
+    );
+    Ok(report)
 }
 
 /// A Full snapshot of a VM whose RAM is still its shared tmpfs file, with `mem_path` on the
