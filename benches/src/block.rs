@@ -133,15 +133,8 @@ pub fn block(opts: &Options) -> Outcome {
     let cfg = dir.path().join("vm.json");
     let config = VmConfig {
         drives: vec![DriveConfig {
-            drive_id: "bench".into(),
-            path_on_host: disk.clone(),
-            is_root_device: false,
             is_read_only: Some(false),
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-            socket: None,
+            ..DriveConfig::new("bench", disk.clone(), false)
         }],
         ..linux_config(&kernel, &initrd, &args)
     };

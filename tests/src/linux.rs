@@ -87,15 +87,8 @@ pub fn booted() -> BootedFixture {
     let store = dir.join("store");
     let config = VmConfig {
         drives: vec![DriveConfig {
-            drive_id: "scratch".into(),
-            path_on_host: disk.clone(),
-            is_root_device: false,
             is_read_only: Some(false),
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-            socket: None,
+            ..DriveConfig::new("scratch", disk.clone(), false)
         }],
         vsock: Some(VsockConfig {
             vsock_id: None,

@@ -30,15 +30,8 @@ fn disk(path: &Path, mib: usize, tag: &str) {
 
 fn drive(id: &str, path: &Path) -> DriveConfig {
     DriveConfig {
-        drive_id: id.into(),
-        path_on_host: path.to_path_buf(),
-        is_root_device: false,
         is_read_only: Some(true),
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
+        ..DriveConfig::new(id, path.to_path_buf(), false)
     }
 }
 

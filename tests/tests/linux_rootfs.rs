@@ -160,15 +160,9 @@ fn rootfs_boots_debian_with_an_agent_that_works_and_is_restarted() {
         // Firecracker's io_uring engine (bandsox's default): the root disk is read and written
         // through io_uring (vmm/src/uring_disk.rs); other tests boot Sync drives.
         config.drives = vec![DriveConfig {
-            drive_id: "rootfs".into(),
-            path_on_host: disk.clone(),
-            is_root_device: true,
             is_read_only: Some(false),
-            partuuid: None,
-            cache_type: None,
             io_engine: Some(IoEngine::Async),
-            rate_limiter: None,
-            socket: None,
+            ..DriveConfig::new("rootfs", disk.clone(), true)
         }];
         let vm = boot_until_agent_answers(dir.path(), &config, &vsock);
 

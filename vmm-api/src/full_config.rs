@@ -243,17 +243,7 @@ mod tests {
     #[test]
     fn devices_show_firecracker_s_defaults() {
         let cfg = VmConfig {
-            drives: vec![DriveConfig {
-                drive_id: "root".into(),
-                path_on_host: "/r".into(),
-                is_root_device: true,
-                is_read_only: None,
-                partuuid: None,
-                cache_type: None,
-                io_engine: None,
-                rate_limiter: None,
-                socket: None,
-            }],
+            drives: vec![DriveConfig::new("root", "/r", true)],
             vsock: Some(VsockConfig {
                 vsock_id: Some("v".into()),
                 guest_cid: 3,

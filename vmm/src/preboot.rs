@@ -108,17 +108,7 @@ mod tests {
     use crate::config::{BootSourceConfig, DriveConfig};
 
     fn drive(id: &str, path: &Path, root: bool) -> DriveConfig {
-        DriveConfig {
-            drive_id: id.into(),
-            path_on_host: path.into(),
-            is_root_device: root,
-            is_read_only: None,
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-            socket: None,
-        }
+        DriveConfig::new(id, path, root)
     }
 
     #[test]

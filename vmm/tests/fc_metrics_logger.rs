@@ -76,15 +76,8 @@ fn metrics_and_logger_through_the_api() {
         .set_len(1 << 20)
         .unwrap();
     c.put_drive(&DriveConfig {
-        drive_id: "scratch".into(),
-        path_on_host: scratch,
-        is_root_device: false,
         is_read_only: Some(true),
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
+        ..DriveConfig::new("scratch", scratch, false)
     })
     .unwrap();
     c.instance_start().unwrap();

@@ -74,15 +74,8 @@ fn rate_limited_drive_boots_and_survives_a_snapshot() {
     c.wait_ready(Duration::from_secs(10)).unwrap();
     configure_ticker(&c);
     c.put_drive(&DriveConfig {
-        drive_id: "data".into(),
-        path_on_host: disk.clone(),
-        is_root_device: false,
-        is_read_only: None,
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
         rate_limiter: Some(limiter()),
-        socket: None,
+        ..DriveConfig::new("data", disk.clone(), false)
     })
     .unwrap();
     // A rate limiter that is not an object, or has unknown keys, is refused before boot.
@@ -367,18 +360,8 @@ fn patch_path_is_refused_on_a_drive_in_the_checkpoint_store() {
     let c = api(&sock);
     c.wait_ready(Duration::from_secs(10)).unwrap();
     configure_ticker(&c);
-    c.put_drive(&DriveConfig {
-        drive_id: "data".into(),
-        path_on_host: disk.clone(),
-        is_root_device: false,
-        is_read_only: None,
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
-    })
-    .unwrap();
+    c.put_drive(&DriveConfig::new("data", disk.clone(), false))
+        .unwrap();
     c.instance_start().unwrap();
     g.wait_for(".", Duration::from_secs(30)).unwrap();
     let err = c

@@ -71,18 +71,8 @@ fn configure_with_unset_options(program: &Path, extra: &[&str]) {
     })
     .unwrap_or_else(|e| panic!("{who}: machine-config: {e}"));
     for (id, root) in [("rootfs", true), ("scratch", false)] {
-        c.put_drive(&DriveConfig {
-            drive_id: id.into(),
-            path_on_host: dir.path().join(id),
-            is_root_device: root,
-            is_read_only: None,
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-            socket: None,
-        })
-        .unwrap_or_else(|e| panic!("{who}: drive {id}: {e}"));
+        c.put_drive(&DriveConfig::new(id, dir.path().join(id), root))
+            .unwrap_or_else(|e| panic!("{who}: drive {id}: {e}"));
     }
     if is_root() {
         c.put_network_interface(&NetConfig {

@@ -40,15 +40,8 @@ fn vm_config_after_snapshot_load_is_the_loaded_vm_s() {
     c.wait_ready(Duration::from_secs(10)).unwrap();
     configure_ticker(&c);
     c.put_drive(&DriveConfig {
-        drive_id: "data".into(),
-        path_on_host: disk.clone(),
-        is_root_device: false,
         is_read_only: Some(true),
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
+        ..DriveConfig::new("data", disk.clone(), false)
     })
     .unwrap();
     c.put_vsock(&VsockConfig {

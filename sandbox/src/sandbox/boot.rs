@@ -42,15 +42,8 @@ pub fn vm_config(paths: &Paths, img: &image::GuestImage, opts: &CreateOptions) -
             ..MachineConfig::default()
         },
         drives: vec![DriveConfig {
-            drive_id: "disk".into(),
-            path_on_host: paths.disk.clone(),
-            is_root_device: img.rootfs.is_some(),
             is_read_only: Some(false),
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-            rate_limiter: None,
-            socket: None,
+            ..DriveConfig::new("disk", paths.disk.clone(), img.rootfs.is_some())
         }],
         vsock: Some(VsockConfig {
             vsock_id: None,

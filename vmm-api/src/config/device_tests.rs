@@ -5,17 +5,7 @@ use super::tests::{valid_base, validate_err};
 use super::*;
 
 fn drive(id: &str, root: bool) -> DriveConfig {
-    DriveConfig {
-        drive_id: id.into(),
-        path_on_host: "disk.img".into(),
-        is_root_device: root,
-        is_read_only: None,
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
-    }
+    DriveConfig::new(id, "disk.img", root)
 }
 
 #[test]

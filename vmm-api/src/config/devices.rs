@@ -61,6 +61,26 @@ pub struct DriveConfig {
 }
 
 impl DriveConfig {
+    /// A drive with Firecracker's defaults for everything but its id, file and role: read-write,
+    /// no partition UUID, `Unsafe` cache, `Sync` engine, no rate limiter.
+    pub fn new(
+        drive_id: impl Into<String>,
+        path_on_host: impl Into<PathBuf>,
+        is_root_device: bool,
+    ) -> Self {
+        Self {
+            drive_id: drive_id.into(),
+            path_on_host: path_on_host.into(),
+            is_root_device,
+            is_read_only: None,
+            partuuid: None,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
+        }
+    }
+
     /// Whether the drive is read-only (default `false`).
     pub fn read_only(&self) -> bool {
         self.is_read_only.unwrap_or(false)

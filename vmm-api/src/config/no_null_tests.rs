@@ -36,17 +36,7 @@ fn assert_no_nulls<T: Serialize + DeserializeOwned + std::fmt::Debug + PartialEq
 }
 
 fn drive() -> DriveConfig {
-    DriveConfig {
-        drive_id: "rootfs".into(),
-        path_on_host: "/r.ext4".into(),
-        is_root_device: true,
-        is_read_only: None,
-        partuuid: None,
-        cache_type: None,
-        io_engine: None,
-        rate_limiter: None,
-        socket: None,
-    }
+    DriveConfig::new("rootfs", "/r.ext4", true)
 }
 
 fn net() -> NetConfig {
