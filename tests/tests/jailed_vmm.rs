@@ -256,6 +256,153 @@ fn jailed_static_vmm_boots_a_config_file_filtered() {
     check_jailed(&jail, pid, Some(&pids), &["cairn-vmm", "cairn_vcpu0"]);
 }
 
+/// Opt-in guest RAM in a tmpfs (`CAIRN_GUEST_MEMORY_DIR`, which the jailer passes through) under
+/// the jailer: the jail has no `/proc` and the VMM no capability, so the Full snapshot's link of
+/// the RAM file cannot go through `/proc/self/fd`; since Linux 6.10 `linkat(AT_EMPTY_PATH)` of a
+/// file the caller opened needs no capability, and the snapshot hands the RAM over. On older
+/// kernels it copies. Either way the file holds the guest as it was at the snapshot, and the
+/// guest's later writes never reach it.
+#[test]
+fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
+    let name = "jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over";
+    if !require_root(name) || !kvm_available(name) {
+        return;
+    }
+    let shm_is_tmpfs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/dev/shm"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs");
+    if !shm_is_tmpfs {
+        println!("SKIP {name}: /dev/shm is not a tmpfs");
+        return;
+    }
+    let (vmm, _) = static_binaries();
+    let ram_host = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::os::unix::fs::chown(ram_host.path(), Some(UID), Some(GID)).unwrap();
+
+    let mut jail = TestJail::new("ramdir", &vmm);
+    let bind = format!("{}:/ram", ram_host.path().display());
+    let args = [
+        "--new-pid-ns",
+        "--bind",
+        &bind,
+        "--",
+        "--api-sock",
+        "/api.sock",
+    ];
+    let mut child = jail
+        .command(UID, GID, &args)
+        .env("CAIRN_GUEST_MEMORY_DIR", "/ram")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn jailer");
+    let console = collect(child.stdout.take().unwrap());
+    jail.children.push(child);
+    let pid = jail.wait_pid_file();
+
+    let root = jail.root();
+    let kernel = root.join("ticker64.elf");
+    std::fs::copy(guests::TICKER64, &kernel).unwrap();
+    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
+    let sock = root.join("api.sock");
+    wait_for_socket(&sock, Duration::from_secs(10));
+    for (path, body) in [
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+        ),
+        (
+            "/boot-source",
+            r#"{"kernel_image_path": "/ticker64.elf", "boot_args": "console=ttyS0"}"#,
+        ),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#),
+    ] {
+        let (status, reply) = request(&sock, "PUT", path, Some(body));
+        assert_eq!(status, 204, "{path}: {reply}");
+    }
+    wait_for(&console, "T\n", Duration::from_secs(30));
+    let dots = |c: &Mutex<Vec<u8>>| c.lock().unwrap().iter().filter(|&&b| b == b'.').count();
+    let seen = dots(&console);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dots(&console) == seen {
+        assert!(Instant::now() < deadline, "the guest prints no dots");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let (ram_inode, shared) = ram_mapping(pid, 64 << 20);
+    assert!(
+        shared,
+        "guest RAM starts as a shared mapping of its tmpfs file"
+    );
+    let (status, reply) = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(status, 204, "{reply}");
+    let snapshot = r#"{"snapshot_type": "Full", "snapshot_path": "/ram/vm.snap",
+                       "mem_file_path": "/ram/vm.mem"}"#;
+    let (status, reply) = request(&sock, "PUT", "/snapshot/create", Some(snapshot));
+    assert_eq!(status, 204, "{reply}");
+    let mem_file = ram_host.path().join("vm.mem");
+    let mem_inode = std::fs::metadata(&mem_file).unwrap().ino();
+    let (mapped_inode, still_shared) = ram_mapping(pid, 64 << 20);
+    if kernel_at_least(6, 10) {
+        assert_eq!(
+            mem_inode, ram_inode,
+            "the snapshot's memory file is guest RAM's own file, linked in the jail"
+        );
+        assert_eq!(mapped_inode, mem_inode);
+        assert!(
+            !still_shared,
+            "after the handover guest RAM is a private mapping"
+        );
+    } else {
+        assert_ne!(mem_inode, ram_inode, "without the link the snapshot copies");
+        assert!(still_shared);
+    }
+    let at_snapshot = std::fs::read(&mem_file).unwrap();
+
+    let (status, reply) = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
+    assert_eq!(status, 204, "{reply}");
+    let seen = dots(&console);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dots(&console) < seen + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest stopped after the snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        std::fs::read(&mem_file).unwrap() == at_snapshot,
+        "the guest's writes after the snapshot reached its memory file"
+    );
+    check_jailed(&jail, pid, None, &["cairn-vmm", "cairn_api", "cairn_vcpu0"]);
+}
+
+/// The inode of the file behind `pid`'s mapping of `size` bytes (guest RAM), and whether that
+/// mapping is shared.
+fn ram_mapping(pid: i32, size: u64) -> (u64, bool) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (start, end) = f.first()?.split_once('-')?;
+            let len = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
+            let inode: u64 = f.get(4)?.parse().ok()?;
+            (len == size && inode != 0).then(|| (inode, f.get(1)?.ends_with('s')))
+        })
+        .unwrap_or_else(|| panic!("no file mapping of {size} bytes in {pid}'s maps:\n{maps}"))
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// What is checked of a jailed VMM from outside: every thread filtered (`threads` named, plus
 /// KVM's workers, forked from a vCPU), pid 1 of a new pid namespace, ids, no capabilities, the
 /// jail root, and (with a pids hierarchy mounted at `pids`) the cgroup.
