@@ -388,7 +388,8 @@ fn ram_mapping(pid: i32, size: u64) -> (u64, bool) {
             let (start, end) = f.first()?.split_once('-')?;
             let len = u64::from_str_radix(end, 16).ok()? - u64::from_str_radix(start, 16).ok()?;
             let inode: u64 = f.get(4)?.parse().ok()?;
-            (len == size && inode != 0).then(|| (inode, f.get(1)?.ends_with('s')))
+            let shared = f.get(1)?.ends_with('s');
+            (len == size && inode != 0).then_some((inode, shared))
         })
         .unwrap_or_else(|| panic!("no file mapping of {size} bytes in {pid}'s maps:\n{maps}"))
 }
