@@ -131,41 +131,9 @@ fn jailed_static_vmm_runs_every_thread_filtered() {
     }
     args.extend(["--", "--api-sock", "/api.sock"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = jail
-        .command(UID, GID, &args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn jailer");
-    let console = collect(child.stdout.take().unwrap());
-    jail.children.push(child);
+    let console = spawn_jailed(&mut jail, &args, &[]);
     let pid = jail.wait_pid_file();
-
-    // The jailer refuses a pre-filled root, so the guest goes in after the start, as
-    // docs/jailer.md describes, and the VM is configured through the API socket.
-    let root = jail.root();
-    let kernel = root.join("halt64.elf");
-    std::fs::copy(guests::HALT64, &kernel).unwrap();
-    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
-    let sock = root.join("api.sock");
-    wait_for_socket(&sock, Duration::from_secs(10));
-    let (status, body) = request(
-        &sock,
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#),
-    );
-    assert_eq!(status, 204, "{body}");
-    let boot = r#"{"kernel_image_path": "/halt64.elf", "boot_args": "console=ttyS0"}"#;
-    let (status, body) = request(&sock, "PUT", "/boot-source", Some(boot));
-    assert_eq!(status, 204, "{body}");
-    let (status, body) = request(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    let sock = boot_through_api(&jail, guests::HALT64, 2);
     wait_for(&console, "cairn-tiny: halted", Duration::from_secs(20));
     // Pause and resume: vCPU kicks (tgkill) and state requests under the filters.
     assert_eq!(
@@ -218,14 +186,7 @@ fn jailed_static_vmm_boots_a_config_file_filtered() {
         "--config-file",
         "/vm.json",
     ];
-    let mut child = jail
-        .command(UID, GID, &args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn jailer");
-    let console = collect(child.stdout.take().unwrap());
-    jail.children.push(child);
+    let console = spawn_jailed(&mut jail, &args, &[]);
 
     // Wait for the jailer's child to sit frozen in the jail's cgroup.
     let frozen = jail.cgroup_dir(&freezer);
@@ -290,37 +251,9 @@ fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
         "--api-sock",
         "/api.sock",
     ];
-    let mut child = jail
-        .command(UID, GID, &args)
-        .env("CAIRN_GUEST_MEMORY_DIR", "/ram")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn jailer");
-    let console = collect(child.stdout.take().unwrap());
-    jail.children.push(child);
+    let console = spawn_jailed(&mut jail, &args, &[("CAIRN_GUEST_MEMORY_DIR", "/ram")]);
     let pid = jail.wait_pid_file();
-
-    let root = jail.root();
-    let kernel = root.join("ticker64.elf");
-    std::fs::copy(guests::TICKER64, &kernel).unwrap();
-    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
-    let sock = root.join("api.sock");
-    wait_for_socket(&sock, Duration::from_secs(10));
-    for (path, body) in [
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
-        ),
-        (
-            "/boot-source",
-            r#"{"kernel_image_path": "/ticker64.elf", "boot_args": "console=ttyS0"}"#,
-        ),
-        ("/actions", r#"{"action_type": "InstanceStart"}"#),
-    ] {
-        let (status, reply) = request(&sock, "PUT", path, Some(body));
-        assert_eq!(status, 204, "{path}: {reply}");
-    }
+    let sock = boot_through_api(&jail, guests::TICKER64, 1);
     wait_for(&console, "T\n", Duration::from_secs(30));
     let dots = |c: &Mutex<Vec<u8>>| c.lock().unwrap().iter().filter(|&&b| b == b'.').count();
     let seen = dots(&console);
@@ -376,6 +309,45 @@ fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
         "the guest's writes after the snapshot reached its memory file"
     );
     check_jailed(&jail, pid, None, &["cairn-vmm", "cairn_api", "cairn_vcpu0"]);
+}
+
+/// Start the jailer with `extra` (its flags, `--`, the VMM's) and `env`; the VMM's console
+/// (its stdout) is collected into what this returns.
+fn spawn_jailed(jail: &mut TestJail, extra: &[&str], env: &[(&str, &str)]) -> Arc<Mutex<Vec<u8>>> {
+    let mut child = jail
+        .command(UID, GID, extra)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn jailer");
+    let console = collect(child.stdout.take().unwrap());
+    jail.children.push(child);
+    console
+}
+
+/// Boot `guest` (64 MiB, `vcpus`) in a jailed VMM listening on `/api.sock`. The jailer refuses
+/// a pre-filled root, so the guest goes in after the start, as docs/jailer.md describes, and the
+/// VM is configured through the API socket. Returns the socket's host path.
+fn boot_through_api(jail: &TestJail, guest: &str, vcpus: u8) -> PathBuf {
+    let root = jail.root();
+    let file = Path::new(guest).file_name().unwrap().to_str().unwrap();
+    let kernel = root.join(file);
+    std::fs::copy(guest, &kernel).unwrap();
+    std::os::unix::fs::chown(&kernel, Some(UID), Some(GID)).unwrap();
+    let sock = root.join("api.sock");
+    wait_for_socket(&sock, Duration::from_secs(10));
+    let machine = format!(r#"{{"vcpu_count": {vcpus}, "mem_size_mib": 64}}"#);
+    let boot = format!(r#"{{"kernel_image_path": "/{file}", "boot_args": "console=ttyS0"}}"#);
+    for (path, body) in [
+        ("/machine-config", machine.as_str()),
+        ("/boot-source", boot.as_str()),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#),
+    ] {
+        let (status, reply) = request(&sock, "PUT", path, Some(body));
+        assert_eq!(status, 204, "{path}: {reply}");
+    }
+    sock
 }
 
 /// The inode of the file behind `pid`'s mapping of `size` bytes (guest RAM), and whether that
