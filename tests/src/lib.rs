@@ -24,6 +24,17 @@ pub fn require_tools(name: &str, tools: &[&str]) {
     }
 }
 
+/// Whether `path` is on a tmpfs (`statfs`'s `f_type`). Panics if `path` cannot be looked up.
+pub fn on_tmpfs(path: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: statfs fills the struct we own from a NUL-terminated path.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    assert_eq!(rc, 0, "statfs {}", path.display());
+    // SAFETY: statfs returned 0, so the struct is filled.
+    unsafe { st.assume_init() }.f_type == libc::TMPFS_MAGIC
+}
+
 /// Whether a KVM test may run. Without `/dev/kvm` it prints `SKIP <name>: /dev/kvm not available`
 /// and returns false; with `CAIRN_REQUIRE_KVM=1` it panics instead, so CI cannot pass silently.
 pub fn kvm_available(name: &str) -> bool {

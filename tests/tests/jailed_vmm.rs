@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_tests::process::http::{request, wait_for_socket};
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::{guests, kvm_available, on_tmpfs};
 use jail_support::{cgroup_mount, pids_hierarchy, proc_status, require_root, TestJail};
 
 const UID: u32 = 1234;
@@ -229,11 +229,7 @@ fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
     if !require_root(name) || !kvm_available(name) {
         return;
     }
-    let shm_is_tmpfs = Command::new("stat")
-        .args(["-f", "-c", "%T", "/dev/shm"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs");
-    if !shm_is_tmpfs {
+    if !on_tmpfs(Path::new("/dev/shm")) {
         println!("SKIP {name}: /dev/shm is not a tmpfs");
         return;
     }
@@ -255,13 +251,7 @@ fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
     let pid = jail.wait_pid_file();
     let sock = boot_through_api(&jail, guests::TICKER64, 1);
     wait_for(&console, "T\n", Duration::from_secs(30));
-    let dots = |c: &Mutex<Vec<u8>>| c.lock().unwrap().iter().filter(|&&b| b == b'.').count();
-    let seen = dots(&console);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dots(&console) == seen {
-        assert!(Instant::now() < deadline, "the guest prints no dots");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_dots(&console, 1);
 
     let (ram_inode, shared) = ram_mapping(pid, 64 << 20);
     assert!(
@@ -295,20 +285,30 @@ fn jailed_static_vmm_hands_guest_ram_in_a_tmpfs_over() {
 
     let (status, reply) = request(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#));
     assert_eq!(status, 204, "{reply}");
-    let seen = dots(&console);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dots(&console) < seen + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest stopped after the snapshot"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_dots(&console, 2);
     assert!(
         std::fs::read(&mem_file).unwrap() == at_snapshot,
         "the guest's writes after the snapshot reached its memory file"
     );
     check_jailed(&jail, pid, None, &["cairn-vmm", "cairn_api", "cairn_vcpu0"]);
+}
+
+/// Wait until the ticker guest on `console` has printed `more` dots beyond those printed now.
+fn wait_dots(console: &Mutex<Vec<u8>>, more: usize) {
+    let dots = || {
+        console
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'.')
+            .count()
+    };
+    let target = dots() + more;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dots() < target {
+        assert!(Instant::now() < deadline, "the guest stopped printing dots");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Start the jailer with `extra` (its flags, `--`, the VMM's) and `env`; the VMM's console

@@ -14,7 +14,7 @@ mod common;
 
 use cairn_snapshot::memory::PageIndex;
 use cairn_tests::capture::Capture;
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::{guests, kvm_available, on_tmpfs};
 use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::{background, verify};
 use cairn_vmm::machine::RunState;
@@ -23,20 +23,6 @@ use common::{console, wait_dots};
 
 const WINDOW_FIRST_PAGE: u64 = 0x20_0000 / 4096;
 const WINDOW_PAGES: u64 = 256 * 256;
-
-/// `statfs.f_type` of tmpfs.
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-fn on_tmpfs(dir: &Path) -> bool {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: statfs fills the struct we own from a NUL-terminated path.
-    assert_eq!(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
-    // SAFETY: statfs returned 0.
-    #[allow(clippy::unnecessary_cast)]
-    let kind = unsafe { st.assume_init() }.f_type as i64;
-    kind == TMPFS_MAGIC
-}
 
 /// The saved window reads N, ..., N, N-1, ..., N-1 (the ticker's passes, in page order).
 fn check_one_step(layer: &Path, pages: &PageIndex) {

@@ -9,7 +9,7 @@ use std::path::Path;
 mod common;
 
 use cairn_tests::capture::Capture;
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::{guests, kvm_available, on_tmpfs};
 use cairn_vmm::builder::BuildSpec;
 use cairn_vmm::checkpoint::restore::RestoreOptions;
 use cairn_vmm::checkpoint::snapshot::SnapshotKind;
@@ -64,16 +64,6 @@ fn data_pages(file: &std::fs::File, len: usize) -> Vec<u64> {
         at = hole;
     }
     pages
-}
-
-/// Whether `path` is on tmpfs.
-fn on_tmpfs(path: &Path) -> bool {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: statfs fills the buffer we own from a NUL-terminated path.
-    assert_eq!(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }, 0);
-    // SAFETY: statfs returned 0, so the struct is filled.
-    unsafe { st.assume_init() }.f_type == libc::TMPFS_MAGIC
 }
 
 /// Snapshot the ticker (Full, then Diff) into `dir`, restore both chains and compare every
