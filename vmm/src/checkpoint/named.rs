@@ -373,13 +373,14 @@ impl CheckpointManager {
                     // write_ms: the copy's time with the guest running.
                     copy_started = copy_started.max(end);
                     tracing::debug!(
-                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms (faults {:.1}, chunks {:.1}, unprotect {:.1}), release {:.1} ms",
+                        "checkpoint {name}: paused {pause_ms:.3} ms: {phases}; then copied {} pages, {} of them first for a writer, in {:.1} ms (faults {:.1}, chunks {:.1}, unprotect {:.1} in {} lifts), release {:.1} ms",
                         s.bytes / PAGE_SIZE,
                         s.early_pages,
                         s.copy_ms,
                         s.fault_ms,
                         s.chunk_write_ms,
                         s.unprotect_ms,
+                        s.lifts,
                         s.release_ms
                     );
                     (s.bytes, pause_ms)
