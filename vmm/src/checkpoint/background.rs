@@ -581,20 +581,27 @@ mod tests {
         let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
         let copy = arm(None, &mem, &plan, &mut Phases::new(Instant::now())).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
+        // The copy starts once the writer runs: a 16 MiB copy can end before a new thread is
+        // first scheduled.
+        let started = Arc::new(std::sync::Barrier::new(2));
         let writer = {
-            let (mem, stop) = (mem.clone(), stop.clone());
+            let (mem, stop, started) = (mem.clone(), stop.clone(), started.clone());
             std::thread::spawn(move || {
+                started.wait();
                 let mut round = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                loop {
                     for p in (0..pages).rev() {
                         mem.write_obj(u64::MAX - round, GuestAddress(p * PAGE_SIZE + 8))
                             .unwrap();
                     }
                     round += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        return round;
+                    }
                 }
-                round
             })
         };
+        started.wait();
         let (stats, _tracker) = copy.run(&layer).unwrap();
         eprintln!("background copy: {stats:?}");
         stop.store(true, Ordering::Relaxed);
