@@ -376,7 +376,7 @@ impl MemoryCopy {
         if let Some((start, end)) = self.unlifted.take() {
             self.tracker
                 .protect(start, end - start, false)
-                .map_err(|e| VmmError::Snapshot(format!("write tracking: {e}")))?;
+                .map_err(|e| track_err("lift protection", e))?;
             stats.lifts += 1;
         }
         Ok(())
@@ -485,12 +485,14 @@ impl MemoryCopy {
         self.tracker.pending_faults(faults).map_err(io_err)?;
         for &host in faults.iter() {
             // A writer on a page copied but still protected: lift all that is copied (it is
-            // likely to write the pages next to it too).
+            // likely to write the pages next to it too). That lift wakes it: the range holds
+            // nothing left to copy (see `copied`), so this page needs no lift or wake of its own.
             if self
                 .unlifted
                 .is_some_and(|(start, end)| host >= start && host < end)
             {
                 self.lift_copied(stats)?;
+                continue;
             }
             if let Some(offset) = self.offset_of(host) {
                 let page = offset / PAGE_SIZE;
