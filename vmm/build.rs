@@ -1,9 +1,14 @@
 //! Compiles the seccomp filters in `seccomp/*.json` (seccompiler's JSON format, one file per
 //! thread kind) into BPF at build time. Each program is written to `$OUT_DIR/seccomp_<kind>.bpf`
 //! as raw `struct sock_filter` records (8 bytes each: code u16, jt u8, jf u8, k u32, little
-//! endian), which `src/seccomp/mod.rs` includes with `include_bytes!`.
+//! endian), which `src/seccomp/mod.rs` includes with `include_bytes!`. Each program is first
+//! rearranged to find a syscall by binary search (`src/seccomp/search_tree.rs`, which explains
+//! why).
 
 use std::path::{Path, PathBuf};
+
+#[path = "src/seccomp/search_tree.rs"]
+mod search_tree;
 
 /// The thread kinds, each with its `seccomp/<kind>.json` holding one filter named `<kind>`.
 const KINDS: [&str; 3] = ["vmm", "api", "vcpu"];
@@ -30,6 +35,7 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/seccomp/search_tree.rs");
 }
 
 /// Compile the filter named `kind` in `path` for `arch` and serialize its instructions.
@@ -47,6 +53,7 @@ fn compile(path: &Path, kind: &str, arch: &str) -> Result<Vec<u8>, String> {
     let program = map
         .remove(kind)
         .ok_or_else(|| format!("no filter named {kind:?}"))?;
+    let program = search_tree::to_search_tree(&program)?;
     if program.is_empty() || program.len() > usize::from(u16::MAX) {
         return Err(format!("program of {} instructions", program.len()));
     }
