@@ -97,6 +97,10 @@ fn checkpoints_of_a_running_guest_hold_the_memory_at_the_pause() {
             differ.len(),
             &differ[..differ.len().min(8)]
         );
+        // The chunk checksums, computed from the pages as they were written, are the file's.
+        assert!(!index.chunk_crcs.is_empty(), "{name}: no chunk checksums");
+        cairn_snapshot::memory::verify_layer(&layer)
+            .unwrap_or_else(|e| panic!("{name}: chunk checksums: {e}"));
         check_one_step(&layer, &index.pages);
     }
 

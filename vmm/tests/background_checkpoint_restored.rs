@@ -74,6 +74,10 @@ fn checkpoint_in_background(rt: &mut Runtime, store: &Path, name: &str) {
         differ.len(),
         &differ[..differ.len().min(8)]
     );
+    // The chunk checksums, computed from the pages as they were written, are the file's.
+    assert!(!index.chunk_crcs.is_empty(), "{name}: no chunk checksums");
+    cairn_snapshot::memory::verify_layer(&layer)
+        .unwrap_or_else(|e| panic!("{name}: chunk checksums: {e}"));
     check_one_step(&layer, &index.pages);
 }
 

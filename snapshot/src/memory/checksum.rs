@@ -3,9 +3,10 @@
 //! The file is cut into chunks of [`CHUNK_PAGES`] pages at fixed offsets; each chunk's CRC-64 covers the
 //! bytes of the pages the index claims in it, in order (holes the index claims read as zeros). A flipped
 //! byte, a truncated-then-extended file or another VM's layer under this name fails the chunks it
-//! touches. Sealing reads the layer back once (when a checkpoint is committed, after the VM resumed);
-//! verifying reads it again and is meant for a background thread after a restore, so restores are not
-//! slower.
+//! touches. A checkpoint's layer gets its checksums as its pages are written
+//! ([`super::StreamedCrcs`]); sealing reads back only a layer that has none (or the chunks whose
+//! pages were not written in order). Verifying reads the layer again and is meant for a background
+//! thread after a restore, so restores are not slower.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,7 +16,7 @@ use crc_fast::{CrcAlgorithm, Digest};
 
 use crate::error::{Error, Result};
 
-use super::index::LayerIndex;
+use super::index::{LayerIndex, PageIndex};
 use super::layer::{index_path, open_layer};
 use super::PAGE_SIZE;
 
@@ -25,41 +26,46 @@ pub const CHUNK_PAGES: u64 = 256;
 /// The chunk checksums of `layer`'s data as `index` claims it.
 pub fn chunk_crcs(layer: &Path, index: &LayerIndex) -> Result<Vec<u64>> {
     let f = File::open(layer).map_err(|e| Error::io("open memory layer", layer, e))?;
-    let chunk_bytes = CHUNK_PAGES * PAGE_SIZE;
-    let mut out = vec![0u64; index.chunk_count() as usize];
-    let mut buf = vec![0u8; chunk_bytes as usize];
-    let mut digest: Option<(u64, Digest)> = None;
-    for (off, len) in index.pages.write_plan() {
-        let mut at = off;
-        let end = off + len;
-        while at < end {
-            let chunk = at / chunk_bytes;
-            let n = (end.min((chunk + 1) * chunk_bytes) - at) as usize;
-            f.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| Error::io("read memory layer", layer, e))?;
-            match &mut digest {
-                Some((c, d)) if *c == chunk => d.update(&buf[..n]),
-                _ => {
-                    if let Some((c, d)) = digest.take() {
-                        out[c as usize] = d.finalize();
-                    }
-                    let mut d = Digest::new(CrcAlgorithm::Crc64Xz);
-                    d.update(&buf[..n]);
-                    digest = Some((chunk, d));
-                }
-            }
-            at += n as u64;
-        }
-    }
-    if let Some((c, d)) = digest {
-        out[c as usize] = d.finalize();
-    }
-    Ok(out)
+    let mut buf = vec![0u8; (CHUNK_PAGES * PAGE_SIZE) as usize];
+    (0..index.chunk_count())
+        .map(|chunk| chunk_crc(&f, layer, &index.pages, chunk, &mut buf))
+        .collect()
 }
 
-/// Compute `layer`'s chunk checksums and store them in its index (atomically). Returns the index.
+/// The checksum of one chunk of the open layer `f` (named `layer`), whose index claims
+/// `claimed`: over the claimed pages' bytes in the chunk, in order; 0 when it claims none.
+/// `buf` holds a chunk.
+pub(crate) fn chunk_crc(
+    f: &File,
+    layer: &Path,
+    claimed: &PageIndex,
+    chunk: u64,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let (first, end) = (chunk * CHUNK_PAGES, (chunk + 1) * CHUNK_PAGES);
+    let mut digest: Option<Digest> = None;
+    let ranges = claimed.ranges();
+    let overlapping = &ranges[ranges.partition_point(|r| r.end() <= first)..];
+    for r in overlapping.iter().take_while(|r| r.start < end) {
+        let (from, to) = (r.start.max(first), r.end().min(end));
+        let n = ((to - from) * PAGE_SIZE) as usize;
+        f.read_exact_at(&mut buf[..n], from * PAGE_SIZE)
+            .map_err(|e| Error::io("read memory layer", layer, e))?;
+        digest
+            .get_or_insert_with(|| Digest::new(CrcAlgorithm::Crc64Xz))
+            .update(&buf[..n]);
+    }
+    Ok(digest.map_or(0, |d| d.finalize()))
+}
+
+/// Compute `layer`'s chunk checksums and store them in its index (atomically), unless the
+/// index has them already (computed as the layer was written, [`super::StreamedCrcs`]).
+/// Returns the index.
 pub fn seal_layer(layer: &Path) -> Result<LayerIndex> {
     let mut index = open_layer(layer)?;
+    if !index.chunk_crcs.is_empty() {
+        return Ok(index);
+    }
     index.chunk_crcs = chunk_crcs(layer, &index)?;
     index.save(&index_path(layer))?;
     Ok(index)

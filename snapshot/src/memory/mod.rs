@@ -23,6 +23,7 @@ pub mod index;
 pub mod layer;
 pub mod merge;
 pub mod served;
+pub mod streamed_crcs;
 pub mod uffd;
 
 pub use chain::{LayerChain, MappedRange, MemoryLayer};
@@ -32,6 +33,7 @@ pub use layer::{
     index_path, open_layer, write_layer_from_slice, write_layer_from_slice_to, write_layer_with,
 };
 pub use merge::{merge_into_child, MergeStats};
+pub use streamed_crcs::StreamedCrcs;
 
 /// Page size of every memory layer and index.
 pub const PAGE_SIZE: u64 = 4096;

@@ -12,11 +12,12 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
 use cairn_snapshot::durable::PendingFile;
 use cairn_snapshot::file::FileKind;
-use cairn_snapshot::memory::{LayerIndex, PageIndex};
+use cairn_snapshot::memory::{LayerIndex, PageIndex, StreamedCrcs};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -254,6 +255,9 @@ pub struct LayerFile {
     writeback: Option<Writeback>,
     /// Set where pages go to the disk past the page cache ([`LayerWrites::Direct`]).
     direct: Option<DirectFile>,
+    /// Set where the layer's chunk checksums are computed as its pages are written
+    /// ([`LayerFile::checksum_as_written`]).
+    checksums: Option<Mutex<StreamedCrcs>>,
 }
 
 /// The span `[start, end)` written and not yet handed to the disk's writeback (`end` 0: none);
@@ -287,6 +291,7 @@ impl LayerFile {
             size,
             writeback: None,
             direct: None,
+            checksums: None,
         };
         if let Err(e) = layer.file.set_len(size) {
             let msg = format!("{}: {e}", layer.tmp.display());
@@ -320,6 +325,30 @@ impl LayerFile {
         self.direct = DirectFile::open(&self.tmp)
             .map_err(|e| snap_err(format!("{}: O_DIRECT: {e}", self.tmp.display())))?;
         Ok(self.direct.is_some())
+    }
+
+    /// Compute the layer's chunk checksums from the pages as [`LayerFile::write_from`] writes
+    /// them, for an index that will claim `claimed`, of which `written` will be written (the
+    /// rest are holes): [`LayerFile::finish`] then stores them in the index, and committing the
+    /// checkpoint does not read the layer back (`cairn_snapshot::memory::StreamedCrcs`).
+    pub fn checksum_as_written(&mut self, claimed: &PageIndex, written: &PageIndex) {
+        self.checksums = Some(Mutex::new(StreamedCrcs::new(self.size, claimed, written)));
+    }
+
+    /// Feed `[host, host + len)`, just written at `offset`, to the checksums.
+    fn checksum(&self, host: u64, len: u64, offset: u64) {
+        let Some(checksums) = &self.checksums else {
+            return;
+        };
+        // SAFETY: `host..host + len` lies inside a live guest mapping (the write that just read
+        // it was given it), and nothing writes it while the slice lives: the vCPUs are paused,
+        // or these pages are write-protected until the background copy lifts them, after this
+        // returns; devices are not served during a checkpoint.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len as usize) };
+        checksums
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wrote(offset / PAGE_SIZE, bytes);
     }
 
     /// Hand `[offset, offset + len)`, just written, to writeback once 4 MiB have gathered.
@@ -356,9 +385,11 @@ impl LayerFile {
                 self.written(offset + done, n)?;
                 done += n;
             }
-            return Ok(());
+        } else {
+            self.write_all_from(host, len, offset)?;
         }
-        self.write_all_from(host, len, offset)
+        self.checksum(host, len, offset);
+        Ok(())
     }
 
     /// Write `page` of `mem` again through the page cache (a layer written past it), if it is
@@ -406,14 +437,25 @@ impl LayerFile {
     }
 
     /// Write the page index claiming `index_pages` and rename the layer into place.
-    pub fn finish(self, index_pages: &PageIndex, sync: bool) -> Result<(), VmmError> {
+    pub fn finish(mut self, index_pages: &PageIndex, sync: bool) -> Result<(), VmmError> {
+        let checksums = self.checksums.take();
         let result = (|| {
             if sync {
                 self.file
                     .sync_all()
                     .map_err(|e| snap_err(format!("fsync {}: {e}", self.tmp.display())))?;
             }
-            let index = LayerIndex::new(self.size, index_pages.clone()).map_err(snap_err)?;
+            let mut index = LayerIndex::new(self.size, index_pages.clone()).map_err(snap_err)?;
+            if let Some(checksums) = checksums {
+                let checksums = checksums.into_inner().unwrap_or_else(|p| p.into_inner());
+                let read_back = checksums.chunks_read_back();
+                index.chunk_crcs = checksums.finish(&self.tmp).map_err(snap_err)?;
+                tracing::debug!(
+                    "{}: chunk checksums computed as written, {read_back} of {} chunks read back",
+                    self.path.display(),
+                    index.chunk_crcs.len()
+                );
+            }
             index
                 .save(&cairn_snapshot::memory::index_path(&self.path))
                 .map_err(snap_err)?;
@@ -774,6 +816,32 @@ mod tests {
             holes_alloc < 16 * PAGE_SIZE,
             "{holes_alloc} bytes allocated"
         );
+    }
+
+    #[test]
+    fn a_layer_checksummed_as_written_holds_the_checksums_of_its_file() {
+        let mem = memory();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        // A Full over a chain: every page claimed, three runs written, one page twice.
+        let claimed = PageIndex::full(64);
+        let written = PageIndex::from_ranges([(0, 3), (10, 4), (40, 1)]);
+        let mut layer = LayerFile::create(&path, 64 * PAGE_SIZE).unwrap();
+        layer.checksum_as_written(&claimed, &written);
+        copy_pages(&mem, &written, &layer).unwrap();
+        layer.finish(&claimed, false).unwrap();
+        let index = cairn_snapshot::memory::open_layer(&path).unwrap();
+        assert_eq!(index.chunk_crcs.len(), 1);
+        cairn_snapshot::memory::verify_layer(&path).unwrap();
+        // Sealing keeps them and reads nothing back.
+        assert_eq!(cairn_snapshot::memory::seal_layer(&path).unwrap(), index);
+        // Without the checksums (a Firecracker snapshot's layer) the index has none.
+        let other = dir.path().join("other");
+        let layer = LayerFile::create(&other, 64 * PAGE_SIZE).unwrap();
+        copy_pages(&mem, &written, &layer).unwrap();
+        layer.finish(&written, false).unwrap();
+        let index = cairn_snapshot::memory::open_layer(&other).unwrap();
+        assert!(index.chunk_crcs.is_empty());
     }
 
     #[test]

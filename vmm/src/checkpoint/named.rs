@@ -274,7 +274,7 @@ impl CheckpointManager {
         dir: &Path,
     ) -> Result<CheckpointMeta, VmmError> {
         let begun = Instant::now();
-        let layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
+        let mut layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
         let created_ms = begun.elapsed().as_secs_f64() * 1e3;
         let was_running = machine.state() == RunState::Running;
         let mut phases = Phases::new(Instant::now());
@@ -329,6 +329,9 @@ impl CheckpointManager {
                 return Err(e);
             }
         };
+        // The layer's chunk checksums are taken from the pages as they are written, so that
+        // the commit does not read the layer back.
+        layer.checksum_as_written(&paused.index_pages, &paused.pages);
         // Memory: copied while the guest runs where writes can be tracked, else now.
         let tracked = match (prearmed, was_running && background::enabled()) {
             (Some(armed), _) => match armed.seal(machine.memory(), &paused.pages, &mut phases) {
