@@ -438,25 +438,13 @@ impl LayerFile {
 
     /// Write the page index claiming `index_pages` and rename the layer into place.
     pub fn finish(mut self, index_pages: &PageIndex, sync: bool) -> Result<(), VmmError> {
-        let checksums = self.checksums.take();
         let result = (|| {
             if sync {
                 self.file
                     .sync_all()
                     .map_err(|e| snap_err(format!("fsync {}: {e}", self.tmp.display())))?;
             }
-            let mut index = LayerIndex::new(self.size, index_pages.clone()).map_err(snap_err)?;
-            if let Some(checksums) = checksums {
-                let checksums = checksums.into_inner().unwrap_or_else(|p| p.into_inner());
-                let read_back = checksums.chunks_read_back();
-                index.chunk_crcs = checksums.finish(&self.tmp).map_err(snap_err)?;
-                tracing::debug!(
-                    "{}: chunk checksums computed as written, {read_back} of {} chunks read back",
-                    self.path.display(),
-                    index.chunk_crcs.len()
-                );
-            }
-            index
+            self.index(index_pages)?
                 .save(&cairn_snapshot::memory::index_path(&self.path))
                 .map_err(snap_err)?;
             std::fs::rename(&self.tmp, &self.path)
@@ -470,6 +458,23 @@ impl LayerFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
         result
+    }
+
+    /// The layer's page index claiming `index_pages`, with its chunk checksums where they were
+    /// computed as the pages were written ([`LayerFile::checksum_as_written`]).
+    fn index(&mut self, index_pages: &PageIndex) -> Result<LayerIndex, VmmError> {
+        let mut index = LayerIndex::new(self.size, index_pages.clone()).map_err(snap_err)?;
+        if let Some(checksums) = self.checksums.take() {
+            let checksums = checksums.into_inner().unwrap_or_else(|p| p.into_inner());
+            let read_back = checksums.chunks_read_back();
+            index.chunk_crcs = checksums.finish(&self.tmp).map_err(snap_err)?;
+            tracing::debug!(
+                "{}: chunk checksums computed as written, {read_back} of {} chunks read back",
+                self.path.display(),
+                index.chunk_crcs.len()
+            );
+        }
+        Ok(index)
     }
 
     /// The layer as files for [`cairn_snapshot::durable::commit`]: its page index claiming
