@@ -11,12 +11,12 @@ mod common;
 
 use cairn_snapshot::memory::PageIndex;
 use cairn_tests::capture::Capture;
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::guests;
 use cairn_vmm::builder::BuildSpec;
-use cairn_vmm::checkpoint::{background, verify};
+use cairn_vmm::checkpoint::verify;
 use cairn_vmm::machine::RunState;
 use cairn_vmm::runtime::Runtime;
-use common::{console, wait_dots};
+use common::{console, kvm_and_userfaultfd, wait_dots};
 
 const WINDOW_FIRST_PAGE: u64 = 0x20_0000 / 4096;
 const WINDOW_PAGES: u64 = 256 * 256;
@@ -49,15 +49,7 @@ fn check_one_step(layer: &Path, pages: &PageIndex) {
 
 #[test]
 fn checkpoints_of_a_running_guest_hold_the_memory_at_the_pause() {
-    if !kvm_available("checkpoints_of_a_running_guest_hold_the_memory_at_the_pause") {
-        return;
-    }
-    if let Err(e) = background::WriteTracker::open() {
-        assert!(
-            std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
-            "no userfaultfd: {e}"
-        );
-        eprintln!("SKIP checkpoints_of_a_running_guest_hold_the_memory_at_the_pause: no userfaultfd ({e})");
+    if !kvm_and_userfaultfd("checkpoints_of_a_running_guest_hold_the_memory_at_the_pause") {
         return;
     }
     // This test binary runs only this test, so the variable reaches no other.

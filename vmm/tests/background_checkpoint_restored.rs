@@ -14,12 +14,12 @@ mod common;
 
 use cairn_snapshot::memory::PageIndex;
 use cairn_tests::capture::Capture;
-use cairn_tests::{guests, kvm_available, on_tmpfs};
+use cairn_tests::{guests, on_tmpfs};
 use cairn_vmm::builder::BuildSpec;
-use cairn_vmm::checkpoint::{background, verify};
+use cairn_vmm::checkpoint::verify;
 use cairn_vmm::machine::RunState;
 use cairn_vmm::runtime::Runtime;
-use common::{console, wait_dots};
+use common::{console, kvm_and_userfaultfd, wait_dots};
 
 const WINDOW_FIRST_PAGE: u64 = 0x20_0000 / 4096;
 const WINDOW_PAGES: u64 = 256 * 256;
@@ -104,15 +104,7 @@ fn restore_exactly(rt: &mut Runtime, store: &Path, name: &str) -> Capture {
 #[test]
 fn checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest() {
     let test = "checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest";
-    if !kvm_available(test) {
-        return;
-    }
-    if let Err(e) = background::WriteTracker::open() {
-        assert!(
-            std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
-            "no userfaultfd: {e}"
-        );
-        eprintln!("SKIP {test}: no userfaultfd ({e})");
+    if !kvm_and_userfaultfd(test) {
         return;
     }
     // This test binary runs only this test, so the variables reach no other.

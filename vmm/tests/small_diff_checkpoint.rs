@@ -6,24 +6,17 @@
 mod common;
 
 use cairn_tests::capture::Capture;
-use cairn_tests::{guests, kvm_available};
+use cairn_tests::guests;
 use cairn_vmm::builder::BuildSpec;
-use cairn_vmm::checkpoint::background;
 use cairn_vmm::machine::RunState;
 use cairn_vmm::runtime::Runtime;
-use common::{console, wait_dots};
+use common::{console, kvm_and_userfaultfd, wait_dots};
 
 #[test]
 fn a_small_diff_is_copied_paused_and_a_large_checkpoint_in_the_background() {
-    if !kvm_available("a_small_diff_is_copied_paused_and_a_large_checkpoint_in_the_background") {
-        return;
-    }
-    if let Err(e) = background::WriteTracker::open() {
-        assert!(
-            std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
-            "no userfaultfd: {e}"
-        );
-        eprintln!("SKIP a_small_diff_is_copied_paused_and_a_large_checkpoint_in_the_background: no userfaultfd ({e})");
+    if !kvm_and_userfaultfd(
+        "a_small_diff_is_copied_paused_and_a_large_checkpoint_in_the_background",
+    ) {
         return;
     }
     let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());

@@ -17,6 +17,24 @@ pub fn console(c: &Capture) -> ConsoleIo {
     }
 }
 
+/// Whether `test` can run: KVM and a userfaultfd for write tracking. Prints `SKIP` when not;
+/// with `CAIRN_REQUIRE_KVM=1` a missing one fails the test instead.
+#[allow(dead_code)] // for the write-tracking tests only
+pub fn kvm_and_userfaultfd(test: &str) -> bool {
+    if !cairn_tests::kvm_available(test) {
+        return false;
+    }
+    if let Err(e) = cairn_vmm::checkpoint::background::WriteTracker::open() {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_KVM").as_deref() != Ok("1"),
+            "no userfaultfd: {e}"
+        );
+        eprintln!("SKIP {test}: no userfaultfd ({e})");
+        return false;
+    }
+    true
+}
+
 /// Serve events until the ticker guest has printed more than `more_than` dots.
 pub fn wait_dots(rt: &mut Runtime, out: &Capture, more_than: usize) {
     let start = Instant::now();
