@@ -78,14 +78,15 @@ impl StreamedCrcs {
     }
 
     fn wrote_page(&mut self, page: u64, bytes: &[u8]) {
-        if !self.claimed.contains(page) || bytes.len() as u64 != PAGE_SIZE {
-            // Not checksummed (outside the index), or not a whole page: the chunk is read back.
-            if self.claimed.contains(page) {
-                self.out_of_order(page / CHUNK_PAGES);
-            }
+        if !self.claimed.contains(page) {
+            // Outside the index: not checksummed.
             return;
         }
         let chunk = page / CHUNK_PAGES;
+        if bytes.len() as u64 != PAGE_SIZE {
+            // Not a whole page: the chunk is read back.
+            return self.out_of_order(chunk);
+        }
         if self.redo.contains(&chunk) {
             return;
         }

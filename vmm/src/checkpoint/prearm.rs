@@ -51,9 +51,12 @@ pub struct PreArmed {
 
 impl PreArmed {
     /// Protect what a checkpoint of `machine` (running, dirty tracking on) will save: every page
-    /// for a `full` one, else the dirty pages collected so far. The machine's tracker, kept
-    /// registered by its last checkpoint, is used where there is one. An error means the kernel
-    /// cannot track writes to this memory; nothing stays protected then.
+    /// for a `full` one, else the dirty pages collected so far (for a Diff the caller has just
+    /// fetched KVM's dirty log: named.rs does, to choose between a paused and a background
+    /// copy; what the guest wrote since is protected by the rounds below or at the pause). The
+    /// machine's tracker, kept registered by its last checkpoint, is used where there is one.
+    /// An error means the kernel cannot track writes to this memory; nothing stays protected
+    /// then.
     pub fn start(machine: &mut Machine, full: bool, phases: &mut Phases) -> Result<Self, VmmError> {
         let tracker = match machine.write_tracker.take() {
             Some(kept) => kept,
@@ -68,8 +71,8 @@ impl PreArmed {
             released: Vec::new(),
             faults: Vec::with_capacity(64),
         };
-        machine.collect_dirty()?;
         if full {
+            machine.collect_dirty()?;
             // Protecting a whole region protects exactly its present pages (and the pages of a
             // restored machine's files).
             let resident = resident_pages(machine.memory())?.union(&machine.restored_pages);
