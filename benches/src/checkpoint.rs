@@ -14,7 +14,8 @@ use cairn_tests::guests;
 use cairn_vmm_api::config::{CheckpointCreate, CheckpointRestore};
 
 use crate::util::{
-    dir_label, figure, ms, scratch_dir, touch_timeout, vm_config, Figure, Options, Outcome, Vmm,
+    add_drive, dir_label, figure, ms, scratch_dir, touch_timeout, vm_config, Figure, Options,
+    Outcome, Vmm,
 };
 
 /// Incremental checkpoints with 1, 16, 256 and 1024 MiB dirty, and restores of them.
@@ -65,7 +66,11 @@ fn checkpoint_one(
 ) -> Result<Vec<Figure>, String> {
     let work = scratch_dir(dir, "ckpt")?;
     let ckdir = work.path().join("checkpoints");
-    let vm = Vmm::boot(&vm_config(work.path(), kernel, mem, false, Some(&ckdir))?)?;
+    let config = vm_config(work.path(), kernel, mem, false, Some(&ckdir))?;
+    if let Some(mib) = opts.drive_mib {
+        add_drive(&config, work.path(), mib)?;
+    }
+    let vm = Vmm::boot(&config)?;
     vm.wait_marker("T\n", touch_timeout(mem))?;
     let (base_meta, base) = vm.call(|c| c.create_checkpoint(&named("base")))?;
     let (mut put, mut dirty, mut disk, mut pause, mut write, mut total) =

@@ -10,6 +10,7 @@
 //! cairn-bench restore    [--runs N] [--dir D,...]    process start -> /snapshot/load, -> running
 //!                        [--no-cold]                 (cold page cache variant on disks, as root)
 //! cairn-bench checkpoint [--runs N] [--dir D,...]    PUT /checkpoints (incremental), restore
+//!                        [--drive MiB]               (with a drive: each checkpoint freezes a disk delta)
 //! cairn-bench linux      [--runs N]                  Linux boot to ready marker, cairn vs QEMU
 //! cairn-bench agent      [--runs N]                  guest agent: exec `true`, put/get MiB/s
 //! cairn-bench block      [--runs N]                  virtio-blk 1 MiB sequential MiB/s, cairn vs QEMU

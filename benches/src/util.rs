@@ -28,6 +28,9 @@ pub struct Options {
     pub no_cold: bool,
     /// Firecracker to compare with (`--vs PATH`, else `FIRECRACKER`): `cairn-bench vs`.
     pub vs: Option<PathBuf>,
+    /// `--drive MiB`: `cairn-bench checkpoint` gives its VMs a read-write drive of this size
+    /// (a sparse file the tiny guests never touch), so each checkpoint freezes a disk delta.
+    pub drive_mib: Option<u64>,
 }
 
 impl Options {
@@ -41,6 +44,7 @@ impl Options {
             dirs: vec![PathBuf::from("/dev/shm")],
             no_cold: false,
             vs: std::env::var_os("FIRECRACKER").map(PathBuf::from),
+            drive_mib: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -65,6 +69,9 @@ impl Options {
                 }
                 "--no-cold" => o.no_cold = true,
                 "--vs" => o.vs = Some(PathBuf::from(it.next().expect("--vs PATH"))),
+                "--drive" => {
+                    o.drive_mib = Some(it.next().and_then(|v| v.parse().ok()).expect("--drive MiB"))
+                }
                 "--json" => o.json = true,
                 other => panic!("unknown option {other}"),
             }
@@ -543,6 +550,22 @@ pub fn vm_config(
     let text = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
     std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// Add a read-write drive `drive0` of `mib` MiB (a new sparse file in `dir`) to the VM config
+/// at `config` (written by [`vm_config`]).
+pub fn add_drive(config: &Path, dir: &Path, mib: u64) -> Result<(), String> {
+    let text = std::fs::read(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut cfg: VmConfig = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let image = dir.join("drive0.raw");
+    let file = std::fs::File::create(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+    file.set_len(mib << 20)
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    cfg.drives.push(cairn_vmm_api::config::DriveConfig::new(
+        "drive0", image, false,
+    ));
+    let text = serde_json::to_vec(&cfg).map_err(|e| e.to_string())?;
+    std::fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))
 }
 
 /// `CAIRN_BENCH_VMM_LOG=FILE`: the VMMs the bench boots append their debug log to FILE (for

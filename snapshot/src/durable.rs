@@ -114,6 +114,91 @@ impl PendingFile {
     }
 }
 
+/// A file written at its final path, not under a temporary name, inside a directory that
+/// nothing reads until a later file of the same commit is in place (a new checkpoint's
+/// directory before its `meta.json`): a [`CommitSet`] syncs it with the others and never
+/// renames it. A failed commit leaves it where it is; the caller removes that directory.
+#[derive(Debug)]
+pub struct WrittenFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl WrittenFile {
+    /// A new file at `path` holding `bytes` (`path` must not exist).
+    pub fn write_new(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io("write", path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A file the caller already wrote at `path`, open as `file`.
+    pub fn from_parts(file: File, path: PathBuf) -> Self {
+        Self { file, path }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// What one commit makes durable: files written in place ([`WrittenFile`]), then files renamed
+/// into place in order ([`PendingFile`]), then every directory either kind is in, and the
+/// directories added with [`CommitSet::dir`]. All files are synced before the first rename, so
+/// one journal commit carries them all.
+#[derive(Debug, Default)]
+pub struct CommitSet {
+    written: Vec<WrittenFile>,
+    pending: Vec<PendingFile>,
+    dirs: Vec<PathBuf>,
+}
+
+impl CommitSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sync `file` with the set (it is not renamed).
+    pub fn written(&mut self, file: WrittenFile) {
+        self.written.push(file);
+    }
+
+    /// Sync `file` with the set and rename it into place after the files added before it.
+    pub fn pending(&mut self, file: PendingFile) {
+        self.pending.push(file);
+    }
+
+    /// Also sync directory `dir` (one whose entries changed before the commit, such as the
+    /// parent of a directory made for the set).
+    pub fn dir(&mut self, dir: PathBuf) {
+        self.dirs.push(dir);
+    }
+
+    /// Remove the pending files' temporary files (the written files are the caller's).
+    pub fn discard(self) {
+        for f in self.pending {
+            f.discard();
+        }
+    }
+
+    /// Commit the set: `start_writeback` is called on each file before the first fsync (see
+    /// the module comment for the steps and for what a crash or an error leaves).
+    pub fn commit_with(self, start_writeback: impl Fn(&File) -> std::io::Result<()>) -> Result<()> {
+        commit_steps(self, &mut RealFs { start_writeback })
+    }
+}
+
 /// [`commit_with`] without starting writeback first: for small files, or where the caller
 /// started it while writing.
 pub fn commit(files: Vec<PendingFile>) -> Result<()> {
@@ -127,7 +212,11 @@ pub fn commit_with(
     files: Vec<PendingFile>,
     start_writeback: impl Fn(&File) -> std::io::Result<()>,
 ) -> Result<()> {
-    commit_steps(files, &mut RealFs { start_writeback })
+    CommitSet {
+        pending: files,
+        ..CommitSet::default()
+    }
+    .commit_with(start_writeback)
 }
 
 /// The file system calls a commit makes, so that tests can fail each one.
@@ -171,8 +260,13 @@ fn dir_of(path: &Path) -> PathBuf {
     }
 }
 
-fn commit_steps(files: Vec<PendingFile>, fs: &mut impl Steps) -> Result<()> {
-    if let Err(e) = sync_all(&files, fs) {
+fn commit_steps(set: CommitSet, fs: &mut impl Steps) -> Result<()> {
+    let CommitSet {
+        written,
+        pending: files,
+        dirs: extra_dirs,
+    } = set;
+    if let Err(e) = sync_all(&written, &files, fs) {
         for f in files {
             f.discard();
         }
@@ -180,6 +274,14 @@ fn commit_steps(files: Vec<PendingFile>, fs: &mut impl Steps) -> Result<()> {
     }
     let mut renamed: Vec<PathBuf> = Vec::with_capacity(files.len());
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut add_dir = |d: PathBuf| {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    };
+    for w in &written {
+        add_dir(dir_of(&w.path));
+    }
     let mut iter = files.into_iter();
     let mut result = Ok(());
     while let Some(f) = iter.next() {
@@ -191,12 +293,10 @@ fn commit_steps(files: Vec<PendingFile>, fs: &mut impl Steps) -> Result<()> {
             }
             break;
         }
-        let dir = dir_of(&f.path);
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
+        add_dir(dir_of(&f.path));
         renamed.push(f.path);
     }
+    extra_dirs.into_iter().for_each(&mut add_dir);
     if result.is_ok() {
         result = dirs.iter().try_for_each(|d| fs.sync_dir(d));
     }
@@ -214,14 +314,20 @@ fn commit_steps(files: Vec<PendingFile>, fs: &mut impl Steps) -> Result<()> {
     result
 }
 
-fn sync_all(files: &[PendingFile], fs: &mut impl Steps) -> Result<()> {
-    for f in files {
-        fs.start_writeback(&f.file)
-            .map_err(|e| Error::io("start writeback", &f.tmp, e))?;
+fn sync_all(written: &[WrittenFile], files: &[PendingFile], fs: &mut impl Steps) -> Result<()> {
+    let all = || {
+        written
+            .iter()
+            .map(|w| (&w.file, &w.path))
+            .chain(files.iter().map(|f| (&f.file, &f.tmp)))
+    };
+    for (file, path) in all() {
+        fs.start_writeback(file)
+            .map_err(|e| Error::io("start writeback", path, e))?;
     }
-    for f in files {
-        fs.sync_file(&f.file)
-            .map_err(|e| Error::io("fsync", &f.tmp, e))?;
+    for (file, path) in all() {
+        fs.sync_file(file)
+            .map_err(|e| Error::io("fsync", path, e))?;
     }
     Ok(())
 }
@@ -311,6 +417,60 @@ mod tests {
         }
     }
 
+    fn set_of(files: Vec<PendingFile>) -> CommitSet {
+        CommitSet {
+            pending: files,
+            ..CommitSet::default()
+        }
+    }
+
+    #[test]
+    fn written_files_sync_with_the_set_and_stay_when_it_fails() {
+        // A new checkpoint directory: two files written in place, then `meta.json` renamed in,
+        // then the store's root (where the directory was made) synced too.
+        for fail_at in [usize::MAX, 0, 3, 4, 5, 6, 7] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("c1");
+            std::fs::create_dir(&dir).unwrap();
+            let mut set = CommitSet::new();
+            set.written(WrittenFile::write_new(&dir.join("state"), b"s").unwrap());
+            set.written(WrittenFile::write_new(&dir.join("index"), b"i").unwrap());
+            assert!(WrittenFile::write_new(&dir.join("index"), b"again").is_err());
+            set.pending(PendingFile::write_new(&dir.join("meta.json"), b"m").unwrap());
+            set.dir(root.path().to_path_buf());
+            let mut fs = Failing::new(fail_at);
+            let result = commit_steps(set, &mut fs);
+            if fail_at == usize::MAX {
+                result.unwrap();
+                let (d, r) = (
+                    format!("fsync dir {}", dir.display()),
+                    format!("fsync dir {}", root.path().display()),
+                );
+                assert_eq!(
+                    fs.calls,
+                    [
+                        "writeback",
+                        "writeback",
+                        "writeback",
+                        "fsync",
+                        "fsync",
+                        "fsync",
+                        "rename meta.json",
+                        d.as_str(),
+                        r.as_str()
+                    ]
+                );
+                assert_eq!(names(&dir), ["index", "meta.json", "state"]);
+            } else {
+                assert!(result.is_err(), "step {fail_at}");
+                // No meta.json: the directory is not a checkpoint; the written files are the
+                // caller's to remove.
+                assert_eq!(names(&dir), ["index", "state"], "step {fail_at}");
+            }
+            assert_eq!(std::fs::read(dir.join("state")).unwrap(), b"s");
+        }
+    }
+
     #[test]
     fn files_land_in_order_across_directories() {
         let dir = tempfile::tempdir().unwrap();
@@ -324,7 +484,7 @@ mod tests {
             PendingFile::write_new(&c, b"c").unwrap(),
         ];
         let mut fs = Failing::new(usize::MAX);
-        commit_steps(files, &mut fs).unwrap();
+        commit_steps(set_of(files), &mut fs).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"new a");
         assert_eq!(std::fs::read(&b).unwrap(), b"b");
         assert_eq!(std::fs::read(&c).unwrap(), b"c");
@@ -368,7 +528,7 @@ mod tests {
                 PendingFile::write_new(&c, b"c").unwrap(),
             ];
             let mut fs = Failing::new(fail_at);
-            let err = commit_steps(files, &mut fs).unwrap_err();
+            let err = commit_steps(set_of(files), &mut fs).unwrap_err();
             assert!(format!("{err:?}").contains("injected failure"), "{err:?}");
             assert_eq!(fs.calls.len(), fail_at + 1, "stopped at the failure");
             assert_eq!(names(dir.path()), ["earlier", "sub"], "step {fail_at}");

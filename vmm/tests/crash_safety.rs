@@ -19,11 +19,20 @@ fn kill_9_during_checkpoints_never_breaks_earlier_ones() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
+    // A drive, so that each checkpoint also freezes a disk delta (the tiny guest never writes
+    // it; the freeze's renames and new files, and their commit, are what a kill interrupts).
+    let drive = dir.path().join("drive0.raw");
+    std::fs::File::create(&drive)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let cfg = write_config(
         dir.path(),
         &serde_json::json!({
             "boot-source": {"kernel_image_path": guests::TICKER64},
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+            "drives": [{"drive_id": "drive0", "path_on_host": drive,
+                        "is_root_device": false, "is_read_only": false}],
             "cairn": {"checkpoint_dir": store},
         }),
     );

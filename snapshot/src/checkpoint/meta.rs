@@ -62,7 +62,9 @@ pub struct CheckpointMeta {
     /// How long writing the files took, ms.
     pub write_ms: f64,
     /// From the checkpoint's request to its files written (the copy included, whether the guest
-    /// ran during it or not), ms; 0 in checkpoints from before this field.
+    /// ran during it or not), ms; 0 in checkpoints from before this field. The commit that syncs
+    /// the files and writes this metadata follows (since 2026-12-07 no file is synced before
+    /// it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub total_ms: f64,
     /// The CRC-64 of each small file of the checkpoint (`state` and every layer's index, whose memory

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::disk::{merge_disk_layer_into_child, BlockIndex};
+use crate::durable::{CommitSet, PendingFile, WrittenFile};
 use crate::error::{Error, Result};
 use crate::file::{sync_parent_dir, temp_path};
 use crate::memory::{
@@ -172,7 +173,8 @@ impl CheckpointStore {
 
     /// Make the directory for a new checkpoint `name` and return it. The caller writes the state, layer
     /// and disk files into it, then calls [`CheckpointStore::commit`]. A leftover incomplete directory of
-    /// that name (no `meta.json`) is cleared first.
+    /// that name (no `meta.json`) is cleared first. The new directory's entry is made durable by the
+    /// commit (nothing reads a directory without `meta.json`).
     pub fn create_dir_for(&self, name: &str) -> Result<PathBuf> {
         let dir = self.dir_of(name)?;
         if dir.join(META_FILE).exists() {
@@ -183,7 +185,6 @@ impl CheckpointStore {
                 .map_err(|e| Error::io("remove incomplete checkpoint", &dir, e))?;
         }
         std::fs::create_dir(&dir).map_err(|e| Error::io("create checkpoint directory", &dir, e))?;
-        sync_parent_dir(&dir)?;
         Ok(dir)
     }
 
@@ -192,6 +193,23 @@ impl CheckpointStore {
     /// [`CheckpointMeta::files`]), then write `meta.json` atomically. This is the commit point. Returns
     /// the metadata as committed.
     pub fn commit(&self, meta: &CheckpointMeta) -> Result<CheckpointMeta> {
+        self.commit_with(meta, Vec::new(), false, |_| Ok(()))
+    }
+
+    /// [`CheckpointStore::commit`] in one durable commit ([`crate::durable::CommitSet`]) with
+    /// the files the caller wrote in place without syncing them (`written`: files of the new
+    /// directory, and any others the checkpoint needs durable, such as the active disk deltas
+    /// it started), and, when `make_head`, `HEAD` naming the new checkpoint (renamed in after
+    /// `meta.json`, so a `HEAD` that names it means it is complete). Every file is synced
+    /// before the first rename; `start_writeback` is called on each first. On an error nothing
+    /// is renamed into place (or it is taken back) and `written` stays where it is.
+    pub fn commit_with(
+        &self,
+        meta: &CheckpointMeta,
+        written: Vec<WrittenFile>,
+        make_head: bool,
+        start_writeback: impl Fn(&std::fs::File) -> std::io::Result<()>,
+    ) -> Result<CheckpointMeta> {
         self.forget_memo();
         meta.validate()?;
         let dir = self.dir_of(&meta.name)?;
@@ -205,7 +223,33 @@ impl CheckpointStore {
         self.check_files(&dir, meta)?;
         let mut meta = meta.clone();
         self.seal(&dir, &mut meta)?;
-        meta.save(&dir.join(META_FILE))?;
+        meta.validate()?;
+        let mut set = CommitSet::new();
+        for w in written {
+            set.written(w);
+        }
+        set.pending(PendingFile::write_new(
+            &dir.join(META_FILE),
+            &meta.to_json()?,
+        )?);
+        if make_head {
+            let active = self.active_dir();
+            let head = std::fs::create_dir_all(&active)
+                .map_err(|e| Error::io("create active dir", &active, e))
+                .and_then(|_| {
+                    PendingFile::write_new(&active.join(HEAD_FILE), meta.name.as_bytes())
+                });
+            match head {
+                Ok(head) => set.pending(head),
+                Err(e) => {
+                    set.discard();
+                    return Err(e);
+                }
+            }
+        }
+        // The checkpoint's own entry in the root (create_dir_for does not sync it).
+        set.dir(self.root.clone());
+        set.commit_with(start_writeback)?;
         Ok(meta)
     }
 

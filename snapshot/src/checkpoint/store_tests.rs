@@ -182,6 +182,110 @@ fn commit_checks_parent_and_files() {
 }
 
 #[test]
+fn commit_with_syncs_written_files_and_moves_head_only_when_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();
+    let base_img = tmp.path().join("root.img");
+    std::fs::write(&base_img, vec![0u8; 64 * 1024]).unwrap();
+    let active = store.active_dir().join("root.active");
+    std::fs::create_dir_all(store.active_dir()).unwrap();
+    let mut disk = LayeredDisk::open(&base_img, &[], active.clone()).unwrap();
+    make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
+    store.set_head(Some("a")).unwrap();
+    // "b" the VMM's way: the state and the layers' indexes written in place, the disk frozen,
+    // all synced by the one commit that also moves HEAD.
+    let write_b = |disk: &mut LayeredDisk, state: &[u8]| {
+        let dir = store.create_dir_for("b").unwrap();
+        let mut written = vec![crate::durable::WrittenFile::write_new(
+            &dir.join(STATE_FILE),
+            &file::encode(FileKind::State, state),
+        )
+        .unwrap()];
+        write_layer_from_slice_to(
+            &dir.join(MEM_LAYER_FILE),
+            &PageIndex::new(),
+            &[0u8; 16 * PAGE_SIZE as usize],
+        )
+        .unwrap();
+        disk.write_at(0, &[2u8; 512]).unwrap();
+        let frozen = disk.freeze(&dir.join(disk_layer_file("root"))).unwrap();
+        written.extend(frozen.into_written().unwrap());
+        let mut m = sample("b", Some("a"));
+        m.disks = vec![DiskMeta {
+            drive_id: "root".into(),
+            delta_mib: 0.0,
+            layer_file: disk_layer_file("root"),
+        }];
+        (m, written)
+    };
+    // A commit that fails (its parent is gone from the metadata) leaves HEAD and no meta.json.
+    let (mut m, written) = write_b(&mut disk, b"b");
+    m.parent = Some("gone".into());
+    assert!(store.commit_with(&m, written, true, |_| Ok(())).is_err());
+    assert!(!store.exists("b"));
+    assert_eq!(store.head().as_deref(), Some("a"));
+    // The writeback hook's error fails it too, before anything is renamed in.
+    std::fs::remove_dir_all(store.dir_of("b").unwrap()).unwrap();
+    let mut disk = LayeredDisk::open(
+        &base_img,
+        &store.disk_layers("a", "root").unwrap(),
+        active.clone(),
+    )
+    .unwrap();
+    let (m, written) = write_b(&mut disk, b"b");
+    let err = store.commit_with(&m, written, true, |_| {
+        Err(std::io::Error::other("no writeback"))
+    });
+    assert!(format!("{:?}", err.unwrap_err()).contains("no writeback"));
+    assert!(!store.exists("b"));
+    assert_eq!(store.head().as_deref(), Some("a"));
+    let leftovers: Vec<_> = std::fs::read_dir(store.active_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // And one that succeeds: b is complete, bound to its files, and HEAD names it.
+    std::fs::remove_dir_all(store.dir_of("b").unwrap()).unwrap();
+    let mut disk = LayeredDisk::open(
+        &base_img,
+        &store.disk_layers("a", "root").unwrap(),
+        active.clone(),
+    )
+    .unwrap();
+    let (m, written) = write_b(&mut disk, b"b");
+    let seen = std::cell::Cell::new(0);
+    let committed = store
+        .commit_with(&m, written, true, |_| {
+            seen.set(seen.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    // state, the disk layer, its index, the new active delta and its index, meta.json, HEAD.
+    assert_eq!(seen.get(), 7);
+    assert!(committed.files.contains_key(STATE_FILE));
+    assert_eq!(store.head().as_deref(), Some("b"));
+    store.check_restorable("b").unwrap();
+    let names: Vec<_> = std::fs::read_dir(store.dir_of("b").unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("replaced-index")),
+        "{names:?}"
+    );
+    let r = LayeredDisk::open(
+        &base_img,
+        &store.disk_layers("b", "root").unwrap(),
+        tmp.path().join("r"),
+    )
+    .unwrap();
+    let mut block = [0u8; 512];
+    r.read_at(0, &mut block).unwrap();
+    assert_eq!(block, [2u8; 512]);
+}
+
+#[test]
 fn head_and_restorable_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(tmp.path().join("ckpt")).unwrap();

@@ -732,6 +732,10 @@ impl LayeredDisk {
     }
 }
 
+#[path = "freeze.rs"]
+mod freeze;
+pub use freeze::FrozenLayer;
+
 #[cfg(test)]
 #[path = "layered_tests.rs"]
 mod tests;

@@ -141,7 +141,16 @@ fn random_ops(bs: u32, seed: u64) {
             assert_eq!(got, model[off..off + len]);
         }
         let p = dir.path().join(format!("l{round}"));
-        d.checkpoint(&p).unwrap();
+        if round % 2 == 1 {
+            // The checkpoint's way: frozen at the pause, synced by its commit.
+            let mut set = crate::durable::CommitSet::new();
+            for w in d.freeze(&p).unwrap().into_written().unwrap() {
+                set.written(w);
+            }
+            set.commit_with(|_| Ok(())).unwrap();
+        } else {
+            d.checkpoint(&p).unwrap();
+        }
         snaps.push(model.clone());
     }
     let layers = d.layer_paths();
@@ -285,4 +294,75 @@ fn a_fetcher_fills_the_base_and_layers_before_reads_and_its_errors_fail_them() {
     assert!(e.to_string().contains("is damaged"), "{e}");
     let e = d.write_at(50 * 4096 + 1, &[1]).unwrap_err();
     assert!(matches!(e, Error::Fetch { .. }), "{e}");
+}
+
+#[test]
+fn freeze_makes_the_same_layer_and_every_crash_point_opens_a_fresh_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bp, mut model) = base(dir.path(), 16 * 4096);
+    let active = dir.path().join("active");
+    let mut d = LayeredDisk::open(&bp, &[], active.clone()).unwrap();
+    d.write_at(0, &[1u8; 8192]).unwrap();
+    model[..8192].fill(1);
+    d.flush().unwrap();
+    d.write_at(3 * 4096, &[4u8; 100]).unwrap();
+    model[3 * 4096..3 * 4096 + 100].fill(4);
+    let snap1 = model.clone();
+    let l1 = dir.path().join("l1");
+    let frozen = d.freeze(&l1).unwrap();
+    assert_eq!(
+        frozen.stats,
+        DiskLayerStats {
+            blocks: 3,
+            bytes: 3 * 4096,
+            file_bytes: 3 * 4096
+        }
+    );
+    // Before into_written, the layer's index is not there yet.
+    assert!(!index_path(&l1).exists());
+    assert!(!index_path(&active).exists());
+    let files: Vec<PathBuf> = frozen
+        .into_written()
+        .unwrap()
+        .iter()
+        .map(|w| w.path().to_path_buf())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            l1.clone(),
+            index_path(&l1),
+            active.clone(),
+            index_path(&active)
+        ]
+    );
+    // Before any sync the layer reads as checkpoint 1 and the new delta is empty.
+    assert_eq!(d.active_stats().blocks, 0);
+    assert!(
+        d.freeze(&l1).is_err(),
+        "an existing layer is never overwritten"
+    );
+    d.write_at(4096, &[2u8; 10]).unwrap();
+    model[4096..4106].fill(2);
+    assert_eq!(read_all(&d), model);
+    d.flush().unwrap();
+    let r = LayeredDisk::open(&bp, std::slice::from_ref(&l1), dir.path().join("r1")).unwrap();
+    assert_eq!(read_all(&r), snap1);
+    let resumed = LayeredDisk::open(&bp, std::slice::from_ref(&l1), active.clone()).unwrap();
+    assert_eq!(read_all(&resumed), model);
+    // The states a crash during the freeze can leave at the active path (module comment of
+    // freeze.rs), each with a leftover data file but no index, or nothing: a fresh delta.
+    for (case, data) in [
+        ("old data, index removed", Some(vec![9u8; 4096])),
+        ("nothing", None),
+        ("new empty data", Some(vec![])),
+    ] {
+        let a = dir.path().join(format!("crash-{}", case.len()));
+        if let Some(bytes) = &data {
+            std::fs::write(&a, bytes).unwrap();
+        }
+        let c = LayeredDisk::open(&bp, std::slice::from_ref(&l1), a).unwrap();
+        assert_eq!(c.active_stats().blocks, 0, "{case}");
+        assert_eq!(read_all(&c), snap1, "{case}");
+    }
 }

@@ -20,7 +20,7 @@ pub mod merge;
 pub mod served;
 
 pub use index::{BlockEntry, BlockIndex};
-pub use layered::{DiskLayerStats, LayeredDisk};
+pub use layered::{DiskLayerStats, FrozenLayer, LayeredDisk};
 pub use merge::{merge_disk_layer_into_child, DiskMergeStats};
 pub use served::{DiskFetch, FileId, ServedDisk};
 

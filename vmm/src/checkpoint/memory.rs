@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
 use cairn_devices::{GuestMemoryMmap, GuestRegionMmap};
-use cairn_snapshot::durable::PendingFile;
+use cairn_snapshot::durable::{PendingFile, WrittenFile};
 use cairn_snapshot::file::FileKind;
 use cairn_snapshot::memory::{LayerIndex, PageIndex, StreamedCrcs};
 use vm_memory::bitmap::AtomicBitmap;
@@ -454,6 +454,29 @@ impl LayerFile {
             }
             Ok(())
         })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+
+    /// [`LayerFile::finish`] into a new checkpoint's directory, which nothing reads before its
+    /// commit: the index is written at its final path and the layer renamed, neither synced.
+    /// Returns the index for the commit to sync (the layer's data is not synced: see
+    /// docs/checkpoint-format.md).
+    pub fn finish_unsynced(mut self, index_pages: &PageIndex) -> Result<WrittenFile, VmmError> {
+        let index_file = cairn_snapshot::memory::index_path(&self.path);
+        let result = self
+            .index(index_pages)
+            .and_then(|index| {
+                let bytes = cairn_snapshot::file::encode(FileKind::PageIndex, &index.encode());
+                WrittenFile::write_new(&index_file, &bytes).map_err(snap_err)
+            })
+            .and_then(|index| {
+                std::fs::rename(&self.tmp, &self.path)
+                    .map_err(|e| snap_err(format!("rename {}: {e}", self.path.display())))?;
+                Ok(index)
+            });
         if result.is_err() {
             let _ = std::fs::remove_file(&self.tmp);
         }

@@ -15,15 +15,16 @@ use cairn_snapshot::checkpoint::store::disk_layer_file;
 use cairn_snapshot::checkpoint::{
     CheckpointMeta, CheckpointStore, DiskMeta, MemoryMeta, MEM_LAYER_FILE, STATE_FILE,
 };
-use cairn_snapshot::disk::{DiskFetch, LayeredDisk};
+use cairn_snapshot::disk::{DiskFetch, FrozenLayer, LayeredDisk};
+use cairn_snapshot::durable::WrittenFile;
 
 use crate::checkpoint::background;
 use crate::checkpoint::disk::{FetchedRaw, LayeredBackend, LayeredDrive};
-use crate::checkpoint::memory::{copy_pages, mem_size, LayerFile, PAGE_SIZE};
+use crate::checkpoint::memory::{copy_pages, mem_size, start_writeback, LayerFile, PAGE_SIZE};
 use crate::checkpoint::prearm::PreArmed;
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
 use crate::checkpoint::state::{
-    capture_requested, request_vcpu_states, write_state, PendingVcpuStates,
+    capture_requested, request_vcpu_states, write_state_unsynced, PendingVcpuStates,
 };
 use crate::checkpoint::verify;
 use crate::error::VmmError;
@@ -259,27 +260,41 @@ impl CheckpointManager {
         }
         let started = Instant::now();
         let dir = self.store.create_dir_for(name).map_err(snap_err)?;
-        let mut meta = match self.write_checkpoint(machine, name, &dir) {
-            Ok(meta) => meta,
+        let (mut meta, written) = match self.write_checkpoint(machine, name, &dir) {
+            Ok(done) => done,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
         };
         meta.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        let meta = self.store.commit(&meta).map_err(snap_err)?;
+        // One commit syncs every file the checkpoint wrote (and the disks' new active deltas),
+        // then renames meta.json and HEAD in (cairn_snapshot::durable::CommitSet).
+        let commit_from = Instant::now();
+        let meta = self
+            .store
+            .commit_with(&meta, written, true, |f| start_writeback(f, 0, 0))
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                snap_err(e)
+            })?;
+        tracing::debug!(
+            "checkpoint {name}: commit {:.2} ms",
+            commit_from.elapsed().as_secs_f64() * 1e3
+        );
         self.head = Some(name.to_string());
         self.memory_head = Some(name.to_string());
-        self.write_head()?;
         Ok(meta)
     }
 
+    /// Write checkpoint `name` into `dir`: its metadata (to commit) and the files the commit
+    /// must sync.
     fn write_checkpoint(
         &mut self,
         machine: &mut Machine,
         name: &str,
         dir: &Path,
-    ) -> Result<CheckpointMeta, VmmError> {
+    ) -> Result<(CheckpointMeta, Vec<WrittenFile>), VmmError> {
         let begun = Instant::now();
         let mut layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
         let created_ms = begun.elapsed().as_secs_f64() * 1e3;
@@ -420,7 +435,11 @@ impl CheckpointManager {
             .as_secs_f64()
             * 1e3;
         let finish_from = Instant::now();
-        layer.finish(&paused.index_pages, false)?;
+        let mut written = Vec::new();
+        for frozen in paused.disk_files {
+            written.extend(frozen.into_written().map_err(snap_err)?);
+        }
+        written.push(layer.finish_unsynced(&paused.index_pages)?);
         let finish_ms = finish_from.elapsed().as_secs_f64() * 1e3;
         if let Some(hashes) = &paused.hashes {
             let differ =
@@ -430,13 +449,13 @@ impl CheckpointManager {
                 &differ,
             );
         }
-        write_state(&dir.join(STATE_FILE), &paused.state)?;
+        written.push(write_state_unsynced(&dir.join(STATE_FILE), &paused.state)?);
         tracing::debug!(
             "checkpoint {name}: {bytes} bytes, create the layer {created_ms:.2} ms, before the pause {:.2} ms, pause {pause_ms:.2} ms, copy {write_ms:.2} ms, index and rename {finish_ms:.2} ms, all {:.2} ms",
             paused_at.saturating_duration_since(begun).as_secs_f64() * 1e3,
             begun.elapsed().as_secs_f64() * 1e3
         );
-        Ok(CheckpointMeta {
+        let meta = CheckpointMeta {
             name: name.to_string(),
             // The disks always continue from the head; memory too when it is a Diff.
             parent: self.head.clone(),
@@ -452,7 +471,8 @@ impl CheckpointManager {
             write_ms,
             total_ms: 0.0,
             files: Default::default(),
-        })
+        };
+        Ok((meta, written))
     }
 
     /// Whether the checkpoint `machine` is about to take is a Diff of at most
@@ -517,11 +537,15 @@ impl CheckpointManager {
             None
         };
         let mut disks = Vec::with_capacity(self.drives.len());
+        let mut disk_files = Vec::new();
         for drive in &self.drives {
             let file = disk_layer_file(&drive.drive_id);
             let mut disk = drive.disk.lock().unwrap_or_else(|p| p.into_inner());
-            disk.flush().map_err(snap_err)?;
-            let stats = disk.checkpoint(&dir.join(&file)).map_err(snap_err)?;
+            // Renames and new files only: the checkpoint's commit syncs them after the resume
+            // (cairn_snapshot::disk::FrozenLayer).
+            let frozen = disk.freeze(&dir.join(&file)).map_err(snap_err)?;
+            let stats = frozen.stats;
+            disk_files.push(frozen);
             disks.push(DiskMeta {
                 drive_id: drive.drive_id.clone(),
                 delta_mib: mib(stats.bytes),
@@ -535,6 +559,7 @@ impl CheckpointManager {
             index_pages,
             hashes,
             disks,
+            disk_files,
         })
     }
 
@@ -563,6 +588,8 @@ struct Paused {
     index_pages: PageIndex,
     hashes: Option<Vec<u64>>,
     disks: Vec<DiskMeta>,
+    /// The frozen disk layers, whose indexes are written after the resume, for the commit.
+    disk_files: Vec<FrozenLayer>,
 }
 
 /// Say once per process why checkpoints pause the guest for their copy.

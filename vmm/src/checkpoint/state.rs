@@ -10,6 +10,7 @@ use cairn_devices::virtio::mmio::MmioTransportState;
 use cairn_devices::virtio::net::persist::NetState;
 use cairn_devices::virtio::rng::persist::RngState;
 use cairn_devices::virtio::vsock::persist::VsockState;
+use cairn_snapshot::durable::WrittenFile;
 use cairn_snapshot::file::FileKind;
 use cairn_snapshot::Persist;
 use serde::{Deserialize, Serialize};
@@ -229,6 +230,14 @@ pub fn machine_regions(machine: &Machine) -> Vec<(u64, u64)> {
 /// Write `state` to `path` (temp file, fsync, rename).
 pub fn write_state(path: &Path, state: &MachineState) -> Result<(), VmmError> {
     cairn_snapshot::file::save(path, FileKind::State, state)
+        .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))
+}
+
+/// Write `state` to the new file `path` in a checkpoint's directory without syncing it: the
+/// checkpoint's commit syncs it ([`cairn_snapshot::durable::WrittenFile`]).
+pub fn write_state_unsynced(path: &Path, state: &MachineState) -> Result<WrittenFile, VmmError> {
+    cairn_snapshot::file::encode_value(FileKind::State, state)
+        .and_then(|bytes| WrittenFile::write_new(path, &bytes))
         .map_err(|e| VmmError::Snapshot(format!("{}: {e}", path.display())))
 }
 
