@@ -192,13 +192,21 @@ fn commit_with_syncs_written_files_and_moves_head_only_when_complete() {
     let mut disk = LayeredDisk::open(&base_img, &[], active.clone()).unwrap();
     make(&store, "a", None, 1, &PageIndex::full(16), &mut disk);
     store.set_head(Some("a")).unwrap();
+    drop(disk);
     // "b" the VMM's way: the state and the layers' indexes written in place, the disk frozen,
-    // all synced by the one commit that also moves HEAD.
-    let write_b = |disk: &mut LayeredDisk, state: &[u8]| {
+    // all synced by the one commit that also moves HEAD. Each try starts from "a" again (a
+    // failed try's directory removed, the disk reopened on a's layers).
+    let write_b = || {
+        let dir = store.dir_of("b").unwrap();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        let layers = store.disk_layers("a", "root").unwrap();
+        let mut disk = LayeredDisk::open(&base_img, &layers, active.clone()).unwrap();
         let dir = store.create_dir_for("b").unwrap();
         let mut written = vec![crate::durable::WrittenFile::write_new(
             &dir.join(STATE_FILE),
-            &file::encode(FileKind::State, state),
+            &file::encode(FileKind::State, b"b"),
         )
         .unwrap()];
         write_layer_from_slice_to(
@@ -218,42 +226,33 @@ fn commit_with_syncs_written_files_and_moves_head_only_when_complete() {
         }];
         (m, written)
     };
+    let names_in = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
     // A commit that fails (its parent is gone from the metadata) leaves HEAD and no meta.json.
-    let (mut m, written) = write_b(&mut disk, b"b");
+    let (mut m, written) = write_b();
     m.parent = Some("gone".into());
     assert!(store.commit_with(&m, written, true, |_| Ok(())).is_err());
     assert!(!store.exists("b"));
     assert_eq!(store.head().as_deref(), Some("a"));
     // The writeback hook's error fails it too, before anything is renamed in.
-    std::fs::remove_dir_all(store.dir_of("b").unwrap()).unwrap();
-    let mut disk = LayeredDisk::open(
-        &base_img,
-        &store.disk_layers("a", "root").unwrap(),
-        active.clone(),
-    )
-    .unwrap();
-    let (m, written) = write_b(&mut disk, b"b");
+    let (m, written) = write_b();
     let err = store.commit_with(&m, written, true, |_| {
         Err(std::io::Error::other("no writeback"))
     });
     assert!(format!("{:?}", err.unwrap_err()).contains("no writeback"));
     assert!(!store.exists("b"));
     assert_eq!(store.head().as_deref(), Some("a"));
-    let leftovers: Vec<_> = std::fs::read_dir(store.active_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let leftovers = names_in(&store.active_dir());
+    assert!(
+        !leftovers.iter().any(|n| n.contains(".tmp-")),
+        "{leftovers:?}"
+    );
     // And one that succeeds: b is complete, bound to its files, and HEAD names it.
-    std::fs::remove_dir_all(store.dir_of("b").unwrap()).unwrap();
-    let mut disk = LayeredDisk::open(
-        &base_img,
-        &store.disk_layers("a", "root").unwrap(),
-        active.clone(),
-    )
-    .unwrap();
-    let (m, written) = write_b(&mut disk, b"b");
+    let (m, written) = write_b();
     let seen = std::cell::Cell::new(0);
     let committed = store
         .commit_with(&m, written, true, |_| {
@@ -266,10 +265,7 @@ fn commit_with_syncs_written_files_and_moves_head_only_when_complete() {
     assert!(committed.files.contains_key(STATE_FILE));
     assert_eq!(store.head().as_deref(), Some("b"));
     store.check_restorable("b").unwrap();
-    let names: Vec<_> = std::fs::read_dir(store.dir_of("b").unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = names_in(&store.dir_of("b").unwrap());
     assert!(
         !names.iter().any(|n| n.contains("replaced-index")),
         "{names:?}"
