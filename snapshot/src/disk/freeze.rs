@@ -1,4 +1,5 @@
-//! [`LayeredDisk::freeze`]: the disk half of a checkpoint taken while the guest is paused.
+//! [`LayeredDisk::freeze`]: the disk half of a checkpoint taken while the guest is paused, and
+//! [`LayeredDisk::thaw`], its undo for a checkpoint that failed before its commit.
 //!
 //! [`LayeredDisk::checkpoint`] makes the frozen layer and the fresh active delta durable before
 //! it returns: on ext4 that is ten or so fsyncs (the active delta's data, its index written
@@ -180,6 +181,37 @@ impl LayeredDisk {
                 replaced_index,
             }),
         })
+    }
+}
+
+impl LayeredDisk {
+    /// Undo [`LayeredDisk::freeze`] for a checkpoint that failed before its commit: when the
+    /// newest frozen layer is `dest` and the active delta has taken no write since, the layer's
+    /// data file is renamed back to the active path and its index written there (durably), so
+    /// its blocks stay the running disk's when the caller removes the checkpoint's directory.
+    /// Returns whether it did; `false` leaves everything as it was. A crash between the rename
+    /// and the index leaves the data beside the fresh, empty index, which opens as an empty
+    /// delta (as after a crash during the freeze).
+    pub fn thaw(&mut self, dest: &Path) -> Result<bool> {
+        let newest = self.layers.last().map(|l| l.path.as_path());
+        if newest != Some(dest) || !self.active.map.is_empty() || self.active.data_len != 0 {
+            return Ok(false);
+        }
+        let Some(frozen) = self.layers.pop() else {
+            return Ok(false);
+        };
+        let active_path = self.active.path.clone();
+        if let Err(e) = std::fs::rename(dest, &active_path) {
+            self.layers.push(frozen);
+            return Err(Error::io(
+                "rename disk layer back to the active delta",
+                dest,
+                e,
+            ));
+        }
+        frozen.index.save(&index_path(&active_path))?;
+        self.active = Self::open_active(active_path, self.block_size, self.base_len)?;
+        Ok(true)
     }
 }
 

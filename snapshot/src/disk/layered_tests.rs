@@ -366,3 +366,39 @@ fn freeze_makes_the_same_layer_and_every_crash_point_opens_a_fresh_delta() {
         assert_eq!(read_all(&c), snap1, "{case}");
     }
 }
+
+#[test]
+fn thaw_gives_a_failed_checkpoint_s_blocks_back_to_the_active_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bp, mut model) = base(dir.path(), 16 * 4096);
+    let active = dir.path().join("active");
+    let mut d = LayeredDisk::open(&bp, &[], active.clone()).unwrap();
+    d.write_at(0, &[1u8; 4096]).unwrap();
+    let l1 = dir.path().join("l1");
+    d.checkpoint(&l1).unwrap();
+    d.write_at(4096, &[5u8; 8192]).unwrap();
+    model[..4096].fill(1);
+    model[4096..3 * 4096].fill(5);
+    let before = d.active_stats();
+    // Frozen, indexes written (as before a commit), then the checkpoint fails.
+    let l2 = dir.path().join("l2");
+    d.freeze(&l2).unwrap().into_written().unwrap();
+    assert!(!d.thaw(&l1).unwrap(), "only the newest layer thaws");
+    assert!(d.thaw(&l2).unwrap());
+    assert_eq!(d.layer_paths(), std::slice::from_ref(&l1));
+    assert_eq!(d.active_stats(), before);
+    assert_eq!(read_all(&d), model);
+    assert!(!l2.exists());
+    // The blocks are the active delta's on disk too, and it keeps taking writes.
+    let reopened = LayeredDisk::open(&bp, std::slice::from_ref(&l1), active.clone()).unwrap();
+    assert_eq!(read_all(&reopened), model);
+    d.write_at(0, &[7u8; 10]).unwrap();
+    model[..10].fill(7);
+    assert_eq!(read_all(&d), model);
+    // A delta that took writes after the freeze is not thawed.
+    let l3 = dir.path().join("l3");
+    d.freeze(&l3).unwrap().into_written().unwrap();
+    d.write_at(0, &[8u8; 10]).unwrap();
+    assert!(!d.thaw(&l3).unwrap());
+    assert_eq!(d.layer_paths(), [l1, l3]);
+}

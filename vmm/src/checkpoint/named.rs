@@ -52,7 +52,8 @@ pub struct CheckpointManager {
     store: CheckpointStore,
     head: Option<String>,
     /// The checkpoint the running VM's *memory* descends from: `None` after a fresh boot (disks
-    /// may still continue from `head`).
+    /// may still continue from `head`) and after a failed checkpoint (which may have taken the
+    /// dirty-page log), so that the next checkpoint is Full.
     memory_head: Option<String>,
     drives: Vec<LayeredDrive>,
     /// Page hashes of `memory_head`, when `CAIRN_VERIFY_MEMORY=1` (checkpoint/verify.rs).
@@ -263,7 +264,7 @@ impl CheckpointManager {
         let (mut meta, written) = match self.write_checkpoint(machine, name, &dir) {
             Ok(done) => done,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                self.abandon(&dir);
                 return Err(e);
             }
         };
@@ -271,13 +272,16 @@ impl CheckpointManager {
         // One commit syncs every file the checkpoint wrote (and the disks' new active deltas),
         // then renames meta.json and HEAD in (cairn_snapshot::durable::CommitSet).
         let commit_from = Instant::now();
-        let meta = self
+        let committed = self
             .store
-            .commit_with(&meta, written, true, |f| start_writeback(f, 0, 0))
-            .map_err(|e| {
-                let _ = std::fs::remove_dir_all(&dir);
-                snap_err(e)
-            })?;
+            .commit_with(&meta, written, true, |f| start_writeback(f, 0, 0));
+        let meta = match committed {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.abandon(&dir);
+                return Err(snap_err(e));
+            }
+        };
         tracing::debug!(
             "checkpoint {name}: commit {:.2} ms",
             commit_from.elapsed().as_secs_f64() * 1e3
@@ -285,6 +289,26 @@ impl CheckpointManager {
         self.head = Some(name.to_string());
         self.memory_head = Some(name.to_string());
         Ok(meta)
+    }
+
+    /// Remove the directory of a checkpoint that failed, after giving each disk layer frozen
+    /// into it back to its drive's active delta ([`LayeredDisk::thaw`]): otherwise the blocks
+    /// written since the last checkpoint would be in no checkpoint once the directory is gone.
+    /// The failed checkpoint may have taken the dirty-page log, so the next one is Full.
+    fn abandon(&mut self, dir: &Path) {
+        self.memory_head = None;
+        for drive in &self.drives {
+            let layer = dir.join(disk_layer_file(&drive.drive_id));
+            let mut disk = drive.disk.lock().unwrap_or_else(|p| p.into_inner());
+            match disk.thaw(&layer) {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    "drive {}: the failed checkpoint's disk layer could not be given back: {e}",
+                    drive.drive_id
+                ),
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Write checkpoint `name` into `dir`: its metadata (to commit) and the files the commit
