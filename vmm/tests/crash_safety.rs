@@ -5,8 +5,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_tests::process::http::{request, wait_for_socket};
-use cairn_tests::process::{write_config, Guest};
+use cairn_tests::process::Guest;
 use cairn_tests::{guests, kvm_available};
+
+#[allow(dead_code)] // config_with_drive only
+mod common;
 
 fn vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cairn-vmm"))
@@ -18,24 +21,9 @@ fn kill_9_during_checkpoints_never_breaks_earlier_ones() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    // A drive, so that each checkpoint also freezes a disk delta (the tiny guest never writes
-    // it; the freeze's renames and new files, and their commit, are what a kill interrupts).
-    let drive = dir.path().join("drive0.raw");
-    std::fs::File::create(&drive)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &serde_json::json!({
-            "boot-source": {"kernel_image_path": guests::TICKER64},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
-            "drives": [{"drive_id": "drive0", "path_on_host": drive,
-                        "is_root_device": false, "is_read_only": false}],
-            "cairn": {"checkpoint_dir": store},
-        }),
-    );
+    // A drive, so that each checkpoint also freezes a disk delta (the freeze's renames and
+    // new files, and their commit, are also what a kill interrupts).
+    let (cfg, store) = common::config_with_drive(dir.path(), guests::TICKER64);
     let mut completed: Vec<String> = vec![];
     for round in 0..8u64 {
         let api = dir.path().join(format!("api{round}.sock"));

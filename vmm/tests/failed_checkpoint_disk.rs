@@ -7,8 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_tests::process::http::{request, wait_for_socket};
-use cairn_tests::process::{write_config, Guest};
+use cairn_tests::process::Guest;
 use cairn_tests::{guests, kvm_available};
+
+#[allow(dead_code)] // config_with_drive only
+mod common;
 
 #[test]
 fn a_failed_checkpoint_gives_the_frozen_disk_delta_back() {
@@ -16,22 +19,7 @@ fn a_failed_checkpoint_gives_the_frozen_disk_delta_back() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let drive = dir.path().join("drive0.raw");
-    std::fs::File::create(&drive)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &serde_json::json!({
-            "boot-source": {"kernel_image_path": guests::DIRTY1M},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
-            "drives": [{"drive_id": "drive0", "path_on_host": drive,
-                        "is_root_device": false, "is_read_only": false}],
-            "cairn": {"checkpoint_dir": store},
-        }),
-    );
+    let (cfg, store) = common::config_with_drive(dir.path(), guests::DIRTY1M);
     let api = dir.path().join("api.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-vmm"));
     cmd.arg("--api-sock")

@@ -1,4 +1,5 @@
-//! Helpers shared by the library-level tiny-guest tests (snapshots and checkpoints).
+//! Helpers shared by the tiny-guest tests (snapshots and checkpoints, in-process and through
+//! the `cairn-vmm` binary).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,4 +107,28 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// A `cairn-vmm --config-file` for `kernel` with 64 MiB, one vCPU, a store at `<dir>/store` and
+/// a read-write 1 MiB drive `drive0` (a sparse file the tiny guests never write: each checkpoint
+/// still freezes its delta). Returns the config's path and the store's.
+#[allow(dead_code)] // for the process-level checkpoint tests only
+pub fn config_with_drive(dir: &Path, kernel: &str) -> (PathBuf, PathBuf) {
+    let store = dir.join("store");
+    let drive = dir.join("drive0.raw");
+    std::fs::File::create(&drive)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let cfg = cairn_tests::process::write_config(
+        dir,
+        &serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+            "drives": [{"drive_id": "drive0", "path_on_host": drive,
+                        "is_root_device": false, "is_read_only": false}],
+            "cairn": {"checkpoint_dir": store},
+        }),
+    );
+    (cfg, store)
 }
