@@ -146,6 +146,11 @@ impl WrittenFile {
         Self { file, path }
     }
 
+    /// The open file (read and write).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path

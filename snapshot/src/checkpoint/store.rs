@@ -131,9 +131,14 @@ impl CheckpointStore {
 
     /// Record `head` (None: the bare base images) atomically.
     pub fn set_head(&self, head: Option<&str>) -> Result<()> {
+        crate::file::write_bytes_atomic(&self.head_path()?, head.unwrap_or_default().as_bytes())
+    }
+
+    /// Where `HEAD` is, its directory made if missing.
+    fn head_path(&self) -> Result<PathBuf> {
         let dir = self.active_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create active dir", &dir, e))?;
-        crate::file::write_bytes_atomic(&dir.join(HEAD_FILE), head.unwrap_or_default().as_bytes())
+        Ok(dir.join(HEAD_FILE))
     }
 
     /// Check that [`CheckpointStore::set_head`] can succeed (the active directory takes a new
@@ -233,12 +238,9 @@ impl CheckpointStore {
             &meta.to_json()?,
         )?);
         if make_head {
-            let active = self.active_dir();
-            let head = std::fs::create_dir_all(&active)
-                .map_err(|e| Error::io("create active dir", &active, e))
-                .and_then(|_| {
-                    PendingFile::write_new(&active.join(HEAD_FILE), meta.name.as_bytes())
-                });
+            let head = self
+                .head_path()
+                .and_then(|p| PendingFile::write_new(&p, meta.name.as_bytes()));
             match head {
                 Ok(head) => set.pending(head),
                 Err(e) => {

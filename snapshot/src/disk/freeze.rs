@@ -25,7 +25,6 @@
 //! only through the commit (as with [`LayeredDisk::checkpoint`], whose renamed layer is equally
 //! unreferenced until then).
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -33,8 +32,8 @@ use crate::durable::WrittenFile;
 use crate::error::{Error, Result};
 use crate::file::FileKind;
 
-use super::{Active, DiskLayerStats, FileId, Frozen, LayeredDisk};
-use crate::disk::index::{index_path, BlockIndex};
+use super::{empty_index_bytes, Active, DiskLayerStats, FileId, Frozen, LayeredDisk};
+use crate::disk::index::index_path;
 
 /// A layer [`LayeredDisk::freeze`] made, with the files a commit must sync.
 #[derive(Debug)]
@@ -141,30 +140,16 @@ impl LayeredDisk {
             .file
             .try_clone()
             .map_err(|e| Error::io("duplicate disk layer", dest, e))?;
-        let empty = BlockIndex {
-            block_size: self.block_size,
-            disk_len: self.base_len,
-            data_len: 0,
-            entries: Vec::new(),
-        };
         let new_data = WrittenFile::write_new(&active_path, &[])?;
         let active_index = (
             active_index,
-            crate::file::encode(FileKind::DiskIndex, &empty.encode()),
+            empty_index_bytes(self.block_size, self.base_len),
         );
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&active_path)
-            .map_err(|e| Error::io("open active delta", &active_path, e))?;
-        self.active = Active {
-            path: active_path,
-            file,
-            map: Default::default(),
-            data_len: 0,
-            free: Vec::new(),
-            pending_free: Vec::new(),
-        };
+        let file = new_data
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io("duplicate active delta", &active_path, e))?;
+        self.active = Active::empty(active_path, file);
         self.layers.push(Frozen {
             path: dest.to_path_buf(),
             file: frozen_file,

@@ -55,6 +55,32 @@ struct Active {
     pending_free: Vec<u64>,
 }
 
+impl Active {
+    /// An empty active delta: its data file, new and empty at `path`, open as `file` for
+    /// reading and writing.
+    fn empty(path: PathBuf, file: File) -> Self {
+        Self {
+            path,
+            file,
+            map: HashMap::new(),
+            data_len: 0,
+            free: Vec::new(),
+            pending_free: Vec::new(),
+        }
+    }
+}
+
+/// The encoded index of an empty delta of a disk of `disk_len` bytes in `block_size` blocks.
+fn empty_index_bytes(block_size: u32, disk_len: u64) -> Vec<u8> {
+    let empty = BlockIndex {
+        block_size,
+        disk_len,
+        data_len: 0,
+        entries: Vec::new(),
+    };
+    crate::file::encode(FileKind::DiskIndex, &empty.encode())
+}
+
 /// Where the current contents of a block come from.
 enum Source {
     Active(ActiveEntry),
@@ -178,13 +204,7 @@ impl LayeredDisk {
             // Fresh delta: a new empty data file (never reuse an inode a frozen layer may share)
             // and its empty index, made durable together, the index last (a restore waits for
             // this; an active delta without its index is a fresh one).
-            let empty = BlockIndex {
-                block_size,
-                disk_len,
-                data_len: 0,
-                entries: Vec::new(),
-            };
-            let index_bytes = crate::file::encode(FileKind::DiskIndex, &empty.encode());
+            let index_bytes = empty_index_bytes(block_size, disk_len);
             let data = PendingFile::write_new(&path, &[])?;
             match PendingFile::write_new(&ipath, &index_bytes) {
                 Ok(index) => commit(vec![data, index])?,
@@ -198,14 +218,7 @@ impl LayeredDisk {
                 .write(true)
                 .open(&path)
                 .map_err(|e| Error::io("open active delta", &path, e))?;
-            return Ok(Active {
-                path,
-                file,
-                map: HashMap::new(),
-                data_len: 0,
-                free: Vec::new(),
-                pending_free: Vec::new(),
-            });
+            return Ok(Active::empty(path, file));
         };
         if index.block_size != block_size || index.disk_len != disk_len {
             return Err(Error::Geometry(format!(
