@@ -57,6 +57,12 @@ fn a_woken_sandbox_checkpoints_without_stopping_its_guest() {
         h.restore_like(&restore, &restore);
         assert_eq!(h.sh("sb", "cat /root/f"), "two\n");
         assert_eq!(h.sh("sb", "wc -c < /dev/shm/m"), "16777216\n");
+        // More than the 2 MiB a Diff may have to be copied paused (checkpoint/named.rs,
+        // PAUSED_DIFF_PAGES): c3 must take the background copy.
+        h.sh(
+            "sb",
+            "dd if=/dev/zero of=/dev/shm/m3 bs=1M count=4 2>/dev/null; sync",
+        );
         let (pause, write, total) = checkpoint(&h, "c3");
         assert!(
             pause > 0.0 && total + 1.0 >= pause + write,

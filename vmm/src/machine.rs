@@ -284,6 +284,12 @@ impl Machine {
         }
     }
 
+    /// Whether restored guest memory is still being filled from its layer files
+    /// (checkpoint/filled_memory.rs).
+    pub fn memory_fill_running(&self) -> bool {
+        self.filled.as_ref().is_some_and(|f| f.running())
+    }
+
     /// The vCPU handles (for state save and restore while paused).
     pub fn vcpus(&self) -> &[VcpuHandle] {
         &self.vcpus

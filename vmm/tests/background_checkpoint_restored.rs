@@ -1,7 +1,8 @@
 //! Checkpoints that do not stop the guest, of a VM restored from checkpoint layers on a disk
 //! file system (checkpoint/filled_memory.rs). Such layers cannot be write-protected as a file
-//! mapping, so the restore fills anonymous memory from them; a checkpoint taken while that fill
-//! runs finishes it with the guest running, then copies in the background as for a booted VM.
+//! mapping, so the restore fills anonymous memory from them; a Diff checkpoint taken while that
+//! fill runs tracks writes on the fill's own userfaultfd and leaves the fill to go on
+//! (checkpoint/filled_memory/lease.rs), then copies in the background as for a booted VM.
 //! The `dirty256m` ticker rewrites a 256 MiB window all along: each checkpoint must hold the
 //! memory at its pause page by page (`CAIRN_VERIFY_MEMORY`), must not have copied inside the
 //! pause, and must restore to exactly that memory.
@@ -128,7 +129,7 @@ fn checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest() {
     checkpoint_in_background(&mut rt, &store, "booted");
 
     // Restored from the disk, the guest rewrites its window at once; the first checkpoint
-    // finds the fill under way (it has 260 MiB to read), the second one a plain anonymous
+    // may find the fill under way (it has 260 MiB to read), the second one a plain anonymous
     // memory, and it is a Diff over the first.
     let out = restore_exactly(&mut rt, &store, "booted");
     rt.machine_mut().unwrap().resume().unwrap();
@@ -156,6 +157,39 @@ fn checkpoints_after_a_restore_from_a_disk_file_system_do_not_stop_the_guest() {
     std::thread::sleep(Duration::from_millis(100));
     checkpoint_in_background(&mut rt, &store, "r4");
     let out = restore_exactly(&mut rt, &store, "r4");
+    rt.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt, &out, 0);
+
+    // Diffs taken while the fill runs (held back here: only faults put pages in) do not wait
+    // for it, and leave it running; each restores to its pause.
+    std::env::set_var("CAIRN_RESTORE_FILL_DELAY_MS", "600000");
+    let out = restore_exactly(&mut rt, &store, "r4");
+    rt.machine_mut().unwrap().resume().unwrap();
+    wait_dots(&mut rt, &out, 0);
+    for name in ["f1", "f2"] {
+        assert!(rt.machine().unwrap().memory_fill_running());
+        checkpoint_in_background(&mut rt, &store, name);
+        assert!(
+            rt.machine().unwrap().memory_fill_running(),
+            "{name} waited for the fill to end"
+        );
+        let seen = out.dots();
+        wait_dots(&mut rt, &out, seen);
+    }
+    std::env::remove_var("CAIRN_RESTORE_FILL_DELAY_MS");
+    for name in ["f1", "f2"] {
+        let out = restore_exactly(&mut rt, &store, name);
+        rt.machine_mut().unwrap().resume().unwrap();
+        wait_dots(&mut rt, &out, 0);
+    }
+    // The fill of f2's restore ends on its own; the next Diff registers a tracker of its own.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rt.machine().unwrap().memory_fill_running() {
+        assert!(Instant::now() < deadline, "the fill never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    checkpoint_in_background(&mut rt, &store, "f3");
+    let out = restore_exactly(&mut rt, &store, "f3");
     rt.machine_mut().unwrap().resume().unwrap();
     wait_dots(&mut rt, &out, 0);
 }

@@ -35,6 +35,9 @@ pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
 /// `UFFD_EVENT_PAGEFAULT`: [`UffdMsg::event`] of a page fault.
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_PAGEFAULT_FLAG_WP` in [`UffdMsg::flags`]: a write to a write-protected page (else the
+/// page is missing).
+pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
 /// `struct uffdio_api`.
 #[repr(C)]

@@ -27,8 +27,10 @@
 //! The kernel must allow write-protection on the memory's type: anonymous memory (a booted VM)
 //! always; a `MAP_PRIVATE` file mapping (a restored VM's layers) only on tmpfs/shmem or
 //! hugetlbfs. A VM restored from layers on any other file system therefore gets anonymous memory
-//! filled from them by the VMM (checkpoint/filled_memory.rs); a checkpoint waits for that fill to
-//! end, with the guest running, and then arms as for a booted VM. [`arm`] fails where the memory
+//! filled from them by the VMM (checkpoint/filled_memory.rs). A Diff taken while that fill runs
+//! tracks writes on the fill's own userfaultfd (a [`WriteTracker::shared`] one, see
+//! [`SharedFaults`] and checkpoint/filled_memory/lease.rs); a Full waits for the fill to end,
+//! with the guest running, and then arms as for a booted VM. [`arm`] fails where the memory
 //! still cannot be tracked (no userfaultfd, `CAIRN_RESTORE_FILL=0`), and the caller copies with
 //! the vCPUs paused instead.
 
@@ -41,7 +43,7 @@ use cairn_snapshot::memory::uffd::{
     UffdMsg, UffdioApi, UffdioRange, UffdioRegister, UffdioWriteprotect, UFFDIO_API,
     UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT,
     UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
-    USERFAULTFD_IOC_NEW,
+    UFFD_PAGEFAULT_FLAG_WP, USERFAULTFD_IOC_NEW,
 };
 use cairn_snapshot::memory::PageIndex;
 
@@ -50,7 +52,7 @@ use crate::checkpoint::named::Phases;
 use crate::error::VmmError;
 
 /// Bit of `_UFFDIO_WRITEPROTECT` in the `ioctls` a registration reports.
-const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
+pub(crate) const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
 
 /// Pages copied per step between two looks at the fault queue (1 MiB).
 const CHUNK_PAGES: u64 = 256;
@@ -96,6 +98,20 @@ pub(crate) fn new_uffd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The other user of a userfaultfd that a [`WriteTracker`] shares: guest memory restored from
+/// layer files and still being filled (checkpoint/filled_memory.rs) is registered for
+/// missing-page faults, and the kernel lets one userfaultfd only own a range, so a checkpoint
+/// taken during the fill tracks writes on the fill's userfaultfd. Either reader may read a fault
+/// meant for the other: the fill's thread hands write faults over, the tracker answers
+/// missing-page faults through [`Self::serve_missing`]. Dropping it tells the fill that this
+/// checkpoint no longer needs the registration.
+pub(crate) trait SharedFaults: Send + std::fmt::Debug {
+    /// Put the page at host address `host` in place (a missing-page fault the tracker read).
+    fn serve_missing(&self, host: u64) -> io::Result<()>;
+    /// Append the write faults the other reader has read to `out`.
+    fn take_write_faults(&self, out: &mut Vec<u64>);
+}
+
 /// A userfaultfd with guest memory registered for write-protect faults.
 #[derive(Debug)]
 pub struct WriteTracker {
@@ -104,6 +120,9 @@ pub struct WriteTracker {
     /// Some page may be protected (set by every protection; cleared by a copy that ended with
     /// nothing protected). A tracker that protects nothing is dropped by closing it alone.
     protecting: bool,
+    /// The registration's owner when it is another's (see [`SharedFaults`]); dropped after the
+    /// tracker has lifted its protection.
+    shared: Option<Box<dyn SharedFaults>>,
 }
 
 impl WriteTracker {
@@ -122,6 +141,7 @@ impl WriteTracker {
                     uffd,
                     registered: vec![],
                     protecting: false,
+                    shared: None,
                 });
             }
         }
@@ -129,6 +149,27 @@ impl WriteTracker {
             io::ErrorKind::Unsupported,
             "the kernel refused the userfaultfd handshake",
         ))
+    }
+
+    /// A tracker on `uffd`, where `registered` is registered for write-protect faults (and
+    /// missing-page faults) by `owner`, which also reads the faults (see [`SharedFaults`]).
+    /// It serves one checkpoint: the machine does not keep it for the next one.
+    pub(crate) fn shared(
+        uffd: OwnedFd,
+        registered: Vec<(u64, u64)>,
+        owner: Box<dyn SharedFaults>,
+    ) -> Self {
+        Self {
+            uffd,
+            registered,
+            protecting: false,
+            shared: Some(owner),
+        }
+    }
+
+    /// Whether the registration is another's (see [`Self::shared`]).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Register `[host, host + len)` for write-protect faults.
@@ -182,9 +223,20 @@ impl WriteTracker {
         wake(&self.uffd, host, len)
     }
 
-    /// The page addresses of the write faults queued now (none: an empty vector).
+    /// The page addresses of the write faults queued now (none: an empty vector). On a shared
+    /// userfaultfd, missing-page faults read here are answered by its owner.
     pub(crate) fn pending_faults(&self, out: &mut Vec<u64>) -> io::Result<()> {
-        pending_faults(&self.uffd, out)
+        let Some(owner) = &self.shared else {
+            return pending_faults(&self.uffd, out);
+        };
+        out.clear();
+        owner.take_write_faults(out);
+        let mut missing = Vec::new();
+        read_faults(&self.uffd, &mut missing, out)?;
+        for host in missing {
+            owner.serve_missing(host)?;
+        }
+        Ok(())
     }
 }
 
@@ -197,6 +249,27 @@ pub(crate) fn wake(uffd: &OwnedFd, host: u64, len: u64) -> io::Result<()> {
 /// The page addresses of the faults queued on `uffd` (non-blocking) now: none, an empty vector.
 pub(crate) fn pending_faults(uffd: &OwnedFd, out: &mut Vec<u64>) -> io::Result<()> {
     out.clear();
+    read_each_fault(uffd, |page, _| out.push(page))
+}
+
+/// Append the page addresses of the faults queued on `uffd` (non-blocking) now to `missing` and
+/// `write_protected`, by kind.
+pub(crate) fn read_faults(
+    uffd: &OwnedFd,
+    missing: &mut Vec<u64>,
+    write_protected: &mut Vec<u64>,
+) -> io::Result<()> {
+    read_each_fault(uffd, |page, wp| {
+        if wp {
+            write_protected.push(page)
+        } else {
+            missing.push(page)
+        }
+    })
+}
+
+/// Call `each(page address, write-protect fault)` for every fault queued on `uffd` now.
+fn read_each_fault(uffd: &OwnedFd, mut each: impl FnMut(u64, bool)) -> io::Result<()> {
     let mut msgs = [UffdMsg::default(); 64];
     loop {
         let bytes = std::mem::size_of_val(&msgs);
@@ -217,12 +290,15 @@ pub(crate) fn pending_faults(uffd: &OwnedFd, out: &mut Vec<u64>) -> io::Result<(
             };
         }
         let count = n as usize / std::mem::size_of::<UffdMsg>();
-        out.extend(
-            msgs[..count]
-                .iter()
-                .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
-                .map(|m| m.address & !(PAGE_SIZE - 1)),
-        );
+        for m in msgs[..count]
+            .iter()
+            .filter(|m| m.event == UFFD_EVENT_PAGEFAULT)
+        {
+            each(
+                m.address & !(PAGE_SIZE - 1),
+                m.flags & UFFD_PAGEFAULT_FLAG_WP != 0,
+            );
+        }
         if count < msgs.len() {
             return Ok(());
         }
@@ -232,14 +308,18 @@ pub(crate) fn pending_faults(uffd: &OwnedFd, out: &mut Vec<u64>) -> io::Result<(
 impl Drop for WriteTracker {
     fn drop(&mut self) {
         // Nothing protected: closing the userfaultfd unregisters its ranges, without the walk of
-        // every page table entry that lifting protection and UFFDIO_UNREGISTER make.
+        // every page table entry that lifting protection and UFFDIO_UNREGISTER make (a shared
+        // one's close only drops this descriptor: the owner keeps its registration).
         if !self.protecting {
             return;
         }
         for &(host, len) in &self.registered.clone() {
             let _ = self.protect(host, len, false);
-            let mut range = UffdioRange { start: host, len };
-            let _ = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut range);
+            // A shared registration stays: its owner still needs it (and ends it).
+            if self.shared.is_none() {
+                let mut range = UffdioRange { start: host, len };
+                let _ = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut range);
+            }
         }
     }
 }
@@ -555,209 +635,4 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A writer thread rewrites every page as fast as it can while the copy runs; the layer
-    /// must hold each page as it was when armed.
-    #[test]
-    fn copy_keeps_the_content_at_arming_under_concurrent_writes() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        use vm_memory::{Bytes, GuestAddress};
-
-        if WriteTracker::open().is_err() {
-            eprintln!("SKIP copy_keeps_the_content_at_arming: no userfaultfd here");
-            return;
-        }
-        let mem =
-            crate::vstate::memory::create_guest_memory(16, crate::config::HugePages::None).unwrap();
-        let pages = 16 * 256u64;
-        for p in 0..pages {
-            mem.write_obj(p * 7 + 1, GuestAddress(p * PAGE_SIZE))
-                .unwrap();
-        }
-        let plan = PageIndex::from_ranges([(0, pages)]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mem.layer");
-        let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
-        let copy = arm(None, &mem, &plan, &mut Phases::new(Instant::now())).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        // The copy starts once the writer runs: a 16 MiB copy can end before a new thread is
-        // first scheduled.
-        let started = Arc::new(std::sync::Barrier::new(2));
-        let writer = {
-            let (mem, stop, started) = (mem.clone(), stop.clone(), started.clone());
-            std::thread::spawn(move || {
-                started.wait();
-                let mut round = 0u64;
-                loop {
-                    for p in (0..pages).rev() {
-                        mem.write_obj(u64::MAX - round, GuestAddress(p * PAGE_SIZE + 8))
-                            .unwrap();
-                    }
-                    round += 1;
-                    if stop.load(Ordering::Relaxed) {
-                        return round;
-                    }
-                }
-            })
-        };
-        started.wait();
-        let (stats, _tracker) = copy.run(&layer).unwrap();
-        eprintln!("background copy: {stats:?}");
-        stop.store(true, Ordering::Relaxed);
-        assert!(writer.join().unwrap() > 0);
-        assert_eq!(stats.bytes, pages * PAGE_SIZE);
-        layer.finish(&plan, false).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        for p in 0..pages as usize {
-            let page = &bytes[p * 4096..(p + 1) * 4096];
-            let first = u64::from_le_bytes(page[..8].try_into().unwrap());
-            let second = u64::from_le_bytes(page[8..16].try_into().unwrap());
-            assert_eq!((first, second), (p as u64 * 7 + 1, 0), "page {p}");
-        }
-        // Nothing stays protected: the VMM and the guest write freely afterwards.
-        mem.write_obj(5u64, GuestAddress(0)).unwrap();
-    }
-
-    /// Write one u64 at the start of every page of `mem` on another thread; panics if that does
-    /// not finish in 10 s (a page left protected, with nobody reading the faults, blocks it).
-    fn write_every_page_within(mem: &GuestMemoryMmap, pages: u64, value: u64) {
-        use vm_memory::{Bytes, GuestAddress};
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mem = mem.clone();
-        std::thread::spawn(move || {
-            for p in 0..pages {
-                mem.write_obj(value + p, GuestAddress(p * PAGE_SIZE))
-                    .unwrap();
-            }
-            let _ = tx.send(());
-        });
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .expect("a write blocked: some page stayed write-protected");
-    }
-
-    /// 4 MiB of guest memory and its page count, page `p` starting with `1 + p`; `None`, after a
-    /// SKIP line for `test`, where this kernel gives no userfaultfd.
-    fn four_mib_written(test: &str) -> Option<(GuestMemoryMmap, u64)> {
-        if WriteTracker::open().is_err() {
-            eprintln!("SKIP {test}: no userfaultfd here");
-            return None;
-        }
-        let mem =
-            crate::vstate::memory::create_guest_memory(4, crate::config::HugePages::None).unwrap();
-        let pages = 4 * 256u64;
-        write_every_page_within(&mem, pages, 1);
-        Some((mem, pages))
-    }
-
-    /// A copy hands back its tracker with nothing protected, pages armed outside its plan
-    /// included; the next checkpoint arms that tracker again and saves the content at its own
-    /// arming.
-    #[test]
-    fn a_kept_tracker_arms_again_and_leaves_nothing_protected() {
-        use vm_memory::{Bytes, GuestAddress};
-
-        let Some((mem, pages)) = four_mib_written("a_kept_tracker_arms_again") else {
-            return;
-        };
-        // First checkpoint: all of memory protected (as a Full armed before the pause), two
-        // ranges saved; the rest is lifted at the end.
-        let mut tracker = open_registered(&mem).unwrap();
-        for (host, len, _) in region_layout(&mem) {
-            tracker.protect(host, len, true).unwrap();
-        }
-        let plan = PageIndex::from_ranges([(0, 100), (500, 100)]);
-        let leftover = PageIndex::full(pages).subtract(&plan);
-        let dir = tempfile::tempdir().unwrap();
-        let layer = LayerFile::create(&dir.path().join("a"), pages * PAGE_SIZE).unwrap();
-        let (stats, tracker) = MemoryCopy::new(tracker, &mem, &plan, leftover)
-            .run(&layer)
-            .unwrap();
-        assert_eq!(stats.bytes, 200 * PAGE_SIZE);
-        // Both ranges are in one region, so one lift lets them go, the gap of leftover pages
-        // between them with them.
-        assert_eq!(stats.lifts, 1);
-        assert!(!tracker.protecting);
-        write_every_page_within(&mem, pages, 1000);
-
-        // Second checkpoint on the kept tracker, a writer running meanwhile.
-        let plan = PageIndex::from_ranges([(200, 300)]);
-        let path = dir.path().join("b");
-        let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
-        let copy = arm(Some(tracker), &mem, &plan, &mut Phases::new(Instant::now())).unwrap();
-        let writer = {
-            let mem = mem.clone();
-            std::thread::spawn(move || {
-                for p in (0..pages).rev() {
-                    mem.write_obj(7u64, GuestAddress(p * PAGE_SIZE)).unwrap();
-                }
-            })
-        };
-        let (_, tracker) = copy.run(&layer).unwrap();
-        writer.join().unwrap();
-        layer.finish(&plan, false).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        for p in 200..500usize {
-            let first = u64::from_le_bytes(bytes[p * 4096..p * 4096 + 8].try_into().unwrap());
-            assert_eq!(first, 1000 + p as u64, "page {p}");
-        }
-        write_every_page_within(&mem, pages, 5);
-        drop(tracker);
-        write_every_page_within(&mem, pages, 9);
-    }
-
-    /// A page copied but still protected, written by the guest: the writer is let go at the
-    /// next look at the fault queue, with everything copied before it, not at the end of the
-    /// copy; the layer keeps the content at arming.
-    #[test]
-    fn a_writer_on_a_copied_page_is_let_go_with_all_copied_so_far() {
-        use vm_memory::{Bytes, GuestAddress};
-
-        let Some((mem, pages)) = four_mib_written("a_writer_on_a_copied_page") else {
-            return;
-        };
-        let plan = PageIndex::from_ranges([(0, pages)]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mem.layer");
-        let layer = LayerFile::create(&path, pages * PAGE_SIZE).unwrap();
-        let mut copy = arm(None, &mem, &plan, &mut Phases::new(Instant::now())).unwrap();
-        let mut stats = CopyStats::default();
-        let chunks = std::mem::take(&mut copy.chunks);
-        // The first two chunks copied, nothing lifted yet.
-        for &(offset, len) in &chunks[..2] {
-            copy.copy_chunk(&layer, offset, len, &mut stats).unwrap();
-        }
-        assert_eq!(stats.lifts, 0);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let writer = {
-            let mem = mem.clone();
-            std::thread::spawn(move || {
-                mem.write_obj(77u64, GuestAddress(300 * PAGE_SIZE)).unwrap();
-                let _ = tx.send(());
-            })
-        };
-        let mut faults = Vec::new();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while rx.try_recv().is_err() {
-            assert!(Instant::now() < deadline, "the writer was never let go");
-            copy.serve_faults(&layer, &mut faults, &mut stats).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        writer.join().unwrap();
-        assert_eq!(stats.lifts, 1, "one lift for both copied chunks");
-        assert_eq!(stats.early_pages, 0, "the page was copied already");
-        // Pages of the first chunk are free to write as well, without anyone serving faults.
-        write_every_page_within(&mem, 256, 1000);
-        copy.chunks = chunks[2..].to_vec();
-        let (stats, _tracker) = copy.run(&layer).unwrap();
-        assert_eq!(stats.lifts, 1);
-        layer.finish(&plan, false).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        for p in 0..pages as usize {
-            let first = u64::from_le_bytes(bytes[p * 4096..p * 4096 + 8].try_into().unwrap());
-            assert_eq!(first, 1 + p as u64, "page {p}");
-        }
-    }
-}
+mod tests;

@@ -60,8 +60,9 @@ impl DirectFile {
         }
         let mut done = 0u64;
         while done < len {
-            // SAFETY: the caller passes a range inside a live guest mapping; pwrite only reads
-            // from it (the disk's DMA reads the pinned pages).
+            // SAFETY: the caller passes a range inside a live guest mapping, or a slice it
+            // borrows for the call; pwrite only reads from it (the disk's DMA reads the pinned
+            // pages).
             let n = unsafe {
                 libc::pwrite(
                     self.file.as_raw_fd(),

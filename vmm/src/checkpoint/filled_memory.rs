@@ -17,14 +17,16 @@
 //! - the filler thread, at the lowest priority (nice 19: it takes the CPU the guest and the VMM
 //!   leave), copies every range some layer holds, in steps of [`FILL_STEP`], in address order.
 //!   A page already present (the fault thread's, or one the guest wrote) is left as it is:
-//!   `UFFDIO_COPY` never replaces a page. When every step is done, it stops the fault thread and
-//!   unregisters: pages no layer holds then read as zeros the ordinary anonymous way, which is
-//!   their content.
+//!   `UFFDIO_COPY` never replaces a page. When every step is done (and no checkpoint holds the
+//!   registration, lease.rs), it stops the fault thread and unregisters: pages no layer holds
+//!   then read as zeros the ordinary anonymous way, which is their content.
 //!
 //! So `/snapshot/load` and `PUT /checkpoints/restore` still return without reading memory; only
-//! the first touch of a page waits, for a local read. A checkpoint taken while the fill runs
-//! first ends it ([`FilledMemory::finish`]: the checkpoint's thread takes the steps left itself,
-//! at its own priority, with the guest running; bounded by the local read speed), and then arms
+//! the first touch of a page waits, for a local read. A Diff checkpoint taken while the fill runs
+//! tracks writes on the fill's own userfaultfd and lets the fill go on
+//! ([`FilledMemory::write_tracker`], lease.rs). A Full one first ends it
+//! ([`FilledMemory::finish`]: the checkpoint's thread takes the steps left itself, at its own
+//! priority, with the guest running; bounded by the local read speed), and then arms
 //! write-protection as for a booted VM.
 //!
 //! No page ever reads as zeros unless that is its content: until the filler has put every
@@ -45,7 +47,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,7 +59,7 @@ use cairn_snapshot::memory::{MappedRange, PageIndex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::checkpoint::background::{self, ioctl};
+use crate::checkpoint::background::{self, ioctl, read_faults};
 use crate::checkpoint::memory::{region_layout, PAGE_SIZE};
 use crate::checkpoint::served_memory::{chain_pages, map_anonymous, open_chain, register_missing};
 use crate::error::VmmError;
@@ -266,6 +268,17 @@ impl Source {
     }
 }
 
+/// Who holds the registration (see lease.rs).
+#[derive(Debug, Default)]
+struct LeaseState {
+    /// Checkpoints tracking writes on the fill's userfaultfd now.
+    held: usize,
+    /// The registration includes write-protect mode (added by the first lease).
+    write_protect: bool,
+    /// The fill is over (or given up): no new lease, the registration ends once none is held.
+    ended: bool,
+}
+
 /// State the threads share.
 struct Shared {
     source: Source,
@@ -287,6 +300,12 @@ struct Shared {
     completed: AtomicUsize,
     /// A page could not be read: the fill never ends the registration.
     failed: AtomicBool,
+    /// Checkpoints that track writes on this userfaultfd while the fill runs (lease.rs).
+    lease: Mutex<LeaseState>,
+    /// Signalled when a lease ends.
+    lease_ended: Condvar,
+    /// Write faults the fault thread read, for the lease holder's copy.
+    write_faults: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -326,11 +345,18 @@ impl std::fmt::Debug for FilledMemory {
 
 /// Guest RAM for `regions`, anonymous, filled from the memory chain `layers` (base first) by
 /// threads of this VMM, and the pages the chain holds. Returns before any page is read.
+/// `CAIRN_RESTORE_FILL_DELAY_MS` holds the filler back that long (faults are answered
+/// meanwhile): tests use it to take checkpoints while the fill runs.
 pub fn map_filled(
     regions: &[(u64, u64)],
     layers: &[PathBuf],
 ) -> Result<(GuestMemoryMmap, PageIndex, FilledMemory), VmmError> {
-    map_filled_after(regions, layers, Duration::ZERO)
+    let delay = std::env::var("CAIRN_RESTORE_FILL_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::ZERO);
+    map_filled_after(regions, layers, delay)
 }
 
 /// [`map_filled`], its filler starting after `fill_delay`.
@@ -384,6 +410,9 @@ fn map_filled_after(
         cursor: AtomicUsize::new(0),
         completed: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
+        lease: Mutex::new(LeaseState::default()),
+        lease_ended: Condvar::new(),
+        write_faults: Mutex::new(Vec::new()),
     });
     let epoll = Epoll::new().map_err(|e| err(format!("epoll: {e}")))?;
     for (fd, token) in [
@@ -432,9 +461,12 @@ fn map_filled_after(
 
 /// Take steps of the fill until none is left (`Ok`), the fill is aborted or a page cannot be
 /// read (`Err`).
-fn fill_steps(shared: &Shared) -> Result<(), String> {
+fn fill_steps(shared: &Shared, yield_to_checkpoints: bool) -> Result<(), String> {
     let mut buf = vec![0u8; FILL_STEP as usize];
     loop {
+        if yield_to_checkpoints {
+            shared.wait_while_leased();
+        }
         let i = shared.cursor.fetch_add(1, Ordering::Relaxed);
         let Some(&(start, end)) = shared.steps.get(i) else {
             return Ok(());
@@ -480,10 +512,12 @@ fn fill_steps_of(plan: &[MappedRange]) -> Vec<(u64, u64)> {
     steps
 }
 
-/// The fault thread: answer faults until told to stop.
+/// The fault thread: answer missing-page faults until told to stop, and hand write faults
+/// (of a checkpoint holding a lease, lease.rs) to the checkpoint.
 fn fault_loop(shared: &Shared, epoll: &Epoll) -> Result<(), String> {
     let mut buf = vec![0u8; FAULT_RUN as usize];
     let mut faults = Vec::with_capacity(64);
+    let mut writes = Vec::new();
     let mut events = [EpollEvent::default(); 2];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -494,8 +528,12 @@ fn fault_loop(shared: &Shared, epoll: &Epoll) -> Result<(), String> {
         if events[..n].iter().any(|e| e.data() == 1) {
             return Ok(());
         }
-        if let Err(e) = background::pending_faults(&shared.source.uffd, &mut faults) {
+        faults.clear();
+        if let Err(e) = read_faults(&shared.source.uffd, &mut faults, &mut writes) {
             return Err(format!("read userfaultfd: {e}"));
+        }
+        if !writes.is_empty() {
+            lock(&shared.write_faults).append(&mut writes);
         }
         for &addr in &faults {
             if let Err(e) = shared.source.serve_fault(addr, &mut buf) {
@@ -521,7 +559,7 @@ fn fill(shared: &Shared, faults: JoinHandle<Result<(), String>>) -> Result<(), S
     {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut result = fill_steps(shared);
+    let mut result = fill_steps(shared, true);
     // A step another thread took may still be under way: every one must be done before the
     // registration ends, or its pages would read as zeros.
     while result.is_ok() && shared.completed.load(Ordering::Acquire) < shared.steps.len() {
@@ -530,6 +568,9 @@ fn fill(shared: &Shared, faults: JoinHandle<Result<(), String>>) -> Result<(), S
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    // No new lease from here on; a checkpoint still copying needs the registration (and the
+    // fault thread) until it is done.
+    shared.end_when_unleased();
     let _ = shared.stop_faults.write(1);
     let faulted = faults
         .join()
@@ -564,11 +605,17 @@ impl FilledMemory {
     }
 
     /// Wait until every page is in and the registration is gone: guest memory is then plain
-    /// anonymous memory, which write-protection can track.
+    /// anonymous memory, which write-protection can track. Refused while a checkpoint holds a
+    /// lease (it would wait for itself).
     pub fn finish(mut self) -> Result<(), VmmError> {
+        if lock(&self.shared.lease).held > 0 {
+            return Err(VmmError::InvalidState(
+                "the memory fill's registration is held by a checkpoint".into(),
+            ));
+        }
         let t = Instant::now();
         // Take the steps left at this thread's priority (the filler's is the lowest).
-        let helped = fill_steps(&self.shared);
+        let helped = fill_steps(&self.shared, false);
         let filler = self.filler.take();
         let r = filler.map(|f| f.join());
         if let Err(e) = helped {
@@ -602,132 +649,11 @@ impl Drop for FilledMemory {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vm_memory::{Bytes, GuestAddress};
-
-    /// Two layers over 1024 pages (0..600, then 500..800 over it; the rest in none), each page's
-    /// first dword naming its layer: the files, the memory they make, the page count.
-    fn two_layers(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<u8>, u64) {
-        let pages = 1024u64;
-        let size = pages * PAGE_SIZE;
-        let mut expect = vec![0u8; size as usize];
-        let mut layers = vec![];
-        for (i, (first, count)) in [(0u64, 600u64), (500, 300)].into_iter().enumerate() {
-            let mut mem = vec![0u8; size as usize];
-            for p in first..first + count {
-                let v = (p as u32) * 3 + i as u32 + 1;
-                mem[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
-                expect[(p * PAGE_SIZE) as usize..][..4].copy_from_slice(&v.to_le_bytes());
-            }
-            let path = dir.join(format!("l{i}"));
-            let index = PageIndex::from_ranges([(first, count)]);
-            cairn_snapshot::memory::layer::write_layer_from_slice_to(&path, &index, &mem).unwrap();
-            layers.push(path);
-        }
-        (layers, expect, pages)
-    }
-
-    /// Two layers on this host's file system: every page reads as the chain says, whether the
-    /// filler or a fault put it in, and the registration ends.
-    #[test]
-    fn memory_reads_as_the_chain_and_the_fill_ends() {
-        if crate::checkpoint::background::WriteTracker::open().is_err() {
-            eprintln!("SKIP memory_reads_as_the_chain: no userfaultfd here");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (layers, expect, pages) = two_layers(dir.path());
-        let size = pages * PAGE_SIZE;
-        let regions = [(0u64, size / 2), (1 << 32, size / 2)];
-        let (mem, claimed, filled) = map_filled(&regions, &layers).unwrap();
-        assert_eq!(claimed.page_count(), 800);
-        // Touch pages in reverse while the filler runs forward.
-        let mut buf = [0u8; 4];
-        for p in (0..pages).rev() {
-            let gpa = if p < pages / 2 {
-                p * PAGE_SIZE
-            } else {
-                (1 << 32) + (p - pages / 2) * PAGE_SIZE
-            };
-            mem.read_slice(&mut buf, GuestAddress(gpa)).unwrap();
-            assert_eq!(buf, expect[(p * PAGE_SIZE) as usize..][..4], "page {p}");
-        }
-        filled.finish().unwrap();
-        // Unregistered: pages no layer holds are plain zero-fill memory now.
-        mem.write_obj(7u32, GuestAddress(900 * PAGE_SIZE + (1 << 32) - size / 2))
-            .unwrap();
-    }
-
-    /// With the filler held back, every page comes through the fault thread: layer pages in
-    /// runs (across the two layers and the region boundary), holes as zero pages; a page written
-    /// after its fault keeps what was written. Dropping ends the fill early.
-    #[test]
-    fn faults_alone_read_as_the_chain() {
-        if crate::checkpoint::background::WriteTracker::open().is_err() {
-            eprintln!("SKIP faults_alone_read_as_the_chain: no userfaultfd here");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (layers, expect, pages) = two_layers(dir.path());
-        let size = pages * PAGE_SIZE;
-        let regions = [(0u64, size / 2), (1 << 32, size / 2)];
-        let (mem, _, filled) =
-            map_filled_after(&regions, &layers, Duration::from_secs(600)).unwrap();
-        let gpa = |p: u64| {
-            if p < pages / 2 {
-                p * PAGE_SIZE
-            } else {
-                (1 << 32) + (p - pages / 2) * PAGE_SIZE
-            }
-        };
-        mem.write_obj(0xdead_beefu32, GuestAddress(gpa(501) + 8))
-            .unwrap();
-        let mut buf = [0u8; 12];
-        for p in 0..pages {
-            mem.read_slice(&mut buf, GuestAddress(gpa(p))).unwrap();
-            let want = &expect[(p * PAGE_SIZE) as usize..][..4];
-            assert_eq!(&buf[..4], want, "page {p}");
-            let tail = if p == 501 { 0xdead_beefu32 } else { 0 };
-            assert_eq!(buf[8..12], tail.to_le_bytes(), "page {p}");
-        }
-        let stats = filled.stats();
-        assert_eq!(stats.filled_bytes.load(Ordering::Relaxed), 0);
-        let faults = stats.faults.load(Ordering::Relaxed);
-        assert!(faults > 0 && faults < pages / 4, "{faults} faults");
-        drop(filled);
-    }
-
-    /// A checkpoint that needs the fill done does the steps the (held back) filler has not,
-    /// then the registration ends.
-    #[test]
-    fn finish_fills_what_the_filler_has_not() {
-        if crate::checkpoint::background::WriteTracker::open().is_err() {
-            eprintln!("SKIP finish_fills_what_the_filler_has_not: no userfaultfd here");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (layers, expect, pages) = two_layers(dir.path());
-        let regions = [(0u64, pages * PAGE_SIZE)];
-        let (mem, _, filled) =
-            map_filled_after(&regions, &layers, Duration::from_secs(600)).unwrap();
-        let shared = filled.shared.clone();
-        let started = Instant::now();
-        filled.finish().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(60));
-        assert_eq!(
-            shared.source.stats.filled_bytes.load(Ordering::Relaxed),
-            800 * PAGE_SIZE
-        );
-        assert_eq!(shared.source.stats.faults.load(Ordering::Relaxed), 0);
-        let mut buf = [0u8; 4];
-        for p in 0..pages {
-            mem.read_slice(&mut buf, GuestAddress(p * PAGE_SIZE))
-                .unwrap();
-            assert_eq!(buf, expect[(p * PAGE_SIZE) as usize..][..4], "page {p}");
-        }
-        // Unregistered: the reads of pages in no layer took no fault.
-        assert_eq!(shared.source.stats.faults.load(Ordering::Relaxed), 0);
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+mod lease;
+
+#[cfg(test)]
+mod tests;

@@ -343,7 +343,8 @@ impl LayerFile {
         // SAFETY: `host..host + len` lies inside a live guest mapping (the write that just read
         // it was given it), and nothing writes it while the slice lives: the vCPUs are paused,
         // or these pages are write-protected until the background copy lifts them, after this
-        // returns; devices are not served during a checkpoint.
+        // returns; devices are not served during a checkpoint. Or it is a slice the caller
+        // borrows for the call (`write_slice`).
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len as usize) };
         checksums
             .lock()
@@ -390,6 +391,13 @@ impl LayerFile {
         }
         self.checksum(host, len, offset);
         Ok(())
+    }
+
+    /// Write `bytes`, guest pages copied out while the vCPUs were paused
+    /// (checkpoint/staged.rs), at file offset `offset`.
+    pub fn write_slice(&self, bytes: &[u8], offset: u64) -> Result<(), VmmError> {
+        // A slice borrowed for the whole call is as good a source as a guest range.
+        self.write_from(bytes.as_ptr() as u64, bytes.len() as u64, offset)
     }
 
     /// Write `page` of `mem` again through the page cache (a layer written past it), if it is
@@ -562,7 +570,8 @@ fn pwrite_guest(
     let mut done = 0u64;
     while done < len {
         // SAFETY: callers pass a range inside a live guest mapping (checked by host_range_for
-        // or taken from region_layout); pwrite only reads from it.
+        // or taken from region_layout), or a slice they borrow for the call (`write_slice`);
+        // pwrite only reads from it.
         let n = unsafe {
             libc::pwrite(
                 file.as_raw_fd(),
@@ -604,7 +613,7 @@ pub fn merge_pages_into(
 
 /// Call `f(host, file_offset, len)` for each run of `pages`, with the run's host address in
 /// guest memory's mapping.
-fn for_each_host_range(
+pub(crate) fn for_each_host_range(
     mem: &GuestMemoryMmap,
     pages: &PageIndex,
     mut f: impl FnMut(u64, u64, u64) -> Result<(), VmmError>,

@@ -18,6 +18,7 @@ pub mod restore;
 pub mod served_disk;
 pub mod served_memory;
 pub mod snapshot;
+pub mod staged;
 pub mod state;
 pub mod state_versions;
 pub mod verify;

@@ -23,6 +23,7 @@ use crate::checkpoint::disk::{FetchedRaw, LayeredBackend, LayeredDrive};
 use crate::checkpoint::memory::{copy_pages, mem_size, start_writeback, LayerFile, PAGE_SIZE};
 use crate::checkpoint::prearm::PreArmed;
 use crate::checkpoint::snapshot::{pages_for, SnapshotKind};
+use crate::checkpoint::staged::StagingBuffer;
 use crate::checkpoint::state::{
     capture_requested, request_vcpu_states, write_state_unsynced, PendingVcpuStates,
 };
@@ -58,6 +59,8 @@ pub struct CheckpointManager {
     drives: Vec<LayeredDrive>,
     /// Page hashes of `memory_head`, when `CAIRN_VERIFY_MEMORY=1` (checkpoint/verify.rs).
     verified_hashes: Option<Vec<u64>>,
+    /// Where small Diffs' pages are copied in the pause (checkpoint/staged.rs).
+    staging: StagingBuffer,
     /// Fills absent ranges of disk files (`--block-server`, checkpoint/served_disk.rs): kept
     /// for the process's life, so every disk opened after the first restore uses it.
     fetch: Option<Arc<dyn DiskFetch>>,
@@ -85,6 +88,11 @@ impl CheckpointManager {
             memory_head: None,
             drives: vec![],
             verified_hashes: None,
+            staging: if background::enabled() {
+                StagingBuffer::prewarmed(PAUSED_DIFF_PAGES)
+            } else {
+                StagingBuffer::default()
+            },
             fetch: None,
         })
     }
@@ -319,22 +327,67 @@ impl CheckpointManager {
         name: &str,
         dir: &Path,
     ) -> Result<(CheckpointMeta, Vec<WrittenFile>), VmmError> {
+        let written = self.write_checkpoint_tracked(machine, name, dir);
+        // A tracker on the memory fill's userfaultfd serves one checkpoint: dropping it lets the
+        // fill end its registration (checkpoint/filled_memory/lease.rs).
+        if machine
+            .write_tracker
+            .as_ref()
+            .is_some_and(|t| t.is_shared())
+        {
+            machine.write_tracker = None;
+        }
+        written
+    }
+
+    fn write_checkpoint_tracked(
+        &mut self,
+        machine: &mut Machine,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(CheckpointMeta, Vec<WrittenFile>), VmmError> {
         let begun = Instant::now();
         let mut layer = LayerFile::create(&dir.join(MEM_LAYER_FILE), mem_size(machine.memory()))?;
         let created_ms = begun.elapsed().as_secs_f64() * 1e3;
         let was_running = machine.state() == RunState::Running;
         let mut phases = Phases::new(Instant::now());
-        let in_background = was_running && background::enabled() && !self.small_diff(machine)?;
-        // Restored memory still being filled from its layers (checkpoint/filled_memory.rs) can
-        // be write-protected only once every page is in: the rest is copied now, the guest
-        // running, and the missing-page registration ends.
+        let small = if was_running && background::enabled() {
+            self.small_diff(machine)?
+        } else {
+            None
+        };
+        let in_background = was_running && background::enabled() && small.is_none();
+        // A small Diff is copied in the pause: on a disk file system into memory, written to
+        // the layer after the resume (checkpoint/staged.rs: a write in the pause may wait for
+        // the journal); on tmpfs straight into the layer, which is one memcpy as well.
+        let staged_copy = small.is_some() && !crate::checkpoint::holes::on_tmpfs(&layer.file)?;
+        if let Some(pages) = small {
+            tracing::debug!("checkpoint {name}: {pages} dirty pages: copied in the pause");
+            if staged_copy {
+                self.staging.reserve(pages);
+            }
+        }
+        // Restored memory still being filled from its layers (checkpoint/filled_memory.rs): a
+        // Diff tracks writes on the fill's own userfaultfd while the fill goes on (its pages are
+        // all present); a Full saves pages the fill may not have read yet, so the rest is
+        // copied now, the guest running, and the missing-page registration ends.
         if in_background {
             if let Some(filled) = machine.filled.take() {
-                if let Err(e) = filled.finish() {
-                    layer.discard();
-                    return Err(e);
+                let diff = self.kind_for(machine) == SnapshotKind::Diff;
+                match diff.then(|| filled.write_tracker()).flatten() {
+                    Some(tracker) => {
+                        machine.write_tracker = Some(tracker);
+                        machine.filled = Some(filled);
+                        phases.mark("track writes on the memory fill's userfaultfd");
+                    }
+                    None => {
+                        if let Err(e) = filled.finish() {
+                            layer.discard();
+                            return Err(e);
+                        }
+                        phases.mark("finish the memory fill (guest running)");
+                    }
                 }
-                phases.mark("finish the memory fill (guest running)");
             }
         }
         // Write tracking armed while the guest runs, where KVM's dirty log says what it wrote
@@ -437,13 +490,37 @@ impl CheckpointManager {
                 })
             }
             None => {
-                let bytes = copy_pages(machine.memory(), &paused.pages, &layer);
+                let staged = if staged_copy {
+                    self.staging.stage(machine.memory(), &paused.pages)
+                } else {
+                    Ok(None)
+                };
+                let (bytes, staged) = match staged {
+                    Ok(Some(staged)) => {
+                        tracing::debug!("checkpoint {name}: staged in memory");
+                        (Ok(0), Some(staged))
+                    }
+                    Ok(None) => {
+                        if staged_copy {
+                            tracing::debug!(
+                                "checkpoint {name}: {} dirty pages at the pause, more than the buffer holds: written in the pause",
+                                paused.pages.page_count()
+                            );
+                        }
+                        (copy_pages(machine.memory(), &paused.pages, &layer), None)
+                    }
+                    Err(e) => (Err(e), None),
+                };
                 let resumed = if was_running {
                     machine.resume().map(|_| ())
                 } else {
                     Ok(())
                 };
                 let pause_ms = paused_at.elapsed().as_secs_f64() * 1e3;
+                let bytes = match staged {
+                    Some(staged) => bytes.and_then(|_| staged.write_to(&layer)),
+                    None => bytes,
+                };
                 resumed.and(bytes).map(|b| (b, pause_ms))
             }
         };
@@ -499,20 +576,17 @@ impl CheckpointManager {
         Ok((meta, written))
     }
 
-    /// Whether the checkpoint `machine` is about to take is a Diff of at most
-    /// [`PAUSED_DIFF_PAGES`] dirty pages so far, which is copied paused.
-    fn small_diff(&self, machine: &mut Machine) -> Result<bool, VmmError> {
+    /// The dirty pages so far when the checkpoint `machine` is about to take is a Diff of at
+    /// most [`PAUSED_DIFF_PAGES`] of them, which is copied paused.
+    fn small_diff(&self, machine: &mut Machine) -> Result<Option<u64>, VmmError> {
         if self.kind_for(machine) != SnapshotKind::Diff {
-            return Ok(false);
+            return Ok(None);
         }
         machine.collect_dirty()?;
         let pages = machine
             .dirty_so_far(crate::machine::DirtyConsumer::Checkpoint)
             .page_count();
-        if pages <= PAUSED_DIFF_PAGES {
-            tracing::debug!("{pages} dirty pages: copied with the guest paused");
-        }
-        Ok(pages <= PAUSED_DIFF_PAGES)
+        Ok((pages <= PAUSED_DIFF_PAGES).then_some(pages))
     }
 
     /// Memory is a Diff only over the checkpoint it really descends from.
