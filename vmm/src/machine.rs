@@ -295,8 +295,18 @@ impl Machine {
         &self.vcpus
     }
 
-    /// Stop every vCPU thread.
+    /// Stop every vCPU thread, and drop the machine. A memory fill still running is ended last,
+    /// on a thread of its own ([`crate::checkpoint::filled_memory::FilledMemory::close_aside`]).
     pub fn shutdown(mut self) {
+        let filled = self.filled.take();
+        self.stop();
+        if let Some(filled) = filled {
+            filled.close_aside();
+        }
+    }
+
+    /// Stop every vCPU thread; the rest of the machine is dropped on return.
+    fn stop(mut self) {
         if let Some(tracker) = self.write_tracker.take() {
             tracker.close_aside();
         }

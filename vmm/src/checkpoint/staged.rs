@@ -2,13 +2,15 @@
 //! layer file is written from it after the resume.
 //!
 //! A Diff of a few pages is copied with the guest paused (named.rs, `PAUSED_DIFF_PAGES`):
-//! tracking writes costs more than such a copy. But a paused copy straight into the layer file
-//! is one `pwrite` per run of dirty pages, and a Linux guest's few dirty pages lie in hundreds
-//! of runs; each write may also have to update the file's times in the file system's journal,
-//! and on ext4 that waits while a journal commit is under way (another checkpoint's fsyncs, a
-//! disk write of the guest). On the development host a sandbox's 1.7 MiB Diff was paused
-//! 0.8–10 ms that way. Copying the pages into memory takes no system call and no lock: the
-//! pause is the `memcpy` (about 0.3 ms for 2 MiB), and the writes follow with the guest running.
+//! tracking writes costs more than such a copy. But a paused copy straight into a layer file on
+//! a disk file system is one `pwrite` per run of dirty pages (a Linux guest's few dirty pages
+//! lie in hundreds of runs), each through the file system's page cache, block allocation and
+//! journal (the file's times), any of which may wait on other work of the disk. On the
+//! development host a woken sandbox's 1.7 MiB Diff on ext4 was paused 1.2–9.5 ms that way (which
+//! wait it was in the slow runs was not traced). Copying the pages into memory takes no system
+//! call and no lock: the pause is the `memcpy` (0.6–0.7 ms for that Diff, with the rest of the
+//! pause), and the writes follow with the guest running. On tmpfs the paused write is itself one
+//! `memcpy` into the page cache, so there the copy goes straight to the file.
 //!
 //! The buffer's pages are faulted in before the pause (a page fault per page of the buffer
 //! would otherwise land in it; `MADV_POPULATE_WRITE` does them all in one system call), and it
