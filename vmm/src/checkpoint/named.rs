@@ -358,8 +358,8 @@ impl CheckpointManager {
         };
         let in_background = was_running && background::enabled() && small.is_none();
         // A small Diff is copied in the pause: on a disk file system into memory, written to
-        // the layer after the resume (checkpoint/staged.rs: a write in the pause may wait for
-        // the journal); on tmpfs straight into the layer, which is one memcpy as well.
+        // the layer after the resume (checkpoint/staged.rs: a write in the pause may wait on the
+        // file system); on tmpfs straight into the layer, which is one memcpy as well.
         let staged_copy = small.is_some() && !crate::checkpoint::holes::on_tmpfs(&layer.file)?;
         if let Some(pages) = small {
             tracing::debug!("checkpoint {name}: {pages} dirty pages: copied in the pause");
