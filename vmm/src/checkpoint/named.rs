@@ -38,9 +38,9 @@ const RESUME_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A Diff with no more dirty pages than this when it starts (2 MiB) is copied paused. Tracking
 /// writes has a fixed cost (protecting the pages, then lifting the protection: each a TLB
-/// shootdown on every CPU the guest runs on, 0.2–2 ms on the development host; for a VM restored
-/// from a disk file system, the rest of its memory fill first), which for a few pages is more
-/// than their copy: 2 MiB copies in 0.3–1 ms, so the pause stays under 2 ms.
+/// shootdown on every CPU the guest runs on, 0.2–2 ms on the development host), which for a few
+/// pages is more than their copy: 2 MiB copies in 0.3–1 ms, so the pause stays under 2 ms (on a
+/// disk file system into memory, checkpoint/staged.rs).
 const PAUSED_DIFF_PAGES: u64 = 512;
 
 fn snap_err(e: impl std::fmt::Display) -> VmmError {
