@@ -268,6 +268,14 @@ impl Source {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("lease", &*lock(&self.lease))
+            .finish()
+    }
+}
+
 /// Who holds the registration (see lease.rs).
 #[derive(Debug, Default)]
 struct LeaseState {
@@ -315,7 +323,7 @@ impl Shared {
         self.failed.store(true, Ordering::Relaxed);
         tracing::error!("restored memory: a layer page cannot be read: {e}; stopping the VM");
         if let Ok(dup) = self.source.uffd.try_clone() {
-            LEAKED.lock().unwrap_or_else(|p| p.into_inner()).push(dup);
+            lock(&LEAKED).push(dup);
         }
         if let Some(exit) = self.exit.get() {
             exit.signal(ExitReason::CorruptMemory(format!(

@@ -308,12 +308,11 @@ impl CheckpointManager {
         for drive in &self.drives {
             let layer = dir.join(disk_layer_file(&drive.drive_id));
             let mut disk = drive.disk.lock().unwrap_or_else(|p| p.into_inner());
-            match disk.thaw(&layer) {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
+            if let Err(e) = disk.thaw(&layer) {
+                tracing::warn!(
                     "drive {}: the failed checkpoint's disk layer could not be given back: {e}",
                     drive.drive_id
-                ),
+                );
             }
         }
         let _ = std::fs::remove_dir_all(dir);
@@ -351,12 +350,13 @@ impl CheckpointManager {
         let created_ms = begun.elapsed().as_secs_f64() * 1e3;
         let was_running = machine.state() == RunState::Running;
         let mut phases = Phases::new(Instant::now());
-        let small = if was_running && background::enabled() {
+        let may_track = was_running && background::enabled();
+        let small = if may_track {
             self.small_diff(machine)?
         } else {
             None
         };
-        let in_background = was_running && background::enabled() && small.is_none();
+        let in_background = may_track && small.is_none();
         // A small Diff is copied in the pause: on a disk file system into memory, written to
         // the layer after the resume (checkpoint/staged.rs: a write in the pause may wait on the
         // file system); on tmpfs straight into the layer, which is one memcpy as well.

@@ -44,14 +44,6 @@ struct FillLease {
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("lease", &*lock(&self.lease))
-            .finish()
-    }
-}
-
 impl SharedFaults for FillLease {
     fn serve_missing(&self, host: u64) -> std::io::Result<()> {
         let mut buf = vec![0u8; FAULT_RUN as usize];
